@@ -2,9 +2,10 @@
 //!
 //! Where things live:
 //! - `tensor`   : `Tensor` (shape + storage + device tag), NHWC activations inside the engine.
-//! - `device`   : `Device::{Cpu, Cuda(n)}`.
+//! - `device`   : `Device::{Cpu, Cuda(n)}` and `--device auto|cpu|cuda[:N]` resolution.
 //! - `autograd` : the tape (record forward, replay backward), grad modes, finite-difference checks.
-//! - `ops`      : one differentiable op per file (CPU reference kernels live next to the op).
+//! - `cpu`      : reference kernels, one file per concern (plain loops, rayon on outer loops).
+//! - `ops`      : differentiable ops: shape checks, dispatch, backward rules.
 //! - `nn`       : named parameter store, ResNet-18/34/50, MPM heads, two-stage part model, losses.
 //! - `io`       : safetensors and PyTorch `.pth` (restricted unpickler) checkpoints.
 //! - `data`     : PIN++ annotations, label maps, synthetic data, loader and augmentation.
@@ -12,8 +13,13 @@
 //! Shape glossary: N batch, H/W spatial, C channels, K part classes, S = K + 1 segmentation
 //! channels (background 0), O output channels. Gradients are prefixed `d` (`dx`, `dw`).
 
+pub mod autograd;
+pub mod cpu;
+pub mod data;
+pub mod device;
 pub mod error;
 pub mod io;
-pub mod data;
+pub mod ops;
+pub mod tensor;
 
 pub use error::{Error, Result};

@@ -1,0 +1,441 @@
+//! 2-D convolution on NHWC activations with OHWI weights (`[O, KH, KW, C/groups]`).
+//!
+//! Algorithm: im2col + GEMM. A column row holds, for one output pixel, the `KH*KW*Cg` input
+//! values it sees in (kh, kw, c) order, which is exactly the layout of one weight row, so
+//! `out[M, O] = cols[M, KKC] * w[O, KKC]^T` with M = N*OH*OW. A 1x1/stride-1/no-padding conv
+//! needs no im2col at all (NHWC input already is the column matrix). Depthwise convs
+//! (groups = C = O) use direct loops: their GEMMs would be 1 column wide.
+//! Backward: dx = col2im(dout * w), dw = dout^T * cols (cols recomputed, not stored).
+
+use super::gemm::{matmul, MatRef};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub dilation: usize,
+    pub groups: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// Upper bound on im2col buffer size (floats) before the batch is processed in chunks.
+const COLS_BUDGET: usize = 1 << 25;
+
+impl ConvGeom {
+    pub fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    pub fn og(&self) -> usize {
+        self.o / self.groups
+    }
+    pub fn kkc(&self) -> usize {
+        self.kh * self.kw * self.cg()
+    }
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1
+    }
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.c && self.o == self.c
+    }
+    fn pixels(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// Images per chunk so that the column buffer stays within budget.
+    fn chunk_images(&self) -> usize {
+        let per = self.pixels() * self.kkc();
+        (COLS_BUDGET / per.max(1)).clamp(1, self.n.max(1))
+    }
+    /// Input coordinate seen by output `oy` and kernel tap `ky`, if inside the image.
+    #[inline]
+    fn src(&self, o: usize, k: usize, size: usize) -> Option<usize> {
+        let v = (o * self.stride + k * self.dilation) as isize - self.pad as isize;
+        if v >= 0 && (v as usize) < size {
+            Some(v as usize)
+        } else {
+            None
+        }
+    }
+}
+
+/// im2col for images `n0..n0+nc`, channels `c0..c0+cg` -> rows `[nc*OH*OW, KH*KW*cg]`.
+fn im2col(g: &ConvGeom, x: &[f32], n0: usize, nc: usize, c0: usize, cols: &mut [f32]) {
+    let cg = g.cg();
+    let kkc = g.kkc();
+    cols[..nc * g.pixels() * kkc]
+        .par_chunks_mut(g.ow * kkc)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let n = n0 + row / g.oh;
+            let oy = row % g.oh;
+            for ox in 0..g.ow {
+                let dst = &mut out[ox * kkc..(ox + 1) * kkc];
+                for ky in 0..g.kh {
+                    let iy = g.src(oy, ky, g.h);
+                    for kx in 0..g.kw {
+                        let d = &mut dst[(ky * g.kw + kx) * cg..(ky * g.kw + kx + 1) * cg];
+                        match (iy, g.src(ox, kx, g.w)) {
+                            (Some(iy), Some(ix)) => {
+                                let s = ((n * g.h + iy) * g.w + ix) * g.c + c0;
+                                d.copy_from_slice(&x[s..s + cg]);
+                            }
+                            _ => d.fill(0.0),
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// col2im (scatter-add) for images `n0..n0+nc`, channels `c0..c0+cg` into `dx`.
+fn col2im(g: &ConvGeom, cols: &[f32], n0: usize, nc: usize, c0: usize, dx: &mut [f32]) {
+    let cg = g.cg();
+    let kkc = g.kkc();
+    let img = g.h * g.w * g.c;
+    dx[n0 * img..(n0 + nc) * img]
+        .par_chunks_mut(img)
+        .enumerate()
+        .for_each(|(i, dximg)| {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let row = (i * g.oh + oy) * g.ow + ox;
+                    let src = &cols[row * kkc..(row + 1) * kkc];
+                    for ky in 0..g.kh {
+                        let Some(iy) = g.src(oy, ky, g.h) else {
+                            continue;
+                        };
+                        for kx in 0..g.kw {
+                            let Some(ix) = g.src(ox, kx, g.w) else {
+                                continue;
+                            };
+                            let s = &src[(ky * g.kw + kx) * cg..(ky * g.kw + kx + 1) * cg];
+                            let d = &mut dximg[(iy * g.w + ix) * g.c + c0..][..cg];
+                            for (a, b) in d.iter_mut().zip(s) {
+                                *a += *b;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Copies columns `c0..c0+w` of a row-major `[m, total]` matrix into a dense `[m, w]`.
+fn take_cols(src: &[f32], m: usize, total: usize, c0: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0.0; m * w];
+    out.par_chunks_mut(w.max(1))
+        .zip(src.par_chunks(total))
+        .for_each(|(d, s)| d.copy_from_slice(&s[c0..c0 + w]));
+    out
+}
+
+fn put_cols(dst: &mut [f32], m: usize, total: usize, c0: usize, w: usize, src: &[f32]) {
+    let _ = m;
+    dst.par_chunks_mut(total)
+        .zip(src.par_chunks(w.max(1)))
+        .for_each(|(d, s)| d[c0..c0 + w].copy_from_slice(s));
+}
+
+/// Forward: `y[N,OH,OW,O] = conv(x[N,H,W,C], w[O,KH,KW,Cg]) + bias`.
+pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let m_all = g.n * g.pixels();
+    let mut y = vec![0.0f32; m_all * g.o];
+    if g.is_depthwise() {
+        depthwise_forward(g, x, w, &mut y);
+    } else if g.is_pointwise() {
+        matmul(
+            MatRef::new(x, m_all, g.c),
+            MatRef::t(w, g.c, g.o),
+            &mut y,
+            false,
+        );
+    } else {
+        let (cg, og, kkc) = (g.cg(), g.og(), g.kkc());
+        let chunk = g.chunk_images();
+        let mut cols = vec![0.0f32; chunk * g.pixels() * kkc];
+        for n0 in (0..g.n).step_by(chunk) {
+            let nc = chunk.min(g.n - n0);
+            let m = nc * g.pixels();
+            let ydst = &mut y[n0 * g.pixels() * g.o..(n0 + nc) * g.pixels() * g.o];
+            for grp in 0..g.groups {
+                im2col(g, x, n0, nc, grp * cg, &mut cols);
+                let wg = &w[grp * og * kkc..(grp + 1) * og * kkc];
+                if g.groups == 1 {
+                    matmul(
+                        MatRef::new(&cols, m, kkc),
+                        MatRef::t(wg, kkc, og),
+                        ydst,
+                        false,
+                    );
+                } else {
+                    let mut tmp = vec![0.0f32; m * og];
+                    matmul(
+                        MatRef::new(&cols, m, kkc),
+                        MatRef::t(wg, kkc, og),
+                        &mut tmp,
+                        false,
+                    );
+                    put_cols(ydst, m, g.o, grp * og, og, &tmp);
+                }
+            }
+        }
+    }
+    if let Some(b) = bias {
+        y.par_chunks_mut(g.o).for_each(|row| {
+            for (v, bb) in row.iter_mut().zip(b) {
+                *v += *bb;
+            }
+        });
+    }
+    y
+}
+
+/// Backward to the input: `dx[N,H,W,C]` from `dy[N,OH,OW,O]`.
+pub fn conv2d_backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let m_all = g.n * g.pixels();
+    let mut dx = vec![0.0f32; g.n * g.h * g.w * g.c];
+    if g.is_depthwise() {
+        depthwise_backward_input(g, dy, w, &mut dx);
+        return dx;
+    }
+    if g.is_pointwise() {
+        matmul(
+            MatRef::new(dy, m_all, g.o),
+            MatRef::new(w, g.o, g.c),
+            &mut dx,
+            false,
+        );
+        return dx;
+    }
+    let (cg, og, kkc) = (g.cg(), g.og(), g.kkc());
+    let chunk = g.chunk_images();
+    let mut cols = vec![0.0f32; chunk * g.pixels() * kkc];
+    for n0 in (0..g.n).step_by(chunk) {
+        let nc = chunk.min(g.n - n0);
+        let m = nc * g.pixels();
+        let dyc = &dy[n0 * g.pixels() * g.o..(n0 + nc) * g.pixels() * g.o];
+        for grp in 0..g.groups {
+            let wg = &w[grp * og * kkc..(grp + 1) * og * kkc];
+            if g.groups == 1 {
+                matmul(
+                    MatRef::new(dyc, m, og),
+                    MatRef::new(wg, og, kkc),
+                    &mut cols,
+                    false,
+                );
+            } else {
+                let dyg = take_cols(dyc, m, g.o, grp * og, og);
+                matmul(
+                    MatRef::new(&dyg, m, og),
+                    MatRef::new(wg, og, kkc),
+                    &mut cols,
+                    false,
+                );
+            }
+            col2im(g, &cols, n0, nc, grp * cg, &mut dx);
+        }
+    }
+    dx
+}
+
+/// Backward to the weights: `dw[O,KH,KW,Cg]`.
+pub fn conv2d_backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let m_all = g.n * g.pixels();
+    let mut dw = vec![0.0f32; g.o * g.kkc()];
+    if g.is_depthwise() {
+        depthwise_backward_weight(g, x, dy, &mut dw);
+        return dw;
+    }
+    if g.is_pointwise() {
+        matmul(
+            MatRef::t(dy, g.o, m_all),
+            MatRef::new(x, m_all, g.c),
+            &mut dw,
+            false,
+        );
+        return dw;
+    }
+    let (cg, og, kkc) = (g.cg(), g.og(), g.kkc());
+    let chunk = g.chunk_images();
+    let mut cols = vec![0.0f32; chunk * g.pixels() * kkc];
+    for n0 in (0..g.n).step_by(chunk) {
+        let nc = chunk.min(g.n - n0);
+        let m = nc * g.pixels();
+        let dyc = &dy[n0 * g.pixels() * g.o..(n0 + nc) * g.pixels() * g.o];
+        for grp in 0..g.groups {
+            im2col(g, x, n0, nc, grp * cg, &mut cols);
+            let dwg = &mut dw[grp * og * kkc..(grp + 1) * og * kkc];
+            if g.groups == 1 {
+                matmul(MatRef::t(dyc, og, m), MatRef::new(&cols, m, kkc), dwg, true);
+            } else {
+                let dyg = take_cols(dyc, m, g.o, grp * og, og);
+                matmul(
+                    MatRef::t(&dyg, og, m),
+                    MatRef::new(&cols, m, kkc),
+                    dwg,
+                    true,
+                );
+            }
+        }
+    }
+    dw
+}
+
+/// Bias gradient: sum of `dy` over all output pixels.
+pub fn conv2d_backward_bias(g: &ConvGeom, dy: &[f32]) -> Vec<f32> {
+    sum_rows(dy, g.o)
+}
+
+/// Column sums of a row-major `[m, cols]` matrix, in f64 then rounded.
+pub fn sum_rows(a: &[f32], cols: usize) -> Vec<f32> {
+    let acc = a
+        .par_chunks(cols * 256)
+        .map(|chunk| {
+            let mut s = vec![0.0f64; cols];
+            for row in chunk.chunks(cols) {
+                for (a, b) in s.iter_mut().zip(row) {
+                    *a += *b as f64;
+                }
+            }
+            s
+        })
+        .reduce(
+            || vec![0.0f64; cols],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            },
+        );
+    acc.into_iter().map(|v| v as f32).collect()
+}
+
+// Depthwise (groups = C = O): each channel convolved with its own KHxKW filter.
+// Thread mapping: one output row (n, oy) per rayon task; inner loop over channels is
+// contiguous in NHWC, so loads of x, w and stores of y are unit-stride.
+
+fn depthwise_forward(g: &ConvGeom, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let c = g.c;
+    // Weights as [KH, KW, C] so the inner loop is contiguous.
+    let wt = transpose_dw(g, w);
+    y.par_chunks_mut(g.ow * c)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let n = row / g.oh;
+            let oy = row % g.oh;
+            for ox in 0..g.ow {
+                let o = &mut out[ox * c..(ox + 1) * c];
+                for ky in 0..g.kh {
+                    let Some(iy) = g.src(oy, ky, g.h) else {
+                        continue;
+                    };
+                    for kx in 0..g.kw {
+                        let Some(ix) = g.src(ox, kx, g.w) else {
+                            continue;
+                        };
+                        let xs = &x[((n * g.h + iy) * g.w + ix) * c..][..c];
+                        let ws = &wt[(ky * g.kw + kx) * c..][..c];
+                        for ((a, b), cc) in o.iter_mut().zip(xs).zip(ws) {
+                            *a += *b * *cc;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+fn depthwise_backward_input(g: &ConvGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let c = g.c;
+    let wt = transpose_dw(g, w);
+    let img = g.h * g.w * c;
+    dx.par_chunks_mut(img).enumerate().for_each(|(n, dximg)| {
+        for oy in 0..g.oh {
+            for ky in 0..g.kh {
+                let Some(iy) = g.src(oy, ky, g.h) else {
+                    continue;
+                };
+                for ox in 0..g.ow {
+                    let d = &dy[((n * g.oh + oy) * g.ow + ox) * c..][..c];
+                    for kx in 0..g.kw {
+                        let Some(ix) = g.src(ox, kx, g.w) else {
+                            continue;
+                        };
+                        let ws = &wt[(ky * g.kw + kx) * c..][..c];
+                        let t = &mut dximg[(iy * g.w + ix) * c..][..c];
+                        for ((a, b), cc) in t.iter_mut().zip(d).zip(ws) {
+                            *a += *b * *cc;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn depthwise_backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let c = g.c;
+    let taps = g.kh * g.kw;
+    // Per image partial sums in [KH, KW, C], reduced in f64.
+    let acc = (0..g.n)
+        .into_par_iter()
+        .map(|n| {
+            let mut s = vec![0.0f64; taps * c];
+            for oy in 0..g.oh {
+                for ky in 0..g.kh {
+                    let Some(iy) = g.src(oy, ky, g.h) else {
+                        continue;
+                    };
+                    for ox in 0..g.ow {
+                        let d = &dy[((n * g.oh + oy) * g.ow + ox) * c..][..c];
+                        for kx in 0..g.kw {
+                            let Some(ix) = g.src(ox, kx, g.w) else {
+                                continue;
+                            };
+                            let xs = &x[((n * g.h + iy) * g.w + ix) * c..][..c];
+                            let t = &mut s[(ky * g.kw + kx) * c..][..c];
+                            for ((a, b), cc) in t.iter_mut().zip(d).zip(xs) {
+                                *a += (*b * *cc) as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            s
+        })
+        .reduce(
+            || vec![0.0f64; taps * c],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            },
+        );
+    // Back to [C, KH, KW, 1].
+    for ch in 0..c {
+        for t in 0..taps {
+            dw[ch * taps + t] = acc[t * c + ch] as f32;
+        }
+    }
+}
+
+/// `[C, KH, KW, 1]` -> `[KH, KW, C]`.
+fn transpose_dw(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
+    let taps = g.kh * g.kw;
+    let mut wt = vec![0.0; taps * g.c];
+    for ch in 0..g.c {
+        for t in 0..taps {
+            wt[t * g.c + ch] = w[ch * taps + t];
+        }
+    }
+    wt
+}

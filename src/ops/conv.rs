@@ -1,0 +1,137 @@
+//! 2-D convolution. Input NHWC `[N, H, W, C]`, weight OHWI `[O, KH, KW, C/groups]`
+//! (PyTorch's OIHW is converted at load time), optional bias `[O]`, output `[N, OH, OW, O]`.
+
+use super::nhwc;
+use crate::autograd::{Tape, Var};
+use crate::cpu::conv::{self as k, ConvGeom};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Conv2dParams {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dParams {
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Conv2dParams {
+            stride,
+            padding,
+            ..Default::default()
+        }
+    }
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = d;
+        self
+    }
+}
+
+pub(crate) fn geometry(xs: &[usize], ws: &[usize], p: Conv2dParams) -> Result<ConvGeom> {
+    let [n, h, w, c] = nhwc("conv2d", xs)?;
+    let [o, kh, kw, cg] = match ws {
+        [o, kh, kw, cg] => [*o, *kh, *kw, *cg],
+        _ => {
+            return Err(Error::shape(
+                "conv2d",
+                format!("weight must be [O, KH, KW, C/groups], got {ws:?}"),
+            ))
+        }
+    };
+    if p.groups == 0 || p.stride == 0 || p.dilation == 0 {
+        return Err(Error::shape(
+            "conv2d",
+            format!("stride, dilation and groups must be >= 1, got {p:?}"),
+        ));
+    }
+    if c != cg * p.groups || o % p.groups != 0 {
+        return Err(Error::shape(
+            "conv2d",
+            format!(
+                "input {xs:?} (C = {c}) and weight {ws:?} do not fit with groups = {}: need C = {} and O divisible by groups",
+                p.groups,
+                cg * p.groups
+            ),
+        ));
+    }
+    let span = |size: usize, kk: usize| -> Option<usize> {
+        let eff = p.dilation * (kk - 1) + 1;
+        (size + 2 * p.padding)
+            .checked_sub(eff)
+            .map(|v| v / p.stride + 1)
+    };
+    let (Some(oh), Some(ow)) = (span(h, kh), span(w, kw)) else {
+        return Err(Error::shape(
+            "conv2d",
+            format!(
+                "kernel {kh}x{kw} (dilation {}) larger than padded input {xs:?}",
+                p.dilation
+            ),
+        ));
+    };
+    Ok(ConvGeom {
+        n,
+        h,
+        w,
+        c,
+        o,
+        kh,
+        kw,
+        stride: p.stride,
+        pad: p.padding,
+        dilation: p.dilation,
+        groups: p.groups,
+        oh,
+        ow,
+    })
+}
+
+pub fn conv2d(t: &mut Tape, x: Var, w: Var, b: Option<Var>, p: Conv2dParams) -> Result<Var> {
+    let g = geometry(t.shape(x), t.shape(w), p)?;
+    if let Some(b) = b {
+        t.value(b).expect_shape("conv2d (bias)", &[g.o])?;
+    }
+    let y = k::conv2d_forward(
+        &g,
+        t.value(x).data(),
+        t.value(w).data(),
+        b.map(|b| t.value(b).data()),
+    );
+    let inputs: Vec<Var> = [Some(x), Some(w), b].into_iter().flatten().collect();
+    let y = Tensor::new_unchecked(&[g.n, g.oh, g.ow, g.o], y);
+    Ok(t.record(y, &inputs, move |c| {
+        let dy = c.dout.data();
+        let dx = c.needs[0].then(|| {
+            let dx = k::conv2d_backward_input(&g, dy, c.inputs[1].data());
+            Tensor::new_unchecked(c.inputs[0].shape(), dx)
+        });
+        let dw = c.needs[1].then(|| {
+            let dw = k::conv2d_backward_weight(&g, c.inputs[0].data(), dy);
+            Tensor::new_unchecked(c.inputs[1].shape(), dw)
+        });
+        let mut out = vec![dx, dw];
+        if c.inputs.len() == 3 {
+            out.push(
+                c.needs[2].then(|| Tensor::new_unchecked(&[g.o], k::conv2d_backward_bias(&g, dy))),
+            );
+        }
+        Ok(out)
+    }))
+}

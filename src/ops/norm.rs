@@ -1,0 +1,106 @@
+//! Batch normalisation over the channel (last) axis: BatchNorm2d on NHWC `[N,H,W,C]` and
+//! BatchNorm1d on `[N, C]` are the same op here.
+
+use crate::autograd::{Tape, Var};
+use crate::cpu::batch_norm as k;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BatchNormMode {
+    /// Batch statistics; running statistics updated with `momentum` (unbiased variance).
+    Train { momentum: f32 },
+    /// Running statistics.
+    Eval,
+}
+
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta`. In `Train` mode `running_mean` and
+/// `running_var` are updated in place, as PyTorch does during the forward pass.
+pub fn batch_norm(
+    t: &mut Tape,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    mode: BatchNormMode,
+    eps: f32,
+) -> Result<Var> {
+    let xs = t.shape(x).to_vec();
+    let c = match xs.last() {
+        Some(&c) if xs.len() >= 2 => c,
+        _ => {
+            return Err(Error::shape(
+                "batch_norm",
+                format!("input must be [N, ..., C], got {xs:?}"),
+            ))
+        }
+    };
+    let m = t.value(x).numel() / c.max(1);
+    for (what, v) in [
+        ("weight", t.value(gamma).shape()),
+        ("bias", t.value(beta).shape()),
+        ("running_mean", running_mean.shape()),
+        ("running_var", running_var.shape()),
+    ] {
+        if v != [c] {
+            return Err(Error::shape(
+                "batch_norm",
+                format!("{what} has shape {v:?}, expected [{c}] for input {xs:?}"),
+            ));
+        }
+    }
+    let xv = t.value(x).data();
+    let (mean, invstd, train) = match mode {
+        BatchNormMode::Train { momentum } => {
+            if m < 2 {
+                return Err(Error::shape(
+                    "batch_norm",
+                    format!("training needs more than 1 value per channel, got input {xs:?}"),
+                ));
+            }
+            let (mean, var) = k::batch_stats(xv, m, c);
+            let unbias = m as f32 / (m as f32 - 1.0);
+            for (r, v) in running_mean.data_mut().iter_mut().zip(&mean) {
+                *r = (1.0 - momentum) * *r + momentum * v;
+            }
+            for (r, v) in running_var.data_mut().iter_mut().zip(&var) {
+                *r = (1.0 - momentum) * *r + momentum * v * unbias;
+            }
+            let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            (mean, invstd, true)
+        }
+        BatchNormMode::Eval => {
+            let invstd: Vec<f32> = running_var
+                .data()
+                .iter()
+                .map(|v| 1.0 / (v + eps).sqrt())
+                .collect();
+            (running_mean.data().to_vec(), invstd, false)
+        }
+    };
+    let y = k::normalize(
+        xv,
+        c,
+        &mean,
+        &invstd,
+        t.value(gamma).data(),
+        t.value(beta).data(),
+    );
+    let y = Tensor::new_unchecked(&xs, y);
+    Ok(t.record(y, &[x, gamma, beta], move |ctx| {
+        let (xv, dy, gv) = (ctx.inputs[0].data(), ctx.dout.data(), ctx.inputs[1].data());
+        let (sum_dy, sum_dy_xhat) = k::backward_sums(xv, dy, m, c, &mean, &invstd);
+        let dx = ctx.needs[0].then(|| {
+            let dx = if train {
+                k::backward_input_train(xv, dy, m, c, &mean, &invstd, gv, &sum_dy, &sum_dy_xhat)
+            } else {
+                k::backward_input_eval(dy, c, &invstd, gv)
+            };
+            Tensor::new_unchecked(ctx.inputs[0].shape(), dx)
+        });
+        let dgamma = ctx.needs[1].then(|| Tensor::new_unchecked(&[c], sum_dy_xhat.clone()));
+        let dbeta = ctx.needs[2].then(|| Tensor::new_unchecked(&[c], sum_dy.clone()));
+        Ok(vec![dx, dgamma, dbeta])
+    }))
+}
