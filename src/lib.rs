@@ -13,12 +13,14 @@
 //! Shape glossary: N batch, H/W spatial, C channels, K part classes, S = K + 1 segmentation
 //! channels (background 0), O output channels. Gradients are prefixed `d` (`dx`, `dw`).
 
+pub mod audit;
 pub mod autograd;
 pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod io;
+pub mod nn;
 pub mod ops;
 pub mod tensor;
 

@@ -1,0 +1,2 @@
+//! Audits: PyTorch parity of a model (contract A) and, later, gradient checks.
+pub mod parity;

@@ -1,0 +1,214 @@
+//! Forward context and the layers models are built from. A layer reads its tensors from the
+//! parameter store by PyTorch name; the context records each parameter on the tape once.
+
+use super::params::{Kind, ParamStore};
+use crate::autograd::{GradMode, Tape, Var};
+use crate::ops::{self, BatchNormMode, Conv2dParams};
+use crate::Result;
+use std::collections::HashMap;
+
+/// Activation of the backbone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    Gelu,
+    Relu,
+}
+
+impl std::str::FromStr for Act {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "gelu" => Ok(Act::Gelu),
+            "relu" => Ok(Act::Relu),
+            _ => Err(format!("'{s}' is not an activation: expected gelu or relu")),
+        }
+    }
+}
+
+pub const BN_EPS: f32 = 1e-5;
+pub const BN_MOMENTUM: f32 = 0.1;
+
+/// One forward pass: the tape, the parameters, and whether BN uses batch statistics.
+pub struct Ctx<'a> {
+    pub tape: Tape,
+    pub store: &'a mut ParamStore,
+    /// BN in training mode (batch statistics, running-stat updates).
+    pub train: bool,
+    vars: HashMap<String, Var>,
+    /// Parameters whose names start with one of these are recorded as constants.
+    frozen: Vec<String>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(store: &'a mut ParamStore, mode: GradMode, train: bool) -> Self {
+        Ctx {
+            tape: Tape::new(mode),
+            store,
+            train,
+            vars: HashMap::new(),
+            frozen: Vec::new(),
+        }
+    }
+
+    /// Records parameters under `prefix` as constants (e.g. a frozen backbone).
+    pub fn freeze(&mut self, prefix: &str) {
+        self.frozen.push(prefix.to_string());
+    }
+
+    /// The tape variable of parameter `name`, recorded on first use.
+    pub fn p(&mut self, name: &str) -> Result<Var> {
+        if let Some(v) = self.vars.get(name) {
+            return Ok(*v);
+        }
+        let e = self.store.get(name)?;
+        let t = e.tensor.clone();
+        let v = if e.kind == Kind::Param && !self.frozen.iter().any(|f| name.starts_with(f.as_str()))
+        {
+            self.tape.param(t)
+        } else {
+            self.tape.constant(t)
+        };
+        self.vars.insert(name.to_string(), v);
+        Ok(v)
+    }
+
+    /// Parameters used in this pass, by name.
+    pub fn used_params(&self) -> &HashMap<String, Var> {
+        &self.vars
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.store.get(name).is_ok()
+    }
+}
+
+/// Conv2d `{prefix}.weight` (+ `{prefix}.bias` when the store has one).
+pub fn conv(
+    ctx: &mut Ctx,
+    x: Var,
+    prefix: &str,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<Var> {
+    let w = ctx.p(&format!("{prefix}.weight"))?;
+    let bname = format!("{prefix}.bias");
+    let b = if ctx.has(&bname) {
+        Some(ctx.p(&bname)?)
+    } else {
+        None
+    };
+    ops::conv2d(
+        &mut ctx.tape,
+        x,
+        w,
+        b,
+        Conv2dParams::new(stride, padding).groups(groups),
+    )
+}
+
+/// BatchNorm over channels (2-d or 1-d), PyTorch defaults (eps 1e-5, momentum 0.1).
+pub fn bn(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
+    let g = ctx.p(&format!("{prefix}.weight"))?;
+    let b = ctx.p(&format!("{prefix}.bias"))?;
+    let mode = if ctx.train {
+        BatchNormMode::Train {
+            momentum: BN_MOMENTUM,
+        }
+    } else {
+        BatchNormMode::Eval
+    };
+    let mut rm = ctx.store.tensor(&format!("{prefix}.running_mean"))?.clone();
+    let mut rv = ctx.store.tensor(&format!("{prefix}.running_var"))?.clone();
+    let y = ops::batch_norm(&mut ctx.tape, x, g, b, &mut rm, &mut rv, mode, BN_EPS)?;
+    if ctx.train {
+        ctx.store.get_mut(&format!("{prefix}.running_mean"))?.tensor = rm;
+        ctx.store.get_mut(&format!("{prefix}.running_var"))?.tensor = rv;
+        ctx.store.bump_counter(prefix);
+    }
+    Ok(y)
+}
+
+pub fn act(ctx: &mut Ctx, x: Var, a: Act) -> Var {
+    match a {
+        Act::Gelu => ops::gelu(&mut ctx.tape, x),
+        Act::Relu => ops::relu(&mut ctx.tape, x),
+    }
+}
+
+/// Separable conv: depthwise 3x3 (`{prefix}.conv1`, pad 1, no bias) then pointwise 1x1
+/// (`{prefix}.pointwise`, no bias).
+pub fn separable(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
+    let c = *ctx.tape.shape(x).last().unwrap_or(&1);
+    let y = conv(ctx, x, &format!("{prefix}.conv1"), 1, 1, c)?;
+    conv(ctx, y, &format!("{prefix}.pointwise"), 1, 0, 1)
+}
+
+pub fn linear(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
+    let w = ctx.p(&format!("{prefix}.weight"))?;
+    let bname = format!("{prefix}.bias");
+    let b = if ctx.has(&bname) {
+        Some(ctx.p(&bname)?)
+    } else {
+        None
+    };
+    ops::linear(&mut ctx.tape, x, w, b)
+}
+
+/// `[N, 1, 1, C]` (or any `[N, ...]`) -> `[N, C]`.
+pub fn flatten(ctx: &mut Ctx, x: Var) -> Result<Var> {
+    let s = ctx.tape.shape(x).to_vec();
+    let n = s[0];
+    let rest: usize = s[1..].iter().product();
+    ops::reshape(&mut ctx.tape, x, &[n, rest])
+}
+
+/// Records the name, PyTorch shape and kind of every tensor a model needs (for
+/// initialisation and for checking checkpoints).
+#[derive(Default, Debug, Clone)]
+pub struct Declared {
+    pub entries: Vec<(String, Vec<usize>, Kind)>,
+    pub bn_prefixes: Vec<String>,
+}
+
+impl Declared {
+    pub fn conv(&mut self, prefix: &str, o: usize, i_per_group: usize, k: usize, bias: bool) {
+        self.entries
+            .push((format!("{prefix}.weight"), vec![o, i_per_group, k, k], Kind::Param));
+        if bias {
+            self.entries
+                .push((format!("{prefix}.bias"), vec![o], Kind::Param));
+        }
+    }
+    pub fn bn(&mut self, prefix: &str, c: usize) {
+        for (n, k) in [
+            ("weight", Kind::Param),
+            ("bias", Kind::Param),
+            ("running_mean", Kind::Buffer),
+            ("running_var", Kind::Buffer),
+        ] {
+            self.entries.push((format!("{prefix}.{n}"), vec![c], k));
+        }
+        self.bn_prefixes.push(prefix.to_string());
+    }
+    pub fn linear(&mut self, prefix: &str, o: usize, i: usize) {
+        self.entries
+            .push((format!("{prefix}.weight"), vec![o, i], Kind::Param));
+        self.entries
+            .push((format!("{prefix}.bias"), vec![o], Kind::Param));
+    }
+    pub fn separable(&mut self, prefix: &str, c_in: usize, c_out: usize) {
+        self.conv(&format!("{prefix}.conv1"), c_in, 1, 3, false);
+        self.conv(&format!("{prefix}.pointwise"), c_out, c_in, 1, false);
+    }
+    /// Every name a checkpoint holds, `num_batches_tracked` included.
+    pub fn state_dict_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.entries.iter().map(|e| e.0.clone()).collect();
+        v.extend(
+            self.bn_prefixes
+                .iter()
+                .map(|p| format!("{p}.num_batches_tracked")),
+        );
+        v
+    }
+}
