@@ -206,6 +206,10 @@ class MPM(nn.Module):
         self.segmenter_head3 = _gelu_sep(f // 4, seg_classes)
         self.classifer = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nf, num_classes))
 
+    def classify(self, x) -> torch.Tensor:
+        """Logits only: the inference model (bypass layers dropped), as used by attacks."""
+        return self.classifer(self.segmenter.forward_stages(x)[2])
+
     def forward(self, x) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         x2, x3, x4 = self.segmenter.forward_stages(x)
         c3, c2, c1 = self.cp3(x2), self.cp2(x3), self.cp1(x4)
