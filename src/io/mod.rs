@@ -1,1 +1,191 @@
-//! Checkpoint formats.
+//! Checkpoint formats: safetensors and PyTorch `.pth` (zip and legacy), read through a
+//! restricted unpickler that never executes anything (see `pickle.rs`).
+//!
+//! Everything here is host-side and in PyTorch layout; the engine converts at the edge.
+//! Writers are atomic: a temp file in the target directory, fsync, rename.
+
+mod host;
+mod pickle;
+mod pth;
+mod safetensors;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::Path;
+
+pub use host::{HostData, HostTensor, NamedTensors};
+pub use pth::{load_pth, save_pth};
+pub use safetensors::{load_safetensors, save_safetensors};
+
+use crate::{Error, Result};
+
+/// Which weights [`load_state_dict`] takes from a training checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateDictPick {
+    /// EMA weights when the file has them, else the model weights.
+    #[default]
+    Auto,
+    /// `state_dict`, else `model`, else a top-level dict of tensors.
+    Model,
+    /// `state_dict_ema`, else `model_ema`; an error when neither exists.
+    Ema,
+}
+
+const EMA_KEYS: &[&str] = &["state_dict_ema", "model_ema"];
+const MODEL_KEYS: &[&str] = &["state_dict", "model"];
+
+/// Loads model weights from a safetensors file or a PyTorch checkpoint, chosen by content
+/// (zip magic, legacy pickle magic, safetensors header), not by extension.
+///
+/// For `.pth` training checkpoints (timm style: `{'state_dict', 'state_dict_ema', 'epoch',
+/// 'optimizer', 'args', ...}`) `pick` selects the dict; a plain state dict is used as is.
+/// A safetensors file holds one state dict, so `pick` does not apply to it. A leading
+/// `module.` (DataParallel, timm's EMA wrapper) is stripped from every name; scalar tensors
+/// such as `num_batches_tracked` are kept. Non-tensor entries of the chosen dict are skipped.
+pub fn load_state_dict(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
+    let tensors = match sniff(path)? {
+        Sniff::Pth => pick_from_pth(path, pick)?,
+        Sniff::Safetensors => load_safetensors(path)?.0,
+    };
+    strip_module_prefix(path, tensors)
+}
+
+enum Sniff {
+    Pth,
+    Safetensors,
+}
+
+fn sniff(path: &Path) -> Result<Sniff> {
+    let mut head = [0u8; 16];
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]).map_err(|e| Error::io(path, e))? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let head = &head[..n];
+    if head.starts_with(b"PK") || head.starts_with(pth::LEGACY_MAGIC) {
+        return Ok(Sniff::Pth);
+    }
+    if n >= 9 && head[8] == b'{' {
+        return Ok(Sniff::Safetensors);
+    }
+    Err(Error::format(
+        path,
+        format!(
+            "unrecognised checkpoint format (first bytes {:02x?}): expected a PyTorch zip, a \
+             legacy torch.save file or safetensors",
+            &head[..n.min(8)]
+        ),
+    ))
+}
+
+fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
+    let mut ck = pth::Checkpoint::open(path)?;
+    let root = ck.root.clone();
+    let Some(items) = root.dict_items() else {
+        return Err(Error::format(
+            path,
+            format!("top-level object is {}, expected a dict", root.describe()),
+        ));
+    };
+    let candidates: Vec<&str> = match pick {
+        StateDictPick::Auto => EMA_KEYS.iter().chain(MODEL_KEYS).copied().collect(),
+        StateDictPick::Model => MODEL_KEYS.to_vec(),
+        StateDictPick::Ema => EMA_KEYS.to_vec(),
+    };
+    for key in candidates {
+        if let Some(v) = root.dict_get(key) {
+            if v.dict_items().is_none() {
+                return Err(Error::format(
+                    path,
+                    format!("checkpoint key '{key}' is {}, expected a dict of tensors", v.describe()),
+                ));
+            }
+            return pth::dict_tensors(&mut ck, &v, key);
+        }
+    }
+    if pick != StateDictPick::Ema && pth::holds_tensors(&root) {
+        return pth::dict_tensors(&mut ck, &root, "top-level dict");
+    }
+    let keys: Vec<String> = items
+        .iter()
+        .filter_map(|(k, _)| match k {
+            pickle::Value::Str(s) => Some(format!("'{s}'")),
+            _ => None,
+        })
+        .take(20)
+        .collect();
+    let wanted = match pick {
+        StateDictPick::Ema => "EMA weights ('state_dict_ema' or 'model_ema')",
+        _ => "weights ('state_dict', 'model' or top-level tensors)",
+    };
+    Err(Error::format(
+        path,
+        format!("no {wanted} in checkpoint; top-level keys: [{}]", keys.join(", ")),
+    ))
+}
+
+fn strip_module_prefix(path: &Path, tensors: NamedTensors) -> Result<NamedTensors> {
+    if !tensors.keys().any(|k| k.starts_with("module.")) {
+        return Ok(tensors);
+    }
+    let mut out = NamedTensors::new();
+    for (k, v) in tensors {
+        let name = k.strip_prefix("module.").map(str::to_string).unwrap_or(k);
+        if out.contains_key(&name) {
+            return Err(Error::format(
+                path,
+                format!("'{name}' appears both with and without the 'module.' prefix"),
+            ));
+        }
+        out.insert(name, v);
+    }
+    Ok(out)
+}
+
+/// Writes a file atomically: `write` fills a fresh temp file next to `path`, which is then
+/// renamed over `path` (and the directory fsynced on Unix). On error the temp file is removed
+/// and `path` is untouched. `write` should fsync the file itself before returning.
+pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::format(path, "not a file path"))?
+        .to_string_lossy();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(".{file_name}.tmp.{}.{nonce}", std::process::id()));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    let res = write(&mut f).and_then(|()| {
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return res;
+    }
+    #[cfg(unix)]
+    if let Ok(d) = File::open(&dir) {
+        // Best effort: persists the rename; some filesystems refuse fsync on directories.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Metadata-free convenience for tests and tools.
+pub fn no_metadata() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}

@@ -1,0 +1,587 @@
+//! PyTorch `.pth`/`.pt` checkpoints: the zip format written by `torch.save` since 1.6 and the
+//! legacy sequential-pickle format (`_use_new_zipfile_serialization=False`).
+//!
+//! Zip layout: `<archive>/data.pkl` (the pickled object), `<archive>/data/<key>` (one raw
+//! storage per key, in `<archive>/byteorder`, little-endian when absent), `<archive>/version`.
+//! Legacy layout: five pickles back to back (magic number, protocol 1001, sys-info dict, the
+//! object, the sorted list of storage keys), then per key an i64 element count and the raw
+//! storage bytes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::Path;
+use std::rc::Rc;
+
+use super::host::{bf16_to_f32, f16_to_f32, HostData, HostTensor, NamedTensors};
+use super::pickle::{unpickle, Elem, PickleWriter, StorageRef, TensorRef, TorchPersistentLoad, Value};
+use crate::{Error, Result};
+
+/// First bytes of a legacy-format file: PROTO 2, LONG1 of the magic number 0x1950a86a20f9469cfc6c.
+pub(crate) const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+
+/// Largest tensor we will expand from a smaller storage (stride-0 views from `expand`), in
+/// elements; guards against a 4-byte storage claiming a terabyte-sized broadcast view.
+const MAX_EXPANDED_NUMEL: u64 = 1 << 28;
+
+/// Where the raw bytes of storages come from.
+enum Storages {
+    Zip {
+        archive: zip::ZipArchive<BufReader<File>>,
+        prefix: String,
+        big_endian: bool,
+    },
+    Legacy {
+        bytes: Vec<u8>,
+        /// key -> byte range of the storage data.
+        ranges: HashMap<String, (usize, usize)>,
+        big_endian: bool,
+    },
+}
+
+/// A parsed checkpoint: the object tree plus lazy access to storages.
+pub(crate) struct Checkpoint {
+    pub root: Value,
+    storages: Storages,
+    cache: RefCell<HashMap<String, Rc<Vec<u8>>>>,
+    path: std::path::PathBuf,
+}
+
+impl Checkpoint {
+    pub(crate) fn open(path: &Path) -> Result<Checkpoint> {
+        let mut head = [0u8; 16];
+        let n = {
+            let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+            read_up_to(&mut f, &mut head).map_err(|e| Error::io(path, e))?
+        };
+        let head = &head[..n];
+        if head.starts_with(b"PK") {
+            Self::open_zip(path)
+        } else if head.starts_with(LEGACY_MAGIC) {
+            Self::open_legacy(path)
+        } else {
+            Err(Error::format(
+                path,
+                "not a PyTorch checkpoint: neither a zip archive (torch.save since 1.6) nor the \
+                 legacy pickle format",
+            ))
+        }
+    }
+
+    fn open_zip(path: &Path) -> Result<Checkpoint> {
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut archive = zip::ZipArchive::new(BufReader::new(f))
+            .map_err(|e| Error::format(path, format!("bad zip archive: {e}")))?;
+        let pkl = archive
+            .file_names()
+            .filter_map(|n| n.ok().map(|c| c.into_owned()))
+            .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+            .min_by_key(|n| n.len())
+            .ok_or_else(|| {
+                Error::format(path, "zip archive has no data.pkl: not a torch.save file")
+            })?;
+        let prefix = pkl[..pkl.len() - "data.pkl".len()].to_string();
+        let data = read_record(&mut archive, &pkl, None, path)?;
+        let big_endian = match archive.index_for_name(&format!("{prefix}byteorder")) {
+            Some(_) => {
+                let b = read_record(&mut archive, &format!("{prefix}byteorder"), Some(16), path)?;
+                match b.as_slice() {
+                    b"little" => false,
+                    b"big" => true,
+                    other => {
+                        return Err(Error::format(
+                            path,
+                            format!("byteorder record is {:?}", String::from_utf8_lossy(other)),
+                        ))
+                    }
+                }
+            }
+            None => false,
+        };
+        let mut pl = TorchPersistentLoad::default();
+        let (root, _) = unpickle(&data, 0, &mut pl)
+            .map_err(|e| Error::format(path, format!("{pkl}: {e}")))?;
+        Ok(Checkpoint {
+            root,
+            storages: Storages::Zip {
+                archive,
+                prefix,
+                big_endian,
+            },
+            cache: RefCell::new(HashMap::new()),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn open_legacy(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let fmt = |e: String| Error::format(path, format!("legacy checkpoint: {e}"));
+        let mut pl = TorchPersistentLoad::default();
+        let (_magic, pos) = unpickle(&bytes, 0, &mut pl).map_err(fmt)?;
+        let (proto, pos) = unpickle(&bytes, pos, &mut pl).map_err(fmt)?;
+        if !matches!(proto, Value::Int(1001)) {
+            return Err(fmt(format!("protocol version is {}, expected 1001", proto.describe())));
+        }
+        let (sys_info, pos) = unpickle(&bytes, pos, &mut pl).map_err(fmt)?;
+        let big_endian = matches!(sys_info.dict_get("little_endian"), Some(Value::Bool(false)));
+        let (root, pos) = unpickle(&bytes, pos, &mut pl).map_err(fmt)?;
+        let (keys, mut pos) = unpickle(&bytes, pos, &mut pl).map_err(fmt)?;
+        let Value::List(keys) = keys else {
+            return Err(fmt("storage key list is missing".into()));
+        };
+        let mut ranges = HashMap::new();
+        for k in keys.0.borrow().iter() {
+            let Value::Str(k) = k else {
+                return Err(fmt(format!("storage key is {}", k.describe())));
+            };
+            let s = pl
+                .seen
+                .get(&**k)
+                .ok_or_else(|| fmt(format!("storage '{k}' is listed but never used")))?;
+            let esize = s.elem.size().ok_or_else(|| {
+                fmt(format!("storage '{k}' has unsupported dtype {}", s.elem.name()))
+            })?;
+            let count_bytes = bytes
+                .get(pos..pos + 8)
+                .ok_or_else(|| fmt(format!("truncated before storage '{k}'")))?;
+            let mut c = [0u8; 8];
+            c.copy_from_slice(count_bytes);
+            let count = if big_endian {
+                u64::from_be_bytes(c)
+            } else {
+                u64::from_le_bytes(c)
+            };
+            if count != s.numel {
+                return Err(fmt(format!(
+                    "storage '{k}' holds {count} elements, the pickle says {}",
+                    s.numel
+                )));
+            }
+            let len = usize::try_from(count)
+                .ok()
+                .and_then(|c| c.checked_mul(esize))
+                .ok_or_else(|| fmt(format!("storage '{k}' is too large")))?;
+            let start = pos + 8;
+            let end = start
+                .checked_add(len)
+                .filter(|&e| e <= bytes.len())
+                .ok_or_else(|| {
+                    fmt(format!(
+                        "truncated: storage '{k}' needs {len} bytes at offset {start}, file has {}",
+                        bytes.len()
+                    ))
+                })?;
+            ranges.insert(k.to_string(), (start, end));
+            pos = end;
+        }
+        Ok(Checkpoint {
+            root,
+            storages: Storages::Legacy {
+                bytes,
+                ranges,
+                big_endian,
+            },
+            cache: RefCell::new(HashMap::new()),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Raw bytes of a storage (exactly `numel * elem size`), read once and cached.
+    fn storage_bytes(&mut self, s: &StorageRef) -> Result<(Rc<Vec<u8>>, bool)> {
+        let path = self.path.clone();
+        let esize = s
+            .elem
+            .size()
+            .ok_or_else(|| Error::format(&path, format!("storage '{}': dtype {} is not supported", s.key, s.elem.name())))?;
+        let len = usize::try_from(s.numel)
+            .ok()
+            .and_then(|n| n.checked_mul(esize))
+            .ok_or_else(|| Error::format(&path, format!("storage '{}' is too large", s.key)))?;
+        let big_endian = match &self.storages {
+            Storages::Zip { big_endian, .. } | Storages::Legacy { big_endian, .. } => *big_endian,
+        };
+        if let Some(b) = self.cache.borrow().get(&s.key) {
+            return Ok((b.clone(), big_endian));
+        }
+        let bytes = match &mut self.storages {
+            Storages::Zip {
+                archive, prefix, ..
+            } => {
+                let name = format!("{prefix}data/{}", s.key);
+                let b = read_record(archive, &name, Some(len), &path)?;
+                if b.len() < len {
+                    return Err(Error::format(
+                        &path,
+                        format!(
+                            "storage record '{name}' has {} bytes, expected {len} ({} x {})",
+                            b.len(),
+                            s.numel,
+                            s.elem.name()
+                        ),
+                    ));
+                }
+                b
+            }
+            Storages::Legacy { bytes, ranges, .. } => {
+                let &(a, b) = ranges.get(&s.key).ok_or_else(|| {
+                    Error::format(&path, format!("storage '{}' has no data in the file", s.key))
+                })?;
+                bytes[a..b].to_vec()
+            }
+        };
+        let bytes = Rc::new(bytes);
+        self.cache.borrow_mut().insert(s.key.clone(), bytes.clone());
+        Ok((bytes, big_endian))
+    }
+
+    /// Reads a tensor view into a contiguous [`HostTensor`].
+    pub(crate) fn materialize(&mut self, t: &TensorRef, name: &str) -> Result<HostTensor> {
+        let path = self.path.clone();
+        let err = |msg: String| Error::format(&path, format!("tensor '{name}': {msg}"));
+        let esize = t
+            .elem
+            .size()
+            .ok_or_else(|| err(format!("dtype {} is not supported", t.elem.name())))?;
+        let shape: Vec<usize> = t
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| err(format!("size {d} too large"))))
+            .collect::<Result<_>>()?;
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| err(format!("shape {:?} overflows", t.shape)))?;
+        if numel == 0 {
+            let data = match to_host_kind(&t.elem) {
+                Kind::F32 => HostData::F32(Vec::new()),
+                Kind::I64 => HostData::I64(Vec::new()),
+            };
+            return Ok(HostTensor { shape, data });
+        }
+        // Last element touched: offset + sum((size-1)*stride).
+        let last = t
+            .shape
+            .iter()
+            .zip(&t.stride)
+            .try_fold(t.offset, |a, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| a.checked_add(x)))
+            .ok_or_else(|| err("offset/strides overflow".into()))?;
+        let (bytes, big_endian) = self.storage_bytes(&t.storage)?;
+        let avail = (bytes.len() / esize) as u64;
+        if last >= avail {
+            return Err(err(format!(
+                "storage '{}' is too short: shape {:?}, strides {:?} and offset {} reach element \
+                 {last} but the storage holds {avail} {} elements",
+                t.storage.key,
+                t.shape,
+                t.stride,
+                t.offset,
+                t.elem.name()
+            )));
+        }
+        if numel > avail && numel > MAX_EXPANDED_NUMEL {
+            return Err(err(format!(
+                "broadcast view of {numel} elements over a storage of {avail}: refusing to expand"
+            )));
+        }
+        let numel = numel as usize;
+        let idx = element_indices(&shape, &t.stride, t.offset, numel);
+        let rd = |i: usize| -> [u8; 8] {
+            let mut b = [0u8; 8];
+            let src = &bytes[i * esize..(i + 1) * esize];
+            if big_endian {
+                for (d, s) in b.iter_mut().zip(src.iter().rev()) {
+                    *d = *s;
+                }
+            } else {
+                b[..esize].copy_from_slice(src);
+            }
+            b
+        };
+        let data = match &t.elem {
+            Elem::F32 => HostData::F32(map_idx(idx, numel, |i| f32::from_le_bytes(head4(rd(i))))),
+            Elem::F64 => HostData::F32(map_idx(idx, numel, |i| f64::from_le_bytes(rd(i)) as f32)),
+            Elem::F16 => HostData::F32(map_idx(idx, numel, |i| f16_to_f32(u16::from_le_bytes(head2(rd(i)))))),
+            Elem::BF16 => HostData::F32(map_idx(idx, numel, |i| bf16_to_f32(u16::from_le_bytes(head2(rd(i)))))),
+            Elem::I64 => HostData::I64(map_idx(idx, numel, |i| i64::from_le_bytes(rd(i)))),
+            Elem::I32 => HostData::I64(map_idx(idx, numel, |i| i64::from(i32::from_le_bytes(head4(rd(i)))))),
+            Elem::I16 => HostData::I64(map_idx(idx, numel, |i| i64::from(i16::from_le_bytes(head2(rd(i)))))),
+            Elem::I8 => HostData::I64(map_idx(idx, numel, |i| i64::from(rd(i)[0] as i8))),
+            Elem::U8 => HostData::I64(map_idx(idx, numel, |i| i64::from(rd(i)[0]))),
+            Elem::Bool => HostData::I64(map_idx(idx, numel, |i| i64::from(rd(i)[0] != 0))),
+            Elem::Other(n) => return Err(err(format!("dtype {n} is not supported"))),
+        };
+        Ok(HostTensor { shape, data })
+    }
+}
+
+enum Kind {
+    F32,
+    I64,
+}
+
+fn to_host_kind(e: &Elem) -> Kind {
+    match e {
+        Elem::F32 | Elem::F64 | Elem::F16 | Elem::BF16 | Elem::Other(_) => Kind::F32,
+        _ => Kind::I64,
+    }
+}
+
+fn head4(b: [u8; 8]) -> [u8; 4] {
+    [b[0], b[1], b[2], b[3]]
+}
+
+fn head2(b: [u8; 8]) -> [u8; 2] {
+    [b[0], b[1]]
+}
+
+/// Storage element indices in row-major order: a range when contiguous, else an odometer walk.
+enum Indices {
+    Range(usize),
+    Strided(Vec<usize>),
+}
+
+/// Bounds were checked by the caller (every index < storage length), so the casts are exact.
+fn element_indices(shape: &[usize], stride: &[u64], offset: u64, numel: usize) -> Indices {
+    let mut expect = 1u64;
+    let mut contiguous = true;
+    for (&d, &s) in shape.iter().zip(stride).rev() {
+        if d != 1 && s != expect {
+            contiguous = false;
+            break;
+        }
+        expect *= d as u64;
+    }
+    if contiguous {
+        return Indices::Range(offset as usize);
+    }
+    let mut out = Vec::with_capacity(numel);
+    let nd = shape.len();
+    let mut pos = vec![0usize; nd];
+    let mut cur = offset as usize;
+    for _ in 0..numel {
+        out.push(cur);
+        for d in (0..nd).rev() {
+            pos[d] += 1;
+            cur += stride[d] as usize;
+            if pos[d] < shape[d] {
+                break;
+            }
+            cur -= stride[d] as usize * shape[d];
+            pos[d] = 0;
+        }
+    }
+    Indices::Strided(out)
+}
+
+fn map_idx<T>(idx: Indices, numel: usize, f: impl Fn(usize) -> T) -> Vec<T> {
+    match idx {
+        Indices::Range(start) => (start..start + numel).map(f).collect(),
+        Indices::Strided(v) => v.into_iter().map(f).collect(),
+    }
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Reads a zip record; with `limit`, reads at most that many bytes.
+fn read_record(
+    archive: &mut zip::ZipArchive<BufReader<File>>,
+    name: &str,
+    limit: Option<usize>,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let entry = archive
+        .by_name(name)
+        .map_err(|e| Error::format(path, format!("record '{name}': {e}")))?;
+    let size = entry.size();
+    let want = match limit {
+        Some(l) => (l as u64).min(size),
+        None => size,
+    };
+    let mut out = Vec::new();
+    out.try_reserve_exact(usize::try_from(want).unwrap_or(usize::MAX))
+        .map_err(|_| Error::format(path, format!("record '{name}' is too large ({size} bytes)")))?;
+    entry
+        .take(want)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::format(path, format!("record '{name}': {e}")))?;
+    if (out.len() as u64) < want {
+        return Err(Error::format(
+            path,
+            format!("record '{name}' is truncated: {} of {want} bytes", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// Every tensor reachable through nested dicts, keys joined with '.', e.g.
+/// `state_dict.conv1.weight`, `optimizer.state.0.momentum_buffer`.
+pub fn load_pth(path: &Path) -> Result<NamedTensors> {
+    let mut ck = Checkpoint::open(path)?;
+    let root = ck.root.clone();
+    let mut out = NamedTensors::new();
+    match &root {
+        Value::Dict(_) => flatten(&mut ck, &root, "", 0, &mut out)?,
+        Value::Tensor(t) => {
+            // torch.save(tensor): a single unnamed tensor.
+            out.insert(String::new(), ck.materialize(t, "")?);
+        }
+        other => {
+            return Err(Error::format(
+                path,
+                format!("top-level object is {}, expected a dict of tensors", other.describe()),
+            ))
+        }
+    }
+    Ok(out)
+}
+
+fn flatten(
+    ck: &mut Checkpoint,
+    dict: &Value,
+    prefix: &str,
+    depth: usize,
+    out: &mut NamedTensors,
+) -> Result<()> {
+    if depth > 64 {
+        return Err(Error::format(&ck.path, format!("dicts nested deeper than 64 at '{prefix}'")));
+    }
+    let items = dict.dict_items().unwrap_or_default();
+    for (k, v) in items {
+        let key = match &k {
+            Value::Str(s) => s.to_string(),
+            Value::Int(i) => i.to_string(),
+            _ => continue,
+        };
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match &v {
+            Value::Tensor(t) => {
+                let t = ck.materialize(t, &name)?;
+                out.insert(name, t);
+            }
+            Value::BadTensor(what) => {
+                return Err(Error::format(&ck.path, format!("tensor '{name}': unsupported ({what})")))
+            }
+            Value::Dict(_) => flatten(ck, &v, &name, depth + 1, out)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The tensors of one dict value (non-tensor entries are skipped), names as stored.
+pub(crate) fn dict_tensors(ck: &mut Checkpoint, dict: &Value, what: &str) -> Result<NamedTensors> {
+    let mut out = NamedTensors::new();
+    for (k, v) in dict.dict_items().unwrap_or_default() {
+        let Value::Str(name) = &k else { continue };
+        match &v {
+            Value::Tensor(t) => {
+                let t = ck.materialize(t, name)?;
+                out.insert(name.to_string(), t);
+            }
+            Value::BadTensor(kind) => {
+                return Err(Error::format(
+                    &ck.path,
+                    format!("{what}: tensor '{name}' is unsupported ({kind})"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Does this dict hold at least one tensor directly?
+pub(crate) fn holds_tensors(v: &Value) -> bool {
+    v.dict_items()
+        .is_some_and(|it| it.iter().any(|(_, v)| matches!(v, Value::Tensor(_) | Value::BadTensor(_))))
+}
+
+/// Writes `tensors` as a `torch.save`-style zip that `torch.load(p, weights_only=True)` reads
+/// as an `OrderedDict` of CPU tensors (f32 -> float32, i64 -> int64). Atomic.
+pub fn save_pth(path: &Path, tensors: &NamedTensors) -> Result<()> {
+    let mut pk = PickleWriter::default();
+    pk.proto();
+    pk.global("collections", "OrderedDict");
+    pk.empty_tuple();
+    pk.reduce();
+    pk.mark();
+    let mut storages = Vec::with_capacity(tensors.len());
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let numel = t.checked_numel(name).map_err(|m| Error::format(path, m))?;
+        let key = i.to_string();
+        pk.str(name);
+        pk.global("torch._utils", "_rebuild_tensor_v2");
+        pk.mark();
+        pk.mark();
+        pk.str("storage");
+        match t.data {
+            HostData::F32(_) => pk.global("torch", "FloatStorage"),
+            HostData::I64(_) => pk.global("torch", "LongStorage"),
+        }
+        pk.str(&key);
+        pk.str("cpu");
+        pk.int(numel as i64);
+        pk.tuple();
+        pk.binpersid();
+        pk.int(0);
+        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let mut stride = vec![1i64; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * shape[d + 1].max(1);
+        }
+        pk.int_tuple(&shape);
+        pk.int_tuple(&stride);
+        pk.bool(false);
+        pk.global("collections", "OrderedDict");
+        pk.empty_tuple();
+        pk.reduce();
+        pk.tuple();
+        pk.reduce();
+        storages.push((key, t));
+    }
+    pk.setitems();
+    pk.stop();
+
+    super::write_atomic(path, |file| {
+        let zerr = |e: zip::result::ZipError| Error::format(path, format!("writing zip: {e}"));
+        let ioerr = |e: std::io::Error| Error::io(path, e);
+        let mut z = zip::ZipWriter::new(file);
+        let opts = |len: usize| {
+            zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored)
+                .with_alignment(64)
+                .large_file(len as u64 >= u64::from(u32::MAX))
+        };
+        let a = "archive";
+        z.start_file(format!("{a}/data.pkl"), opts(pk.buf.len())).map_err(zerr)?;
+        z.write_all(&pk.buf).map_err(ioerr)?;
+        for (rec, body) in [(".format_version", "1"), (".storage_alignment", "64"), ("byteorder", "little")] {
+            z.start_file(format!("{a}/{rec}"), opts(body.len())).map_err(zerr)?;
+            z.write_all(body.as_bytes()).map_err(ioerr)?;
+        }
+        for (key, t) in storages {
+            let bytes = t.to_le_bytes();
+            z.start_file(format!("{a}/data/{key}"), opts(bytes.len())).map_err(zerr)?;
+            z.write_all(&bytes).map_err(ioerr)?;
+        }
+        z.start_file(format!("{a}/version"), opts(2)).map_err(zerr)?;
+        z.write_all(b"3\n").map_err(ioerr)?;
+        let f = z.finish().map_err(zerr)?;
+        f.sync_all().map_err(ioerr)
+    })
+}
