@@ -1,2 +1,3 @@
 //! Audits: PyTorch parity of a model (contract A) and, later, gradient checks.
+pub mod files;
 pub mod parity;

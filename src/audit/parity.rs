@@ -143,3 +143,95 @@ pub fn run(
     }
     Ok(out)
 }
+
+/// How one output compares with its reference.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub name: String,
+    /// Relative L2 error, or the absolute L2 error when the reference is (near) zero.
+    pub error: f64,
+    pub absolute: bool,
+    pub tolerance: f64,
+}
+
+impl Comparison {
+    pub fn ok(&self) -> bool {
+        self.error <= self.tolerance
+    }
+}
+
+/// Contract-A tolerances: relative L2 1e-4 for outputs, losses and running statistics,
+/// 1e-3 for gradients.
+pub fn tolerance(name: &str) -> f64 {
+    if name.contains(".grad") {
+        1e-3
+    } else {
+        1e-4
+    }
+}
+
+/// Below this reference norm a tensor is compared by absolute L2 error (`NEAR_ZERO_ABS`):
+/// e.g. the gradient of a bias feeding a train-mode BN is exactly zero, and f32 rounding
+/// noise has unbounded relative size.
+pub const NEAR_ZERO_NORM: f64 = 1e-6;
+pub const NEAR_ZERO_ABS: f64 = 1e-5;
+
+/// Compares every expected tensor with the computed one. Missing outputs and shape
+/// differences are reported as errors of infinity.
+pub fn compare(
+    expected: &BTreeMap<String, TorchTensor>,
+    got: &BTreeMap<String, TorchTensor>,
+) -> Vec<Comparison> {
+    let mut rows = Vec::new();
+    for (name, e) in expected {
+        let tol = tolerance(name);
+        let Some(g) = got.get(name) else {
+            rows.push(Comparison {
+                name: format!("{name} (missing)"),
+                error: f64::INFINITY,
+                absolute: false,
+                tolerance: tol,
+            });
+            continue;
+        };
+        if g.shape != e.shape {
+            rows.push(Comparison {
+                name: format!("{name} (shape {:?} vs expected {:?})", g.shape, e.shape),
+                error: f64::INFINITY,
+                absolute: false,
+                tolerance: tol,
+            });
+            continue;
+        }
+        let diff: f64 = e
+            .data
+            .iter()
+            .zip(&g.data)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = e.data.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let (error, absolute, tolerance) = if norm < NEAR_ZERO_NORM {
+            (diff, true, NEAR_ZERO_ABS)
+        } else {
+            (diff / norm, false, tol)
+        };
+        rows.push(Comparison {
+            name: name.clone(),
+            error: if error.is_nan() { f64::INFINITY } else { error },
+            absolute,
+            tolerance,
+        });
+    }
+    for name in got.keys() {
+        if !expected.contains_key(name) {
+            rows.push(Comparison {
+                name: format!("{name} (not in the reference)"),
+                error: f64::INFINITY,
+                absolute: false,
+                tolerance: 0.0,
+            });
+        }
+    }
+    rows
+}

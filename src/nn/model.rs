@@ -157,12 +157,15 @@ impl ModelSpec {
         if !(1..=3).contains(&levels) {
             return Err(Error::flag("--levels", format!("must be 1, 2 or 3, got {levels}")));
         }
-        let mut c = Vec::with_capacity(levels);
-        for (i, f) in feats.iter().enumerate().take(levels) {
+        // All three compact layers run whatever the levels, as in the paper's code: in train
+        // mode their BN running statistics update even when a level is unused.
+        let mut c = Vec::with_capacity(3);
+        for (i, f) in feats.iter().enumerate() {
             let p = format!("cp{}", i + 1);
             let y = conv(ctx, *f, &format!("{p}.0"), 1, 0, 1)?;
             c.push(bn(ctx, y, &format!("{p}.1"))?);
         }
+        c.truncate(levels);
         let mut m = vec![c[0]];
         if top_down {
             for i in 1..levels {
