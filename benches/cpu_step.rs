@@ -54,7 +54,14 @@ fn main() {
         let x = ctx.tape.input(images.clone(), false);
         let out = spec.forward(&mut ctx, x).expect("forward");
         let loss = spec
-            .loss(&mut ctx, &out, &labels, &targets, &weights, LossConfig::default())
+            .loss(
+                &mut ctx,
+                &out,
+                &labels,
+                &targets,
+                &weights,
+                LossConfig::default(),
+            )
             .expect("loss");
         let g = ctx.tape.backward(loss).expect("backward");
         std::hint::black_box(g);
@@ -72,9 +79,9 @@ fn main() {
     let mut input_grad = || {
         let mut ctx = Ctx::new(&mut store2, GradMode::InputGradOnly, false);
         let x = ctx.tape.input(images.clone(), true);
-        let out = spec.forward(&mut ctx, x).expect("forward");
-        let loss = mpm::ops::cross_entropy_smooth(&mut ctx.tape, out.logits, &labels, 0.1)
-            .expect("loss");
+        let logits = spec.forward_logits(&mut ctx, x).expect("forward");
+        let loss =
+            mpm::ops::cross_entropy_smooth(&mut ctx.tape, logits, &labels, 0.1).expect("loss");
         let g = ctx.tape.backward(loss).expect("backward");
         std::hint::black_box(g);
     };
@@ -124,7 +131,10 @@ fn main() {
         }
         Ok(o) => println!(
             "pytorch reference skipped: {}",
-            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed")
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("failed")
         ),
         Err(e) => println!("pytorch reference skipped: cannot run python3: {e}"),
     }

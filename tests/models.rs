@@ -60,7 +60,10 @@ fn mpm_resnet50_bypass_and_inference_export() {
     got.sort();
     let mut want: Vec<&String> = plain_names.iter().collect();
     want.sort();
-    assert_eq!(got, want, "inference export must hold exactly torchvision's names");
+    assert_eq!(
+        got, want,
+        "inference export must hold exactly torchvision's names"
+    );
     let params: usize = export
         .iter()
         .filter(|(k, _)| !k.contains("running_") && !k.ends_with("num_batches_tracked"))

@@ -97,7 +97,10 @@ pub fn spec_from_args(
     state: &BTreeMap<String, StateValue>,
     path: &Path,
 ) -> Result<ModelSpec> {
-    let arch: Arch = a.arch.parse().map_err(|e: String| Error::flag("--arch", e))?;
+    let arch: Arch = a
+        .arch
+        .parse()
+        .map_err(|e: String| Error::flag("--arch", e))?;
     let act: Act = a.act.parse().map_err(|e: String| Error::flag("--act", e))?;
     let seg = |_: ()| -> Result<usize> {
         a.seg_classes
@@ -121,7 +124,10 @@ pub fn spec_from_args(
         other => return Err(Error::flag("--head", format!("unknown head '{other}'"))),
     };
     if a.head == "none" && a.seg_classes.is_some() {
-        return Err(Error::flag("--seg-classes", "only meaningful with --head mpm|twostage"));
+        return Err(Error::flag(
+            "--seg-classes",
+            "only meaningful with --head mpm|twostage",
+        ));
     }
     let width = shape_of(state, &format!("{prefix}conv1.weight"), path)?[0];
     Ok(ModelSpec {
@@ -141,7 +147,10 @@ fn f32_tensor(t: &NamedTensors, name: &str, path: &Path) -> Result<TorchTensor> 
             shape: shape.clone(),
             data: d.clone(),
         }),
-        Some(_) => Err(Error::format(path, format!("'{name}' must be a float tensor"))),
+        Some(_) => Err(Error::format(
+            path,
+            format!("'{name}' must be a float tensor"),
+        )),
         None => Err(Error::format(path, format!("missing tensor '{name}'"))),
     }
 }
@@ -211,10 +220,7 @@ pub fn read_input(path: &Path, spec: &ModelSpec) -> Result<ParityInput> {
 }
 
 /// Loads W, builds the model the flags describe.
-pub fn load_model(
-    weights: &Path,
-    args: &ModelArgs,
-) -> Result<(ModelSpec, crate::nn::ParamStore)> {
+pub fn load_model(weights: &Path, args: &ModelArgs) -> Result<(ModelSpec, crate::nn::ParamStore)> {
     let t = io::load_state_dict(weights, io::StateDictPick::Auto)?;
     let state = to_state(t);
     let spec = spec_from_args(args, &state, weights)?;

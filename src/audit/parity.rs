@@ -210,7 +210,12 @@ pub fn compare(
             .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
             .sum::<f64>()
             .sqrt();
-        let norm: f64 = e.data.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = e
+            .data
+            .iter()
+            .map(|a| (*a as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let (error, absolute, tolerance) = if norm < NEAR_ZERO_NORM {
             (diff, true, NEAR_ZERO_ABS)
         } else {

@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "mpm-audit", version, about = "Parity and gradient audits of the MPM engine")]
+#[command(
+    name = "mpm-audit",
+    version,
+    about = "Parity and gradient audits of the MPM engine"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

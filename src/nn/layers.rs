@@ -62,12 +62,12 @@ impl<'a> Ctx<'a> {
         }
         let e = self.store.get(name)?;
         let t = e.tensor.clone();
-        let v = if e.kind == Kind::Param && !self.frozen.iter().any(|f| name.starts_with(f.as_str()))
-        {
-            self.tape.param(t)
-        } else {
-            self.tape.constant(t)
-        };
+        let v =
+            if e.kind == Kind::Param && !self.frozen.iter().any(|f| name.starts_with(f.as_str())) {
+                self.tape.param(t)
+            } else {
+                self.tape.constant(t)
+            };
         self.vars.insert(name.to_string(), v);
         Ok(v)
     }
@@ -173,8 +173,11 @@ pub struct Declared {
 
 impl Declared {
     pub fn conv(&mut self, prefix: &str, o: usize, i_per_group: usize, k: usize, bias: bool) {
-        self.entries
-            .push((format!("{prefix}.weight"), vec![o, i_per_group, k, k], Kind::Param));
+        self.entries.push((
+            format!("{prefix}.weight"),
+            vec![o, i_per_group, k, k],
+            Kind::Param,
+        ));
         if bias {
             self.entries
                 .push((format!("{prefix}.bias"), vec![o], Kind::Param));

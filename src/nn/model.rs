@@ -89,7 +89,13 @@ impl ModelSpec {
                 let widths = [f, f / 2, f / 4];
                 for i in 0..3 {
                     let p = format!("cp{}", i + 1);
-                    d.conv(&format!("{p}.0"), widths[i], bb.stage_channels(3 - i), 1, false);
+                    d.conv(
+                        &format!("{p}.0"),
+                        widths[i],
+                        bb.stage_channels(3 - i),
+                        1,
+                        false,
+                    );
                     d.bn(&format!("{p}.1"), widths[i]);
                 }
                 for i in 0..3 {
@@ -139,6 +145,29 @@ impl ModelSpec {
         }
     }
 
+    /// Logits only, for evaluation and attacks: an MPM is then the plain ResNet (the bypass
+    /// layers are not run); the two-stage model has no shortcut and runs whole.
+    pub fn forward_logits(&self, ctx: &mut Ctx, images: Var) -> Result<Var> {
+        match self.head {
+            Head::TwoStage { .. } => Ok(self.forward(ctx, images)?.logits),
+            Head::None | Head::Mpm { .. } => {
+                let x = ops::normalize_input(
+                    &mut ctx.tape,
+                    images,
+                    ops::basic::IMAGENET_MEAN,
+                    ops::basic::IMAGENET_STD,
+                )?;
+                let [_, _, _, l4] = self.backbone.forward(ctx, x, self.prefix())?;
+                let fc = if self.head == Head::None {
+                    "fc"
+                } else {
+                    "classifer.2"
+                };
+                self.pool_classify(ctx, l4, fc)
+            }
+        }
+    }
+
     fn pool_classify(&self, ctx: &mut Ctx, feat: Var, fc: &str) -> Result<Var> {
         let y = ops::adaptive_avg_pool2d(&mut ctx.tape, feat, 1, 1)?;
         let y = flatten(ctx, y)?;
@@ -155,7 +184,10 @@ impl ModelSpec {
         top_down: bool,
     ) -> Result<Vec<Var>> {
         if !(1..=3).contains(&levels) {
-            return Err(Error::flag("--levels", format!("must be 1, 2 or 3, got {levels}")));
+            return Err(Error::flag(
+                "--levels",
+                format!("must be 1, 2 or 3, got {levels}"),
+            ));
         }
         // All three compact layers run whatever the levels, as in the paper's code: in train
         // mode their BN running statistics update even when a level is unused.
@@ -179,7 +211,11 @@ impl ModelSpec {
         }
         let mut segs = Vec::with_capacity(levels);
         for (i, mi) in m.iter().enumerate() {
-            segs.push(separable_gelu(ctx, *mi, &format!("segmenter_head{}.1", i + 1))?);
+            segs.push(separable_gelu(
+                ctx,
+                *mi,
+                &format!("segmenter_head{}.1", i + 1),
+            )?);
         }
         segs.reverse();
         Ok(segs)
@@ -308,9 +344,9 @@ impl ModelSpec {
             known.insert(name.clone());
             match state.get(name) {
                 None => problems.push(format!("  missing: {name} (expected shape {shape:?})")),
-                Some(StateValue::Int(_)) => {
-                    problems.push(format!("  {name}: expected a float tensor {shape:?}, got an integer"))
-                }
+                Some(StateValue::Int(_)) => problems.push(format!(
+                    "  {name}: expected a float tensor {shape:?}, got an integer"
+                )),
                 Some(StateValue::Float(t)) if &t.shape != shape => problems.push(format!(
                     "  mis-shaped: {name}: checkpoint {:?}, model {shape:?}",
                     t.shape
@@ -435,4 +471,3 @@ fn separable_gelu(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
     let y = act(ctx, x, Act::Gelu);
     separable(ctx, y, prefix)
 }
-

@@ -146,7 +146,8 @@ impl ParamStore {
     /// Keeps only the entries for which `keep(name)` holds (e.g. dropping MPM bypass layers).
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.entries.retain(|k, _| keep(k));
-        self.counters.retain(|k, _| keep(&format!("{k}.num_batches_tracked")));
+        self.counters
+            .retain(|k, _| keep(&format!("{k}.num_batches_tracked")));
     }
 }
 
