@@ -306,3 +306,21 @@ fn input_grad_only_mode_skips_weight_gradients() {
     assert!(g.get(wv).is_none());
     assert!(!t.requires_grad(wv));
 }
+
+#[test]
+fn gelu_matches_erf_definition() {
+    // The engine's erf approximation against f64 libm erf, over the range activations take.
+    let mut worst = 0.0f64;
+    for i in -20000..=20000 {
+        let x = i as f32 * 5e-4;
+        let exact = 0.5 * x as f64 * (1.0 + libm::erf(x as f64 / std::f64::consts::SQRT_2));
+        let got = mpm::cpu::elementwise::gelu_scalar(x) as f64;
+        worst = worst.max((got - exact).abs() / (1.0 + exact.abs()));
+        let h = 1e-4f64;
+        let g = |v: f64| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+        let dexact = (g(x as f64 + h) - g(x as f64 - h)) / (2.0 * h);
+        let dgot = mpm::cpu::elementwise::gelu_grad_scalar(x) as f64;
+        assert!((dgot - dexact).abs() < 2e-6, "gelu'({x}) = {dgot}, expected {dexact}");
+    }
+    assert!(worst < 1e-6, "gelu relative error {worst}");
+}

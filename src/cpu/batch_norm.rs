@@ -5,17 +5,32 @@
 
 use rayon::prelude::*;
 
-const ROWS_PER_TASK: usize = 256;
+const ROWS_PER_TASK: usize = 512;
+/// Rows summed in f32 before the partial sum is added to the f64 accumulator: short enough
+/// that f32 rounding stays far below the f64 total's, long enough to vectorise.
+const ROWS_PER_F32_BLOCK: usize = 16;
 
-/// Per-channel sums of `f(row values)` over all rows, accumulated in f64.
-fn channel_sums(m: usize, c: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f64> {
+/// Per-channel sums over all rows of `f(row, acc)` (which adds one row's contribution to the
+/// f32 block accumulator `acc`), accumulated per block in f32 and across blocks in f64.
+fn channel_sums(m: usize, c: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f64> {
     let tasks = m.div_ceil(ROWS_PER_TASK);
     (0..tasks)
         .into_par_iter()
         .map(|t| {
             let mut s = vec![0.0f64; c];
-            for r in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(m) {
-                f(r, &mut s);
+            let mut block = vec![0.0f32; c];
+            let end = ((t + 1) * ROWS_PER_TASK).min(m);
+            let mut r = t * ROWS_PER_TASK;
+            while r < end {
+                block.fill(0.0);
+                let stop = (r + ROWS_PER_F32_BLOCK).min(end);
+                for row in r..stop {
+                    f(row, &mut block);
+                }
+                for (a, b) in s.iter_mut().zip(&block) {
+                    *a += *b as f64;
+                }
+                r = stop;
             }
             s
         })
@@ -34,13 +49,15 @@ fn channel_sums(m: usize, c: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec
 pub fn batch_stats(x: &[f32], m: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
     let sum = channel_sums(m, c, |r, s| {
         for (a, b) in s.iter_mut().zip(&x[r * c..(r + 1) * c]) {
-            *a += *b as f64;
+            *a += *b;
         }
     });
     let mean: Vec<f64> = sum.iter().map(|s| s / m as f64).collect();
+    let mean32: Vec<f32> = mean.iter().map(|v| *v as f32).collect();
+    // Two-pass variance (sum of squared deviations from the mean) for stability.
     let sq = channel_sums(m, c, |r, s| {
-        for ((a, b), mu) in s.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(&mean) {
-            let d = *b as f64 - mu;
+        for ((a, b), mu) in s.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(&mean32) {
+            let d = *b - mu;
             *a += d * d;
         }
     });
@@ -89,8 +106,8 @@ pub fn backward_sums(
         let dr = &dy[r * c..(r + 1) * c];
         for i in 0..c {
             let xhat = (xr[i] - mean[i]) * invstd[i];
-            s1[i] += dr[i] as f64;
-            s2[i] += (dr[i] * xhat) as f64;
+            s1[i] += dr[i];
+            s2[i] += dr[i] * xhat;
         }
     });
     (
