@@ -26,7 +26,10 @@ fn sub(flat: &NamedTensors, prefix: &str) -> NamedTensors {
     flat.iter()
         .filter_map(|(k, v)| {
             let k = k.strip_prefix(prefix)?.strip_prefix('.')?;
-            Some((k.strip_prefix("module.").unwrap_or(k).to_string(), v.clone()))
+            Some((
+                k.strip_prefix("module.").unwrap_or(k).to_string(),
+                v.clone(),
+            ))
         })
         .collect()
 }
@@ -37,7 +40,10 @@ fn plain_state_dict_matches_torch() {
     assert_same(&got, &expected("plain.json"));
     // Spot checks that the fixture covers what it claims.
     assert_eq!(got["1.num_batches_tracked"].shape, Vec::<usize>::new());
-    assert_eq!(got["1.num_batches_tracked"].as_i64(), Some(&[12_345_678_901i64][..]));
+    assert_eq!(
+        got["1.num_batches_tracked"].as_i64(),
+        Some(&[12_345_678_901i64][..])
+    );
     assert_eq!(got["transposed"].shape, vec![5, 3]);
     assert_eq!(
         got["shared.window"].as_f32(),
@@ -86,7 +92,10 @@ fn timm_checkpoint_picks_ema_or_model_and_strips_module() {
 #[test]
 fn ema_pick_without_ema_weights_is_an_error() {
     let e = err_text(load_state_dict(&fixture("plain.pth"), StateDictPick::Ema));
-    assert!(e.contains("state_dict_ema") && e.contains("plain.pth"), "{e}");
+    assert!(
+        e.contains("state_dict_ema") && e.contains("plain.pth"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -101,7 +110,10 @@ fn malicious_pickles_are_refused() {
             err_text(load_state_dict(&path, StateDictPick::Auto)),
         ] {
             assert!(e.contains(global), "{file}: {e}");
-            assert!(e.contains(file), "{file}: message should name the file: {e}");
+            assert!(
+                e.contains(file),
+                "{file}: message should name the file: {e}"
+            );
         }
     }
 }
@@ -113,7 +125,10 @@ fn unknown_class_is_refused_not_instantiated() {
     let pkl = b"\x80\x02}(X\x01\x00\x00\x00acmymodule\nConfig\n)\x81u.";
     write_zip(&p, &[("x/data.pkl", pkl)]);
     let e = err_text(load_pth(&p));
-    assert!(e.contains("mymodule.Config") && e.contains("allow-list"), "{e}");
+    assert!(
+        e.contains("mymodule.Config") && e.contains("allow-list"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -127,8 +142,15 @@ fn truncated_files_are_errors_not_panics() {
         while n < bytes.len() {
             std::fs::write(&p, &bytes[..n]).expect("write");
             assert!(load_pth(&p).is_err(), "{name} cut at {n} loaded");
-            assert!(load_state_dict(&p, StateDictPick::Auto).is_err(), "{name} cut at {n}");
-            n += if n < 64 || bytes.len() - n < 64 { 1 } else { step };
+            assert!(
+                load_state_dict(&p, StateDictPick::Auto).is_err(),
+                "{name} cut at {n}"
+            );
+            n += if n < 64 || bytes.len() - n < 64 {
+                1
+            } else {
+                step
+            };
         }
     }
 }
@@ -138,15 +160,20 @@ fn corrupted_pickles_are_errors_not_panics() {
     // Every byte of data.pkl replaced by a few values; the archive itself stays valid.
     let dir = scratch("corrupted");
     let records = read_zip(&fixture("plain.pth"));
-    let pkl_i = records.iter().position(|(n, _)| n.ends_with("data.pkl")).expect("data.pkl");
+    let pkl_i = records
+        .iter()
+        .position(|(n, _)| n.ends_with("data.pkl"))
+        .expect("data.pkl");
     let p = dir.join("c.pth");
     let mut loaded = 0;
     for i in 0..records[pkl_i].1.len() {
         for val in [0x00u8, 0xff, b'(', b'R'] {
             let mut recs = records.clone();
             recs[pkl_i].1[i] = val;
-            let refs: Vec<(&str, &[u8])> =
-                recs.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+            let refs: Vec<(&str, &[u8])> = recs
+                .iter()
+                .map(|(n, d)| (n.as_str(), d.as_slice()))
+                .collect();
             write_zip(&p, &refs);
             // Ok or Err are both fine (some bytes are data); a panic fails the test.
             if load_pth(&p).is_ok() {
@@ -203,7 +230,12 @@ fn unsupported_dtype_names_tensor_and_dtype() {
 fn not_a_checkpoint_is_an_error() {
     let dir = scratch("not_ckpt");
     let p = dir.join("junk.pth");
-    for bytes in [&b""[..], b"hello world, not a checkpoint", b"PK\x03\x04garbage", b"\x80\x02}."] {
+    for bytes in [
+        &b""[..],
+        b"hello world, not a checkpoint",
+        b"PK\x03\x04garbage",
+        b"\x80\x02}.",
+    ] {
         std::fs::write(&p, bytes).expect("write");
         assert!(load_pth(&p).is_err());
         assert!(load_state_dict(&p, StateDictPick::Auto).is_err());
@@ -223,12 +255,21 @@ fn roundtrip_tensors() -> NamedTensors {
     let mut t = NamedTensors::new();
     t.insert(
         "a.weight".into(),
-        HostTensor::f32(vec![2, 3, 4], (0..24).map(|i| i as f32 * 0.5 - 3.0).collect()),
+        HostTensor::f32(
+            vec![2, 3, 4],
+            (0..24).map(|i| i as f32 * 0.5 - 3.0).collect(),
+        ),
     );
     t.insert("b.scalar".into(), HostTensor::f32(vec![], vec![1.25]));
-    t.insert("c.long".into(), HostTensor::i64(vec![3], vec![-5, 0, 1 << 40]));
+    t.insert(
+        "c.long".into(),
+        HostTensor::i64(vec![3], vec![-5, 0, 1 << 40]),
+    );
     t.insert("d.empty".into(), HostTensor::f32(vec![0, 2], vec![]));
-    t.insert("e.big".into(), HostTensor::f32(vec![70000], (0..70000).map(|i| i as f32).collect()));
+    t.insert(
+        "e.big".into(),
+        HostTensor::f32(vec![70000], (0..70000).map(|i| i as f32).collect()),
+    );
     t
 }
 
@@ -247,7 +288,10 @@ fn save_pth_is_read_by_torch() {
     assert_same(&load_pth(&p).expect("load"), &t);
     let q = dir.join("w.safetensors");
     std::fs::copy(&p, &q).expect("copy");
-    assert_same(&load_state_dict(&q, StateDictPick::Auto).expect("sniffed"), &t);
+    assert_same(
+        &load_state_dict(&q, StateDictPick::Auto).expect("sniffed"),
+        &t,
+    );
     // Overwrite in place; no temp files left behind.
     save_pth(&p, &t).expect("overwrite");
     let names: Vec<_> = std::fs::read_dir(&dir)

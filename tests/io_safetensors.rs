@@ -39,7 +39,10 @@ fn unsupported_dtype_names_tensor_and_dtype() {
 fn save_then_load_round_trips() {
     let dir = scratch("st_roundtrip");
     let mut t = NamedTensors::new();
-    t.insert("w".into(), HostTensor::f32(vec![2, 3], vec![1.0, -2.0, 0.5, f32::MAX, -0.0, 1e-40]));
+    t.insert(
+        "w".into(),
+        HostTensor::f32(vec![2, 3], vec![1.0, -2.0, 0.5, f32::MAX, -0.0, 1e-40]),
+    );
     t.insert("n".into(), HostTensor::i64(vec![], vec![i64::MIN]));
     t.insert("e".into(), HostTensor::f32(vec![3, 0], vec![]));
     let mut meta = BTreeMap::new();
@@ -54,7 +57,10 @@ fn save_then_load_round_trips() {
     assert!(load_safetensors(&p).expect("load").1.is_empty());
     let q = dir.join("x.pth");
     std::fs::copy(&p, &q).expect("copy");
-    assert_same(&load_state_dict(&q, StateDictPick::Model).expect("sniffed"), &t);
+    assert_same(
+        &load_state_dict(&q, StateDictPick::Model).expect("sniffed"),
+        &t,
+    );
     let n = std::fs::read_dir(&dir).expect("dir").count();
     assert_eq!(n, 2, "temp files left behind");
 }
@@ -99,7 +105,10 @@ fn malformed_files_are_errors() {
     for n in 0..good.len() {
         std::fs::write(&p, &good[..n]).expect("write");
         assert!(load_safetensors(&p).is_err(), "cut at {n}");
-        assert!(load_state_dict(&p, StateDictPick::Auto).is_err(), "cut at {n}");
+        assert!(
+            load_state_dict(&p, StateDictPick::Auto).is_err(),
+            "cut at {n}"
+        );
     }
 }
 

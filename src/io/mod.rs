@@ -102,7 +102,10 @@ fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
             if v.dict_items().is_none() {
                 return Err(Error::format(
                     path,
-                    format!("checkpoint key '{key}' is {}, expected a dict of tensors", v.describe()),
+                    format!(
+                        "checkpoint key '{key}' is {}, expected a dict of tensors",
+                        v.describe()
+                    ),
                 ));
             }
             return pth::dict_tensors(&mut ck, &v, key);
@@ -125,7 +128,10 @@ fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
     };
     Err(Error::format(
         path,
-        format!("no {wanted} in checkpoint; top-level keys: [{}]", keys.join(", ")),
+        format!(
+            "no {wanted} in checkpoint; top-level keys: [{}]",
+            keys.join(", ")
+        ),
     ))
 }
 

@@ -299,10 +299,7 @@ pub(crate) fn resolve_global(module: &str, name: &str) -> Result<Global, String>
             "object" | "set" | "frozenset" | "list" | "dict" | "tuple" | "int" | "float" | "str"
             | "bytes" | "bytearray" | "complex" | "slice" | "range" | "bool",
         )
-        | (
-            "numpy.core.multiarray" | "numpy._core.multiarray",
-            "scalar" | "_reconstruct",
-        )
+        | ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar" | "_reconstruct")
         | ("numpy", "dtype" | "ndarray")
         | ("pathlib", "Path" | "PosixPath" | "WindowsPath" | "PurePosixPath" | "PureWindowsPath")
         | ("datetime", "datetime" | "date" | "time" | "timedelta" | "timezone")
@@ -310,9 +307,27 @@ pub(crate) fn resolve_global(module: &str, name: &str) -> Result<Global, String>
         | ("yacs.config", "CfgNode") => opaque(&full),
         _ => {
             const CODE_RUNNING: &[&str] = &[
-                "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib",
-                "runpy", "pickle", "marshal", "code", "ctypes", "pty", "webbrowser", "builtins",
-                "operator", "functools", "types", "torch.hub", "torch.jit",
+                "os",
+                "posix",
+                "nt",
+                "subprocess",
+                "sys",
+                "shutil",
+                "socket",
+                "importlib",
+                "runpy",
+                "pickle",
+                "marshal",
+                "code",
+                "ctypes",
+                "pty",
+                "webbrowser",
+                "builtins",
+                "operator",
+                "functools",
+                "types",
+                "torch.hub",
+                "torch.jit",
             ];
             let root = module.split('.').next().unwrap_or(module);
             if CODE_RUNNING.contains(&module) || CODE_RUNNING.contains(&root) {
@@ -346,7 +361,10 @@ pub(crate) struct TorchPersistentLoad {
 impl PersistentLoad for TorchPersistentLoad {
     fn load(&mut self, pid: Value) -> Result<Value, String> {
         let Value::Tuple(t) = &pid else {
-            return Err(format!("persistent id is {}, expected a tuple", pid.describe()));
+            return Err(format!(
+                "persistent id is {}, expected a tuple",
+                pid.describe()
+            ));
         };
         let items = t.0.borrow();
         match items.first() {
@@ -454,7 +472,10 @@ impl<'a> Unpickler<'a> {
 
     fn pop(&mut self) -> Result<Value, String> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
-            return Err(format!("stack underflow (at a MARK) at offset {}", self.pos));
+            return Err(format!(
+                "stack underflow (at a MARK) at offset {}",
+                self.pos
+            ));
         }
         self.stack
             .pop()
@@ -760,7 +781,9 @@ impl<'a> Unpickler<'a> {
                     let v = persistent.load(pid)?;
                     self.stack.push(v);
                 }
-                0x82..=0x84 => return Err("EXT opcodes (copyreg extension registry) are not supported".into()),
+                0x82..=0x84 => {
+                    return Err("EXT opcodes (copyreg extension registry) are not supported".into())
+                }
                 0x97 | 0x98 => return Err("out-of-band buffers are not supported".into()),
                 _ => {
                     return Err(format!(
@@ -791,7 +814,9 @@ fn long_from_le(b: &[u8]) -> Value {
 fn new_object(cls: &Value) -> Result<Value, String> {
     match cls {
         Value::Global(Global::OrderedDict | Global::DefaultDict) => Ok(Value::Dict(Seq::default())),
-        Value::Global(Global::Opaque(name)) => Ok(Value::Opaque(Rc::from(format!("{name} object")))),
+        Value::Global(Global::Opaque(name)) => {
+            Ok(Value::Opaque(Rc::from(format!("{name} object"))))
+        }
         Value::Opaque(_) => Ok(Value::Opaque(Rc::from("object"))),
         other => Err(format!("cannot instantiate {}", other.describe())),
     }
@@ -800,19 +825,28 @@ fn new_object(cls: &Value) -> Result<Value, String> {
 fn tuple_items(args: &Value, what: &str) -> Result<Vec<Value>, String> {
     match args {
         Value::Tuple(t) => Ok(t.0.borrow().clone()),
-        other => Err(format!("{what}: arguments are {}, expected a tuple", other.describe())),
+        other => Err(format!(
+            "{what}: arguments are {}, expected a tuple",
+            other.describe()
+        )),
     }
 }
 
 fn int_list(v: &Value, what: &str) -> Result<Vec<u64>, String> {
     let (Value::Tuple(s) | Value::List(s)) = v else {
-        return Err(format!("{what} is {}, expected a tuple of ints", v.describe()));
+        return Err(format!(
+            "{what} is {}, expected a tuple of ints",
+            v.describe()
+        ));
     };
     s.0.borrow()
         .iter()
         .map(|x| match x {
             Value::Int(i) if *i >= 0 => Ok(*i as u64),
-            other => Err(format!("{what} holds {}, expected a non-negative int", other.describe())),
+            other => Err(format!(
+                "{what} holds {}, expected a non-negative int",
+                other.describe()
+            )),
         })
         .collect()
 }
@@ -822,7 +856,12 @@ fn call(func: Value, args: Value) -> Result<Value, String> {
     let g = match func {
         Value::Global(g) => g,
         Value::Opaque(name) => return Ok(Value::Opaque(Rc::from(format!("result of {name}")))),
-        other => return Err(format!("REDUCE on {}, which is not callable", other.describe())),
+        other => {
+            return Err(format!(
+                "REDUCE on {}, which is not callable",
+                other.describe()
+            ))
+        }
     };
     match g {
         Global::OrderedDict | Global::DefaultDict => {
@@ -862,9 +901,7 @@ fn call(func: Value, args: Value) -> Result<Value, String> {
             };
             let offset = match &a[1] {
                 Value::Int(o) if *o >= 0 => *o as u64,
-                other => {
-                    return Err(format!("_rebuild_tensor: offset is {}", other.describe()))
-                }
+                other => return Err(format!("_rebuild_tensor: offset is {}", other.describe())),
             };
             let shape = int_list(&a[2], "tensor size")?;
             let stride = int_list(&a[3], "tensor stride")?;
@@ -878,7 +915,9 @@ fn call(func: Value, args: Value) -> Result<Value, String> {
             let elem = if version == 3 {
                 match &a[6] {
                     Value::Global(Global::Dtype(e)) => e.clone(),
-                    other => return Err(format!("_rebuild_tensor_v3: dtype is {}", other.describe())),
+                    other => {
+                        return Err(format!("_rebuild_tensor_v3: dtype is {}", other.describe()))
+                    }
                 }
             } else {
                 storage.elem.clone()
@@ -910,7 +949,10 @@ fn call(func: Value, args: Value) -> Result<Value, String> {
             }
         }
         Global::UnsupportedTensor(name) => Ok(Value::BadTensor(name)),
-        Global::Storage(e) => Ok(Value::Opaque(Rc::from(format!("{}Storage object", e.name())))),
+        Global::Storage(e) => Ok(Value::Opaque(Rc::from(format!(
+            "{}Storage object",
+            e.name()
+        )))),
         Global::Dtype(e) => Ok(Value::Opaque(Rc::from(format!("torch.{} call", e.name())))),
         Global::Opaque(name) => Ok(Value::Opaque(Rc::from(format!("{name} object")))),
     }
@@ -1042,7 +1084,13 @@ mod tests {
 
     #[test]
     fn rejects_code_globals() {
-        for (m, n) in [("posix", "system"), ("os", "system"), ("builtins", "eval"), ("__builtin__", "exec"), ("subprocess", "Popen")] {
+        for (m, n) in [
+            ("posix", "system"),
+            ("os", "system"),
+            ("builtins", "eval"),
+            ("__builtin__", "exec"),
+            ("subprocess", "Popen"),
+        ] {
             let mut w = PickleWriter::default();
             w.proto();
             w.global(m, n);

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::host::{bf16_to_f32, f16_to_f32, HostData, HostTensor, NamedTensors};
-use super::pickle::{unpickle, Elem, PickleWriter, StorageRef, TensorRef, TorchPersistentLoad, Value};
+use super::pickle::{
+    unpickle, Elem, PickleWriter, StorageRef, TensorRef, TorchPersistentLoad, Value,
+};
 use crate::{Error, Result};
 
 /// First bytes of a legacy-format file: PROTO 2, LONG1 of the magic number 0x1950a86a20f9469cfc6c.
@@ -100,8 +102,8 @@ impl Checkpoint {
             None => false,
         };
         let mut pl = TorchPersistentLoad::default();
-        let (root, _) = unpickle(&data, 0, &mut pl)
-            .map_err(|e| Error::format(path, format!("{pkl}: {e}")))?;
+        let (root, _) =
+            unpickle(&data, 0, &mut pl).map_err(|e| Error::format(path, format!("{pkl}: {e}")))?;
         Ok(Checkpoint {
             root,
             storages: Storages::Zip {
@@ -121,7 +123,10 @@ impl Checkpoint {
         let (_magic, pos) = unpickle(&bytes, 0, &mut pl).map_err(fmt)?;
         let (proto, pos) = unpickle(&bytes, pos, &mut pl).map_err(fmt)?;
         if !matches!(proto, Value::Int(1001)) {
-            return Err(fmt(format!("protocol version is {}, expected 1001", proto.describe())));
+            return Err(fmt(format!(
+                "protocol version is {}, expected 1001",
+                proto.describe()
+            )));
         }
         let (sys_info, pos) = unpickle(&bytes, pos, &mut pl).map_err(fmt)?;
         let big_endian = matches!(sys_info.dict_get("little_endian"), Some(Value::Bool(false)));
@@ -140,7 +145,10 @@ impl Checkpoint {
                 .get(&**k)
                 .ok_or_else(|| fmt(format!("storage '{k}' is listed but never used")))?;
             let esize = s.elem.size().ok_or_else(|| {
-                fmt(format!("storage '{k}' has unsupported dtype {}", s.elem.name()))
+                fmt(format!(
+                    "storage '{k}' has unsupported dtype {}",
+                    s.elem.name()
+                ))
             })?;
             let count_bytes = bytes
                 .get(pos..pos + 8)
@@ -190,10 +198,16 @@ impl Checkpoint {
     /// Raw bytes of a storage (exactly `numel * elem size`), read once and cached.
     fn storage_bytes(&mut self, s: &StorageRef) -> Result<(Rc<Vec<u8>>, bool)> {
         let path = self.path.clone();
-        let esize = s
-            .elem
-            .size()
-            .ok_or_else(|| Error::format(&path, format!("storage '{}': dtype {} is not supported", s.key, s.elem.name())))?;
+        let esize = s.elem.size().ok_or_else(|| {
+            Error::format(
+                &path,
+                format!(
+                    "storage '{}': dtype {} is not supported",
+                    s.key,
+                    s.elem.name()
+                ),
+            )
+        })?;
         let len = usize::try_from(s.numel)
             .ok()
             .and_then(|n| n.checked_mul(esize))
@@ -225,7 +239,10 @@ impl Checkpoint {
             }
             Storages::Legacy { bytes, ranges, .. } => {
                 let &(a, b) = ranges.get(&s.key).ok_or_else(|| {
-                    Error::format(&path, format!("storage '{}' has no data in the file", s.key))
+                    Error::format(
+                        &path,
+                        format!("storage '{}' has no data in the file", s.key),
+                    )
                 })?;
                 bytes[a..b].to_vec()
             }
@@ -265,7 +282,9 @@ impl Checkpoint {
             .shape
             .iter()
             .zip(&t.stride)
-            .try_fold(t.offset, |a, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| a.checked_add(x)))
+            .try_fold(t.offset, |a, (&d, &s)| {
+                (d - 1).checked_mul(s).and_then(|x| a.checked_add(x))
+            })
             .ok_or_else(|| err("offset/strides overflow".into()))?;
         let (bytes, big_endian) = self.storage_bytes(&t.storage)?;
         let avail = (bytes.len() / esize) as u64;
@@ -302,11 +321,19 @@ impl Checkpoint {
         let data = match &t.elem {
             Elem::F32 => HostData::F32(map_idx(idx, numel, |i| f32::from_le_bytes(head4(rd(i))))),
             Elem::F64 => HostData::F32(map_idx(idx, numel, |i| f64::from_le_bytes(rd(i)) as f32)),
-            Elem::F16 => HostData::F32(map_idx(idx, numel, |i| f16_to_f32(u16::from_le_bytes(head2(rd(i)))))),
-            Elem::BF16 => HostData::F32(map_idx(idx, numel, |i| bf16_to_f32(u16::from_le_bytes(head2(rd(i)))))),
+            Elem::F16 => HostData::F32(map_idx(idx, numel, |i| {
+                f16_to_f32(u16::from_le_bytes(head2(rd(i))))
+            })),
+            Elem::BF16 => HostData::F32(map_idx(idx, numel, |i| {
+                bf16_to_f32(u16::from_le_bytes(head2(rd(i))))
+            })),
             Elem::I64 => HostData::I64(map_idx(idx, numel, |i| i64::from_le_bytes(rd(i)))),
-            Elem::I32 => HostData::I64(map_idx(idx, numel, |i| i64::from(i32::from_le_bytes(head4(rd(i)))))),
-            Elem::I16 => HostData::I64(map_idx(idx, numel, |i| i64::from(i16::from_le_bytes(head2(rd(i)))))),
+            Elem::I32 => HostData::I64(map_idx(idx, numel, |i| {
+                i64::from(i32::from_le_bytes(head4(rd(i))))
+            })),
+            Elem::I16 => HostData::I64(map_idx(idx, numel, |i| {
+                i64::from(i16::from_le_bytes(head2(rd(i))))
+            })),
             Elem::I8 => HostData::I64(map_idx(idx, numel, |i| i64::from(rd(i)[0] as i8))),
             Elem::U8 => HostData::I64(map_idx(idx, numel, |i| i64::from(rd(i)[0]))),
             Elem::Bool => HostData::I64(map_idx(idx, numel, |i| i64::from(rd(i)[0] != 0))),
@@ -418,7 +445,10 @@ fn read_record(
     if (out.len() as u64) < want {
         return Err(Error::format(
             path,
-            format!("record '{name}' is truncated: {} of {want} bytes", out.len()),
+            format!(
+                "record '{name}' is truncated: {} of {want} bytes",
+                out.len()
+            ),
         ));
     }
     Ok(out)
@@ -439,7 +469,10 @@ pub fn load_pth(path: &Path) -> Result<NamedTensors> {
         other => {
             return Err(Error::format(
                 path,
-                format!("top-level object is {}, expected a dict of tensors", other.describe()),
+                format!(
+                    "top-level object is {}, expected a dict of tensors",
+                    other.describe()
+                ),
             ))
         }
     }
@@ -454,7 +487,10 @@ fn flatten(
     out: &mut NamedTensors,
 ) -> Result<()> {
     if depth > 64 {
-        return Err(Error::format(&ck.path, format!("dicts nested deeper than 64 at '{prefix}'")));
+        return Err(Error::format(
+            &ck.path,
+            format!("dicts nested deeper than 64 at '{prefix}'"),
+        ));
     }
     let items = dict.dict_items().unwrap_or_default();
     for (k, v) in items {
@@ -474,7 +510,10 @@ fn flatten(
                 out.insert(name, t);
             }
             Value::BadTensor(what) => {
-                return Err(Error::format(&ck.path, format!("tensor '{name}': unsupported ({what})")))
+                return Err(Error::format(
+                    &ck.path,
+                    format!("tensor '{name}': unsupported ({what})"),
+                ))
             }
             Value::Dict(_) => flatten(ck, &v, &name, depth + 1, out)?,
             _ => {}
@@ -507,8 +546,10 @@ pub(crate) fn dict_tensors(ck: &mut Checkpoint, dict: &Value, what: &str) -> Res
 
 /// Does this dict hold at least one tensor directly?
 pub(crate) fn holds_tensors(v: &Value) -> bool {
-    v.dict_items()
-        .is_some_and(|it| it.iter().any(|(_, v)| matches!(v, Value::Tensor(_) | Value::BadTensor(_))))
+    v.dict_items().is_some_and(|it| {
+        it.iter()
+            .any(|(_, v)| matches!(v, Value::Tensor(_) | Value::BadTensor(_)))
+    })
 }
 
 /// Writes `tensors` as a `torch.save`-style zip that `torch.load(p, weights_only=True)` reads
@@ -568,18 +609,26 @@ pub fn save_pth(path: &Path, tensors: &NamedTensors) -> Result<()> {
                 .large_file(len as u64 >= u64::from(u32::MAX))
         };
         let a = "archive";
-        z.start_file(format!("{a}/data.pkl"), opts(pk.buf.len())).map_err(zerr)?;
+        z.start_file(format!("{a}/data.pkl"), opts(pk.buf.len()))
+            .map_err(zerr)?;
         z.write_all(&pk.buf).map_err(ioerr)?;
-        for (rec, body) in [(".format_version", "1"), (".storage_alignment", "64"), ("byteorder", "little")] {
-            z.start_file(format!("{a}/{rec}"), opts(body.len())).map_err(zerr)?;
+        for (rec, body) in [
+            (".format_version", "1"),
+            (".storage_alignment", "64"),
+            ("byteorder", "little"),
+        ] {
+            z.start_file(format!("{a}/{rec}"), opts(body.len()))
+                .map_err(zerr)?;
             z.write_all(body.as_bytes()).map_err(ioerr)?;
         }
         for (key, t) in storages {
             let bytes = t.to_le_bytes();
-            z.start_file(format!("{a}/data/{key}"), opts(bytes.len())).map_err(zerr)?;
+            z.start_file(format!("{a}/data/{key}"), opts(bytes.len()))
+                .map_err(zerr)?;
             z.write_all(&bytes).map_err(ioerr)?;
         }
-        z.start_file(format!("{a}/version"), opts(2)).map_err(zerr)?;
+        z.start_file(format!("{a}/version"), opts(2))
+            .map_err(zerr)?;
         z.write_all(b"3\n").map_err(ioerr)?;
         let f = z.finish().map_err(zerr)?;
         f.sync_all().map_err(ioerr)

@@ -58,7 +58,11 @@ fn convert(v: &TensorView<'_>) -> std::result::Result<HostTensor, String> {
         Dtype::I8 => HostData::I64(b.iter().map(|&x| i64::from(x as i8)).collect()),
         Dtype::U8 => HostData::I64(b.iter().map(|&x| i64::from(x)).collect()),
         Dtype::BOOL => HostData::I64(b.iter().map(|&x| i64::from(x != 0)).collect()),
-        other => return Err(format!("dtype {other:?} is not supported (use f32/f16/bf16/f64 or an integer type)")),
+        other => {
+            return Err(format!(
+                "dtype {other:?} is not supported (use f32/f16/bf16/f64 or an integer type)"
+            ))
+        }
     };
     let t = HostTensor { shape, data };
     t.checked_numel("")?;
@@ -92,7 +96,12 @@ pub fn save_safetensors(
     let meta: Option<HashMap<String, String>> = if metadata.is_empty() {
         None
     } else {
-        Some(metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Some(
+            metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
     };
     let bytes = ::safetensors::serialize(views, meta)
         .map_err(|e| Error::format(path, format!("serializing safetensors: {e}")))?;

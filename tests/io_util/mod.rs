@@ -37,9 +37,14 @@ pub fn expected(name: &str) -> NamedTensors {
         let ht = match t["dtype"].as_str().expect("dtype") {
             "f32" => HostTensor::f32(
                 shape,
-                vals.iter().map(|x| x.as_f64().expect("float") as f32).collect(),
+                vals.iter()
+                    .map(|x| x.as_f64().expect("float") as f32)
+                    .collect(),
             ),
-            "i64" => HostTensor::i64(shape, vals.iter().map(|x| x.as_i64().expect("int")).collect()),
+            "i64" => HostTensor::i64(
+                shape,
+                vals.iter().map(|x| x.as_i64().expect("int")).collect(),
+            ),
             d => panic!("unknown dtype {d}"),
         };
         out.insert(k.clone(), ht);
@@ -117,8 +122,8 @@ pub fn push_int(b: &mut Vec<u8>, v: u32) {
 pub fn write_zip(path: &Path, records: &[(&str, &[u8])]) {
     let f = std::fs::File::create(path).expect("create zip");
     let mut z = zip::ZipWriter::new(f);
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in records {
         z.start_file(*name, opts).expect("start file");
         z.write_all(data).expect("write record");
