@@ -329,3 +329,38 @@ fn save_pth_errors_leave_nothing_behind() {
     assert!(e.to_string().contains("a.weight"), "{e}");
     assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
 }
+
+#[test]
+fn cyclic_dicts_terminate() {
+    // d = {}; d['a'] = d; d['b'] = d: without cycle detection 2^64 paths.
+    let dir = scratch("cyclic");
+    let p = dir.join("c.pth");
+    let pkl = b"\x80\x02}q\x00(X\x01\x00\x00\x00ah\x00X\x01\x00\x00\x00bh\x00u.";
+    write_zip(&p, &[("a/data.pkl", pkl)]);
+    assert!(load_pth(&p).expect("loads").is_empty());
+    assert!(load_state_dict(&p, StateDictPick::Auto).is_err());
+}
+
+#[test]
+fn tensor_subclass_rebuild_is_unwrapped() {
+    // {'w': torch._tensor._rebuild_from_type_v2(_rebuild_tensor_v2, torch.Tensor, (...), {})}
+    let dir = scratch("from_type");
+    let p = dir.join("t.pth");
+    let tp = tensor_pickle("w", "FloatStorage", 2, 0, &[2], &[1]);
+    let g: &[u8] = b"ctorch._utils\n_rebuild_tensor_v2\n";
+    let i = tp.windows(g.len()).position(|w| w == g).expect("global");
+    let args = &tp[i + g.len()..tp.len() - 3]; // "(...t", before "Ru."
+    let mut pkl = tp[..i].to_vec();
+    pkl.extend(b"ctorch._tensor\n_rebuild_from_type_v2\n(");
+    pkl.extend(g);
+    pkl.extend(b"ctorch\nTensor\n");
+    pkl.extend(args);
+    pkl.extend(b"}tRu.");
+    let data: Vec<u8> = [1.5f32, -2.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    write_zip(&p, &[("a/data.pkl", &pkl), ("a/data/0", &data)]);
+    let t = load_pth(&p).expect("loads");
+    assert_eq!(t["w"].as_f32(), Some(&[1.5f32, -2.0][..]));
+}

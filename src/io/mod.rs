@@ -111,8 +111,15 @@ fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
             return pth::dict_tensors(&mut ck, &v, key);
         }
     }
-    if pick != StateDictPick::Ema && pth::holds_tensors(&root) {
-        return pth::dict_tensors(&mut ck, &root, "top-level dict");
+    if pth::holds_tensors(&root) {
+        if pick != StateDictPick::Ema {
+            return pth::dict_tensors(&mut ck, &root, "top-level dict");
+        }
+        return Err(Error::format(
+            path,
+            "EMA weights requested, but the file is a plain state dict (no 'state_dict_ema' \
+             or 'model_ema' key)",
+        ));
     }
     let keys: Vec<String> = items
         .iter()

@@ -305,7 +305,13 @@ impl Checkpoint {
             )));
         }
         let numel = numel as usize;
-        let idx = element_indices(&shape, &t.stride, t.offset, numel);
+        // A size-1 dim never moves, whatever its stride (which may be arbitrary in a file).
+        let stride: Vec<u64> = shape
+            .iter()
+            .zip(&t.stride)
+            .map(|(&d, &s)| if d == 1 { 0 } else { s })
+            .collect();
+        let idx = element_indices(&shape, &stride, t.offset, numel);
         let rd = |i: usize| -> [u8; 8] {
             let mut b = [0u8; 8];
             let src = &bytes[i * esize..(i + 1) * esize];
@@ -369,7 +375,8 @@ enum Indices {
     Strided(Vec<usize>),
 }
 
-/// Bounds were checked by the caller (every index < storage length), so the casts are exact.
+/// Bounds were checked by the caller (every index < storage length, size-1 dims have stride 0),
+/// so every stride is below the storage length and the arithmetic cannot overflow.
 fn element_indices(shape: &[usize], stride: &[u64], offset: u64, numel: usize) -> Indices {
     let mut expect = 1u64;
     let mut contiguous = true;
@@ -461,7 +468,7 @@ pub fn load_pth(path: &Path) -> Result<NamedTensors> {
     let root = ck.root.clone();
     let mut out = NamedTensors::new();
     match &root {
-        Value::Dict(_) => flatten(&mut ck, &root, "", 0, &mut out)?,
+        Value::Dict(_) => flatten(&mut ck, &root, "", 0, &mut Default::default(), &mut out)?,
         Value::Tensor(t) => {
             // torch.save(tensor): a single unnamed tensor.
             out.insert(String::new(), ck.materialize(t, "")?);
@@ -479,13 +486,20 @@ pub fn load_pth(path: &Path) -> Result<NamedTensors> {
     Ok(out)
 }
 
+/// A dict reachable twice (or through a cycle) is flattened once, under its first name.
 fn flatten(
     ck: &mut Checkpoint,
     dict: &Value,
     prefix: &str,
     depth: usize,
+    seen: &mut std::collections::HashSet<*const ()>,
     out: &mut NamedTensors,
 ) -> Result<()> {
+    if let Value::Dict(s) = dict {
+        if !seen.insert(Rc::as_ptr(&s.0) as *const ()) {
+            return Ok(());
+        }
+    }
     if depth > 64 {
         return Err(Error::format(
             &ck.path,
@@ -515,7 +529,7 @@ fn flatten(
                     format!("tensor '{name}': unsupported ({what})"),
                 ))
             }
-            Value::Dict(_) => flatten(ck, &v, &name, depth + 1, out)?,
+            Value::Dict(_) => flatten(ck, &v, &name, depth + 1, seen, out)?,
             _ => {}
         }
     }
