@@ -364,3 +364,23 @@ fn tensor_subclass_rebuild_is_unwrapped() {
     let t = load_pth(&p).expect("loads");
     assert_eq!(t["w"].as_f32(), Some(&[1.5f32, -2.0][..]));
 }
+
+#[test]
+fn auto_skips_a_none_ema_entry() {
+    // {'state_dict_ema': None, 'state_dict': {'module.w': tensor([1., 2.])}}
+    let dir = scratch("none_ema");
+    let p = dir.join("n.pth");
+    let tp = tensor_pickle("module.w", "FloatStorage", 2, 0, &[2], &[1]);
+    let mut pkl = b"\x80\x02}(".to_vec();
+    io_util::push_str(&mut pkl, "state_dict_ema");
+    pkl.push(b'N');
+    io_util::push_str(&mut pkl, "state_dict");
+    pkl.extend(&tp[2..tp.len() - 1]);
+    pkl.extend(b"u.");
+    let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    write_zip(&p, &[("a/data.pkl", &pkl), ("a/data/0", &data)]);
+    let t = load_state_dict(&p, StateDictPick::Auto).expect("auto");
+    assert_eq!(t["w"].as_f32(), Some(&[1.0f32, 2.0][..]));
+    let e = err_text(load_state_dict(&p, StateDictPick::Ema));
+    assert!(e.contains("'state_dict_ema' is None"), "{e}");
+}
