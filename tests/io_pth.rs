@@ -384,3 +384,26 @@ fn auto_skips_a_none_ema_entry() {
     let e = err_text(load_state_dict(&p, StateDictPick::Ema));
     assert!(e.contains("'state_dict_ema' is None"), "{e}");
 }
+
+#[test]
+fn corrupted_archive_bytes_are_errors_not_panics() {
+    // Byte flips over the zip structure itself (local headers, central directory, EOCD).
+    let dir = scratch("corrupt_zip");
+    let p = dir.join("z.pth");
+    for name in ["plain.pth", "legacy.pth"] {
+        let bytes = std::fs::read(fixture(name)).expect("fixture");
+        let n = bytes.len();
+        for i in 0..n {
+            if i >= 128 && i + 384 < n && i % 17 != 0 {
+                continue;
+            }
+            for val in [0x00u8, 0xff] {
+                let mut b = bytes.clone();
+                b[i] = val;
+                std::fs::write(&p, &b).expect("write");
+                let _ = load_pth(&p);
+                let _ = load_state_dict(&p, StateDictPick::Auto);
+            }
+        }
+    }
+}

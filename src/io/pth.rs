@@ -594,10 +594,16 @@ pub fn save_pth(path: &Path, tensors: &NamedTensors) -> Result<()> {
         pk.tuple();
         pk.binpersid();
         pk.int(0);
-        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let shape = t
+            .shape
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<std::result::Result<Vec<i64>, _>>()
+            .map_err(|_| Error::format(path, format!("tensor '{name}': size too large")))?;
+        // Contiguous strides, computed like torch (a zero-size dim counts as 1).
         let mut stride = vec![1i64; shape.len()];
         for d in (0..shape.len().saturating_sub(1)).rev() {
-            stride[d] = stride[d + 1] * shape[d + 1].max(1);
+            stride[d] = stride[d + 1].saturating_mul(shape[d + 1].max(1));
         }
         pk.int_tuple(&shape);
         pk.int_tuple(&stride);
