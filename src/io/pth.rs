@@ -7,7 +7,6 @@
 //! object, the sorted list of storage keys), then per key an i64 element count and the raw
 //! storage bytes.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -46,7 +45,7 @@ enum Storages {
 pub(crate) struct Checkpoint {
     pub root: Value,
     storages: Storages,
-    cache: RefCell<HashMap<String, Rc<Vec<u8>>>>,
+    cache: HashMap<String, Rc<Vec<u8>>>,
     path: std::path::PathBuf,
 }
 
@@ -111,7 +110,7 @@ impl Checkpoint {
                 prefix,
                 big_endian,
             },
-            cache: RefCell::new(HashMap::new()),
+            cache: HashMap::new(),
             path: path.to_path_buf(),
         })
     }
@@ -190,7 +189,7 @@ impl Checkpoint {
                 ranges,
                 big_endian,
             },
-            cache: RefCell::new(HashMap::new()),
+            cache: HashMap::new(),
             path: path.to_path_buf(),
         })
     }
@@ -215,7 +214,7 @@ impl Checkpoint {
         let big_endian = match &self.storages {
             Storages::Zip { big_endian, .. } | Storages::Legacy { big_endian, .. } => *big_endian,
         };
-        if let Some(b) = self.cache.borrow().get(&s.key) {
+        if let Some(b) = self.cache.get(&s.key) {
             return Ok((b.clone(), big_endian));
         }
         let bytes = match &mut self.storages {
@@ -248,7 +247,7 @@ impl Checkpoint {
             }
         };
         let bytes = Rc::new(bytes);
-        self.cache.borrow_mut().insert(s.key.clone(), bytes.clone());
+        self.cache.insert(s.key.clone(), bytes.clone());
         Ok((bytes, big_endian))
     }
 
