@@ -9,7 +9,6 @@ mod pickle;
 mod pth;
 mod safetensors;
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::Path;
@@ -99,6 +98,9 @@ fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
     };
     for key in candidates {
         if let Some(v) = root.dict_get(key) {
+            if pick == StateDictPick::Auto && matches!(v, pickle::Value::None) {
+                continue; // e.g. 'state_dict_ema': None when EMA was off
+            }
             if v.dict_items().is_none() {
                 return Err(Error::format(
                     path,
@@ -111,8 +113,15 @@ fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
             return pth::dict_tensors(&mut ck, &v, key);
         }
     }
-    if pick != StateDictPick::Ema && pth::holds_tensors(&root) {
-        return pth::dict_tensors(&mut ck, &root, "top-level dict");
+    if pth::holds_tensors(&root) {
+        if pick != StateDictPick::Ema {
+            return pth::dict_tensors(&mut ck, &root, "top-level dict");
+        }
+        return Err(Error::format(
+            path,
+            "EMA weights requested, but the file is a plain state dict (no 'state_dict_ema' \
+             or 'model_ema' key)",
+        ));
     }
     let keys: Vec<String> = items
         .iter()
@@ -189,9 +198,4 @@ pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> Result<
         let _ = d.sync_all();
     }
     Ok(())
-}
-
-/// Metadata-free convenience for tests and tools.
-pub fn no_metadata() -> BTreeMap<String, String> {
-    BTreeMap::new()
 }

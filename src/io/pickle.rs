@@ -114,6 +114,9 @@ pub(crate) enum Global {
     RebuildTensor(u8),
     /// `torch._utils._rebuild_parameter` / `_rebuild_parameter_with_state`.
     RebuildParameter,
+    /// `torch._tensor._rebuild_from_type_v2(func, type, args, state)`: tensor subclasses;
+    /// we call `func(*args)` (itself an allowed global) and drop the type and state.
+    RebuildFromType,
     /// Another `torch._utils._rebuild_*` tensor kind we do not support (sparse, quantized, ...).
     UnsupportedTensor(Rc<str>),
     Storage(Elem),
@@ -276,6 +279,7 @@ pub(crate) fn resolve_global(module: &str, name: &str) -> Result<Global, String>
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
             Ok(Global::RebuildParameter)
         }
+        ("torch._tensor", "_rebuild_from_type_v2") => Ok(Global::RebuildFromType),
         ("torch._utils", n) if n.starts_with("_rebuild_") => {
             Ok(Global::UnsupportedTensor(Rc::from(full.as_str())))
         }
@@ -288,7 +292,8 @@ pub(crate) fn resolve_global(module: &str, name: &str) -> Result<Global, String>
         ("torch", n) if Elem::from_dtype_name(n).is_some() => {
             Ok(Global::Dtype(Elem::from_dtype_name(n).unwrap_or(Elem::U8)))
         }
-        ("torch", "Size" | "device" | "strided" | "sparse_coo" | "channels_last")
+        ("torch", "Size" | "device" | "strided" | "sparse_coo" | "channels_last" | "Tensor")
+        | ("torch.nn.parameter", "Parameter" | "Buffer")
         | ("torch.serialization", "_get_layout")
         | ("argparse", "Namespace")
         | ("collections", "Counter" | "deque")
@@ -385,6 +390,12 @@ impl PersistentLoad for TorchPersistentLoad {
             Value::Int(n) if *n >= 0 => *n as u64,
             _ => return Err(format!("storage '{key}': bad element count")),
         };
+        if !matches!(items.get(5), None | Some(Value::None)) {
+            // Pre-0.4 legacy files could save views of storages; never seen in practice since.
+            return Err(format!(
+                "storage '{key}' is a legacy storage view, which is not supported"
+            ));
+        }
         if let Some(prev) = self.seen.get(&**key) {
             if prev.elem != *elem || prev.numel != numel {
                 return Err(format!(
@@ -947,6 +958,19 @@ fn call(func: Value, args: Value) -> Result<Value, String> {
                 )))),
                 None => Err("_rebuild_parameter without arguments".into()),
             }
+        }
+        Global::RebuildFromType => {
+            let a = tuple_items(&args, "_rebuild_from_type_v2")?;
+            let (Some(func), Some(inner)) = (a.first(), a.get(2)) else {
+                return Err("_rebuild_from_type_v2: expected (func, type, args, state)".into());
+            };
+            if !matches!(func, Value::Global(_)) {
+                return Err(format!(
+                    "_rebuild_from_type_v2: func is {}",
+                    func.describe()
+                ));
+            }
+            call(func.clone(), inner.clone())
         }
         Global::UnsupportedTensor(name) => Ok(Value::BadTensor(name)),
         Global::Storage(e) => Ok(Value::Opaque(Rc::from(format!(

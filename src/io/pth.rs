@@ -7,7 +7,6 @@
 //! object, the sorted list of storage keys), then per key an i64 element count and the raw
 //! storage bytes.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -46,7 +45,7 @@ enum Storages {
 pub(crate) struct Checkpoint {
     pub root: Value,
     storages: Storages,
-    cache: RefCell<HashMap<String, Rc<Vec<u8>>>>,
+    cache: HashMap<String, Rc<Vec<u8>>>,
     path: std::path::PathBuf,
 }
 
@@ -111,7 +110,7 @@ impl Checkpoint {
                 prefix,
                 big_endian,
             },
-            cache: RefCell::new(HashMap::new()),
+            cache: HashMap::new(),
             path: path.to_path_buf(),
         })
     }
@@ -190,7 +189,7 @@ impl Checkpoint {
                 ranges,
                 big_endian,
             },
-            cache: RefCell::new(HashMap::new()),
+            cache: HashMap::new(),
             path: path.to_path_buf(),
         })
     }
@@ -215,7 +214,7 @@ impl Checkpoint {
         let big_endian = match &self.storages {
             Storages::Zip { big_endian, .. } | Storages::Legacy { big_endian, .. } => *big_endian,
         };
-        if let Some(b) = self.cache.borrow().get(&s.key) {
+        if let Some(b) = self.cache.get(&s.key) {
             return Ok((b.clone(), big_endian));
         }
         let bytes = match &mut self.storages {
@@ -248,7 +247,7 @@ impl Checkpoint {
             }
         };
         let bytes = Rc::new(bytes);
-        self.cache.borrow_mut().insert(s.key.clone(), bytes.clone());
+        self.cache.insert(s.key.clone(), bytes.clone());
         Ok((bytes, big_endian))
     }
 
@@ -305,7 +304,13 @@ impl Checkpoint {
             )));
         }
         let numel = numel as usize;
-        let idx = element_indices(&shape, &t.stride, t.offset, numel);
+        // A size-1 dim never moves, whatever its stride (which may be arbitrary in a file).
+        let stride: Vec<u64> = shape
+            .iter()
+            .zip(&t.stride)
+            .map(|(&d, &s)| if d == 1 { 0 } else { s })
+            .collect();
+        let idx = element_indices(&shape, &stride, t.offset, numel);
         let rd = |i: usize| -> [u8; 8] {
             let mut b = [0u8; 8];
             let src = &bytes[i * esize..(i + 1) * esize];
@@ -369,7 +374,8 @@ enum Indices {
     Strided(Vec<usize>),
 }
 
-/// Bounds were checked by the caller (every index < storage length), so the casts are exact.
+/// Bounds were checked by the caller (every index < storage length, size-1 dims have stride 0),
+/// so every stride is below the storage length and the arithmetic cannot overflow.
 fn element_indices(shape: &[usize], stride: &[u64], offset: u64, numel: usize) -> Indices {
     let mut expect = 1u64;
     let mut contiguous = true;
@@ -461,7 +467,7 @@ pub fn load_pth(path: &Path) -> Result<NamedTensors> {
     let root = ck.root.clone();
     let mut out = NamedTensors::new();
     match &root {
-        Value::Dict(_) => flatten(&mut ck, &root, "", 0, &mut out)?,
+        Value::Dict(_) => flatten(&mut ck, &root, "", 0, &mut Default::default(), &mut out)?,
         Value::Tensor(t) => {
             // torch.save(tensor): a single unnamed tensor.
             out.insert(String::new(), ck.materialize(t, "")?);
@@ -479,13 +485,20 @@ pub fn load_pth(path: &Path) -> Result<NamedTensors> {
     Ok(out)
 }
 
+/// A dict reachable twice (or through a cycle) is flattened once, under its first name.
 fn flatten(
     ck: &mut Checkpoint,
     dict: &Value,
     prefix: &str,
     depth: usize,
+    seen: &mut std::collections::HashSet<*const ()>,
     out: &mut NamedTensors,
 ) -> Result<()> {
+    if let Value::Dict(s) = dict {
+        if !seen.insert(Rc::as_ptr(&s.0) as *const ()) {
+            return Ok(());
+        }
+    }
     if depth > 64 {
         return Err(Error::format(
             &ck.path,
@@ -515,7 +528,7 @@ fn flatten(
                     format!("tensor '{name}': unsupported ({what})"),
                 ))
             }
-            Value::Dict(_) => flatten(ck, &v, &name, depth + 1, out)?,
+            Value::Dict(_) => flatten(ck, &v, &name, depth + 1, seen, out)?,
             _ => {}
         }
     }
@@ -580,10 +593,16 @@ pub fn save_pth(path: &Path, tensors: &NamedTensors) -> Result<()> {
         pk.tuple();
         pk.binpersid();
         pk.int(0);
-        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let shape = t
+            .shape
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<std::result::Result<Vec<i64>, _>>()
+            .map_err(|_| Error::format(path, format!("tensor '{name}': size too large")))?;
+        // Contiguous strides, computed like torch (a zero-size dim counts as 1).
         let mut stride = vec![1i64; shape.len()];
         for d in (0..shape.len().saturating_sub(1)).rev() {
-            stride[d] = stride[d + 1] * shape[d + 1].max(1);
+            stride[d] = stride[d + 1].saturating_mul(shape[d + 1].max(1));
         }
         pk.int_tuple(&shape);
         pk.int_tuple(&stride);
