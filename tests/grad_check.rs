@@ -320,7 +320,10 @@ fn gelu_matches_erf_definition() {
         let g = |v: f64| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
         let dexact = (g(x as f64 + h) - g(x as f64 - h)) / (2.0 * h);
         let dgot = mpm::cpu::elementwise::gelu_grad_scalar(x) as f64;
-        assert!((dgot - dexact).abs() < 2e-6, "gelu'({x}) = {dgot}, expected {dexact}");
+        assert!(
+            (dgot - dexact).abs() < 2e-6,
+            "gelu'({x}) = {dgot}, expected {dexact}"
+        );
     }
     assert!(worst < 1e-6, "gelu relative error {worst}");
 }
