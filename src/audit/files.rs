@@ -234,7 +234,7 @@ pub fn write_output(path: &Path, y: &BTreeMap<String, TorchTensor>) -> Result<()
         .iter()
         .map(|(k, v)| (k.clone(), HostTensor::f32(v.shape.clone(), v.data.clone())))
         .collect();
-    io::save_safetensors(path, &t, &io::no_metadata())
+    io::save_safetensors(path, &t, &BTreeMap::new())
 }
 
 /// Reads a Y file (for comparisons).
