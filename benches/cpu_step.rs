@@ -11,11 +11,6 @@ use mpm::nn::{Act, Arch, Backbone, Ctx, Head, LossConfig, ModelSpec};
 use mpm::tensor::Tensor;
 use std::time::Instant;
 
-// A caching allocator: the step allocates many large activation buffers; reusing them avoids
-// fresh zeroed pages (page faults) on every op.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()

@@ -25,3 +25,9 @@ pub mod ops;
 pub mod tensor;
 
 pub use error::{Error, Result};
+
+/// A caching allocator for every program built on the engine: a training or attack step
+/// allocates many large activation buffers, and reusing them instead of taking fresh zeroed
+/// pages from the OS on every op made the CPU step about 3x faster (benches/cpu_step.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
