@@ -1,0 +1,438 @@
+//! The training configuration: keys mirror the reference's YAML files (`train_configs/*.yaml`
+//! of the paper's code) where one exists; every key is also a command-line flag
+//! (`--key value`, `_` or `-` alike). Defaults are the paper's MPM AT run (DESIGN.md §1).
+
+use crate::nn::{Act, Arch, Backbone, Head, LossConfig, ModelSpec};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    // -- model
+    /// resnet18 | resnet34 | resnet50.
+    pub model: String,
+    /// Backbone activation: gelu (the paper's ResNet-50-GELU) or relu.
+    pub act: String,
+    /// Stem width of the backbone (64 = torchvision; smaller for tests and the demo).
+    pub width: usize,
+    pub num_classes: usize,
+    /// S = part classes + 1 (background). With `use_object_seg`: num_classes + 1.
+    pub seg_classes: usize,
+    /// vanilla (plain ResNet) | mpm | twostage.
+    pub partmodel_type: String,
+    /// MPM supervision levels: 1 = SV1 (7x7), 2 = SV2 (+14x14), 3 = SV3 (+28x28).
+    pub levels: usize,
+    /// MPM top-down path.
+    pub top_down: bool,
+    /// Two-stage model widths (conv 4x4 -> hidden, linear hidden -> fc_hidden).
+    pub twostage_hidden: usize,
+    pub twostage_fc_hidden: usize,
+    /// Ablation "object mask": the part map becomes one object class per image (class + 1).
+    pub use_object_seg: bool,
+    /// Images whose label map is all background get segmentation weight 0.
+    pub ignore_blank: bool,
+    // -- loss
+    /// Weight of the segmentation loss (the reference's `lambdas`).
+    pub lambdas: f32,
+    /// Focal loss exponent.
+    pub gamma: f32,
+    /// Label smoothing of the class targets and of the part soft targets.
+    pub smoothing: f32,
+    // -- optimiser
+    /// Only "sgd" (timm's: momentum + Nesterov).
+    pub opt: String,
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub weight_decay: f32,
+    // -- schedule
+    pub epochs: usize,
+    /// Only "cosine" (timm CosineLRScheduler).
+    pub sched: String,
+    /// Step the schedule per optimiser update (the reference's default) or per epoch.
+    pub sched_on_updates: bool,
+    /// Base learning rate: lr = lrb * batch_size / 512.
+    pub lrb: f64,
+    /// Explicit learning rate (overrides lrb when > 0).
+    pub lr: f64,
+    pub warmup_epochs: usize,
+    pub warmup_lr: f64,
+    pub min_lr: f64,
+    // -- data
+    /// Global batch size.
+    pub batch_size: usize,
+    /// Square input side (a multiple of 32).
+    pub input_size: usize,
+    /// `root/img/<wnid>/*` and `root/seg/<wnid>/*.png` (the reference layout).
+    pub train_dir: String,
+    pub eval_dir: String,
+    /// Use at most this many evaluation images (0 = all).
+    pub eval_images: usize,
+    pub color_jitter: f32,
+    pub hflip: f32,
+    // -- EMA
+    pub model_ema: bool,
+    pub model_ema_decay: f64,
+    // -- adversarial training
+    pub advtrain: bool,
+    /// l-inf radius (a decimal number, e.g. 0.0156862745 = 4/255).
+    pub attack_eps: f32,
+    /// PGD iterations of training (the reference's `attack_it`).
+    pub attack_it: usize,
+    /// PGD iterations of the evaluation attack (step eps/4, random start).
+    pub eval_attack_it: usize,
+    // -- initialisation
+    /// Checkpoint to start from ("" = random init, torchvision rules).
+    pub init_checkpoint: String,
+    /// true: the checkpoint is a whole model of this configuration (the reference's
+    /// `full_pretrain`); false: a plain ResNet whose backbone is loaded (fc dropped).
+    pub full_pretrain: bool,
+    /// Train only the heads and classifier (the reference's `warmup`: frozen `segmenter`).
+    pub freeze_backbone: bool,
+    // -- run
+    pub seed: u64,
+    pub output_dir: String,
+    /// Evaluate the EMA model every this many epochs (0 = only at the end).
+    pub eval_every: usize,
+    /// Also checkpoint every this many steps (0 = only at the end of each epoch).
+    pub checkpoint_every: usize,
+    /// Keep this many per-epoch checkpoints besides `last.safetensors` (0 = all).
+    pub keep_checkpoints: usize,
+    /// auto | cpu | cuda[:N].
+    pub device: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: "resnet50".into(),
+            act: "gelu".into(),
+            width: 64,
+            num_classes: 1000,
+            seg_classes: 3311,
+            partmodel_type: "mpm".into(),
+            levels: 3,
+            top_down: true,
+            twostage_hidden: 512,
+            twostage_fc_hidden: 2048,
+            use_object_seg: false,
+            ignore_blank: true,
+            lambdas: 1.0,
+            gamma: 2.0,
+            smoothing: 0.1,
+            opt: "sgd".into(),
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            epochs: 80,
+            sched: "cosine".into(),
+            sched_on_updates: true,
+            lrb: 0.2,
+            lr: 0.0,
+            warmup_epochs: 2,
+            warmup_lr: 1e-3,
+            min_lr: 1e-2,
+            batch_size: 512,
+            input_size: 224,
+            train_dir: String::new(),
+            eval_dir: String::new(),
+            eval_images: 0,
+            color_jitter: 0.1,
+            hflip: 0.5,
+            model_ema: true,
+            model_ema_decay: 0.9998,
+            advtrain: true,
+            attack_eps: 4.0 / 255.0,
+            attack_it: 2,
+            eval_attack_it: 10,
+            init_checkpoint: String::new(),
+            full_pretrain: true,
+            freeze_backbone: false,
+            seed: 0,
+            output_dir: "runs/train".into(),
+            eval_every: 1,
+            checkpoint_every: 0,
+            keep_checkpoints: 3,
+            device: "auto".into(),
+        }
+    }
+}
+
+/// Keys that describe how a run executes rather than what it computes: a resumed run may
+/// change them.
+pub const RUNTIME_KEYS: &[&str] = &[
+    "output_dir",
+    "device",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+];
+
+impl TrainConfig {
+    /// Parses TOML text (unknown keys are an error naming the key).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<TrainConfig> {
+        toml::from_str(text).map_err(|e| Error::format(origin, format!("config: {e}")))
+    }
+
+    pub fn from_file(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# could not serialise: {e}\n"))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(s: &str) -> Result<TrainConfig> {
+        serde_json::from_str(s).map_err(|e| Error::Msg(format!("config JSON: {e}")))
+    }
+
+    /// Every key with its default value as TOML (the flag table is built from it).
+    pub fn keys() -> Vec<(String, toml::Value)> {
+        match toml::Value::try_from(TrainConfig::default()) {
+            Ok(toml::Value::Table(t)) => t.into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sets `key` from a command-line string, parsed as the key's type.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let key = key.replace('-', "_");
+        let flag = format!("--{}", key.replace('_', "-"));
+        let mut table = match toml::Value::try_from(&*self) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => return Err(Error::Msg("config: cannot serialise".into())),
+        };
+        let Some(old) = table.get(&key) else {
+            return Err(Error::flag(flag, "no such configuration key"));
+        };
+        let bad = |what: &str| Error::flag(&flag, format!("'{value}' is not {what}"));
+        let new = match old {
+            toml::Value::Boolean(_) => match value {
+                "true" | "1" | "yes" | "True" => toml::Value::Boolean(true),
+                "false" | "0" | "no" | "False" => toml::Value::Boolean(false),
+                _ => return Err(bad("a boolean (true/false)")),
+            },
+            toml::Value::Integer(_) => {
+                toml::Value::Integer(value.parse().map_err(|_| bad("an integer"))?)
+            }
+            toml::Value::Float(_) => {
+                toml::Value::Float(value.parse().map_err(|_| bad("a number"))?)
+            }
+            _ => toml::Value::String(value.to_string()),
+        };
+        table.insert(key, new);
+        *self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| Error::flag(&flag, format!("{e}")))?;
+        Ok(())
+    }
+
+    /// Checks values that do not depend on the data.
+    pub fn validate(&self) -> Result<()> {
+        let f = |k: &str, m: String| Err(Error::flag(format!("--{}", k.replace('_', "-")), m));
+        self.arch()?;
+        self.activation()?;
+        self.head()?;
+        if self.opt != "sgd" {
+            return f(
+                "opt",
+                format!("'{}': only sgd (timm's, Nesterov) is supported", self.opt),
+            );
+        }
+        if self.sched != "cosine" {
+            return f(
+                "sched",
+                format!("'{}': only cosine is supported", self.sched),
+            );
+        }
+        if self.input_size == 0 || self.input_size % 32 != 0 {
+            return f(
+                "input_size",
+                format!("{} must be a positive multiple of 32", self.input_size),
+            );
+        }
+        if self.batch_size == 0 {
+            return f("batch_size", "must be at least 1".into());
+        }
+        if self.width == 0 || self.width % 4 != 0 {
+            return f(
+                "width",
+                format!("{} must be a positive multiple of 4", self.width),
+            );
+        }
+        if self.num_classes < 2 {
+            return f(
+                "num_classes",
+                format!("{}: need at least 2 classes", self.num_classes),
+            );
+        }
+        if self.partmodel_type != "vanilla" && self.seg_classes < 2 {
+            return f(
+                "seg_classes",
+                format!(
+                    "{}: need at least 2 (background + a part)",
+                    self.seg_classes
+                ),
+            );
+        }
+        if self.use_object_seg && self.seg_classes != self.num_classes + 1 {
+            return f(
+                "seg_classes",
+                format!(
+                    "{} with use_object_seg: must be num_classes + 1 = {}",
+                    self.seg_classes,
+                    self.num_classes + 1
+                ),
+            );
+        }
+        if self.advtrain && !(self.attack_eps > 0.0 && self.attack_eps <= 1.0) {
+            return f(
+                "attack_eps",
+                format!("{} must be in (0, 1]", self.attack_eps),
+            );
+        }
+        if !(0.0..1.0).contains(&self.model_ema_decay) {
+            return f(
+                "model_ema_decay",
+                format!("{} must be in [0, 1)", self.model_ema_decay),
+            );
+        }
+        if !(0.0..1.0).contains(&self.smoothing) {
+            return f("smoothing", format!("{} must be in [0, 1)", self.smoothing));
+        }
+        if self.epochs == 0 {
+            return f("epochs", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn arch(&self) -> Result<Arch> {
+        self.model
+            .parse()
+            .map_err(|e: String| Error::flag("--model", e))
+    }
+
+    pub fn activation(&self) -> Result<Act> {
+        self.act
+            .parse()
+            .map_err(|e: String| Error::flag("--act", e))
+    }
+
+    pub fn head(&self) -> Result<Head> {
+        match self.partmodel_type.to_ascii_lowercase().as_str() {
+            "vanilla" | "none" => Ok(Head::None),
+            "mpm" => {
+                if !(1..=3).contains(&self.levels) {
+                    return Err(Error::flag(
+                        "--levels",
+                        format!("{} must be 1, 2 or 3", self.levels),
+                    ));
+                }
+                Ok(Head::Mpm {
+                    levels: self.levels,
+                    top_down: self.top_down,
+                })
+            }
+            "twostage" => Ok(Head::TwoStage {
+                hidden: self.twostage_hidden,
+                fc_hidden: self.twostage_fc_hidden,
+            }),
+            other => Err(Error::flag(
+                "--partmodel-type",
+                format!("'{other}': expected vanilla, mpm or twostage"),
+            )),
+        }
+    }
+
+    pub fn spec(&self) -> Result<ModelSpec> {
+        let head = self.head()?;
+        Ok(ModelSpec {
+            backbone: Backbone {
+                arch: self.arch()?,
+                width: self.width,
+                act: self.activation()?,
+            },
+            num_classes: self.num_classes,
+            seg_classes: if head == Head::None {
+                0
+            } else {
+                self.seg_classes
+            },
+            head,
+        })
+    }
+
+    pub fn loss(&self) -> LossConfig {
+        LossConfig {
+            lambda: self.lambdas,
+            gamma: self.gamma,
+            smoothing: self.smoothing,
+        }
+    }
+
+    /// The peak learning rate: `lr` if set, else `lrb * batch_size / 512`.
+    pub fn peak_lr(&self) -> f64 {
+        if self.lr > 0.0 {
+            self.lr
+        } else {
+            super::schedule::scaled_lr(self.lrb, self.batch_size)
+        }
+    }
+
+    /// Sizes of the soft-target levels, highest resolution first (input / 8, 16, 32).
+    pub fn target_sizes(&self) -> [usize; 3] {
+        [
+            self.input_size / 8,
+            self.input_size / 16,
+            self.input_size / 32,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_paper_recipe() {
+        let c = TrainConfig::default();
+        assert_eq!(c.peak_lr(), 0.2);
+        assert_eq!(c.attack_it, 2);
+        assert!((c.attack_eps - 4.0 / 255.0).abs() < 1e-9);
+        assert_eq!(c.model_ema_decay, 0.9998);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn every_key_is_settable() {
+        let keys = TrainConfig::keys();
+        assert!(keys.len() > 40, "{} keys", keys.len());
+        let mut c = TrainConfig::default();
+        c.set("lrb", "0.1").unwrap();
+        c.set("batch-size", "64").unwrap();
+        c.set("model_ema", "false").unwrap();
+        c.set("partmodel_type", "vanilla").unwrap();
+        assert_eq!(c.lrb, 0.1);
+        assert_eq!(c.batch_size, 64);
+        assert!(!c.model_ema);
+        assert!((c.peak_lr() - 0.0125).abs() < 1e-12);
+        assert!(c.set("nope", "1").is_err());
+        let e = c.set("epochs", "ten").unwrap_err().to_string();
+        assert!(e.contains("--epochs") && e.contains("integer"), "{e}");
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_keys() {
+        let c = TrainConfig::default();
+        let back = TrainConfig::from_toml_str(&c.to_toml(), "x").unwrap();
+        assert_eq!(c, back);
+        let e = TrainConfig::from_toml_str("lbr = 0.1", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("lbr"), "{e}");
+    }
+}

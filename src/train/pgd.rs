@@ -1,0 +1,120 @@
+//! The l-inf PGD of adversarial training and of the evaluation during training, as the
+//! reference's `adv_generator` does it:
+//! - start: `x = clamp(x0 + U(-eps, eps), 0, 1)`;
+//! - each of `steps` iterations: loss and input gradient of the classifier only (the inference
+//!   path: for an MPM the bypass layers do not run) in eval mode (BN running statistics, no
+//!   weight gradients); remember `x` if its batch-mean loss beats the best so far (strictly);
+//!   `x = clamp(x0 + clamp(x + step * sign(grad) - x0, -eps, eps), 0, 1)`;
+//! - with `keep_best`, the last iterate is scored too and the best of all is returned;
+//!   without it (the evaluation attack), the last iterate.
+//!
+//! Training uses the smoothed-label CE (`smoothing` = the training smoothing); evaluation uses
+//! plain CE, 10 steps of `eps / 4` (the reference's `validate`).
+
+use crate::autograd::GradMode;
+use crate::nn::{Ctx, ModelSpec, ParamStore};
+use crate::ops;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use rand::RngExt;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PgdConfig {
+    pub eps: f32,
+    pub step: f32,
+    pub steps: usize,
+    /// Label smoothing of the attack's CE loss.
+    pub smoothing: f32,
+    /// Return the iterate with the largest batch-mean loss (the last one included).
+    pub keep_best: bool,
+}
+
+/// Batch-mean loss and input gradient of the classifier at `x` (eval mode).
+pub fn loss_and_grad(
+    spec: &ModelSpec,
+    store: &mut ParamStore,
+    x: &Tensor,
+    labels: &[usize],
+    smoothing: f32,
+) -> Result<(f32, Tensor)> {
+    let mut ctx = Ctx::new(store, GradMode::InputGradOnly, false);
+    let xv = ctx.tape.input(x.clone(), true);
+    let logits = spec.forward_logits(&mut ctx, xv)?;
+    let loss = ops::cross_entropy_smooth(&mut ctx.tape, logits, labels, smoothing)?;
+    let value = ctx.tape.value(loss).item();
+    let mut g = ctx.tape.backward(loss)?;
+    let grad = g
+        .take(xv)
+        .ok_or_else(|| Error::Msg("attack: no gradient reached the input".into()))?;
+    Ok((value, grad))
+}
+
+/// Batch-mean loss of the classifier at `x` (eval mode, no tape).
+pub fn loss_only(
+    spec: &ModelSpec,
+    store: &mut ParamStore,
+    x: &Tensor,
+    labels: &[usize],
+    smoothing: f32,
+) -> Result<f32> {
+    let mut ctx = Ctx::new(store, GradMode::NoGrad, false);
+    let xv = ctx.tape.input(x.clone(), false);
+    let logits = spec.forward_logits(&mut ctx, xv)?;
+    let loss = ops::cross_entropy_smooth(&mut ctx.tape, logits, labels, smoothing)?;
+    Ok(ctx.tape.value(loss).item())
+}
+
+/// Runs PGD from the clean batch `x0` (NHWC in [0, 1]); `rng` draws the random start.
+pub fn pgd_linf(
+    spec: &ModelSpec,
+    store: &mut ParamStore,
+    x0: &Tensor,
+    labels: &[usize],
+    cfg: &PgdConfig,
+    rng: &mut impl rand::Rng,
+) -> Result<Tensor> {
+    let eps = cfg.eps;
+    let orig = x0.data();
+    let mut x = x0.clone();
+    for (xi, &oi) in x.data_mut().iter_mut().zip(orig) {
+        let noise: f32 = if eps > 0.0 {
+            rng.random_range(-eps..eps)
+        } else {
+            0.0
+        };
+        *xi = (oi + noise).clamp(0.0, 1.0);
+    }
+    let mut best: Option<(f32, Tensor)> = None;
+    for it in 0..cfg.steps {
+        let (loss, grad) = loss_and_grad(spec, store, &x, labels, cfg.smoothing)?;
+        if !loss.is_finite() || !grad.all_finite() {
+            return Err(Error::NonFinite(format!(
+                "attack loss or input gradient at PGD iteration {} (loss {loss})",
+                it + 1
+            )));
+        }
+        if cfg.keep_best && best.as_ref().is_none_or(|(b, _)| *b < loss) {
+            best = Some((loss, x.clone()));
+        }
+        let g = grad.data();
+        for ((xi, &oi), &gi) in x.data_mut().iter_mut().zip(orig).zip(g) {
+            let s = if gi > 0.0 {
+                1.0
+            } else if gi < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
+            let stepped = *xi + cfg.step * s;
+            *xi = ((stepped - oi).clamp(-eps, eps) + oi).clamp(0.0, 1.0);
+        }
+    }
+    if !cfg.keep_best {
+        return Ok(x);
+    }
+    let last = loss_only(spec, store, &x, labels, cfg.smoothing)?;
+    match best {
+        Some((b, bx)) if b >= last || last.is_nan() => Ok(bx),
+        _ => Ok(x),
+    }
+}

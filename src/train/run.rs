@@ -1,0 +1,384 @@
+//! The training loop around `Trainer`: the run directory, progress bar, metrics, checkpoints,
+//! evaluation every K epochs, the final export and plots.
+//!
+//! Run directory:
+//! ```text
+//! RUN/config.toml                  the resolved configuration
+//! RUN/train.log                    one line per epoch, evaluation and checkpoint
+//! RUN/metrics.jsonl                {"kind":"train",...} per epoch, {"kind":"eval",...}
+//! RUN/checkpoints/last.safetensors every epoch and every `checkpoint_every` steps
+//! RUN/checkpoints/epoch-NNN.safetensors  the last `keep_checkpoints` epochs
+//! RUN/export/model.{safetensors,pth}     inference model (EMA, bypass dropped)
+//! RUN/plots/curves.png             loss / accuracy curves
+//! ```
+
+use super::checkpoint;
+use super::config::TrainConfig;
+use super::eval::{evaluate, EvalOptions, EvalResult};
+use super::source::BatchSource;
+use super::trainer::{effective_maps, Trainer};
+use crate::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    /// Stop (after checkpointing) once the global step reaches this (tests, job limits).
+    pub stop_after_steps: Option<u64>,
+    /// Continue from this checkpoint (a file or a run directory).
+    pub resume: Option<PathBuf>,
+    pub progress: bool,
+    /// Write the PNG curves at the end.
+    pub plots: bool,
+    /// Eval batch size (0 = the training batch size).
+    pub eval_batch_size: usize,
+}
+
+#[derive(Debug)]
+pub struct RunSummary {
+    pub trainer: Trainer,
+    pub finished: bool,
+    pub last_eval: Option<EvalResult>,
+    pub checkpoint: PathBuf,
+    pub seconds: f64,
+}
+
+pub fn last_checkpoint(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints").join("last.safetensors")
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Trainer({}, {:?})", self.spec.describe(), self.pos)
+    }
+}
+
+struct Log {
+    file: std::fs::File,
+    metrics: std::fs::File,
+    path: PathBuf,
+}
+
+impl Log {
+    fn open(dir: &Path) -> Result<Log> {
+        let open = |p: PathBuf| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(|e| Error::io(&p, e))
+        };
+        Ok(Log {
+            file: open(dir.join("train.log"))?,
+            metrics: open(dir.join("metrics.jsonl"))?,
+            path: dir.to_path_buf(),
+        })
+    }
+    fn line(&mut self, s: &str) -> Result<()> {
+        writeln!(self.file, "{s}").map_err(|e| Error::io(self.path.join("train.log"), e))
+    }
+    fn metric(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.metrics, "{v}").map_err(|e| Error::io(self.path.join("metrics.jsonl"), e))
+    }
+}
+
+/// Trains (or resumes) a run to the end of `cfg.epochs` or `stop_after_steps`.
+pub fn run(
+    cfg: &TrainConfig,
+    train: &dyn BatchSource,
+    eval: Option<&dyn BatchSource>,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    let start = Instant::now();
+    check_data(cfg, train, "train_dir")?;
+    if let Some(e) = eval {
+        check_data(cfg, e, "eval_dir")?;
+    }
+    let nb = train.num_batches(cfg.batch_size, true);
+    if nb == 0 {
+        return Err(Error::flag(
+            "--batch-size",
+            format!(
+                "{} is larger than the training set ({} images): no full batch",
+                cfg.batch_size,
+                train.len()
+            ),
+        ));
+    }
+    let dir = &opts.run_dir;
+    std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| Error::io(dir, e))?;
+    let mut trainer = match &opts.resume {
+        Some(p) => {
+            let file = if p.is_dir() {
+                last_checkpoint(p)
+            } else {
+                p.clone()
+            };
+            if !file.exists() {
+                return Err(Error::flag(
+                    "--resume",
+                    format!("{}: no checkpoint there", file.display()),
+                ));
+            }
+            let t = checkpoint::load(&file, Some(cfg))?;
+            if t.updates_per_epoch != nb {
+                return Err(Error::flag(
+                    "--resume",
+                    format!(
+                        "the checkpoint ran {} steps per epoch, this data gives {nb}",
+                        t.updates_per_epoch
+                    ),
+                ));
+            }
+            t
+        }
+        None => Trainer::new(cfg.clone(), nb)?,
+    };
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, trainer.cfg.to_toml()).map_err(|e| Error::io(&config_path, e))?;
+    let mut log = Log::open(dir)?;
+    log.line(&format!(
+        "{} {}: {} | {} train images, {nb} steps/epoch, batch {}, peak lr {:.4}",
+        if opts.resume.is_some() {
+            "resume"
+        } else {
+            "start"
+        },
+        dir.display(),
+        trainer.spec.describe(),
+        train.len(),
+        cfg.batch_size,
+        trainer.cfg.peak_lr()
+    ))?;
+    let last = last_checkpoint(dir);
+    let mut last_good: Option<String> = last.exists().then(|| last.display().to_string());
+    let mut last_eval = None;
+    let epochs = trainer.cfg.epochs;
+    let total_steps = (epochs * nb) as u64;
+    let bar = if opts.progress {
+        let b = ProgressBar::new(total_steps);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} steps  {msg}  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_position(trainer.pos.global_step);
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let eval_bs = if opts.eval_batch_size > 0 {
+        opts.eval_batch_size
+    } else {
+        cfg.batch_size
+    };
+    let fail = |e: Error, last_good: &Option<String>| -> Error {
+        match e {
+            Error::NonFinite(m) => Error::NonFinite(format!(
+                "{m}; stopped without saving. Last good checkpoint: {}",
+                last_good.as_deref().unwrap_or("none written yet")
+            )),
+            other => other,
+        }
+    };
+    while trainer.pos.epoch < epochs {
+        let epoch = trainer.pos.epoch;
+        bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+        let t0 = Instant::now();
+        while trainer.pos.step < nb {
+            let batch = train.batch(epoch, trainer.pos.step, cfg.batch_size, true)?;
+            let st = trainer.step(&batch).map_err(|e| fail(e, &last_good))?;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.3} acc {:.1}% lr {:.2e}",
+                st.loss,
+                100.0 * trainer.sums.accuracy(),
+                st.lr
+            ));
+            let g = trainer.pos.global_step;
+            let stop = opts.stop_after_steps.is_some_and(|s| g >= s);
+            let every = trainer.cfg.checkpoint_every;
+            if trainer.pos.step < nb && (stop || (every > 0 && g % every as u64 == 0)) {
+                checkpoint::save(&trainer, &last).map_err(|e| fail(e, &last_good))?;
+                last_good = Some(last.display().to_string());
+                log.line(&format!("checkpoint {} at global step {g}", last.display()))?;
+            }
+            if stop && trainer.pos.step < nb {
+                bar.abandon_with_message(format!("stopped after {g} steps"));
+                return Ok(RunSummary {
+                    trainer,
+                    finished: false,
+                    last_eval,
+                    checkpoint: last,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let sums = trainer.sums;
+        log.metric(json!({
+            "kind": "train", "epoch": epoch + 1, "step": trainer.pos.global_step,
+            "loss": sums.mean_loss(), "ce": sums.ce / sums.steps.max(1) as f64,
+            "acc": sums.accuracy(), "lr": trainer.sched.lr(epoch, 0),
+            "images_per_s": sums.seen as f64 / secs.max(1e-9),
+        }))?;
+        log.line(&format!(
+            "epoch {}/{epochs}: loss {:.4} adv-train acc {:.2}% ({:.1} img/s)",
+            epoch + 1,
+            sums.mean_loss(),
+            100.0 * sums.accuracy(),
+            sums.seen as f64 / secs.max(1e-9)
+        ))?;
+        let k = trainer.cfg.eval_every;
+        let due = epoch + 1 == epochs || (k > 0 && (epoch + 1) % k == 0);
+        if let (true, Some(src)) = (due, eval) {
+            bar.set_message("evaluating");
+            let r = eval_trainer(&trainer, src, eval_bs, &[trainer.cfg.attack_eps])?;
+            log.metric(eval_json(epoch + 1, trainer.pos.global_step, &r))?;
+            log.line(&format!("eval epoch {}: {}", epoch + 1, describe_eval(&r)))?;
+            last_eval = Some(r);
+        }
+        trainer.next_epoch();
+        checkpoint::save(&trainer, &last).map_err(|e| fail(e, &last_good))?;
+        last_good = Some(last.display().to_string());
+        let kept = dir
+            .join("checkpoints")
+            .join(format!("epoch-{:03}.safetensors", epoch + 1));
+        std::fs::copy(&last, &kept).map_err(|e| Error::io(&kept, e))?;
+        prune(dir, trainer.cfg.keep_checkpoints, epoch + 1);
+        if opts
+            .stop_after_steps
+            .is_some_and(|s| trainer.pos.global_step >= s)
+            && trainer.pos.epoch < epochs
+        {
+            bar.abandon_with_message(format!("stopped after {} steps", trainer.pos.global_step));
+            return Ok(RunSummary {
+                trainer,
+                finished: false,
+                last_eval,
+                checkpoint: last,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    bar.finish_and_clear();
+    let files = checkpoint::export_inference(&trainer, &dir.join("export"))?;
+    log.line(&format!(
+        "exported {}",
+        files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))?;
+    if opts.plots {
+        super::plot::curves_from_metrics(&dir.join("metrics.jsonl"), &dir.join("plots"))?;
+    }
+    Ok(RunSummary {
+        trainer,
+        finished: true,
+        last_eval,
+        checkpoint: last,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Evaluates the trainer's EMA (or model) at the given radii.
+pub fn eval_trainer(
+    trainer: &Trainer,
+    src: &dyn BatchSource,
+    batch_size: usize,
+    eps: &[f32],
+) -> Result<EvalResult> {
+    let cfg = trainer.cfg.clone();
+    let maps = move |b: &super::source::Batch| effective_maps(&cfg, b);
+    let eps: Vec<f32> = if trainer.cfg.advtrain || !eps.is_empty() {
+        eps.to_vec()
+    } else {
+        Vec::new()
+    };
+    evaluate(
+        &trainer.spec,
+        trainer.eval_model(),
+        src,
+        &EvalOptions {
+            eps: &eps,
+            steps: trainer.cfg.eval_attack_it,
+            batch_size,
+            max_images: trainer.cfg.eval_images,
+            seed: trainer.cfg.seed,
+            maps: &maps,
+        },
+        |_, _| {},
+    )
+}
+
+pub fn eval_json(epoch: usize, step: u64, r: &EvalResult) -> serde_json::Value {
+    json!({
+        "kind": "eval", "epoch": epoch, "step": step, "images": r.images,
+        "clean_acc": r.clean_acc,
+        "pgd": r.pgd_acc.iter().map(|(e, a)| json!({"eps": e, "steps": r.pgd_steps, "acc": a})).collect::<Vec<_>>(),
+        "pixel_acc": r.pixel_acc, "miou": r.miou,
+    })
+}
+
+pub fn describe_eval(r: &EvalResult) -> String {
+    let mut s = format!("clean {:.2}%", 100.0 * r.clean_acc);
+    for (e, a) in &r.pgd_acc {
+        s += &format!(", PGD-{} eps {:.4} {:.2}%", r.pgd_steps, e, 100.0 * a);
+    }
+    if let (Some(p), Some(m)) = (r.pixel_acc, r.miou) {
+        s += &format!(", part pixel acc {:.2}%, mIoU {:.2}%", 100.0 * p, 100.0 * m);
+    }
+    s += &format!(" ({} images)", r.images);
+    s
+}
+
+fn check_data(cfg: &TrainConfig, src: &dyn BatchSource, key: &str) -> Result<()> {
+    if src.is_empty() {
+        return Err(Error::flag(
+            format!("--{}", key.replace('_', "-")),
+            "no images found",
+        ));
+    }
+    if src.num_classes() != cfg.num_classes {
+        return Err(Error::flag(
+            "--num-classes",
+            format!(
+                "{} but the {key} data has {} classes",
+                cfg.num_classes,
+                src.num_classes()
+            ),
+        ));
+    }
+    if cfg.partmodel_type != "vanilla" && !cfg.use_object_seg {
+        if let Some(s) = src.seg_classes() {
+            if s > cfg.seg_classes {
+                return Err(Error::flag(
+                    "--seg-classes",
+                    format!(
+                        "{} but the {key} data has part ids up to {} (needs S >= {s})",
+                        cfg.seg_classes,
+                        s - 1
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prune(dir: &Path, keep: usize, newest: usize) {
+    if keep == 0 || newest <= keep {
+        return;
+    }
+    let old = dir
+        .join("checkpoints")
+        .join(format!("epoch-{:03}.safetensors", newest - keep));
+    let _ = std::fs::remove_file(old);
+}

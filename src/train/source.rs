@@ -1,0 +1,290 @@
+//! Where training batches come from: a `BatchSource` is a pure function of
+//! `(epoch, batch index)`, so the data-order position saved in a checkpoint is enough to
+//! continue an epoch exactly. `MemorySource` is a tiny deterministic in-memory dataset
+//! (coloured objects made of two parts each) for tests; image folders come through
+//! `folder::FolderSource`.
+
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// One batch, already augmented. Shapes: N batch, H = W = input size.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// `(N, H, W, 3)` in [0, 1].
+    pub images: Tensor,
+    pub labels: Vec<usize>,
+    /// `(N, H, W)` global part ids, 0 = background (zeros where an image has no map).
+    pub label_maps: Vec<u16>,
+    /// `(N,)` 1 for images with a usable, non-blank map, else 0.
+    pub has_parts: Vec<bool>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn side(&self) -> usize {
+        self.images.shape().get(1).copied().unwrap_or(0)
+    }
+}
+
+pub trait BatchSource: Send + Sync {
+    /// Number of images.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Number of classes the data holds (checked against the configuration).
+    fn num_classes(&self) -> usize;
+    /// Largest part id + 1 seen in the data's part list (None when unknown).
+    fn seg_classes(&self) -> Option<usize>;
+    /// Batches per epoch.
+    fn num_batches(&self, batch_size: usize, drop_last: bool) -> usize {
+        let n = self.len();
+        let bs = batch_size.max(1);
+        if drop_last {
+            n / bs
+        } else {
+            n.div_ceil(bs)
+        }
+    }
+    /// Batch `index` of `epoch` (training order shuffled per epoch when `train`).
+    fn batch(&self, epoch: usize, index: usize, batch_size: usize, train: bool) -> Result<Batch>;
+}
+
+/// The sample order of an epoch: a seeded shuffle (identity for evaluation).
+pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    if shuffle {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0000_0000_0000);
+        rng.set_stream(epoch as u64);
+        v.shuffle(&mut rng);
+    }
+    v
+}
+
+/// A small synthetic dataset held in memory: class `c` is an object of colour `c` made of two
+/// parts (global ids `1 + 2c` top half, `2 + 2c` bottom half) on a noisy background; every
+/// `blank_every`-th image has no part map. Training batches get a random flip.
+pub struct MemorySource {
+    pub images: Vec<Vec<f32>>,
+    pub maps: Vec<Vec<u16>>,
+    pub has_parts: Vec<bool>,
+    pub labels: Vec<usize>,
+    pub side: usize,
+    pub classes: usize,
+    pub seed: u64,
+}
+
+impl MemorySource {
+    pub fn new(classes: usize, per_class: usize, side: usize, seed: u64) -> MemorySource {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut s = MemorySource {
+            images: Vec::new(),
+            maps: Vec::new(),
+            has_parts: Vec::new(),
+            labels: Vec::new(),
+            side,
+            classes,
+            seed,
+        };
+        for i in 0..classes * per_class {
+            let c = i % classes;
+            let hue = c as f32 / classes as f32;
+            let colour = [
+                0.5 + 0.5 * (6.283 * hue).cos(),
+                0.5 + 0.5 * (6.283 * (hue + 0.33)).cos(),
+                0.5 + 0.5 * (6.283 * (hue + 0.67)).cos(),
+            ];
+            let size = rng.random_range(side / 3..=side * 2 / 3);
+            let x0 = rng.random_range(0..=side - size);
+            let y0 = rng.random_range(0..=side - size);
+            let mut img = vec![0f32; side * side * 3];
+            let mut map = vec![0u16; side * side];
+            for y in 0..side {
+                for x in 0..side {
+                    let p = y * side + x;
+                    let inside = (y0..y0 + size).contains(&y) && (x0..x0 + size).contains(&x);
+                    for k in 0..3 {
+                        let noise: f32 = rng.random_range(0.0..0.3);
+                        img[p * 3 + k] = if inside {
+                            let shade = if y < y0 + size / 2 { 1.0 } else { 0.6 };
+                            (colour[k] * shade + noise * 0.3).min(1.0)
+                        } else {
+                            noise
+                        };
+                    }
+                    if inside {
+                        map[p] = (1 + 2 * c + usize::from(y >= y0 + size / 2)) as u16;
+                    }
+                }
+            }
+            let has = i % 5 != 4;
+            if !has {
+                map.iter_mut().for_each(|v| *v = 0);
+            }
+            s.images.push(img);
+            s.maps.push(map);
+            s.has_parts.push(has);
+            s.labels.push(c);
+        }
+        s
+    }
+}
+
+impl BatchSource for MemorySource {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn num_classes(&self) -> usize {
+        self.classes
+    }
+    fn seg_classes(&self) -> Option<usize> {
+        Some(1 + 2 * self.classes)
+    }
+    fn batch(&self, epoch: usize, index: usize, batch_size: usize, train: bool) -> Result<Batch> {
+        let order = epoch_order(self.len(), self.seed, epoch, train);
+        let bs = batch_size.max(1);
+        let lo = index * bs;
+        if lo >= order.len() {
+            return Err(Error::Msg(format!(
+                "batch {index} of {} images at batch size {bs} is past the end",
+                order.len()
+            )));
+        }
+        let hi = (lo + bs).min(order.len());
+        let side = self.side;
+        let mut images = Vec::with_capacity((hi - lo) * side * side * 3);
+        let mut maps = Vec::with_capacity((hi - lo) * side * side);
+        let (mut labels, mut has) = (Vec::new(), Vec::new());
+        for &i in &order[lo..hi] {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ ((epoch as u64) << 32) ^ i as u64);
+            let flip = train && rng.random_bool(0.5);
+            for y in 0..side {
+                for x in 0..side {
+                    let sx = if flip { side - 1 - x } else { x };
+                    let p = y * side + sx;
+                    images.extend_from_slice(&self.images[i][p * 3..p * 3 + 3]);
+                    maps.push(self.maps[i][p]);
+                }
+            }
+            labels.push(self.labels[i]);
+            has.push(self.has_parts[i]);
+        }
+        Ok(Batch {
+            images: Tensor::from_vec(&[hi - lo, side, side, 3], images)?,
+            labels,
+            label_maps: maps,
+            has_parts: has,
+        })
+    }
+}
+
+/// Multi-scale soft targets of a batch, NHWC `[N, h, h, S]` per size (highest resolution
+/// first): nearest resize of each map to `sizes[0]`, one-hot with smoothing
+/// (`on = 1 - s + s/S`, `off = s/S`), bilinear (align_corners=False) to the smaller sizes.
+pub fn soft_targets(
+    maps: &[u16],
+    n: usize,
+    side: usize,
+    seg_classes: usize,
+    smoothing: f32,
+    sizes: &[usize],
+) -> Result<Vec<Tensor>> {
+    let s = seg_classes;
+    let base = *sizes
+        .first()
+        .ok_or_else(|| Error::shape("soft_targets", "no levels"))?;
+    if maps.len() != n * side * side {
+        return Err(Error::shape(
+            "soft_targets",
+            format!("{} label values for {n} maps of {side}x{side}", maps.len()),
+        ));
+    }
+    if let Some(&v) = maps.iter().find(|&&v| v as usize >= s) {
+        return Err(Error::shape(
+            "soft_targets",
+            format!("label value {v} out of range for S = {s}"),
+        ));
+    }
+    let off = smoothing / s as f32;
+    let on = 1.0 - smoothing + off;
+    // PyTorch `nearest` source index, f32 arithmetic.
+    let near = |d: usize| -> usize {
+        if side == base {
+            d
+        } else if base == 2 * side {
+            d >> 1
+        } else {
+            ((d as f32 * (side as f32 / base as f32)).floor() as usize).min(side - 1)
+        }
+    };
+    let taps = |input: usize, output: usize| -> Vec<(usize, usize, f32, f32)> {
+        let scale = input as f32 / output as f32;
+        (0..output)
+            .map(|d| {
+                let src = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
+                let i0 = (src as usize).min(input - 1);
+                let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+                let l1 = src - i0 as f32;
+                (i0, i1, 1.0 - l1, l1)
+            })
+            .collect()
+    };
+    let mut out = Vec::with_capacity(sizes.len());
+    for &h in sizes {
+        let mut o = vec![off; n * h * h * s];
+        let t = taps(base, h);
+        for i in 0..n {
+            let m = &maps[i * side * side..(i + 1) * side * side];
+            let small: Vec<usize> = (0..base * base)
+                .map(|p| m[near(p / base) * side + near(p % base)] as usize)
+                .collect();
+            let o = &mut o[i * h * h * s..(i + 1) * h * h * s];
+            if h == base {
+                for (p, &lab) in small.iter().enumerate() {
+                    o[p * s + lab] = on;
+                }
+                continue;
+            }
+            for (oy, &(y0, y1, ly0, ly1)) in t.iter().enumerate() {
+                for (ox, &(x0, x1, lx0, lx1)) in t.iter().enumerate() {
+                    let px = &mut o[(oy * h + ox) * s..(oy * h + ox + 1) * s];
+                    for (yy, wy) in [(y0, ly0), (y1, ly1)] {
+                        for (xx, wx) in [(x0, lx0), (x1, lx1)] {
+                            px[small[yy * base + xx]] += (on - off) * wy * wx;
+                        }
+                    }
+                }
+            }
+        }
+        out.push(Tensor::from_vec(&[n, h, h, s], o)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_source_is_a_pure_function_of_position() {
+        let s = MemorySource::new(3, 4, 32, 7);
+        let a = s.batch(1, 1, 5, true).unwrap();
+        let b = s.batch(1, 1, 5, true).unwrap();
+        assert_eq!(a.images.data(), b.images.data());
+        assert_eq!(a.labels, b.labels);
+        let c = s.batch(2, 1, 5, true).unwrap();
+        assert_ne!(a.labels.len() * 1000 + a.labels[0], 0);
+        assert_eq!(s.num_batches(5, true), 2);
+        assert_eq!(s.num_batches(5, false), 3);
+        assert!(s.batch(0, 3, 5, true).is_err());
+        let _ = c;
+    }
+}
