@@ -14,8 +14,10 @@
 //! - [`plot`]: PNG curves and part overlays.
 pub mod checkpoint;
 pub mod config;
+pub mod demo;
 pub mod ema;
 pub mod eval;
+pub mod folder;
 pub mod optim;
 pub mod pgd;
 pub mod plot;

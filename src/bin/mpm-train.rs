@@ -1,0 +1,192 @@
+//! `mpm-train`: adversarial training of vanilla, MPM and two-stage ResNets with the paper's
+//! recipe (DESIGN.md §1), and the built-in demo. See docs/train.md.
+//!
+//! ```text
+//! mpm-train --config configs/mpm_at_in1k.toml [--KEY VALUE ...] [--resume RUN|CKPT]
+//! mpm-train demo [--out DIR]
+//! mpm-train export --checkpoint RUN/checkpoints/last.safetensors --out DIR
+//! ```
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use mpm::train::{self, checkpoint, RunOptions, TrainConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn cli() -> Command {
+    let mut cmd = Command::new("mpm-train")
+        .about(
+            "Adversarial training (PGD l-inf) of vanilla / MPM / two-stage ResNets with the \
+             paper's recipe. Every configuration key is also a flag: --KEY VALUE.",
+        )
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE.toml")
+                .help("Configuration file (keys as in configs/*.toml); flags override it"),
+        )
+        .arg(
+            Arg::new("resume")
+                .long("resume")
+                .value_name("RUN_DIR|CHECKPOINT")
+                .help("Continue a run exactly from its last checkpoint"),
+        )
+        .arg(
+            Arg::new("stop-after-steps")
+                .long("stop-after-steps")
+                .value_name("N")
+                .value_parser(clap::value_parser!(u64))
+                .help("Checkpoint and stop once N optimiser steps are done (resume later)"),
+        )
+        .arg(
+            Arg::new("no-progress")
+                .long("no-progress")
+                .action(ArgAction::SetTrue)
+                .help("No progress bar"),
+        )
+        .arg(
+            Arg::new("print-config")
+                .long("print-config")
+                .action(ArgAction::SetTrue)
+                .help("Print the resolved configuration as TOML and exit"),
+        );
+    for (key, default) in TrainConfig::keys() {
+        let flag = leak(key.replace('_', "-"));
+        let kind = match default {
+            toml::Value::Boolean(_) => "BOOL",
+            toml::Value::Integer(_) => "INT",
+            toml::Value::Float(_) => "NUM",
+            _ => "STR",
+        };
+        cmd = cmd.arg(
+            Arg::new(leak(key.clone()))
+                .long(flag)
+                .value_name(kind)
+                .help_heading("Configuration keys")
+                .help(leak(format!("`{key}` (default {default})"))),
+        );
+    }
+    cmd.subcommand(train::demo::command()).subcommand(
+        Command::new("export")
+            .about("Write the inference model (EMA, bypass dropped) of a checkpoint")
+            .arg(Arg::new("checkpoint").long("checkpoint").required(true))
+            .arg(Arg::new("out").long("out").required(true)),
+    )
+}
+
+fn config_from(m: &ArgMatches) -> mpm::Result<TrainConfig> {
+    let mut cfg = match m.get_one::<String>("config") {
+        Some(p) => TrainConfig::from_file(&PathBuf::from(p))?,
+        None => TrainConfig::default(),
+    };
+    for (key, _) in TrainConfig::keys() {
+        if let Some(v) = m.get_one::<String>(&key) {
+            cfg.set(&key, v)?;
+        }
+    }
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let m = cli().get_matches();
+    let res = match m.subcommand() {
+        Some(("demo", sm)) => train::demo::run_cli(sm),
+        Some(("export", sm)) => export(sm),
+        _ => train_cmd(&m),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn export(m: &ArgMatches) -> mpm::Result<()> {
+    let ck = PathBuf::from(m.get_one::<String>("checkpoint").map_or("", |s| s.as_str()));
+    let out = PathBuf::from(m.get_one::<String>("out").map_or("", |s| s.as_str()));
+    let t = checkpoint::load(&ck, None)?;
+    for p in checkpoint::export_inference(&t, &out)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
+    let resume = m.get_one::<String>("resume").map(PathBuf::from);
+    let mut cfg = config_from(m)?;
+    if let Some(r) = &resume {
+        // A resumed run takes its configuration from the checkpoint; flags may change only
+        // runtime keys (checked when loading).
+        let file = if r.is_dir() {
+            train::run::last_checkpoint(r)
+        } else {
+            r.clone()
+        };
+        let stored = checkpoint::read_config(&file)?;
+        let explicit = config_from(m)?;
+        let mut merged = stored.clone();
+        for (key, _) in TrainConfig::keys() {
+            if let Some(v) = m.get_one::<String>(&key) {
+                merged.set(&key, v)?;
+            }
+        }
+        if m.get_one::<String>("config").is_some() && explicit != merged {
+            eprintln!("note: --resume uses the checkpoint's configuration; --config is ignored");
+        }
+        if m.get_one::<String>("output_dir").is_none() {
+            if let Some(run_dir) = file.parent().and_then(|p| p.parent()) {
+                merged.output_dir = run_dir.display().to_string();
+            }
+        }
+        cfg = merged;
+    }
+    cfg.validate()?;
+    if m.get_flag("print-config") {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    let (device, why) = cfg
+        .device
+        .parse::<mpm::device::DeviceRequest>()?
+        .resolve()?;
+    eprintln!("device: {why}");
+    let _ = device;
+    let train_src = train::folder::open(&cfg, &cfg.train_dir, "train_dir", true)?;
+    let eval_src = if cfg.eval_dir.is_empty() {
+        None
+    } else {
+        Some(train::folder::open(&cfg, &cfg.eval_dir, "eval_dir", false)?)
+    };
+    let opts = RunOptions {
+        run_dir: PathBuf::from(&cfg.output_dir),
+        stop_after_steps: m.get_one::<u64>("stop-after-steps").copied(),
+        resume,
+        progress: !m.get_flag("no-progress"),
+        plots: true,
+        eval_batch_size: 0,
+    };
+    let s = train::run(&cfg, train_src.as_ref(), eval_src.as_deref(), &opts)?;
+    if s.finished {
+        println!(
+            "done: {} epochs in {:.0}s; run directory {}",
+            cfg.epochs,
+            s.seconds,
+            opts.run_dir.display()
+        );
+        if let Some(r) = &s.last_eval {
+            println!("last eval (EMA): {}", train::run::describe_eval(r));
+        }
+    } else {
+        println!(
+            "stopped at global step {}; resume with: mpm-train --resume {}",
+            s.trainer.pos.global_step,
+            opts.run_dir.display()
+        );
+    }
+    Ok(())
+}
