@@ -170,8 +170,8 @@ pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
         None => None,
     };
     let mut opt = Sgd::new(SgdConfig {
-        momentum: cfg.momentum,
-        weight_decay: cfg.weight_decay,
+        momentum: cfg.momentum as f32,
+        weight_decay: cfg.weight_decay as f32,
         nesterov: cfg.nesterov,
     });
     for (name, t) in groups.remove("momentum").unwrap_or_default() {

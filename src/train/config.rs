@@ -35,17 +35,17 @@ pub struct TrainConfig {
     pub ignore_blank: bool,
     // -- loss
     /// Weight of the segmentation loss (the reference's `lambdas`).
-    pub lambdas: f32,
+    pub lambdas: f64,
     /// Focal loss exponent.
-    pub gamma: f32,
+    pub gamma: f64,
     /// Label smoothing of the class targets and of the part soft targets.
-    pub smoothing: f32,
+    pub smoothing: f64,
     // -- optimiser
     /// Only "sgd" (timm's: momentum + Nesterov).
     pub opt: String,
-    pub momentum: f32,
+    pub momentum: f64,
     pub nesterov: bool,
-    pub weight_decay: f32,
+    pub weight_decay: f64,
     // -- schedule
     pub epochs: usize,
     /// Only "cosine" (timm CosineLRScheduler).
@@ -69,15 +69,15 @@ pub struct TrainConfig {
     pub eval_dir: String,
     /// Use at most this many evaluation images (0 = all).
     pub eval_images: usize,
-    pub color_jitter: f32,
-    pub hflip: f32,
+    pub color_jitter: f64,
+    pub hflip: f64,
     // -- EMA
     pub model_ema: bool,
     pub model_ema_decay: f64,
     // -- adversarial training
     pub advtrain: bool,
     /// l-inf radius (a decimal number, e.g. 0.0156862745 = 4/255).
-    pub attack_eps: f32,
+    pub attack_eps: f64,
     /// PGD iterations of training (the reference's `attack_it`).
     pub attack_it: usize,
     /// PGD iterations of the evaluation attack (step eps/4, random start).
@@ -370,9 +370,9 @@ impl TrainConfig {
 
     pub fn loss(&self) -> LossConfig {
         LossConfig {
-            lambda: self.lambdas,
-            gamma: self.gamma,
-            smoothing: self.smoothing,
+            lambda: self.lambdas as f32,
+            gamma: self.gamma as f32,
+            smoothing: self.smoothing as f32,
         }
     }
 

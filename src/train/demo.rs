@@ -168,7 +168,7 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
             },
         )?;
         let train_secs = t.elapsed().as_secs_f64();
-        let eps = cfg.attack_eps;
+        let eps = cfg.attack_eps as f32;
         let r = eval_trainer(&s.trainer, &val, 64, &[eps, 2.0 * eps])?;
         eprintln!("{name}: {}", super::run::describe_eval(&r));
         rows.push(DemoRow {

@@ -238,7 +238,7 @@ pub fn run(
         let due = epoch + 1 == epochs || (k > 0 && (epoch + 1) % k == 0);
         if let (true, Some(src)) = (due, eval) {
             bar.set_message("evaluating");
-            let r = eval_trainer(&trainer, src, eval_bs, &[trainer.cfg.attack_eps])?;
+            let r = eval_trainer(&trainer, src, eval_bs, &[trainer.cfg.attack_eps as f32])?;
             log.metric(eval_json(epoch + 1, trainer.pos.global_step, &r))?;
             log.line(&format!("eval epoch {}: {}", epoch + 1, describe_eval(&r)))?;
             last_eval = Some(r);

@@ -84,8 +84,8 @@ impl Trainer {
         let model = init_model(&cfg, &spec)?;
         let ema = cfg.model_ema.then(|| model.clone());
         let opt = Sgd::new(SgdConfig {
-            momentum: cfg.momentum,
-            weight_decay: cfg.weight_decay,
+            momentum: cfg.momentum as f32,
+            weight_decay: cfg.weight_decay as f32,
             nesterov: cfg.nesterov,
         });
         let sched = schedule(&cfg, updates_per_epoch);
@@ -141,16 +141,16 @@ impl Trainer {
         );
         let x = if self.cfg.advtrain {
             let step = attack_step(
-                self.cfg.attack_eps as f64,
+                self.cfg.attack_eps,
                 self.cfg.attack_it,
                 self.pos.epoch,
                 self.cfg.warmup_epochs,
             ) as f32;
             let pgd = PgdConfig {
-                eps: self.cfg.attack_eps,
+                eps: self.cfg.attack_eps as f32,
                 step,
                 steps: self.cfg.attack_it,
-                smoothing: self.cfg.smoothing,
+                smoothing: self.cfg.smoothing as f32,
                 keep_best: true,
             };
             let mut rng = step_rng(self.cfg.seed, self.pos.global_step);
@@ -192,7 +192,7 @@ impl Trainer {
                 &mut ctx.tape,
                 out.logits,
                 &batch.labels,
-                self.cfg.smoothing,
+                self.cfg.smoothing as f32,
             )?;
             let ce = ctx.tape.value(ce_var).item();
             let used_targets: Vec<Tensor> = if out.segs.is_empty() {
@@ -258,7 +258,7 @@ impl Trainer {
             batch.len(),
             batch.side(),
             self.cfg.seg_classes,
-            self.cfg.smoothing,
+            self.cfg.smoothing as f32,
             &self.cfg.target_sizes(),
         )
     }

@@ -1,0 +1,98 @@
+//! Every shipped configuration parses, validates, and runs 2 training steps on tiny in-memory
+//! data (sizes overridden through the same `set` path as the command-line flags).
+
+use mpm::train::{run, MemorySource, RunOptions, TrainConfig};
+use std::path::PathBuf;
+
+fn configs() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn shipped_configs_are_all_there_and_parse() {
+    let names: Vec<String> = configs()
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "mpm_at_in1k",
+        "vanilla_at_in1k",
+        "mpm_init_in1k",
+        "twostage_at_in1k",
+        "mpm_sv1_at_in1k",
+        "mpm_sv2_at_in1k",
+        "mpm_notd_at_in1k",
+        "mpm_object_at_in1k",
+        "standard_in1k",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "missing configs/{want}.toml"
+        );
+    }
+    for p in configs() {
+        let c = TrainConfig::from_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        c.validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(c.batch_size, 512, "{}", p.display());
+        assert_eq!(c.num_classes, 1000);
+    }
+    let mpm = TrainConfig::from_file(&configs()[0].with_file_name("mpm_at_in1k.toml")).unwrap();
+    assert_eq!(mpm.peak_lr(), 0.2);
+    assert_eq!(mpm.attack_it, 2);
+    assert_eq!(mpm.model_ema_decay, 0.9998);
+    assert_eq!(mpm.levels, 3);
+}
+
+#[test]
+fn two_step_smoke_run_of_every_config() {
+    let train = MemorySource::new(3, 4, 32, 5);
+    for p in configs() {
+        let mut c = TrainConfig::from_file(&p).unwrap();
+        let object = c.use_object_seg;
+        let dir = std::env::temp_dir().join(format!(
+            "mpm-smoke-{}-{}",
+            std::process::id(),
+            p.file_stem().unwrap().to_string_lossy()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (k, v) in [
+            ("model", "resnet18"),
+            ("width", "4"),
+            ("num_classes", "3"),
+            ("seg_classes", if object { "4" } else { "7" }),
+            ("twostage_hidden", "8"),
+            ("twostage_fc_hidden", "16"),
+            ("input_size", "32"),
+            ("batch_size", "4"),
+            ("init_checkpoint", ""),
+            ("output_dir", dir.to_str().unwrap()),
+        ] {
+            c.set(k, v).unwrap();
+        }
+        let s = run(
+            &c,
+            &train,
+            None,
+            &RunOptions {
+                run_dir: dir.clone(),
+                stop_after_steps: Some(2),
+                resume: None,
+                progress: false,
+                plots: false,
+                eval_batch_size: 4,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(s.trainer.pos.global_step, 2, "{}", p.display());
+        assert!(dir.join("checkpoints/last.safetensors").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
