@@ -64,7 +64,10 @@ fn class_count_mismatch_is_named() {
     let e = run(&c, &MemorySource::new(3, 4, 32, 1), None, &opts(&dir))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("--num-classes") && e.contains("3 classes"), "{e}");
+    assert!(
+        e.contains("--num-classes") && e.contains("3 classes"),
+        "{e}"
+    );
     let mut c = tiny("mpm");
     c.set("seg_classes", "5").unwrap();
     let e = run(&c, &MemorySource::new(3, 4, 32, 1), None, &opts(&dir))
@@ -89,13 +92,22 @@ fn plain_resnet_checkpoint_initialises_the_mpm_backbone() {
     c.set("full_pretrain", "false").unwrap();
     let t = mpm::train::Trainer::new(c.clone(), 3).unwrap();
     let a = store.tensor("layer3.1.conv2.weight").unwrap().data();
-    let b = t.model.tensor("segmenter.layer3.1.conv2.weight").unwrap().data();
+    let b = t
+        .model
+        .tensor("segmenter.layer3.1.conv2.weight")
+        .unwrap()
+        .data();
     assert_eq!(a, b);
 
     // The same file as a whole MPM model does not fit: every problem is listed.
     c.set("full_pretrain", "true").unwrap();
-    let e = mpm::train::Trainer::new(c.clone(), 3).unwrap_err().to_string();
-    assert!(e.contains("--init-checkpoint") && e.contains("missing"), "{e}");
+    let e = mpm::train::Trainer::new(c.clone(), 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--init-checkpoint") && e.contains("missing"),
+        "{e}"
+    );
 
     // A ResNet-34 backbone does not fit a ResNet-18.
     let mut r34 = tiny("vanilla");
@@ -105,12 +117,17 @@ fn plain_resnet_checkpoint_initialises_the_mpm_backbone() {
     write_state(&ck34, s34.state_dict(&s34.init(0).unwrap()).unwrap());
     c.set("init_checkpoint", ck34.to_str().unwrap()).unwrap();
     c.set("full_pretrain", "false").unwrap();
-    let e = mpm::train::Trainer::new(c.clone(), 3).unwrap_err().to_string();
+    let e = mpm::train::Trainer::new(c.clone(), 3)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unexpected: layer1.2.conv1.weight"), "{e}");
 
     c.set("init_checkpoint", "/no/such/file.pth").unwrap();
     let e = mpm::train::Trainer::new(c, 3).unwrap_err().to_string();
-    assert!(e.contains("--init-checkpoint") && e.contains("no such file"), "{e}");
+    assert!(
+        e.contains("--init-checkpoint") && e.contains("no such file"),
+        "{e}"
+    );
 }
 
 #[test]
