@@ -13,6 +13,9 @@
 //! Shape glossary: N batch, H/W spatial, C channels, K part classes, S = K + 1 segmentation
 //! channels (background 0), O output channels. Gradients are prefixed `d` (`dx`, `dw`).
 
+// Kernels and ops take their shapes and buffers as plain arguments.
+#![allow(clippy::too_many_arguments)]
+
 pub mod audit;
 pub mod autograd;
 pub mod cpu;
@@ -32,3 +35,17 @@ pub use error::{Error, Result};
 /// pages from the OS on every op made the CPU step about 3x faster (benches/cpu_step.rs).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Keeps freed memory mapped for reuse instead of returning it to the OS after 10 ms
+/// (mimalloc's default): every step frees and reallocates the same large activation
+/// buffers, and re-faulting them cost a third of the CPU step's time in the kernel's page
+/// zeroing. Called once, from the first tape.
+pub(crate) fn keep_freed_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // mimalloc's `mi_option_purge_delay` (index 15 in v2 and v3 of its option enum).
+        const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+        // SAFETY: sets a process-wide allocator option; mimalloc reads it atomically.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    });
+}

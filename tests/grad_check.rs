@@ -21,7 +21,11 @@ fn rand_tensor(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
 }
 
 fn check(name: &str, x: &Tensor, f: impl Fn(&mut Tape, Var) -> Result<Var>) {
-    let r = check_gradient(x, f, H, 7).unwrap();
+    check_h(name, x, H, f)
+}
+
+fn check_h(name: &str, x: &Tensor, h: f32, f: impl Fn(&mut Tape, Var) -> Result<Var>) {
+    let r = check_gradient(x, f, h, 7).unwrap();
     println!("{name}: {r}");
     assert!(r.rel_l2 < TOL, "{name}: gradient check failed: {r}");
     assert!(
@@ -326,4 +330,37 @@ fn gelu_matches_erf_definition() {
         );
     }
     assert!(worst < 1e-6, "gelu relative error {worst}");
+}
+
+#[test]
+fn whole_model_input_gradient() {
+    // A tiny MPM end to end (eval mode, classification loss): the input gradient an attack
+    // uses, checked against central differences of the whole network.
+    use mpm::nn::{Act, Arch, Backbone, Ctx, Head, ModelSpec};
+    let spec = ModelSpec {
+        backbone: Backbone {
+            arch: Arch::ResNet18,
+            width: 2,
+            act: Act::Gelu,
+        },
+        num_classes: 3,
+        seg_classes: 4,
+        head: Head::Mpm {
+            levels: 3,
+            top_down: true,
+        },
+    };
+    let store = spec.init(5).unwrap();
+    let x = rand_tensor(&[1, 16, 16, 3], 50, 0.2, 0.8);
+    // A smaller step than the per-op checks: 20 layers of curvature (and max-pool windows
+    // whose argmax may flip) make h = 1e-2 differences inexact; f32 rounding still allows 1e-3.
+    check_h("resnet18-mpm input gradient", &x, 1e-3, move |t, x| {
+        // Run the model on the check's own tape (parameters enter as constants or params).
+        let mut s = store.clone();
+        let tape = std::mem::replace(t, Tape::new(t.mode()));
+        let mut ctx = Ctx::from_tape(&mut s, tape, false);
+        let out = spec.forward_logits(&mut ctx, x);
+        *t = ctx.into_tape();
+        out
+    });
 }

@@ -159,3 +159,65 @@ fn checkpoint_mismatch_lists_every_problem() {
         assert!(err.contains(needle), "error lacks '{needle}':\n{err}");
     }
 }
+
+#[test]
+fn checkpoints_round_trip_through_safetensors_and_pth() {
+    let m = spec(
+        Arch::ResNet18,
+        4,
+        Head::Mpm {
+            levels: 3,
+            top_down: true,
+        },
+        5,
+    );
+    let store = m.init(3).unwrap();
+    let sd = m.state_dict(&store).unwrap();
+    let dir = std::env::temp_dir().join(format!("mpm-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["m.safetensors", "m.pth"] {
+        let p = dir.join(name);
+        mpm::nn::checkpoint::save_state(&p, &sd, &Default::default()).unwrap();
+        let back = mpm::nn::checkpoint::load_state(&p, mpm::io::StateDictPick::Auto).unwrap();
+        let store2 = m.load(&back).unwrap();
+        for (k, e) in store.iter() {
+            assert_eq!(
+                e.tensor.data(),
+                store2.tensor(k).unwrap().data(),
+                "{name}: {k}"
+            );
+        }
+        assert_eq!(store.counters(), store2.counters());
+    }
+    let bad = mpm::nn::checkpoint::save_state(&dir.join("m.bin"), &sd, &Default::default());
+    assert!(bad.unwrap_err().to_string().contains(".safetensors"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn mpm_forward_logits_equals_full_forward_logits() {
+    let m = spec(
+        Arch::ResNet18,
+        4,
+        Head::Mpm {
+            levels: 2,
+            top_down: true,
+        },
+        5,
+    );
+    let mut store = m.init(4).unwrap();
+    let x = Tensor::from_vec(
+        &[2, 32, 32, 3],
+        (0..2 * 32 * 32 * 3)
+            .map(|i| (i % 97) as f32 / 97.0)
+            .collect(),
+    )
+    .unwrap();
+    let mut ctx = Ctx::new(&mut store, GradMode::NoGrad, false);
+    let xi = ctx.tape.input(x.clone(), false);
+    let full = m.forward(&mut ctx, xi).unwrap().logits;
+    let full = ctx.tape.value(full).data().to_vec();
+    let xi = ctx.tape.input(x, false);
+    let fast = m.forward_logits(&mut ctx, xi).unwrap();
+    assert_eq!(ctx.tape.value(fast).data(), full.as_slice());
+}

@@ -56,25 +56,7 @@ impl LossArgs {
     }
 }
 
-/// Converts checkpoint tensors to model state values (integer scalars become counters).
-pub fn to_state(t: NamedTensors) -> BTreeMap<String, StateValue> {
-    t.into_iter()
-        .map(|(k, v)| {
-            let sv = match v.data {
-                HostData::I64(d) if d.len() == 1 && v.shape.is_empty() => StateValue::Int(d[0]),
-                HostData::I64(d) => StateValue::Float(TorchTensor {
-                    shape: v.shape,
-                    data: d.into_iter().map(|x| x as f32).collect(),
-                }),
-                HostData::F32(d) => StateValue::Float(TorchTensor {
-                    shape: v.shape,
-                    data: d,
-                }),
-            };
-            (k, sv)
-        })
-        .collect()
-}
+pub use crate::nn::checkpoint::to_state;
 
 fn shape_of<'a>(
     state: &'a BTreeMap<String, StateValue>,
@@ -240,7 +222,7 @@ pub fn write_output(path: &Path, y: &BTreeMap<String, TorchTensor>) -> Result<()
 /// Reads a Y file (for comparisons).
 pub fn read_output(path: &Path) -> Result<BTreeMap<String, TorchTensor>> {
     let (t, _) = io::load_safetensors(path)?;
-    t.iter()
-        .map(|(k, _)| Ok((k.clone(), f32_tensor(&t, k, path)?)))
+    t.keys()
+        .map(|k| Ok((k.clone(), f32_tensor(&t, k, path)?)))
         .collect()
 }

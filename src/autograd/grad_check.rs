@@ -84,7 +84,7 @@ where
         .unwrap_or_else(|| vec![0.0; x.numel()]);
 
     let mut numeric = vec![0.0f32; x.numel()];
-    for i in 0..x.numel() {
+    for (i, slot) in numeric.iter_mut().enumerate() {
         let eval = |delta: f32| -> Result<f64> {
             let mut xp = x.clone();
             xp.data_mut()[i] += delta;
@@ -93,7 +93,7 @@ where
             let yp = f(&mut tp, v)?;
             Ok(probe_value(tp.value(yp), &r, &q))
         };
-        numeric[i] = ((eval(h)? - eval(-h)?) / (2.0 * h as f64)) as f32;
+        *slot = ((eval(h)? - eval(-h)?) / (2.0 * h as f64)) as f32;
     }
     let diff: f64 = analytic
         .iter()

@@ -61,6 +61,7 @@ impl Gradients {
 
 impl Tape {
     pub fn new(mode: GradMode) -> Tape {
+        crate::keep_freed_memory();
         Tape {
             mode,
             nodes: Vec::new(),

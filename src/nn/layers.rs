@@ -50,6 +50,22 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A context continuing an existing tape (e.g. one that already holds the inputs).
+    pub fn from_tape(store: &'a mut ParamStore, tape: Tape, train: bool) -> Self {
+        Ctx {
+            tape,
+            store,
+            train,
+            vars: HashMap::new(),
+            frozen: Vec::new(),
+        }
+    }
+
+    /// Ends the pass, keeping the tape.
+    pub fn into_tape(self) -> Tape {
+        self.tape
+    }
+
     /// Records parameters under `prefix` as constants (e.g. a frozen backbone).
     pub fn freeze(&mut self, prefix: &str) {
         self.frozen.push(prefix.to_string());

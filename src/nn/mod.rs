@@ -1,4 +1,5 @@
 //! Models: parameter store, layers, ResNet backbones, MPM and two-stage heads, losses.
+pub mod checkpoint;
 pub mod layers;
 pub mod layout;
 pub mod model;

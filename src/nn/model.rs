@@ -87,19 +87,11 @@ impl ModelSpec {
             Head::Mpm { .. } => {
                 let f = self.compact();
                 let widths = [f, f / 2, f / 4];
-                for i in 0..3 {
+                for (i, &w) in widths.iter().enumerate() {
                     let p = format!("cp{}", i + 1);
-                    d.conv(
-                        &format!("{p}.0"),
-                        widths[i],
-                        bb.stage_channels(3 - i),
-                        1,
-                        false,
-                    );
-                    d.bn(&format!("{p}.1"), widths[i]);
-                }
-                for i in 0..3 {
-                    d.separable(&format!("segmenter_head{}.1", i + 1), widths[i], s);
+                    d.conv(&format!("{p}.0"), w, bb.stage_channels(3 - i), 1, false);
+                    d.bn(&format!("{p}.1"), w);
+                    d.separable(&format!("segmenter_head{}.1", i + 1), w, s);
                 }
                 for i in 0..2 {
                     d.separable(&format!("up_layer{}.1", i + 1), widths[i], widths[i + 1]);

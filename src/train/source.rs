@@ -98,9 +98,9 @@ impl MemorySource {
             let c = i % classes;
             let hue = c as f32 / classes as f32;
             let colour = [
-                0.5 + 0.5 * (6.283 * hue).cos(),
-                0.5 + 0.5 * (6.283 * (hue + 0.33)).cos(),
-                0.5 + 0.5 * (6.283 * (hue + 0.67)).cos(),
+                0.5 + 0.5 * (std::f32::consts::TAU * hue).cos(),
+                0.5 + 0.5 * (std::f32::consts::TAU * (hue + 0.33)).cos(),
+                0.5 + 0.5 * (std::f32::consts::TAU * (hue + 0.67)).cos(),
             ];
             let size = rng.random_range(side / 3..=side * 2 / 3);
             let x0 = rng.random_range(0..=side - size);
