@@ -2,8 +2,12 @@
 //! PGD adversarial training on a synthetic part dataset, in a few minutes on a CPU.
 
 use super::config::TrainConfig;
+use super::plot::{self, Panel, Series, PALETTE};
 use super::run::{eval_trainer, run, RunOptions};
 use super::source::{BatchSource, MemorySource};
+use super::trainer::{argmax, Trainer};
+use crate::autograd::GradMode;
+use crate::nn::Ctx;
 use crate::{Error, Result};
 use clap::{Arg, ArgMatches, Command};
 use std::path::{Path, PathBuf};
@@ -148,6 +152,7 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
         o.size
     );
     let mut rows = Vec::new();
+    let mut curves = Vec::new();
     for (name, kind) in [("vanilla", "vanilla"), ("MPM", "mpm")] {
         let dir = o.out.join(kind);
         let _ = std::fs::remove_dir_all(&dir);
@@ -171,6 +176,10 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
         let eps = cfg.attack_eps as f32;
         let r = eval_trainer(&s.trainer, &val, 64, &[eps, 2.0 * eps])?;
         eprintln!("{name}: {}", super::run::describe_eval(&r));
+        curves.push((name, plot::read_curves(&dir.join("metrics.jsonl"))?));
+        if kind == "mpm" {
+            part_overlays(&s.trainer, &val, 6, &o.out.join("parts.png"))?;
+        }
         rows.push(DemoRow {
             name: name.to_string(),
             clean: r.clean_acc,
@@ -180,6 +189,7 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
             seconds: train_secs,
         });
     }
+    compare_chart(&curves, &o.out.join("curves.png"))?;
     let table = format_table(&rows);
     println!("{table}");
     let total = t0.elapsed().as_secs_f64();
@@ -209,4 +219,78 @@ pub fn format_table(rows: &[DemoRow]) -> String {
         );
     }
     s
+}
+
+/// Side-by-side curves of the demo's runs: training loss, EMA clean and PGD accuracy.
+fn compare_chart(runs: &[(&str, plot::RunCurves)], path: &Path) -> Result<()> {
+    let series = |f: &dyn Fn(&plot::RunCurves) -> Vec<(f64, f64)>| -> Vec<Series> {
+        runs.iter()
+            .enumerate()
+            .map(|(k, (name, c))| Series {
+                label: name.to_string(),
+                colour: PALETTE[k],
+                points: f(c),
+            })
+            .collect()
+    };
+    plot::chart(
+        &[
+            Panel {
+                title: "training loss (adv. batches)".into(),
+                x_label: "epoch".into(),
+                series: series(&|c| c.loss.clone()),
+                y_range: None,
+            },
+            Panel {
+                title: "EMA clean accuracy".into(),
+                x_label: "epoch".into(),
+                series: series(&|c| c.clean.clone()),
+                y_range: Some((0.0, 1.0)),
+            },
+            Panel {
+                title: "EMA PGD-10 accuracy (4/255)".into(),
+                x_label: "epoch".into(),
+                series: series(&|c| c.pgd.clone()),
+                y_range: Some((0.0, 1.0)),
+            },
+        ],
+        path,
+    )
+}
+
+/// Image | label map | predicted parts (highest-resolution head of the EMA model) for the
+/// first `n` validation images that have parts.
+pub fn part_overlays(
+    trainer: &Trainer,
+    src: &dyn BatchSource,
+    n: usize,
+    path: &Path,
+) -> Result<()> {
+    let b = src.batch(0, 0, src.len().min(64), false)?;
+    let keep: Vec<usize> = (0..b.len()).filter(|&i| b.has_parts[i]).take(n).collect();
+    if keep.is_empty() {
+        return Ok(());
+    }
+    let side = b.side();
+    let mut store = trainer.eval_model().clone();
+    let mut ctx = Ctx::new(&mut store, GradMode::NoGrad, false);
+    let x = ctx.tape.input(b.images.clone(), false);
+    let out = trainer.spec.forward(&mut ctx, x)?;
+    let Some(seg) = out.segs.first() else {
+        return Ok(());
+    };
+    let z = ctx.tape.value(*seg);
+    let (h, c) = (z.shape()[1], z.shape()[3]);
+    let maps = trainer.effective_maps(&b);
+    let (mut imgs, mut gts, mut preds) = (Vec::new(), Vec::new(), Vec::new());
+    for &i in &keep {
+        imgs.extend_from_slice(&b.images.data()[i * side * side * 3..(i + 1) * side * side * 3]);
+        gts.extend_from_slice(&maps[i * side * side..(i + 1) * side * side]);
+        for p in 0..h * h {
+            preds.push(argmax(
+                &z.data()[(i * h * h + p) * c..(i * h * h + p + 1) * c],
+            ));
+        }
+    }
+    plot::overlays(&imgs, &gts, &preds, keep.len(), side, h, path)
 }
