@@ -116,15 +116,19 @@ fn elementwise_ops() {
     let x = rand_tensor(&[2, 5, 5, 7], 1, -3.0, 3.0);
     let y = rand_tensor(&[2, 5, 5, 7], 2, -3.0, 3.0);
     for dt in [DType::F32, DType::Bf16] {
-        parity("gelu", dev, dt, &[x.clone()], |t, v| Ok(ops::gelu(t, v[0])));
-        parity("relu", dev, dt, &[x.clone()], |t, v| Ok(ops::relu(t, v[0])));
+        parity("gelu", dev, dt, std::slice::from_ref(&x), |t, v| {
+            Ok(ops::gelu(t, v[0]))
+        });
+        parity("relu", dev, dt, std::slice::from_ref(&x), |t, v| {
+            Ok(ops::relu(t, v[0]))
+        });
         parity("add", dev, dt, &[x.clone(), y.clone()], |t, v| {
             ops::add(t, v[0], v[1])
         });
-        parity("scale", dev, dt, &[x.clone()], |t, v| {
+        parity("scale", dev, dt, std::slice::from_ref(&x), |t, v| {
             Ok(ops::scale(t, v[0], -0.7))
         });
-        parity("softmax", dev, dt, &[x.clone()], |t, v| {
+        parity("softmax", dev, dt, std::slice::from_ref(&x), |t, v| {
             Ok(ops::softmax_channels(t, v[0]))
         });
     }
@@ -221,28 +225,32 @@ fn norm_pool_resize() {
         );
     }
     let x = rand_tensor(&[2, 9, 9, 4], 15, -2.0, 2.0);
-    parity("max_pool2d", dev, DType::F32, &[x.clone()], |t, v| {
-        ops::max_pool2d(t, v[0], 3, 2, 1)
-    });
+    parity(
+        "max_pool2d",
+        dev,
+        DType::F32,
+        std::slice::from_ref(&x),
+        |t, v| ops::max_pool2d(t, v[0], 3, 2, 1),
+    );
     parity(
         "adaptive_avg_pool2d 1x1",
         dev,
         DType::F32,
-        &[x.clone()],
+        std::slice::from_ref(&x),
         |t, v| ops::adaptive_avg_pool2d(t, v[0], 1, 1),
     );
     parity(
         "adaptive_avg_pool2d 4x4",
         dev,
         DType::F32,
-        &[x.clone()],
+        std::slice::from_ref(&x),
         |t, v| ops::adaptive_avg_pool2d(t, v[0], 4, 4),
     );
     parity(
         "resize_bilinear up",
         dev,
         DType::F32,
-        &[x.clone()],
+        std::slice::from_ref(&x),
         |t, v| ops::resize_bilinear(t, v[0], 14, 17),
     );
     parity("resize_bilinear down", dev, DType::F32, &[x], |t, v| {
@@ -267,9 +275,13 @@ fn losses() {
     let targets = Tensor::from_vec(&[2, 3, 3, s], tt).unwrap();
     for dt in [DType::F32, DType::Bf16] {
         let tg = targets.clone();
-        parity("focal_loss S=3311", dev, dt, &[z.clone()], move |t, v| {
-            ops::focal_loss(t, v[0], &tg, &[1.0, 0.0], 2.0)
-        });
+        parity(
+            "focal_loss S=3311",
+            dev,
+            dt,
+            std::slice::from_ref(&z),
+            move |t, v| ops::focal_loss(t, v[0], &tg, &[1.0, 0.0], 2.0),
+        );
     }
 }
 
