@@ -33,11 +33,13 @@ fn every_kernel_compiles_with_nvrtc_and_passes_ptxas_sm90() {
         libs::find("libnvrtc.so.13"),
         ptxas.display()
     );
-    // The 13.0 driver of the target machine loads PTX/CUBIN from NVRTC <= 13.0.
-    assert!(
-        (maj, min) <= (13, 0),
-        "NVRTC {maj}.{min} is newer than the target driver (CUDA 13.0) accepts: pin 13.0.x"
-    );
+    // The 13.0 driver of the target machine loads PTX/CUBIN from NVRTC <= 13.0; a newer one
+    // (e.g. torch's 13.2 wheels in site-packages) would check the wrong compiler.
+    if (maj, min) > (13, 0) {
+        return skip_or_fail(&format!(
+            "found NVRTC {maj}.{min}, newer than the target driver (CUDA 13.0) accepts; install the pinned 13.0 wheels into .ci/cuda-tools (see .ci/run)"
+        ));
+    }
     assert!(!modules::KERNELS.is_empty(), "build.rs found no kernels");
     let dir = std::env::temp_dir().join(format!("mpm-kernels-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -29,6 +29,7 @@ pub use storage::DType;
 pub fn unavailable_reason(ordinal: usize) -> Option<String> {
     let r = std::panic::catch_unwind(|| match context::gpu(ordinal) {
         Ok(_) => None,
+        Err(crate::Error::Device { msg, .. }) => Some(msg),
         Err(e) => Some(e.to_string()),
     });
     r.unwrap_or_else(|_| Some("the CUDA libraries failed to load (panic while loading)".into()))
