@@ -57,19 +57,29 @@ impl DeviceRequest {
     pub fn resolve(self) -> Result<(Device, String)> {
         match self {
             DeviceRequest::Exact(Device::Cpu) => Ok((Device::Cpu, "cpu (requested)".into())),
-            DeviceRequest::Exact(d @ Device::Cuda(_)) => Err(Error::Device {
-                device: d.to_string(),
-                msg: cuda_unavailable_reason(),
-            }),
-            DeviceRequest::Auto => Ok((
-                Device::Cpu,
-                format!("cpu (auto: no usable GPU: {})", cuda_unavailable_reason()),
-            )),
+            DeviceRequest::Exact(d @ Device::Cuda(n)) => match crate::cuda::unavailable_reason(n) {
+                None => Ok((d, format!("{d} (requested): {}", describe(n)))),
+                Some(msg) => Err(Error::Device {
+                    device: d.to_string(),
+                    msg,
+                }),
+            },
+            DeviceRequest::Auto => match crate::cuda::unavailable_reason(0) {
+                None => Ok((Device::Cuda(0), format!("cuda:0 (auto): {}", describe(0)))),
+                Some(why) => Ok((Device::Cpu, format!("cpu (auto: no usable GPU: {why})"))),
+            },
         }
     }
 }
 
-/// Why CUDA cannot be used by this build. The CUDA backend plugs in here.
+fn describe(n: usize) -> String {
+    match crate::cuda::gpu(n) {
+        Ok(g) => format!("{} (sm_{})", g.name, g.arch),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Why CUDA device 0 cannot be used, or an empty string when it can.
 pub fn cuda_unavailable_reason() -> String {
-    "this build has no CUDA backend yet".into()
+    crate::cuda::unavailable_reason(0).unwrap_or_default()
 }

@@ -5,6 +5,7 @@
 //! - `device`   : `Device::{Cpu, Cuda(n)}` and `--device auto|cpu|cuda[:N]` resolution.
 //! - `autograd` : the tape (record forward, replay backward), grad modes, finite-difference checks.
 //! - `cpu`      : reference kernels, one file per concern (plain loops, rayon on outer loops).
+//! - `cuda`     : the GPU backend (cudarc, `kernels/*.cu` via build.rs, cuBLAS/cuDNN), docs/cuda.md.
 //! - `ops`      : differentiable ops: shape checks, dispatch, backward rules.
 //! - `nn`       : named parameter store, ResNet-18/34/50, MPM heads, two-stage part model, losses.
 //! - `io`       : safetensors and PyTorch `.pth` (restricted unpickler) checkpoints.
@@ -19,6 +20,7 @@
 pub mod audit;
 pub mod autograd;
 pub mod cpu;
+pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod error;

@@ -3,14 +3,37 @@
 //! Activations are NHWC (channels last) inside the engine; PyTorch layouts appear only at the
 //! edges (`nn::layout`). Storage is shared (`Arc`) so recording a value on the tape is free;
 //! writes go through `data_mut`, which copies only when the buffer is shared.
+//!
+//! A tensor on `cuda:N` holds a device buffer (`cuda::storage::CudaStorage`). Its host view
+//! (`data()`) is downloaded on first use and cached, so code written for the CPU still reads
+//! it; `data_mut()` on a GPU tensor moves it to the host (writes happen there).
 
+use crate::cuda::storage::{CudaStorage, DType};
 use crate::device::Device;
 use crate::{Error, Result};
 use std::sync::Arc;
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    Cuda(CudaStorage),
+}
+
+impl Clone for Storage {
+    fn clone(&self) -> Self {
+        match self {
+            Storage::Cpu(v) => Storage::Cpu(v.clone()),
+            Storage::Cuda(c) => Storage::Cuda(
+                c.try_clone()
+                    .unwrap_or_else(|e| panic!("copying a GPU tensor failed: {e}")),
+            ),
+        }
+    }
+}
+
+fn host_of(c: &CudaStorage) -> &[f32] {
+    c.host()
+        .unwrap_or_else(|e| panic!("reading a GPU tensor back to the host failed: {e}"))
 }
 
 #[derive(Clone, Debug)]
@@ -68,28 +91,81 @@ impl Tensor {
     }
 
     pub fn device(&self) -> Device {
-        match *self.storage {
+        match &*self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(c) => Device::Cuda(c.gpu().ordinal),
         }
     }
 
+    pub fn is_cuda(&self) -> bool {
+        matches!(*self.storage, Storage::Cuda(_))
+    }
+
+    /// The device storage of a GPU tensor.
+    pub fn cuda(&self) -> Option<&CudaStorage> {
+        match &*self.storage {
+            Storage::Cuda(c) => Some(c),
+            Storage::Cpu(_) => None,
+        }
+    }
+
+    /// Wraps a device buffer (internal: launchers guarantee `storage.len == numel`).
+    pub(crate) fn from_cuda(shape: &[usize], storage: CudaStorage) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), storage.len);
+        Tensor {
+            shape: shape.to_vec(),
+            storage: Arc::new(Storage::Cuda(storage)),
+        }
+    }
+
+    /// A copy on `device` (f32 on the GPU), or `self` (shared) when already there.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        self.to_device_as(device, DType::F32)
+    }
+
+    /// A copy on `device` with GPU element type `dtype` (ignored for the CPU).
+    pub fn to_device_as(&self, device: Device, dtype: DType) -> Result<Tensor> {
+        match (device, &*self.storage) {
+            (Device::Cpu, Storage::Cpu(_)) => Ok(self.clone()),
+            (Device::Cpu, Storage::Cuda(c)) => {
+                Ok(Tensor::new_unchecked(&self.shape, c.host()?.to_vec()))
+            }
+            (Device::Cuda(n), Storage::Cuda(c)) if c.gpu().ordinal == n && c.dtype == dtype => {
+                Ok(self.clone())
+            }
+            (Device::Cuda(n), _) => Ok(Tensor::from_cuda(
+                &self.shape,
+                CudaStorage::upload(n, self.data(), dtype)?,
+            )),
+        }
+    }
+
+    /// Host values. For a GPU tensor: downloaded on first call (waits for the GPU), then cached.
     pub fn data(&self) -> &[f32] {
         match &*self.storage {
             Storage::Cpu(v) => v,
+            Storage::Cuda(c) => host_of(c),
         }
     }
 
+    /// Mutable host values. A GPU tensor is first moved to the host.
     pub fn data_mut(&mut self) -> &mut [f32] {
+        if let Storage::Cuda(c) = &*self.storage {
+            self.storage = Arc::new(Storage::Cpu(host_of(c).to_vec()));
+        }
         match Arc::make_mut(&mut self.storage) {
             Storage::Cpu(v) => v,
+            Storage::Cuda(_) => unreachable!("moved to the host above"),
         }
     }
 
     pub fn into_vec(self) -> Vec<f32> {
         match Arc::try_unwrap(self.storage) {
             Ok(Storage::Cpu(v)) => v,
+            Ok(Storage::Cuda(c)) => host_of(&c).to_vec(),
             Err(shared) => match &*shared {
                 Storage::Cpu(v) => v.clone(),
+                Storage::Cuda(c) => host_of(c).to_vec(),
             },
         }
     }
@@ -114,9 +190,13 @@ impl Tensor {
         })
     }
 
-    /// `self += other` (same shape).
+    /// `self += other` (same shape). On the GPU when `self` is a GPU tensor.
     pub fn add_assign(&mut self, other: &Tensor) -> Result<()> {
         self.expect_shape("add_assign", other.shape())?;
+        if self.is_cuda() {
+            *self = crate::cuda::ops::axpby(self, other, 1.0, 1.0)?;
+            return Ok(());
+        }
         let o = other.data();
         for (a, b) in self.data_mut().iter_mut().zip(o) {
             *a += *b;

@@ -3,11 +3,24 @@
 
 use crate::autograd::{Tape, Var};
 use crate::cpu::{conv::sum_rows, elementwise as ew, gemm::matmul, gemm::MatRef, softmax_xent};
+use crate::cuda::ops as cu;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+/// A CUDA launch failed inside an op whose signature has no error path (kept for its CPU
+/// callers): report the device error and stop.
+fn gpu_or_die<T>(op: &str, r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{op} on the GPU failed: {e}"))
+}
+
 /// Exact (erf) GELU.
 pub fn gelu(t: &mut Tape, x: Var) -> Var {
+    if t.value(x).is_cuda() {
+        let y = gpu_or_die("gelu", cu::act_fwd("gelu", t.value(x)));
+        return t.record(y, &[x], |c| {
+            Ok(vec![Some(cu::act_bwd("gelu", c.inputs[0], c.dout)?)])
+        });
+    }
     let xv = t.value(x);
     let y = Tensor::new_unchecked(xv.shape(), ew::gelu_forward(xv.data()));
     t.record(y, &[x], |c| {
@@ -17,6 +30,12 @@ pub fn gelu(t: &mut Tape, x: Var) -> Var {
 }
 
 pub fn relu(t: &mut Tape, x: Var) -> Var {
+    if t.value(x).is_cuda() {
+        let y = gpu_or_die("relu", cu::act_fwd("relu", t.value(x)));
+        return t.record(y, &[x], |c| {
+            Ok(vec![Some(cu::act_bwd("relu", c.inputs[0], c.dout)?)])
+        });
+    }
     let xv = t.value(x);
     let y = Tensor::new_unchecked(xv.shape(), ew::relu_forward(xv.data()));
     t.record(y, &[x], |c| {
@@ -34,7 +53,11 @@ pub fn add(t: &mut Tape, a: Var, b: Var) -> Result<Var> {
             format!("shapes differ: {:?} vs {:?}", av.shape(), bv.shape()),
         ));
     }
-    let y = Tensor::new_unchecked(av.shape(), ew::zip_map(av.data(), bv.data(), |x, y| x + y));
+    let y = if av.is_cuda() {
+        cu::axpby(av, bv, 1.0, 1.0)?
+    } else {
+        Tensor::new_unchecked(av.shape(), ew::zip_map(av.data(), bv.data(), |x, y| x + y))
+    };
     Ok(t.record(y, &[a, b], |c| {
         Ok(vec![
             c.needs[0].then(|| c.dout.clone()),
@@ -45,6 +68,10 @@ pub fn add(t: &mut Tape, a: Var, b: Var) -> Result<Var> {
 
 /// `k * x`.
 pub fn scale(t: &mut Tape, x: Var, k: f32) -> Var {
+    if t.value(x).is_cuda() {
+        let y = gpu_or_die("scale", cu::scale(t.value(x), k));
+        return t.record(y, &[x], move |c| Ok(vec![Some(cu::scale(c.dout, k)?)]));
+    }
     let y = t.value(x).map(|v| v * k);
     t.record(y, &[x], move |c| Ok(vec![Some(c.dout.map(|v| v * k))]))
 }
@@ -70,6 +97,9 @@ pub fn linear(t: &mut Tape, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
     };
     if let Some(b) = b {
         t.value(b).expect_shape("linear (bias)", &[o])?;
+    }
+    if t.value(x).is_cuda() {
+        return linear_cuda(t, x, w, b, (n, i, o));
     }
     let mut y = vec![0.0f32; n * o];
     matmul(
@@ -109,10 +139,136 @@ pub fn linear(t: &mut Tape, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
     )
 }
 
+/// `linear` on the GPU: cuBLAS GEMMs (y = x w^T; dx = dy w; dw = dy^T x), bias by a rank-1
+/// GEMM with a ones vector (forward) and column sums (backward).
+fn linear_cuda(
+    t: &mut Tape,
+    x: Var,
+    w: Var,
+    b: Option<Var>,
+    (n, i, o): (usize, usize, usize),
+) -> Result<Var> {
+    use crate::cuda::blas::{gemm, Mat};
+    let xv = t.value(x).clone();
+    let xs = cu::st("linear", &xv)?;
+    let wv = cu::on_gpu_as(t.value(w), xs, xs.dtype)?;
+    let ws = cu::st("linear", &wv)?;
+    let g = xs.gpu().clone();
+    let y = cu::empty(&g, n * o, xs.dtype)?;
+    gemm(
+        &g,
+        Mat {
+            s: xs,
+            rows: n,
+            cols: i,
+            t: false,
+        },
+        Mat {
+            s: ws,
+            rows: i,
+            cols: o,
+            t: true,
+        },
+        &y,
+        false,
+    )?;
+    if let Some(b) = b {
+        let bv = cu::on_gpu_as(t.value(b), xs, xs.dtype)?;
+        let ones = cu::on_gpu_as(&Tensor::full(&[n], 1.0), xs, xs.dtype)?;
+        let (bs, os) = (cu::st("linear", &bv)?, cu::st("linear", &ones)?);
+        gemm(
+            &g,
+            Mat {
+                s: os,
+                rows: n,
+                cols: 1,
+                t: false,
+            },
+            Mat {
+                s: bs,
+                rows: 1,
+                cols: o,
+                t: false,
+            },
+            &y,
+            true,
+        )?;
+    }
+    let inputs: Vec<Var> = [Some(x), Some(w), b].into_iter().flatten().collect();
+    Ok(t.record(Tensor::from_cuda(&[n, o], y), &inputs, move |c| {
+        let xs = cu::st("linear backward", c.inputs[0])?;
+        let dy = cu::on_gpu_as(c.dout, xs, xs.dtype)?;
+        let ds = cu::st("linear backward", &dy)?;
+        let g = xs.gpu().clone();
+        let dx = if c.needs[0] {
+            let wv = cu::on_gpu_as(c.inputs[1], xs, xs.dtype)?;
+            let dx = cu::empty(&g, n * i, xs.dtype)?;
+            gemm(
+                &g,
+                Mat {
+                    s: ds,
+                    rows: n,
+                    cols: o,
+                    t: false,
+                },
+                Mat {
+                    s: cu::st("linear", &wv)?,
+                    rows: o,
+                    cols: i,
+                    t: false,
+                },
+                &dx,
+                false,
+            )?;
+            Some(Tensor::from_cuda(&[n, i], dx))
+        } else {
+            None
+        };
+        let dw = if c.needs[1] {
+            let dw = cu::empty(&g, o * i, xs.dtype)?;
+            gemm(
+                &g,
+                Mat {
+                    s: ds,
+                    rows: o,
+                    cols: n,
+                    t: true,
+                },
+                Mat {
+                    s: xs,
+                    rows: n,
+                    cols: i,
+                    t: false,
+                },
+                &dw,
+                false,
+            )?;
+            Some(Tensor::from_cuda(&[o, i], dw))
+        } else {
+            None
+        };
+        let mut out = vec![dx, dw];
+        if c.inputs.len() == 3 {
+            out.push(if c.needs[2] {
+                Some(cu::col_sums(&dy, o)?)
+            } else {
+                None
+            });
+        }
+        Ok(out)
+    }))
+}
+
 /// Softmax over the last (channel) axis.
 pub fn softmax_channels(t: &mut Tape, x: Var) -> Var {
     let xv = t.value(x);
     let cols = *xv.shape().last().unwrap_or(&1);
+    if xv.is_cuda() {
+        let y = gpu_or_die("softmax", cu::softmax_rows(xv, cols, false));
+        return t.record(y, &[x], move |c| {
+            Ok(vec![Some(cu::softmax_bwd_rows(c.output, c.dout, cols)?)])
+        });
+    }
     let y = Tensor::new_unchecked(xv.shape(), softmax_xent::softmax(xv.data(), cols));
     t.record(y, &[x], move |c| {
         let dz = softmax_xent::softmax_backward(c.output.data(), c.dout.data(), cols);
@@ -134,6 +290,12 @@ pub fn normalize_input(t: &mut Tape, x: Var, mean: [f32; 3], std: [f32; 3]) -> R
         ));
     }
     let xv = t.value(x);
+    if xv.is_cuda() {
+        let y = cu::normalize3(xv, mean, std, crate::cuda::DType::F32)?;
+        return Ok(t.record(y, &[x], move |c| {
+            Ok(vec![Some(cu::normalize3_bwd(c.dout, std)?)])
+        }));
+    }
     let mut y = xv.data().to_vec();
     for px in y.chunks_mut(3) {
         for k in 0..3 {

@@ -108,6 +108,9 @@ pub fn conv2d(t: &mut Tape, x: Var, w: Var, b: Option<Var>, p: Conv2dParams) -> 
     if let Some(b) = b {
         t.value(b).expect_shape("conv2d (bias)", &[g.o])?;
     }
+    if t.value(x).is_cuda() {
+        return conv2d_cuda(t, x, w, b, g);
+    }
     let y = k::conv2d_forward(
         &g,
         t.value(x).data(),
@@ -131,6 +134,83 @@ pub fn conv2d(t: &mut Tape, x: Var, w: Var, b: Option<Var>, p: Conv2dParams) -> 
             out.push(
                 c.needs[2].then(|| Tensor::new_unchecked(&[g.o], k::conv2d_backward_bias(&g, dy))),
             );
+        }
+        Ok(out)
+    }))
+}
+
+/// `conv2d` on the GPU: cuDNN forward / backward-data / backward-filter; the bias is a rank-1
+/// cuBLAS update (ones[M] x b[O]) forward and a column sum backward.
+fn conv2d_cuda(t: &mut Tape, x: Var, w: Var, b: Option<Var>, g: ConvGeom) -> Result<Var> {
+    use crate::cuda::blas::{gemm, Mat};
+    use crate::cuda::dnn::{conv, Pass};
+    use crate::cuda::ops as cu;
+    let xv = t.value(x).clone();
+    let xs = cu::st("conv2d", &xv)?;
+    let wv = cu::on_gpu_as(t.value(w), xs, xs.dtype)?;
+    let gpu = xs.gpu().clone();
+    let m = g.n * g.oh * g.ow;
+    let y = cu::empty(&gpu, m * g.o, xs.dtype)?;
+    conv(&gpu, &g, Pass::Forward, xs, cu::st("conv2d", &wv)?, &y)?;
+    if let Some(b) = b {
+        let bv = cu::on_gpu_as(t.value(b), xs, xs.dtype)?;
+        let ones = cu::on_gpu_as(&Tensor::full(&[m], 1.0), xs, xs.dtype)?;
+        let (bs, os) = (cu::st("conv2d", &bv)?, cu::st("conv2d", &ones)?);
+        gemm(
+            &gpu,
+            Mat {
+                s: os,
+                rows: m,
+                cols: 1,
+                t: false,
+            },
+            Mat {
+                s: bs,
+                rows: 1,
+                cols: g.o,
+                t: false,
+            },
+            &y,
+            true,
+        )?;
+    }
+    let inputs: Vec<Var> = [Some(x), Some(w), b].into_iter().flatten().collect();
+    let y = Tensor::from_cuda(&[g.n, g.oh, g.ow, g.o], y);
+    Ok(t.record(y, &inputs, move |c| {
+        let xs = cu::st("conv2d backward", c.inputs[0])?;
+        let dy = cu::on_gpu_as(c.dout, xs, xs.dtype)?;
+        let ds = cu::st("conv2d backward", &dy)?;
+        let gpu = xs.gpu().clone();
+        let dx = if c.needs[0] {
+            let wv = cu::on_gpu_as(c.inputs[1], xs, xs.dtype)?;
+            let dx = cu::empty(&gpu, xs.len, xs.dtype)?;
+            conv(
+                &gpu,
+                &g,
+                Pass::BackwardData,
+                ds,
+                cu::st("conv2d", &wv)?,
+                &dx,
+            )?;
+            Some(Tensor::from_cuda(c.inputs[0].shape(), dx))
+        } else {
+            None
+        };
+        let dw = if c.needs[1] {
+            let n = c.inputs[1].numel();
+            let dw = cu::empty(&gpu, n, xs.dtype)?;
+            conv(&gpu, &g, Pass::BackwardFilter, xs, ds, &dw)?;
+            Some(Tensor::from_cuda(c.inputs[1].shape(), dw))
+        } else {
+            None
+        };
+        let mut out = vec![dx, dw];
+        if c.inputs.len() == 3 {
+            out.push(if c.needs[2] {
+                Some(cu::col_sums(&dy, g.o)?)
+            } else {
+                None
+            });
         }
         Ok(out)
     }))

@@ -29,6 +29,12 @@ pub fn soft_cross_entropy(t: &mut Tape, logits: Var, targets: &Tensor) -> Result
             ),
         ));
     }
+    if t.value(logits).is_cuda() {
+        let (loss, dz) = crate::cuda::ops::soft_cross_entropy(t.value(logits), targets, c)?;
+        return Ok(t.record(Tensor::scalar(loss), &[logits], move |ctx| {
+            Ok(vec![Some(crate::cuda::ops::scale(&dz, ctx.dout.item())?)])
+        }));
+    }
     let (loss, dz) = sk::soft_cross_entropy(t.value(logits).data(), targets.data(), c);
     let dz = Arc::new(Tensor::new_unchecked(t.shape(logits), dz));
     Ok(t.record(Tensor::scalar(loss), &[logits], move |ctx| {
@@ -84,6 +90,13 @@ pub fn focal_loss(
             "focal_loss",
             format!("{} image weights for a batch of {n}", weights.len()),
         ));
+    }
+    if t.value(z).is_cuda() {
+        let (loss, dz) =
+            crate::cuda::ops::focal_loss(t.value(z), targets, weights, h * w, s, gamma)?;
+        return Ok(t.record(Tensor::scalar(loss), &[z], move |ctx| {
+            Ok(vec![Some(crate::cuda::ops::scale(&dz, ctx.dout.item())?)])
+        }));
     }
     let (loss, dz) = fk::focal_loss(t.value(z).data(), targets.data(), weights, h * w, s, gamma);
     let dz = Arc::new(Tensor::new_unchecked(&zs, dz));

@@ -15,7 +15,9 @@ pub enum BatchNormMode {
 }
 
 /// `y = (x - mean) / sqrt(var + eps) * gamma + beta`. In `Train` mode `running_mean` and
-/// `running_var` are updated in place, as PyTorch does during the forward pass.
+/// `running_var` are updated in place, as PyTorch does during the forward pass. On the GPU the
+/// running statistics become GPU tensors (updated there; their host view stays readable).
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm(
     t: &mut Tape,
     x: Var,
@@ -49,6 +51,20 @@ pub fn batch_norm(
                 format!("{what} has shape {v:?}, expected [{c}] for input {xs:?}"),
             ));
         }
+    }
+    if t.value(x).is_cuda() {
+        return batch_norm_cuda(
+            t,
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            mode,
+            eps,
+            m,
+            c,
+        );
     }
     let xv = t.value(x).data();
     let (mean, invstd, train) = match mode {
@@ -102,5 +118,80 @@ pub fn batch_norm(
         let dgamma = ctx.needs[1].then(|| Tensor::new_unchecked(&[c], sum_dy_xhat.clone()));
         let dbeta = ctx.needs[2].then(|| Tensor::new_unchecked(&[c], sum_dy.clone()));
         Ok(vec![dx, dgamma, dbeta])
+    }))
+}
+
+/// `batch_norm` on the GPU: f64 two-pass batch statistics (reduce.cu), running-stat update and
+/// invstd (bn_finalize), the apply pass and the fused backward (bn_gelu.cu, act = none).
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_cuda(
+    t: &mut Tape,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    mode: BatchNormMode,
+    eps: f32,
+    m: usize,
+    c: usize,
+) -> Result<Var> {
+    use crate::cuda::ops as cu;
+    use crate::cuda::DType;
+    let xv = t.value(x).clone();
+    let xs = cu::st("batch_norm", &xv)?;
+    let f32_on = |v: &Tensor| cu::on_gpu_as(v, xs, DType::F32);
+    // Fresh device copies: updated in place by bn_finalize, then swapped in.
+    let rm = cu::st("batch_norm", &f32_on(running_mean)?)?.try_clone()?;
+    let rv = cu::st("batch_norm", &f32_on(running_var)?)?.try_clone()?;
+    let (gv, bv) = (f32_on(t.value(gamma))?, f32_on(t.value(beta))?);
+    let (mean, invstd, train) = match mode {
+        BatchNormMode::Train { momentum } => {
+            if m < 2 {
+                return Err(Error::shape(
+                    "batch_norm",
+                    format!(
+                        "training needs more than 1 value per channel, got input {:?}",
+                        xv.shape()
+                    ),
+                ));
+            }
+            let (mean, var) = cu::bn_stats(xs, m, c)?;
+            let unbias = m as f32 / (m as f32 - 1.0);
+            let invstd =
+                cu::bn_finalize(Some(&mean), Some(&var), &rm, &rv, c, momentum, unbias, eps)?;
+            (mean, invstd, true)
+        }
+        BatchNormMode::Eval => {
+            let invstd = cu::bn_finalize(None, None, &rm, &rv, c, 0.0, 1.0, eps)?;
+            (rm.try_clone()?, invstd, false)
+        }
+    };
+    *running_mean = Tensor::from_cuda(&[c], rm);
+    *running_var = Tensor::from_cuda(&[c], rv);
+    let (gs, bs) = (cu::st("batch_norm", &gv)?, cu::st("batch_norm", &bv)?);
+    let y = cu::bn_apply(&xv, &mean, &invstd, gs, bs, c, 0)?;
+    let (mean, invstd) = (std::sync::Arc::new(mean), std::sync::Arc::new(invstd));
+    Ok(t.record(y, &[x, gamma, beta], move |ctx| {
+        let xs = cu::st("batch_norm backward", ctx.inputs[0])?;
+        let gv = cu::on_gpu_as(ctx.inputs[1], xs, DType::F32)?;
+        let bv = cu::on_gpu_as(ctx.inputs[2], xs, DType::F32)?;
+        let (dx, sum_dy, sum_dy_xhat) = cu::bn_backward(
+            ctx.inputs[0],
+            ctx.dout,
+            &mean,
+            &invstd,
+            cu::st("batch_norm", &gv)?,
+            cu::st("batch_norm", &bv)?,
+            c,
+            train,
+            0,
+            ctx.needs[0],
+        )?;
+        Ok(vec![
+            dx,
+            ctx.needs[1].then_some(sum_dy_xhat),
+            ctx.needs[2].then_some(sum_dy),
+        ])
     }))
 }

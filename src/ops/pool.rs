@@ -31,6 +31,21 @@ pub fn max_pool2d(
             format!("padding {padding} must be at most half the kernel {kernel}"),
         ));
     }
+    if t.value(x).is_cuda() {
+        let (oh, ow) = (
+            (h + 2 * padding - kernel) / stride + 1,
+            (w + 2 * padding - kernel) / stride + 1,
+        );
+        let (y, arg) =
+            crate::cuda::ops::maxpool_fwd(t.value(x), n, h, w, c, kernel, stride, padding, oh, ow)?;
+        let arg = Arc::new(arg);
+        return Ok(t.record(y, &[x], move |ctx| {
+            let dx = crate::cuda::ops::maxpool_bwd(
+                ctx.dout, &arg, n, h, w, c, kernel, stride, padding, oh, ow,
+            )?;
+            Ok(vec![Some(dx)])
+        }));
+    }
     let (y, arg, oh, ow) =
         k::max_pool_forward(t.value(x).data(), n, h, w, c, kernel, stride, padding);
     let arg = Arc::new(arg);
@@ -49,6 +64,13 @@ pub fn adaptive_avg_pool2d(t: &mut Tape, x: Var, out_h: usize, out_w: usize) -> 
             "adaptive_avg_pool2d",
             format!("cannot pool {:?} to {out_h}x{out_w}", t.shape(x)),
         ));
+    }
+    if t.value(x).is_cuda() {
+        let y = crate::cuda::ops::avgpool(t.value(x), true, n, h, w, c, out_h, out_w)?;
+        return Ok(t.record(y, &[x], move |ctx| {
+            let dx = crate::cuda::ops::avgpool(ctx.dout, false, n, h, w, c, out_h, out_w)?;
+            Ok(vec![Some(dx)])
+        }));
     }
     let y = k::adaptive_avg_pool_forward(t.value(x).data(), n, h, w, c, out_h, out_w);
     let y = Tensor::new_unchecked(&[n, out_h, out_w, c], y);

@@ -14,6 +14,13 @@ pub fn resize_bilinear(t: &mut Tape, x: Var, out_h: usize, out_w: usize) -> Resu
             format!("cannot resize {:?} to {out_h}x{out_w}", t.shape(x)),
         ));
     }
+    if t.value(x).is_cuda() {
+        let y = crate::cuda::ops::bilinear(t.value(x), true, n, h, w, c, out_h, out_w)?;
+        return Ok(t.record(y, &[x], move |ctx| {
+            let dx = crate::cuda::ops::bilinear(ctx.dout, false, n, h, w, c, out_h, out_w)?;
+            Ok(vec![Some(dx)])
+        }));
+    }
     let y = k::bilinear_forward(t.value(x).data(), n, h, w, c, out_h, out_w);
     let y = Tensor::new_unchecked(&[n, out_h, out_w, c], y);
     Ok(t.record(y, &[x], move |ctx| {

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU check of the CUDA backend in two halves (DESIGN.md §4):
+#
+#   scripts/device-check.sh build     # here (Rust toolchain, no GPU needed): compiles the test
+#                                     # binaries and mpm-bench (release) into device-out/bin
+#   scripts/device-check.sh gpu       # on the GPU machine (no Rust there), from the repo root:
+#                                     # runs the GPU tests, then the benchmarks, saving all
+#                                     # output under $OUT (default device-out/results)
+#
+# GPU side: cuBLAS 13 and cuDNN 9 come from python's site-packages (nvidia/cublas/lib,
+# nvidia/cudnn/lib, nvidia/cu13/lib); they are put on LD_LIBRARY_PATH. Never touches the
+# GPU's settings. Timeouts keep the whole run to a few minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=device-out/bin
+
+build() {
+  set -e
+  mkdir -p "$BIN"
+  cargo build --release --bin mpm-bench
+  cp target/release/mpm-bench "$BIN/"
+  # Test executables: cargo prints their paths as JSON "executable" fields.
+  cargo test --release --no-run --message-format=json \
+      --test cuda_parity --test kernels_compile 2>/dev/null |
+    python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    exe = m.get("executable")
+    if m.get("reason") == "compiler-artifact" and exe and m["target"]["kind"] == ["test"]:
+        shutil.copy(exe, sys.argv[1] + "/" + m["target"]["name"]); print("copied", m["target"]["name"])
+' "$BIN"
+  ls -l "$BIN"
+}
+
+gpu() {
+  local out="${OUT:-device-out/results}"
+  mkdir -p "$out"
+  local sp
+  sp=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
+  for d in $sp; do
+    for lib in "$d"/nvidia/*/lib; do
+      [ -d "$lib" ] && LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
+    done
+  done
+  export LD_LIBRARY_PATH MPM_KERNEL_CACHE="$out/kernel-cache"
+  {
+    date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  } > "$out/env.txt"
+  echo "== GPU tests" | tee "$out/summary.txt"
+  timeout 300 "$BIN/cuda_parity" --test-threads 1 --nocapture > "$out/cuda_parity.txt" 2>&1
+  echo "cuda_parity rc=$?" | tee -a "$out/summary.txt"
+  tail -n 3 "$out/cuda_parity.txt" | tee -a "$out/summary.txt"
+  echo "== benchmarks" | tee -a "$out/summary.txt"
+  timeout 240 "$BIN/mpm-bench" --device cuda:0 --batch 128 --repeats 5 > "$out/bench.txt" 2>&1
+  echo "mpm-bench rc=$?" | tee -a "$out/summary.txt"
+  cat "$out/bench.txt" | tee -a "$out/summary.txt"
+}
+
+case "${1:-}" in
+  build) build ;;
+  gpu) gpu ;;
+  *) echo "usage: $0 build|gpu" >&2; exit 2 ;;
+esac

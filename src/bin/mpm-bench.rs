@@ -1,0 +1,328 @@
+//! mpm-bench: kernel throughput against ceilings measured in the same run (device-to-device
+//! copy bandwidth, cuBLAS bf16 GEMM rate), and end-to-end images/s of an MPM adversarial
+//! training step (2 PGD steps + a training step) and of an attack gradient step.
+//!
+//! `mpm-bench [--device auto|cpu|cuda:N] [--batch 128] [--size 224] [--seg-classes 3311]
+//!            [--repeats 5] [--tiny]`
+//! Without a GPU it says so and stops, unless `--tiny` (a CPU smoke run at small sizes).
+
+use clap::Parser;
+use mpm::autograd::GradMode;
+use mpm::cuda::{ops as cu, DType};
+use mpm::device::{Device, DeviceRequest};
+use mpm::nn::{Act, Arch, Backbone, Ctx, Head, LossConfig, ModelSpec};
+use mpm::ops;
+use mpm::tensor::Tensor;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Kernel and end-to-end throughput of the MPM engine")]
+struct Args {
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    #[arg(long, default_value_t = 3311)]
+    seg_classes: usize,
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Small sizes (batch 2, 64x64, ResNet-18 width 16): a smoke run, CPU included.
+    #[arg(long)]
+    tiny: bool,
+}
+
+fn sync(d: Device) -> mpm::Result<()> {
+    if let Device::Cuda(n) = d {
+        mpm::cuda::gpu(n)?.synchronize()?;
+    }
+    Ok(())
+}
+
+/// Median seconds of `repeats` runs of `f` after one warm-up run.
+fn time(d: Device, repeats: usize, mut f: impl FnMut() -> mpm::Result<()>) -> mpm::Result<f64> {
+    f()?;
+    sync(d)?;
+    let mut ts = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        sync(d)?;
+        ts.push(t0.elapsed().as_secs_f64());
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    Ok(ts[ts.len() / 2])
+}
+
+fn rand(shape: &[usize], seed: u32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    let v = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(shape, v).expect("sizes computed from the shape")
+}
+
+fn kernels(d: Device, a: &Args) -> mpm::Result<()> {
+    let Device::Cuda(ord) = d else { return Ok(()) };
+    let g = mpm::cuda::gpu(ord)?;
+    println!("GPU: {} (sm_{})", g.name, g.arch);
+    // Ceiling 1: device-to-device copy (bytes read + written).
+    let bytes = 1usize << 30;
+    let src = g.alloc(bytes)?;
+    let dst = g.alloc(bytes)?;
+    let t = time(d, a.repeats, || {
+        let mut args = mpm::cuda::launch::Args::new()
+            .push(src.ptr())
+            .push(dst.ptr())
+            .push((bytes / 16) as u64);
+        let mut p = args.ptrs();
+        // SAFETY: copy_v4(const float4*, float4*, u64) with two 1 GiB buffers of 16-byte vectors.
+        unsafe { g.launch("copy_v4", (132 * 8, 1, 1), (256, 1, 1), 0, &mut p) }
+    })?;
+    let copy_bw = 2.0 * bytes as f64 / t;
+    println!(
+        "copy bandwidth          {:8.1} GB/s (ceiling for memory-bound kernels)",
+        copy_bw / 1e9
+    );
+    // Ceiling 2: bf16 GEMM through cuBLAS, 8192^3.
+    let n = 8192;
+    let x = rand(&[n, n], 1).to_device_as(d, DType::Bf16)?;
+    let y = cu::empty(&g, n * n, DType::Bf16)?;
+    let xs = cu::st("bench", &x)?;
+    use mpm::cuda::blas::{gemm, Mat};
+    let t = time(d, a.repeats, || {
+        gemm(
+            &g,
+            Mat {
+                s: xs,
+                rows: n,
+                cols: n,
+                t: false,
+            },
+            Mat {
+                s: xs,
+                rows: n,
+                cols: n,
+                t: true,
+            },
+            &y,
+            false,
+        )
+    })?;
+    let gemm_rate = 2.0 * (n as f64).powi(3) / t;
+    println!(
+        "bf16 GEMM (cuBLAS)      {:8.1} TFLOP/s (ceiling for matrix work)",
+        gemm_rate / 1e12
+    );
+    // Named kernels.
+    let (b, s) = (a.batch, a.seg_classes);
+    let report = |name: &str, bytes: f64, t: f64| {
+        println!(
+            "{name:<24}{:8.1} GB/s  {:5.1}% of copy  ({:.3} ms)",
+            bytes / t / 1e9,
+            100.0 * bytes / t / copy_bw,
+            t * 1e3
+        );
+    };
+    for dt in [DType::F32, DType::Bf16] {
+        let z = rand(&[b, 28, 28, s], 2).to_device_as(d, dt)?;
+        let tt = Tensor::full(&[b, 28, 28, s], 1.0 / s as f32).to_device_as(d, dt)?;
+        let w = vec![1.0f32; b];
+        let t = time(d, a.repeats, || {
+            cu::focal_loss(&z, &tt, &w, 28 * 28, s, 2.0).map(|_| ())
+        })?;
+        report(
+            &format!("focal loss 28x28 {dt:?}"),
+            (b * 28 * 28 * s * 3 * dt.size()) as f64,
+            t,
+        );
+    }
+    let img = [b, a.size, a.size, 3];
+    let x = rand(&img, 3).to_device(d)?;
+    let x0 = rand(&img, 4).to_device(d)?;
+    let gr = rand(&img, 5).to_device(d)?;
+    let eps = vec![4.0 / 255.0; b];
+    let st = vec![2.0 / 255.0; b];
+    let numel = (b * a.size * a.size * 3) as f64;
+    for (name, norm) in [
+        ("PGD step Linf", cu::Norm::Linf),
+        ("PGD step L2", cu::Norm::L2),
+        ("PGD step L1", cu::Norm::L1(0.05)),
+    ] {
+        let t = time(d, a.repeats, || {
+            cu::pgd_step(&x, &x0, &gr, &eps, &st, norm).map(|_| ())
+        })?;
+        // x copied (8 bytes) + x, x0, g read + x written (16 bytes) per element.
+        report(name, numel * 24.0, t);
+    }
+    let act = rand(&[b, 56, 56, 256], 6).to_device_as(d, DType::Bf16)?;
+    let t = time(d, a.repeats, || cu::act_fwd("gelu", &act).map(|_| ()))?;
+    report("GELU fwd bf16", (act.numel() * 4) as f64, t);
+    let labels: Vec<u16> = (0..b * a.size * a.size).map(|i| (i % s) as u16).collect();
+    let t = time(d, a.repeats, || {
+        cu::mask_targets(
+            &g,
+            &labels,
+            b,
+            a.size,
+            a.size,
+            s,
+            28,
+            &[14, 7],
+            0.1,
+            DType::Bf16,
+        )
+        .map(|_| ())
+    })?;
+    report(
+        "mask targets bf16",
+        ((b * s * (28 * 28 + 14 * 14 + 7 * 7)) * 2) as f64,
+        t,
+    );
+    println!("cuMemAlloc calls so far: {}", mpm::cuda::malloc_count());
+    Ok(())
+}
+
+fn end_to_end(d: Device, a: &Args) -> mpm::Result<()> {
+    let (batch, size, width, arch, s) = if a.tiny {
+        (2, 64, 16, Arch::ResNet18, 64)
+    } else {
+        (a.batch, a.size, 64, Arch::ResNet50, a.seg_classes)
+    };
+    mpm::cuda::set_batch_hint(batch);
+    let spec = ModelSpec {
+        backbone: Backbone {
+            arch,
+            width,
+            act: Act::Gelu,
+        },
+        num_classes: 1000,
+        seg_classes: s,
+        head: Head::Mpm {
+            levels: 3,
+            top_down: true,
+        },
+    };
+    let mut store = spec.init(0)?;
+    for (_, e) in store.iter_mut() {
+        e.tensor = e.tensor.to_device(d)?;
+    }
+    let images = rand(&[batch, size, size, 3], 7)
+        .map(|v| 0.5 + 0.5 * v)
+        .to_device(d)?;
+    let labels: Vec<usize> = (0..batch).map(|i| i * 7 % 1000).collect();
+    let targets: Vec<Tensor> = [size / 8, size / 16, size / 32]
+        .iter()
+        .map(|&h| Tensor::full(&[batch, h, h, s], 1.0 / s as f32))
+        .collect::<Vec<_>>();
+    let targets: Vec<Tensor> = targets
+        .iter()
+        .map(|t| t.to_device(d))
+        .collect::<mpm::Result<_>>()?;
+    let weights = vec![1.0f32; batch];
+    let eps = vec![4.0 / 255.0; batch];
+    let step = vec![2.0 / 255.0; batch];
+    let attack_grad = |store: &mut mpm::nn::ParamStore, x: &Tensor| -> mpm::Result<Tensor> {
+        let mut ctx = Ctx::new(store, GradMode::InputGradOnly, false);
+        let xv = ctx.tape.input(x.clone(), true);
+        let logits = spec.forward_logits(&mut ctx, xv)?;
+        let loss = ops::cross_entropy_smooth(&mut ctx.tape, logits, &labels, 0.1)?;
+        let mut g = ctx.tape.backward(loss)?;
+        g.take(xv)
+            .ok_or_else(|| mpm::Error::Msg("no input gradient".into()))
+    };
+    let t_attack = time(d, a.repeats, || {
+        attack_grad(&mut store, &images).map(|_| ())
+    })?;
+    let t_at = time(d, a.repeats, || {
+        let mut x = images.clone();
+        for _ in 0..2 {
+            let g = attack_grad(&mut store, &x)?;
+            x = match d {
+                Device::Cuda(_) => cu::pgd_step(&x, &images, &g, &eps, &step, cu::Norm::Linf)?,
+                Device::Cpu => {
+                    let v: Vec<f32> = x
+                        .data()
+                        .iter()
+                        .zip(images.data())
+                        .zip(g.data())
+                        .map(|((x, c), g)| {
+                            (x + step[0] * g.signum())
+                                .clamp(c - eps[0], c + eps[0])
+                                .clamp(0.0, 1.0)
+                        })
+                        .collect();
+                    Tensor::from_vec(x.shape(), v)?
+                }
+            };
+        }
+        let mut ctx = Ctx::new(&mut store, GradMode::Full, true);
+        let xv = ctx.tape.input(x, false);
+        let out = spec.forward(&mut ctx, xv)?;
+        let loss = spec.loss(
+            &mut ctx,
+            &out,
+            &labels,
+            &targets,
+            &weights,
+            LossConfig::default(),
+        )?;
+        ctx.tape.backward(loss).map(|_| ())
+    })?;
+    println!(
+        "{} at batch {batch}, {size}x{size}, S = {s}:",
+        spec.describe()
+    );
+    println!(
+        "attack gradient step    {:8.1} images/s ({:.1} ms)",
+        batch as f64 / t_attack,
+        t_attack * 1e3
+    );
+    println!(
+        "MPM AT step (2 PGD + train) {:4.1} images/s ({:.1} ms)",
+        batch as f64 / t_at,
+        t_at * 1e3
+    );
+    if let Device::Cuda(_) = d {
+        println!(
+            "cuMemAlloc calls after the timed steps: {}",
+            mpm::cuda::malloc_count()
+        );
+    }
+    Ok(())
+}
+
+fn main() {
+    let a = Args::parse();
+    let req: DeviceRequest = match a.device.parse() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let (d, why) = match req.resolve() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    println!("device: {why}");
+    if d == Device::Cpu && !a.tiny {
+        eprintln!("mpm-bench measures GPU kernels and needs a GPU ({why}); pass --tiny for a small CPU smoke run");
+        std::process::exit(2);
+    }
+    let r = kernels(d, &a).and_then(|_| end_to_end(d, &a));
+    if let Err(e) = r {
+        eprintln!("mpm-bench: {e}");
+        std::process::exit(1);
+    }
+}

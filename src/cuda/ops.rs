@@ -1,0 +1,1001 @@
+//! Tensor-level CUDA ops: one function per kernel launch family, named like the kernels in
+//! `kernels/<file>.cu`. Each checks what the kernel assumes (same GPU, same element type,
+//! sizes), allocates outputs from the caching allocator and launches on the GPU's stream.
+//! `src/ops/*.rs` calls these when its inputs live on a GPU; the CPU twins are `src/cpu/*`.
+
+use super::context::Gpu;
+use super::launch::{grid_for, Args};
+use super::storage::{CudaStorage, DType};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use std::sync::Arc;
+
+fn dev_err(op: &str, msg: impl Into<String>) -> Error {
+    Error::Device {
+        device: "cuda".into(),
+        msg: format!("{op}: {}", msg.into()),
+    }
+}
+
+/// The device storage of `t`, or an error naming `op` when `t` lives on the host.
+pub fn st<'a>(op: &str, t: &'a Tensor) -> Result<&'a CudaStorage> {
+    t.cuda().ok_or_else(|| {
+        dev_err(
+            op,
+            format!("expected a GPU tensor, got one on {}", t.device()),
+        )
+    })
+}
+
+/// `t` on the GPU of `like` with element type `dtype` (uploads or casts when needed).
+pub fn on_gpu_as(t: &Tensor, like: &CudaStorage, dtype: DType) -> Result<Tensor> {
+    if let Some(c) = t.cuda() {
+        if c.dtype == dtype && Arc::ptr_eq(c.gpu(), like.gpu()) {
+            return Ok(t.clone());
+        }
+        if c.dtype != dtype && Arc::ptr_eq(c.gpu(), like.gpu()) {
+            return cast(t, dtype);
+        }
+    }
+    t.to_device_as(crate::device::Device::Cuda(like.gpu().ordinal), dtype)
+}
+
+/// A fresh uninitialised output of `len` elements on `gpu`.
+pub fn empty(gpu: &Arc<Gpu>, len: usize, dtype: DType) -> Result<CudaStorage> {
+    Ok(CudaStorage::new(
+        gpu.alloc((len * dtype.size()).max(1))?,
+        dtype,
+        len,
+    ))
+}
+
+fn run(
+    g: &Gpu,
+    sym: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    shared: u32,
+    mut a: Args,
+) -> Result<()> {
+    let mut p = a.ptrs();
+    // SAFETY: every launcher in this file builds `a` in the order and with the types of the
+    // kernel's C signature (see the kernel named `sym`), with device pointers from live
+    // CudaStorage buffers sized for the element counts passed alongside them.
+    unsafe { g.launch(sym, grid, (block, 1, 1), shared, &mut p) }
+}
+
+fn run1(g: &Gpu, sym: &str, n: usize, a: Args) -> Result<()> {
+    run(g, sym, (grid_for(n), 1, 1), 256, 0, a)
+}
+
+// ---------------------------------------------------------------- elementwise.cu
+
+pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
+    let xs = st("cast", x)?;
+    if xs.dtype == to {
+        return Ok(x.clone());
+    }
+    let g = xs.gpu();
+    let y = empty(g, xs.len, to)?;
+    let sym = match to {
+        DType::Bf16 => "cast_f32_bf16",
+        DType::F32 => "cast_bf16_f32",
+    };
+    run1(
+        g,
+        sym,
+        xs.len,
+        Args::new().push(xs.ptr()).push(y.ptr()).push(xs.len as u64),
+    )?;
+    Ok(Tensor::from_cuda(x.shape(), y))
+}
+
+/// `alpha * a + beta * b` (the tape's gradient accumulation, `add`).
+pub fn axpby(a: &Tensor, b: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
+    let asg = st("axpby", a)?;
+    let b = on_gpu_as(b, asg, asg.dtype)?;
+    let bs = st("axpby", &b)?;
+    let g = asg.gpu();
+    let y = empty(g, asg.len, asg.dtype)?;
+    let sym = format!("axpby_{}", asg.dtype.suffix());
+    run1(
+        g,
+        &sym,
+        asg.len,
+        Args::new()
+            .push(asg.ptr())
+            .push(bs.ptr())
+            .push(y.ptr())
+            .push(alpha)
+            .push(beta)
+            .push(asg.len as u64),
+    )?;
+    Ok(Tensor::from_cuda(a.shape(), y))
+}
+
+pub fn scale(x: &Tensor, k: f32) -> Result<Tensor> {
+    let xs = st("scale", x)?;
+    let g = xs.gpu();
+    let y = empty(g, xs.len, xs.dtype)?;
+    let sym = format!("scale_{}", xs.dtype.suffix());
+    run1(
+        g,
+        &sym,
+        xs.len,
+        Args::new()
+            .push(xs.ptr())
+            .push(y.ptr())
+            .push(k)
+            .push(xs.len as u64),
+    )?;
+    Ok(Tensor::from_cuda(x.shape(), y))
+}
+
+/// `gelu`/`relu` forward: `kind` is "gelu" or "relu".
+pub fn act_fwd(kind: &str, x: &Tensor) -> Result<Tensor> {
+    let xs = st(kind, x)?;
+    let g = xs.gpu();
+    let y = empty(g, xs.len, xs.dtype)?;
+    let sym = format!("{kind}_fwd_{}", xs.dtype.suffix());
+    run1(
+        g,
+        &sym,
+        xs.len,
+        Args::new().push(xs.ptr()).push(y.ptr()).push(xs.len as u64),
+    )?;
+    Ok(Tensor::from_cuda(x.shape(), y))
+}
+
+pub fn act_bwd(kind: &str, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let xs = st(kind, x)?;
+    let dy = on_gpu_as(dy, xs, xs.dtype)?;
+    let ds = st(kind, &dy)?;
+    let g = xs.gpu();
+    let dx = empty(g, xs.len, xs.dtype)?;
+    let sym = format!("{kind}_bwd_{}", xs.dtype.suffix());
+    run1(
+        g,
+        &sym,
+        xs.len,
+        Args::new()
+            .push(xs.ptr())
+            .push(ds.ptr())
+            .push(dx.ptr())
+            .push(xs.len as u64),
+    )?;
+    Ok(Tensor::from_cuda(x.shape(), dx))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Norm3 {
+    mean: [f32; 3],
+    inv_std: [f32; 3],
+}
+
+/// `(x - mean_c) / std_c` over 3 channels; `x` f32, output in `out` dtype.
+pub fn normalize3(x: &Tensor, mean: [f32; 3], std: [f32; 3], out: DType) -> Result<Tensor> {
+    let xs = st("normalize_input", x)?;
+    let x32;
+    let xs = if xs.dtype == DType::F32 {
+        xs
+    } else {
+        x32 = cast(x, DType::F32)?;
+        st("normalize_input", &x32)?
+    };
+    let g = xs.gpu();
+    let y = empty(g, xs.len, out)?;
+    // Division, as the CPU does, is kept exact by passing 1/std only when it is exact... the
+    // CPU divides; (x - m) * (1/s) can differ in the last bit, well inside every tolerance.
+    let p = Norm3 {
+        mean,
+        inv_std: [1.0 / std[0], 1.0 / std[1], 1.0 / std[2]],
+    };
+    let sym = format!("normalize3_fwd_{}", out.suffix());
+    run1(
+        g,
+        &sym,
+        xs.len,
+        Args::new()
+            .push(xs.ptr())
+            .push(y.ptr())
+            .push(p)
+            .push(xs.len as u64),
+    )?;
+    Ok(Tensor::from_cuda(x.shape(), y))
+}
+
+pub fn normalize3_bwd(dy: &Tensor, std: [f32; 3]) -> Result<Tensor> {
+    let ds = st("normalize_input backward", dy)?;
+    let g = ds.gpu();
+    let dx = empty(g, ds.len, DType::F32)?;
+    let p = Norm3 {
+        mean: [0.0; 3],
+        inv_std: [1.0 / std[0], 1.0 / std[1], 1.0 / std[2]],
+    };
+    let sym = format!("normalize3_bwd_{}", ds.dtype.suffix());
+    run1(
+        g,
+        &sym,
+        ds.len,
+        Args::new()
+            .push(ds.ptr())
+            .push(dx.ptr())
+            .push(p)
+            .push(ds.len as u64),
+    )?;
+    Ok(Tensor::from_cuda(dy.shape(), dx))
+}
+
+// ---------------------------------------------------------------- reduce.cu
+
+/// Sum of all elements (deterministic, f64 partials).
+pub fn sum_all(x: &Tensor, scale: f32) -> Result<f32> {
+    let xs = st("sum", x)?;
+    let g = xs.gpu();
+    let blocks = grid_for(xs.len).min(1024);
+    let part = empty(g, blocks as usize * 2, DType::F32)?; // f64 slots
+    let out = empty(g, 1, DType::F32)?;
+    let sym = format!("sum_partial_{}", xs.dtype.suffix());
+    run(
+        g,
+        &sym,
+        (blocks, 1, 1),
+        256,
+        0,
+        Args::new()
+            .push(xs.ptr())
+            .push(part.ptr())
+            .push(xs.len as u64),
+    )?;
+    run(
+        g,
+        "sum_finish",
+        (1, 1, 1),
+        256,
+        0,
+        Args::new()
+            .push(part.ptr())
+            .push(blocks)
+            .push(scale)
+            .push(out.ptr()),
+    )?;
+    Ok(g.download::<f32>(&out.buf, 1)?[0])
+}
+
+const ROWS_PER_CHUNK: usize = 256;
+
+/// Column moments of (M, C): power 1 (sum) or 2 (sum of squares about `center`), times `scale`.
+pub fn col_moment(
+    x: &CudaStorage,
+    m: usize,
+    c: usize,
+    center: Option<&CudaStorage>,
+    power: u32,
+    scale: f64,
+) -> Result<CudaStorage> {
+    let g = x.gpu();
+    let chunks = m.div_ceil(ROWS_PER_CHUNK).max(1);
+    let part = empty(g, chunks * c * 2, DType::F32)?; // f64
+    let out = empty(g, c, DType::F32)?;
+    let sym = format!("col_partial_{}", x.dtype.suffix());
+    let cx = (c.div_ceil(128)) as u32;
+    run(
+        g,
+        &sym,
+        (cx, chunks as u32, 1),
+        128,
+        0,
+        Args::new()
+            .push(x.ptr())
+            .push(center.map_or(0, |s| s.ptr()))
+            .push(m as u32)
+            .push(c as u32)
+            .push(ROWS_PER_CHUNK as u32)
+            .push(power)
+            .push(part.ptr()),
+    )?;
+    run(
+        g,
+        "col_finish",
+        (cx, 1, 1),
+        128,
+        0,
+        Args::new()
+            .push(part.ptr())
+            .push(chunks as u32)
+            .push(c as u32)
+            .push(scale)
+            .push(out.ptr()),
+    )?;
+    Ok(out)
+}
+
+/// Per-column sums of `dy` viewed as (M, C): bias gradients.
+pub fn col_sums(dy: &Tensor, c: usize) -> Result<Tensor> {
+    let ds = st("bias gradient", dy)?;
+    let m = ds.len / c.max(1);
+    Ok(Tensor::from_cuda(&[c], col_moment(ds, m, c, None, 1, 1.0)?))
+}
+
+// ---------------------------------------------------------------- softmax_xent.cu
+
+pub fn softmax_rows(x: &Tensor, cols: usize, log: bool) -> Result<Tensor> {
+    let xs = st("softmax", x)?;
+    let g = xs.gpu();
+    let rows = xs.len / cols.max(1);
+    let y = empty(g, xs.len, xs.dtype)?;
+    let sym = format!("softmax_rows_{}", xs.dtype.suffix());
+    run(
+        g,
+        &sym,
+        (rows as u32, 1, 1),
+        256,
+        0,
+        Args::new()
+            .push(xs.ptr())
+            .push(y.ptr())
+            .push(cols as u32)
+            .push(log as u32),
+    )?;
+    Ok(Tensor::from_cuda(x.shape(), y))
+}
+
+pub fn softmax_bwd_rows(y: &Tensor, dy: &Tensor, cols: usize) -> Result<Tensor> {
+    let ys = st("softmax backward", y)?;
+    let dy = on_gpu_as(dy, ys, ys.dtype)?;
+    let ds = st("softmax backward", &dy)?;
+    let g = ys.gpu();
+    let rows = ys.len / cols.max(1);
+    let dz = empty(g, ys.len, ys.dtype)?;
+    let sym = format!("softmax_bwd_rows_{}", ys.dtype.suffix());
+    run(
+        g,
+        &sym,
+        (rows as u32, 1, 1),
+        256,
+        0,
+        Args::new()
+            .push(ys.ptr())
+            .push(ds.ptr())
+            .push(dz.ptr())
+            .push(cols as u32),
+    )?;
+    Ok(Tensor::from_cuda(y.shape(), dz))
+}
+
+/// Mean soft-target CE over rows and its gradient `dz` (already divided by rows).
+pub fn soft_cross_entropy(z: &Tensor, t: &Tensor, cols: usize) -> Result<(f32, Tensor)> {
+    let zs = st("soft_cross_entropy", z)?;
+    let t = on_gpu_as(t, zs, DType::F32)?;
+    let ts = st("soft_cross_entropy", &t)?;
+    let g = zs.gpu();
+    let rows = zs.len / cols.max(1);
+    let dz = empty(g, zs.len, zs.dtype)?;
+    let row_loss = empty(g, rows, DType::F32)?;
+    let sym = format!("soft_xent_rows_{}", zs.dtype.suffix());
+    run(
+        g,
+        &sym,
+        (rows as u32, 1, 1),
+        256,
+        0,
+        Args::new()
+            .push(zs.ptr())
+            .push(ts.ptr())
+            .push(dz.ptr())
+            .push(row_loss.ptr())
+            .push(cols as u32)
+            .push(1.0f32 / rows as f32),
+    )?;
+    let loss = sum_all(&Tensor::from_cuda(&[rows], row_loss), 1.0 / rows as f32)?;
+    Ok((loss, Tensor::from_cuda(z.shape(), dz)))
+}
+
+// ---------------------------------------------------------------- focal_loss.cu
+
+/// Focal loss over NHWC logits `z` (pixels, S) with soft targets `t`, per-image `weights`.
+/// Returns the mean loss and `dz` (scaled by the weights and 1/(N*h*w)).
+pub fn focal_loss(
+    z: &Tensor,
+    t: &Tensor,
+    weights: &[f32],
+    ppi: usize,
+    s: usize,
+    gamma: f32,
+) -> Result<(f32, Tensor)> {
+    let zs = st("focal_loss", z)?;
+    let t = on_gpu_as(t, zs, zs.dtype)?;
+    let ts = st("focal_loss", &t)?;
+    let g = zs.gpu();
+    let pixels = zs.len / s.max(1);
+    let w = g.upload(weights)?;
+    let dz = empty(g, zs.len, zs.dtype)?;
+    let pl = empty(g, pixels, DType::F32)?;
+    let inv_total = 1.0 / (weights.len() * ppi) as f32;
+    let shared = (2 * s * 4) as u32;
+    if shared > 227 * 1024 {
+        return Err(dev_err(
+            "focal_loss",
+            format!(
+                "S = {s} channels need {shared} bytes of shared memory per block (max 227 KiB)"
+            ),
+        ));
+    }
+    let sym = format!("focal_loss_{}", zs.dtype.suffix());
+    run(
+        g,
+        &sym,
+        (pixels as u32, 1, 1),
+        128,
+        shared,
+        Args::new()
+            .push(zs.ptr())
+            .push(ts.ptr())
+            .push(w.ptr())
+            .push(dz.ptr())
+            .push(pl.ptr())
+            .push(s as u32)
+            .push(ppi as u32)
+            .push(gamma)
+            .push(inv_total),
+    )?;
+    let loss = sum_all(&Tensor::from_cuda(&[pixels], pl), inv_total)?;
+    Ok((loss, Tensor::from_cuda(z.shape(), dz)))
+}
+
+// ---------------------------------------------------------------- bn_gelu.cu
+
+/// Batch statistics of (M, C): (mean, biased variance), two passes in f64 like the CPU.
+pub fn bn_stats(x: &CudaStorage, m: usize, c: usize) -> Result<(CudaStorage, CudaStorage)> {
+    let mean = col_moment(x, m, c, None, 1, 1.0 / m as f64)?;
+    let var = col_moment(x, m, c, Some(&mean), 2, 1.0 / m as f64)?;
+    Ok((mean, var))
+}
+
+/// Training: updates running stats in place and returns invstd; eval: invstd of running var.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_finalize(
+    mean: Option<&CudaStorage>,
+    var: Option<&CudaStorage>,
+    rmean: &CudaStorage,
+    rvar: &CudaStorage,
+    c: usize,
+    momentum: f32,
+    unbias: f32,
+    eps: f32,
+) -> Result<CudaStorage> {
+    let g = rmean.gpu();
+    let invstd = empty(g, c, DType::F32)?;
+    let train = mean.is_some() as u32;
+    run(
+        g,
+        "bn_finalize",
+        ((c as u32).div_ceil(128), 1, 1),
+        128,
+        0,
+        Args::new()
+            .push(mean.map_or(0, |s| s.ptr()))
+            .push(var.map_or(0, |s| s.ptr()))
+            .push(rmean.ptr())
+            .push(rvar.ptr())
+            .push(invstd.ptr())
+            .push(c as u32)
+            .push(momentum)
+            .push(unbias)
+            .push(eps)
+            .push(train),
+    )?;
+    Ok(invstd)
+}
+
+/// y = act(x * invstd * gamma + beta - mean * invstd * gamma); act 0 none, 1 GELU, 2 ReLU.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_apply(
+    x: &Tensor,
+    mean: &CudaStorage,
+    invstd: &CudaStorage,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    c: usize,
+    act: u32,
+) -> Result<Tensor> {
+    let xs = st("batch_norm", x)?;
+    let g = xs.gpu();
+    let y = empty(g, xs.len, xs.dtype)?;
+    let sym = format!("bn_apply_{}", xs.dtype.suffix());
+    run1(
+        g,
+        &sym,
+        xs.len,
+        Args::new()
+            .push(xs.ptr())
+            .push(y.ptr())
+            .push(mean.ptr())
+            .push(invstd.ptr())
+            .push(gamma.ptr())
+            .push(beta.ptr())
+            .push(xs.len as u64)
+            .push(c as u32)
+            .push(act),
+    )?;
+    Ok(Tensor::from_cuda(x.shape(), y))
+}
+
+/// BN backward: (dx or None, sum dpre, sum dpre*xhat); `train` picks the batch-stat formula.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    mean: &CudaStorage,
+    invstd: &CudaStorage,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    c: usize,
+    train: bool,
+    act: u32,
+    need_dx: bool,
+) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+    let xs = st("batch_norm backward", x)?;
+    let dy = on_gpu_as(dy, xs, xs.dtype)?;
+    let ds = st("batch_norm backward", &dy)?;
+    let g = xs.gpu();
+    let m = xs.len / c.max(1);
+    let chunks = m.div_ceil(ROWS_PER_CHUNK).max(1);
+    let part = empty(g, 2 * chunks * c * 2, DType::F32)?; // 2 x chunks x c f64
+    let cx = (c as u32).div_ceil(128);
+    let sym = format!("bn_bwd_partial_{}", xs.dtype.suffix());
+    run(
+        g,
+        &sym,
+        (cx, chunks as u32, 1),
+        128,
+        0,
+        Args::new()
+            .push(xs.ptr())
+            .push(ds.ptr())
+            .push(mean.ptr())
+            .push(invstd.ptr())
+            .push(gamma.ptr())
+            .push(beta.ptr())
+            .push(m as u32)
+            .push(c as u32)
+            .push(ROWS_PER_CHUNK as u32)
+            .push(act)
+            .push(chunks as u32)
+            .push(part.ptr()),
+    )?;
+    let s1 = empty(g, c, DType::F32)?;
+    let s2 = empty(g, c, DType::F32)?;
+    run(
+        g,
+        "col_finish",
+        (cx, 1, 1),
+        128,
+        0,
+        Args::new()
+            .push(part.ptr())
+            .push(chunks as u32)
+            .push(c as u32)
+            .push(1.0f64)
+            .push(s1.ptr()),
+    )?;
+    let second = part.ptr() + (chunks * c * 8) as u64;
+    run(
+        g,
+        "col_finish",
+        (cx, 1, 1),
+        128,
+        0,
+        Args::new()
+            .push(second)
+            .push(chunks as u32)
+            .push(c as u32)
+            .push(1.0f64)
+            .push(s2.ptr()),
+    )?;
+    let dx = if need_dx {
+        let dx = empty(g, xs.len, xs.dtype)?;
+        let sym = format!("bn_bwd_input_{}", xs.dtype.suffix());
+        run1(
+            g,
+            &sym,
+            xs.len,
+            Args::new()
+                .push(xs.ptr())
+                .push(ds.ptr())
+                .push(dx.ptr())
+                .push(mean.ptr())
+                .push(invstd.ptr())
+                .push(gamma.ptr())
+                .push(beta.ptr())
+                .push(s1.ptr())
+                .push(s2.ptr())
+                .push(xs.len as u64)
+                .push(m as u32)
+                .push(c as u32)
+                .push(train as u32)
+                .push(act),
+        )?;
+        Some(Tensor::from_cuda(x.shape(), dx))
+    } else {
+        None
+    };
+    Ok((dx, Tensor::from_cuda(&[c], s1), Tensor::from_cuda(&[c], s2)))
+}
+
+// ---------------------------------------------------------------- pool.cu, resize.cu
+
+/// Max pool: (y, argmax indices as a u32 buffer).
+#[allow(clippy::too_many_arguments)]
+pub fn maxpool_fwd(
+    x: &Tensor,
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<(Tensor, CudaStorage)> {
+    let xs = st("max_pool2d", x)?;
+    let g = xs.gpu();
+    let len = n * oh * ow * c;
+    let y = empty(g, len, xs.dtype)?;
+    let arg = empty(g, len, DType::F32)?; // u32 slots, 4 bytes each
+    let sym = format!("maxpool_fwd_{}", xs.dtype.suffix());
+    let dims = [n, h, w, c, k, s, p, oh, ow].map(|v| v as u32);
+    let mut a = Args::new().push(xs.ptr()).push(y.ptr()).push(arg.ptr());
+    for d in dims {
+        a = a.push(d);
+    }
+    run1(g, &sym, len, a)?;
+    Ok((Tensor::from_cuda(&[n, oh, ow, c], y), arg))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn maxpool_bwd(
+    dy: &Tensor,
+    arg: &CudaStorage,
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Tensor> {
+    let ds = st("max_pool2d backward", dy)?;
+    let g = ds.gpu();
+    let len = n * h * w * c;
+    let dx = empty(g, len, ds.dtype)?;
+    let sym = format!("maxpool_bwd_{}", ds.dtype.suffix());
+    let mut a = Args::new().push(ds.ptr()).push(arg.ptr()).push(dx.ptr());
+    for d in [n, h, w, c, k, s, p, oh, ow].map(|v| v as u32) {
+        a = a.push(d);
+    }
+    run1(g, &sym, len, a)?;
+    Ok(Tensor::from_cuda(&[n, h, w, c], dx))
+}
+
+/// Adaptive average pool (`fwd`) or its backward; `x` is the input or dy.
+#[allow(clippy::too_many_arguments)]
+pub fn avgpool(
+    x: &Tensor,
+    fwd: bool,
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Tensor> {
+    let xs = st("adaptive_avg_pool2d", x)?;
+    let g = xs.gpu();
+    let (len, shape) = if fwd {
+        (n * oh * ow * c, [n, oh, ow, c])
+    } else {
+        (n * h * w * c, [n, h, w, c])
+    };
+    let y = empty(g, len, xs.dtype)?;
+    let sym = format!(
+        "avgpool_{}_{}",
+        if fwd { "fwd" } else { "bwd" },
+        xs.dtype.suffix()
+    );
+    let mut a = Args::new().push(xs.ptr()).push(y.ptr());
+    for d in [n, h, w, c, oh, ow].map(|v| v as u32) {
+        a = a.push(d);
+    }
+    run1(g, &sym, len, a)?;
+    Ok(Tensor::from_cuda(&shape, y))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn bilinear(
+    x: &Tensor,
+    fwd: bool,
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Tensor> {
+    let xs = st("resize_bilinear", x)?;
+    let g = xs.gpu();
+    if fwd {
+        let len = n * oh * ow * c;
+        let y = empty(g, len, xs.dtype)?;
+        let sym = format!("bilinear_fwd_{}", xs.dtype.suffix());
+        let mut a = Args::new().push(xs.ptr()).push(y.ptr());
+        for d in [n, h, w, c, oh, ow].map(|v| v as u32) {
+            a = a.push(d);
+        }
+        run1(g, &sym, len, a)?;
+        Ok(Tensor::from_cuda(&[n, oh, ow, c], y))
+    } else {
+        // Scatter with f32 atomics: accumulate in f32, cast back for bf16.
+        let dy = if xs.dtype == DType::F32 {
+            x.clone()
+        } else {
+            cast(x, DType::F32)?
+        };
+        let ds = st("resize_bilinear backward", &dy)?;
+        let len = n * h * w * c;
+        let dx = empty(g, len, DType::F32)?;
+        g.memset_zero(&dx.buf, len * 4)?;
+        let mut a = Args::new().push(ds.ptr()).push(dx.ptr());
+        for d in [n, h, w, c, oh, ow].map(|v| v as u32) {
+            a = a.push(d);
+        }
+        run1(g, "bilinear_bwd_f32", ds.len, a)?;
+        let dx = Tensor::from_cuda(&[n, h, w, c], dx);
+        if xs.dtype == DType::F32 {
+            Ok(dx)
+        } else {
+            cast(&dx, xs.dtype)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- pgd_step.cu
+
+/// Attack norm of a projected step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Norm {
+    Linf,
+    L2,
+    /// APGD-L1 sparse step; the field is the top-k fraction (0, 1].
+    L1(f32),
+}
+
+/// One projected step in place on `x` (N, D...) f32, given clean `x0`, gradient `g` and
+/// per-sample `eps`, `step`. Returns the new iterate (a fresh buffer).
+pub fn pgd_step(
+    x: &Tensor,
+    x0: &Tensor,
+    grad: &Tensor,
+    eps: &[f32],
+    step: &[f32],
+    norm: Norm,
+) -> Result<Tensor> {
+    let xs = st("pgd_step", x)?;
+    let n = eps.len();
+    if n == 0
+        || xs.len % n != 0
+        || step.len() != n
+        || x0.shape() != x.shape()
+        || grad.shape() != x.shape()
+    {
+        return Err(Error::shape(
+            "pgd_step",
+            format!(
+                "x {:?}, x0 {:?}, grad {:?}, {} eps, {} steps",
+                x.shape(),
+                x0.shape(),
+                grad.shape(),
+                eps.len(),
+                step.len()
+            ),
+        ));
+    }
+    let g = xs.gpu().clone();
+    // The step runs in place on a copy, so the caller's iterate stays valid.
+    let xcopy = if xs.dtype == DType::F32 {
+        xs.try_clone()?
+    } else {
+        st("pgd_step", &cast(x, DType::F32)?)?.try_clone()?
+    };
+    let x0 = on_gpu_as(x0, xs, DType::F32)?;
+    let gr = on_gpu_as(grad, xs, DType::F32)?;
+    let (x0s, gs) = (st("pgd_step", &x0)?, st("pgd_step", &gr)?);
+    let e = g.upload(eps)?;
+    let s = g.upload(step)?;
+    let d = (xs.len / n) as u32;
+    match norm {
+        Norm::Linf => run1(
+            &g,
+            "pgd_linf_f32",
+            xs.len,
+            Args::new()
+                .push(xcopy.ptr())
+                .push(x0s.ptr())
+                .push(gs.ptr())
+                .push(e.ptr())
+                .push(s.ptr())
+                .push(d)
+                .push(xs.len as u64),
+        )?,
+        Norm::L2 => run(
+            &g,
+            "pgd_l2_f32",
+            (n as u32, 1, 1),
+            1024,
+            0,
+            Args::new()
+                .push(xcopy.ptr())
+                .push(x0s.ptr())
+                .push(gs.ptr())
+                .push(e.ptr())
+                .push(s.ptr())
+                .push(d),
+        )?,
+        Norm::L1(k) => {
+            if !(k > 0.0 && k <= 1.0) {
+                return Err(Error::flag("topk", format!("must be in (0, 1], got {k}")));
+            }
+            run(
+                &g,
+                "pgd_l1_f32",
+                (n as u32, 1, 1),
+                1024,
+                0,
+                Args::new()
+                    .push(xcopy.ptr())
+                    .push(x0s.ptr())
+                    .push(gs.ptr())
+                    .push(e.ptr())
+                    .push(s.ptr())
+                    .push(k)
+                    .push(d),
+            )?
+        }
+    }
+    Ok(Tensor::from_cuda(x.shape(), xcopy))
+}
+
+// ---------------------------------------------------------------- mask_targets.cu
+
+/// Soft segmentation targets from u16 label maps (N, H, W): nearest to `base` x `base`
+/// one-hot with smoothing, then bilinear to each of `coarser`. NHWC outputs, highest first.
+#[allow(clippy::too_many_arguments)]
+pub fn mask_targets(
+    gpu: &Arc<Gpu>,
+    labels: &[u16],
+    n: usize,
+    h: usize,
+    w: usize,
+    s: usize,
+    base: usize,
+    coarser: &[usize],
+    smoothing: f32,
+    dtype: DType,
+) -> Result<Vec<Tensor>> {
+    if labels.len() != n * h * w || h == 0 || w == 0 || base == 0 {
+        return Err(Error::shape(
+            "mask_targets",
+            format!("{} labels for N={n} H={h} W={w}, base {base}", labels.len()),
+        ));
+    }
+    let lab = gpu.upload(labels)?;
+    let bad = gpu.upload(&[0u32])?;
+    let off = smoothing / s as f32;
+    let on = 1.0 - smoothing + off;
+    let mut outs = Vec::new();
+    let len = n * base * base * s;
+    let y = empty(gpu, len, dtype)?;
+    run(
+        gpu,
+        &format!("mask_nearest_{}", dtype.suffix()),
+        ((n * base * base) as u32, 1, 1),
+        128,
+        0,
+        Args::new()
+            .push(lab.ptr())
+            .push(y.ptr())
+            .push(h as u32)
+            .push(w as u32)
+            .push(base as u32)
+            .push(base as u32)
+            .push(s as u32)
+            .push(on)
+            .push(off)
+            .push(bad.ptr()),
+    )?;
+    outs.push(Tensor::from_cuda(&[n, base, base, s], y));
+    for &o in coarser {
+        let y = empty(gpu, n * o * o * s, dtype)?;
+        run(
+            gpu,
+            &format!("mask_bilinear_{}", dtype.suffix()),
+            ((n * o * o) as u32, 1, 1),
+            128,
+            0,
+            Args::new()
+                .push(lab.ptr())
+                .push(y.ptr())
+                .push(h as u32)
+                .push(w as u32)
+                .push(base as u32)
+                .push(base as u32)
+                .push(o as u32)
+                .push(o as u32)
+                .push(s as u32)
+                .push(on)
+                .push(off),
+        )?;
+        outs.push(Tensor::from_cuda(&[n, o, o, s], y));
+    }
+    let nbad = gpu.download::<u32>(&bad, 1)?[0];
+    if nbad > 0 {
+        return Err(Error::shape(
+            "mask_targets",
+            format!("{nbad} base-grid pixels hold a label >= S = {s}"),
+        ));
+    }
+    Ok(outs)
+}
+
+// ---------------------------------------------------------------- optim.cu
+
+/// SGD with Nesterov momentum and weight decay, in place on device f32 buffers.
+pub fn sgd_nesterov(
+    w: &CudaStorage,
+    grad: &CudaStorage,
+    buf: &CudaStorage,
+    lr: f32,
+    momentum: f32,
+    wd: f32,
+) -> Result<()> {
+    if w.len != grad.len || w.len != buf.len || w.dtype != DType::F32 {
+        return Err(dev_err(
+            "sgd",
+            "weights, gradient and momentum differ in length or are not f32",
+        ));
+    }
+    run1(
+        w.gpu(),
+        "sgd_nesterov_f32",
+        w.len,
+        Args::new()
+            .push(w.ptr())
+            .push(grad.ptr())
+            .push(buf.ptr())
+            .push(lr)
+            .push(momentum)
+            .push(wd)
+            .push(w.len as u64),
+    )
+}
+
+/// `ema = decay * ema + (1 - decay) * w`, in place.
+pub fn ema_update(ema: &CudaStorage, w: &CudaStorage, decay: f32) -> Result<()> {
+    if ema.len != w.len || w.dtype != DType::F32 {
+        return Err(dev_err("ema", "lengths differ or not f32"));
+    }
+    run1(
+        w.gpu(),
+        "ema_update_f32",
+        w.len,
+        Args::new()
+            .push(ema.ptr())
+            .push(w.ptr())
+            .push(decay)
+            .push(w.len as u64),
+    )
+}
