@@ -39,6 +39,7 @@ fn pgd_stays_in_the_ball_keeps_the_best_iterate_and_leaves_bn_alone() {
         steps: 3,
         smoothing: 0.1,
         keep_best: true,
+        device: mpm::device::Device::Cpu,
     };
     let xa = pgd_linf(
         &t.spec,
@@ -89,7 +90,15 @@ fn pgd_stays_in_the_ball_keeps_the_best_iterate_and_leaves_bn_alone() {
     )
     .unwrap();
     let l = |x: &mpm::tensor::Tensor, t: &mut Trainer| {
-        loss_only(&t.spec, &mut t.model, x, &b.labels, 0.1).unwrap()
+        loss_only(
+            &t.spec,
+            &mut t.model,
+            x,
+            &b.labels,
+            0.1,
+            mpm::device::Device::Cpu,
+        )
+        .unwrap()
     };
     let (lb, ls, ll) = (l(&xa, &mut t), l(&start, &mut t), l(&last, &mut t));
     assert!(lb >= ls && lb >= ll, "best {lb} start {ls} last {ll}");

@@ -150,12 +150,11 @@ fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
-    let (device, why) = cfg
+    let (_, why) = cfg
         .device
         .parse::<mpm::device::DeviceRequest>()?
         .resolve()?;
     eprintln!("device: {why}");
-    let _ = device;
     let train_src = train::folder::open(&cfg, &cfg.train_dir, "train_dir", true)?;
     let eval_src = if cfg.eval_dir.is_empty() {
         None

@@ -206,6 +206,7 @@ pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
         pos: state.position,
         sums: state.sums,
         updates_per_epoch: state.updates_per_epoch,
+        device: crate::device::Device::Cpu,
     })
 }
 

@@ -274,7 +274,7 @@ pub fn part_overlays(
     let side = b.side();
     let mut store = trainer.eval_model().clone();
     let mut ctx = Ctx::new(&mut store, GradMode::NoGrad, false);
-    let x = ctx.tape.input(b.images.clone(), false);
+    let x = ctx.tape.input(b.images.to_device(trainer.device)?, false);
     let out = trainer.spec.forward(&mut ctx, x)?;
     let Some(seg) = out.segs.first() else {
         return Ok(());

@@ -7,6 +7,7 @@ use super::pgd::{pgd_linf, PgdConfig};
 use super::source::{Batch, BatchSource};
 use super::trainer::{argmax, count_correct, step_rng};
 use crate::autograd::GradMode;
+use crate::device::Device;
 use crate::nn::{Ctx, ModelSpec, ParamStore};
 use crate::Result;
 use serde::Serialize;
@@ -31,6 +32,7 @@ pub struct EvalOptions<'a> {
     pub seed: u64,
     /// Label-map transform (object-mask ablation); identity when None.
     pub maps: &'a dyn Fn(&Batch) -> Vec<u16>,
+    pub device: Device,
 }
 
 /// Evaluates `store` (eval mode) on `src`.
@@ -66,7 +68,7 @@ pub fn evaluate(
         // Clean pass: logits (and part logits for the pixel metrics).
         {
             let mut ctx = Ctx::new(&mut store, GradMode::NoGrad, false);
-            let x = ctx.tape.input(batch.images.clone(), false);
+            let x = ctx.tape.input(batch.images.to_device(opts.device)?, false);
             let out = spec.forward(&mut ctx, x)?;
             clean += count_correct(ctx.tape.value(out.logits), &batch.labels);
             if let Some(seg) = out.segs.first() {
@@ -112,6 +114,7 @@ pub fn evaluate(
                 steps: opts.steps,
                 smoothing: 0.0,
                 keep_best: false,
+                device: opts.device,
             };
             let mut rng = step_rng(opts.seed ^ 0xE7A1 ^ ((k as u64) << 40), b as u64);
             let xa = pgd_linf(
@@ -123,7 +126,7 @@ pub fn evaluate(
                 &mut rng,
             )?;
             let mut ctx = Ctx::new(&mut store, GradMode::NoGrad, false);
-            let x = ctx.tape.input(xa, false);
+            let x = ctx.tape.input(xa.to_device(opts.device)?, false);
             let logits = spec.forward_logits(&mut ctx, x)?;
             adv[k] += count_correct(ctx.tape.value(logits), &batch.labels);
         }

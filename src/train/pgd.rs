@@ -12,6 +12,7 @@
 //! plain CE, 10 steps of `eps / 4` (the reference's `validate`).
 
 use crate::autograd::GradMode;
+use crate::device::Device;
 use crate::nn::{Ctx, ModelSpec, ParamStore};
 use crate::ops;
 use crate::tensor::Tensor;
@@ -27,6 +28,8 @@ pub struct PgdConfig {
     pub smoothing: f32,
     /// Return the iterate with the largest batch-mean loss (the last one included).
     pub keep_best: bool,
+    /// Where the model runs (the iterate is uploaded there for each pass).
+    pub device: Device,
 }
 
 /// Batch-mean loss and input gradient of the classifier at `x` (eval mode).
@@ -36,9 +39,10 @@ pub fn loss_and_grad(
     x: &Tensor,
     labels: &[usize],
     smoothing: f32,
+    device: Device,
 ) -> Result<(f32, Tensor)> {
     let mut ctx = Ctx::new(store, GradMode::InputGradOnly, false);
-    let xv = ctx.tape.input(x.clone(), true);
+    let xv = ctx.tape.input(x.to_device(device)?, true);
     let logits = spec.forward_logits(&mut ctx, xv)?;
     let loss = ops::cross_entropy_smooth(&mut ctx.tape, logits, labels, smoothing)?;
     let value = ctx.tape.value(loss).item();
@@ -56,9 +60,10 @@ pub fn loss_only(
     x: &Tensor,
     labels: &[usize],
     smoothing: f32,
+    device: Device,
 ) -> Result<f32> {
     let mut ctx = Ctx::new(store, GradMode::NoGrad, false);
-    let xv = ctx.tape.input(x.clone(), false);
+    let xv = ctx.tape.input(x.to_device(device)?, false);
     let logits = spec.forward_logits(&mut ctx, xv)?;
     let loss = ops::cross_entropy_smooth(&mut ctx.tape, logits, labels, smoothing)?;
     Ok(ctx.tape.value(loss).item())
@@ -86,7 +91,7 @@ pub fn pgd_linf(
     }
     let mut best: Option<(f32, Tensor)> = None;
     for it in 0..cfg.steps {
-        let (loss, grad) = loss_and_grad(spec, store, &x, labels, cfg.smoothing)?;
+        let (loss, grad) = loss_and_grad(spec, store, &x, labels, cfg.smoothing, cfg.device)?;
         if !loss.is_finite() || !grad.all_finite() {
             return Err(Error::NonFinite(format!(
                 "attack loss or input gradient at PGD iteration {} (loss {loss})",
@@ -112,7 +117,7 @@ pub fn pgd_linf(
     if !cfg.keep_best {
         return Ok(x);
     }
-    let last = loss_only(spec, store, &x, labels, cfg.smoothing)?;
+    let last = loss_only(spec, store, &x, labels, cfg.smoothing, cfg.device)?;
     match best {
         Some((b, bx)) if b >= last || last.is_nan() => Ok(bx),
         _ => Ok(x),

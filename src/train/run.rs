@@ -137,6 +137,12 @@ pub fn run(
         }
         None => Trainer::new(cfg.clone(), nb)?,
     };
+    let (device, why) = trainer
+        .cfg
+        .device
+        .parse::<crate::device::DeviceRequest>()?
+        .resolve()?;
+    trainer.device = device;
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, trainer.cfg.to_toml()).map_err(|e| Error::io(&config_path, e))?;
     let mut log = Log::open(dir)?;
@@ -153,6 +159,7 @@ pub fn run(
         cfg.batch_size,
         trainer.cfg.peak_lr()
     ))?;
+    log.line(&format!("device: {why}"))?;
     let last = last_checkpoint(dir);
     let mut last_good: Option<String> = last.exists().then(|| last.display().to_string());
     let mut last_eval = None;
@@ -313,6 +320,7 @@ pub fn eval_trainer(
             max_images: trainer.cfg.eval_images,
             seed: trainer.cfg.seed,
             maps: &maps,
+            device: trainer.device,
         },
         |_, _| {},
     )

@@ -10,6 +10,7 @@ use super::pgd::{pgd_linf, PgdConfig};
 use super::schedule::{attack_step, CosineSchedule};
 use super::source::{soft_targets, Batch};
 use crate::autograd::GradMode;
+use crate::device::Device;
 use crate::io::{self, StateDictPick};
 use crate::nn::{Ctx, Head, ModelSpec, ParamStore, StateValue};
 use crate::tensor::Tensor;
@@ -66,6 +67,8 @@ pub struct Trainer {
     pub pos: Position,
     pub sums: EpochSums,
     pub updates_per_epoch: usize,
+    /// Where the forward and backward passes run (not saved: a run may resume elsewhere).
+    pub device: Device,
 }
 
 /// Prefixes of the parameters a frozen-backbone run keeps constant.
@@ -99,6 +102,7 @@ impl Trainer {
             pos: Position::default(),
             sums: EpochSums::default(),
             updates_per_epoch,
+            device: Device::Cpu,
         })
     }
 
@@ -152,6 +156,7 @@ impl Trainer {
                 steps: self.cfg.attack_it,
                 smoothing: self.cfg.smoothing as f32,
                 keep_best: true,
+                device: self.device,
             };
             let mut rng = step_rng(self.cfg.seed, self.pos.global_step);
             pgd_linf(
@@ -185,7 +190,7 @@ impl Trainer {
                     ctx.freeze(&p);
                 }
             }
-            let xv = ctx.tape.input(x, false);
+            let xv = ctx.tape.input(x.to_device(self.device)?, false);
             let out = self.spec.forward(&mut ctx, xv)?;
             let logits = ctx.tape.value(out.logits).clone();
             let ce_var = crate::ops::cross_entropy_smooth(
