@@ -104,7 +104,10 @@ fn interrupted_and_resumed_run_is_bit_exact() {
         s.lines()
             .map(|l| {
                 let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("images_per_s");
+                let o = v.as_object_mut().unwrap();
+                for k in ["images_per_s", "loader_images_per_s", "step_images_per_s"] {
+                    o.remove(k);
+                }
                 v.to_string()
             })
             .collect()
@@ -146,4 +149,28 @@ fn diverging_run_names_the_step_and_the_last_good_checkpoint() {
         assert!(t.all_finite().is_ok());
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refused_write_leaves_the_previous_checkpoint_intact() {
+    let cfg = tiny("vanilla");
+    let train = MemorySource::new(3, 8, 32, 1);
+    let dir = tmp("intact");
+    let s = run(&cfg, &train, None, &opts(&dir, Some(2), None)).unwrap();
+    let last = dir.join("checkpoints/last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    let mut t = s.trainer;
+    t.model.get_mut("fc.weight").unwrap().tensor.data_mut()[0] = f32::NAN;
+    let e = checkpoint::save(&t, &last).unwrap_err().to_string();
+    assert!(e.contains("fc.weight") && e.contains("not written"), "{e}");
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+    // A write into a directory that cannot hold it fails without touching `last`.
+    let bad = dir.join("checkpoints/last.safetensors/inside");
+    assert!(checkpoint::save(&s_clean(&dir), &bad).is_err());
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn s_clean(dir: &Path) -> mpm::train::Trainer {
+    checkpoint::load(&dir.join("checkpoints/last.safetensors"), None).unwrap()
 }

@@ -197,15 +197,22 @@ pub fn run(
         let epoch = trainer.pos.epoch;
         bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
         let t0 = Instant::now();
+        let (mut data_s, mut step_s, mut imgs) = (0f64, 0f64, 0usize);
         while trainer.pos.step < nb {
+            let td = Instant::now();
             let batch = train.batch(epoch, trainer.pos.step, cfg.batch_size, true)?;
+            let ts = Instant::now();
+            data_s += (ts - td).as_secs_f64();
             let st = trainer.step(&batch).map_err(|e| fail(e, &last_good))?;
+            step_s += ts.elapsed().as_secs_f64();
+            imgs += st.n;
             bar.inc(1);
             bar.set_message(format!(
-                "loss {:.3} acc {:.1}% lr {:.2e}",
+                "loss {:.3} acc {:.1}% lr {:.2e} {:.0} img/s",
                 st.loss,
                 100.0 * trainer.sums.accuracy(),
-                st.lr
+                st.lr,
+                imgs as f64 / (data_s + step_s).max(1e-9)
             ));
             let g = trainer.pos.global_step;
             let stop = opts.stop_after_steps.is_some_and(|s| g >= s);
@@ -233,6 +240,8 @@ pub fn run(
             "loss": sums.mean_loss(), "ce": sums.ce / sums.steps.max(1) as f64,
             "acc": sums.accuracy(), "lr": trainer.sched.lr(epoch, 0),
             "images_per_s": sums.seen as f64 / secs.max(1e-9),
+            "loader_images_per_s": imgs as f64 / data_s.max(1e-9),
+            "step_images_per_s": imgs as f64 / step_s.max(1e-9),
         }))?;
         log.line(&format!(
             "epoch {}/{epochs}: loss {:.4} adv-train acc {:.2}% ({:.1} img/s)",
