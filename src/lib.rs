@@ -12,8 +12,8 @@
 //! Shape glossary: N batch, H/W spatial, C channels, K part classes, S = K + 1 segmentation
 //! channels (background 0), O output channels. Gradients are prefixed `d` (`dx`, `dw`).
 
+pub mod data;
 pub mod error;
 pub mod io;
-pub mod data;
 
 pub use error::{Error, Result};

@@ -9,7 +9,10 @@ use mpm::data::rasterise::{decode, encode, rle_from_string, rle_to_string, Segme
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data/coco_masks.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/data/coco_masks.json"
+    );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     v["cases"].as_array().unwrap().clone()
 }
@@ -19,10 +22,16 @@ fn ann_to_mask_matches_pycocotools() {
     let mut checked = 0;
     for c in cases() {
         let name = c["name"].as_str().unwrap();
-        let (h, w) = (c["h"].as_u64().unwrap() as usize, c["w"].as_u64().unwrap() as usize);
+        let (h, w) = (
+            c["h"].as_u64().unwrap() as usize,
+            c["w"].as_u64().unwrap() as usize,
+        );
         let got = Segmentation::from_json(&c["segmentation"]).and_then(|s| s.to_mask(h, w));
         if c.get("error").is_some() {
-            assert!(got.is_err(), "{name}: pycocotools fails, we returned a mask");
+            assert!(
+                got.is_err(),
+                "{name}: pycocotools fails, we returned a mask"
+            );
             continue;
         }
         let m = got.unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -44,7 +53,11 @@ fn ann_to_mask_matches_pycocotools() {
         }
         assert_eq!(m.area() as u64, c["area"].as_u64().unwrap(), "{name}");
         // Our compressed string must equal pycocotools' byte for byte.
-        assert_eq!(rle_to_string(&r), c["rle_string"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            rle_to_string(&r),
+            c["rle_string"].as_str().unwrap(),
+            "{name}"
+        );
         checked += 1;
     }
     assert!(checked > 120, "only {checked} cases checked");
@@ -56,7 +69,10 @@ fn compressed_strings_decode_like_pycocotools() {
         let Some(s) = c.get("rle_string").and_then(|s| s.as_str()) else {
             continue;
         };
-        let (h, w) = (c["h"].as_u64().unwrap() as usize, c["w"].as_u64().unwrap() as usize);
+        let (h, w) = (
+            c["h"].as_u64().unwrap() as usize,
+            c["w"].as_u64().unwrap() as usize,
+        );
         let r = rle_from_string(s, h, w).unwrap();
         let runs: Vec<u32> = c["runs"]
             .as_array()

@@ -49,7 +49,11 @@ pub enum Segmentation {
     /// One or more rings of `x,y` pairs (or, with the 4-number quirk, boxes).
     Polygons(Vec<Vec<f64>>),
     /// `counts` as a list of run lengths; `size` is `[h, w]`.
-    Uncompressed { h: usize, w: usize, counts: Vec<u32> },
+    Uncompressed {
+        h: usize,
+        w: usize,
+        counts: Vec<u32>,
+    },
     /// `counts` as pycocotools' compressed string.
     Compressed { h: usize, w: usize, counts: String },
 }
@@ -175,7 +179,9 @@ impl Segmentation {
 
 fn check_size(rh: usize, rw: usize, h: usize, w: usize) -> Result<(), String> {
     if rh != h || rw != w {
-        return Err(format!("RLE size {rh}x{rw} differs from the image's {h}x{w}"));
+        return Err(format!(
+            "RLE size {rh}x{rw} differs from the image's {h}x{w}"
+        ));
     }
     Ok(())
 }
@@ -247,7 +253,9 @@ pub fn rle_from_poly(xy: &[f64], h: usize, w: usize) -> Rle {
         };
     }
     // C `(int)(v + .5)`: truncation toward zero (Rust `as` does the same, saturating).
-    let mut x: Vec<i64> = (0..k).map(|j| (scale * xy[2 * j] + 0.5) as i32 as i64).collect();
+    let mut x: Vec<i64> = (0..k)
+        .map(|j| (scale * xy[2 * j] + 0.5) as i32 as i64)
+        .collect();
     let mut y: Vec<i64> = (0..k)
         .map(|j| (scale * xy[2 * j + 1] + 0.5) as i32 as i64)
         .collect();
