@@ -6,9 +6,11 @@
 //! - [`imageio`]: image decode, 16-bit PNG label maps, atomic writes.
 //! - [`report`]: skipped items (path + reason) and their summary.
 //! - [`synth`]: `mpm-data synth`, a deterministic synthetic dataset in PIN++ format.
+//! - [`targets`]: multi-scale soft segmentation targets (28/14/7, NHWC), the CPU spec.
 pub mod imageio;
 pub mod labels;
 pub mod pin_json;
 pub mod rasterise;
 pub mod report;
 pub mod synth;
+pub mod targets;
