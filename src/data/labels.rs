@@ -185,7 +185,7 @@ fn run_class(
         }
         let src = cfg.images.join(&c.wnid).join(img.base_name());
         let outcome = (|| -> std::result::Result<(LabelMap, usize), Skip> {
-            let rgb = imageio::read_rgb(&src).map_err(|e| Skip::new(&src, strip_path(&e, &src)))?;
+            let rgb = imageio::read_rgb(&src).map_err(|e| Skip::from_error(&src, &e))?;
             if (rgb.width() as usize, rgb.height() as usize) != (img.width, img.height) {
                 return Err(Skip::new(
                     &src,
@@ -231,13 +231,6 @@ fn run_class(
         res.written.push(img.base_name().to_string());
     }
     res
-}
-
-/// `Error` messages already carry the path; keep only the reason for the [`Skip`].
-fn strip_path(e: &Error, p: &Path) -> String {
-    let s = e.to_string();
-    let prefix = format!("{}: ", p.display());
-    s.strip_prefix(&prefix).map(str::to_string).unwrap_or(s)
 }
 
 /// Per-class split: a seeded shuffle of the written images; the first `round(n*val_fraction)`
@@ -289,7 +282,7 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
     // Parse every class (parallel); unreadable files are skipped and reported.
     let parsed: Vec<std::result::Result<PinClass, Skip>> = files
         .par_iter()
-        .map(|(_, p)| pin_json::read_class(p).map_err(|e| Skip::new(p, strip_path(&e, p))))
+        .map(|(_, p)| pin_json::read_class(p).map_err(|e| Skip::from_error(p, &e)))
         .collect();
     let mut classes = Vec::new();
     for r in parsed {

@@ -17,6 +17,13 @@ impl Skip {
             reason: reason.into().trim().replace('\n', " "),
         }
     }
+    /// From an error whose message may already start with the path: keeps only the reason.
+    pub fn from_error(path: impl AsRef<Path>, e: &crate::Error) -> Self {
+        let msg = e.to_string();
+        let prefix = format!("{}: ", path.as_ref().display());
+        let reason = msg.strip_prefix(&prefix).map(str::to_string).unwrap_or(msg);
+        Skip::new(path, reason)
+    }
     /// The reason with numbers and quoted names stripped, to group similar skips.
     pub fn kind(&self) -> String {
         let r = self.reason.split(':').next_back().unwrap_or(&self.reason);
