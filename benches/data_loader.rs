@@ -75,7 +75,10 @@ fn main() {
     let budget = Duration::from_secs_f64(secs);
     let tmp = tempfile::tempdir().unwrap();
     let sets = [
-        ("synthetic 64-128px", dataset(tmp.path(), "small", 64, 128, 40)),
+        (
+            "synthetic 64-128px",
+            dataset(tmp.path(), "small", 64, 128, 40),
+        ),
         ("JPEG 350-400px", dataset(tmp.path(), "large", 350, 400, 16)),
     ];
     let all = rayon::current_num_threads();
@@ -96,7 +99,10 @@ fn main() {
     );
     for (name, samples) in &sets {
         for threads in [1usize, all] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let (d, a, t) = pool.install(|| {
                 let d = rate(samples, budget, &|ix| {
                     ix.par_iter().for_each(|&i| {
