@@ -1,9 +1,9 @@
-//! Data loader throughput: decode, + augment (RandomResizedCrop 224 bicubic + flip + jitter),
-//! + soft targets (S = 3,311, levels 28/14/7), in images/s on 1 thread and on all threads, on
-//! the synthetic set (64-128 px) and on ~400x350 JPEGs (synth with --min-size 350
-//! --max-size 400). The soft-target stage writes 28*28*S + 14*14*S + 7*7*S f32 per image; its
-//! GB/s is reported next to a plain `fill` of the same bytes measured in the same run (the
-//! memory-bandwidth ceiling of this stage).
+//! Data loader throughput in images/s, on 1 thread and on all threads: decode; decode and
+//! augment (RandomResizedCrop 224 bicubic, flip, jitter); decode, augment and soft targets
+//! (S = 3,311, levels 28/14/7). Two sets: the synthetic one (64-128 px) and ~400x350 JPEGs
+//! (synth with sizes 350-400). The soft-target stage writes (28*28 + 14*14 + 7*7) * S f32 per
+//! image; its GB/s is reported next to a plain fill of the same bytes measured in the same run
+//! (the memory-bandwidth ceiling of this stage).
 //!
 //! Run: `cargo bench --bench data_loader` (env `MPM_BENCH_SECONDS`, default 2, per measurement).
 
