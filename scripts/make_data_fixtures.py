@@ -10,8 +10,11 @@ Writes, under tests/fixtures/data/:
                      F.interpolate(nearest) to 28x28 (stored as the label map `n28`), one-hot
                      with smoothing, then bilinear (align_corners=False) to 14x14 and 7x7;
                      stored NHWC, float32 values printed with 9 significant digits.
+  resize.json        Pillow `Image.resize(size, BICUBIC | NEAREST, box=crop)` (what torchvision's
+                     resized_crop does on PIL images) of a small random RGB image and a label map
+                     (mode I;16), for several crop boxes and output sizes, up and down.
 
-Needs: numpy, pycocotools, torch. Deterministic (numpy seed 1234). Run from the repo root:
+Needs: numpy, pycocotools, torch, Pillow. Deterministic (numpy seed 1234). Run from the repo root:
     python3 scripts/make_data_fixtures.py
 The Rust tests never run Python: they read the committed JSON files.
 """
@@ -149,6 +152,35 @@ def soft_target_cases():
     return cases, torch.__version__
 
 
+def resize_cases():
+    from PIL import Image
+    import PIL
+
+    rng = np.random.default_rng(7)
+    h, w = 29, 37
+    # Smooth-ish content plus noise, so bicubic overshoot and clamping both occur.
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 6, yy * 8, (xx + yy) * 3], -1) + rng.integers(-40, 40, (h, w, 3))
+    rgb = np.clip(base, 0, 255).astype(np.uint8)
+    lab = rng.integers(0, 3000, (h, w)).astype(np.uint16)
+    im = Image.fromarray(rgb, "RGB")
+    lm = Image.fromarray(lab.astype(np.uint16))
+    assert lm.mode in ("I;16", "I"), lm.mode
+    cases = []
+    for (left, top, cw, ch, ow, oh) in [(0, 0, 37, 29, 64, 64), (3, 2, 20, 17, 48, 40),
+                                        (0, 0, 37, 29, 16, 12), (10, 5, 9, 7, 24, 24),
+                                        (1, 1, 35, 27, 33, 26), (5, 0, 30, 29, 8, 8)]:
+        box = (left, top, left + cw, top + ch)
+        r = np.asarray(im.resize((ow, oh), Image.BICUBIC, box=box))
+        n = np.asarray(lm.resize((ow, oh), Image.NEAREST, box=box)).astype(np.int64)
+        cases.append({"crop": [left, top, cw, ch], "out": [ow, oh],
+                      "bicubic": r.flatten().astype(int).tolist(),
+                      "nearest": n.flatten().tolist()})
+    return {"h": h, "w": w, "rgb": rgb.flatten().astype(int).tolist(),
+            "label": lab.flatten().astype(int).tolist(), "pillow": PIL.__version__,
+            "cases": cases}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     cases = coco_cases()
@@ -160,6 +192,8 @@ def main():
     with open(os.path.join(OUT, "soft_targets.json"), "w") as f:
         json.dump({"generator": "scripts/make_data_fixtures.py", "torch": tv,
                    "cases": st}, f)
+    with open(os.path.join(OUT, "resize.json"), "w") as f:
+        json.dump(resize_cases(), f)
     print(f"wrote {len(cases)} mask cases, {len(st)} soft-target cases to {OUT}", file=sys.stderr)
 
 

@@ -143,23 +143,36 @@ pub fn centre_fallback(width: usize, height: usize, ratio: (f64, f64)) -> CropBo
     }
 }
 
-/// Bicubic (Pillow kernel) resize of the `crop` region of `img` to `ow x oh`.
+/// Bicubic resize of the `crop` region of `img` to `ow x oh`, as Pillow does it: Catmull-Rom
+/// (a = -0.5) convolution, support scaled when shrinking, horizontal pass first with the
+/// intermediate rounded to u8, then the vertical pass. (`fast_image_resize` runs the vertical
+/// pass first on u8 images, which changes the intermediate rounding and clipping: up to 5 grey
+/// levels apart from Pillow; two single-axis calls restore Pillow's order.)
 pub fn resize_bicubic(img: &RgbImage, crop: CropBox, ow: usize, oh: usize) -> Result<RgbImage> {
-    let src =
-        fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
-            .map_err(|e| Error::Msg(format!("resize: {e}")))?;
+    let err = |e: &dyn std::fmt::Display| Error::Msg(format!("resize: {e}"));
+    let alg = fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom);
+    let (iw, ih) = (img.width(), img.height());
+    let src = fr::images::ImageRef::new(iw, ih, img.as_raw(), fr::PixelType::U8x3)
+        .map_err(|e| err(&e))?;
+    let mut resizer = fr::Resizer::new();
+    // Horizontal: crop columns, all rows kept (no vertical work is done when heights match).
+    let mut tmp = fr::images::Image::new(ow as u32, ih, fr::PixelType::U8x3);
+    let opts = fr::ResizeOptions::new().resize_alg(alg).crop(
+        crop.left as f64,
+        0.0,
+        crop.w as f64,
+        ih as f64,
+    );
+    resizer.resize(&src, &mut tmp, &opts).map_err(|e| err(&e))?;
+    // Vertical: crop rows.
     let mut dst = fr::images::Image::new(ow as u32, oh as u32, fr::PixelType::U8x3);
-    let opts = fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom))
-        .crop(
-            crop.left as f64,
-            crop.top as f64,
-            crop.w as f64,
-            crop.h as f64,
-        );
-    fr::Resizer::new()
-        .resize(&src, &mut dst, &opts)
-        .map_err(|e| Error::Msg(format!("resize: {e}")))?;
+    let opts = fr::ResizeOptions::new().resize_alg(alg).crop(
+        0.0,
+        crop.top as f64,
+        ow as f64,
+        crop.h as f64,
+    );
+    resizer.resize(&tmp, &mut dst, &opts).map_err(|e| err(&e))?;
     RgbImage::from_raw(ow as u32, oh as u32, dst.into_vec())
         .ok_or_else(|| Error::Msg("resize: buffer size".into()))
 }
