@@ -14,6 +14,10 @@
 
 use serde_json::Value;
 
+/// Polygon coordinates beyond this (pixels) are rejected: pycocotools walks every point of the
+/// 5x-upsampled boundary, so a far-away vertex costs time and memory without changing the mask.
+pub const MAX_COORD: f64 = 100_000.0;
+
 /// Run-length encoding, column-major, alternating runs of 0 and 1 (first run is 0s).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rle {
@@ -73,8 +77,10 @@ impl Segmentation {
                         let f = x
                             .as_f64()
                             .ok_or_else(|| format!("segmentation ring {i}: non-numeric value"))?;
-                        if !f.is_finite() {
-                            return Err(format!("segmentation ring {i}: non-finite value"));
+                        if !f.is_finite() || f.abs() > MAX_COORD {
+                            return Err(format!(
+                                "segmentation ring {i}: coordinate {f} outside +-{MAX_COORD}"
+                            ));
                         }
                         ring.push(f);
                     }
@@ -460,5 +466,8 @@ mod tests {
         assert!(r.to_mask(4, 4).is_err());
         assert!(rle_from_string("\u{7f}", 4, 4).is_err());
         assert!(rle_from_string("h", 4, 4).is_err());
+        // A far-away vertex is rejected instead of walking billions of boundary points.
+        let far = serde_json::json!([[0, 0, 1e12, 0, 5, 5]]);
+        assert!(Segmentation::from_json(&far).is_err());
     }
 }

@@ -198,14 +198,16 @@ pub fn run_show(cfg: &ShowConfig) -> Result<(usize, Vec<Skip>)> {
                     }
                     let src = cfg.images.join(&c.wnid).join(img.base_name());
                     let r = read_rgb(&src).and_then(|rgb| {
-                        let (map, _) = paint_image(img, c, table.first_id[ci], &depths)
-                            .map_err(|e| Error::format(&src, e))?;
-                        if (map.w, map.h) != (rgb.width() as usize, rgb.height() as usize) {
+                        // Size check first: the JSON size decides how much memory painting takes.
+                        if (img.width, img.height) != (rgb.width() as usize, rgb.height() as usize)
+                        {
                             return Err(Error::format(
                                 &src,
                                 "image size differs from its JSON entry",
                             ));
                         }
+                        let (map, _) = paint_image(img, c, table.first_id[ci], &depths)
+                            .map_err(|e| Error::format(&src, e))?;
                         overlay(&rgb, &map, cfg.tile, cfg.alpha)
                     });
                     match r {

@@ -79,6 +79,19 @@ pub fn bilinear_taps(input: usize, output: usize) -> Vec<(usize, usize, f32, f32
         .collect()
 }
 
+fn check_spec(spec: &TargetSpec) -> Result<()> {
+    if spec.num_classes == 0 || spec.sizes.is_empty() || spec.sizes.contains(&0) {
+        return Err(Error::shape(
+            "soft_targets",
+            format!(
+                "need S >= 1 and sizes >= 1, got S = {} sizes {:?}",
+                spec.num_classes, spec.sizes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_labels(m: &LabelMap, s: usize) -> Result<()> {
     if let Some(&v) = m.data.iter().find(|&&v| v as usize >= s) {
         return Err(Error::shape(
@@ -95,6 +108,7 @@ fn check_labels(m: &LabelMap, s: usize) -> Result<()> {
 /// Soft targets for a batch of label maps: one `Vec<f32>` per level, NHWC `(N, h, h, S)`.
 /// `None` entries (no map) get the all-background target (their loss weight is 0 anyway).
 pub fn soft_targets(maps: &[Option<&LabelMap>], spec: &TargetSpec) -> Result<Vec<Vec<f32>>> {
+    check_spec(spec)?;
     let s = spec.num_classes;
     let (on, off) = spec.on_off();
     let base = *spec
@@ -145,6 +159,7 @@ pub fn soft_targets(maps: &[Option<&LabelMap>], spec: &TargetSpec) -> Result<Vec
 
 /// Dense reference: full one-hot then bilinear over every channel (PyTorch's op order).
 pub fn soft_targets_slow(maps: &[Option<&LabelMap>], spec: &TargetSpec) -> Result<Vec<Vec<f32>>> {
+    check_spec(spec)?;
     let s = spec.num_classes;
     let (on, off) = spec.on_off();
     let base = spec.sizes[0];
