@@ -117,6 +117,22 @@ fn batches_have_documented_shapes_and_consistent_targets() {
         }
     }
     assert!(blank_seen, "the fault set has one all-background map");
+    // Iterating and prefetching give the same batches as indexing.
+    let direct: Vec<Vec<usize>> = (0..loader.num_batches())
+        .map(|b| loader.batch(1, b).unwrap().0.indices)
+        .collect();
+    let iterated: Vec<Vec<usize>> = loader.epoch(1).map(|r| r.unwrap().0.indices).collect();
+    assert_eq!(direct, iterated);
+    let prefetched: Vec<Vec<f32>> = std::thread::scope(|sc| {
+        loader
+            .prefetch(sc, 1, 2)
+            .iter()
+            .map(|r| r.unwrap().0.images)
+            .collect()
+    });
+    let first = loader.batch(1, 0).unwrap().0.images;
+    assert_eq!(prefetched.len(), direct.len());
+    assert_eq!(prefetched[0], first);
 }
 
 #[test]

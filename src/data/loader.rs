@@ -193,12 +193,44 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// Batch `b` of `epoch`.
+    /// Batch `b` of `epoch` (recomputes the epoch order: use [`Loader::epoch`] to iterate).
     pub fn batch(&self, epoch: u64, b: usize) -> Result<(Batch, Vec<Skip>)> {
         let order = epoch_order(self.samples.len(), self.cfg.seed, epoch, self.shuffle);
+        self.batch_in(&order, epoch, b)
+    }
+
+    fn batch_in(&self, order: &[usize], epoch: u64, b: usize) -> Result<(Batch, Vec<Skip>)> {
         let bs = self.batch_size.max(1);
         let lo = (b * bs).min(order.len());
         let hi = ((b + 1) * bs).min(order.len());
         load_batch(self.samples, &order[lo..hi], epoch, &self.cfg)
+    }
+
+    /// All batches of `epoch`, in order.
+    pub fn epoch(&self, epoch: u64) -> impl Iterator<Item = Result<(Batch, Vec<Skip>)>> + '_ {
+        let order = epoch_order(self.samples.len(), self.cfg.seed, epoch, self.shuffle);
+        (0..self.num_batches()).map(move |b| self.batch_in(&order, epoch, b))
+    }
+
+    /// Like [`Loader::epoch`], but batches are prepared by a background thread, `depth` ahead,
+    /// while the caller consumes them (same batches, same order). Runs inside `scope`.
+    pub fn prefetch<'s>(
+        &'s self,
+        scope: &'s std::thread::Scope<'s, '_>,
+        epoch: u64,
+        depth: usize,
+    ) -> std::sync::mpsc::Receiver<Result<(Batch, Vec<Skip>)>>
+    where
+        'a: 's,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+        scope.spawn(move || {
+            for item in self.epoch(epoch) {
+                if tx.send(item).is_err() {
+                    break; // the consumer hung up
+                }
+            }
+        });
+        rx
     }
 }
