@@ -1,23 +1,133 @@
-//! Image-folder datasets in the reference layout (`root/img/<wnid>/*`, `root/seg/<wnid>/*.png`)
-//! through the data pipeline's loader.
-use super::config::TrainConfig;
-use super::source::BatchSource;
-use crate::{Error, Result};
+//! Image-folder datasets through the data pipeline's loader (`crate::data`): decode, aligned
+//! augmentation of image and label map, per-sample RNG `(seed, epoch, index)`.
+//!
+//! `train_dir` / `eval_dir` may be
+//! - a directory in the reference layout: `DIR/img/<wnid>/<image>` and `DIR/seg/<wnid>/<stem>.png`
+//!   (classes = sorted wnid directories; a missing `seg/` means no part maps), or
+//! - a list file `<wnid>/<file> <class index>` per line (as `mpm-data labels` writes
+//!   `train.txt` / `val.txt`), read relative to the `img/` and `seg/` folders next to it.
+//!
+//! Training batches use RandomResizedCrop (bicubic image, nearest map), flip and colour jitter;
+//! evaluation batches resize to `input_size / 0.875` and centre-crop `input_size` (the
+//! reference's crop_pct 0.875).
 
-/// Opens `dir` as a batch source (training augmentation when `train`).
-pub fn open(
-    _cfg: &TrainConfig,
-    dir: &str,
-    key: &str,
-    _train: bool,
-) -> Result<Box<dyn BatchSource>> {
+use super::config::TrainConfig;
+use super::source::{epoch_order, Batch, BatchSource};
+use crate::data::augment::{Transform, TrainAug};
+use crate::data::index::{read_list, scan_image_folder, Sample};
+use crate::data::loader::{load_batch, LoaderConfig};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+pub struct FolderSource {
+    pub samples: Vec<Sample>,
+    pub classes: usize,
+    pub seg_classes: Option<usize>,
+    pub loader: LoaderConfig,
+    pub seed: u64,
+    pub origin: PathBuf,
+}
+
+/// Opens `dir` (see the module doc) as a batch source; `train` picks the augmentation.
+pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<dyn BatchSource>> {
+    let flag = format!("--{}", key.replace('_', "-"));
     if dir.is_empty() {
-        return Err(Error::flag(
-            format!("--{}", key.replace('_', "-")),
-            "no dataset directory given",
-        ));
+        return Err(Error::flag(flag, "no dataset given (a directory with img/ and seg/, or a list file)"));
     }
-    Err(Error::Msg(
-        "image folders need the data pipeline (not merged yet)".into(),
-    ))
+    let path = PathBuf::from(dir);
+    if !path.exists() {
+        return Err(Error::flag(flag, format!("{dir}: no such file or directory")));
+    }
+    let (samples, classes, base) = if path.is_dir() {
+        let img = if path.join("img").is_dir() { path.join("img") } else { path.clone() };
+        let seg = path.join("seg");
+        let idx = scan_image_folder(&img, seg.is_dir().then_some(seg.as_path()), None)?;
+        (idx.samples, idx.classes.len(), path.clone())
+    } else {
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let seg = base.join("seg");
+        let (idx, skips) = read_list(&path, &base.join("img"), seg.is_dir().then_some(seg.as_path()))?;
+        if !skips.is_empty() {
+            eprintln!("{dir}: {} malformed line(s) skipped", skips.len());
+        }
+        let n = idx.classes.len();
+        (idx.samples, n, base)
+    };
+    if samples.is_empty() {
+        return Err(Error::flag(flag, format!("{dir}: no images found")));
+    }
+    let seg_classes = read_parts(&base.join("parts.tsv"));
+    let transform = if train {
+        Transform::Train(TrainAug {
+            size: cfg.input_size,
+            flip: cfg.hflip > 0.0,
+            brightness: cfg.color_jitter as f32,
+            contrast: cfg.color_jitter as f32,
+            saturation: cfg.color_jitter as f32,
+            ..TrainAug::default()
+        })
+    } else {
+        Transform::Eval {
+            resize: (cfg.input_size as f64 / 0.875).round() as usize,
+            crop: cfg.input_size,
+        }
+    };
+    Ok(Box::new(FolderSource {
+        samples,
+        classes,
+        seg_classes,
+        loader: LoaderConfig {
+            transform,
+            targets: None,
+            seg_classes: (cfg.partmodel_type != "vanilla" && !cfg.use_object_seg)
+                .then_some(cfg.seg_classes),
+            seed: cfg.seed,
+        },
+        seed: cfg.seed,
+        origin: path,
+    }))
+}
+
+/// `max id + 1` from a `parts.tsv` (`global_id<TAB>wnid<TAB>name`), when present.
+fn read_parts(p: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(p).ok()?;
+    text.lines()
+        .filter_map(|l| l.split('\t').next()?.parse::<usize>().ok())
+        .max()
+        .map(|m| m + 1)
+}
+
+impl BatchSource for FolderSource {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+    fn num_classes(&self) -> usize {
+        self.classes
+    }
+    fn seg_classes(&self) -> Option<usize> {
+        self.seg_classes
+    }
+    fn batch(&self, epoch: usize, index: usize, batch_size: usize, train: bool) -> Result<Batch> {
+        let order = epoch_order(self.samples.len(), self.seed, epoch, train);
+        let bs = batch_size.max(1);
+        let lo = (index * bs).min(order.len());
+        let hi = ((index + 1) * bs).min(order.len());
+        let (b, skips) = load_batch(&self.samples, &order[lo..hi], epoch as u64, &self.loader)?;
+        for s in &skips {
+            eprintln!("{}: skipped: {s:?}", self.origin.display());
+        }
+        if b.n == 0 {
+            return Err(Error::Msg(format!(
+                "{}: batch {index} of epoch {epoch}: no image could be loaded",
+                self.origin.display()
+            )));
+        }
+        Ok(Batch {
+            images: Tensor::from_vec(&[b.n, b.h, b.w, 3], b.images)?,
+            labels: b.labels.iter().map(|&l| l as usize).collect(),
+            label_maps: b.label_maps,
+            has_parts: b.seg_weight.iter().map(|&w| w > 0.0).collect(),
+        })
+    }
 }

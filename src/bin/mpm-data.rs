@@ -1,0 +1,378 @@
+//! `mpm-data`: PIN++ data tools. See `docs/data.md`.
+//!
+//! ```text
+//! mpm-data synth  --out D [--classes 10] [--images-per-class 30] [--seed 0] [--faults]
+//! mpm-data labels --json-dir D/json [--including D/including] [--discarded D/discarded_data.json]
+//!                 --images D/images --out OUT [--copy | --no-images] [--val-fraction 0.1]
+//! mpm-data index  (--root IMG_ROOT | --list LIST --root IMG_ROOT) [--seg SEG_ROOT]
+//!                 [--per-class K --seed S] [--check-maps] --out INDEX.tsv
+//! mpm-data stats  --json-dir D/json [--discarded F] [--category-names F] [--json OUT.json]
+//! mpm-data show   (--json-dir D/json [--including D/including] | --seg SEG --parts parts.tsv)
+//!                 --images IMG_ROOT --out grid.png [--per-class 4] [--max-classes 10]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mpm::data::index;
+use mpm::data::labels::{self, ImageMode, LabelsConfig};
+use mpm::data::report::Skip;
+use mpm::data::show::{self, ShowConfig, ShowSource};
+use mpm::data::stats;
+use mpm::data::synth::{self, SynthConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "mpm-data",
+    version,
+    about = "PIN++ data tools: synthetic data, label maps, indexes, statistics, pictures"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a deterministic synthetic part dataset in the PIN++ format.
+    Synth(SynthArgs),
+    /// PIN++ JSON -> 16-bit PNG label maps + training layout (DESIGN.md contract C).
+    Labels(LabelsArgs),
+    /// Index an ImageFolder tree or a list file, joined with label maps.
+    Index(IndexArgs),
+    /// Counts over the PIN++ JSON (Table S1 masks-per-image bins), text and JSON.
+    Stats(StatsArgs),
+    /// PNG grid of part overlays with a legend, from annotations or label maps.
+    Show(ShowArgs),
+}
+
+#[derive(clap::Args)]
+struct IndexArgs {
+    /// Image root: ROOT/<wnid>/<image> (ImageFolder), or the root the list file is relative to.
+    #[arg(long)]
+    root: PathBuf,
+    /// List file of `<wnid>/<file> <class index>` lines (e.g. the paper's 10K val list).
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// Label-map root: SEG/<wnid>/<stem>.png.
+    #[arg(long)]
+    seg: Option<PathBuf>,
+    /// Class order file (one wnid per line, or `wnid<TAB>name`): fixes class indices.
+    #[arg(long)]
+    classes: Option<PathBuf>,
+    /// Keep K samples per class (balanced subset).
+    #[arg(long)]
+    per_class: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Read every label map: unreadable, size-mismatched and all-background maps are left out
+    /// (those images get segmentation weight 0).
+    #[arg(long)]
+    check_maps: bool,
+    /// Index file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct StatsArgs {
+    #[arg(long)]
+    json_dir: PathBuf,
+    #[arg(long)]
+    discarded: Option<PathBuf>,
+    #[arg(long)]
+    category_names: Option<PathBuf>,
+    /// Also write the statistics as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ShowArgs {
+    /// Draw from annotations: the per-class JSON directory.
+    #[arg(long, conflicts_with_all = ["seg", "parts"])]
+    json_dir: Option<PathBuf>,
+    #[arg(long, requires = "json_dir")]
+    including: Option<PathBuf>,
+    /// Draw from label maps (annotations, pseudo labels or predictions): SEG/<wnid>/<stem>.png.
+    #[arg(long, requires = "parts")]
+    seg: Option<PathBuf>,
+    /// parts.tsv naming the global ids.
+    #[arg(long, requires = "seg")]
+    parts: Option<PathBuf>,
+    /// Image root: IMG/<wnid>/<file>.
+    #[arg(long)]
+    images: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    per_class: usize,
+    #[arg(long, default_value_t = 10)]
+    max_classes: usize,
+    /// Tile side in pixels.
+    #[arg(long, default_value_t = 128)]
+    tile: usize,
+    /// Opacity of the part colours.
+    #[arg(long, default_value_t = 0.55)]
+    alpha: f32,
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// Output directory (json/, images/, including/, discarded_data.json, category_name.json).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    #[arg(long, default_value_t = 30)]
+    images_per_class: usize,
+    #[arg(long, default_value_t = 64)]
+    min_size: usize,
+    #[arg(long, default_value_t = 128)]
+    max_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Add known-bad items (corrupt JPEG, size mismatch, broken annotations, a non-JSON class).
+    #[arg(long)]
+    faults: bool,
+    #[arg(long, default_value_t = 92)]
+    jpeg_quality: u8,
+}
+
+#[derive(clap::Args)]
+struct LabelsArgs {
+    /// Directory of per-class `<wnid>.json` files.
+    #[arg(long)]
+    json_dir: PathBuf,
+    /// Directory of `including/<wnid>.json` inclusion relations (inner part -> container).
+    #[arg(long)]
+    including: Option<PathBuf>,
+    /// `discarded_data.json`: images to leave out.
+    #[arg(long)]
+    discarded: Option<PathBuf>,
+    /// `category_name.json` (wnid -> class name), written to OUT/classes.tsv.
+    #[arg(long)]
+    category_names: Option<PathBuf>,
+    /// Image root: images are IMG_ROOT/<wnid>/<file_name>.
+    #[arg(long)]
+    images: PathBuf,
+    /// Output root (seg/, img/, parts.tsv, classes.tsv, train.txt, val.txt, labels_report.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Copy images into OUT/img instead of symlinking them.
+    #[arg(long, conflicts_with = "no_images")]
+    copy: bool,
+    /// Do not create OUT/img.
+    #[arg(long)]
+    no_images: bool,
+    /// Fraction of each class's images put in val.txt.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn run(cli: Cli) -> mpm::Result<()> {
+    match cli.cmd {
+        Cmd::Synth(a) => {
+            let cfg = SynthConfig {
+                out: a.out.clone(),
+                classes: a.classes,
+                images_per_class: a.images_per_class,
+                min_size: a.min_size,
+                max_size: a.max_size,
+                seed: a.seed,
+                faults: a.faults,
+                keep_truth: false,
+                jpeg_quality: a.jpeg_quality.clamp(1, 100),
+            };
+            let s = synth::run_synth(&cfg)?;
+            eprintln!(
+                "synth: {} classes, {} images, {} annotations, {} discarded{} -> {}",
+                s.classes,
+                s.images,
+                s.annotations,
+                s.discarded.len(),
+                if a.faults {
+                    format!(", {} faulty images + 1 broken class file", s.faulty_images)
+                } else {
+                    String::new()
+                },
+                a.out.display()
+            );
+            Ok(())
+        }
+        Cmd::Labels(a) => {
+            let cfg = LabelsConfig {
+                json_dir: a.json_dir,
+                including: a.including,
+                discarded: a.discarded,
+                category_names: a.category_names,
+                images: a.images,
+                out: a.out,
+                image_mode: if a.no_images {
+                    ImageMode::None
+                } else if a.copy {
+                    ImageMode::Copy
+                } else {
+                    ImageMode::Symlink
+                },
+                val_fraction: a.val_fraction,
+                split_seed: a.split_seed,
+                progress: !a.quiet,
+            };
+            let s = labels::run_labels(&cfg)?;
+            eprint!("{}", s.text());
+            Ok(())
+        }
+        Cmd::Index(a) => run_index(a),
+        Cmd::Stats(a) => {
+            let st = stats::compute(
+                &a.json_dir,
+                a.discarded.as_deref(),
+                a.category_names.as_deref(),
+            )?;
+            print!("{}", st.text());
+            if let Some(p) = a.json {
+                let j = serde_json::to_string_pretty(&st)
+                    .map_err(|e| mpm::Error::Msg(e.to_string()))?;
+                mpm::data::imageio::write_atomic(&p, j.as_bytes())?;
+            }
+            Ok(())
+        }
+        Cmd::Show(a) => {
+            let source = match (a.json_dir, a.seg, a.parts) {
+                (Some(json_dir), None, None) => ShowSource::Annotations {
+                    json_dir,
+                    including: a.including,
+                },
+                (None, Some(seg), Some(parts)) => ShowSource::LabelMaps { seg, parts },
+                _ => {
+                    return Err(mpm::Error::flag(
+                        "--json-dir / --seg",
+                        "give --json-dir, or --seg with --parts",
+                    ))
+                }
+            };
+            if a.per_class == 0 || a.tile < 16 || !(0.0..=1.0).contains(&a.alpha) {
+                return Err(mpm::Error::flag(
+                    "--per-class/--tile/--alpha",
+                    "need per-class >= 1, tile >= 16, alpha in [0, 1]",
+                ));
+            }
+            show::prepare_out(&a.out)?;
+            let cfg = ShowConfig {
+                source,
+                images: a.images,
+                out: a.out.clone(),
+                per_class: a.per_class,
+                max_classes: a.max_classes,
+                tile: a.tile,
+                alpha: a.alpha,
+            };
+            let (n, skips) = show::run_show(&cfg)?;
+            report_skips(&skips);
+            eprintln!("show: {n} samples -> {}", a.out.display());
+            Ok(())
+        }
+    }
+}
+
+fn report_skips(skips: &[Skip]) {
+    for s in skips {
+        eprintln!("skip {s}");
+    }
+    if !skips.is_empty() {
+        eprintln!("skipped {} item(s):", skips.len());
+        for (k, n) in mpm::data::report::summarise(skips) {
+            eprintln!("  {n:>6}  {k}");
+        }
+    }
+}
+
+fn run_index(a: IndexArgs) -> mpm::Result<()> {
+    let classes = match &a.classes {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| mpm::Error::io(p, e))?;
+            Some(
+                t.lines()
+                    .filter(|l| !l.trim().is_empty() && !l.starts_with("wnid"))
+                    .map(|l| l.split('\t').next().unwrap_or("").trim().to_string())
+                    .collect::<Vec<_>>(),
+            )
+        }
+        None => None,
+    };
+    let (mut idx, mut skips) = match &a.list {
+        Some(list) => index::read_list(list, &a.root, a.seg.as_deref())?,
+        None => (
+            index::scan_image_folder(&a.root, a.seg.as_deref(), classes)?,
+            Vec::new(),
+        ),
+    };
+    if let Some(k) = a.per_class {
+        idx = index::balanced_subset(&idx, k, a.seed);
+    }
+    let mut blank = 0;
+    if a.check_maps {
+        for s in idx.samples.iter_mut() {
+            let Some(p) = s.seg.clone() else { continue };
+            let dims = image::ImageReader::open(&s.image)
+                .ok()
+                .and_then(|r| r.with_guessed_format().ok())
+                .and_then(|r| r.into_dimensions().ok());
+            match mpm::data::imageio::read_label_map(&p) {
+                Err(e) => {
+                    skips.push(Skip::new(&p, format!("map left out: {e}")));
+                    s.seg = None;
+                }
+                Ok(m) if dims != Some((m.w as u32, m.h as u32)) => {
+                    skips.push(Skip::new(
+                        &p,
+                        format!("map left out: {}x{} vs image {dims:?}", m.w, m.h),
+                    ));
+                    s.seg = None;
+                }
+                Ok(m) if m.is_blank() => {
+                    blank += 1;
+                    s.seg = None;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    report_skips(&skips);
+    if idx.samples.is_empty() {
+        return Err(mpm::Error::Msg("index: no samples found".into()));
+    }
+    mpm::data::imageio::write_atomic(&a.out, idx.to_text().as_bytes())?;
+    eprintln!(
+        "index: {} samples, {} classes, {} with a label map{} -> {}",
+        idx.samples.len(),
+        idx.classes.len(),
+        idx.with_maps(),
+        if a.check_maps {
+            format!(" ({blank} all-background maps left out)")
+        } else {
+            String::new()
+        },
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mpm-data: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
