@@ -4,7 +4,7 @@
 use super::config::TrainConfig;
 use super::plot::{self, Panel, Series, PALETTE};
 use super::run::{eval_trainer, run, RunOptions};
-use super::source::{BatchSource, MemorySource};
+use super::source::BatchSource;
 use super::trainer::{argmax, Trainer};
 use crate::autograd::GradMode;
 use crate::nn::Ctx;
@@ -29,19 +29,19 @@ pub fn command() -> Command {
         .arg(
             Arg::new("per-class")
                 .long("per-class")
-                .default_value("48")
+                .default_value("150")
                 .value_parser(clap::value_parser!(usize)),
         )
         .arg(
             Arg::new("epochs")
                 .long("epochs")
-                .default_value("6")
+                .default_value("20")
                 .value_parser(clap::value_parser!(usize)),
         )
         .arg(
             Arg::new("size")
                 .long("size")
-                .default_value("32")
+                .default_value("64")
                 .value_parser(clap::value_parser!(usize)),
         )
         .arg(
@@ -94,14 +94,22 @@ pub fn run_cli(m: &ArgMatches) -> Result<()> {
 }
 
 /// The demo's configuration for one model kind.
-pub fn demo_config(o: &DemoOptions, partmodel: &str, out: &Path) -> Result<TrainConfig> {
+pub fn demo_config(
+    o: &DemoOptions,
+    partmodel: &str,
+    out: &Path,
+    seg_classes: usize,
+    data: &DemoData,
+) -> Result<TrainConfig> {
     let mut c = TrainConfig::default();
     let s = |v: usize| v.to_string();
     for (k, v) in [
+        ("train_dir", data.train.clone()),
+        ("eval_dir", data.val.clone()),
         ("model", "resnet18".to_string()),
         ("width", s(o.width)),
         ("num_classes", s(o.classes)),
-        ("seg_classes", s(1 + 2 * o.classes)),
+        ("seg_classes", s(seg_classes.max(2))),
         ("partmodel_type", partmodel.to_string()),
         ("epochs", s(o.epochs)),
         ("warmup_epochs", "1".into()),
@@ -141,28 +149,33 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
         ));
     }
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
-    let train = MemorySource::new(o.classes, o.per_class, o.size, 1);
-    let val = MemorySource::new(o.classes, (o.per_class / 4).max(2), o.size, 2);
+    let data = make_data(o)?;
+    let probe = demo_config(o, "vanilla", &o.out, 0, &data)?;
+    let train = super::folder::open(&probe, &data.train, "train_dir", true)?;
+    let val = super::folder::open(&probe, &data.val, "eval_dir", false)?;
+    let (train, val) = (train.as_ref(), val.as_ref());
     eprintln!(
-        "demo: {} train / {} val synthetic images, {} classes, {}x{} px",
+        "demo: {} train / {} val images, {} classes, {} part classes, {}x{} px inputs ({:.1}s)",
         train.len(),
         val.len(),
         o.classes,
+        data.seg_classes - 1,
         o.size,
-        o.size
+        o.size,
+        t0.elapsed().as_secs_f64()
     );
     let mut rows = Vec::new();
     let mut curves = Vec::new();
     for (name, kind) in [("vanilla", "vanilla"), ("MPM", "mpm")] {
         let dir = o.out.join(kind);
         let _ = std::fs::remove_dir_all(&dir);
-        let cfg = demo_config(o, kind, &dir)?;
+        let cfg = demo_config(o, kind, &dir, data.seg_classes, &data)?;
         eprintln!("training {name} ({})", cfg.spec()?.describe());
         let t = Instant::now();
         let s = run(
             &cfg,
-            &train,
-            Some(&val as &dyn BatchSource),
+            train,
+            Some(val),
             &RunOptions {
                 run_dir: dir.clone(),
                 stop_after_steps: None,
@@ -174,11 +187,11 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
         )?;
         let train_secs = t.elapsed().as_secs_f64();
         let eps = cfg.attack_eps as f32;
-        let r = eval_trainer(&s.trainer, &val, 64, &[eps, 2.0 * eps])?;
+        let r = eval_trainer(&s.trainer, val, 64, &[eps, 2.0 * eps])?;
         eprintln!("{name}: {}", super::run::describe_eval(&r));
         curves.push((name, plot::read_curves(&dir.join("metrics.jsonl"))?));
         if kind == "mpm" {
-            part_overlays(&s.trainer, &val, 6, &o.out.join("parts.png"))?;
+            part_overlays(&s.trainer, val, 6, &o.out.join("parts.png"))?;
         }
         rows.push(DemoRow {
             name: name.to_string(),
@@ -293,4 +306,51 @@ pub fn part_overlays(
         }
     }
     plot::overlays(&imgs, &gts, &preds, keep.len(), side, h, path)
+}
+
+/// Where the demo's data went.
+pub struct DemoData {
+    /// `train.txt` / `val.txt` list files of the training layout.
+    pub train: String,
+    pub val: String,
+    /// S = parts + 1.
+    pub seg_classes: usize,
+}
+
+/// `mpm-data synth` then `mpm-data labels` into `OUT/data` (no downloads).
+fn make_data(o: &DemoOptions) -> Result<DemoData> {
+    use crate::data::labels::{run_labels, ImageMode, LabelsConfig};
+    use crate::data::synth::{run_synth, SynthConfig};
+    let root = o.out.join("data");
+    let _ = std::fs::remove_dir_all(&root);
+    let raw = root.join("pinpp");
+    let pin = root.join("pin");
+    run_synth(&SynthConfig {
+        out: raw.clone(),
+        classes: o.classes,
+        images_per_class: o.per_class,
+        min_size: o.size,
+        max_size: o.size * 3 / 2,
+        seed: 0,
+        faults: false,
+        keep_truth: false,
+        jpeg_quality: 92,
+    })?;
+    let summary = run_labels(&LabelsConfig {
+        json_dir: raw.join("json"),
+        including: Some(raw.join("including")),
+        discarded: Some(raw.join("discarded_data.json")),
+        category_names: Some(raw.join("category_name.json")),
+        images: raw.join("images"),
+        out: pin.clone(),
+        image_mode: ImageMode::Symlink,
+        val_fraction: 0.2,
+        split_seed: 0,
+        progress: false,
+    })?;
+    Ok(DemoData {
+        train: pin.join("train.txt").display().to_string(),
+        val: pin.join("val.txt").display().to_string(),
+        seg_classes: summary.parts + 1,
+    })
 }

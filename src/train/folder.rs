@@ -13,7 +13,7 @@
 
 use super::config::TrainConfig;
 use super::source::{epoch_order, Batch, BatchSource};
-use crate::data::augment::{Transform, TrainAug};
+use crate::data::augment::{TrainAug, Transform};
 use crate::data::index::{read_list, scan_image_folder, Sample};
 use crate::data::loader::{load_batch, LoaderConfig};
 use crate::tensor::Tensor;
@@ -33,21 +33,35 @@ pub struct FolderSource {
 pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<dyn BatchSource>> {
     let flag = format!("--{}", key.replace('_', "-"));
     if dir.is_empty() {
-        return Err(Error::flag(flag, "no dataset given (a directory with img/ and seg/, or a list file)"));
+        return Err(Error::flag(
+            flag,
+            "no dataset given (a directory with img/ and seg/, or a list file)",
+        ));
     }
     let path = PathBuf::from(dir);
     if !path.exists() {
-        return Err(Error::flag(flag, format!("{dir}: no such file or directory")));
+        return Err(Error::flag(
+            flag,
+            format!("{dir}: no such file or directory"),
+        ));
     }
     let (samples, classes, base) = if path.is_dir() {
-        let img = if path.join("img").is_dir() { path.join("img") } else { path.clone() };
+        let img = if path.join("img").is_dir() {
+            path.join("img")
+        } else {
+            path.clone()
+        };
         let seg = path.join("seg");
         let idx = scan_image_folder(&img, seg.is_dir().then_some(seg.as_path()), None)?;
         (idx.samples, idx.classes.len(), path.clone())
     } else {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let seg = base.join("seg");
-        let (idx, skips) = read_list(&path, &base.join("img"), seg.is_dir().then_some(seg.as_path()))?;
+        let (idx, skips) = read_list(
+            &path,
+            &base.join("img"),
+            seg.is_dir().then_some(seg.as_path()),
+        )?;
         if !skips.is_empty() {
             eprintln!("{dir}: {} malformed line(s) skipped", skips.len());
         }

@@ -186,8 +186,8 @@ impl BatchSource for MemorySource {
     }
 }
 
-/// Multi-scale soft targets of a batch, NHWC `[N, h, h, S]` per size (highest resolution
-/// first): nearest resize of each map to `sizes[0]`, one-hot with smoothing
+/// Multi-scale soft targets of a batch (`data::targets`, the CPU spec), NHWC `[N, h, h, S]` per
+/// size (highest resolution first): nearest resize of each map to `sizes[0]`, one-hot with smoothing
 /// (`on = 1 - s + s/S`, `off = s/S`), bilinear (align_corners=False) to the smaller sizes.
 pub fn soft_targets(
     maps: &[u16],
@@ -197,76 +197,33 @@ pub fn soft_targets(
     smoothing: f32,
     sizes: &[usize],
 ) -> Result<Vec<Tensor>> {
-    let s = seg_classes;
-    let base = *sizes
-        .first()
-        .ok_or_else(|| Error::shape("soft_targets", "no levels"))?;
+    use crate::data::imageio::LabelMap;
+    use crate::data::targets::{soft_targets as build, TargetSpec};
     if maps.len() != n * side * side {
         return Err(Error::shape(
             "soft_targets",
             format!("{} label values for {n} maps of {side}x{side}", maps.len()),
         ));
     }
-    if let Some(&v) = maps.iter().find(|&&v| v as usize >= s) {
-        return Err(Error::shape(
-            "soft_targets",
-            format!("label value {v} out of range for S = {s}"),
-        ));
-    }
-    let off = smoothing / s as f32;
-    let on = 1.0 - smoothing + off;
-    // PyTorch `nearest` source index, f32 arithmetic.
-    let near = |d: usize| -> usize {
-        if side == base {
-            d
-        } else if base == 2 * side {
-            d >> 1
-        } else {
-            ((d as f32 * (side as f32 / base as f32)).floor() as usize).min(side - 1)
-        }
+    let lm: Vec<LabelMap> = maps
+        .chunks(side * side)
+        .map(|m| LabelMap {
+            h: side,
+            w: side,
+            data: m.to_vec(),
+        })
+        .collect();
+    let refs: Vec<Option<&LabelMap>> = lm.iter().map(Some).collect();
+    let spec = TargetSpec {
+        num_classes: seg_classes,
+        smoothing,
+        sizes: sizes.to_vec(),
     };
-    let taps = |input: usize, output: usize| -> Vec<(usize, usize, f32, f32)> {
-        let scale = input as f32 / output as f32;
-        (0..output)
-            .map(|d| {
-                let src = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
-                let i0 = (src as usize).min(input - 1);
-                let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
-                let l1 = src - i0 as f32;
-                (i0, i1, 1.0 - l1, l1)
-            })
-            .collect()
-    };
-    let mut out = Vec::with_capacity(sizes.len());
-    for &h in sizes {
-        let mut o = vec![off; n * h * h * s];
-        let t = taps(base, h);
-        for i in 0..n {
-            let m = &maps[i * side * side..(i + 1) * side * side];
-            let small: Vec<usize> = (0..base * base)
-                .map(|p| m[near(p / base) * side + near(p % base)] as usize)
-                .collect();
-            let o = &mut o[i * h * h * s..(i + 1) * h * h * s];
-            if h == base {
-                for (p, &lab) in small.iter().enumerate() {
-                    o[p * s + lab] = on;
-                }
-                continue;
-            }
-            for (oy, &(y0, y1, ly0, ly1)) in t.iter().enumerate() {
-                for (ox, &(x0, x1, lx0, lx1)) in t.iter().enumerate() {
-                    let px = &mut o[(oy * h + ox) * s..(oy * h + ox + 1) * s];
-                    for (yy, wy) in [(y0, ly0), (y1, ly1)] {
-                        for (xx, wx) in [(x0, lx0), (x1, lx1)] {
-                            px[small[yy * base + xx]] += (on - off) * wy * wx;
-                        }
-                    }
-                }
-            }
-        }
-        out.push(Tensor::from_vec(&[n, h, h, s], o)?);
-    }
-    Ok(out)
+    build(&refs, &spec)?
+        .into_iter()
+        .zip(sizes)
+        .map(|(v, &h)| Tensor::from_vec(&[n, h, h, seg_classes], v))
+        .collect()
 }
 
 #[cfg(test)]
