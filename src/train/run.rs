@@ -169,7 +169,7 @@ pub fn run(
         let b = ProgressBar::new(total_steps);
         b.set_style(
             ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} steps  {msg}  {per_sec}  ETA {eta}",
+                "{prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
