@@ -10,6 +10,7 @@
 //! - `nn`       : named parameter store, ResNet-18/34/50, MPM heads, two-stage part model, losses.
 //! - `io`       : safetensors and PyTorch `.pth` (restricted unpickler) checkpoints.
 //! - `data`     : PIN++ annotations, label maps, synthetic data, loader and augmentation.
+//! - `train`    : `mpm-train`: the AT recipe (schedule, SGD, EMA, PGD), checkpoints, eval, demo.
 //!
 //! Shape glossary: N batch, H/W spatial, C channels, K part classes, S = K + 1 segmentation
 //! channels (background 0), O output channels. Gradients are prefixed `d` (`dx`, `dw`).
