@@ -168,11 +168,9 @@ pub fn run(
     let bar = if opts.progress {
         let b = ProgressBar::new(total_steps);
         b.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         b.set_position(trainer.pos.global_step);
         b
@@ -265,7 +263,14 @@ pub fn run(
         let kept = dir
             .join("checkpoints")
             .join(format!("epoch-{:03}.safetensors", epoch + 1));
-        std::fs::copy(&last, &kept).map_err(|e| Error::io(&kept, e))?;
+        // Copy then rename: a failed copy (disk full) never leaves a truncated epoch file.
+        let part = kept.with_extension("safetensors.part");
+        std::fs::copy(&last, &part)
+            .and_then(|_| std::fs::rename(&part, &kept))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&part);
+                Error::io(&kept, e)
+            })?;
         prune(dir, trainer.cfg.keep_checkpoints, epoch + 1);
         if opts
             .stop_after_steps
