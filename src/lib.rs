@@ -13,6 +13,7 @@
 //! Shape glossary: N batch, H/W spatial, C channels, K part classes, S = K + 1 segmentation
 //! channels (background 0), O output channels. Gradients are prefixed `d` (`dx`, `dw`).
 
+pub mod attack;
 pub mod audit;
 pub mod autograd;
 pub mod cpu;
