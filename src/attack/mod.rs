@@ -27,6 +27,7 @@ pub mod norms;
 pub mod pgd;
 pub mod report;
 pub mod rng;
+pub mod run;
 pub mod square;
 
 pub use autoattack::{AttackKind, AutoAttack, AutoAttackConfig, SampleResult};
