@@ -41,6 +41,8 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mpm_reference as R  # noqa: E402
 
+NOISE = 0.3
+
 
 def load_model(args):
     sd = load_file(args.weights)
@@ -81,11 +83,11 @@ def synth(n, gen, templates):
     k = templates.shape[0]
     y = torch.randint(0, k, (n,), generator=gen)
     base = templates[y]  # [n,3,32,32]
-    shift = torch.randint(-3, 4, (n, 2), generator=gen)
+    shift = torch.randint(-4, 5, (n, 2), generator=gen)
     x = torch.stack([torch.roll(base[i], shifts=(int(shift[i, 0]), int(shift[i, 1])), dims=(1, 2))
                      for i in range(n)])
     x = x * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=gen))
-    x = x + 0.12 * torch.randn(x.shape, generator=gen)
+    x = x + NOISE * torch.randn(x.shape, generator=gen)
     return (0.5 + x).clamp(0, 1), y
 
 
@@ -94,7 +96,9 @@ def cmd_demo(a):
     gen = torch.Generator().manual_seed(a.seed)
     k = 10
     low = torch.randn(k, 3, 4, 4, generator=gen)
-    templates = 0.3 * F.interpolate(low, size=(32, 32), mode="bilinear", align_corners=False)
+    global NOISE
+    NOISE = a.noise
+    templates = a.amplitude * F.interpolate(low, size=(32, 32), mode="bilinear", align_corners=False)
     xtr, ytr = synth(a.train, gen, templates)
     xte, yte = synth(a.test, gen, templates)
     model = R.build_model("resnet18", "gelu", k, width=a.width)
@@ -296,6 +300,8 @@ def main():
     d.add_argument("--batch", type=int, default=128)
     d.add_argument("--train-eps", type=float, default=8 / 255)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--noise", type=float, default=0.3)
+    d.add_argument("--amplitude", type=float, default=0.12)
     r = sub.add_parser("run")
     model_flags(r)
     r.add_argument("--norm", required=True, choices=["Linf", "L2", "L1"])
