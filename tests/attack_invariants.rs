@@ -30,7 +30,9 @@ fn tiny() -> EngineClassifier {
 
 fn images(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..n * DIMS.len()).map(|_| rng.random_range(0.0..1.0)).collect()
+    (0..n * DIMS.len())
+        .map(|_| rng.random_range(0.0..1.0))
+        .collect()
 }
 
 fn predictions(m: &mut dyn Classifier, x: &[f32]) -> Vec<usize> {
@@ -87,9 +89,17 @@ fn every_attack_returns_examples_in_the_threat_model() {
                     norm.dist(a, &x[i * d..(i + 1) * d])
                 );
                 if fooled[i] {
-                    assert_ne!(argmax(&z[i * 10..(i + 1) * 10]), y[i], "{kind:?} {norm}: claimed but not fooled");
+                    assert_ne!(
+                        argmax(&z[i * 10..(i + 1) * 10]),
+                        y[i],
+                        "{kind:?} {norm}: claimed but not fooled"
+                    );
                 } else {
-                    assert_eq!(a, &x[i * d..(i + 1) * d], "{kind:?}: non-fooled sample must be returned clean");
+                    assert_eq!(
+                        a,
+                        &x[i * d..(i + 1) * d],
+                        "{kind:?}: non-fooled sample must be returned clean"
+                    );
                 }
             }
         }
@@ -117,11 +127,19 @@ fn autoattack_sequence_only_lowers_robustness_and_is_batch_invariant() {
     for r in &all {
         assert_eq!(r.robust_after.len(), 4);
         for w in r.robust_after.windows(2) {
-            assert!(w[1] <= w[0], "robust after a later attack but not an earlier one");
+            assert!(
+                w[1] <= w[0],
+                "robust after a later attack but not an earlier one"
+            );
         }
         if let (Some(_), Some(a)) = (r.fooled_by, &r.adv) {
             let i = (r.index - 10) as usize;
-            assert!(in_threat_model(Norm::Linf, 2.0 / 255.0, a, &x[i * d..(i + 1) * d]));
+            assert!(in_threat_model(
+                Norm::Linf,
+                2.0 / 255.0,
+                a,
+                &x[i * d..(i + 1) * d]
+            ));
         }
     }
     // One at a time: same outcome (per-sample random streams, eval-mode BN).
@@ -155,7 +173,10 @@ fn unbounded_apgd_fools_every_sample_and_verification_rejects_bad_claims() {
         model: &mut m,
     };
     let res = aa.run_batch(&x, &y, &[0, 1, 2], DIMS).unwrap();
-    assert!(res.iter().all(|r| !r.robust()), "eps = 1 must fool every sample");
+    assert!(
+        res.iter().all(|r| !r.robust()),
+        "eps = 1 must fool every sample"
+    );
 
     // A claim outside the ball, and a claim that does not fool the model, are both rejected.
     let d = DIMS.len();
@@ -193,7 +214,10 @@ fn journal_resumes_and_ignores_a_torn_line() {
     }
     // A crash in the middle of a line.
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
     write!(f, "{{\"i\": 7, \"y\": 1, \"cle").unwrap();
     drop(f);
     let (_, done) = Journal::open(&path, &fp, d, &c.attacks, true).unwrap();

@@ -68,7 +68,11 @@ impl Norm {
                 .map(|(x, y)| ((x - y) as f64).powi(2))
                 .sum::<f64>()
                 .sqrt() as f32,
-            Norm::L1 => a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() as f32,
+            Norm::L1 => a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs() as f64)
+                .sum::<f64>() as f32,
         }
     }
 

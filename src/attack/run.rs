@@ -34,8 +34,13 @@ pub fn evaluate(
     let d = dims.len();
     let (mut jr, done) = Journal::open(journal, fingerprint, d, &cfg.attacks, resume)?;
     let n = set.len();
-    let todo: Vec<usize> = (0..n).filter(|&i| !done.contains_key(&(i as u64))).collect();
-    let mut results: Vec<SampleResult> = done.into_values().filter(|r| (r.index as usize) < n).collect();
+    let todo: Vec<usize> = (0..n)
+        .filter(|&i| !done.contains_key(&(i as u64)))
+        .collect();
+    let mut results: Vec<SampleResult> = done
+        .into_values()
+        .filter(|r| (r.index as usize) < n)
+        .collect();
     if !results.is_empty() {
         eprintln!(
             "{label}: resuming: {} of {n} samples already in {}",

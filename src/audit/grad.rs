@@ -133,7 +133,14 @@ fn histogram(sorted: &[f64]) -> Value {
 }
 
 /// Per-sample loss values (f64) and `dL/dz` of logits `z` `[n, k]`.
-fn eval_loss(loss: AuditLoss, z: &[f32], k: usize, y: &[usize], t: &[usize], probe: &[f32]) -> (Vec<f64>, Vec<f32>) {
+fn eval_loss(
+    loss: AuditLoss,
+    z: &[f32],
+    k: usize,
+    y: &[usize],
+    t: &[usize],
+    probe: &[f32],
+) -> (Vec<f64>, Vec<f32>) {
     match loss {
         AuditLoss::Probe => {
             let n = y.len();
@@ -186,7 +193,9 @@ pub fn grad_audit(
             }
         })
         .collect();
-    let (_, g) = model.logits_and_grad(x, dims, &mut |z| eval_loss(loss, z, k, y, &targets, &probe).1)?;
+    let (_, g) = model.logits_and_grad(x, dims, &mut |z| {
+        eval_loss(loss, z, k, y, &targets, &probe).1
+    })?;
     let mut nonfinite = 0;
     let mut zero = 0;
     for i in 0..n {

@@ -135,10 +135,13 @@ pub fn masking_audit(
         c
     };
     let z0 = model.logits(x, dims)?;
-    let clean = (0..n).filter(|&i| argmax(&z0[i * k..(i + 1) * k]) == y[i]).count();
+    let clean = (0..n)
+        .filter(|&i| argmax(&z0[i * k..(i + 1) * k]) == y[i])
+        .count();
 
     // 1. gradients
-    let (_, g) = model.logits_and_grad(x, dims, &mut |z| batch_loss(LossKind::Ce, z, k, y, &[]).1)?;
+    let (_, g) =
+        model.logits_and_grad(x, dims, &mut |z| batch_loss(LossKind::Ce, z, k, y, &[]).1)?;
     let mut nonfinite = 0;
     let mut zero = 0;
     let mut norms = Vec::with_capacity(n);
@@ -176,7 +179,10 @@ pub fn masking_audit(
             continue;
         }
         match cfg.norm {
-            Norm::Linf => di.iter_mut().zip(gi).for_each(|(v, &q)| *v = q.signum() * (q != 0.0) as u8 as f32),
+            Norm::Linf => di
+                .iter_mut()
+                .zip(gi)
+                .for_each(|(v, &q)| *v = q.signum() * (q != 0.0) as u8 as f32),
             Norm::L2 => {
                 let t = Norm::L2.of(gi);
                 di.iter_mut().zip(gi).for_each(|(v, &q)| *v = q / t);
@@ -186,7 +192,11 @@ pub fn masking_audit(
                 di[j] = gi[j].signum();
             }
         }
-        slopes[i] = gi.iter().zip(di.iter()).map(|(a, b)| *a as f64 * *b as f64).sum();
+        slopes[i] = gi
+            .iter()
+            .zip(di.iter())
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
     }
     let mut profiles = vec![vec![0f64; m + 1]; n];
     for s in 0..=m {
@@ -210,7 +220,8 @@ pub fn masking_audit(
         let actual = p[1] - p[0];
         let pred = slopes[i] * dt;
         let ok = slopes[i] > 0.0
-            && (actual - pred).abs() <= 0.5 * actual.abs().max(pred.abs()) + 1e-6 * (1.0 + p[0].abs());
+            && (actual - pred).abs()
+                <= 0.5 * actual.abs().max(pred.abs()) + 1e-6 * (1.0 + p[0].abs());
         taylor_ok += ok as usize;
         let d1 = (0..m).map(|s| (p[s + 1] - p[s]).abs()).fold(0.0, f64::max);
         let d2 = (1..m)
@@ -237,7 +248,13 @@ pub fn masking_audit(
     // 3. monotone in eps
     let mut accs = Vec::new();
     for &f in &cfg.eps_factors {
-        let (r, _) = robust_acc(model, x, y, dims, base(vec![AttackKind::ApgdCe], cfg.eps * f))?;
+        let (r, _) = robust_acc(
+            model,
+            x,
+            y,
+            dims,
+            base(vec![AttackKind::ApgdCe], cfg.eps * f),
+        )?;
         accs.push(r);
     }
     let rises: Vec<(f32, f32)> = accs
@@ -252,7 +269,10 @@ pub fn masking_audit(
         summary: format!(
             "APGD-CE robust accuracy at eps x {:?}: {} (clean {:.1}%)",
             cfg.eps_factors,
-            accs.iter().map(|&r| format!("{:.1}%", pct(r, n))).collect::<Vec<_>>().join(", "),
+            accs.iter()
+                .map(|&r| format!("{:.1}%", pct(r, n)))
+                .collect::<Vec<_>>()
+                .join(", "),
             pct(clean, n)
         ),
         figures: json!({"eps": cfg.eps_factors.iter().map(|f| f * cfg.eps).collect::<Vec<_>>(),
@@ -269,7 +289,10 @@ pub fn masking_audit(
     checks.push(Check {
         name: "unbounded",
         pass: r_unb == 0,
-        summary: format!("APGD-CE + APGD-T at eps = {diam} (the whole box): robust {:.1}% (need 0%)", pct(r_unb, n)),
+        summary: format!(
+            "APGD-CE + APGD-T at eps = {diam} (the whole box): robust {:.1}% (need 0%)",
+            pct(r_unb, n)
+        ),
         figures: json!({"eps": diam, "robust": r_unb, "n": n}),
     });
 
@@ -279,7 +302,11 @@ pub fn masking_audit(
     checks.push(Check {
         name: "iterative_vs_single",
         pass: r_apgd <= r_fgsm + cfg.slack,
-        summary: format!("FGSM {:.1}% vs APGD-CE {:.1}%", pct(r_fgsm, n), pct(r_apgd, n)),
+        summary: format!(
+            "FGSM {:.1}% vs APGD-CE {:.1}%",
+            pct(r_fgsm, n),
+            pct(r_apgd, n)
+        ),
         figures: json!({"fgsm": r_fgsm, "apgd_ce": r_apgd, "n": n}),
     });
 
@@ -309,7 +336,11 @@ pub fn masking_audit(
     checks.push(Check {
         name: "more_restarts",
         pass: r_p3 <= r_p1 + cfg.slack,
-        summary: format!("PGD-10 1 restart {:.1}% vs 3 restarts {:.1}%", pct(r_p1, n), pct(r_p3, n)),
+        summary: format!(
+            "PGD-10 1 restart {:.1}% vs 3 restarts {:.1}%",
+            pct(r_p1, n),
+            pct(r_p3, n)
+        ),
         figures: json!({"one": r_p1, "three": r_p3, "n": n}),
     });
 

@@ -106,13 +106,36 @@ struct Threat {
 fn threats(cli: &Cli) -> Result<Vec<Threat>> {
     if cli.threats.is_some() {
         if cli.norm.is_some() || cli.eps.is_some() {
-            return Err(Error::flag("--threats", "paper sets the norms and radii: drop --norm/--eps"));
+            return Err(Error::flag(
+                "--threats",
+                "paper sets the norms and radii: drop --norm/--eps",
+            ));
         }
         return Ok(vec![
-            Threat { name: "Linf 4/255".into(), slug: "linf4".into(), norm: Norm::Linf, eps: 4.0 / 255.0 },
-            Threat { name: "Linf 8/255".into(), slug: "linf8".into(), norm: Norm::Linf, eps: 8.0 / 255.0 },
-            Threat { name: "L1 75".into(), slug: "l1_75".into(), norm: Norm::L1, eps: 75.0 },
-            Threat { name: "L2 2".into(), slug: "l2_2".into(), norm: Norm::L2, eps: 2.0 },
+            Threat {
+                name: "Linf 4/255".into(),
+                slug: "linf4".into(),
+                norm: Norm::Linf,
+                eps: 4.0 / 255.0,
+            },
+            Threat {
+                name: "Linf 8/255".into(),
+                slug: "linf8".into(),
+                norm: Norm::Linf,
+                eps: 8.0 / 255.0,
+            },
+            Threat {
+                name: "L1 75".into(),
+                slug: "l1_75".into(),
+                norm: Norm::L1,
+                eps: 75.0,
+            },
+            Threat {
+                name: "L2 2".into(),
+                slug: "l2_2".into(),
+                norm: Norm::L2,
+                eps: 2.0,
+            },
         ]);
     }
     let norm: Norm = cli
@@ -121,7 +144,9 @@ fn threats(cli: &Cli) -> Result<Vec<Threat>> {
         .ok_or_else(|| Error::flag("--norm", "required (or --threats paper)"))?
         .parse()
         .map_err(|e: String| Error::flag("--norm", e))?;
-    let eps = cli.eps.ok_or_else(|| Error::flag("--eps", "required (or --threats paper)"))?;
+    let eps = cli
+        .eps
+        .ok_or_else(|| Error::flag("--eps", "required (or --threats paper)"))?;
     Ok(vec![Threat {
         name: format!("{norm} {eps}"),
         slug: String::new(),
@@ -211,7 +236,10 @@ fn run(cli: Cli) -> Result<()> {
         )?)
     } else {
         if cli.list.is_some() || cli.per_class.is_some() {
-            return Err(Error::flag("--list/--per-class", "only apply to an ImageFolder directory"));
+            return Err(Error::flag(
+                "--list/--per-class",
+                "only apply to an ImageFolder directory",
+            ));
         }
         Box::new(TensorSet::load(&cli.data, spec.num_classes)?)
     };
@@ -226,7 +254,9 @@ fn run(cli: Cli) -> Result<()> {
             .validate_eps(t.eps, dims.len())
             .map_err(|e| Error::flag("--eps", format!("{} ({}): {e}", t.name, t.norm)))?;
     }
-    let weights_len = std::fs::metadata(&cli.weights).map(|m| m.len()).unwrap_or(0);
+    let weights_len = std::fs::metadata(&cli.weights)
+        .map(|m| m.len())
+        .unwrap_or(0);
     let mut model = EngineClassifier::new(spec, store);
     let mut outputs = Vec::new();
     for t in &threats {
@@ -248,8 +278,15 @@ fn run(cli: Cli) -> Result<()> {
             "data": set.describe(), "weights": cli.weights.display().to_string(),
             "weights_bytes": weights_len, "model": spec.describe(),
         });
-        let base = cli.journal.clone().unwrap_or_else(|| with_suffix(&cli.report, ".journal"));
-        let journal = if t.slug.is_empty() { base } else { with_suffix(&base, &format!(".{}", t.slug)) };
+        let base = cli
+            .journal
+            .clone()
+            .unwrap_or_else(|| with_suffix(&cli.report, ".journal"));
+        let journal = if t.slug.is_empty() {
+            base
+        } else {
+            with_suffix(&base, &format!(".{}", t.slug))
+        };
         let (results, timing) = evaluate(
             &mut model,
             &set,
@@ -271,7 +308,11 @@ fn run(cli: Cli) -> Result<()> {
         });
         let report = build_report(&results, &attacks, &set.class_names(), extra);
         if let Some(adv) = &cli.adv_out {
-            let p = if t.slug.is_empty() { adv.clone() } else { with_suffix(adv, &format!(".{}", t.slug)) };
+            let p = if t.slug.is_empty() {
+                adv.clone()
+            } else {
+                with_suffix(adv, &format!(".{}", t.slug))
+            };
             write_adv(&p, &set, &results)?;
             eprintln!("wrote adversarial examples to {}", p.display());
         }
@@ -330,12 +371,17 @@ fn print_summary(name: &str, r: &Value) {
     );
     if let Some(a) = r["attacks"].as_array() {
         for name in a.iter().filter_map(|v| v.as_str()) {
-            s.push_str(&format!(" | after {name} {:.2}%", pct(&r["per_attack"][name])));
+            s.push_str(&format!(
+                " | after {name} {:.2}%",
+                pct(&r["per_attack"][name])
+            ));
         }
     }
     let rej = r["rejected_claims"].as_u64().unwrap_or(0);
     if rej > 0 {
-        s.push_str(&format!(" | {rej} claimed examples failed verification and were not counted"));
+        s.push_str(&format!(
+            " | {rej} claimed examples failed verification and were not counted"
+        ));
     }
     eprintln!("{s}");
 }

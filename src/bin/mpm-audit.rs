@@ -132,7 +132,14 @@ fn load_audit_data(a: &AuditData) -> mpm::Result<Loaded> {
     use mpm::attack::imagefolder::{EvalSet, ImageFolder, TensorSet};
     let (spec, store) = files::load_model(&a.weights, &a.model)?;
     let set: Box<dyn EvalSet> = if a.data.is_dir() {
-        Box::new(ImageFolder::open(&a.data, None, None, spec.num_classes, a.resize, a.crop)?)
+        Box::new(ImageFolder::open(
+            &a.data,
+            None,
+            None,
+            spec.num_classes,
+            a.resize,
+            a.crop,
+        )?)
     } else {
         Box::new(TensorSet::load(&a.data, spec.num_classes)?)
     };
@@ -142,8 +149,17 @@ fn load_audit_data(a: &AuditData) -> mpm::Result<Loaded> {
         x.extend(set.image(i)?);
     }
     let y = (0..n).map(|i| set.label(i)).collect();
-    eprintln!("model: {}; data: {} (first {n})", spec.describe(), set.describe());
-    Ok((mpm::attack::EngineClassifier::new(spec, store), x, y, set.dims()))
+    eprintln!(
+        "model: {}; data: {} (first {n})",
+        spec.describe(),
+        set.describe()
+    );
+    Ok((
+        mpm::attack::EngineClassifier::new(spec, store),
+        x,
+        y,
+        set.dims(),
+    ))
 }
 
 fn write_report(path: &Option<PathBuf>, v: &serde_json::Value) -> mpm::Result<()> {
@@ -154,7 +170,13 @@ fn write_report(path: &Option<PathBuf>, v: &serde_json::Value) -> mpm::Result<()
     Ok(())
 }
 
-fn run_grad(a: &AuditData, directions: usize, step: f32, loss: &str, tolerance: f64) -> mpm::Result<bool> {
+fn run_grad(
+    a: &AuditData,
+    directions: usize,
+    step: f32,
+    loss: &str,
+    tolerance: f64,
+) -> mpm::Result<bool> {
     use mpm::attack::LossKind;
     use mpm::audit::grad::{grad_audit, AuditLoss, GradAuditConfig};
     let (mut model, x, y, dims) = load_audit_data(a)?;
@@ -188,7 +210,9 @@ fn run_masking(
 ) -> mpm::Result<bool> {
     use mpm::attack::{Classifier, Norm};
     use mpm::audit::masking::{checks_json, masking_audit, MaskingConfig, QuantizedInput};
-    let norm: Norm = norm.parse().map_err(|e: String| mpm::Error::flag("--norm", e))?;
+    let norm: Norm = norm
+        .parse()
+        .map_err(|e: String| mpm::Error::flag("--norm", e))?;
     let (mut model, x, y, dims) = load_audit_data(a)?;
     norm.validate_eps(eps, dims.len())?;
     let mut cfg = MaskingConfig::new(norm, eps);
@@ -198,7 +222,10 @@ fn run_masking(
     let mut q;
     let m: &mut dyn Classifier = match quantize {
         Some(levels) if levels > 0.0 => {
-            q = QuantizedInput { inner: &mut model, levels };
+            q = QuantizedInput {
+                inner: &mut model,
+                levels,
+            };
             &mut q
         }
         Some(_) => return Err(mpm::Error::flag("--quantize-input", "must be positive")),
@@ -206,11 +233,23 @@ fn run_masking(
     };
     let checks = masking_audit(m, &x, &y, dims, &cfg)?;
     for c in &checks {
-        println!("{:<20} {}  {}", c.name, if c.pass { "PASS" } else { "FAIL" }, c.summary);
+        println!(
+            "{:<20} {}  {}",
+            c.name,
+            if c.pass { "PASS" } else { "FAIL" },
+            c.summary
+        );
     }
     let v = checks_json(&checks);
     let pass = v["pass"].as_bool().unwrap_or(false);
-    println!("masking audit: {}", if pass { "PASS (no sign of gradient masking)" } else { "FAIL (signs of gradient masking: robust accuracy from gradient attacks is not trustworthy)" });
+    println!(
+        "masking audit: {}",
+        if pass {
+            "PASS (no sign of gradient masking)"
+        } else {
+            "FAIL (signs of gradient masking: robust accuracy from gradient attacks is not trustworthy)"
+        }
+    );
     write_report(&a.report, &v)?;
     Ok(pass)
 }
