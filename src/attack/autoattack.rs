@@ -2,14 +2,14 @@
 //! robust after the previous ones, as the reference's `run_standard_evaluation`. Version
 //! "standard": APGD-CE, APGD-T, FAB-T, Square with the reference's parameters per norm.
 //!
-//! Every example an attack claims is verified before it counts: finite, in [0, 1], within
-//! eps of the clean image (up to f32 rounding, `Norm::tolerance`), and misclassified when the
-//! model is run on it again. Claims that fail are recorded as rejected, never counted.
+//! Every example an attack claims is first pulled strictly inside the ball as f32 measures it
+//! (`norms::tighten`: one ulp for l-inf), then verified before it counts: finite, in [0, 1],
+//! within eps of the clean image, and misclassified when the model is run on it again. Claims that fail are recorded as rejected, never counted.
 
 use super::apgd::{Apgd, ApgdConfig};
 use super::fab::{FabConfig, FabT};
 use super::model::{argmax, in_threat_model, Classifier, Dims, LossKind};
-use super::norms::Norm;
+use super::norms::{tighten, Norm};
 use super::pgd::{Pgd, PgdConfig};
 use super::square::{Square, SquareConfig};
 use crate::{Error, Result};
@@ -256,7 +256,13 @@ impl AutoAttack<'_> {
                     .collect();
                 let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
                 let is: Vec<u64> = active.iter().map(|&i| ids[i]).collect();
-                let (adv, claimed) = self.run_one(kind, &xs, &ys, &is, dims)?;
+                let (mut adv, claimed) = self.run_one(kind, &xs, &ys, &is, dims)?;
+                for j in 0..active.len() {
+                    if claimed[j] {
+                        let r = j * d..(j + 1) * d;
+                        tighten(self.cfg.norm, self.cfg.eps, &mut adv[r.clone()], &xs[r]);
+                    }
+                }
                 let verified = self.verify(&adv, &xs, &ys, &claimed, dims)?;
                 for (j, &i) in active.iter().enumerate() {
                     if !claimed[j] {
