@@ -449,8 +449,8 @@ impl Apgd<'_> {
                         reset[j] = red;
                     }
                 }
-                for j in 0..n {
-                    if reset[j] {
+                for (j, _) in reset.iter().enumerate().filter(|(_, r)| **r) {
+                    {
                         let r = j * d..(j + 1) * d;
                         x_adv[r.clone()].copy_from_slice(&x_best[r.clone()]);
                         grad[r.clone()].copy_from_slice(&grad_best[r]);

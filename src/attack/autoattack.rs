@@ -257,8 +257,8 @@ impl AutoAttack<'_> {
                 let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
                 let is: Vec<u64> = active.iter().map(|&i| ids[i]).collect();
                 let (mut adv, claimed) = self.run_one(kind, &xs, &ys, &is, dims)?;
-                for j in 0..active.len() {
-                    if claimed[j] {
+                for (j, _) in claimed.iter().enumerate().filter(|(_, c)| **c) {
+                    {
                         let r = j * d..(j + 1) * d;
                         tighten(self.cfg.norm, self.cfg.eps, &mut adv[r.clone()], &xs[r]);
                     }

@@ -20,6 +20,7 @@ pub struct Timing {
 
 /// Runs `cfg` over `set`, resuming from / appending to the journal at `journal`.
 /// Returns every sample's result, sorted by index.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &mut dyn Classifier,
     set: &dyn EvalSet,

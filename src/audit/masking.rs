@@ -208,8 +208,8 @@ pub fn masking_audit(
             .collect();
         let z = model.logits(&xs, dims)?;
         let l = batch_loss(LossKind::Ce, &z, k, y, &[]).0;
-        for i in 0..n {
-            profiles[i][s] = l[i] as f64;
+        for (p, &li) in profiles.iter_mut().zip(&l) {
+            p[s] = li as f64;
         }
     }
     let dt = cfg.eps as f64 / m as f64;
