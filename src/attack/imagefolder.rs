@@ -2,12 +2,9 @@
 //! [0,1], `target` [N]) held in memory, and ImageFolder trees (`root/<class>/<image>`, classes
 //! = sorted sub-directories, as torchvision) read lazily, optionally through a list file
 //! (`<class>/<file> [label]` per line, e.g. the paper's balanced 10K list) or the first k
-//! images per class. Eval transform: resize the shorter side to `resize` (bicubic, with
-//! antialiasing when shrinking, as PIL), centre crop `crop` (torchvision's rounding).
-//!
-//! NOTE: the data-pipeline module (`src/data/`, being written in parallel) will own image
-//! decoding and transforms; once it lands, `eval_transform` here should call it so that
-//! training and evaluation share one implementation.
+//! images per class. Decoding and the eval transform (resize the shorter side to `resize`,
+//! Pillow-matching bicubic, centre crop `crop` with torchvision's rounding) are the data
+//! pipeline's (`data::imageio`, `data::augment`), so training and evaluation share them.
 
 use super::model::Dims;
 use crate::io::{self, HostData, HostTensor};
@@ -253,28 +250,24 @@ impl ImageFolder {
     }
 }
 
-/// Resize the shorter side to `resize` (bicubic), centre crop `crop`, to NCHW [0, 1].
-pub fn eval_transform(img: &image::RgbImage, resize: u32, crop: u32) -> Vec<f32> {
-    let (w, h) = img.dimensions();
-    let (nw, nh) = if w <= h {
-        (resize, (resize as f64 * h as f64 / w as f64) as u32)
-    } else {
-        ((resize as f64 * w as f64 / h as f64) as u32, resize)
+/// The eval transform of the data pipeline (resize the shorter side to `resize` with
+/// Pillow-matching bicubic, centre crop `crop`), returned as CHW values in [0, 1].
+pub fn eval_transform(img: &image::RgbImage, resize: u32, crop: u32) -> Result<Vec<f32>> {
+    use crate::data::augment::{apply, sample_rng, Transform};
+    let t = Transform::Eval {
+        resize: resize as usize,
+        crop: crop as usize,
     };
-    let r = image::imageops::resize(img, nw, nh, image::imageops::FilterType::CatmullRom);
-    let top = ((nh.saturating_sub(crop)) as f64 / 2.0).round_ties_even() as u32;
-    let left = ((nw.saturating_sub(crop)) as f64 / 2.0).round_ties_even() as u32;
+    // The eval transform draws no random numbers; the RNG only fills the signature.
+    let hwc = apply(img, None, &t, &mut sample_rng(0, 0, 0))?.pixels;
     let c = crop as usize;
     let mut out = vec![0f32; 3 * c * c];
-    for yy in 0..c {
-        for xx in 0..c {
-            let p = r.get_pixel(left + xx as u32, top + yy as u32);
-            for ch in 0..3 {
-                out[(ch * c + yy) * c + xx] = p[ch] as f32 / 255.0;
-            }
+    for (p, px) in hwc.chunks(3).enumerate() {
+        for ch in 0..3 {
+            out[ch * c * c + p] = px[ch];
         }
     }
-    out
+    Ok(out)
 }
 
 impl EvalSet for ImageFolder {
@@ -293,13 +286,11 @@ impl EvalSet for ImageFolder {
     }
     fn image(&self, i: usize) -> Result<Vec<f32>> {
         let p = &self.items[i].0;
-        let img = image::open(p)
-            .map_err(|e| Error::format(p, format!("cannot decode image: {e}")))?
-            .to_rgb8();
+        let img = crate::data::imageio::read_rgb(p)?;
         if img.width().min(img.height()) == 0 {
             return Err(Error::format(p, "empty image"));
         }
-        Ok(eval_transform(&img, self.resize, self.crop))
+        eval_transform(&img, self.resize, self.crop).map_err(|e| Error::format(p, e.to_string()))
     }
     fn class_names(&self) -> Vec<String> {
         self.classes.clone()
