@@ -22,9 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
+// No clap `--version` flag: contract B's `--version` names the AutoAttack version.
 #[command(
     name = "mpm-attack",
-    version,
+    disable_version_flag = true,
     about = "AutoAttack (APGD-CE, APGD-T, FAB-T, Square) robustness evaluation, contract B"
 )]
 struct Cli {
@@ -394,5 +395,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks flag definitions (duplicate names, conflicting defaults) only in debug
+    /// builds and only when parsing: check them here so a release-only test run cannot miss it.
+    #[test]
+    fn cli_definition_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

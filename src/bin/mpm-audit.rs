@@ -385,3 +385,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks flag definitions (duplicate names, conflicting defaults) only in debug
+    /// builds and only when parsing: check them here so a release-only test run cannot miss it.
+    #[test]
+    fn cli_definition_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
