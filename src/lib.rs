@@ -18,6 +18,7 @@
 // Kernels and ops take their shapes and buffers as plain arguments.
 #![allow(clippy::too_many_arguments)]
 
+pub mod attack;
 pub mod audit;
 pub mod autograd;
 pub mod cpu;

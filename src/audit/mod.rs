@@ -1,3 +1,6 @@
-//! Audits: PyTorch parity of a model (contract A) and, later, gradient checks.
+//! Audits: PyTorch parity of a model (contract A), the input-gradient check against finite
+//! differences (`grad`) and the gradient-masking sanity checks (`masking`).
 pub mod files;
+pub mod grad;
+pub mod masking;
 pub mod parity;

@@ -45,6 +45,39 @@ enum Cmd {
     Stats(StatsArgs),
     /// PNG grid of part overlays with a legend, from annotations or label maps.
     Show(ShowArgs),
+    /// Pseudo part label maps from a trained MPM's part heads, with the Category Filter;
+    /// images that have a label map are scored (pixel accuracy, part mIoU, with/without CF).
+    Pseudo(PseudoArgs),
+}
+
+#[derive(clap::Args)]
+struct PseudoArgs {
+    /// MPM checkpoint (safetensors or .pth; its EMA weights when it holds both).
+    #[arg(long)]
+    weights: PathBuf,
+    #[command(flatten)]
+    model: mpm::audit::files::ModelArgs,
+    /// `parts.tsv` of the label set the model was trained on (global part ids per class).
+    #[arg(long)]
+    parts: PathBuf,
+    /// Images to label: an index file written by `mpm-data index` (class of each image; a
+    /// label map, when present, is used for scoring).
+    #[arg(long)]
+    index: PathBuf,
+    /// Output: OUT/seg/<wnid>/<stem>.png, OUT/pseudo.jsonl, OUT/pseudo_report.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Model input size (the whole image is resized to it).
+    #[arg(long, default_value_t = 224)]
+    input_size: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Plain argmax over all part classes (the filter is on by default).
+    #[arg(long)]
+    no_category_filter: bool,
+    /// Score images that already have a label map but do not write a pseudo map for them.
+    #[arg(long)]
+    skip_annotated: bool,
 }
 
 #[derive(clap::Args)]
@@ -280,7 +313,77 @@ fn run(cli: Cli) -> mpm::Result<()> {
             eprintln!("show: {n} samples -> {}", a.out.display());
             Ok(())
         }
+        Cmd::Pseudo(a) => run_pseudo(a),
     }
+}
+
+fn run_pseudo(a: PseudoArgs) -> mpm::Result<()> {
+    use mpm::data::pseudo_label::{self, PseudoConfig};
+    let (spec, store) = mpm::audit::files::load_model(&a.weights, &a.model)?;
+    let table = mpm::data::pin_json::PartTable::from_tsv(&a.parts)?;
+    let index = index::Index::read(&a.index)?;
+    if index.samples.is_empty() {
+        return Err(mpm::Error::format(&a.index, "the index lists no images"));
+    }
+    if a.input_size < 32 || a.batch_size == 0 {
+        return Err(mpm::Error::flag(
+            "--input-size/--batch-size",
+            "need an input size of at least 32 and a batch size of at least 1",
+        ));
+    }
+    let cfg = PseudoConfig {
+        input_size: a.input_size,
+        batch_size: a.batch_size,
+        category_filter: !a.no_category_filter,
+        skip_annotated: a.skip_annotated,
+        out: a.out.clone(),
+        progress: true,
+    };
+    let sum = pseudo_label::run(&spec, &store, &table, &index, &cfg)?;
+    report_skips(&sum.skipped);
+    let mut report = serde_json::json!({
+        "written": sum.written,
+        "scored": sum.scored,
+        "skipped": sum.skipped.len(),
+        "category_filter": cfg.category_filter,
+    });
+    eprintln!(
+        "pseudo: {} label maps -> {}",
+        sum.written,
+        a.out.join("seg").display()
+    );
+    if let (Some(f), Some(p)) = (&sum.with_filter, &sum.without_filter) {
+        println!("scored on {} annotated images:", sum.scored);
+        println!("  {:<26} {:>14} {:>10}", "", "pixel accuracy", "part mIoU");
+        println!(
+            "  {:<26} {:>14.4} {:>10.4}",
+            "without Category Filter",
+            p.pixel_accuracy(),
+            p.part_miou()
+        );
+        println!(
+            "  {:<26} {:>14.4} {:>10.4}",
+            "with Category Filter",
+            f.pixel_accuracy(),
+            f.part_miou()
+        );
+        report["without_filter"] = serde_json::json!({
+            "pixel_accuracy": p.pixel_accuracy(), "part_miou": p.part_miou() });
+        report["with_filter"] = serde_json::json!({
+            "pixel_accuracy": f.pixel_accuracy(), "part_miou": f.part_miou() });
+    }
+    mpm::data::imageio::write_atomic(
+        &a.out.join("pseudo_report.json"),
+        serde_json::to_string_pretty(&report)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    if sum.written == 0 && sum.scored == 0 {
+        return Err(mpm::Error::Msg(
+            "pseudo: nothing usable was labelled".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn report_skips(skips: &[Skip]) {
@@ -374,5 +477,16 @@ fn main() -> ExitCode {
             eprintln!("mpm-data: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks flag definitions (duplicate names, conflicting defaults) only in debug
+    /// builds and only when parsing: check them here so a release-only test run cannot miss it.
+    #[test]
+    fn cli_definition_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

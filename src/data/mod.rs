@@ -19,6 +19,7 @@ pub mod labels;
 pub mod loader;
 pub mod pin_json;
 pub mod pseudo;
+pub mod pseudo_label;
 pub mod rasterise;
 pub mod report;
 pub mod show;

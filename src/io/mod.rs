@@ -199,3 +199,8 @@ pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> Result<
     }
     Ok(())
 }
+
+/// An empty metadata map, for `save_safetensors` calls that have none to write.
+pub fn no_metadata() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::new()
+}

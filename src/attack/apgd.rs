@@ -1,0 +1,468 @@
+//! Auto-PGD (Croce & Hein, ICML 2020, arXiv:2003.01690), as the reference AutoAttack runs it:
+//! momentum 0.75, step size 2*eps (l-inf, l2) or eps (l1), checkpoints at
+//! `p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)` of the iterations (first at 22%), where
+//! the step is halved and the iterate reset to the best point when the loss oscillated
+//! (fewer than rho = 0.75 of the steps since the last checkpoint increased it) or the best
+//! loss did not improve. l1: sparse steps along the top-k coordinates of the gradient with
+//! adaptive k and step size (checked every 4% of the iterations), and AutoAttack's decreasing
+//! eps schedule (3 eps, 2 eps, eps over 30/30/40% of the iterations).
+//!
+//! Batched: every array below is `[n, d]` or `[n]` over the samples still under attack.
+
+use super::model::{argmax, batch_loss, Classifier, Dims, LossKind};
+use super::norms::{l0_dist, l1_projection, project_l2, Norm};
+use super::rng::{normal, sample_rng, uniform, SampleRng};
+use crate::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct ApgdConfig {
+    pub norm: Norm,
+    pub eps: f32,
+    pub n_iter: usize,
+    pub n_restarts: usize,
+    /// Oscillation threshold of the checkpoints.
+    pub rho: f32,
+    pub loss: LossKind,
+    /// APGD-T: the targets are the classes ranked 2nd .. (n_target_classes + 1)th on the
+    /// clean input.
+    pub n_target_classes: usize,
+    /// l1: AutoAttack's decreasing-eps schedule.
+    pub use_largereps: bool,
+    pub seed: u64,
+}
+
+impl ApgdConfig {
+    /// AutoAttack "standard" APGD-CE for `norm`.
+    pub fn standard_ce(norm: Norm, eps: f32, seed: u64) -> Self {
+        ApgdConfig {
+            norm,
+            eps,
+            n_iter: 100,
+            n_restarts: if norm == Norm::L1 { 5 } else { 1 },
+            rho: 0.75,
+            loss: LossKind::Ce,
+            n_target_classes: 0,
+            use_largereps: norm == Norm::L1,
+            seed,
+        }
+    }
+    /// AutoAttack "standard" APGD-T for `norm` (9 targets; 5 for l1).
+    pub fn standard_t(norm: Norm, eps: f32, seed: u64) -> Self {
+        ApgdConfig {
+            n_restarts: 1,
+            loss: LossKind::DlrTargeted,
+            n_target_classes: if norm == Norm::L1 { 5 } else { 9 },
+            ..Self::standard_ce(norm, eps, seed)
+        }
+    }
+}
+
+fn sgn(v: f32) -> f32 {
+    if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// Result of one run on a sub-batch.
+struct Run {
+    x_best: Vec<f32>,
+    acc: Vec<bool>,
+    x_best_adv: Vec<f32>,
+}
+
+pub struct Apgd<'m> {
+    pub cfg: ApgdConfig,
+    pub model: &'m mut dyn Classifier,
+    /// Random stream id of this attack (distinguishes APGD-CE from APGD-T, etc.).
+    pub stream: u64,
+}
+
+impl Apgd<'_> {
+    /// Attacks `x` (`n` images, labels `y`, dataset indices `ids` for the random streams).
+    /// Returns the adversarial examples (the clean image where none was found) and whether
+    /// each sample was fooled (by the attack's own account: callers verify).
+    pub fn perturb(
+        &mut self,
+        x: &[f32],
+        y: &[usize],
+        ids: &[u64],
+        dims: Dims,
+    ) -> Result<(Vec<f32>, Vec<bool>)> {
+        let d = dims.len();
+        let n = y.len();
+        let k = self.model.num_classes();
+        let targeted = self.cfg.loss == LossKind::DlrTargeted;
+        if targeted && k < 4 {
+            return Err(Error::flag(
+                "--attacks",
+                format!("apgd-t needs at least 4 classes (its DLR loss uses the 4 largest logits), the model has {k}"),
+            ));
+        }
+        if self.cfg.loss == LossKind::Dlr && k < 3 {
+            return Err(Error::flag(
+                "--attacks",
+                format!("apgd-dlr needs at least 3 classes, the model has {k}"),
+            ));
+        }
+        let z0 = self.model.logits(x, dims)?;
+        let mut acc: Vec<bool> = (0..n)
+            .map(|i| argmax(&z0[i * k..(i + 1) * k]) == y[i])
+            .collect();
+        let mut adv = x.to_vec();
+        let mut fooled = vec![false; n];
+        let mut rngs: Vec<SampleRng> = ids
+            .iter()
+            .map(|&id| sample_rng(self.cfg.seed, id, self.stream))
+            .collect();
+        let rounds: Vec<usize> = if targeted {
+            (2..self.cfg.n_target_classes.min(k - 1) + 2).collect()
+        } else {
+            vec![0]
+        };
+        for target_rank in rounds {
+            for _restart in 0..self.cfg.n_restarts {
+                let active: Vec<usize> = (0..n).filter(|&i| acc[i]).collect();
+                if active.is_empty() {
+                    break;
+                }
+                let xs: Vec<f32> = active
+                    .iter()
+                    .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+                    .collect();
+                let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
+                let targets: Vec<usize> = if targeted {
+                    let z = self.model.logits(&xs, dims)?;
+                    (0..active.len())
+                        .map(|j| {
+                            super::model::ranked_class(&z[j * k..(j + 1) * k], target_rank - 1)
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let mut sub_rngs: Vec<&mut SampleRng> = rngs
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| acc[*i])
+                    .map(|(_, r)| r)
+                    .collect();
+                let run = if self.cfg.use_largereps {
+                    self.decr_eps(&xs, &ys, &targets, dims, &mut sub_rngs)?
+                } else {
+                    let init = self.random_init(&xs, d, &mut sub_rngs);
+                    self.single_run(
+                        &xs,
+                        &ys,
+                        &targets,
+                        dims,
+                        init,
+                        false,
+                        self.cfg.eps,
+                        self.cfg.n_iter,
+                    )?
+                };
+                for (j, &i) in active.iter().enumerate() {
+                    if !run.acc[j] {
+                        acc[i] = false;
+                        fooled[i] = true;
+                        adv[i * d..(i + 1) * d]
+                            .copy_from_slice(&run.x_best_adv[j * d..(j + 1) * d]);
+                    }
+                }
+            }
+        }
+        Ok((adv, fooled))
+    }
+
+    /// The reference's random starting point (before clamping to the box).
+    fn random_init(&self, xs: &[f32], d: usize, rngs: &mut [&mut SampleRng]) -> Vec<f32> {
+        let eps = self.cfg.eps;
+        let mut out = Vec::with_capacity(xs.len());
+        for (j, rng) in rngs.iter_mut().enumerate() {
+            let x = &xs[j * d..(j + 1) * d];
+            match self.cfg.norm {
+                Norm::Linf => {
+                    let t: Vec<f32> = (0..d).map(|_| 2.0 * uniform(rng) - 1.0).collect();
+                    let m = Norm::Linf.of(&t) + 1e-12;
+                    out.extend(x.iter().zip(&t).map(|(a, b)| a + eps * b / m));
+                }
+                Norm::L2 => {
+                    let t: Vec<f32> = (0..d).map(|_| normal(rng)).collect();
+                    let m = Norm::L2.of(&t) + 1e-12;
+                    out.extend(x.iter().zip(&t).map(|(a, b)| a + eps * b / m));
+                }
+                Norm::L1 => {
+                    let t: Vec<f32> = (0..d).map(|_| normal(rng)).collect();
+                    let p = l1_projection(x, &t, eps);
+                    out.extend((0..d).map(|i| x[i] + t[i] + p[i]));
+                }
+            }
+        }
+        out
+    }
+
+    /// l1: eps 3e, 2e, e over ceil(0.3 n), ceil(0.3 n), the rest, each stage starting from
+    /// the previous stage's best point projected onto the smaller ball.
+    fn decr_eps(
+        &mut self,
+        xs: &[f32],
+        ys: &[usize],
+        targets: &[usize],
+        dims: Dims,
+        rngs: &mut [&mut SampleRng],
+    ) -> Result<Run> {
+        let d = dims.len();
+        let e = self.cfg.eps;
+        let n_iter = self.cfg.n_iter;
+        let epss = [3.0 * e, 2.0 * e, e];
+        let a = (0.3f64 * n_iter as f64).ceil() as usize;
+        let iters = [a, a, n_iter.saturating_sub(2 * a)];
+        let mut x_init = Vec::with_capacity(xs.len());
+        for (j, rng) in rngs.iter_mut().enumerate() {
+            let x = &xs[j * d..(j + 1) * d];
+            let t: Vec<f32> = (0..d).map(|_| normal(rng)).collect();
+            let mut xi: Vec<f32> = x.iter().zip(&t).map(|(a, b)| a + b).collect();
+            let y: Vec<f32> = xi.iter().zip(x).map(|(a, b)| a - b).collect();
+            let p = l1_projection(x, &y, epss[0]);
+            xi.iter_mut().zip(&p).for_each(|(v, q)| *v += q);
+            x_init.extend(xi);
+        }
+        let mut last = None;
+        for (&eps_s, &it_s) in epss.iter().zip(&iters) {
+            for j in 0..ys.len() {
+                let x = &xs[j * d..(j + 1) * d];
+                let xi = &mut x_init[j * d..(j + 1) * d];
+                let y: Vec<f32> = xi.iter().zip(x).map(|(a, b)| a - b).collect();
+                let p = l1_projection(x, &y, eps_s);
+                xi.iter_mut().zip(&p).for_each(|(v, q)| *v += q);
+            }
+            let run = self.single_run(xs, ys, targets, dims, x_init, true, eps_s, it_s.max(1))?;
+            x_init = run.x_best.clone();
+            last = Some(run);
+        }
+        last.ok_or_else(|| Error::Msg("apgd: empty eps schedule".into()))
+    }
+
+    fn grad_at(
+        &mut self,
+        x_adv: &[f32],
+        ys: &[usize],
+        targets: &[usize],
+        dims: Dims,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let k = self.model.num_classes();
+        let kind = self.cfg.loss;
+        let mut losses = Vec::new();
+        let (logits, grad) = self.model.logits_and_grad(x_adv, dims, &mut |z| {
+            let (l, dz) = batch_loss(kind, z, k, ys, targets);
+            losses = l;
+            dz
+        })?;
+        Ok((logits, losses, grad))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn single_run(
+        &mut self,
+        xs: &[f32],
+        ys: &[usize],
+        targets: &[usize],
+        dims: Dims,
+        init: Vec<f32>,
+        given_init: bool,
+        eps: f32,
+        n_iter: usize,
+    ) -> Result<Run> {
+        let d = dims.len();
+        let n = ys.len();
+        let k_cls = self.model.num_classes();
+        let norm = self.cfg.norm;
+        // Checkpoint parameters come from the configured iteration count (the reference sets
+        // them in its constructor), the l1 period from this stage's.
+        let n0 = self.cfg.n_iter;
+        let n_iter_2 = ((0.22 * n0 as f64) as usize).max(1);
+        let n_iter_min = ((0.06 * n0 as f64) as usize).max(1);
+        let size_decr = ((0.03 * n0 as f64) as usize).max(1);
+
+        let mut x_adv: Vec<f32> = init.into_iter().map(|v| v.clamp(0.0, 1.0)).collect();
+        let mut x_best = x_adv.clone();
+        let mut x_best_adv = x_adv.clone();
+        let mut loss_steps = vec![vec![0f32; n]; n_iter];
+
+        let (logits, loss0, mut grad) = self.grad_at(&x_adv, ys, targets, dims)?;
+        let mut grad_best = grad.clone();
+        let mut acc: Vec<bool> = (0..n)
+            .map(|j| argmax(&logits[j * k_cls..(j + 1) * k_cls]) == ys[j])
+            .collect();
+        let mut loss_best = loss0;
+        let alpha = if norm == Norm::L1 { 1.0 } else { 2.0 };
+        let mut step = vec![alpha * eps; n];
+        let mut x_adv_old = x_adv.clone();
+        let mut k = n_iter_2;
+        let n_fts = d as f32;
+        let (mut topk, mut sp_old) = if norm == Norm::L1 {
+            if given_init {
+                let l0: Vec<f32> = (0..n)
+                    .map(|j| l0_dist(&x_adv[j * d..(j + 1) * d], &xs[j * d..(j + 1) * d]))
+                    .collect();
+                (l0.iter().map(|v| v / n_fts / 1.5).collect(), l0)
+            } else {
+                (vec![0.2f32; n], vec![n_fts; n])
+            }
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        if norm == Norm::L1 {
+            k = ((0.04 * n_iter as f64) as usize).max(1);
+        }
+        let mut counter3 = 0;
+        let mut loss_best_last_check = loss_best.clone();
+        let mut reduced_last_check = vec![true; n];
+
+        for i in 0..n_iter {
+            // Gradient step with momentum.
+            let a = if i > 0 { 0.75f32 } else { 1.0 };
+            let mut x_new = vec![0f32; n * d];
+            for j in 0..n {
+                let r = j * d..(j + 1) * d;
+                let (xa, xo, g, x0) = (
+                    &x_adv[r.clone()],
+                    &x_adv_old[r.clone()],
+                    &grad[r.clone()],
+                    &xs[r.clone()],
+                );
+                let out = &mut x_new[r.clone()];
+                match norm {
+                    Norm::Linf => {
+                        for t in 0..d {
+                            let lo = x0[t] - eps;
+                            let hi = x0[t] + eps;
+                            let z1 = (xa[t] + step[j] * sgn(g[t]))
+                                .max(lo)
+                                .min(hi)
+                                .clamp(0.0, 1.0);
+                            let grad2 = xa[t] - xo[t];
+                            out[t] = (xa[t] + (z1 - xa[t]) * a + grad2 * (1.0 - a))
+                                .max(lo)
+                                .min(hi)
+                                .clamp(0.0, 1.0);
+                        }
+                    }
+                    Norm::L2 => {
+                        let gn = Norm::L2.of(g) + 1e-12;
+                        let mut z1: Vec<f32> =
+                            (0..d).map(|t| xa[t] + step[j] * g[t] / gn).collect();
+                        project_l2(&mut z1, x0, eps);
+                        let mut z2: Vec<f32> = (0..d)
+                            .map(|t| xa[t] + (z1[t] - xa[t]) * a + (xa[t] - xo[t]) * (1.0 - a))
+                            .collect();
+                        project_l2(&mut z2, x0, eps);
+                        out.copy_from_slice(&z2);
+                    }
+                    Norm::L1 => {
+                        let mut mags: Vec<f32> = g.iter().map(|v| v.abs()).collect();
+                        let pos = (((1.0 - topk[j]) * n_fts).clamp(0.0, n_fts - 1.0)) as usize;
+                        let (_, thr, _) = mags.select_nth_unstable_by(pos, |p, q| p.total_cmp(q));
+                        let thr = *thr;
+                        let s: Vec<f32> = g
+                            .iter()
+                            .map(|&v| if v.abs() >= thr { sgn(v) } else { 0.0 })
+                            .collect();
+                        let l1 = s.iter().map(|v| v.abs()).sum::<f32>() + 1e-10;
+                        let du: Vec<f32> = (0..d)
+                            .map(|t| xa[t] + step[j] * s[t] / l1 - x0[t])
+                            .collect();
+                        let dp = l1_projection(x0, &du, eps);
+                        for t in 0..d {
+                            out[t] = x0[t] + du[t] + dp[t];
+                        }
+                    }
+                }
+            }
+            x_adv_old = std::mem::replace(&mut x_adv, x_new);
+
+            let (logits, loss, g) = self.grad_at(&x_adv, ys, targets, dims)?;
+            grad = g;
+            for j in 0..n {
+                let pred = argmax(&logits[j * k_cls..(j + 1) * k_cls]) == ys[j];
+                acc[j] &= pred;
+                if !pred {
+                    x_best_adv[j * d..(j + 1) * d].copy_from_slice(&x_adv[j * d..(j + 1) * d]);
+                }
+                loss_steps[i][j] = loss[j];
+                if loss[j] > loss_best[j] {
+                    x_best[j * d..(j + 1) * d].copy_from_slice(&x_adv[j * d..(j + 1) * d]);
+                    grad_best[j * d..(j + 1) * d].copy_from_slice(&grad[j * d..(j + 1) * d]);
+                    loss_best[j] = loss[j];
+                }
+            }
+
+            counter3 += 1;
+            if counter3 == k {
+                let mut reset = vec![false; n];
+                if norm != Norm::L1 {
+                    for j in 0..n {
+                        // check_oscillation: steps since the last checkpoint that increased the
+                        // loss. Index -1 wraps to the last (not yet written, zero) row, as in
+                        // the reference's first checkpoint.
+                        let at = |t: isize| -> f32 {
+                            let t = if t < 0 {
+                                (n_iter as isize + t) as usize
+                            } else {
+                                t as usize
+                            };
+                            loss_steps[t][j]
+                        };
+                        let mut t = 0usize;
+                        for c in 0..k as isize {
+                            if at(i as isize - c) > at(i as isize - c - 1) {
+                                t += 1;
+                            }
+                        }
+                        let osc = (t as f32) <= k as f32 * self.cfg.rho;
+                        let no_impr =
+                            !reduced_last_check[j] && loss_best_last_check[j] >= loss_best[j];
+                        reset[j] = osc || no_impr;
+                        reduced_last_check[j] = reset[j];
+                        loss_best_last_check[j] = loss_best[j];
+                        if reset[j] {
+                            step[j] /= 2.0;
+                        }
+                    }
+                    k = k.saturating_sub(size_decr).max(n_iter_min);
+                } else {
+                    for j in 0..n {
+                        let sp_curr = l0_dist(&x_best[j * d..(j + 1) * d], &xs[j * d..(j + 1) * d]);
+                        let red = sp_curr / sp_old[j] < 0.95;
+                        topk[j] = sp_curr / n_fts / 1.5;
+                        if red {
+                            step[j] = alpha * eps;
+                        } else {
+                            step[j] /= 1.5;
+                        }
+                        step[j] = step[j].clamp(alpha * eps / 10.0, alpha * eps);
+                        sp_old[j] = sp_curr;
+                        reset[j] = red;
+                    }
+                }
+                for (j, _) in reset.iter().enumerate().filter(|(_, r)| **r) {
+                    {
+                        let r = j * d..(j + 1) * d;
+                        x_adv[r.clone()].copy_from_slice(&x_best[r.clone()]);
+                        grad[r.clone()].copy_from_slice(&grad_best[r]);
+                    }
+                }
+                counter3 = 0;
+            }
+        }
+        Ok(Run {
+            x_best,
+            acc,
+            x_best_adv,
+        })
+    }
+}

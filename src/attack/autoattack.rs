@@ -1,0 +1,315 @@
+//! AutoAttack (Croce & Hein, ICML 2020): attacks run in sequence, each on the points still
+//! robust after the previous ones, as the reference's `run_standard_evaluation`. Version
+//! "standard": APGD-CE, APGD-T, FAB-T, Square with the reference's parameters per norm.
+//!
+//! Every example an attack claims is first pulled strictly inside the ball as f32 measures it
+//! (`norms::tighten`: one ulp for l-inf), then verified before it counts: finite, in [0, 1],
+//! within eps of the clean image, and misclassified when the model is run on it again. Claims that fail are recorded as rejected, never counted.
+
+use super::apgd::{Apgd, ApgdConfig};
+use super::fab::{FabConfig, FabT};
+use super::model::{argmax, in_threat_model, Classifier, Dims, LossKind};
+use super::norms::{tighten, Norm};
+use super::pgd::{Pgd, PgdConfig};
+use super::square::{Square, SquareConfig};
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttackKind {
+    ApgdCe,
+    ApgdDlr,
+    ApgdT,
+    FabT,
+    Square,
+    Pgd,
+    Fgsm,
+}
+
+impl AttackKind {
+    pub const STANDARD: [AttackKind; 4] = [
+        AttackKind::ApgdCe,
+        AttackKind::ApgdT,
+        AttackKind::FabT,
+        AttackKind::Square,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackKind::ApgdCe => "apgd-ce",
+            AttackKind::ApgdDlr => "apgd-dlr",
+            AttackKind::ApgdT => "apgd-t",
+            AttackKind::FabT => "fab-t",
+            AttackKind::Square => "square",
+            AttackKind::Pgd => "pgd",
+            AttackKind::Fgsm => "fgsm",
+        }
+    }
+
+    /// Random stream id (distinct per attack, so attacks do not share draws).
+    fn stream(self) -> u64 {
+        match self {
+            AttackKind::ApgdCe => 1,
+            AttackKind::ApgdDlr => 2,
+            AttackKind::ApgdT => 3,
+            AttackKind::FabT => 4,
+            AttackKind::Square => 5,
+            AttackKind::Pgd => 6,
+            AttackKind::Fgsm => 7,
+        }
+    }
+
+    /// Parses a comma-separated list (`apgd-ce,apgd-t,fab-t,square`).
+    pub fn parse_list(s: &str) -> Result<Vec<AttackKind>> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let a: AttackKind = part
+                .parse()
+                .map_err(|e: String| Error::flag("--attacks", e))?;
+            if out.contains(&a) {
+                return Err(Error::flag(
+                    "--attacks",
+                    format!("'{part}' is listed twice"),
+                ));
+            }
+            out.push(a);
+        }
+        if out.is_empty() {
+            return Err(Error::flag("--attacks", "no attack given"));
+        }
+        Ok(out)
+    }
+}
+
+impl std::str::FromStr for AttackKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "apgd-ce" => AttackKind::ApgdCe,
+            "apgd-dlr" => AttackKind::ApgdDlr,
+            "apgd-t" => AttackKind::ApgdT,
+            "fab-t" => AttackKind::FabT,
+            "square" => AttackKind::Square,
+            "pgd" => AttackKind::Pgd,
+            "fgsm" => AttackKind::Fgsm,
+            _ => {
+                return Err(format!(
+                    "'{s}' is not an attack: expected apgd-ce, apgd-t, fab-t, square, apgd-dlr, pgd or fgsm"
+                ))
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AutoAttackConfig {
+    pub norm: Norm,
+    pub eps: f32,
+    pub seed: u64,
+    pub attacks: Vec<AttackKind>,
+    /// APGD and FAB iterations (reference: 100).
+    pub n_iter: usize,
+    /// Square's query budget (reference: 5000).
+    pub square_queries: usize,
+    /// PGD steps and restarts when `pgd` is in the list.
+    pub pgd_steps: usize,
+    pub pgd_restarts: usize,
+}
+
+impl AutoAttackConfig {
+    /// AutoAttack "standard" for `norm` at `eps`.
+    pub fn standard(norm: Norm, eps: f32, seed: u64) -> Self {
+        AutoAttackConfig {
+            norm,
+            eps,
+            seed,
+            attacks: AttackKind::STANDARD.to_vec(),
+            n_iter: 100,
+            square_queries: 5000,
+            pgd_steps: 10,
+            pgd_restarts: 1,
+        }
+    }
+
+    /// "standard" when the list and budgets are the reference's, else "custom".
+    pub fn version(&self) -> &'static str {
+        if self.attacks == AttackKind::STANDARD && self.n_iter == 100 && self.square_queries == 5000
+        {
+            "standard"
+        } else {
+            "custom"
+        }
+    }
+}
+
+/// The outcome for one sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleResult {
+    /// Index in the dataset.
+    pub index: u64,
+    pub label: usize,
+    pub clean_correct: bool,
+    /// Robust after each attack of the list, in order.
+    pub robust_after: Vec<bool>,
+    /// The attack whose (verified) example fooled the model.
+    pub fooled_by: Option<AttackKind>,
+    /// Attacks whose claimed example failed verification.
+    pub rejected: Vec<AttackKind>,
+    /// The verified adversarial example (NCHW), when one was found.
+    pub adv: Option<Vec<f32>>,
+}
+
+impl SampleResult {
+    pub fn robust(&self) -> bool {
+        self.clean_correct && self.robust_after.last().copied().unwrap_or(true)
+    }
+}
+
+pub struct AutoAttack<'m> {
+    pub cfg: AutoAttackConfig,
+    pub model: &'m mut dyn Classifier,
+}
+
+impl AutoAttack<'_> {
+    /// Runs one attack of the list on `x` and returns its (unverified) claims.
+    pub fn run_one(
+        &mut self,
+        kind: AttackKind,
+        x: &[f32],
+        y: &[usize],
+        ids: &[u64],
+        dims: Dims,
+    ) -> Result<(Vec<f32>, Vec<bool>)> {
+        let c = &self.cfg;
+        let (norm, eps, seed) = (c.norm, c.eps, c.seed);
+        let stream = kind.stream();
+        let model = &mut *self.model;
+        match kind {
+            AttackKind::ApgdCe | AttackKind::ApgdDlr | AttackKind::ApgdT => {
+                let mut cfg = match kind {
+                    AttackKind::ApgdT => ApgdConfig::standard_t(norm, eps, seed),
+                    _ => ApgdConfig::standard_ce(norm, eps, seed),
+                };
+                if kind == AttackKind::ApgdDlr {
+                    cfg.loss = LossKind::Dlr;
+                }
+                cfg.n_iter = c.n_iter;
+                Apgd { cfg, model, stream }.perturb(x, y, ids, dims)
+            }
+            AttackKind::FabT => {
+                let mut cfg = FabConfig::standard(norm, eps, seed);
+                cfg.n_iter = c.n_iter;
+                FabT { cfg, model, stream }.perturb(x, y, ids, dims)
+            }
+            AttackKind::Square => {
+                let mut cfg = SquareConfig::standard(norm, eps, seed);
+                cfg.n_queries = c.square_queries;
+                Square { cfg, model, stream }.perturb(x, y, ids, dims)
+            }
+            AttackKind::Pgd => {
+                let cfg = PgdConfig::pgd(norm, eps, c.pgd_steps, c.pgd_restarts, seed);
+                Pgd { cfg, model, stream }.perturb(x, y, ids, dims)
+            }
+            AttackKind::Fgsm => {
+                let cfg = PgdConfig::fgsm(norm, eps);
+                Pgd { cfg, model, stream }.perturb(x, y, ids, dims)
+            }
+        }
+    }
+
+    /// Runs the attack list on one batch (`x`: `n` NCHW images, `ids`: dataset indices).
+    pub fn run_batch(
+        &mut self,
+        x: &[f32],
+        y: &[usize],
+        ids: &[u64],
+        dims: Dims,
+    ) -> Result<Vec<SampleResult>> {
+        let d = dims.len();
+        let n = y.len();
+        let k = self.model.num_classes();
+        if let Some(bad) = y.iter().find(|&&c| c >= k) {
+            return Err(Error::Msg(format!(
+                "label {bad} is out of range for a model with {k} classes"
+            )));
+        }
+        let z = self.model.logits(x, dims)?;
+        let mut res: Vec<SampleResult> = (0..n)
+            .map(|i| SampleResult {
+                index: ids[i],
+                label: y[i],
+                clean_correct: argmax(&z[i * k..(i + 1) * k]) == y[i],
+                robust_after: Vec::new(),
+                fooled_by: None,
+                rejected: Vec::new(),
+                adv: None,
+            })
+            .collect();
+        let attacks = self.cfg.attacks.clone();
+        for kind in attacks {
+            let active: Vec<usize> = (0..n)
+                .filter(|&i| res[i].clean_correct && res[i].fooled_by.is_none())
+                .collect();
+            if !active.is_empty() {
+                let xs: Vec<f32> = active
+                    .iter()
+                    .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+                    .collect();
+                let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
+                let is: Vec<u64> = active.iter().map(|&i| ids[i]).collect();
+                let (mut adv, claimed) = self.run_one(kind, &xs, &ys, &is, dims)?;
+                for (j, _) in claimed.iter().enumerate().filter(|(_, c)| **c) {
+                    {
+                        let r = j * d..(j + 1) * d;
+                        tighten(self.cfg.norm, self.cfg.eps, &mut adv[r.clone()], &xs[r]);
+                    }
+                }
+                let verified = self.verify(&adv, &xs, &ys, &claimed, dims)?;
+                for (j, &i) in active.iter().enumerate() {
+                    if !claimed[j] {
+                        continue;
+                    }
+                    if verified[j] {
+                        res[i].fooled_by = Some(kind);
+                        res[i].adv = Some(adv[j * d..(j + 1) * d].to_vec());
+                    } else {
+                        res[i].rejected.push(kind);
+                    }
+                }
+            }
+            for r in res.iter_mut() {
+                let robust = r.clean_correct && r.fooled_by.is_none();
+                r.robust_after.push(robust);
+            }
+        }
+        Ok(res)
+    }
+
+    /// Which claimed examples are in the threat model and misclassified on re-evaluation.
+    pub fn verify(
+        &mut self,
+        adv: &[f32],
+        x: &[f32],
+        y: &[usize],
+        claimed: &[bool],
+        dims: Dims,
+    ) -> Result<Vec<bool>> {
+        let d = dims.len();
+        let k = self.model.num_classes();
+        let idx: Vec<usize> = (0..y.len()).filter(|&j| claimed[j]).collect();
+        let mut ok = vec![false; y.len()];
+        if idx.is_empty() {
+            return Ok(ok);
+        }
+        let xs: Vec<f32> = idx
+            .iter()
+            .flat_map(|&j| adv[j * d..(j + 1) * d].iter().copied())
+            .collect();
+        let z = self.model.logits(&xs, dims)?;
+        for (a, &j) in idx.iter().enumerate() {
+            let r = j * d..(j + 1) * d;
+            ok[j] = in_threat_model(self.cfg.norm, self.cfg.eps, &adv[r.clone()], &x[r])
+                && argmax(&z[a * k..(a + 1) * k]) != y[j];
+        }
+        Ok(ok)
+    }
+}

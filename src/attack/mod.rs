@@ -1,0 +1,35 @@
+//! Adversarial attacks and robustness evaluation (issue 6, DESIGN.md contract B).
+//!
+//! Where things live:
+//! - `model`      : the [`Classifier`] an attack talks to (logits, input gradient of a loss on
+//!   the logits), [`EngineClassifier`] on any model of the engine, and the losses attacks
+//!   differentiate (CE, DLR, targeted DLR, margin), computed on the logits directly.
+//! - `norms`      : l-inf / l2 / l1 norms, eps validation, the l1-ball + box projection.
+//! - `rng`        : per-sample random streams: results do not depend on batch composition.
+//! - `pgd`        : PGD (random start, restarts) and FGSM, l-inf / l2 / l1.
+//! - `apgd`       : APGD-CE, APGD-DLR and APGD-T (targeted DLR), l1 sparse steps and the
+//!   decreasing-eps schedule of AutoAttack's l1 version.
+//! - `fab`        : FAB-T (targeted Fast Adaptive Boundary) and its three projections.
+//! - `square`     : Square attack (l-inf, l2, l1), 5000 queries, AutoAttack's p schedule.
+//! - `autoattack` : the "standard" sequence on the points still robust, every example verified.
+//! - `report`     : R.json, the resumable journal, confidence intervals, the paper's table.
+//! - `imagefolder`: ImageFolder / list-file datasets with the eval transform.
+//!
+//! Images are NCHW `f32` in [0, 1] here (as in the files and the reference implementation);
+//! [`EngineClassifier`] converts to the engine's NHWC at its edge.
+
+pub mod apgd;
+pub mod autoattack;
+pub mod fab;
+pub mod imagefolder;
+pub mod model;
+pub mod norms;
+pub mod pgd;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod square;
+
+pub use autoattack::{AttackKind, AutoAttack, AutoAttackConfig, SampleResult};
+pub use model::{Classifier, Dims, EngineClassifier, LossKind};
+pub use norms::Norm;

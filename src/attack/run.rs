@@ -1,0 +1,124 @@
+//! The evaluation loop behind `mpm-attack`: batches of the samples not yet in the journal,
+//! AutoAttack on each, journal appends, progress (robust accuracy so far, images/s, ETA).
+
+use super::autoattack::{AutoAttack, AutoAttackConfig, SampleResult};
+use super::imagefolder::EvalSet;
+use super::model::Classifier;
+use super::report::Journal;
+use crate::Result;
+use serde_json::Value;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Instant;
+
+/// Timing of one evaluation (this process only; resumed samples excluded).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timing {
+    pub attacked: usize,
+    pub seconds: f64,
+}
+
+/// Runs `cfg` over `set`, resuming from / appending to the journal at `journal`.
+/// Returns every sample's result, sorted by index.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &mut dyn Classifier,
+    set: &dyn EvalSet,
+    cfg: &AutoAttackConfig,
+    batch_size: usize,
+    journal: &Path,
+    fingerprint: &Value,
+    resume: bool,
+    label: &str,
+) -> Result<(Vec<SampleResult>, Timing)> {
+    let dims = set.dims();
+    let d = dims.len();
+    let (mut jr, done) = Journal::open(journal, fingerprint, d, &cfg.attacks, resume)?;
+    let n = set.len();
+    let todo: Vec<usize> = (0..n)
+        .filter(|&i| !done.contains_key(&(i as u64)))
+        .collect();
+    let mut results: Vec<SampleResult> = done
+        .into_values()
+        .filter(|r| (r.index as usize) < n)
+        .collect();
+    if !results.is_empty() {
+        eprintln!(
+            "{label}: resuming: {} of {n} samples already in {}",
+            results.len(),
+            journal.display()
+        );
+    }
+    let bar = if std::io::stderr().is_terminal() {
+        let pb = indicatif::ProgressBar::new(n as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(label.to_string());
+        pb.set_position(results.len() as u64);
+        Some(pb)
+    } else {
+        None
+    };
+    let start = Instant::now();
+    let mut attacked = 0usize;
+    let bs = batch_size.max(1);
+    for chunk in todo.chunks(bs) {
+        let mut x = Vec::with_capacity(chunk.len() * d);
+        for &i in chunk {
+            x.extend(set.image(i)?);
+        }
+        let y: Vec<usize> = chunk.iter().map(|&i| set.label(i)).collect();
+        let ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
+        let out = AutoAttack {
+            cfg: cfg.clone(),
+            model: &mut *model,
+        }
+        .run_batch(&x, &y, &ids, dims)?;
+        jr.append(&out)?;
+        results.extend(out);
+        attacked += chunk.len();
+        let el = start.elapsed().as_secs_f64();
+        let rate = attacked as f64 / el.max(1e-9);
+        let robust = results.iter().filter(|r| r.robust()).count();
+        let msg = format!(
+            "robust {robust}/{} ({:.1}%) | {rate:.2} img/s",
+            results.len(),
+            100.0 * robust as f64 / results.len() as f64
+        );
+        match &bar {
+            Some(pb) => {
+                pb.set_position(results.len() as u64);
+                pb.set_message(msg);
+            }
+            None => {
+                let left = (n - results.len()) as f64 / rate.max(1e-9);
+                eprintln!(
+                    "{label}: {}/{n} {msg} | ETA {}",
+                    results.len(),
+                    fmt_secs(left)
+                );
+            }
+        }
+    }
+    if let Some(pb) = bar {
+        pb.finish();
+    }
+    results.sort_by_key(|r| r.index);
+    Ok((
+        results,
+        Timing {
+            attacked,
+            seconds: start.elapsed().as_secs_f64(),
+        },
+    ))
+}
+
+pub fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}

@@ -1,0 +1,388 @@
+//! Square attack (Andriushchenko et al., ECCV 2020, arXiv:1912.00049), score-based, with
+//! AutoAttack's settings: margin loss, p_init 0.8, 5000 queries, one restart, the p schedule
+//! without rescaling (halving p at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000).
+//! l-inf: vertical-stripe init, square updates of +-2 eps per channel. l2 / l1: the
+//! reference's "eta" window profiles, mass moved between two windows, the whole perturbation
+//! rescaled onto the sphere (l2) or projected onto the l1 ball + box (l1).
+//!
+//! Differences from the reference, on purpose: each sample draws its own window positions
+//! and profiles from its own random stream (the reference shares them across a batch), so a
+//! sample's result does not depend on its batch. The distribution per sample is the same.
+
+use super::model::{margin, Classifier, Dims};
+use super::norms::{l1_projection, Norm};
+use super::rng::{below, sample_rng, sign, uniform, SampleRng};
+use crate::Result;
+
+#[derive(Clone, Debug)]
+pub struct SquareConfig {
+    pub norm: Norm,
+    pub eps: f32,
+    pub n_queries: usize,
+    pub p_init: f32,
+    pub seed: u64,
+}
+
+impl SquareConfig {
+    pub fn standard(norm: Norm, eps: f32, seed: u64) -> Self {
+        SquareConfig {
+            norm,
+            eps,
+            n_queries: 5000,
+            p_init: 0.8,
+            seed,
+        }
+    }
+}
+
+/// AutoAttack's p schedule (`resc_schedule=False`).
+pub fn p_selection(p_init: f32, it: usize) -> f32 {
+    let div = match it {
+        0..=10 => 1.0,
+        11..=50 => 2.0,
+        51..=200 => 4.0,
+        201..=500 => 8.0,
+        501..=1000 => 16.0,
+        1001..=2000 => 32.0,
+        2001..=4000 => 64.0,
+        4001..=6000 => 128.0,
+        6001..=8000 => 256.0,
+        _ => 512.0,
+    };
+    p_init / div
+}
+
+fn eta_rectangles(norm: Norm, x: usize, y: usize) -> Vec<f32> {
+    let mut delta = vec![0f32; x * y];
+    let (xc, yc) = (x / 2 + 1, y / 2 + 1);
+    let (mut c0, mut c1) = (xc as isize - 1, yc as isize - 1);
+    for counter in 0..xc.max(yc) {
+        let r0 = c0.max(0) as usize;
+        let r1 = ((c0 + 2 * counter as isize + 1).max(0) as usize).min(x);
+        let q0 = c1.max(0) as usize;
+        let q1 = ((c1 + 2 * counter as isize + 1).max(0) as usize).min(y);
+        let v = 1.0 / ((counter + 1) as f32).powi(if norm == Norm::L1 { 4 } else { 2 });
+        for r in r0..r1 {
+            for q in q0..q1 {
+                delta[r * y + q] += v;
+            }
+        }
+        c0 -= 1;
+        c1 -= 1;
+    }
+    let t = if norm == Norm::L1 {
+        Norm::L1.of(&delta)
+    } else {
+        Norm::L2.of(&delta)
+    };
+    delta.iter_mut().for_each(|v| *v /= t);
+    delta
+}
+
+/// The reference's `eta(s)`: +profile on the top half, -profile on the bottom half,
+/// normalised, transposed with probability 1/2. `[s, s]` row-major.
+fn eta(norm: Norm, s: usize, rng: &mut SampleRng) -> Vec<f32> {
+    let mut delta = vec![0f32; s * s];
+    let top = eta_rectangles(norm, s / 2, s);
+    let bot = eta_rectangles(norm, s - s / 2, s);
+    delta[..(s / 2) * s].copy_from_slice(&top);
+    for (i, v) in bot.iter().enumerate() {
+        delta[(s / 2) * s + i] = -v;
+    }
+    let t = if norm == Norm::L1 {
+        Norm::L1.of(&delta)
+    } else {
+        Norm::L2.of(&delta)
+    };
+    delta.iter_mut().for_each(|v| *v /= t);
+    if uniform(rng) > 0.5 {
+        let mut tr = vec![0f32; s * s];
+        for r in 0..s {
+            for q in 0..s {
+                tr[q * s + r] = delta[r * s + q];
+            }
+        }
+        delta = tr;
+    }
+    delta
+}
+
+pub struct Square<'m> {
+    pub cfg: SquareConfig,
+    pub model: &'m mut dyn Classifier,
+    pub stream: u64,
+}
+
+struct Win {
+    vh: usize,
+    vw: usize,
+    s: usize,
+}
+
+impl Win {
+    fn contains(&self, r: usize, q: usize) -> bool {
+        r >= self.vh && r < self.vh + self.s && q >= self.vw && q < self.vw + self.s
+    }
+}
+
+impl Square<'_> {
+    /// Same contract as `Apgd::perturb`.
+    pub fn perturb(
+        &mut self,
+        x: &[f32],
+        y: &[usize],
+        ids: &[u64],
+        dims: Dims,
+    ) -> Result<(Vec<f32>, Vec<bool>)> {
+        let d = dims.len();
+        let n = y.len();
+        let k = self.model.num_classes();
+        let (c, h, w) = (dims.c, dims.h, dims.w);
+        let eps = self.cfg.eps;
+        let norm = self.cfg.norm;
+        let mut rngs: Vec<SampleRng> = ids
+            .iter()
+            .map(|&id| sample_rng(self.cfg.seed, id, self.stream))
+            .collect();
+        // Only points classified correctly are attacked (the reference's `perturb`).
+        let z0 = self.model.logits(x, dims)?;
+        let attacked: Vec<bool> = (0..n)
+            .map(|j| super::model::argmax(&z0[j * k..(j + 1) * k]) == y[j])
+            .collect();
+
+        // Initial points.
+        let mut x_best = x.to_vec();
+        for j in 0..n {
+            if !attacked[j] {
+                continue;
+            }
+            let rng = &mut rngs[j];
+            let xj = &x[j * d..(j + 1) * d];
+            let out = &mut x_best[j * d..(j + 1) * d];
+            match norm {
+                Norm::Linf => {
+                    for ch in 0..c {
+                        for q in 0..w {
+                            let sg = sign(rng);
+                            for r in 0..h {
+                                let i = (ch * h + r) * w + q;
+                                out[i] = (xj[i] + eps * sg).clamp(0.0, 1.0);
+                            }
+                        }
+                    }
+                }
+                Norm::L2 | Norm::L1 => {
+                    let mut delta = vec![0f32; d];
+                    let s = (h / 5).max(1);
+                    let sp = (h - s * 5) / 2;
+                    let mut vh = sp;
+                    for _ in 0..h / s {
+                        let mut vw = sp;
+                        for _ in 0..w / s {
+                            let e = eta(norm, s, rng);
+                            for ch in 0..c {
+                                let sg = sign(rng);
+                                for r in 0..s {
+                                    for q in 0..s {
+                                        if vh + r < h && vw + q < w {
+                                            delta[(ch * h + vh + r) * w + vw + q] +=
+                                                e[r * s + q] * sg;
+                                        }
+                                    }
+                                }
+                            }
+                            vw += s;
+                        }
+                        vh += s;
+                    }
+                    if norm == Norm::L2 {
+                        let t = Norm::L2.of(&delta) + 1e-12;
+                        for i in 0..d {
+                            out[i] = (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0);
+                        }
+                    } else {
+                        let r = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
+                        for i in 0..d {
+                            out[i] = xj[i] + delta[i] + r[i];
+                        }
+                    }
+                }
+            }
+        }
+        let z = self.model.logits(&x_best, dims)?;
+        let mut margin_min: Vec<f32> = (0..n)
+            .map(|j| {
+                if attacked[j] {
+                    margin(&z[j * k..(j + 1) * k], y[j])
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        let mut loss_min = margin_min.clone();
+
+        for it in 0..self.cfg.n_queries {
+            let active: Vec<usize> = (0..n).filter(|&j| margin_min[j] > 0.0).collect();
+            if active.is_empty() {
+                break;
+            }
+            let p = p_selection(self.cfg.p_init, it);
+            let raw = ((p * d as f32 / c as f32) as f64).sqrt().round_ties_even() as usize;
+            let mut cand = Vec::with_capacity(active.len() * d);
+            for &j in &active {
+                let rng = &mut rngs[j];
+                let xj = &x[j * d..(j + 1) * d];
+                let xb = &x_best[j * d..(j + 1) * d];
+                match norm {
+                    Norm::Linf => {
+                        let s = raw.max(1).min(h.min(w));
+                        let win = Win {
+                            vh: below(rng, h - s),
+                            vw: below(rng, w - s),
+                            s,
+                        };
+                        let mut xn = xb.to_vec();
+                        for ch in 0..c {
+                            let v = 2.0 * eps * sign(rng);
+                            for r in win.vh..win.vh + s {
+                                for q in win.vw..win.vw + s {
+                                    let i = (ch * h + r) * w + q;
+                                    xn[i] = (xb[i] + v)
+                                        .max(xj[i] - eps)
+                                        .min(xj[i] + eps)
+                                        .clamp(0.0, 1.0);
+                                }
+                            }
+                        }
+                        cand.extend(xn);
+                    }
+                    Norm::L2 | Norm::L1 => {
+                        let mut s = raw.max(3);
+                        if s % 2 == 0 {
+                            s += 1;
+                        }
+                        let s = s.min(h.min(w));
+                        let w1 = Win {
+                            vh: below(rng, h - s),
+                            vw: below(rng, w - s),
+                            s,
+                        };
+                        let w2 = Win {
+                            vh: below(rng, h - s),
+                            vw: below(rng, w - s),
+                            s,
+                        };
+                        let mut delta: Vec<f32> = xb.iter().zip(xj).map(|(a, b)| a - b).collect();
+                        let l1 = norm == Norm::L1;
+                        let ni = norm.of(&delta);
+                        let e = eta(norm, s, rng);
+                        let mut new = vec![0f32; c * s * s];
+                        for ch in 0..c {
+                            let sg = sign(rng);
+                            let (mut nw1, mut nws) = (0f32, 0f32);
+                            for r in 0..h {
+                                for q in 0..w {
+                                    let v = delta[(ch * h + r) * w + q];
+                                    let m = if l1 { v.abs() } else { v * v };
+                                    if w1.contains(r, q) {
+                                        nw1 += m;
+                                    }
+                                    if w1.contains(r, q) || w2.contains(r, q) {
+                                        nws += m;
+                                    }
+                                }
+                            }
+                            if !l1 {
+                                nw1 = nw1.sqrt();
+                                nws = nws.sqrt();
+                            }
+                            let nd = &mut new[ch * s * s..(ch + 1) * s * s];
+                            for r in 0..s {
+                                for q in 0..s {
+                                    let old = delta[(ch * h + w1.vh + r) * w + w1.vw + q];
+                                    nd[r * s + q] = e[r * s + q] * sg + old / (1e-12 + nw1);
+                                }
+                            }
+                            let scale = if l1 {
+                                let t = Norm::L1.of(nd);
+                                ((eps - ni).max(0.0) / c as f32 + nws) * c as f32 / (1e-12 + t)
+                            } else {
+                                let t = Norm::L2.of(nd);
+                                ((eps * eps - ni * ni).max(0.0) / c as f32 + nws * nws).sqrt()
+                                    / (1e-12 + t)
+                            };
+                            nd.iter_mut().for_each(|v| *v *= scale);
+                        }
+                        for ch in 0..c {
+                            for r in 0..s {
+                                for q in 0..s {
+                                    delta[(ch * h + w2.vh + r) * w + w2.vw + q] = 0.0;
+                                }
+                            }
+                            for r in 0..s {
+                                for q in 0..s {
+                                    delta[(ch * h + w1.vh + r) * w + w1.vw + q] =
+                                        new[(ch * s + r) * s + q];
+                                }
+                            }
+                        }
+                        if l1 {
+                            let pr = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
+                            cand.extend((0..d).map(|i| xj[i] + delta[i] + pr[i]));
+                        } else {
+                            let t = Norm::L2.of(&delta) + 1e-12;
+                            cand.extend(
+                                (0..d).map(|i| (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0)),
+                            );
+                        }
+                    }
+                }
+            }
+            let z = self.model.logits(&cand, dims)?;
+            for (a, &j) in active.iter().enumerate() {
+                let m = margin(&z[a * k..(a + 1) * k], y[j]);
+                let mut improved = m < loss_min[j];
+                if improved {
+                    loss_min[j] = m;
+                }
+                improved |= m <= 0.0;
+                if improved {
+                    margin_min[j] = m;
+                    x_best[j * d..(j + 1) * d].copy_from_slice(&cand[a * d..(a + 1) * d]);
+                }
+            }
+        }
+        let mut adv = x.to_vec();
+        let mut fooled = vec![false; n];
+        for j in 0..n {
+            if attacked[j] && margin_min[j] <= 0.0 {
+                fooled[j] = true;
+                adv[j * d..(j + 1) * d].copy_from_slice(&x_best[j * d..(j + 1) * d]);
+            }
+        }
+        Ok((adv, fooled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p_schedule_matches_reference_breakpoints() {
+        assert_eq!(p_selection(0.8, 0), 0.8);
+        assert_eq!(p_selection(0.8, 10), 0.8);
+        assert_eq!(p_selection(0.8, 11), 0.4);
+        assert_eq!(p_selection(0.8, 4999), 0.8 / 128.0);
+        assert_eq!(p_selection(0.8, 9000), 0.8 / 512.0);
+    }
+
+    #[test]
+    fn eta_is_normalised() {
+        let mut rng = sample_rng(0, 0, 0);
+        let e = eta(Norm::L2, 7, &mut rng);
+        assert!((Norm::L2.of(&e) - 1.0).abs() < 1e-5);
+        let e = eta(Norm::L1, 7, &mut rng);
+        assert!((Norm::L1.of(&e) - 1.0).abs() < 1e-5);
+    }
+}

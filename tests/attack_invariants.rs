@@ -1,0 +1,231 @@
+//! Attack invariants on a tiny ResNet-18 (base width 4, 32x32, random init, labels = the
+//! model's own predictions so every sample starts correctly classified): every returned
+//! example lies in the eps-ball and the box, claims are verified, the AutoAttack sequence
+//! only lowers robustness, results are seeded and independent of the batch, and the journal
+//! resumes exactly.
+
+use mpm::attack::autoattack::{AttackKind, AutoAttack, AutoAttackConfig};
+use mpm::attack::model::{argmax, in_threat_model};
+use mpm::attack::report::Journal;
+use mpm::attack::{Classifier, Dims, EngineClassifier, Norm};
+use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec};
+use rand::{RngExt, SeedableRng};
+
+const DIMS: Dims = Dims { c: 3, h: 32, w: 32 };
+
+fn tiny() -> EngineClassifier {
+    let spec = ModelSpec {
+        backbone: Backbone {
+            arch: Arch::ResNet18,
+            width: 4,
+            act: Act::Gelu,
+        },
+        num_classes: 10,
+        seg_classes: 0,
+        head: Head::None,
+    };
+    let store = spec.init(7).unwrap();
+    EngineClassifier::new(spec, store)
+}
+
+fn images(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n * DIMS.len())
+        .map(|_| rng.random_range(0.0..1.0))
+        .collect()
+}
+
+fn predictions(m: &mut dyn Classifier, x: &[f32]) -> Vec<usize> {
+    let k = m.num_classes();
+    let z = m.logits(x, DIMS).unwrap();
+    z.chunks(k).map(argmax).collect()
+}
+
+fn cfg(norm: Norm, eps: f32, attacks: Vec<AttackKind>) -> AutoAttackConfig {
+    let mut c = AutoAttackConfig::standard(norm, eps, 3);
+    c.attacks = attacks;
+    c.n_iter = 6;
+    c.square_queries = 30;
+    c
+}
+
+fn eps_for(norm: Norm) -> f32 {
+    match norm {
+        Norm::Linf => 8.0 / 255.0,
+        Norm::L2 => 0.5,
+        Norm::L1 => 8.0,
+    }
+}
+
+#[test]
+fn every_attack_returns_examples_in_the_threat_model() {
+    let mut m = tiny();
+    let x = images(3, 1);
+    let y = predictions(&mut m, &x);
+    let ids = [0u64, 1, 2];
+    let d = DIMS.len();
+    for norm in [Norm::Linf, Norm::L2, Norm::L1] {
+        let eps = eps_for(norm);
+        for kind in [
+            AttackKind::ApgdCe,
+            AttackKind::ApgdT,
+            AttackKind::ApgdDlr,
+            AttackKind::FabT,
+            AttackKind::Square,
+            AttackKind::Pgd,
+            AttackKind::Fgsm,
+        ] {
+            let mut aa = AutoAttack {
+                cfg: cfg(norm, eps, vec![kind]),
+                model: &mut m,
+            };
+            let (adv, fooled) = aa.run_one(kind, &x, &y, &ids, DIMS).unwrap();
+            let z = aa.model.logits(&adv, DIMS).unwrap();
+            for i in 0..3 {
+                let a = &adv[i * d..(i + 1) * d];
+                assert!(
+                    in_threat_model(norm, eps, a, &x[i * d..(i + 1) * d]),
+                    "{kind:?} {norm}: sample {i} outside the ball/box: dist {}",
+                    norm.dist(a, &x[i * d..(i + 1) * d])
+                );
+                if fooled[i] {
+                    assert_ne!(
+                        argmax(&z[i * 10..(i + 1) * 10]),
+                        y[i],
+                        "{kind:?} {norm}: claimed but not fooled"
+                    );
+                } else {
+                    assert_eq!(
+                        a,
+                        &x[i * d..(i + 1) * d],
+                        "{kind:?}: non-fooled sample must be returned clean"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn autoattack_sequence_only_lowers_robustness_and_is_batch_invariant() {
+    let mut m = tiny();
+    let n = 4;
+    let x = images(n, 2);
+    let mut y = predictions(&mut m, &x);
+    y[3] = (y[3] + 1) % 10; // one sample misclassified from the start
+    let ids: Vec<u64> = (10..10 + n as u64).collect();
+    let c = cfg(Norm::Linf, 2.0 / 255.0, AttackKind::STANDARD.to_vec());
+    let all = AutoAttack {
+        cfg: c.clone(),
+        model: &mut m,
+    }
+    .run_batch(&x, &y, &ids, DIMS)
+    .unwrap();
+    assert!(!all[3].clean_correct && !all[3].robust());
+    assert!(all[3].robust_after.iter().all(|r| !r));
+    let d = DIMS.len();
+    for r in &all {
+        assert_eq!(r.robust_after.len(), 4);
+        for w in r.robust_after.windows(2) {
+            assert!(
+                w[1] <= w[0],
+                "robust after a later attack but not an earlier one"
+            );
+        }
+        if let (Some(_), Some(a)) = (r.fooled_by, &r.adv) {
+            let i = (r.index - 10) as usize;
+            assert!(in_threat_model(
+                Norm::Linf,
+                2.0 / 255.0,
+                a,
+                &x[i * d..(i + 1) * d]
+            ));
+        }
+    }
+    // One at a time: same outcome (per-sample random streams, eval-mode BN).
+    for i in 0..n {
+        let one = AutoAttack {
+            cfg: c.clone(),
+            model: &mut m,
+        }
+        .run_batch(&x[i * d..(i + 1) * d], &y[i..i + 1], &ids[i..i + 1], DIMS)
+        .unwrap();
+        assert_eq!(one[0].robust_after, all[i].robust_after, "sample {i}");
+        assert_eq!(one[0].fooled_by, all[i].fooled_by, "sample {i}");
+    }
+    // Same seed: bitwise the same examples.
+    let again = AutoAttack {
+        cfg: c,
+        model: &mut m,
+    }
+    .run_batch(&x, &y, &ids, DIMS)
+    .unwrap();
+    assert_eq!(again, all);
+}
+
+#[test]
+fn unbounded_apgd_fools_every_sample_and_verification_rejects_bad_claims() {
+    let mut m = tiny();
+    let x = images(3, 3);
+    let y = predictions(&mut m, &x);
+    let mut aa = AutoAttack {
+        cfg: cfg(Norm::Linf, 1.0, vec![AttackKind::ApgdCe, AttackKind::ApgdT]),
+        model: &mut m,
+    };
+    let res = aa.run_batch(&x, &y, &[0, 1, 2], DIMS).unwrap();
+    assert!(
+        res.iter().all(|r| !r.robust()),
+        "eps = 1 must fool every sample"
+    );
+
+    // A claim outside the ball, and a claim that does not fool the model, are both rejected.
+    let d = DIMS.len();
+    aa.cfg.eps = 1.0 / 255.0;
+    let mut bad = x.clone();
+    bad[0] = (x[0] + 0.5).min(1.0);
+    let v = aa.verify(&bad, &x, &y, &[true, true, false], DIMS).unwrap();
+    assert!(!v[0], "outside the ball");
+    assert!(!v[1], "clean image is not misclassified");
+    assert!(!v[2], "not claimed");
+    let _ = d;
+}
+
+#[test]
+fn journal_resumes_and_ignores_a_torn_line() {
+    let dir = std::env::temp_dir().join(format!("mpm_journal_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("r.journal");
+    let mut m = tiny();
+    let x = images(2, 4);
+    let y = predictions(&mut m, &x);
+    let c = cfg(Norm::Linf, 1.0, vec![AttackKind::ApgdCe]);
+    let res = AutoAttack {
+        cfg: c.clone(),
+        model: &mut m,
+    }
+    .run_batch(&x, &y, &[5, 6], DIMS)
+    .unwrap();
+    let fp = serde_json::json!({"run": 1});
+    let d = DIMS.len();
+    {
+        let (mut j, done) = Journal::open(&path, &fp, d, &c.attacks, true).unwrap();
+        assert!(done.is_empty());
+        j.append(&res).unwrap();
+    }
+    // A crash in the middle of a line.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    write!(f, "{{\"i\": 7, \"y\": 1, \"cle").unwrap();
+    drop(f);
+    let (_, done) = Journal::open(&path, &fp, d, &c.attacks, true).unwrap();
+    assert_eq!(done.len(), 2);
+    assert_eq!(done[&5], res[0]);
+    assert_eq!(done[&6], res[1]);
+    // Another run's journal is refused.
+    let other = serde_json::json!({"run": 2});
+    assert!(Journal::open(&path, &other, d, &c.attacks, true).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
