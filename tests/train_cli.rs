@@ -45,6 +45,8 @@ fn demo_at_toy_size_prints_the_table_and_writes_pictures() {
         "4",
         "--batch-size",
         "8",
+        "--aa-images",
+        "4",
         "--no-progress",
     ]));
     assert!(ok, "{text}");
