@@ -189,3 +189,13 @@ fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks flag definitions (duplicate names, conflicting defaults) only in debug
+    /// builds and only when parsing: check the generated flag table here.
+    #[test]
+    fn cli_definition_is_well_formed() {
+        super::cli().debug_assert();
+    }
+}
