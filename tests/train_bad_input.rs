@@ -74,6 +74,7 @@ fn class_count_mismatch_is_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("--seg-classes"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -128,6 +129,7 @@ fn plain_resnet_checkpoint_initialises_the_mpm_backbone() {
         e.contains("--init-checkpoint") && e.contains("no such file"),
         "{e}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -147,6 +149,7 @@ fn resume_refuses_a_changed_recipe() {
     o2.resume = Some(dir.join("nope"));
     let e = run(&c, &src, None, &o2).unwrap_err().to_string();
     assert!(e.contains("--resume"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -158,4 +161,5 @@ fn batch_larger_than_the_data_is_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("--batch-size"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
