@@ -9,6 +9,7 @@
 
 use super::gemm::{matmul, MatRef};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
@@ -137,8 +138,16 @@ fn take_cols(src: &[f32], m: usize, total: usize, c0: usize, w: usize) -> Vec<f3
     out
 }
 
-fn put_cols(dst: &mut [f32], m: usize, total: usize, c0: usize, w: usize, src: &[f32]) {
-    let _ = m;
+/// Group `grp`'s `og` columns of `dy[m, O]`: the matrix itself when there is one group.
+fn group_cols<'a>(g: &ConvGeom, dy: &'a [f32], m: usize, grp: usize) -> Cow<'a, [f32]> {
+    if g.groups == 1 {
+        Cow::Borrowed(dy)
+    } else {
+        Cow::Owned(take_cols(dy, m, g.o, grp * g.og(), g.og()))
+    }
+}
+
+fn put_cols(dst: &mut [f32], total: usize, c0: usize, w: usize, src: &[f32]) {
     dst.par_chunks_mut(total)
         .zip(src.par_chunks(w.max(1)))
         .for_each(|(d, s)| d[c0..c0 + w].copy_from_slice(s));
@@ -183,7 +192,7 @@ pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) 
                         &mut tmp,
                         false,
                     );
-                    put_cols(ydst, m, g.o, grp * og, og, &tmp);
+                    put_cols(ydst, g.o, grp * og, og, &tmp);
                 }
             }
         }
@@ -224,22 +233,13 @@ pub fn conv2d_backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         let dyc = &dy[n0 * g.pixels() * g.o..(n0 + nc) * g.pixels() * g.o];
         for grp in 0..g.groups {
             let wg = &w[grp * og * kkc..(grp + 1) * og * kkc];
-            if g.groups == 1 {
-                matmul(
-                    MatRef::new(dyc, m, og),
-                    MatRef::new(wg, og, kkc),
-                    &mut cols,
-                    false,
-                );
-            } else {
-                let dyg = take_cols(dyc, m, g.o, grp * og, og);
-                matmul(
-                    MatRef::new(&dyg, m, og),
-                    MatRef::new(wg, og, kkc),
-                    &mut cols,
-                    false,
-                );
-            }
+            let dyg = group_cols(g, dyc, m, grp);
+            matmul(
+                MatRef::new(&dyg, m, og),
+                MatRef::new(wg, og, kkc),
+                &mut cols,
+                false,
+            );
             col2im(g, &cols, n0, nc, grp * cg, &mut dx);
         }
     }
@@ -273,17 +273,13 @@ pub fn conv2d_backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         for grp in 0..g.groups {
             im2col(g, x, n0, nc, grp * cg, &mut cols);
             let dwg = &mut dw[grp * og * kkc..(grp + 1) * og * kkc];
-            if g.groups == 1 {
-                matmul(MatRef::t(dyc, og, m), MatRef::new(&cols, m, kkc), dwg, true);
-            } else {
-                let dyg = take_cols(dyc, m, g.o, grp * og, og);
-                matmul(
-                    MatRef::t(&dyg, og, m),
-                    MatRef::new(&cols, m, kkc),
-                    dwg,
-                    true,
-                );
-            }
+            let dyg = group_cols(g, dyc, m, grp);
+            matmul(
+                MatRef::t(&dyg, og, m),
+                MatRef::new(&cols, m, kkc),
+                dwg,
+                true,
+            );
         }
     }
     dw
