@@ -143,6 +143,16 @@ impl ParamStore {
         Ok(to_torch(e, t))
     }
 
+    /// Moves every tensor (parameters and BN buffers) to `device`, as f32 on a GPU, so that a
+    /// forward pass there reads weights already resident instead of uploading them per op.
+    /// A no-op for tensors already there.
+    pub fn to_device(&mut self, device: crate::device::Device) -> Result<()> {
+        for e in self.entries.values_mut() {
+            e.tensor = e.tensor.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// Keeps only the entries for which `keep(name)` holds (e.g. dropping MPM bypass layers).
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.entries.retain(|k, _| keep(k));
