@@ -1,22 +1,42 @@
-// optim.cu: parameter updates on f32 master weights (timm's "sgd" = torch SGD with Nesterov
-// momentum, decoupled nothing: weight decay is added to the gradient) and the EMA of weights.
+// optim.cu: parameter updates on f32 master weights, the GPU twins of src/train/optim.rs
+// (torch SGD, dampening 0, as timm's "sgd" builds it) and src/train/ema.rs (timm ModelEmaV2).
+// Both are out of place (new buffers; inputs untouched), so a weight tensor shared with the
+// EMA or cached on the host is never changed behind its back.
+// Every product and sum is rounded separately (__fmul_rn/__fadd_rn/__fsub_rn: no FMA
+// contraction) in the order the CPU code uses, so given the same inputs the GPU gives the same
+// bits as the CPU.
 // Thread mapping: grid-stride, one element per thread.
 #include "common.cuh"
 
-// g' = g + wd * w;  buf = momentum * buf + g';  w -= lr * (g' + momentum * buf).
-// (torch initialises buf = g' on the first step; with buf = 0 the formula gives the same.)
-// Reads w, g, buf; writes w, buf: 20 bytes per element.
-extern "C" __global__ void sgd_nesterov_f32(float* w, const float* g, float* buf, float lr,
-                                            float momentum, float wd, u64 n) {
+// Per element, as src/train/optim.rs:
+//   d = g;  if (wd != 0) d = d + wd * w                        (decay group only: wd = 0 else)
+//   if (momentum != 0):
+//     buf' = first ? d : momentum * buf + d                      (torch: buf = d on the first step)
+//     d = nesterov ? d + momentum * buf' : buf'
+//   w' = w - lr * d
+// `buf` is not read when `first` is set (it may be null then), nor `buf_out` written when
+// momentum is 0. Reads w, g (, buf); writes w' (, buf'): 20 bytes per element.
+extern "C" __global__ void sgd_nesterov_f32(const float* w, const float* g, const float* buf,
+                                            float* w_out, float* buf_out, float lr,
+                                            float momentum, float wd, int first, int nesterov,
+                                            u64 n) {
     GRID_STRIDE(i, n) {
-        float gi = g[i] + wd * w[i];
-        float b = momentum * buf[i] + gi;
-        buf[i] = b;
-        w[i] -= lr * (gi + momentum * b);
+        float d = g[i];
+        if (wd != 0.0f) d = __fadd_rn(d, __fmul_rn(wd, w[i]));
+        if (momentum != 0.0f) {
+            float b = first ? d : __fadd_rn(__fmul_rn(momentum, buf[i]), d);
+            buf_out[i] = b;
+            d = nesterov ? __fadd_rn(d, __fmul_rn(momentum, b)) : b;
+        }
+        w_out[i] = __fsub_rn(w[i], __fmul_rn(lr, d));
     }
 }
 
-// ema = decay * ema + (1 - decay) * w (timm ModelEmaV2). Reads 2, writes 1 element.
-extern "C" __global__ void ema_update_f32(float* ema, const float* w, float decay, u64 n) {
-    GRID_STRIDE(i, n) ema[i] = decay * ema[i] + (1.0f - decay) * w[i];
+// out = decay * ema + one_minus_decay * w (timm ModelEmaV2), over weights and BN buffers alike.
+// `one_minus_decay` is passed in (the host computes 1 - decay in f64 and rounds it to f32, as
+// src/train/ema.rs and PyTorch do; 1.0f - decay in f32 would differ in the last bits).
+// Reads 2, writes 1 element.
+extern "C" __global__ void ema_update_f32(const float* ema, const float* w, float* out,
+                                          float decay, float one_minus_decay, u64 n) {
+    GRID_STRIDE(i, n) out[i] = __fadd_rn(__fmul_rn(decay, ema[i]), __fmul_rn(one_minus_decay, w[i]));
 }

@@ -953,49 +953,94 @@ pub fn mask_targets(
 
 // ---------------------------------------------------------------- optim.cu
 
-/// SGD with Nesterov momentum and weight decay, in place on device f32 buffers.
+/// One SGD step on device f32 buffers, the GPU twin of `train::optim::Sgd::step` (torch SGD,
+/// dampening 0): `d = g (+ wd * w)`; with momentum, `buf' = d` on the first step (`buf` None)
+/// else `momentum * buf + d`, and `d = d + momentum * buf'` (Nesterov) or `buf'`;
+/// `w' = w - lr * d`. Out of place: returns `(w', buf')` (`buf'` None when momentum is 0) and
+/// leaves the inputs untouched. Each operation is rounded as on the CPU (no FMA), so the
+/// result is bit-identical to the CPU's for the same inputs.
+#[allow(clippy::too_many_arguments)]
 pub fn sgd_nesterov(
     w: &CudaStorage,
     grad: &CudaStorage,
-    buf: &CudaStorage,
+    buf: Option<&CudaStorage>,
     lr: f32,
     momentum: f32,
     wd: f32,
-) -> Result<()> {
-    if w.len != grad.len || w.len != buf.len || w.dtype != DType::F32 {
+    nesterov: bool,
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    let f32s = w.dtype == DType::F32
+        && grad.dtype == DType::F32
+        && buf.is_none_or(|b| b.dtype == DType::F32);
+    if w.len != grad.len || buf.is_some_and(|b| b.len != w.len) || !f32s {
         return Err(dev_err(
             "sgd",
             "weights, gradient and momentum differ in length or are not f32",
         ));
     }
+    let same_gpu =
+        Arc::ptr_eq(w.gpu(), grad.gpu()) && buf.is_none_or(|b| Arc::ptr_eq(w.gpu(), b.gpu()));
+    if !same_gpu {
+        return Err(dev_err(
+            "sgd",
+            "weights, gradient and momentum are on different GPUs",
+        ));
+    }
+    let g = w.gpu();
+    let w_out = empty(g, w.len, DType::F32)?;
+    let buf_out = if momentum != 0.0 {
+        Some(empty(g, w.len, DType::F32)?)
+    } else {
+        None
+    };
     run1(
-        w.gpu(),
+        g,
         "sgd_nesterov_f32",
         w.len,
         Args::new()
             .push(w.ptr())
             .push(grad.ptr())
-            .push(buf.ptr())
+            .push(buf.map_or(0u64, |b| b.ptr()))
+            .push(w_out.ptr())
+            .push(buf_out.as_ref().map_or(0u64, |b| b.ptr()))
             .push(lr)
             .push(momentum)
             .push(wd)
+            .push(i32::from(buf.is_none()))
+            .push(i32::from(nesterov))
             .push(w.len as u64),
-    )
+    )?;
+    Ok((w_out, buf_out))
 }
 
-/// `ema = decay * ema + (1 - decay) * w`, in place.
-pub fn ema_update(ema: &CudaStorage, w: &CudaStorage, decay: f32) -> Result<()> {
-    if ema.len != w.len || w.dtype != DType::F32 {
+/// `decay * ema + one_minus_decay * w` as a new buffer (timm ModelEmaV2; the caller passes
+/// `one_minus_decay = (1 - decay as f64) as f32`, as `train::ema::update` uses). Each
+/// operation rounded as on the CPU (no FMA), so the result is bit-identical to the CPU's.
+pub fn ema_update(
+    ema: &CudaStorage,
+    w: &CudaStorage,
+    decay: f32,
+    one_minus_decay: f32,
+) -> Result<CudaStorage> {
+    if ema.len != w.len || w.dtype != DType::F32 || ema.dtype != DType::F32 {
         return Err(dev_err("ema", "lengths differ or not f32"));
     }
+    if !Arc::ptr_eq(ema.gpu(), w.gpu()) {
+        return Err(dev_err("ema", "EMA and model are on different GPUs"));
+    }
+    let g = w.gpu();
+    let out = empty(g, w.len, DType::F32)?;
     run1(
-        w.gpu(),
+        g,
         "ema_update_f32",
         w.len,
         Args::new()
             .push(ema.ptr())
             .push(w.ptr())
+            .push(out.ptr())
             .push(decay)
+            .push(one_minus_decay)
             .push(w.len as u64),
-    )
+    )?;
+    Ok(out)
 }
