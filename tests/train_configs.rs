@@ -49,6 +49,9 @@ fn shipped_configs_are_all_there_and_parse() {
     assert_eq!(mpm.attack_it, 2);
     assert_eq!(mpm.model_ema_decay, 0.9998);
     assert_eq!(mpm.levels, 3);
+    // Batch 512 per update, run as 2 micro-batches of 256 (README "Memory at batch 512").
+    assert_eq!(mpm.accum_steps, 2);
+    assert_eq!(mpm.micro_batch(), 256);
 }
 
 #[test]

@@ -56,10 +56,8 @@ pub fn save(trainer: &Trainer, path: &Path) -> Result<()> {
         put_store(&mut t, "ema.", trainer.spec.state_dict(e)?);
     }
     for (name, buf) in &trainer.opt.buffers {
-        let e = trainer.model.get(name)?;
-        let torch = trainer
-            .model
-            .export_like(name, &Tensor::from_vec(e.tensor.shape(), buf.clone())?)?;
+        // A GPU buffer is downloaded here (once per checkpoint).
+        let torch = trainer.model.export_like(name, buf)?;
         t.insert(
             format!("momentum.{name}"),
             HostTensor::f32(torch.shape, torch.data),
@@ -193,7 +191,8 @@ pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
         } else {
             data.to_vec()
         };
-        opt.buffers.insert(name, v);
+        opt.buffers
+            .insert(name, Tensor::from_vec(e.tensor.shape(), v)?);
     }
     let sched = schedule(&cfg, state.updates_per_epoch);
     Ok(Trainer {

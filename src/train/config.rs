@@ -60,8 +60,12 @@ pub struct TrainConfig {
     pub warmup_lr: f64,
     pub min_lr: f64,
     // -- data
-    /// Global batch size.
+    /// Global batch size: the images of one optimiser update (the lr rule uses it).
     pub batch_size: usize,
+    /// Gradient accumulation: each update runs `batch_size / accum_steps` images at a time
+    /// (PGD, forward/backward with per-micro-batch BN statistics, gradients of the loss / accum_steps
+    /// summed), then one optimiser, EMA and scheduler step. 1 = no accumulation.
+    pub accum_steps: usize,
     /// Square input side (a multiple of 32).
     pub input_size: usize,
     /// `root/img/<wnid>/*` and `root/seg/<wnid>/*.png` (the reference layout).
@@ -101,6 +105,10 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// auto | cpu | cuda[:N].
     pub device: String,
+    /// Batches the loader prepares ahead of the step, on a background thread (0 = load each
+    /// batch when the step needs it). Does not change results: a batch is a pure function of
+    /// its position.
+    pub prefetch_batches: usize,
 }
 
 impl Default for TrainConfig {
@@ -134,6 +142,7 @@ impl Default for TrainConfig {
             warmup_lr: 1e-3,
             min_lr: 1e-2,
             batch_size: 512,
+            accum_steps: 1,
             input_size: 224,
             train_dir: String::new(),
             eval_dir: String::new(),
@@ -155,6 +164,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             keep_checkpoints: 3,
             device: "auto".into(),
+            prefetch_batches: 2,
         }
     }
 }
@@ -167,6 +177,7 @@ pub const RUNTIME_KEYS: &[&str] = &[
     "eval_every",
     "checkpoint_every",
     "keep_checkpoints",
+    "prefetch_batches",
 ];
 
 impl TrainConfig {
@@ -259,6 +270,16 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return f("batch_size", "must be at least 1".into());
+        }
+        if self.accum_steps == 0 || self.batch_size % self.accum_steps != 0 {
+            return f(
+                "accum_steps",
+                format!(
+                    "--batch-size {} is not divisible by --accum-steps {}: each update splits the \
+                     batch into accum_steps equal micro-batches",
+                    self.batch_size, self.accum_steps
+                ),
+            );
         }
         if self.width == 0 || self.width % 4 != 0 {
             return f(
@@ -385,6 +406,11 @@ impl TrainConfig {
         }
     }
 
+    /// Images per forward/backward pass: `batch_size / accum_steps`.
+    pub fn micro_batch(&self) -> usize {
+        self.batch_size / self.accum_steps.max(1)
+    }
+
     /// Sizes of the soft-target levels, highest resolution first (input / 8, 16, 32).
     pub fn target_sizes(&self) -> [usize; 3] {
         [
@@ -434,5 +460,26 @@ mod tests {
         assert_eq!(c, back);
         let e = TrainConfig::from_toml_str("lbr = 0.1", "x.toml").unwrap_err();
         assert!(e.to_string().contains("lbr"), "{e}");
+    }
+
+    #[test]
+    fn accum_steps_must_divide_the_batch() {
+        let mut c = TrainConfig::default();
+        c.set("accum-steps", "4").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.micro_batch(), 128);
+        // The lr rule uses the global batch, not the micro-batch.
+        assert_eq!(c.peak_lr(), 0.2);
+        c.set("accum_steps", "3").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--accum-steps") && e.contains("512") && e.contains("3"),
+            "{e}"
+        );
+        c.set("accum_steps", "0").unwrap();
+        assert!(c.validate().is_err());
+        // Older checkpoints' configs have no accum_steps: it defaults to 1.
+        let old = TrainConfig::from_json(r#"{"batch_size": 8}"#).unwrap();
+        assert_eq!(old.accum_steps, 1);
     }
 }

@@ -9,6 +9,9 @@
 //! in f32 and `copy_` truncates it back to an integer; we do the same (so the EMA counter stays
 //! near 0 for a long time, as in the reference checkpoints). The EMA starts as a copy of the
 //! model when training starts (after loading any init checkpoint).
+//!
+//! When EMA and model live on a GPU the tensors are updated there
+//! (`cuda::ops::ema_update`, rounded as here); the counters stay on the host.
 
 use crate::nn::ParamStore;
 use crate::{Error, Result};
@@ -25,6 +28,12 @@ pub fn update(ema: &mut ParamStore, model: &ParamStore, decay: f64) -> Result<()
                 e.tensor.shape(),
                 m.tensor.shape()
             )));
+        }
+        if let (Some(es), Some(ms)) = (e.tensor.cuda(), m.tensor.cuda()) {
+            // Both on a GPU: the same arithmetic there (kernels/optim.cu), into a new buffer.
+            let out = crate::cuda::ops::ema_update(es, ms, d, om)?;
+            e.tensor = crate::tensor::Tensor::from_cuda(m.tensor.shape(), out);
+            continue;
         }
         let mv = m.tensor.data();
         for (a, b) in e.tensor.data_mut().iter_mut().zip(mv) {

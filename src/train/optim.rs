@@ -25,11 +25,12 @@ pub struct SgdConfig {
     pub nesterov: bool,
 }
 
-/// The optimiser state: one momentum buffer per parameter that has had a gradient.
+/// The optimiser state: one momentum buffer per parameter that has had a gradient, in the
+/// engine layout, on the device of its parameter (host for a CPU run, GPU for a CUDA run).
 #[derive(Clone, Debug, Default)]
 pub struct Sgd {
     pub cfg: Option<SgdConfig>,
-    pub buffers: BTreeMap<String, Vec<f32>>,
+    pub buffers: BTreeMap<String, Tensor>,
 }
 
 /// timm's rule: weight decay applies to tensors of rank > 1 that are not biases.
@@ -53,7 +54,17 @@ impl Sgd {
         })
     }
 
+    /// Moves every momentum buffer to `device` (f32 on a GPU).
+    pub fn to_device(&mut self, device: crate::device::Device) -> Result<()> {
+        for b in self.buffers.values_mut() {
+            *b = b.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// One update with learning rate `lr` from `grads` (engine layout, by parameter name).
+    /// A parameter that lives on a GPU is updated there (`cuda::ops::sgd_nesterov`, the same
+    /// arithmetic rounded the same way); its gradient and buffer are moved there if needed.
     pub fn step(
         &mut self,
         store: &mut ParamStore,
@@ -75,6 +86,14 @@ impl Sgd {
             } else {
                 0.0
             };
+            if e.tensor.is_cuda() {
+                let (w, buf) = step_cuda(&e.tensor, g, self.buffers.get(name), lr, wd, cfg)?;
+                e.tensor = w;
+                if let Some(b) = buf {
+                    self.buffers.insert(name.clone(), b);
+                }
+                continue;
+            }
             let p = e.tensor.data_mut();
             let mut d: Vec<f32> = g.data().to_vec();
             if wd != 0.0 {
@@ -85,15 +104,16 @@ impl Sgd {
             if cfg.momentum != 0.0 {
                 match self.buffers.get_mut(name) {
                     None => {
-                        self.buffers.insert(name.clone(), d.clone());
+                        self.buffers
+                            .insert(name.clone(), Tensor::from_vec(g.shape(), d.clone())?);
                     }
                     Some(buf) => {
-                        for (b, di) in buf.iter_mut().zip(&d) {
+                        for (b, di) in buf.data_mut().iter_mut().zip(&d) {
                             *b = cfg.momentum * *b + *di;
                         }
                     }
                 }
-                let buf = &self.buffers[name];
+                let buf = self.buffers[name].data();
                 if cfg.nesterov {
                     for (di, b) in d.iter_mut().zip(buf) {
                         *di += cfg.momentum * *b;
@@ -108,6 +128,35 @@ impl Sgd {
         }
         Ok(())
     }
+}
+
+/// The GPU update of one parameter: new weight and (with momentum) new buffer tensors.
+fn step_cuda(
+    w: &Tensor,
+    g: &Tensor,
+    buf: Option<&Tensor>,
+    lr: f32,
+    wd: f32,
+    cfg: SgdConfig,
+) -> Result<(Tensor, Option<Tensor>)> {
+    use crate::cuda::{ops as cu, DType};
+    let ws = cu::st("sgd", w)?;
+    let g = cu::on_gpu_as(g, ws, DType::F32)?;
+    let b = buf.map(|b| cu::on_gpu_as(b, ws, DType::F32)).transpose()?;
+    let bs = b.as_ref().map(|b| cu::st("sgd", b)).transpose()?;
+    let (w2, b2) = cu::sgd_nesterov(
+        ws,
+        cu::st("sgd", &g)?,
+        bs,
+        lr,
+        cfg.momentum,
+        wd,
+        cfg.nesterov,
+    )?;
+    Ok((
+        Tensor::from_cuda(w.shape(), w2),
+        b2.map(|b| Tensor::from_cuda(w.shape(), b)),
+    ))
 }
 
 #[cfg(test)]

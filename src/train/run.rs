@@ -15,7 +15,7 @@
 use super::checkpoint;
 use super::config::TrainConfig;
 use super::eval::{evaluate, EvalOptions, EvalResult};
-use super::source::BatchSource;
+use super::source::{Batch, BatchSource};
 use super::trainer::{effective_maps, Trainer};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,6 +23,35 @@ use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Above this share of an epoch spent waiting for batches, the log warns that the loader is the
+/// bottleneck.
+pub const LOADER_WARN_FRACTION: f64 = 0.10;
+
+/// Where an epoch's time went: producing batches (the loader's busy time, on its thread when
+/// prefetching), the step (PGD + forward/backward + update), and the step waiting for data.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Throughput {
+    pub images: usize,
+    pub load_s: f64,
+    pub step_s: f64,
+    pub wait_s: f64,
+}
+
+impl Throughput {
+    /// Images per second one loader thread produces.
+    pub fn loader_rate(&self) -> f64 {
+        self.images as f64 / self.load_s.max(1e-9)
+    }
+    /// Images per second of the training step alone.
+    pub fn step_rate(&self) -> f64 {
+        self.images as f64 / self.step_s.max(1e-9)
+    }
+    /// Share of `wall` seconds the step loop spent waiting for a batch.
+    pub fn wait_fraction(&self, wall: f64) -> f64 {
+        (self.wait_s / wall.max(1e-9)).min(1.0)
+    }
+}
 
 pub struct RunOptions {
     pub run_dir: PathBuf,
@@ -142,12 +171,13 @@ pub fn run(
         .device
         .parse::<crate::device::DeviceRequest>()?
         .resolve()?;
-    trainer.device = device;
+    trainer.to_device(device)?;
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, trainer.cfg.to_toml()).map_err(|e| Error::io(&config_path, e))?;
     let mut log = Log::open(dir)?;
     log.line(&format!(
-        "{} {}: {} | {} train images, {nb} steps/epoch, batch {}, peak lr {:.4}",
+        "{} {}: {} | {} train images, {nb} updates/epoch, batch {} (micro-batch {} x {} \
+         accumulated), peak lr {:.4}, {} batches prefetched",
         if opts.resume.is_some() {
             "resume"
         } else {
@@ -157,7 +187,10 @@ pub fn run(
         trainer.spec.describe(),
         train.len(),
         cfg.batch_size,
-        trainer.cfg.peak_lr()
+        trainer.cfg.micro_batch(),
+        trainer.cfg.accum_steps,
+        trainer.cfg.peak_lr(),
+        trainer.cfg.prefetch_batches,
     ))?;
     log.line(&format!("device: {why}"))?;
     let last = last_checkpoint(dir);
@@ -195,59 +228,122 @@ pub fn run(
         let epoch = trainer.pos.epoch;
         bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
         let t0 = Instant::now();
-        let (mut data_s, mut step_s, mut imgs) = (0f64, 0f64, 0usize);
-        while trainer.pos.step < nb {
-            let td = Instant::now();
-            let batch = train.batch(epoch, trainer.pos.step, cfg.batch_size, true)?;
-            let ts = Instant::now();
-            data_s += (ts - td).as_secs_f64();
-            let st = trainer.step(&batch).map_err(|e| fail(e, &last_good))?;
-            step_s += ts.elapsed().as_secs_f64();
-            imgs += st.n;
-            bar.inc(1);
-            bar.set_message(format!(
-                "loss {:.3} acc {:.1}% lr {:.2e} {:.0} img/s",
-                st.loss,
-                100.0 * trainer.sums.accuracy(),
-                st.lr,
-                imgs as f64 / (data_s + step_s).max(1e-9)
-            ));
-            let g = trainer.pos.global_step;
-            let stop = opts.stop_after_steps.is_some_and(|s| g >= s);
-            let every = trainer.cfg.checkpoint_every;
-            if trainer.pos.step < nb && (stop || (every > 0 && g % every as u64 == 0)) {
-                checkpoint::save(&trainer, &last).map_err(|e| fail(e, &last_good))?;
-                last_good = Some(last.display().to_string());
-                log.line(&format!("checkpoint {} at global step {g}", last.display()))?;
-            }
-            if stop && trainer.pos.step < nb {
-                bar.abandon_with_message(format!("stopped after {g} steps"));
-                return Ok(RunSummary {
-                    trainer,
-                    finished: false,
-                    last_eval,
-                    checkpoint: last,
-                    seconds: start.elapsed().as_secs_f64(),
+        let mut io = Throughput::default();
+        let prefetch = trainer.cfg.prefetch_batches;
+        let bs = cfg.batch_size;
+        let first = trainer.pos.step;
+        // The loader runs on its own thread `prefetch` batches ahead of the step (a batch is a
+        // pure function of its position, so results do not change); 0 loads in line.
+        let stopped = std::thread::scope(|scope| -> Result<bool> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(Result<Batch>, f64)>(prefetch.max(1));
+            if prefetch > 0 {
+                scope.spawn(move || {
+                    for i in first..nb {
+                        let t = Instant::now();
+                        let b = train.batch(epoch, i, bs, true);
+                        let failed = b.is_err();
+                        if tx.send((b, t.elapsed().as_secs_f64())).is_err() || failed {
+                            break;
+                        }
+                    }
                 });
+            } else {
+                drop(tx);
             }
+            while trainer.pos.step < nb {
+                let tw = Instant::now();
+                let (batch, busy) = if prefetch > 0 {
+                    rx.recv()
+                        .map_err(|_| Error::Msg("the data loader thread stopped".into()))?
+                } else {
+                    let b = train.batch(epoch, trainer.pos.step, bs, true);
+                    (b, tw.elapsed().as_secs_f64())
+                };
+                let batch = batch?;
+                let ts = Instant::now();
+                io.wait_s += (ts - tw).as_secs_f64();
+                io.load_s += busy;
+                let st = trainer.step(&batch).map_err(|e| fail(e, &last_good))?;
+                io.step_s += ts.elapsed().as_secs_f64();
+                io.images += st.n;
+                bar.inc(1);
+                bar.set_message(format!(
+                    "loss {:.3} acc {:.1}% lr {:.2e} {:.0} img/s (loader {:.0}, step {:.0}, waited {:.0}%)",
+                    st.loss,
+                    100.0 * trainer.sums.accuracy(),
+                    st.lr,
+                    io.images as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                    io.loader_rate(),
+                    io.step_rate(),
+                    100.0 * io.wait_fraction(t0.elapsed().as_secs_f64()),
+                ));
+                let g = trainer.pos.global_step;
+                let stop = opts.stop_after_steps.is_some_and(|s| g >= s);
+                let every = trainer.cfg.checkpoint_every;
+                if trainer.pos.step < nb && (stop || (every > 0 && g % every as u64 == 0)) {
+                    checkpoint::save(&trainer, &last).map_err(|e| fail(e, &last_good))?;
+                    last_good = Some(last.display().to_string());
+                    log.line(&format!("checkpoint {} at global step {g}", last.display()))?;
+                }
+                if stop && trainer.pos.step < nb {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })?;
+        if stopped {
+            let g = trainer.pos.global_step;
+            bar.abandon_with_message(format!("stopped after {g} steps"));
+            return Ok(RunSummary {
+                trainer,
+                finished: false,
+                last_eval,
+                checkpoint: last,
+                seconds: start.elapsed().as_secs_f64(),
+            });
         }
         let secs = t0.elapsed().as_secs_f64();
         let sums = trainer.sums;
+        let wait = io.wait_fraction(secs);
         log.metric(json!({
             "kind": "train", "epoch": epoch + 1, "step": trainer.pos.global_step,
+            "updates": sums.steps, "images": sums.seen,
+            "accum_steps": trainer.cfg.accum_steps, "micro_batch": trainer.cfg.micro_batch(),
             "loss": sums.mean_loss(), "ce": sums.ce / sums.steps.max(1) as f64,
             "acc": sums.accuracy(), "lr": trainer.sched.lr(epoch, 0),
             "images_per_s": sums.seen as f64 / secs.max(1e-9),
-            "loader_images_per_s": imgs as f64 / data_s.max(1e-9),
-            "step_images_per_s": imgs as f64 / step_s.max(1e-9),
+            "loader_images_per_s": io.loader_rate(),
+            "step_images_per_s": io.step_rate(),
+            "data_wait_fraction": wait,
         }))?;
         log.line(&format!(
-            "epoch {}/{epochs}: loss {:.4} adv-train acc {:.2}% ({:.1} img/s)",
+            "epoch {}/{epochs}: loss {:.4} adv-train acc {:.2}% ({:.1} img/s; loader {:.1} img/s, \
+             step {:.1} img/s, waited for data {:.1}% of the epoch)",
             epoch + 1,
             sums.mean_loss(),
             100.0 * sums.accuracy(),
-            sums.seen as f64 / secs.max(1e-9)
+            sums.seen as f64 / secs.max(1e-9),
+            io.loader_rate(),
+            io.step_rate(),
+            100.0 * wait
         ))?;
+        if wait > LOADER_WARN_FRACTION {
+            let msg = format!(
+                "warning: epoch {}: the step waited for data {:.0}% of the time: the loader \
+                 ({:.1} img/s of one loader thread, {} batches prefetched) is the bottleneck, \
+                 not the step ({:.1} img/s). More CPU cores (decoding is parallel over the \
+                 batch), a faster disk, smaller JPEGs, or --prefetch-batches help.",
+                epoch + 1,
+                100.0 * wait,
+                io.loader_rate(),
+                prefetch,
+                io.step_rate()
+            );
+            log.line(&msg)?;
+            if opts.progress {
+                bar.println(&msg);
+            }
+        }
         let k = trainer.cfg.eval_every;
         let due = epoch + 1 == epochs || (k > 0 && (epoch + 1) % k == 0);
         if let (true, Some(src)) = (due, eval) {

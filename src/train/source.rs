@@ -32,6 +32,27 @@ impl Batch {
     pub fn side(&self) -> usize {
         self.images.shape().get(1).copied().unwrap_or(0)
     }
+
+    /// Images `lo..hi` as a batch of their own (a micro-batch of gradient accumulation).
+    pub fn slice(&self, lo: usize, hi: usize) -> Result<Batch> {
+        let n = self.len();
+        if lo > hi || hi > n {
+            return Err(Error::shape(
+                "Batch::slice",
+                format!("images {lo}..{hi} of a batch of {n}"),
+            ));
+        }
+        let mut shape = self.images.shape().to_vec();
+        let per: usize = shape[1..].iter().product();
+        shape[0] = hi - lo;
+        let hw = self.label_maps.len().checked_div(n).unwrap_or(0);
+        Ok(Batch {
+            images: Tensor::from_vec(&shape, self.images.data()[lo * per..hi * per].to_vec())?,
+            labels: self.labels[lo..hi].to_vec(),
+            label_maps: self.label_maps[lo * hw..hi * hw].to_vec(),
+            has_parts: self.has_parts[lo..hi].to_vec(),
+        })
+    }
 }
 
 pub trait BatchSource: Send + Sync {

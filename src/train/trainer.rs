@@ -57,6 +57,18 @@ pub struct StepStats {
     pub n: usize,
 }
 
+/// What `Trainer::gradients` computes for one update.
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    /// Mean over the micro-batches of the full loss and of the smoothed CE.
+    pub loss: f32,
+    pub ce: f32,
+    /// Correct predictions (clean-model logits on the adversarial images) over the batch.
+    pub correct: usize,
+    /// Engine layout, by parameter name; on the training device.
+    pub grads: BTreeMap<String, Tensor>,
+}
+
 pub struct Trainer {
     pub cfg: TrainConfig,
     pub spec: ModelSpec,
@@ -120,9 +132,55 @@ impl Trainer {
         effective_maps(&self.cfg, batch)
     }
 
-    /// One step: PGD on the batch (eval mode), then the full loss on the adversarial batch in
-    /// train mode, Nesterov SGD, EMA. Advances the position by one step.
+    /// Moves the training state (model, EMA, momentum buffers) to `device` and runs there
+    /// from now on. On a GPU the optimiser and EMA updates then run on the device too; a
+    /// checkpoint downloads what it writes.
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        self.device = device;
+        if device == Device::Cpu {
+            return Ok(());
+        }
+        self.model.to_device(device)?;
+        if let Some(e) = &mut self.ema {
+            e.to_device(device)?;
+        }
+        self.opt.to_device(device)
+    }
+
+    /// One update: the batch (`batch_size` images) is split into `accum_steps` micro-batches;
+    /// each runs PGD (eval mode), then the full loss on its adversarial images in train mode
+    /// (BN statistics of that micro-batch) and a backward pass; the gradients of
+    /// `loss / accum_steps` are summed (`gradients`). Then one Nesterov SGD step and one EMA
+    /// update. Advances the position by one step (= one update).
     pub fn step(&mut self, batch: &Batch) -> Result<StepStats> {
+        let lr = self.lr();
+        let micro = batch.len() / self.cfg.accum_steps.max(1);
+        let g = self.gradients(batch)?;
+        self.opt
+            .step(&mut self.model, &g.grads, lr)
+            .map_err(|e| self.explain_oom(e, micro))?;
+        if let Some(e) = &mut self.ema {
+            ema::update(e, &self.model, self.cfg.model_ema_decay)?;
+        }
+        self.sums.loss += g.loss as f64;
+        self.sums.ce += g.ce as f64;
+        self.sums.correct += g.correct as u64;
+        self.sums.seen += batch.len() as u64;
+        self.sums.steps += 1;
+        self.pos.step += 1;
+        self.pos.global_step += 1;
+        Ok(StepStats {
+            loss: g.loss,
+            lr,
+            correct: g.correct,
+            n: batch.len(),
+        })
+    }
+
+    /// The gradient part of `step` (PGD, forward, backward over the `accum_steps`
+    /// micro-batches; BN running statistics advance, the weights do not): the gradients of
+    /// the mean over micro-batches of the loss, checked finite.
+    pub fn gradients(&mut self, batch: &Batch) -> Result<Gradients> {
         let n = batch.len();
         if n == 0 {
             return Err(Error::Msg("empty batch".into()));
@@ -136,13 +194,79 @@ impl Trainer {
                 ),
             ));
         }
-        let lr = self.lr();
+        let k = self.cfg.accum_steps.max(1);
+        if n % k != 0 {
+            return Err(Error::flag(
+                "--accum-steps",
+                format!("a batch of {n} images does not split into {k} equal micro-batches"),
+            ));
+        }
+        let micro = n / k;
+        if self.device != Device::Cpu {
+            crate::cuda::set_batch_hint(micro);
+        }
         let where_ = format!(
             "epoch {} step {} (global step {})",
             self.pos.epoch,
             self.pos.step,
             self.pos.global_step + 1
         );
+        // One generator per update, drawn micro-batch after micro-batch (with k = 1 exactly
+        // the draws of a single-batch step).
+        let mut rng = step_rng(self.cfg.seed, self.pos.global_step);
+        let inv_k = 1.0 / k as f32;
+        let (mut loss_sum, mut ce_sum, mut correct) = (0f64, 0f64, 0usize);
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        for j in 0..k {
+            let mb;
+            let part = if k == 1 {
+                batch
+            } else {
+                mb = batch.slice(j * micro, (j + 1) * micro)?;
+                &mb
+            };
+            let (loss, ce, c, g) = self
+                .micro_step(part, &mut rng, &where_)
+                .map_err(|e| self.explain_oom(e, micro))?;
+            loss_sum += loss as f64;
+            ce_sum += ce as f64;
+            correct += c;
+            if k == 1 {
+                grads = g;
+                continue;
+            }
+            for (name, t) in g {
+                let acc = match grads.remove(&name) {
+                    None => scaled(&t, inv_k)?,
+                    Some(a) => add_scaled(a, &t, inv_k)?,
+                };
+                grads.insert(name, acc);
+            }
+        }
+        for (name, t) in &grads {
+            if !finite(t)? {
+                return Err(Error::NonFinite(format!(
+                    "gradient of '{name}' at {where_}"
+                )));
+            }
+        }
+        // The update's loss is the mean of the micro-batch losses (k = 1: the loss itself).
+        Ok(Gradients {
+            loss: (loss_sum / k as f64) as f32,
+            ce: (ce_sum / k as f64) as f32,
+            correct,
+            grads,
+        })
+    }
+
+    /// PGD, forward and backward of one micro-batch: (loss, ce, correct, parameter gradients
+    /// of the unscaled loss).
+    fn micro_step(
+        &mut self,
+        batch: &Batch,
+        rng: &mut ChaCha8Rng,
+        where_: &str,
+    ) -> Result<(f32, f32, usize, BTreeMap<String, Tensor>)> {
         let x = if self.cfg.advtrain {
             let step = attack_step(
                 self.cfg.attack_eps,
@@ -158,16 +282,18 @@ impl Trainer {
                 keep_best: true,
                 device: self.device,
             };
-            let mut rng = step_rng(self.cfg.seed, self.pos.global_step);
             pgd_linf(
                 &self.spec,
                 &mut self.model,
                 &batch.images,
                 &batch.labels,
                 &pgd,
-                &mut rng,
+                rng,
             )
-            .map_err(|e| Error::NonFinite(format!("{e} at {where_}")))?
+            .map_err(|e| match e {
+                Error::NonFinite(m) => Error::NonFinite(format!("{m} at {where_}")),
+                other => other,
+            })?
         } else {
             batch.images.clone()
         };
@@ -183,88 +309,114 @@ impl Trainer {
                 }
             })
             .collect();
-        let (loss, ce, correct, grads) = {
-            let mut ctx = Ctx::new(&mut self.model, GradMode::Full, true);
-            if self.cfg.freeze_backbone {
-                for p in backbone_prefixes(&self.spec) {
-                    ctx.freeze(&p);
-                }
+        let mut ctx = Ctx::new(&mut self.model, GradMode::Full, true);
+        if self.cfg.freeze_backbone {
+            for p in backbone_prefixes(&self.spec) {
+                ctx.freeze(&p);
             }
-            let xv = ctx.tape.input(x.to_device(self.device)?, false);
-            let out = self.spec.forward(&mut ctx, xv)?;
-            let logits = ctx.tape.value(out.logits).clone();
-            let ce_var = crate::ops::cross_entropy_smooth(
-                &mut ctx.tape,
-                out.logits,
-                &batch.labels,
-                self.cfg.smoothing as f32,
-            )?;
-            let ce = ctx.tape.value(ce_var).item();
-            let used_targets: Vec<Tensor> = if out.segs.is_empty() {
-                Vec::new()
-            } else {
-                targets[targets.len() - out.segs.len()..].to_vec()
-            };
-            let loss_var = self.spec.loss(
-                &mut ctx,
-                &out,
-                &batch.labels,
-                &used_targets,
-                &weights,
-                self.cfg.loss(),
-            )?;
-            let loss = ctx.tape.value(loss_var).item();
-            if !loss.is_finite() {
-                return Err(Error::NonFinite(format!(
-                    "training loss {loss} at {where_}"
-                )));
-            }
-            let mut g = ctx.tape.backward(loss_var)?;
-            let mut grads = BTreeMap::new();
-            for (name, var) in ctx.used_params() {
-                if let Some(t) = g.take(*var) {
-                    if !t.all_finite() {
-                        return Err(Error::NonFinite(format!(
-                            "gradient of '{name}' at {where_}"
-                        )));
-                    }
-                    grads.insert(name.clone(), t);
-                }
-            }
-            (loss, ce, count_correct(&logits, &batch.labels), grads)
-        };
-        self.opt.step(&mut self.model, &grads, lr)?;
-        if let Some(e) = &mut self.ema {
-            ema::update(e, &self.model, self.cfg.model_ema_decay)?;
         }
-        self.sums.loss += loss as f64;
-        self.sums.ce += ce as f64;
-        self.sums.correct += correct as u64;
-        self.sums.seen += n as u64;
-        self.sums.steps += 1;
-        self.pos.step += 1;
-        self.pos.global_step += 1;
-        Ok(StepStats {
-            loss,
-            lr,
-            correct,
-            n,
-        })
+        let xv = ctx.tape.input(x.to_device(self.device)?, false);
+        let out = self.spec.forward(&mut ctx, xv)?;
+        let logits = ctx.tape.value(out.logits).clone();
+        let ce_var = crate::ops::cross_entropy_smooth(
+            &mut ctx.tape,
+            out.logits,
+            &batch.labels,
+            self.cfg.smoothing as f32,
+        )?;
+        let ce = ctx.tape.value(ce_var).item();
+        let used_targets: Vec<Tensor> = if out.segs.is_empty() {
+            Vec::new()
+        } else {
+            targets[targets.len() - out.segs.len()..].to_vec()
+        };
+        let loss_var = self.spec.loss(
+            &mut ctx,
+            &out,
+            &batch.labels,
+            &used_targets,
+            &weights,
+            self.cfg.loss(),
+        )?;
+        let loss = ctx.tape.value(loss_var).item();
+        if !loss.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "training loss {loss} at {where_}"
+            )));
+        }
+        let mut g = ctx.tape.backward(loss_var)?;
+        let mut grads = BTreeMap::new();
+        for (name, var) in ctx.used_params() {
+            if let Some(t) = g.take(*var) {
+                grads.insert(name.clone(), t);
+            }
+        }
+        Ok((loss, ce, count_correct(&logits, &batch.labels), grads))
     }
 
-    /// Soft targets at input/8, /16, /32 (highest resolution first).
+    /// A GPU out-of-memory error, with the micro-batch that hit it and what to try.
+    fn explain_oom(&self, e: Error, micro: usize) -> Error {
+        match e {
+            Error::Device { device, msg } if msg.contains("out of memory") => {
+                let k = self.cfg.accum_steps.max(1);
+                let hint = if micro > 1 {
+                    let k2 = (k + 1..=self.cfg.batch_size)
+                        .find(|d| self.cfg.batch_size % d == 0)
+                        .unwrap_or(self.cfg.batch_size);
+                    format!(
+                        "; try --accum-steps {k2} (micro-batch {} images, same global batch \
+                         {} and learning rate)",
+                        self.cfg.batch_size / k2,
+                        self.cfg.batch_size
+                    )
+                } else {
+                    String::new()
+                };
+                Error::Device {
+                    device,
+                    msg: format!(
+                        "{msg} [training micro-batch of {micro} images = --batch-size {} / \
+                         --accum-steps {k}{hint}]",
+                        self.cfg.batch_size
+                    ),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Soft targets at input/8, /16, /32 (highest resolution first). For a CUDA run they are
+    /// built on the GPU from the u16 label maps (`cuda::ops::mask_targets`, the same rule),
+    /// so only the maps cross the bus (2 bytes per pixel instead of ~13.6 MB of f32 targets
+    /// per image at S = 3,311 and 224 px).
     fn targets(&self, batch: &Batch) -> Result<Vec<Tensor>> {
         if self.spec.head == Head::None {
             return Ok(Vec::new());
         }
         let maps = self.effective_maps(batch);
+        let sizes = self.cfg.target_sizes();
+        if let Device::Cuda(ordinal) = self.device {
+            let gpu = crate::cuda::gpu(ordinal)?;
+            return crate::cuda::ops::mask_targets(
+                &gpu,
+                &maps,
+                batch.len(),
+                batch.side(),
+                batch.side(),
+                self.cfg.seg_classes,
+                sizes[0],
+                &sizes[1..],
+                self.cfg.smoothing as f32,
+                crate::cuda::DType::F32,
+            );
+        }
         soft_targets(
             &maps,
             batch.len(),
             batch.side(),
             self.cfg.seg_classes,
             self.cfg.smoothing as f32,
-            &self.cfg.target_sizes(),
+            &sizes,
         )
     }
 
@@ -287,6 +439,36 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// `t * k` (on the device of `t`; f32).
+fn scaled(t: &Tensor, k: f32) -> Result<Tensor> {
+    if t.is_cuda() {
+        let t32 = crate::cuda::ops::cast(t, crate::cuda::DType::F32)?;
+        return crate::cuda::ops::scale(&t32, k);
+    }
+    Ok(t.map(|v| v * k))
+}
+
+/// `acc + t * k` (on the device of `acc`; f32).
+fn add_scaled(mut acc: Tensor, t: &Tensor, k: f32) -> Result<Tensor> {
+    if acc.is_cuda() {
+        return crate::cuda::ops::axpby(&acc, t, 1.0, k);
+    }
+    let td = t.data();
+    for (a, b) in acc.data_mut().iter_mut().zip(td) {
+        *a += *b * k;
+    }
+    Ok(acc)
+}
+
+/// Every value of `t` is finite. A GPU tensor is checked by one reduction on the device (the
+/// sum is NaN/Inf when any value is): one scalar crosses the bus, not the tensor.
+fn finite(t: &Tensor) -> Result<bool> {
+    if t.is_cuda() {
+        return Ok(crate::cuda::ops::sum_all(t, 1.0)?.is_finite());
+    }
+    Ok(t.all_finite())
 }
 
 pub fn effective_maps(cfg: &TrainConfig, batch: &Batch) -> Vec<u16> {
