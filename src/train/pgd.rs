@@ -78,6 +78,9 @@ pub fn pgd_linf(
     cfg: &PgdConfig,
     rng: &mut impl rand::Rng,
 ) -> Result<Tensor> {
+    if cfg.device != Device::Cpu {
+        return pgd_linf_device(spec, store, x0, labels, cfg, rng);
+    }
     let eps = cfg.eps;
     let orig = x0.data();
     let mut x = x0.clone();
@@ -113,6 +116,67 @@ pub fn pgd_linf(
             let stepped = *xi + cfg.step * s;
             *xi = ((stepped - oi).clamp(-eps, eps) + oi).clamp(0.0, 1.0);
         }
+    }
+    if !cfg.keep_best {
+        return Ok(x);
+    }
+    let last = loss_only(spec, store, &x, labels, cfg.smoothing, cfg.device)?;
+    match best {
+        Some((b, bx)) if b >= last || last.is_nan() => Ok(bx),
+        _ => Ok(x),
+    }
+}
+
+/// `pgd_linf` with the iterate on the GPU: the random start is drawn on the host (the same
+/// draws as the CPU path) and uploaded once; each step is `cuda::ops::pgd_step` (the same
+/// projection, `clamp(clamp(x + s*sign(g), x0 - eps, x0 + eps), 0, 1)`, rounded on the device),
+/// and the finiteness check of the input gradient is one device reduction, so neither the
+/// gradient nor the iterate crosses the bus between steps.
+fn pgd_linf_device(
+    spec: &ModelSpec,
+    store: &mut ParamStore,
+    x0: &Tensor,
+    labels: &[usize],
+    cfg: &PgdConfig,
+    rng: &mut impl rand::Rng,
+) -> Result<Tensor> {
+    use crate::cuda::ops as cu;
+    let eps = cfg.eps;
+    let start: Vec<f32> = x0
+        .data()
+        .iter()
+        .map(|&oi| {
+            let noise: f32 = if eps > 0.0 {
+                rng.random_range(-eps..eps)
+            } else {
+                0.0
+            };
+            (oi + noise).clamp(0.0, 1.0)
+        })
+        .collect();
+    let x0d = x0.to_device(cfg.device)?;
+    let mut x = Tensor::from_vec(x0.shape(), start)?.to_device(cfg.device)?;
+    let n = labels.len();
+    let (ev, sv) = (vec![eps; n], vec![cfg.step; n]);
+    let mut best: Option<(f32, Tensor)> = None;
+    for it in 0..cfg.steps {
+        let (loss, grad) = loss_and_grad(spec, store, &x, labels, cfg.smoothing, cfg.device)?;
+        let grad_ok = if grad.is_cuda() {
+            cu::sum_all(&grad, 1.0)?.is_finite()
+        } else {
+            grad.all_finite()
+        };
+        if !loss.is_finite() || !grad_ok {
+            return Err(Error::NonFinite(format!(
+                "attack loss or input gradient at PGD iteration {} (loss {loss})",
+                it + 1
+            )));
+        }
+        if cfg.keep_best && best.as_ref().is_none_or(|(b, _)| *b < loss) {
+            best = Some((loss, x.clone()));
+        }
+        // pgd_step writes a fresh buffer: the iterate kept as `best` stays valid.
+        x = cu::pgd_step(&x, &x0d, &grad, &ev, &sv, cu::Norm::Linf)?;
     }
     if !cfg.keep_best {
         return Ok(x);
