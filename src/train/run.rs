@@ -62,7 +62,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Write the PNG curves at the end.
     pub plots: bool,
-    /// Eval batch size (0 = the training batch size).
+    /// Eval batch size (0 = the training micro-batch, `batch_size / accum_steps`: what is
+    /// known to fit in memory).
     pub eval_batch_size: usize,
 }
 
@@ -213,7 +214,7 @@ pub fn run(
     let eval_bs = if opts.eval_batch_size > 0 {
         opts.eval_batch_size
     } else {
-        cfg.batch_size
+        cfg.micro_batch()
     };
     let fail = |e: Error, last_good: &Option<String>| -> Error {
         match e {
