@@ -299,10 +299,16 @@ impl Gpu {
         if len == 0 {
             return Ok(out);
         }
-        assert!(
-            len * std::mem::size_of::<T>() <= buf.bytes,
-            "download past the buffer"
-        );
+        if len * std::mem::size_of::<T>() > buf.bytes {
+            return Err(Error::Device {
+                device: format!("cuda:{}", self.ordinal),
+                msg: format!(
+                    "download of {len} x {} bytes past a buffer of {} bytes",
+                    std::mem::size_of::<T>(),
+                    buf.bytes
+                ),
+            });
+        }
         self.synchronize()?;
         // SAFETY: `out` has room for len elements; the buffer holds at least that many bytes
         // (asserted) and all work writing it has completed (synchronize above).
@@ -312,9 +318,17 @@ impl Gpu {
 
     /// Sets `bytes` bytes of `buf` to zero, on the stream.
     pub fn memset_zero(&self, buf: &DevBuf, bytes: usize) -> Result<()> {
+        if bytes > buf.bytes {
+            return Err(Error::Device {
+                device: format!("cuda:{}", self.ordinal),
+                msg: format!(
+                    "memset of {bytes} bytes past a buffer of {} bytes",
+                    buf.bytes
+                ),
+            });
+        }
         self.bind()?;
-        // SAFETY: `bytes` <= the buffer's size (asserted); async on our stream.
-        assert!(bytes <= buf.bytes);
+        // SAFETY: `bytes` <= the buffer's size (checked above); async on our stream.
         unsafe { dr::memset_d8_async(buf.ptr, 0, bytes, self.stream) }
             .map_err(|e| cu("cuMemsetD8Async", e))
     }

@@ -145,10 +145,11 @@ pub fn bn(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
     Ok(y)
 }
 
-pub fn act(ctx: &mut Ctx, x: Var, a: Act) -> Var {
+/// The activation `a`; on the GPU a failed launch is an error naming the op and shape.
+pub fn act(ctx: &mut Ctx, x: Var, a: Act) -> Result<Var> {
     match a {
-        Act::Gelu => ops::gelu(&mut ctx.tape, x),
-        Act::Relu => ops::relu(&mut ctx.tape, x),
+        Act::Gelu => ops::try_gelu(&mut ctx.tape, x),
+        Act::Relu => ops::try_relu(&mut ctx.tape, x),
     }
 }
 

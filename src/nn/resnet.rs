@@ -123,7 +123,7 @@ impl Backbone {
         }
         let y = conv(ctx, x, &format!("{prefix}conv1"), 2, 3, 1)?;
         let y = bn(ctx, y, &format!("{prefix}bn1"))?;
-        let y = act(ctx, y, self.act);
+        let y = act(ctx, y, self.act)?;
         let mut y = ops::max_pool2d(&mut ctx.tape, y, 3, 2, 1)?;
         let mut outs = Vec::with_capacity(4);
         for (stage, &nb) in self.arch.blocks().iter().enumerate() {
@@ -141,16 +141,16 @@ impl Backbone {
         let y = if self.arch.bottleneck() {
             let y = conv(ctx, x, &format!("{p}.conv1"), 1, 0, 1)?;
             let y = bn(ctx, y, &format!("{p}.bn1"))?;
-            let y = act(ctx, y, self.act);
+            let y = act(ctx, y, self.act)?;
             let y = conv(ctx, y, &format!("{p}.conv2"), stride, 1, 1)?;
             let y = bn(ctx, y, &format!("{p}.bn2"))?;
-            let y = act(ctx, y, self.act);
+            let y = act(ctx, y, self.act)?;
             let y = conv(ctx, y, &format!("{p}.conv3"), 1, 0, 1)?;
             bn(ctx, y, &format!("{p}.bn3"))?
         } else {
             let y = conv(ctx, x, &format!("{p}.conv1"), stride, 1, 1)?;
             let y = bn(ctx, y, &format!("{p}.bn1"))?;
-            let y = act(ctx, y, self.act);
+            let y = act(ctx, y, self.act)?;
             let y = conv(ctx, y, &format!("{p}.conv2"), 1, 1, 1)?;
             bn(ctx, y, &format!("{p}.bn2"))?
         };
@@ -162,6 +162,6 @@ impl Backbone {
             x
         };
         let y = ops::add(&mut ctx.tape, y, shortcut)?;
-        Ok(act(ctx, y, self.act))
+        act(ctx, y, self.act)
     }
 }

@@ -109,7 +109,8 @@ pub fn conv2d(t: &mut Tape, x: Var, w: Var, b: Option<Var>, p: Conv2dParams) -> 
         t.value(b).expect_shape("conv2d (bias)", &[g.o])?;
     }
     if t.value(x).is_cuda() {
-        return conv2d_cuda(t, x, w, b, g);
+        let shape = t.shape(x).to_vec();
+        return super::gpu_ctx("conv2d", &shape, conv2d_cuda(t, x, w, b, g));
     }
     let y = k::conv2d_forward(
         &g,

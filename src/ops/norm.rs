@@ -53,7 +53,7 @@ pub fn batch_norm(
         }
     }
     if t.value(x).is_cuda() {
-        return batch_norm_cuda(
+        let r = batch_norm_cuda(
             t,
             x,
             gamma,
@@ -65,6 +65,7 @@ pub fn batch_norm(
             m,
             c,
         );
+        return super::gpu_ctx("batch_norm", &xs, r);
     }
     let xv = t.value(x).data();
     let (mean, invstd, train) = match mode {
