@@ -113,11 +113,12 @@ impl ModelSpec {
 
     /// Forward from NHWC images in [0, 1] (normalised inside the model).
     pub fn forward(&self, ctx: &mut Ctx, images: Var) -> Result<Output> {
-        let x = ops::normalize_input(
+        let x = ops::basic::normalize_input_as(
             &mut ctx.tape,
             images,
             ops::basic::IMAGENET_MEAN,
             ops::basic::IMAGENET_STD,
+            ctx.precision.activation_dtype(),
         )?;
         let [_, l2, l3, l4] = self.backbone.forward(ctx, x, self.prefix())?;
         match self.head {
@@ -143,11 +144,12 @@ impl ModelSpec {
         match self.head {
             Head::TwoStage { .. } => Ok(self.forward(ctx, images)?.logits),
             Head::None | Head::Mpm { .. } => {
-                let x = ops::normalize_input(
+                let x = ops::basic::normalize_input_as(
                     &mut ctx.tape,
                     images,
                     ops::basic::IMAGENET_MEAN,
                     ops::basic::IMAGENET_STD,
+                    ctx.precision.activation_dtype(),
                 )?;
                 let [_, _, _, l4] = self.backbone.forward(ctx, x, self.prefix())?;
                 let fc = if self.head == Head::None {

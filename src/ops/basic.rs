@@ -187,7 +187,7 @@ fn linear_cuda(
     use crate::cuda::blas::{gemm, Mat};
     let xv = t.value(x).clone();
     let xs = cu::st("linear", &xv)?;
-    let wv = cu::on_gpu_as(t.value(w), xs, xs.dtype)?;
+    let wv = cu::weight_as(t.value(w), xs, xs.dtype)?;
     let ws = cu::st("linear", &wv)?;
     let g = xs.gpu().clone();
     let y = cu::empty(&g, n * o, xs.dtype)?;
@@ -209,7 +209,7 @@ fn linear_cuda(
         false,
     )?;
     if let Some(b) = b {
-        let bv = cu::on_gpu_as(t.value(b), xs, xs.dtype)?;
+        let bv = cu::weight_as(t.value(b), xs, xs.dtype)?;
         let ones = cu::on_gpu_as(&Tensor::full(&[n], 1.0), xs, xs.dtype)?;
         let (bs, os) = (cu::st("linear", &bv)?, cu::st("linear", &ones)?);
         gemm(
@@ -237,7 +237,7 @@ fn linear_cuda(
         let ds = cu::st("linear backward", &dy)?;
         let g = xs.gpu().clone();
         let dx = if c.needs[0] {
-            let wv = cu::on_gpu_as(c.inputs[1], xs, xs.dtype)?;
+            let wv = cu::weight_as(c.inputs[1], xs, xs.dtype)?;
             let dx = cu::empty(&g, n * i, xs.dtype)?;
             gemm(
                 &g,
@@ -279,7 +279,11 @@ fn linear_cuda(
                 &dw,
                 false,
             )?;
-            Some(Tensor::from_cuda(&[o, i], dw))
+            // Weight gradients come back in the weight's own dtype (f32 master weights).
+            Some(cu::to_dtype(
+                Tensor::from_cuda(&[o, i], dw),
+                cu::dtype_of(c.inputs[1]),
+            )?)
         } else {
             None
         };
@@ -331,6 +335,19 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// `(x - mean_c) / std_c` over the channel axis of an NHWC image batch.
 pub fn normalize_input(t: &mut Tape, x: Var, mean: [f32; 3], std: [f32; 3]) -> Result<Var> {
+    normalize_input_as(t, x, mean, std, crate::cuda::DType::F32)
+}
+
+/// `normalize_input` whose GPU output is stored as `out` (bf16: the start of the mixed-
+/// precision path; one fused pass). The input gradient is f32 whatever `out` is. The CPU
+/// ignores `out` (always f32).
+pub fn normalize_input_as(
+    t: &mut Tape,
+    x: Var,
+    mean: [f32; 3],
+    std: [f32; 3],
+    out: crate::cuda::DType,
+) -> Result<Var> {
     let [_, _, _, ch] = super::nhwc("normalize_input", t.shape(x))?;
     if ch != 3 {
         return Err(Error::shape(
@@ -343,7 +360,7 @@ pub fn normalize_input(t: &mut Tape, x: Var, mean: [f32; 3], std: [f32; 3]) -> R
         let y = gpu_ctx(
             "normalize_input",
             xv.shape(),
-            cu::normalize3(xv, mean, std, crate::cuda::DType::F32),
+            cu::normalize3(xv, mean, std, out),
         )?;
         return Ok(t.record(y, &[x], move |c| {
             Ok(vec![Some(cu::normalize3_bwd(c.dout, std)?)])

@@ -13,9 +13,9 @@ pub use basic::{
     add, gelu, linear, normalize_input, relu, reshape, scale, softmax_channels, try_gelu, try_relu,
     try_scale, try_softmax_channels,
 };
-pub use conv::{conv2d, Conv2dParams};
+pub use conv::{conv2d, conv_bn_act_eval, Conv2dParams};
 pub use loss::{cross_entropy_smooth, focal_loss, soft_cross_entropy};
-pub use norm::{batch_norm, BatchNormMode};
+pub use norm::{batch_norm, batch_norm_act, BatchNormMode};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::resize_bilinear;
 
