@@ -34,6 +34,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and exe and m["target"]["kind"] == ["test"]:
         shutil.copy(exe, sys.argv[1] + "/" + m["target"]["name"]); print("copied", m["target"]["name"])
 ' "$BIN"
+  # Debug info makes each binary ~75 MB; without it ~4 MB (symbols kept for backtraces), small
+  # enough to copy to the GPU machine.
+  if command -v strip >/dev/null; then strip --strip-debug "$BIN"/*; fi
   ls -l "$BIN"
 }
 
