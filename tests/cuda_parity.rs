@@ -907,3 +907,25 @@ fn out_of_memory_error_names_sizes() {
     assert!(e.contains(&format!("asked for {}", free * 4)), "{e}");
     assert!(e.contains("free") && e.contains("batch size 256"), "{e}");
 }
+
+/// No GPU needed: the precision flag and the OOM helpers other binaries use.
+#[test]
+fn precision_flag_and_oom_helpers() {
+    assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+    assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+    let e = "fp16".parse::<Precision>().unwrap_err().to_string();
+    assert!(
+        e.contains("--precision") && e.contains("f32 or bf16"),
+        "{e}"
+    );
+    let oom = mpm::Error::Device {
+        device: "cuda:0".into(),
+        msg: "out of memory (CUDA_ERROR_OUT_OF_MEMORY): asked for 10 bytes".into(),
+    };
+    assert!(mpm::cuda::is_out_of_memory(&oom));
+    let e = mpm::cuda::with_batch(oom, 256).to_string();
+    assert!(e.contains("at batch size 256"), "{e}");
+    let other = mpm::Error::Msg("x".into());
+    assert!(!mpm::cuda::is_out_of_memory(&other));
+    assert_eq!(mpm::cuda::with_batch(other, 3).to_string(), "x");
+}

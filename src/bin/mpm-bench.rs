@@ -127,6 +127,7 @@ fn kernels(d: Device, a: &Args) -> mpm::Result<()> {
         )
     })?;
     let gemm_rate = 2.0 * (n as f64).powi(3) / t;
+    let _ = GEMM_RATE.set(gemm_rate);
     println!(
         "bf16 GEMM (cuBLAS)      {:8.1} TFLOP/s (ceiling for matrix work)",
         gemm_rate / 1e12
@@ -330,6 +331,9 @@ fn end_to_end(d: Device, a: &Args) -> mpm::Result<()> {
     Ok(())
 }
 
+/// cuBLAS bf16 GEMM FLOP/s measured by `kernels` (the ceiling for matrix work).
+static GEMM_RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
 /// The per-shape choice between the fused conv-GELU kernel and cuDNN + epilogue, as timed
 /// on first use by the eval (attack) forward passes above.
 fn conv_gelu_report() {
@@ -342,10 +346,17 @@ fn conv_gelu_report() {
     if table.is_empty() {
         return;
     }
-    println!("conv + folded BN + GELU per layer shape (eval/attack path), ms per forward:");
+    println!("conv + folded BN + GELU per layer shape (eval/attack path), ms per forward;");
+    println!("TFLOP/s of the winner (2*M*O*K FLOPs), % of the bf16 GEMM rate measured above:");
     println!(
-        "{:<34} {:>5} {:>10} {:>10}  winner",
-        "input NHWC -> O, kernel/stride", "dtype", "fused", "cuDNN+epi"
+        "{:<34} {:>5} {:>10} {:>10}  {:<6} {:>8} {:>6}",
+        "input NHWC -> O, kernel/stride",
+        "dtype",
+        "fused",
+        "cuDNN+epi",
+        "winner",
+        "TFLOP/s",
+        "%GEMM"
     );
     let (mut fused_wins, mut total) = (0, 0);
     for r in &table {
@@ -354,12 +365,19 @@ fn conv_gelu_report() {
             "[{},{},{},{}] -> {}, {}x{}/{}",
             g.n, g.h, g.w, g.c, g.o, g.kh, g.kw, g.stride
         );
+        let flops = 2.0 * (g.n * g.oh * g.ow * g.o * g.kh * g.kw * g.c) as f64;
+        let rate = flops / r.fused_s.min(r.cudnn_s);
+        let pct = GEMM_RATE
+            .get()
+            .map_or("-".to_string(), |c| format!("{:.1}", 100.0 * rate / c));
         println!(
-            "{shape:<34} {:>5} {:>10.3} {:>10.3}  {:?}",
+            "{shape:<34} {:>5} {:>10.3} {:>10.3}  {:<6} {:>8.1} {:>6}",
             r.dtype.suffix(),
             r.fused_s * 1e3,
             r.cudnn_s * 1e3,
-            r.pick
+            format!("{:?}", r.pick),
+            rate / 1e12,
+            pct
         );
         total += 1;
         fused_wins += (r.pick == mpm::cuda::fused::ConvGeluImpl::Fused) as usize;
