@@ -61,9 +61,21 @@ pub fn weights_changed() {
     WEIGHT_EPOCH.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Whether launching `symbol` writes some existing tensor in place (weights, momentum, EMA).
+/// Whether launching `symbol` writes some existing tensor in place (weights, momentum, EMA):
+/// every kernel of kernels/optim.cu. Memoised per symbol (`file_of` scans the sources).
 fn writes_in_place(symbol: &str) -> bool {
-    modules::file_of(symbol).is_some_and(|k| k.name == "optim")
+    static MEMO: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
+    let memo = MEMO.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Ok(m) = memo.lock() {
+        if let Some(v) = m.get(symbol) {
+            return *v;
+        }
+    }
+    let v = modules::file_of(symbol).is_some_and(|k| k.name == "optim");
+    if let Ok(mut m) = memo.lock() {
+        m.insert(symbol.to_string(), v);
+    }
+    v
 }
 
 /// Adds the batch size to an out-of-memory error (any other error passes unchanged), for
