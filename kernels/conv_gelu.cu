@@ -1,16 +1,22 @@
 // conv_gelu.cu: convolution with batch norm folded in and the activation in the epilogue,
 // one kernel, for the evaluation/attack path (BN uses running statistics, so it is an affine
 // map per output channel that folds into the convolution):
-//   y[n,oy,ox,o] = act(scale[o] * sum_{ky,kx,c} x[n, oy*s-p+ky*d, ox*s-p+kx*d, c] * w[o,ky,kx,c] + shift[o])
-// with scale = gamma*invstd, shift = beta - mean*scale (+ bias*scale), computed on the host.
-// Versus cuDNN conv + a separate BN/GELU pass it saves one write and one read of y.
-// mpm-bench times both per layer shape; the faster one is used (see docs/cuda.md).
+//   pre[n,oy,ox,o] = sum_{ky,kx,c} x[n, oy*s-p+ky*d, ox*s-p+kx*d, c] * wf[o,ky,kx,c] + shift[o]
+//   y = act(pre)
+// with wf = w * scale[o], scale = gamma / sqrt(running_var + eps), shift = beta - mean*scale,
+// folded once per weight version by bn_fold below (src/cuda/fused.rs caches the result).
+// Versus cuDNN conv + a separate BN/GELU pass it saves one write and one read of y. The model
+// times both per layer shape on first use and keeps the faster (src/cuda/fused.rs; mpm-bench
+// prints the table); `MPM_CONV_GELU=fused|cudnn` forces one.
+// Backward (input gradient only, the attack path): the kernel can also write `pre`; then
+// dpre = act'(pre) * dy (elementwise.cu) and dx = cuDNN backward-data(dpre, wf).
 //
-// Algorithm: implicit GEMM, out[M, O] = A[M, K] * W[O, K]^T with M = N*OH*OW, K = KH*KW*C; A is
+// Algorithm: implicit GEMM, out[M, O] = A[M, K] * Wf[O, K]^T with M = N*OH*OW, K = KH*KW*C; A is
 // never materialised (im2col addresses computed while loading tiles). Block tile 64 (M) x 64 (O)
 // x 16 (K), 256 threads, each thread 4x4 outputs, f32 accumulation in registers; tiles staged
 // in shared memory (2 * 16 * 64 floats = 8 KiB).
-// FLOPs: 2*M*O*K. Bytes: x read ceil(O/64) times through L2, w read ceil(M/64) times, y written once.
+// FLOPs: 2*M*O*K. Bytes: x read ceil(O/64) times through L2, wf read ceil(M/64) times, y (and
+// pre when asked) written once.
 // Preconditions: groups == 1 (depthwise/grouped convs go through cuDNN); OHWI weights (f32);
 // all sizes < 2^31.
 #include "common.cuh"
@@ -24,8 +30,8 @@ struct ConvParams {
 #define CG_BK 16
 
 template <typename T>
-__device__ void conv_bn_act(const T* x, const float* wt, const float* scale, const float* shift,
-                            T* y, ConvParams p, u32 act) {
+__device__ void conv_bn_act(const T* x, const float* wt, const float* shift, T* y, T* pre,
+                            ConvParams p, u32 act) {
     __shared__ float As[CG_BK][CG_BM];
     __shared__ float Bs[CG_BK][CG_BN];
     const u32 M = p.n * p.oh * p.ow;
@@ -70,20 +76,52 @@ __device__ void conv_bn_act(const T* x, const float* wt, const float* scale, con
         }
         __syncthreads();
     }
-    // Epilogue: folded BN affine + activation, one write per output.
+    // Epilogue: folded BN shift + activation, one write per output (two when `pre` is asked).
     for (int i = 0; i < 4; ++i) {
         u32 gm = m0 + ty * 4 + i;
         if (gm >= M) continue;
         for (int j = 0; j < 4; ++j) {
             u32 go = o0 + tx * 4 + j;
             if (go >= p.o) continue;
-            float v = acc[i][j] * scale[go] + shift[go];
+            float v = acc[i][j] + shift[go];
+            if (pre) store(&pre[(u64)gm * p.o + go], v);
             if (act == 1) v = gelu_f(v); else if (act == 2) v = fmaxf(v, 0.0f);
             store(&y[(u64)gm * p.o + go], v);
         }
     }
 }
 
-// Launch: grid (ceil(M/64), ceil(O/64)), block 256, no dynamic shared memory.
-extern "C" __global__ void __launch_bounds__(256) conv_bn_act_f32(const float* x, const float* w, const float* scale, const float* shift, float* y, ConvParams p, u32 act) { conv_bn_act(x, w, scale, shift, y, p, act); }
-extern "C" __global__ void __launch_bounds__(256) conv_bn_act_bf16(const bf16_t* x, const float* w, const float* scale, const float* shift, bf16_t* y, ConvParams p, u32 act) { conv_bn_act(x, w, scale, shift, y, p, act); }
+// Launch: grid (ceil(M/64), ceil(O/64)), block 256 (the tile loads assume exactly 256 threads),
+// no dynamic shared memory. `pre` may be null (no input gradient wanted).
+extern "C" __global__ void __launch_bounds__(256) conv_bn_act_f32(const float* x, const float* wf, const float* shift, float* y, float* pre, ConvParams p, u32 act) { conv_bn_act(x, wf, shift, y, pre, p, act); }
+extern "C" __global__ void __launch_bounds__(256) conv_bn_act_bf16(const bf16_t* x, const float* wf, const float* shift, bf16_t* y, bf16_t* pre, ConvParams p, u32 act) { conv_bn_act(x, wf, shift, y, pre, p, act); }
+
+// BN folding (once per weight version): wf (O, K) = w * scale[o], shift[o] = beta - mean*scale,
+// scale = gamma * (1 / sqrt(running_var + eps)) (the same invstd expression as bn_finalize).
+// Grid-stride over O*K; reads w once, writes wf once; the thread holding k == 0 of a row also
+// writes that row's shift. All f32.
+extern "C" __global__ void bn_fold(const float* w, const float* gamma, const float* beta,
+                                   const float* running_mean, const float* running_var,
+                                   float* wf, float* shift, u32 o, u32 k, float eps) {
+    u64 total = (u64)o * k;
+    GRID_STRIDE(i, total) {
+        u32 row = (u32)(i / k);
+        float sc = gamma[row] * (1.0f / sqrtf(running_var[row] + eps));
+        wf[i] = w[i] * sc;
+        if (i % k == 0) shift[row] = beta[row] - running_mean[row] * sc;
+    }
+}
+
+// The cuDNN path's epilogue: pre = z + shift[c] (written when `pre` is not null), y = act(pre).
+// Grid-stride over M*C; reads z, writes y (and pre).
+template <typename T>
+__device__ void shift_act(const T* z, T* y, T* pre, const float* shift, u64 total, u32 c, u32 act) {
+    GRID_STRIDE(i, total) {
+        float v = to_f32(z[i]) + shift[(u32)(i % c)];
+        if (pre) store(&pre[i], v);
+        if (act == 1) v = gelu_f(v); else if (act == 2) v = fmaxf(v, 0.0f);
+        store(&y[i], v);
+    }
+}
+extern "C" __global__ void shift_act_f32(const float* z, float* y, float* pre, const float* shift, u64 total, u32 c, u32 act) { shift_act(z, y, pre, shift, total, c, act); }
+extern "C" __global__ void shift_act_bf16(const bf16_t* z, bf16_t* y, bf16_t* pre, const float* shift, u64 total, u32 c, u32 act) { shift_act(z, y, pre, shift, total, c, act); }

@@ -83,3 +83,87 @@ fn describe(n: usize) -> String {
 pub fn cuda_unavailable_reason() -> String {
     crate::cuda::unavailable_reason(0).unwrap_or_default()
 }
+
+/// Numerical precision of the GPU path (`--precision f32|bf16`); the CPU is always f32.
+///
+/// - `F32`: every tensor f32, no TF32 in cuBLAS/cuDNN: the parity mode (matches the CPU to
+///   1e-4 / 1e-3).
+/// - `Bf16`: mixed precision. The normalised input is cast to bf16 and activations stay bf16;
+///   master weights stay f32 (each is cast to bf16 once per weight version, not per op);
+///   arithmetic accumulates in f32 inside every kernel, cuBLAS and cuDNN; BN statistics (f64
+///   partials), softmax / CE / focal loss arithmetic and the loss values are f32; gradients of
+///   weights come back f32 for the optimiser, and the input gradient (attacks) is f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::flag(
+                "--precision",
+                format!("'{s}' is not a precision; expected f32 or bf16"),
+            )),
+        }
+    }
+}
+
+impl Precision {
+    /// Storage type of activations on the GPU.
+    pub fn activation_dtype(self) -> crate::cuda::DType {
+        match self {
+            Precision::F32 => crate::cuda::DType::F32,
+            Precision::Bf16 => crate::cuda::DType::Bf16,
+        }
+    }
+
+    /// What runs on `device` in this precision, for a start-up line.
+    pub fn describe(self, device: Device) -> String {
+        match (device, self) {
+            (Device::Cpu, _) => "f32 (the CPU path is always f32)".into(),
+            (Device::Cuda(_), Precision::F32) => "f32 (parity mode, no TF32)".into(),
+            (Device::Cuda(_), Precision::Bf16) => {
+                "bf16 activations, f32 master weights and accumulation".into()
+            }
+        }
+    }
+}
+
+static DEFAULT_PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets the precision every new forward context (`nn::Ctx::new`) starts with: what a binary
+/// calls once after parsing `--precision` (see `parse_precision_flag`).
+pub fn set_default_precision(p: Precision) {
+    DEFAULT_PRECISION.store(p as u8, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The precision new forward contexts start with (`F32` unless set).
+pub fn default_precision() -> Precision {
+    match DEFAULT_PRECISION.load(std::sync::atomic::Ordering::SeqCst) {
+        1 => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// Parses a `--precision` value and makes it the process default; returns it. For binaries:
+/// `let p = mpm::device::parse_precision_flag(&args.precision)?;`.
+pub fn parse_precision_flag(s: &str) -> Result<Precision> {
+    let p: Precision = s.parse()?;
+    set_default_precision(p);
+    Ok(p)
+}

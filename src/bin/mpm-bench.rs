@@ -2,9 +2,12 @@
 //! copy bandwidth, cuBLAS bf16 GEMM rate), and end-to-end images/s of an MPM adversarial
 //! training step (2 PGD steps + a training step) and of an attack gradient step.
 //!
-//! `mpm-bench [--device auto|cpu|cuda:N] [--batch 128] [--size 224] [--seg-classes 3311]
-//!            [--repeats 5] [--tiny]`
+//! `mpm-bench [--device auto|cpu|cuda:N] [--precision bf16|f32] [--batch 128] [--size 224]
+//!            [--seg-classes 3311] [--repeats 5] [--tiny] [--skip-kernels]`
 //! Without a GPU it says so and stops, unless `--tiny` (a CPU smoke run at small sizes).
+//! After the attack-step timing it prints, per ResNet-50 conv -> BN -> GELU shape at the
+//! benchmark batch, the time of the fused conv-GELU kernel and of cuDNN + epilogue, and which
+//! one the model uses (both timed on first use; `MPM_CONV_GELU=fused|cudnn` forces one).
 
 use clap::Parser;
 use mpm::autograd::GradMode;
@@ -20,6 +23,13 @@ use std::time::Instant;
 struct Args {
     #[arg(long, default_value = "auto")]
     device: String,
+    /// GPU precision of the end-to-end steps: bf16 (mixed: bf16 activations, f32 master
+    /// weights and accumulation) or f32 (the parity mode).
+    #[arg(long, default_value = "bf16")]
+    precision: String,
+    /// Only the end-to-end steps (skip the kernel throughput section).
+    #[arg(long)]
+    skip_kernels: bool,
     #[arg(long, default_value_t = 128)]
     batch: usize,
     #[arg(long, default_value_t = 224)]
@@ -117,6 +127,7 @@ fn kernels(d: Device, a: &Args) -> mpm::Result<()> {
         )
     })?;
     let gemm_rate = 2.0 * (n as f64).powi(3) / t;
+    let _ = GEMM_RATE.set(gemm_rate);
     println!(
         "bf16 GEMM (cuBLAS)      {:8.1} TFLOP/s (ceiling for matrix work)",
         gemm_rate / 1e12
@@ -165,6 +176,25 @@ fn kernels(d: Device, a: &Args) -> mpm::Result<()> {
     let act = rand(&[b, 56, 56, 256], 6).to_device_as(d, DType::Bf16)?;
     let t = time(d, a.repeats, || cu::act_fwd("gelu", &act).map(|_| ()))?;
     report("GELU fwd bf16", (act.numel() * 4) as f64, t);
+    // Fused BN-apply + GELU (training path): reads x, writes y.
+    let ch = |v: f32| -> mpm::Result<Tensor> { Tensor::full(&[256], v).to_device(d) };
+    let (mean, invstd, gamma, beta) = (ch(0.1)?, ch(1.3)?, ch(0.9)?, ch(0.05)?);
+    let (ms, is, gs, bs) = (
+        cu::st("bench", &mean)?,
+        cu::st("bench", &invstd)?,
+        cu::st("bench", &gamma)?,
+        cu::st("bench", &beta)?,
+    );
+    let t = time(d, a.repeats, || {
+        cu::bn_apply(&act, ms, is, gs, bs, 256, 1).map(|_| ())
+    })?;
+    report("BN-apply+GELU fwd bf16", (act.numel() * 4) as f64, t);
+    let dy = rand(&[b, 56, 56, 256], 8).to_device_as(d, DType::Bf16)?;
+    let t = time(d, a.repeats, || {
+        cu::bn_backward(&act, &dy, ms, is, gs, bs, 256, true, 1, true).map(|_| ())
+    })?;
+    // Two passes: sums (reads x, dy) and dx (reads x, dy, writes dx).
+    report("BN+GELU bwd bf16", (act.numel() * 10) as f64, t);
     let labels: Vec<u16> = (0..b * a.size * a.size).map(|i| (i % s) as u16).collect();
     let t = time(d, a.repeats, || {
         cu::mask_targets(
@@ -277,8 +307,9 @@ fn end_to_end(d: Device, a: &Args) -> mpm::Result<()> {
         ctx.tape.backward(loss).map(|_| ())
     })?;
     println!(
-        "{} at batch {batch}, {size}x{size}, S = {s}:",
-        spec.describe()
+        "{} at batch {batch}, {size}x{size}, S = {s}, {}:",
+        spec.describe(),
+        mpm::device::default_precision().describe(d)
     );
     println!(
         "attack gradient step    {:8.1} images/s ({:.1} ms)",
@@ -290,6 +321,7 @@ fn end_to_end(d: Device, a: &Args) -> mpm::Result<()> {
         batch as f64 / t_at,
         t_at * 1e3
     );
+    conv_gelu_report();
     if let Device::Cuda(_) = d {
         println!(
             "cuMemAlloc calls after the timed steps: {}",
@@ -299,8 +331,69 @@ fn end_to_end(d: Device, a: &Args) -> mpm::Result<()> {
     Ok(())
 }
 
+/// cuBLAS bf16 GEMM FLOP/s measured by `kernels` (the ceiling for matrix work).
+static GEMM_RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// The per-shape choice between the fused conv-GELU kernel and cuDNN + epilogue, as timed
+/// on first use by the eval (attack) forward passes above.
+fn conv_gelu_report() {
+    use mpm::cuda::fused::{conv_gelu_table, forced_impl};
+    if let Some(i) = forced_impl() {
+        println!("conv-GELU: forced to {i:?} (MPM_CONV_GELU); no per-shape timing");
+        return;
+    }
+    let table = conv_gelu_table();
+    if table.is_empty() {
+        return;
+    }
+    println!("conv + folded BN + GELU per layer shape (eval/attack path), ms per forward;");
+    println!("TFLOP/s of the winner (2*M*O*K FLOPs), % of the bf16 GEMM rate measured above:");
+    println!(
+        "{:<34} {:>5} {:>10} {:>10}  {:<6} {:>8} {:>6}",
+        "input NHWC -> O, kernel/stride",
+        "dtype",
+        "fused",
+        "cuDNN+epi",
+        "winner",
+        "TFLOP/s",
+        "%GEMM"
+    );
+    let (mut fused_wins, mut total) = (0, 0);
+    for r in &table {
+        let g = &r.geom;
+        let shape = format!(
+            "[{},{},{},{}] -> {}, {}x{}/{}",
+            g.n, g.h, g.w, g.c, g.o, g.kh, g.kw, g.stride
+        );
+        let flops = 2.0 * (g.n * g.oh * g.ow * g.o * g.kh * g.kw * g.c) as f64;
+        let rate = flops / r.fused_s.min(r.cudnn_s);
+        let pct = GEMM_RATE
+            .get()
+            .map_or("-".to_string(), |c| format!("{:.1}", 100.0 * rate / c));
+        println!(
+            "{shape:<34} {:>5} {:>10.3} {:>10.3}  {:<6} {:>8.1} {:>6}",
+            r.dtype.suffix(),
+            r.fused_s * 1e3,
+            r.cudnn_s * 1e3,
+            format!("{:?}", r.pick),
+            rate / 1e12,
+            pct
+        );
+        total += 1;
+        fused_wins += (r.pick == mpm::cuda::fused::ConvGeluImpl::Fused) as usize;
+    }
+    println!("fused kernel wins {fused_wins} of {total} shapes");
+}
+
 fn main() {
     let a = Args::parse();
+    let precision = match mpm::device::parse_precision_flag(&a.precision) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     let req: DeviceRequest = match a.device.parse() {
         Ok(r) => r,
         Err(e) => {
@@ -316,11 +409,19 @@ fn main() {
         }
     };
     println!("device: {why}");
+    println!("precision: {}", precision.describe(d));
     if d == Device::Cpu && !a.tiny {
         eprintln!("mpm-bench measures GPU kernels and needs a GPU ({why}); pass --tiny for a small CPU smoke run");
         std::process::exit(2);
     }
-    let r = kernels(d, &a).and_then(|_| end_to_end(d, &a));
+    let batch = if a.tiny { 2 } else { a.batch };
+    let r = if a.skip_kernels {
+        Ok(())
+    } else {
+        kernels(d, &a)
+    }
+    .and_then(|_| end_to_end(d, &a))
+    .map_err(|e| mpm::cuda::with_batch(e, batch));
     if let Err(e) = r {
         eprintln!("mpm-bench: {e}");
         std::process::exit(1);

@@ -14,7 +14,7 @@ use super::modules;
 use crate::{Error, Result};
 use cudarc::driver::{result as dr, sys, CudaContext};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub struct Gpu {
@@ -45,13 +45,67 @@ struct Pool {
 
 static MALLOCS: AtomicUsize = AtomicUsize::new(0);
 static BATCH_HINT: AtomicUsize = AtomicUsize::new(0);
+static WEIGHT_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The weight version: bumped whenever a kernel that updates tensors in place runs (every
+/// kernel of `kernels/optim.cu`: SGD, EMA, ...), or by `weights_changed`. Copies derived from
+/// weights (bf16 casts, BN-folded conv weights) are valid only for the epoch they were made
+/// in. Out-of-place ops never bump it: their outputs are new storages.
+pub fn weight_epoch() -> u64 {
+    WEIGHT_EPOCH.load(Ordering::SeqCst)
+}
+
+/// Declares that some device tensor was written in place by other means than our launchers
+/// (drops every cached weight-derived copy at its next use).
+pub fn weights_changed() {
+    WEIGHT_EPOCH.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Whether launching `symbol` writes some existing tensor in place (weights, momentum, EMA):
+/// every kernel of kernels/optim.cu. Memoised per symbol (`file_of` scans the sources).
+fn writes_in_place(symbol: &str) -> bool {
+    static MEMO: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
+    let memo = MEMO.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Ok(m) = memo.lock() {
+        if let Some(v) = m.get(symbol) {
+            return *v;
+        }
+    }
+    let v = modules::file_of(symbol).is_some_and(|k| k.name == "optim");
+    if let Ok(mut m) = memo.lock() {
+        m.insert(symbol.to_string(), v);
+    }
+    v
+}
+
+/// Adds the batch size to an out-of-memory error (any other error passes unchanged), for
+/// callers that know it: `gpu_step().map_err(|e| mpm::cuda::with_batch(e, n))`.
+pub fn with_batch(e: Error, batch: usize) -> Error {
+    match e {
+        Error::Device { device, msg } if msg.contains(OOM) && !msg.contains(" at batch size ") => {
+            Error::Device {
+                device,
+                msg: format!("{msg} (at batch size {batch}: lower --batch-size)"),
+            }
+        }
+        e => e,
+    }
+}
+
+/// Whether `e` is a GPU out-of-memory error.
+pub fn is_out_of_memory(e: &Error) -> bool {
+    matches!(e, Error::Device { msg, .. } if msg.contains(OOM))
+}
+
+const OOM: &str = "out of memory";
 
 /// The batch size an OOM error should name (set by training/attack loops and mpm-bench).
 pub fn set_batch_hint(n: usize) {
     BATCH_HINT.store(n, Ordering::Relaxed);
 }
 
-/// Allocation statistics: number of cuMemAlloc calls so far (all GPUs).
+/// Real device allocations (cuMemAlloc calls) so far, all GPUs: constant across training or
+/// attack steps after the first (warm-up) one, which `tests/cuda_parity.rs` checks.
 pub fn malloc_count() -> usize {
     MALLOCS.load(Ordering::Relaxed)
 }
@@ -236,7 +290,7 @@ impl Gpu {
                         return Err(Error::Device {
                             device: format!("cuda:{}", self.ordinal),
                             msg: format!(
-                                "out of memory ({e:?}): asked for {size} bytes ({:.2} GiB) with {free} bytes ({:.2} GiB) free of {:.2} GiB{}; lower the batch size",
+                                "{OOM} ({e:?}): asked for {bytes} bytes ({size} reserved, {:.2} GiB) with {free} bytes ({:.2} GiB) free of {:.2} GiB{}; lower the batch size",
                                 size as f64 / (1u64 << 30) as f64,
                                 free as f64 / (1u64 << 30) as f64,
                                 total as f64 / (1u64 << 30) as f64,
@@ -299,10 +353,16 @@ impl Gpu {
         if len == 0 {
             return Ok(out);
         }
-        assert!(
-            len * std::mem::size_of::<T>() <= buf.bytes,
-            "download past the buffer"
-        );
+        if len * std::mem::size_of::<T>() > buf.bytes {
+            return Err(Error::Device {
+                device: format!("cuda:{}", self.ordinal),
+                msg: format!(
+                    "download of {len} x {} bytes past a buffer of {} bytes",
+                    std::mem::size_of::<T>(),
+                    buf.bytes
+                ),
+            });
+        }
         self.synchronize()?;
         // SAFETY: `out` has room for len elements; the buffer holds at least that many bytes
         // (asserted) and all work writing it has completed (synchronize above).
@@ -312,9 +372,17 @@ impl Gpu {
 
     /// Sets `bytes` bytes of `buf` to zero, on the stream.
     pub fn memset_zero(&self, buf: &DevBuf, bytes: usize) -> Result<()> {
+        if bytes > buf.bytes {
+            return Err(Error::Device {
+                device: format!("cuda:{}", self.ordinal),
+                msg: format!(
+                    "memset of {bytes} bytes past a buffer of {} bytes",
+                    buf.bytes
+                ),
+            });
+        }
         self.bind()?;
-        // SAFETY: `bytes` <= the buffer's size (asserted); async on our stream.
-        assert!(bytes <= buf.bytes);
+        // SAFETY: `bytes` <= the buffer's size (checked above); async on our stream.
         unsafe { dr::memset_d8_async(buf.ptr, 0, bytes, self.stream) }
             .map_err(|e| cu("cuMemsetD8Async", e))
     }
@@ -334,6 +402,9 @@ impl Gpu {
     ) -> Result<()> {
         let f = self.function(symbol)?;
         self.bind()?;
+        if writes_in_place(symbol) {
+            weights_changed();
+        }
         if shared > 48 * 1024 {
             let _ = sys::cuFuncSetAttribute(
                 f,

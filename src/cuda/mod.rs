@@ -8,6 +8,8 @@
 //! - `ops`     : tensor-level launchers, one per kernel family of `kernels/*.cu`.
 //! - `blas`, `dnn`: GEMMs (cuBLAS) and plain convolutions (cuDNN) through cudarc.
 //! - `launch`  : kernel argument packing.
+//! - `fused`   : conv + folded BN + GELU for the eval/attack path: the BN fold cache and the
+//!   per-shape choice between the fused kernel and cuDNN + a separate epilogue.
 //!
 //! One build runs everywhere: nothing here links against CUDA, and every entry point first
 //! checks that the libraries load, so a machine without CUDA gets an error (or, for
@@ -16,13 +18,17 @@
 pub mod blas;
 pub mod context;
 pub mod dnn;
+pub mod fused;
 pub mod launch;
 pub mod libs;
 pub mod modules;
 pub mod ops;
 pub mod storage;
 
-pub use context::{gpu, malloc_count, set_batch_hint, DevBuf, Gpu};
+pub use context::{
+    gpu, is_out_of_memory, malloc_count, set_batch_hint, weight_epoch, weights_changed, with_batch,
+    DevBuf, Gpu,
+};
 pub use storage::DType;
 
 /// Why `cuda:N` cannot be used, or `None` when it can (driver present, GPU opens).

@@ -40,6 +40,45 @@ pub fn on_gpu_as(t: &Tensor, like: &CudaStorage, dtype: DType) -> Result<Tensor>
     t.to_device_as(crate::device::Device::Cuda(like.gpu().ordinal), dtype)
 }
 
+/// A weight `t` (f32 master copy) on the GPU of `like` as `dtype`. A cast of a device weight is
+/// made once and kept with the weight's storage for as long as the weight epoch
+/// (`context::weight_epoch`) does not move, so the bf16 copy of each parameter is made once
+/// per optimiser step, not once per op of every pass. Host weights are uploaded (uncached).
+pub fn weight_as(t: &Tensor, like: &CudaStorage, dtype: DType) -> Result<Tensor> {
+    if let Some(c) = t.cuda() {
+        if c.dtype != dtype && Arc::ptr_eq(c.gpu(), like.gpu()) {
+            let epoch = super::context::weight_epoch();
+            let mut slot = c
+                .cast
+                .lock()
+                .map_err(|_| dev_err("weight cast cache", "lock poisoned"))?;
+            if let Some((e, copy)) = &*slot {
+                if *e == epoch && copy.cuda().is_some_and(|s| s.dtype == dtype) {
+                    return copy.reshape(t.shape());
+                }
+            }
+            let copy = cast(t, dtype)?;
+            *slot = Some((epoch, copy.clone()));
+            return Ok(copy);
+        }
+    }
+    on_gpu_as(t, like, dtype)
+}
+
+/// Element type of a tensor as the GPU path sees it (host tensors are f32).
+pub fn dtype_of(t: &Tensor) -> DType {
+    t.cuda().map_or(DType::F32, |s| s.dtype)
+}
+
+/// `t` as `dtype` on its GPU (no-op when it already is).
+pub fn to_dtype(t: Tensor, dtype: DType) -> Result<Tensor> {
+    if dtype_of(&t) == dtype && t.is_cuda() {
+        Ok(t)
+    } else {
+        cast(&t, dtype)
+    }
+}
+
 /// A fresh uninitialised output of `len` elements on `gpu`.
 pub fn empty(gpu: &Arc<Gpu>, len: usize, dtype: DType) -> Result<CudaStorage> {
     Ok(CudaStorage::new(
@@ -761,6 +800,184 @@ pub fn bilinear(
             cast(&dx, xs.dtype)
         }
     }
+}
+
+// ---------------------------------------------------------------- conv_gelu.cu
+
+/// Mirrors `struct ConvParams` of kernels/conv_gelu.cu (12 x u32).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConvParams {
+    n: u32,
+    h: u32,
+    w: u32,
+    c: u32,
+    o: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    dilation: u32,
+    oh: u32,
+    ow: u32,
+}
+
+/// BN folded into conv weights: `wf` (O, K) f32 = w * scale, `shift` (O) f32. `w` is the
+/// (O, KH, KW, C) f32 weight on the GPU; BN tensors f32 (C = O) on the same GPU.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_fold(
+    w: &CudaStorage,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    rmean: &CudaStorage,
+    rvar: &CudaStorage,
+    o: usize,
+    eps: f32,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let ok = o > 0
+        && w.len % o == 0
+        && [gamma, beta, rmean, rvar]
+            .iter()
+            .all(|s| s.len == o && s.dtype == DType::F32)
+        && w.dtype == DType::F32;
+    if !ok {
+        return Err(dev_err(
+            "bn_fold",
+            format!(
+                "weight of {} values with BN tensors of {o} channels (all f32)",
+                w.len
+            ),
+        ));
+    }
+    let k = w.len / o;
+    let g = w.gpu();
+    let wf = empty(g, w.len, DType::F32)?;
+    let shift = empty(g, o, DType::F32)?;
+    run1(
+        g,
+        "bn_fold",
+        w.len,
+        Args::new()
+            .push(w.ptr())
+            .push(gamma.ptr())
+            .push(beta.ptr())
+            .push(rmean.ptr())
+            .push(rvar.ptr())
+            .push(wf.ptr())
+            .push(shift.ptr())
+            .push(o as u32)
+            .push(k as u32)
+            .push(eps),
+    )?;
+    Ok((wf, shift))
+}
+
+/// The fused kernel: `y = act(conv(x, wf) + shift)` and, when `want_pre`, `pre = conv + shift`.
+/// `x` (N, H, W, C) f32 or bf16; `wf` (O, KH, KW, C) f32; groups must be 1.
+pub fn conv_bn_act(
+    x: &CudaStorage,
+    wf: &CudaStorage,
+    shift: &CudaStorage,
+    g: &crate::cpu::conv::ConvGeom,
+    act: u32,
+    want_pre: bool,
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    let m = g.n * g.oh * g.ow;
+    let k = g.kh * g.kw * g.c;
+    let fits = g.groups == 1
+        && x.len == g.n * g.h * g.w * g.c
+        && wf.len == g.o * k
+        && wf.dtype == DType::F32
+        && shift.len == g.o
+        && m.max(g.n * g.h * g.w * g.c).max(m * g.o) < (1usize << 31);
+    if !fits {
+        return Err(dev_err(
+            "conv_bn_act",
+            format!(
+                "geometry {g:?} does not fit x ({} values) / wf ({} values, {:?}) / shift ({}), or groups != 1",
+                x.len, wf.len, wf.dtype, shift.len
+            ),
+        ));
+    }
+    let gpu = x.gpu();
+    let y = empty(gpu, m * g.o, x.dtype)?;
+    let pre = if want_pre {
+        Some(empty(gpu, m * g.o, x.dtype)?)
+    } else {
+        None
+    };
+    let p = ConvParams {
+        n: g.n as u32,
+        h: g.h as u32,
+        w: g.w as u32,
+        c: g.c as u32,
+        o: g.o as u32,
+        kh: g.kh as u32,
+        kw: g.kw as u32,
+        stride: g.stride as u32,
+        pad: g.pad as u32,
+        dilation: g.dilation as u32,
+        oh: g.oh as u32,
+        ow: g.ow as u32,
+    };
+    let grid = (m.div_ceil(64) as u32, g.o.div_ceil(64) as u32, 1);
+    run(
+        gpu,
+        &format!("conv_bn_act_{}", x.dtype.suffix()),
+        grid,
+        256,
+        0,
+        Args::new()
+            .push(x.ptr())
+            .push(wf.ptr())
+            .push(shift.ptr())
+            .push(y.ptr())
+            .push(pre.as_ref().map_or(0, |s| s.ptr()))
+            .push(p)
+            .push(act),
+    )?;
+    Ok((y, pre))
+}
+
+/// The unfused epilogue after a cuDNN convolution `z` (M, C): `y = act(z + shift)` and, when
+/// `want_pre`, `pre = z + shift`.
+pub fn shift_act(
+    z: &CudaStorage,
+    shift: &CudaStorage,
+    c: usize,
+    act: u32,
+    want_pre: bool,
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    if c == 0 || z.len % c != 0 || shift.len != c || shift.dtype != DType::F32 {
+        return Err(dev_err(
+            "shift_act",
+            format!(
+                "{} values with a shift of {} channels, C = {c}",
+                z.len, shift.len
+            ),
+        ));
+    }
+    let g = z.gpu();
+    let y = empty(g, z.len, z.dtype)?;
+    let pre = if want_pre {
+        Some(empty(g, z.len, z.dtype)?)
+    } else {
+        None
+    };
+    run1(
+        g,
+        &format!("shift_act_{}", z.dtype.suffix()),
+        z.len,
+        Args::new()
+            .push(z.ptr())
+            .push(y.ptr())
+            .push(pre.as_ref().map_or(0, |s| s.ptr()))
+            .push(shift.ptr())
+            .push(z.len as u64)
+            .push(c as u32)
+            .push(act),
+    )?;
+    Ok((y, pre))
 }
 
 // ---------------------------------------------------------------- pgd_step.cu

@@ -4,11 +4,11 @@
 
 use super::context::{gpu, DevBuf, Gpu};
 use crate::Result;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Element type on the GPU: f32 (master weights, parity mode) or bf16 (activations in
 /// mixed precision; arithmetic is f32 inside every kernel).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     Bf16,
@@ -35,7 +35,14 @@ pub struct CudaStorage {
     pub dtype: DType,
     pub len: usize,
     host: OnceLock<Vec<f32>>,
+    /// A copy of this (weight) storage in another dtype and the weight epoch it was made in
+    /// (`cuda::ops::weight_as`); dropped with the storage.
+    pub(crate) cast: Mutex<Option<(u64, crate::tensor::Tensor)>>,
+    /// Unique per storage in this process (device pointers are reused by the cache).
+    pub(crate) uid: u64,
 }
+
+static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for CudaStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,6 +61,8 @@ impl CudaStorage {
             dtype,
             len,
             host: OnceLock::new(),
+            cast: Mutex::new(None),
+            uid: NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 

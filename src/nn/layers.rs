@@ -3,6 +3,7 @@
 
 use super::params::{Kind, ParamStore};
 use crate::autograd::{GradMode, Tape, Var};
+use crate::device::Precision;
 use crate::ops::{self, BatchNormMode, Conv2dParams};
 use crate::Result;
 use std::collections::HashMap;
@@ -37,6 +38,9 @@ pub struct Ctx<'a> {
     vars: HashMap<String, Var>,
     /// Parameters whose names start with one of these are recorded as constants.
     frozen: Vec<String>,
+    /// GPU precision of this pass (ignored on the CPU); starts at
+    /// `device::default_precision()`.
+    pub precision: Precision,
 }
 
 impl<'a> Ctx<'a> {
@@ -47,6 +51,7 @@ impl<'a> Ctx<'a> {
             train,
             vars: HashMap::new(),
             frozen: Vec::new(),
+            precision: crate::device::default_precision(),
         }
     }
 
@@ -58,7 +63,14 @@ impl<'a> Ctx<'a> {
             train,
             vars: HashMap::new(),
             frozen: Vec::new(),
+            precision: crate::device::default_precision(),
         }
+    }
+
+    /// The same context with GPU precision `p`.
+    pub fn with_precision(mut self, p: Precision) -> Self {
+        self.precision = p;
+        self
     }
 
     /// Ends the pass, keeping the tape.
@@ -125,6 +137,12 @@ pub fn conv(
 
 /// BatchNorm over channels (2-d or 1-d), PyTorch defaults (eps 1e-5, momentum 0.1).
 pub fn bn(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
+    bn_act(ctx, x, prefix, None)
+}
+
+/// `act(bn(x))`: one fused BN-apply + activation pass (forward and backward) on the GPU, the
+/// plain composition on the CPU.
+pub fn bn_act(ctx: &mut Ctx, x: Var, prefix: &str, a: Option<Act>) -> Result<Var> {
     let g = ctx.p(&format!("{prefix}.weight"))?;
     let b = ctx.p(&format!("{prefix}.bias"))?;
     let mode = if ctx.train {
@@ -136,7 +154,7 @@ pub fn bn(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
     };
     let mut rm = ctx.store.tensor(&format!("{prefix}.running_mean"))?.clone();
     let mut rv = ctx.store.tensor(&format!("{prefix}.running_var"))?.clone();
-    let y = ops::batch_norm(&mut ctx.tape, x, g, b, &mut rm, &mut rv, mode, BN_EPS)?;
+    let y = ops::batch_norm_act(&mut ctx.tape, x, g, b, &mut rm, &mut rv, mode, BN_EPS, a)?;
     if ctx.train {
         ctx.store.get_mut(&format!("{prefix}.running_mean"))?.tensor = rm;
         ctx.store.get_mut(&format!("{prefix}.running_var"))?.tensor = rv;
@@ -145,10 +163,63 @@ pub fn bn(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
     Ok(y)
 }
 
-pub fn act(ctx: &mut Ctx, x: Var, a: Act) -> Var {
+/// `act(bn(conv(x)))`, the ResNet pattern. CPU: exactly `conv`, `bn`, `act` (the spec). GPU,
+/// training: cuDNN conv then the fused BN + activation kernel. GPU, eval mode with no
+/// parameter gradient (evaluation, attacks): BN folded into the conv, fused conv-GELU kernel
+/// or cuDNN + epilogue, whichever is faster for the shape (`cuda::fused`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_act(
+    ctx: &mut Ctx,
+    x: Var,
+    conv_prefix: &str,
+    bn_prefix: &str,
+    stride: usize,
+    padding: usize,
+    a: Act,
+) -> Result<Var> {
+    if !ctx.tape.value(x).is_cuda() {
+        let y = conv(ctx, x, conv_prefix, stride, padding, 1)?;
+        let y = bn(ctx, y, bn_prefix)?;
+        return act(ctx, y, a);
+    }
+    let has_bias = ctx.has(&format!("{conv_prefix}.bias"));
+    if !ctx.train && !has_bias {
+        let w = ctx.p(&format!("{conv_prefix}.weight"))?;
+        let g = ctx.p(&format!("{bn_prefix}.weight"))?;
+        let b = ctx.p(&format!("{bn_prefix}.bias"))?;
+        if ![w, g, b].iter().any(|v| ctx.tape.requires_grad(*v)) {
+            let rm = ctx
+                .store
+                .tensor(&format!("{bn_prefix}.running_mean"))?
+                .clone();
+            let rv = ctx
+                .store
+                .tensor(&format!("{bn_prefix}.running_var"))?
+                .clone();
+            return ops::conv_bn_act_eval(
+                &mut ctx.tape,
+                x,
+                w,
+                g,
+                b,
+                &rm,
+                &rv,
+                BN_EPS,
+                a,
+                Conv2dParams::new(stride, padding),
+                conv_prefix,
+            );
+        }
+    }
+    let y = conv(ctx, x, conv_prefix, stride, padding, 1)?;
+    bn_act(ctx, y, bn_prefix, Some(a))
+}
+
+/// The activation `a`; on the GPU a failed launch is an error naming the op and shape.
+pub fn act(ctx: &mut Ctx, x: Var, a: Act) -> Result<Var> {
     match a {
-        Act::Gelu => ops::gelu(&mut ctx.tape, x),
-        Act::Relu => ops::relu(&mut ctx.tape, x),
+        Act::Gelu => ops::try_gelu(&mut ctx.tape, x),
+        Act::Relu => ops::try_relu(&mut ctx.tape, x),
     }
 }
 

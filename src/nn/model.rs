@@ -113,11 +113,12 @@ impl ModelSpec {
 
     /// Forward from NHWC images in [0, 1] (normalised inside the model).
     pub fn forward(&self, ctx: &mut Ctx, images: Var) -> Result<Output> {
-        let x = ops::normalize_input(
+        let x = ops::basic::normalize_input_as(
             &mut ctx.tape,
             images,
             ops::basic::IMAGENET_MEAN,
             ops::basic::IMAGENET_STD,
+            ctx.precision.activation_dtype(),
         )?;
         let [_, l2, l3, l4] = self.backbone.forward(ctx, x, self.prefix())?;
         match self.head {
@@ -143,11 +144,12 @@ impl ModelSpec {
         match self.head {
             Head::TwoStage { .. } => Ok(self.forward(ctx, images)?.logits),
             Head::None | Head::Mpm { .. } => {
-                let x = ops::normalize_input(
+                let x = ops::basic::normalize_input_as(
                     &mut ctx.tape,
                     images,
                     ops::basic::IMAGENET_MEAN,
                     ops::basic::IMAGENET_STD,
+                    ctx.precision.activation_dtype(),
                 )?;
                 let [_, _, _, l4] = self.backbone.forward(ctx, x, self.prefix())?;
                 let fc = if self.head == Head::None {
@@ -214,18 +216,18 @@ impl ModelSpec {
     }
 
     fn two_stage(&self, ctx: &mut Ctx, l4: Var) -> Result<Output> {
-        let y = ops::gelu(&mut ctx.tape, l4);
+        let y = ops::try_gelu(&mut ctx.tape, l4)?;
         let y = bn(ctx, y, "segmenter_head.1")?;
         let seg = separable(ctx, y, "segmenter_head.2")?;
-        let p = ops::softmax_channels(&mut ctx.tape, seg);
+        let p = ops::try_softmax_channels(&mut ctx.tape, seg)?;
         let p = ops::adaptive_avg_pool2d(&mut ctx.tape, p, 4, 4)?;
         let y = conv(ctx, p, "classifer.1", 1, 0, 1)?;
         let y = bn(ctx, y, "classifer.2")?;
-        let y = ops::gelu(&mut ctx.tape, y);
+        let y = ops::try_gelu(&mut ctx.tape, y)?;
         let y = flatten(ctx, y)?;
         let y = linear(ctx, y, "classifer.5")?;
         let y = bn(ctx, y, "classifer.6")?;
-        let y = ops::gelu(&mut ctx.tape, y);
+        let y = ops::try_gelu(&mut ctx.tape, y)?;
         let logits = linear(ctx, y, "classifer.8")?;
         Ok(Output {
             logits,
@@ -266,9 +268,9 @@ impl ModelSpec {
                 Some(acc) => ops::add(&mut ctx.tape, acc, f)?,
             });
         }
-        let seg = total.expect("at least one level");
+        let seg = total.ok_or_else(|| Error::shape("loss", "no segmentation output"))?;
         let k = cfg.lambda / out.segs.len() as f32;
-        let seg = ops::scale(&mut ctx.tape, seg, k);
+        let seg = ops::try_scale(&mut ctx.tape, seg, k)?;
         ops::add(&mut ctx.tape, ce, seg)
     }
 
@@ -460,6 +462,6 @@ impl ModelSpec {
 /// GELU -> separable conv: the MPM head / up-layer shape (always GELU, whatever the
 /// backbone's activation).
 fn separable_gelu(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
-    let y = act(ctx, x, Act::Gelu);
+    let y = act(ctx, x, Act::Gelu)?;
     separable(ctx, y, prefix)
 }

@@ -1,7 +1,7 @@
 //! ResNet-18/34/50 with torchvision v1.5 structure and names (stride in the 3x3 conv of the
 //! bottleneck), any base width, GELU or ReLU. Input: NHWC images already normalised.
 
-use super::layers::{act, bn, conv, Act, Ctx, Declared};
+use super::layers::{act, bn, conv, conv_bn_act, Act, Ctx, Declared};
 use crate::autograd::Var;
 use crate::ops;
 use crate::{Error, Result};
@@ -121,9 +121,15 @@ impl Backbone {
                 format!("input must be NHWC images [N, H, W, 3], got {s:?}"),
             ));
         }
-        let y = conv(ctx, x, &format!("{prefix}conv1"), 2, 3, 1)?;
-        let y = bn(ctx, y, &format!("{prefix}bn1"))?;
-        let y = act(ctx, y, self.act);
+        let y = conv_bn_act(
+            ctx,
+            x,
+            &format!("{prefix}conv1"),
+            &format!("{prefix}bn1"),
+            2,
+            3,
+            self.act,
+        )?;
         let mut y = ops::max_pool2d(&mut ctx.tape, y, 3, 2, 1)?;
         let mut outs = Vec::with_capacity(4);
         for (stage, &nb) in self.arch.blocks().iter().enumerate() {
@@ -139,18 +145,15 @@ impl Backbone {
 
     fn block(&self, ctx: &mut Ctx, x: Var, p: &str, stride: usize) -> Result<Var> {
         let y = if self.arch.bottleneck() {
-            let y = conv(ctx, x, &format!("{p}.conv1"), 1, 0, 1)?;
-            let y = bn(ctx, y, &format!("{p}.bn1"))?;
-            let y = act(ctx, y, self.act);
-            let y = conv(ctx, y, &format!("{p}.conv2"), stride, 1, 1)?;
-            let y = bn(ctx, y, &format!("{p}.bn2"))?;
-            let y = act(ctx, y, self.act);
+            let (c1, b1) = (format!("{p}.conv1"), format!("{p}.bn1"));
+            let y = conv_bn_act(ctx, x, &c1, &b1, 1, 0, self.act)?;
+            let (c2, b2) = (format!("{p}.conv2"), format!("{p}.bn2"));
+            let y = conv_bn_act(ctx, y, &c2, &b2, stride, 1, self.act)?;
             let y = conv(ctx, y, &format!("{p}.conv3"), 1, 0, 1)?;
             bn(ctx, y, &format!("{p}.bn3"))?
         } else {
-            let y = conv(ctx, x, &format!("{p}.conv1"), stride, 1, 1)?;
-            let y = bn(ctx, y, &format!("{p}.bn1"))?;
-            let y = act(ctx, y, self.act);
+            let (c1, b1) = (format!("{p}.conv1"), format!("{p}.bn1"));
+            let y = conv_bn_act(ctx, x, &c1, &b1, stride, 1, self.act)?;
             let y = conv(ctx, y, &format!("{p}.conv2"), 1, 1, 1)?;
             bn(ctx, y, &format!("{p}.bn2"))?
         };
@@ -162,6 +165,6 @@ impl Backbone {
             x
         };
         let y = ops::add(&mut ctx.tape, y, shortcut)?;
-        Ok(act(ctx, y, self.act))
+        act(ctx, y, self.act)
     }
 }

@@ -7,41 +7,68 @@ use crate::cuda::ops as cu;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-/// A CUDA launch failed inside an op whose signature has no error path (kept for its CPU
-/// callers): report the device error and stop.
-fn gpu_or_die<T>(op: &str, r: Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{op} on the GPU failed: {e}"))
+/// The infallible twins below (`gelu`, `relu`, `scale`, `softmax_channels`) keep their old
+/// signatures for callers outside the model; they can only fail on the GPU, and then stop with
+/// the `try_` twin's error. Model code (`nn::*`) calls the `try_` twins, so a failed launch
+/// there is an ordinary `Err` naming the op and the shape.
+fn or_die<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Exact (erf) GELU.
+use super::gpu_ctx;
+
+/// Exact (erf) GELU. Panics only if the GPU launch fails; see `try_gelu`.
 pub fn gelu(t: &mut Tape, x: Var) -> Var {
+    or_die(try_gelu(t, x))
+}
+
+/// Exact (erf) GELU; a failed GPU launch is an error naming the op and shape.
+pub fn try_gelu(t: &mut Tape, x: Var) -> Result<Var> {
     if t.value(x).is_cuda() {
-        let y = gpu_or_die("gelu", cu::act_fwd("gelu", t.value(x)));
-        return t.record(y, &[x], |c| {
-            Ok(vec![Some(cu::act_bwd("gelu", c.inputs[0], c.dout)?)])
-        });
+        let shape = t.shape(x).to_vec();
+        let y = gpu_ctx("gelu", &shape, cu::act_fwd("gelu", t.value(x)))?;
+        return Ok(t.record(y, &[x], move |c| {
+            let dx = gpu_ctx(
+                "gelu backward",
+                &shape,
+                cu::act_bwd("gelu", c.inputs[0], c.dout),
+            )?;
+            Ok(vec![Some(dx)])
+        }));
     }
     let xv = t.value(x);
     let y = Tensor::new_unchecked(xv.shape(), ew::gelu_forward(xv.data()));
-    t.record(y, &[x], |c| {
+    Ok(t.record(y, &[x], |c| {
         let dx = ew::gelu_backward(c.inputs[0].data(), c.dout.data());
         Ok(vec![Some(Tensor::new_unchecked(c.inputs[0].shape(), dx))])
-    })
+    }))
 }
 
+/// ReLU. Panics only if the GPU launch fails; see `try_relu`.
 pub fn relu(t: &mut Tape, x: Var) -> Var {
+    or_die(try_relu(t, x))
+}
+
+/// ReLU; a failed GPU launch is an error naming the op and shape.
+pub fn try_relu(t: &mut Tape, x: Var) -> Result<Var> {
     if t.value(x).is_cuda() {
-        let y = gpu_or_die("relu", cu::act_fwd("relu", t.value(x)));
-        return t.record(y, &[x], |c| {
-            Ok(vec![Some(cu::act_bwd("relu", c.inputs[0], c.dout)?)])
-        });
+        let shape = t.shape(x).to_vec();
+        let y = gpu_ctx("relu", &shape, cu::act_fwd("relu", t.value(x)))?;
+        return Ok(t.record(y, &[x], move |c| {
+            let dx = gpu_ctx(
+                "relu backward",
+                &shape,
+                cu::act_bwd("relu", c.inputs[0], c.dout),
+            )?;
+            Ok(vec![Some(dx)])
+        }));
     }
     let xv = t.value(x);
     let y = Tensor::new_unchecked(xv.shape(), ew::relu_forward(xv.data()));
-    t.record(y, &[x], |c| {
+    Ok(t.record(y, &[x], |c| {
         let dx = ew::relu_backward(c.inputs[0].data(), c.dout.data());
         Ok(vec![Some(Tensor::new_unchecked(c.inputs[0].shape(), dx))])
-    })
+    }))
 }
 
 /// `a + b`, same shapes.
@@ -54,7 +81,7 @@ pub fn add(t: &mut Tape, a: Var, b: Var) -> Result<Var> {
         ));
     }
     let y = if av.is_cuda() {
-        cu::axpby(av, bv, 1.0, 1.0)?
+        gpu_ctx("add", av.shape(), cu::axpby(av, bv, 1.0, 1.0))?
     } else {
         Tensor::new_unchecked(av.shape(), ew::zip_map(av.data(), bv.data(), |x, y| x + y))
     };
@@ -66,14 +93,23 @@ pub fn add(t: &mut Tape, a: Var, b: Var) -> Result<Var> {
     }))
 }
 
-/// `k * x`.
+/// `k * x`. Panics only if the GPU launch fails; see `try_scale`.
 pub fn scale(t: &mut Tape, x: Var, k: f32) -> Var {
+    or_die(try_scale(t, x, k))
+}
+
+/// `k * x`; a failed GPU launch is an error naming the op and shape.
+pub fn try_scale(t: &mut Tape, x: Var, k: f32) -> Result<Var> {
     if t.value(x).is_cuda() {
-        let y = gpu_or_die("scale", cu::scale(t.value(x), k));
-        return t.record(y, &[x], move |c| Ok(vec![Some(cu::scale(c.dout, k)?)]));
+        let shape = t.shape(x).to_vec();
+        let y = gpu_ctx("scale", &shape, cu::scale(t.value(x), k))?;
+        return Ok(t.record(y, &[x], move |c| {
+            let dx = gpu_ctx("scale backward", &shape, cu::scale(c.dout, k))?;
+            Ok(vec![Some(dx)])
+        }));
     }
     let y = t.value(x).map(|v| v * k);
-    t.record(y, &[x], move |c| Ok(vec![Some(c.dout.map(|v| v * k))]))
+    Ok(t.record(y, &[x], move |c| Ok(vec![Some(c.dout.map(|v| v * k))])))
 }
 
 /// Same values, new shape (e.g. flatten `[N,1,1,C]` -> `[N,C]`).
@@ -99,7 +135,7 @@ pub fn linear(t: &mut Tape, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
         t.value(b).expect_shape("linear (bias)", &[o])?;
     }
     if t.value(x).is_cuda() {
-        return linear_cuda(t, x, w, b, (n, i, o));
+        return gpu_ctx("linear", &xs, linear_cuda(t, x, w, b, (n, i, o)));
     }
     let mut y = vec![0.0f32; n * o];
     matmul(
@@ -151,7 +187,7 @@ fn linear_cuda(
     use crate::cuda::blas::{gemm, Mat};
     let xv = t.value(x).clone();
     let xs = cu::st("linear", &xv)?;
-    let wv = cu::on_gpu_as(t.value(w), xs, xs.dtype)?;
+    let wv = cu::weight_as(t.value(w), xs, xs.dtype)?;
     let ws = cu::st("linear", &wv)?;
     let g = xs.gpu().clone();
     let y = cu::empty(&g, n * o, xs.dtype)?;
@@ -173,7 +209,7 @@ fn linear_cuda(
         false,
     )?;
     if let Some(b) = b {
-        let bv = cu::on_gpu_as(t.value(b), xs, xs.dtype)?;
+        let bv = cu::weight_as(t.value(b), xs, xs.dtype)?;
         let ones = cu::on_gpu_as(&Tensor::full(&[n], 1.0), xs, xs.dtype)?;
         let (bs, os) = (cu::st("linear", &bv)?, cu::st("linear", &ones)?);
         gemm(
@@ -201,7 +237,7 @@ fn linear_cuda(
         let ds = cu::st("linear backward", &dy)?;
         let g = xs.gpu().clone();
         let dx = if c.needs[0] {
-            let wv = cu::on_gpu_as(c.inputs[1], xs, xs.dtype)?;
+            let wv = cu::weight_as(c.inputs[1], xs, xs.dtype)?;
             let dx = cu::empty(&g, n * i, xs.dtype)?;
             gemm(
                 &g,
@@ -243,7 +279,11 @@ fn linear_cuda(
                 &dw,
                 false,
             )?;
-            Some(Tensor::from_cuda(&[o, i], dw))
+            // Weight gradients come back in the weight's own dtype (f32 master weights).
+            Some(cu::to_dtype(
+                Tensor::from_cuda(&[o, i], dw),
+                cu::dtype_of(c.inputs[1]),
+            )?)
         } else {
             None
         };
@@ -259,21 +299,34 @@ fn linear_cuda(
     }))
 }
 
-/// Softmax over the last (channel) axis.
+/// Softmax over the last (channel) axis. Panics only if the GPU launch fails; see
+/// `try_softmax_channels`.
 pub fn softmax_channels(t: &mut Tape, x: Var) -> Var {
+    or_die(try_softmax_channels(t, x))
+}
+
+/// Softmax over the last (channel) axis; a failed GPU launch is an error naming the op and
+/// shape.
+pub fn try_softmax_channels(t: &mut Tape, x: Var) -> Result<Var> {
     let xv = t.value(x);
     let cols = *xv.shape().last().unwrap_or(&1);
     if xv.is_cuda() {
-        let y = gpu_or_die("softmax", cu::softmax_rows(xv, cols, false));
-        return t.record(y, &[x], move |c| {
-            Ok(vec![Some(cu::softmax_bwd_rows(c.output, c.dout, cols)?)])
-        });
+        let shape = xv.shape().to_vec();
+        let y = gpu_ctx("softmax", &shape, cu::softmax_rows(xv, cols, false))?;
+        return Ok(t.record(y, &[x], move |c| {
+            let dz = gpu_ctx(
+                "softmax backward",
+                &shape,
+                cu::softmax_bwd_rows(c.output, c.dout, cols),
+            )?;
+            Ok(vec![Some(dz)])
+        }));
     }
     let y = Tensor::new_unchecked(xv.shape(), softmax_xent::softmax(xv.data(), cols));
-    t.record(y, &[x], move |c| {
+    Ok(t.record(y, &[x], move |c| {
         let dz = softmax_xent::softmax_backward(c.output.data(), c.dout.data(), cols);
         Ok(vec![Some(Tensor::new_unchecked(c.output.shape(), dz))])
-    })
+    }))
 }
 
 /// ImageNet mean/std (RGB), applied inside the model to inputs in [0, 1].
@@ -282,6 +335,19 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// `(x - mean_c) / std_c` over the channel axis of an NHWC image batch.
 pub fn normalize_input(t: &mut Tape, x: Var, mean: [f32; 3], std: [f32; 3]) -> Result<Var> {
+    normalize_input_as(t, x, mean, std, crate::cuda::DType::F32)
+}
+
+/// `normalize_input` whose GPU output is stored as `out` (bf16: the start of the mixed-
+/// precision path; one fused pass). The input gradient is f32 whatever `out` is. The CPU
+/// ignores `out` (always f32).
+pub fn normalize_input_as(
+    t: &mut Tape,
+    x: Var,
+    mean: [f32; 3],
+    std: [f32; 3],
+    out: crate::cuda::DType,
+) -> Result<Var> {
     let [_, _, _, ch] = super::nhwc("normalize_input", t.shape(x))?;
     if ch != 3 {
         return Err(Error::shape(
@@ -291,7 +357,11 @@ pub fn normalize_input(t: &mut Tape, x: Var, mean: [f32; 3], std: [f32; 3]) -> R
     }
     let xv = t.value(x);
     if xv.is_cuda() {
-        let y = cu::normalize3(xv, mean, std, crate::cuda::DType::F32)?;
+        let y = gpu_ctx(
+            "normalize_input",
+            xv.shape(),
+            cu::normalize3(xv, mean, std, out),
+        )?;
         return Ok(t.record(y, &[x], move |c| {
             Ok(vec![Some(cu::normalize3_bwd(c.dout, std)?)])
         }));

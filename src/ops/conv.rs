@@ -109,7 +109,8 @@ pub fn conv2d(t: &mut Tape, x: Var, w: Var, b: Option<Var>, p: Conv2dParams) -> 
         t.value(b).expect_shape("conv2d (bias)", &[g.o])?;
     }
     if t.value(x).is_cuda() {
-        return conv2d_cuda(t, x, w, b, g);
+        let shape = t.shape(x).to_vec();
+        return super::gpu_ctx("conv2d", &shape, conv2d_cuda(t, x, w, b, g));
     }
     let y = k::conv2d_forward(
         &g,
@@ -147,13 +148,13 @@ fn conv2d_cuda(t: &mut Tape, x: Var, w: Var, b: Option<Var>, g: ConvGeom) -> Res
     use crate::cuda::ops as cu;
     let xv = t.value(x).clone();
     let xs = cu::st("conv2d", &xv)?;
-    let wv = cu::on_gpu_as(t.value(w), xs, xs.dtype)?;
+    let wv = cu::weight_as(t.value(w), xs, xs.dtype)?;
     let gpu = xs.gpu().clone();
     let m = g.n * g.oh * g.ow;
     let y = cu::empty(&gpu, m * g.o, xs.dtype)?;
     conv(&gpu, &g, Pass::Forward, xs, cu::st("conv2d", &wv)?, &y)?;
     if let Some(b) = b {
-        let bv = cu::on_gpu_as(t.value(b), xs, xs.dtype)?;
+        let bv = cu::weight_as(t.value(b), xs, xs.dtype)?;
         let ones = cu::on_gpu_as(&Tensor::full(&[m], 1.0), xs, xs.dtype)?;
         let (bs, os) = (cu::st("conv2d", &bv)?, cu::st("conv2d", &ones)?);
         gemm(
@@ -182,7 +183,7 @@ fn conv2d_cuda(t: &mut Tape, x: Var, w: Var, b: Option<Var>, g: ConvGeom) -> Res
         let ds = cu::st("conv2d backward", &dy)?;
         let gpu = xs.gpu().clone();
         let dx = if c.needs[0] {
-            let wv = cu::on_gpu_as(c.inputs[1], xs, xs.dtype)?;
+            let wv = cu::weight_as(c.inputs[1], xs, xs.dtype)?;
             let dx = cu::empty(&gpu, xs.len, xs.dtype)?;
             conv(
                 &gpu,
@@ -200,7 +201,11 @@ fn conv2d_cuda(t: &mut Tape, x: Var, w: Var, b: Option<Var>, g: ConvGeom) -> Res
             let n = c.inputs[1].numel();
             let dw = cu::empty(&gpu, n, xs.dtype)?;
             conv(&gpu, &g, Pass::BackwardFilter, xs, ds, &dw)?;
-            Some(Tensor::from_cuda(c.inputs[1].shape(), dw))
+            // Weight gradients come back in the weight's own dtype (f32 master weights).
+            Some(cu::to_dtype(
+                Tensor::from_cuda(c.inputs[1].shape(), dw),
+                cu::dtype_of(c.inputs[1]),
+            )?)
         } else {
             None
         };
@@ -213,5 +218,110 @@ fn conv2d_cuda(t: &mut Tape, x: Var, w: Var, b: Option<Var>, g: ConvGeom) -> Res
             });
         }
         Ok(out)
+    }))
+}
+
+/// Evaluation-mode `act(batch_norm(conv2d(x, w)))` with BN running statistics folded into the
+/// convolution, GPU only (the eval / attack path; `nn::layers::conv_bn_act` falls back to the
+/// plain composition on the CPU, in training, and whenever a parameter needs a gradient).
+/// One of two implementations per shape (`cuda::fused`): the fused kernel or cuDNN + an
+/// epilogue. Backward gives the input gradient only: `dx = conv^T(act'(pre) * dy, wf)`.
+/// `key` names the layer (the fold cache's key).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_act_eval(
+    t: &mut Tape,
+    x: Var,
+    w: Var,
+    gamma: Var,
+    beta: Var,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+    act: crate::nn::Act,
+    p: Conv2dParams,
+    key: &str,
+) -> Result<Var> {
+    use crate::cuda::dnn::{conv, Pass};
+    use crate::cuda::fused;
+    use crate::cuda::ops as cu;
+    let g = geometry(t.shape(x), t.shape(w), p)?;
+    for (what, v) in [
+        ("weight", t.value(gamma).shape()),
+        ("bias", t.value(beta).shape()),
+        ("running_mean", running_mean.shape()),
+        ("running_var", running_var.shape()),
+    ] {
+        if v != [g.o] {
+            return Err(Error::shape(
+                "conv_bn_act",
+                format!("BN {what} has shape {v:?}, expected [{}]", g.o),
+            ));
+        }
+    }
+    if [w, gamma, beta].iter().any(|v| t.requires_grad(*v)) {
+        return Err(Error::shape(
+            "conv_bn_act",
+            "the folded eval path gives no parameter gradients; use conv2d + batch_norm",
+        ));
+    }
+    let code = match act {
+        crate::nn::Act::Gelu => 1,
+        crate::nn::Act::Relu => 2,
+    };
+    let kind = match act {
+        crate::nn::Act::Gelu => "gelu",
+        crate::nn::Act::Relu => "relu",
+    };
+    let shape = t.shape(x).to_vec();
+    let want_pre = t.requires_grad(x);
+    let r = (|| -> Result<(Tensor, Option<Tensor>, std::sync::Arc<fused::Folded>)> {
+        let xv = t.value(x);
+        let xs = cu::st("conv_bn_act", xv)?;
+        let f = fused::folded(
+            key,
+            xs,
+            t.value(w),
+            t.value(gamma),
+            t.value(beta),
+            running_mean,
+            running_var,
+            eps,
+            xs.dtype,
+        )?;
+        let imp = fused::choose(xs, &f, &g, code)?;
+        let (y, pre) = fused::run_impl(imp, xs, &f, &g, code, want_pre)?;
+        let out = [g.n, g.oh, g.ow, g.o];
+        Ok((
+            Tensor::from_cuda(&out, y),
+            pre.map(|s| Tensor::from_cuda(&out, s)),
+            f,
+        ))
+    })();
+    let (y, pre, f) = super::gpu_ctx("conv_bn_act", &shape, r)?;
+    Ok(t.record(y, &[x, w, gamma, beta], move |c| {
+        let pre = pre.as_ref().ok_or_else(|| {
+            Error::shape(
+                "conv_bn_act backward",
+                "no pre-activation kept (no gradient was expected)",
+            )
+        })?;
+        let dpre = cu::act_bwd(kind, pre, c.dout)?;
+        let xs = cu::st("conv_bn_act backward", c.inputs[0])?;
+        let gpu = xs.gpu().clone();
+        let dx = cu::empty(&gpu, xs.len, xs.dtype)?;
+        conv(
+            &gpu,
+            &g,
+            Pass::BackwardData,
+            cu::st("conv_bn_act backward", &dpre)?,
+            cu::st("conv_bn_act backward", &f.w_act)?,
+            &dx,
+        )?;
+        Ok(vec![
+            Some(Tensor::from_cuda(c.inputs[0].shape(), dx)),
+            None,
+            None,
+            None,
+        ])
     }))
 }

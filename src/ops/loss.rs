@@ -30,7 +30,11 @@ pub fn soft_cross_entropy(t: &mut Tape, logits: Var, targets: &Tensor) -> Result
         ));
     }
     if t.value(logits).is_cuda() {
-        let (loss, dz) = crate::cuda::ops::soft_cross_entropy(t.value(logits), targets, c)?;
+        let (loss, dz) = super::gpu_ctx(
+            "soft_cross_entropy",
+            t.shape(logits),
+            crate::cuda::ops::soft_cross_entropy(t.value(logits), targets, c),
+        )?;
         return Ok(t.record(Tensor::scalar(loss), &[logits], move |ctx| {
             Ok(vec![Some(crate::cuda::ops::scale(&dz, ctx.dout.item())?)])
         }));
@@ -92,8 +96,11 @@ pub fn focal_loss(
         ));
     }
     if t.value(z).is_cuda() {
-        let (loss, dz) =
-            crate::cuda::ops::focal_loss(t.value(z), targets, weights, h * w, s, gamma)?;
+        let (loss, dz) = super::gpu_ctx(
+            "focal_loss",
+            &zs,
+            crate::cuda::ops::focal_loss(t.value(z), targets, weights, h * w, s, gamma),
+        )?;
         return Ok(t.record(Tensor::scalar(loss), &[z], move |ctx| {
             Ok(vec![Some(crate::cuda::ops::scale(&dz, ctx.dout.item())?)])
         }));

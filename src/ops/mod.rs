@@ -9,10 +9,13 @@ pub mod norm;
 pub mod pool;
 pub mod resize;
 
-pub use basic::{add, gelu, linear, normalize_input, relu, reshape, scale, softmax_channels};
-pub use conv::{conv2d, Conv2dParams};
+pub use basic::{
+    add, gelu, linear, normalize_input, relu, reshape, scale, softmax_channels, try_gelu, try_relu,
+    try_scale, try_softmax_channels,
+};
+pub use conv::{conv2d, conv_bn_act_eval, Conv2dParams};
 pub use loss::{cross_entropy_smooth, focal_loss, soft_cross_entropy};
-pub use norm::{batch_norm, BatchNormMode};
+pub use norm::{batch_norm, batch_norm_act, BatchNormMode};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::resize_bilinear;
 
@@ -27,4 +30,13 @@ pub(crate) fn nhwc(op: &'static str, shape: &[usize]) -> Result<[usize; 4]> {
             format!("expected an NHWC activation [N, H, W, C], got shape {shape:?}"),
         )),
     }
+}
+
+/// Prefixes a GPU error with the op and its input shape, so a failed launch or allocation
+/// says where it happened (`conv2d on input [128, 56, 56, 64] failed: ...`).
+pub(crate) fn gpu_ctx<T>(op: &str, shape: &[usize], r: Result<T>) -> Result<T> {
+    r.map_err(|e| Error::Device {
+        device: "cuda".into(),
+        msg: format!("{op} on input {shape:?} failed: {e}"),
+    })
 }

@@ -3,6 +3,7 @@
 
 use crate::autograd::{Tape, Var};
 use crate::cpu::batch_norm as k;
+use crate::nn::Act;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -27,6 +28,88 @@ pub fn batch_norm(
     running_var: &mut Tensor,
     mode: BatchNormMode,
     eps: f32,
+) -> Result<Var> {
+    batch_norm_act(
+        t,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        mode,
+        eps,
+        None,
+    )
+}
+
+/// `act(batch_norm(x))`. On the GPU one fused apply pass forward and one fused backward
+/// (kernels/bn_gelu.cu: the pre-activation is recomputed from x, never stored); on the CPU
+/// exactly the composition `batch_norm` then `gelu`/`relu` (the spec, bit for bit).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_act(
+    t: &mut Tape,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    mode: BatchNormMode,
+    eps: f32,
+    act: Option<Act>,
+) -> Result<Var> {
+    if !t.value(x).is_cuda() {
+        let y = batch_norm_cpu(t, x, gamma, beta, running_mean, running_var, mode, eps)?;
+        return match act {
+            None => Ok(y),
+            Some(Act::Gelu) => super::try_gelu(t, y),
+            Some(Act::Relu) => super::try_relu(t, y),
+        };
+    }
+    let code = match act {
+        None => 0,
+        Some(Act::Gelu) => 1,
+        Some(Act::Relu) => 2,
+    };
+    batch_norm_checked(
+        t,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        mode,
+        eps,
+        code,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_cpu(
+    t: &mut Tape,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    mode: BatchNormMode,
+    eps: f32,
+) -> Result<Var> {
+    batch_norm_checked(t, x, gamma, beta, running_mean, running_var, mode, eps, 0)
+}
+
+/// Shape checks, then the device's kernel; `act` (0 none, 1 GELU, 2 ReLU) is fused on the
+/// GPU only (the CPU caller passes 0).
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_checked(
+    t: &mut Tape,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    mode: BatchNormMode,
+    eps: f32,
+    act: u32,
 ) -> Result<Var> {
     let xs = t.shape(x).to_vec();
     let c = match xs.last() {
@@ -53,7 +136,7 @@ pub fn batch_norm(
         }
     }
     if t.value(x).is_cuda() {
-        return batch_norm_cuda(
+        let r = batch_norm_cuda(
             t,
             x,
             gamma,
@@ -64,7 +147,9 @@ pub fn batch_norm(
             eps,
             m,
             c,
+            act,
         );
+        return super::gpu_ctx("batch_norm", &xs, r);
     }
     let xv = t.value(x).data();
     let (mean, invstd, train) = match mode {
@@ -135,6 +220,7 @@ fn batch_norm_cuda(
     eps: f32,
     m: usize,
     c: usize,
+    act: u32,
 ) -> Result<Var> {
     use crate::cuda::ops as cu;
     use crate::cuda::DType;
@@ -170,7 +256,7 @@ fn batch_norm_cuda(
     *running_mean = Tensor::from_cuda(&[c], rm);
     *running_var = Tensor::from_cuda(&[c], rv);
     let (gs, bs) = (cu::st("batch_norm", &gv)?, cu::st("batch_norm", &bv)?);
-    let y = cu::bn_apply(&xv, &mean, &invstd, gs, bs, c, 0)?;
+    let y = cu::bn_apply(&xv, &mean, &invstd, gs, bs, c, act)?;
     let (mean, invstd) = (std::sync::Arc::new(mean), std::sync::Arc::new(invstd));
     Ok(t.record(y, &[x, gamma, beta], move |ctx| {
         let xs = cu::st("batch_norm backward", ctx.inputs[0])?;
@@ -185,7 +271,7 @@ fn batch_norm_cuda(
             cu::st("batch_norm", &bv)?,
             c,
             train,
-            0,
+            act,
             ctx.needs[0],
         )?;
         Ok(vec![

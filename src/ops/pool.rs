@@ -36,8 +36,11 @@ pub fn max_pool2d(
             (h + 2 * padding - kernel) / stride + 1,
             (w + 2 * padding - kernel) / stride + 1,
         );
-        let (y, arg) =
-            crate::cuda::ops::maxpool_fwd(t.value(x), n, h, w, c, kernel, stride, padding, oh, ow)?;
+        let (y, arg) = super::gpu_ctx(
+            "max_pool2d",
+            t.shape(x),
+            crate::cuda::ops::maxpool_fwd(t.value(x), n, h, w, c, kernel, stride, padding, oh, ow),
+        )?;
         let arg = Arc::new(arg);
         return Ok(t.record(y, &[x], move |ctx| {
             let dx = crate::cuda::ops::maxpool_bwd(
@@ -66,7 +69,11 @@ pub fn adaptive_avg_pool2d(t: &mut Tape, x: Var, out_h: usize, out_w: usize) -> 
         ));
     }
     if t.value(x).is_cuda() {
-        let y = crate::cuda::ops::avgpool(t.value(x), true, n, h, w, c, out_h, out_w)?;
+        let y = super::gpu_ctx(
+            "adaptive_avg_pool2d",
+            t.shape(x),
+            crate::cuda::ops::avgpool(t.value(x), true, n, h, w, c, out_h, out_w),
+        )?;
         return Ok(t.record(y, &[x], move |ctx| {
             let dx = crate::cuda::ops::avgpool(ctx.dout, false, n, h, w, c, out_h, out_w)?;
             Ok(vec![Some(dx)])

@@ -15,7 +15,11 @@ pub fn resize_bilinear(t: &mut Tape, x: Var, out_h: usize, out_w: usize) -> Resu
         ));
     }
     if t.value(x).is_cuda() {
-        let y = crate::cuda::ops::bilinear(t.value(x), true, n, h, w, c, out_h, out_w)?;
+        let y = super::gpu_ctx(
+            "resize_bilinear",
+            t.shape(x),
+            crate::cuda::ops::bilinear(t.value(x), true, n, h, w, c, out_h, out_w),
+        )?;
         return Ok(t.record(y, &[x], move |ctx| {
             let dx = crate::cuda::ops::bilinear(ctx.dout, false, n, h, w, c, out_h, out_w)?;
             Ok(vec![Some(dx)])
