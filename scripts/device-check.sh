@@ -24,7 +24,7 @@ build() {
   cp target/release/mpm-bench "$BIN/"
   # Test executables: cargo prints their paths as JSON "executable" fields.
   cargo test --release --no-run --message-format=json \
-      --test cuda_parity --test kernels_compile 2>/dev/null |
+      --test cuda_parity --test kernels_compile --test train_gpu 2>/dev/null |
     python3 -c '
 import json, sys, shutil
 for line in sys.stdin:
@@ -50,22 +50,31 @@ gpu() {
       [ -d "$lib" ] && LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
     done
   done
-  export LD_LIBRARY_PATH MPM_KERNEL_CACHE="$out/kernel-cache"
+  export LD_LIBRARY_PATH MPM_KERNEL_CACHE="${MPM_KERNEL_CACHE:-/tmp/mpm-kernel-cache}"
   {
     date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   } > "$out/env.txt"
   echo "== GPU tests" | tee "$out/summary.txt"
-  timeout 200 "$BIN/cuda_parity" --test-threads 1 --nocapture > "$out/cuda_parity.txt" 2>&1
+  # Per-part limits (seconds) can be shortened for a quick first look: T_PARITY, T_TRAIN,
+  # T_BF16, T_F32 (0 skips that part).
+  timeout "${T_PARITY:-200}" "$BIN/cuda_parity" --test-threads 1 --nocapture > "$out/cuda_parity.txt" 2>&1
   echo "cuda_parity rc=$? (124 = timed out)" | tee -a "$out/summary.txt"
   grep -E "^test |panicked|FAILED|failures:|test result" "$out/cuda_parity.txt" | tee -a "$out/summary.txt"
+  if [ "${T_TRAIN:-60}" != 0 ]; then
+    timeout "${T_TRAIN:-60}" "$BIN/train_gpu" --test-threads 1 --nocapture > "$out/train_gpu.txt" 2>&1
+    echo "train_gpu rc=$? (124 = timed out)" | tee -a "$out/summary.txt"
+    grep -E "^test |panicked|FAILED|failures:|test result" "$out/train_gpu.txt" | tee -a "$out/summary.txt"
+  fi
+  [ "${T_BF16:-170}" = 0 ] && return
   echo "== benchmarks, bf16" | tee -a "$out/summary.txt"
-  timeout 170 "$BIN/mpm-bench" --device cuda:0 --precision bf16 --batch 128 --repeats 3 \
+  timeout "${T_BF16:-170}" "$BIN/mpm-bench" --device cuda:0 --precision bf16 --batch 128 --repeats 3 \
     > "$out/bench_bf16.txt" 2>&1
   echo "mpm-bench bf16 rc=$?" | tee -a "$out/summary.txt"
   cat "$out/bench_bf16.txt" | tee -a "$out/summary.txt"
+  [ "${T_F32:-110}" = 0 ] && return
   echo "== benchmarks, f32 (end to end only)" | tee -a "$out/summary.txt"
-  timeout 110 "$BIN/mpm-bench" --device cuda:0 --precision f32 --batch 128 --repeats 2 \
+  timeout "${T_F32:-110}" "$BIN/mpm-bench" --device cuda:0 --precision f32 --batch 128 --repeats 2 \
     --skip-kernels > "$out/bench_f32.txt" 2>&1
   echo "mpm-bench f32 rc=$?" | tee -a "$out/summary.txt"
   cat "$out/bench_f32.txt" | tee -a "$out/summary.txt"
