@@ -50,10 +50,26 @@ gpu() {
       [ -d "$lib" ] && LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
     done
   done
+  # cudarc opens cuDNN/cuBLAS by bare names, `libcudnn.so` first; a system copy of another
+  # version found that way mixes with the wheel's sub-libraries (CUDNN_STATUS_SUBLIBRARY_
+  # VERSION_MISMATCH). Links named as cudarc asks, first on the path, pin the wheel's copies.
+  local pin=/tmp/mpm-cuda-links
+  mkdir -p "$pin"
+  for d in $sp; do
+    for f in "$d"/nvidia/cudnn/lib/libcudnn.so.9 "$d"/nvidia/cu13/lib/libcublas.so.13 \
+             "$d"/nvidia/cu13/lib/libcublasLt.so.13 "$d"/nvidia/cublas/lib/libcublas.so.13 \
+             "$d"/nvidia/cublas/lib/libcublasLt.so.13; do
+      [ -f "$f" ] && ln -sfn "$f" "$pin/$(basename "${f%.*}")"
+    done
+  done
+  LD_LIBRARY_PATH="$pin:$LD_LIBRARY_PATH"
   export LD_LIBRARY_PATH MPM_KERNEL_CACHE="${MPM_KERNEL_CACHE:-/tmp/mpm-kernel-cache}"
   {
     date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    ls -l "$pin"
+    echo "system cuDNN/cuBLAS:"; ldconfig -p 2>/dev/null | grep -Ei "cudnn|cublas" | head -20
+    for d in $sp; do ls "$d"/nvidia/*/lib 2>/dev/null | grep -Ei "cudnn|cublas" | head -30; done
   } > "$out/env.txt"
   echo "== GPU tests" | tee "$out/summary.txt"
   # Per-part limits (seconds) can be shortened for a quick first look: T_PARITY, T_TRAIN,

@@ -9,7 +9,8 @@ use super::storage::{CudaStorage, DType};
 use crate::cpu::conv::ConvGeom;
 use crate::{Error, Result};
 use cudarc::cudnn::{result as nr, sys as ns};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 fn err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Device {
@@ -128,6 +129,9 @@ pub fn conv(
     b: &CudaStorage,
     out: &CudaStorage,
 ) -> Result<()> {
+    if is_pointwise(geom) {
+        return pointwise(gpu, geom, pass, a, b, out);
+    }
     let h = handle(gpu)?;
     let d = Descs::new(geom, out.dtype)?;
     let (alpha, beta) = (1.0f32, 0.0f32);
@@ -139,24 +143,7 @@ pub fn conv(
     unsafe {
         match pass {
             Pass::Forward => {
-                let mut perf = [std::mem::zeroed::<ns::cudnnConvolutionFwdAlgoPerf_t>(); 8];
-                let mut cnt = 0;
-                nr::get_convolution_forward_algorithm(
-                    h,
-                    d.x,
-                    d.w,
-                    d.conv,
-                    d.y,
-                    8,
-                    &mut cnt,
-                    perf.as_mut_ptr(),
-                )
-                .map_err(|e| err("fwd algo", e))?;
-                let algo = perf[..cnt as usize]
-                    .iter()
-                    .find(|p| p.status == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-                    .map(|p| p.algo)
-                    .ok_or_else(|| err("fwd algo", "none supported"))?;
+                let algo = pick(&ALGOS.fwd, key(gpu, geom, out.dtype), || fwd_algo(h, &d))?;
                 let ws = nr::get_convolution_forward_workspace_size(h, d.x, d.w, d.conv, d.y, algo)
                     .map_err(|e| err("fwd workspace", e))?;
                 let wbuf = gpu.alloc(ws.max(1))?;
@@ -178,24 +165,9 @@ pub fn conv(
                 .map_err(|e| err("forward", e))
             }
             Pass::BackwardData => {
-                let mut perf = [std::mem::zeroed::<ns::cudnnConvolutionBwdDataAlgoPerf_t>(); 8];
-                let mut cnt = 0;
-                nr::get_convolution_backward_data_algorithm(
-                    h,
-                    d.w,
-                    d.y,
-                    d.conv,
-                    d.x,
-                    8,
-                    &mut cnt,
-                    perf.as_mut_ptr(),
-                )
-                .map_err(|e| err("bwd-data algo", e))?;
-                let algo = perf[..cnt as usize]
-                    .iter()
-                    .find(|p| p.status == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-                    .map(|p| p.algo)
-                    .ok_or_else(|| err("bwd-data algo", "none supported"))?;
+                let algo = pick(&ALGOS.bwd_data, key(gpu, geom, out.dtype), || {
+                    bwd_data_algo(h, &d)
+                })?;
                 let ws = nr::get_convolution_backward_data_workspace_size(
                     h, d.w, d.y, d.conv, d.x, algo,
                 )
@@ -219,24 +191,9 @@ pub fn conv(
                 .map_err(|e| err("backward data", e))
             }
             Pass::BackwardFilter => {
-                let mut perf = [std::mem::zeroed::<ns::cudnnConvolutionBwdFilterAlgoPerf_t>(); 8];
-                let mut cnt = 0;
-                nr::get_convolution_backward_filter_algorithm(
-                    h,
-                    d.x,
-                    d.y,
-                    d.conv,
-                    d.w,
-                    8,
-                    &mut cnt,
-                    perf.as_mut_ptr(),
-                )
-                .map_err(|e| err("bwd-filter algo", e))?;
-                let algo = perf[..cnt as usize]
-                    .iter()
-                    .find(|p| p.status == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-                    .map(|p| p.algo)
-                    .ok_or_else(|| err("bwd-filter algo", "none supported"))?;
+                let algo = pick(&ALGOS.bwd_filter, key(gpu, geom, a.dtype), || {
+                    bwd_filter_algo(h, &d)
+                })?;
                 let ws = nr::get_convolution_backward_filter_workspace_size(
                     h, d.x, d.y, d.conv, d.w, algo,
                 )
@@ -260,5 +217,201 @@ pub fn conv(
                 .map_err(|e| err("backward filter", e))
             }
         }
+    }
+}
+
+/// A 1x1, stride-1, unpadded, ungrouped convolution over NHWC is a plain GEMM over the
+/// M = N*H*W pixels.
+fn is_pointwise(g: &ConvGeom) -> bool {
+    g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0 && g.groups == 1
+}
+
+/// The three passes of a pointwise convolution as cuBLAS GEMMs (x: M x C, w: O x C in the
+/// engine's OHWI layout, y: M x O). cuBLAS handles any channel count on tensor cores, while
+/// cuDNN's bf16 NHWC kernels want channel counts that are multiples of 8 (S = 3,311 is not).
+/// Each pass reads its two operands and writes its output once.
+fn pointwise(
+    gpu: &Arc<Gpu>,
+    g: &ConvGeom,
+    pass: Pass,
+    a: &CudaStorage,
+    b: &CudaStorage,
+    out: &CudaStorage,
+) -> Result<()> {
+    use super::blas::{gemm, Mat};
+    let m = g.n * g.h * g.w;
+    let (c, o) = (g.c, g.o);
+    let mat = |s, rows, cols, t| Mat { s, rows, cols, t };
+    match pass {
+        // y[M, O] = x[M, C] w[O, C]^T
+        Pass::Forward => gemm(gpu, mat(a, m, c, false), mat(b, c, o, true), out, false),
+        // dx[M, C] = dy[M, O] w[O, C]
+        Pass::BackwardData => gemm(gpu, mat(a, m, o, false), mat(b, o, c, false), out, false),
+        // dw[O, C] = dy[M, O]^T x[M, C]  (a = x, b = dy)
+        Pass::BackwardFilter => gemm(gpu, mat(b, o, m, true), mat(a, m, c, false), out, false),
+    }
+}
+
+/// Algorithm choice per GPU, geometry and element type, made once per shape and pass.
+/// cuDNN's heuristic first choice was measured (H200, 2026-11-28) to pick slow bf16 NHWC
+/// kernels, so the choice is `cudnnFind*` (cuDNN times every algorithm once, fastest first)
+/// under a workspace limit, with the heuristic as the fallback.
+type AlgoKey = (usize, [usize; 11], DType);
+
+struct AlgoCache {
+    fwd: Mutex<HashMap<AlgoKey, ns::cudnnConvolutionFwdAlgo_t>>,
+    bwd_data: Mutex<HashMap<AlgoKey, ns::cudnnConvolutionBwdDataAlgo_t>>,
+    bwd_filter: Mutex<HashMap<AlgoKey, ns::cudnnConvolutionBwdFilterAlgo_t>>,
+}
+
+static ALGOS: LazyLock<AlgoCache> = LazyLock::new(|| AlgoCache {
+    fwd: Mutex::new(HashMap::new()),
+    bwd_data: Mutex::new(HashMap::new()),
+    bwd_filter: Mutex::new(HashMap::new()),
+});
+
+/// Largest workspace an algorithm may ask for.
+const WORKSPACE_LIMIT: usize = 1 << 30;
+
+fn key(gpu: &Gpu, g: &ConvGeom, dtype: DType) -> AlgoKey {
+    (
+        gpu.ordinal,
+        [
+            g.n, g.h, g.w, g.c, g.o, g.kh, g.kw, g.stride, g.pad, g.dilation, g.groups,
+        ],
+        dtype,
+    )
+}
+
+fn pick<A: Copy>(
+    cache: &Mutex<HashMap<AlgoKey, A>>,
+    k: AlgoKey,
+    choose: impl FnOnce() -> Result<A>,
+) -> Result<A> {
+    let lock = || {
+        cache
+            .lock()
+            .map_err(|_| Error::Msg("cuDNN algorithm cache lock poisoned".into()))
+    };
+    if let Some(a) = lock()?.get(&k) {
+        return Ok(*a);
+    }
+    let a = choose()?;
+    lock()?.insert(k, a);
+    Ok(a)
+}
+
+/// The first usable entry of a perf list (found, or heuristic: both come sorted best first).
+macro_rules! first_ok {
+    ($perf:expr, $cnt:expr, $limit:expr) => {
+        $perf[..$cnt as usize]
+            .iter()
+            .find(|p| p.status == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS && p.memory <= $limit)
+            .map(|p| p.algo)
+    };
+}
+
+fn fwd_algo(h: ns::cudnnHandle_t, d: &Descs) -> Result<ns::cudnnConvolutionFwdAlgo_t> {
+    // SAFETY: valid handle and descriptors; perf has room for the 8 results asked for.
+    unsafe {
+        let mut perf = [std::mem::zeroed::<ns::cudnnConvolutionFwdAlgoPerf_t>(); 8];
+        let mut cnt = 0;
+        let st = ns::cudnnFindConvolutionForwardAlgorithm(
+            h,
+            d.x,
+            d.w,
+            d.conv,
+            d.y,
+            8,
+            &mut cnt,
+            perf.as_mut_ptr(),
+        );
+        if st == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            if let Some(a) = first_ok!(perf, cnt, WORKSPACE_LIMIT) {
+                return Ok(a);
+            }
+        }
+        nr::get_convolution_forward_algorithm(
+            h,
+            d.x,
+            d.w,
+            d.conv,
+            d.y,
+            8,
+            &mut cnt,
+            perf.as_mut_ptr(),
+        )
+        .map_err(|e| err("fwd algo", e))?;
+        first_ok!(perf, cnt, usize::MAX).ok_or_else(|| err("fwd algo", "none supported"))
+    }
+}
+
+fn bwd_data_algo(h: ns::cudnnHandle_t, d: &Descs) -> Result<ns::cudnnConvolutionBwdDataAlgo_t> {
+    // SAFETY: as in `fwd_algo`.
+    unsafe {
+        let mut perf = [std::mem::zeroed::<ns::cudnnConvolutionBwdDataAlgoPerf_t>(); 8];
+        let mut cnt = 0;
+        let st = ns::cudnnFindConvolutionBackwardDataAlgorithm(
+            h,
+            d.w,
+            d.y,
+            d.conv,
+            d.x,
+            8,
+            &mut cnt,
+            perf.as_mut_ptr(),
+        );
+        if st == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            if let Some(a) = first_ok!(perf, cnt, WORKSPACE_LIMIT) {
+                return Ok(a);
+            }
+        }
+        nr::get_convolution_backward_data_algorithm(
+            h,
+            d.w,
+            d.y,
+            d.conv,
+            d.x,
+            8,
+            &mut cnt,
+            perf.as_mut_ptr(),
+        )
+        .map_err(|e| err("bwd-data algo", e))?;
+        first_ok!(perf, cnt, usize::MAX).ok_or_else(|| err("bwd-data algo", "none supported"))
+    }
+}
+
+fn bwd_filter_algo(h: ns::cudnnHandle_t, d: &Descs) -> Result<ns::cudnnConvolutionBwdFilterAlgo_t> {
+    // SAFETY: as in `fwd_algo`.
+    unsafe {
+        let mut perf = [std::mem::zeroed::<ns::cudnnConvolutionBwdFilterAlgoPerf_t>(); 8];
+        let mut cnt = 0;
+        let st = ns::cudnnFindConvolutionBackwardFilterAlgorithm(
+            h,
+            d.x,
+            d.y,
+            d.conv,
+            d.w,
+            8,
+            &mut cnt,
+            perf.as_mut_ptr(),
+        );
+        if st == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            if let Some(a) = first_ok!(perf, cnt, WORKSPACE_LIMIT) {
+                return Ok(a);
+            }
+        }
+        nr::get_convolution_backward_filter_algorithm(
+            h,
+            d.x,
+            d.y,
+            d.conv,
+            d.w,
+            8,
+            &mut cnt,
+            perf.as_mut_ptr(),
+        )
+        .map_err(|e| err("bwd-filter algo", e))?;
+        first_ok!(perf, cnt, usize::MAX).ok_or_else(|| err("bwd-filter algo", "none supported"))
     }
 }

@@ -92,18 +92,40 @@ pub fn preload_nvrtc() -> Vec<PathBuf> {
 pub fn preload_math() -> Vec<PathBuf> {
     static ONCE: OnceLock<Vec<PathBuf>> = OnceLock::new();
     ONCE.get_or_init(|| {
-        preload(&[
-            "libcublasLt.so.13",
-            "libcublas.so.13",
-            "libcudnn_graph.so.9",
-            "libcudnn_engines_precompiled.so.9",
-            "libcudnn_engines_runtime_compiled.so.9",
-            "libcudnn_heuristic.so.9",
-            "libcudnn_ops.so.9",
-            "libcudnn_cnn.so.9",
-            "libcudnn_adv.so.9",
-            "libcudnn.so.9",
-        ])
+        let mut loaded = preload(&["libcublasLt.so.13", "libcublas.so.13"]);
+        // cuDNN 9 refuses sub-libraries of another version
+        // (CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH), so all of them come from the folder that
+        // holds the first `libcudnn.so.9` found, never from several installs.
+        // cudarc opens `libcudnn.so` first: when the system loader finds one (a system cuDNN),
+        // that one is used with its own sub-libraries, and the wheel's are left alone.
+        // SAFETY: as in `preload`; only probes whether the name resolves.
+        let system_cudnn = unsafe { libloading::Library::new("libcudnn.so") }.is_ok();
+        if system_cudnn {
+            return loaded;
+        }
+        if let Some(dir) = find("libcudnn.so.9").and_then(|p| p.parent().map(Path::to_path_buf)) {
+            for name in [
+                "libcudnn_graph.so.9",
+                "libcudnn_engines_precompiled.so.9",
+                "libcudnn_engines_runtime_compiled.so.9",
+                "libcudnn_heuristic.so.9",
+                "libcudnn_ops.so.9",
+                "libcudnn_cnn.so.9",
+                "libcudnn_adv.so.9",
+                "libcudnn.so.9",
+            ] {
+                let p = dir.join(name);
+                if !p.is_file() {
+                    continue;
+                }
+                // SAFETY: as in `preload`.
+                if let Ok(lib) = unsafe { libloading::Library::new(&p) } {
+                    std::mem::forget(lib);
+                    loaded.push(p);
+                }
+            }
+        }
+        loaded
     })
     .clone()
 }
