@@ -229,3 +229,42 @@ fn journal_resumes_and_ignores_a_torn_line() {
     assert!(Journal::open(&path, &other, d, &c.attacks, true).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The per-sample loops run in parallel (FAB's projections, APGD's steps): the examples
+/// found must not depend on the number of threads, bit for bit.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let x = images(4, 5);
+    let ids = [0u64, 1, 2, 3];
+    for norm in [Norm::Linf, Norm::L2, Norm::L1] {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut m = tiny();
+                let y = predictions(&mut m, &x);
+                let mut aa = AutoAttack {
+                    cfg: cfg(
+                        norm,
+                        eps_for(norm),
+                        vec![AttackKind::ApgdCe, AttackKind::FabT, AttackKind::Square],
+                    ),
+                    model: &mut m,
+                };
+                [AttackKind::ApgdCe, AttackKind::FabT, AttackKind::Square].map(|kind| {
+                    let (adv, fooled) = aa.run_one(kind, &x, &y, &ids, DIMS).unwrap();
+                    (
+                        adv.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(),
+                        fooled,
+                    )
+                })
+            })
+        };
+        assert!(
+            run(1) == run(3),
+            "{norm}: results differ between 1 and 3 threads"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use super::model::{argmax, batch_loss, Classifier, Dims, LossKind};
 use super::norms::{l0_dist, l1_projection, project_l2, Norm};
 use super::rng::{normal, sample_rng, uniform, SampleRng};
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
 pub struct ApgdConfig {
@@ -327,7 +328,8 @@ impl Apgd<'_> {
             // Gradient step with momentum.
             let a = if i > 0 { 0.75f32 } else { 1.0 };
             let mut x_new = vec![0f32; n * d];
-            for j in 0..n {
+            // Per sample, in parallel (l1: a top-k selection and a projection each).
+            x_new.par_chunks_mut(d).enumerate().for_each(|(j, out)| {
                 let r = j * d..(j + 1) * d;
                 let (xa, xo, g, x0) = (
                     &x_adv[r.clone()],
@@ -335,7 +337,6 @@ impl Apgd<'_> {
                     &grad[r.clone()],
                     &xs[r.clone()],
                 );
-                let out = &mut x_new[r.clone()];
                 match norm {
                     Norm::Linf => {
                         for t in 0..d {
@@ -382,7 +383,7 @@ impl Apgd<'_> {
                         }
                     }
                 }
-            }
+            });
             x_adv_old = std::mem::replace(&mut x_adv, x_new);
 
             let (logits, loss, g) = self.grad_at(&x_adv, ys, targets, dims)?;

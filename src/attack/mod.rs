@@ -9,6 +9,7 @@
 //! - `pgd`        : PGD (random start, restarts) and FGSM, l-inf / l2 / l1.
 //! - `apgd`       : APGD-CE, APGD-DLR and APGD-T (targeted DLR), l1 sparse steps and the
 //!   decreasing-eps schedule of AutoAttack's l1 version.
+//! - `radix`      : stable radix argsort of floats (FAB's and the l1 projection's sorts).
 //! - `fab`        : FAB-T (targeted Fast Adaptive Boundary) and its three projections.
 //! - `square`     : Square attack (l-inf, l2, l1), 5000 queries, AutoAttack's p schedule.
 //! - `autoattack` : the "standard" sequence on the points still robust, every example verified.
@@ -25,6 +26,7 @@ pub mod imagefolder;
 pub mod model;
 pub mod norms;
 pub mod pgd;
+pub mod radix;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -241,7 +241,9 @@ impl Square<'_> {
                             vw: below(rng, w - s),
                             s,
                         };
-                        let mut xn = xb.to_vec();
+                        let start = cand.len();
+                        cand.extend_from_slice(xb);
+                        let xn = &mut cand[start..];
                         for ch in 0..c {
                             let v = 2.0 * eps * sign(rng);
                             for r in win.vh..win.vh + s {
@@ -254,7 +256,6 @@ impl Square<'_> {
                                 }
                             }
                         }
-                        cand.extend(xn);
                     }
                     Norm::L2 | Norm::L1 => {
                         let mut s = raw.max(3);

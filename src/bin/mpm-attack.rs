@@ -388,6 +388,7 @@ fn print_summary(name: &str, r: &Value) {
 }
 
 fn main() -> ExitCode {
+    mpm::attack::run::join_global_pool();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
