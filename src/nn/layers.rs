@@ -25,6 +25,14 @@ impl std::str::FromStr for Act {
     }
 }
 
+/// A hook on named layer outputs, for audits (`mpm-audit grad --per-layer`): every output a
+/// layer produces under its PyTorch module name (`conv1`, `layer2.1.bn2`, `layer3.0`, ...)
+/// passes through `tap`, which returns the value the rest of the pass uses. Ordinary passes
+/// have none, and then a named output costs one branch.
+pub trait LayerTap {
+    fn tap(&mut self, tape: &mut Tape, name: &str, y: Var) -> Result<Var>;
+}
+
 pub const BN_EPS: f32 = 1e-5;
 pub const BN_MOMENTUM: f32 = 0.1;
 
@@ -37,6 +45,7 @@ pub struct Ctx<'a> {
     vars: HashMap<String, Var>,
     /// Parameters whose names start with one of these are recorded as constants.
     frozen: Vec<String>,
+    tap: Option<&'a mut dyn LayerTap>,
 }
 
 impl<'a> Ctx<'a> {
@@ -47,6 +56,7 @@ impl<'a> Ctx<'a> {
             train,
             vars: HashMap::new(),
             frozen: Vec::new(),
+            tap: None,
         }
     }
 
@@ -58,6 +68,22 @@ impl<'a> Ctx<'a> {
             train,
             vars: HashMap::new(),
             frozen: Vec::new(),
+            tap: None,
+        }
+    }
+
+    /// Routes named layer outputs through `tap` for this pass (audits).
+    pub fn with_tap(mut self, tap: &'a mut dyn LayerTap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// A layer's output `y` under its module name: `y` itself unless a tap is set.
+    #[inline]
+    pub fn named(&mut self, name: &str, y: Var) -> Result<Var> {
+        match self.tap.as_deref_mut() {
+            None => Ok(y),
+            Some(t) => t.tap(&mut self.tape, name, y),
         }
     }
 
@@ -114,13 +140,14 @@ pub fn conv(
     } else {
         None
     };
-    ops::conv2d(
+    let y = ops::conv2d(
         &mut ctx.tape,
         x,
         w,
         b,
         Conv2dParams::new(stride, padding).groups(groups),
-    )
+    )?;
+    ctx.named(prefix, y)
 }
 
 /// BatchNorm over channels (2-d or 1-d), PyTorch defaults (eps 1e-5, momentum 0.1).
@@ -142,7 +169,7 @@ pub fn bn(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
         ctx.store.get_mut(&format!("{prefix}.running_var"))?.tensor = rv;
         ctx.store.bump_counter(prefix);
     }
-    Ok(y)
+    ctx.named(prefix, y)
 }
 
 pub fn act(ctx: &mut Ctx, x: Var, a: Act) -> Var {
@@ -168,7 +195,8 @@ pub fn linear(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
     } else {
         None
     };
-    ops::linear(&mut ctx.tape, x, w, b)
+    let y = ops::linear(&mut ctx.tape, x, w, b)?;
+    ctx.named(prefix, y)
 }
 
 /// `[N, 1, 1, C]` (or any `[N, ...]`) -> `[N, C]`.

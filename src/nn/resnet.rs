@@ -124,7 +124,8 @@ impl Backbone {
         let y = conv(ctx, x, &format!("{prefix}conv1"), 2, 3, 1)?;
         let y = bn(ctx, y, &format!("{prefix}bn1"))?;
         let y = act(ctx, y, self.act);
-        let mut y = ops::max_pool2d(&mut ctx.tape, y, 3, 2, 1)?;
+        let y = ops::max_pool2d(&mut ctx.tape, y, 3, 2, 1)?;
+        let mut y = ctx.named(&format!("{prefix}maxpool"), y)?;
         let mut outs = Vec::with_capacity(4);
         for (stage, &nb) in self.arch.blocks().iter().enumerate() {
             for b in 0..nb {
@@ -162,6 +163,7 @@ impl Backbone {
             x
         };
         let y = ops::add(&mut ctx.tape, y, shortcut)?;
-        Ok(act(ctx, y, self.act))
+        let y = act(ctx, y, self.act);
+        ctx.named(p, y)
     }
 }
