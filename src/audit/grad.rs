@@ -132,8 +132,41 @@ fn histogram(sorted: &[f64]) -> Value {
     Value::Object(m)
 }
 
+/// The probe vectors `r_i` (unit, one per sample) of `AuditLoss::Probe`, `[n, k]`.
+pub(crate) fn logit_probe(seed: u64, n: usize, k: usize) -> Vec<f32> {
+    unit_rows(seed, n, k, 999)
+}
+
+/// `n` rows of `k` values, each a random unit vector from stream `stream` of its sample.
+pub(crate) fn unit_rows(seed: u64, n: usize, k: usize, stream: u64) -> Vec<f32> {
+    let mut out = vec![0f32; n * k];
+    for i in 0..n {
+        let mut rng = sample_rng(seed, i as u64, stream);
+        let r = &mut out[i * k..(i + 1) * k];
+        r.iter_mut().for_each(|v| *v = normal(&mut rng));
+        let t = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        r.iter_mut().for_each(|v| *v /= t);
+    }
+    out
+}
+
+/// The runner-up class (or the top one when it is not the label): DLR-T's target.
+pub(crate) fn runner_up_targets(z: &[f32], k: usize, y: &[usize]) -> Vec<usize> {
+    (0..y.len())
+        .map(|i| {
+            let row = &z[i * k..(i + 1) * k];
+            let r = crate::attack::model::ranked_class(row, 0);
+            if r == y[i] {
+                crate::attack::model::ranked_class(row, 1)
+            } else {
+                r
+            }
+        })
+        .collect()
+}
+
 /// Per-sample loss values (f64) and `dL/dz` of logits `z` `[n, k]`.
-fn eval_loss(
+pub(crate) fn eval_loss(
     loss: AuditLoss,
     z: &[f32],
     k: usize,
@@ -172,27 +205,10 @@ pub fn grad_audit(
     let n = y.len();
     let k = model.num_classes();
     let loss = cfg.loss;
-    let mut probe = vec![0f32; n * k];
-    for i in 0..n {
-        let mut rng = sample_rng(cfg.seed, i as u64, 999);
-        let r = &mut probe[i * k..(i + 1) * k];
-        r.iter_mut().for_each(|v| *v = normal(&mut rng));
-        let t = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-        r.iter_mut().for_each(|v| *v /= t);
-    }
+    let probe = logit_probe(cfg.seed, n, k);
     // Targeted DLR: the runner-up class as target.
     let z0 = model.logits(x, dims)?;
-    let targets: Vec<usize> = (0..n)
-        .map(|i| {
-            let row = &z0[i * k..(i + 1) * k];
-            let r = crate::attack::model::ranked_class(row, 0);
-            if r == y[i] {
-                crate::attack::model::ranked_class(row, 1)
-            } else {
-                r
-            }
-        })
-        .collect();
+    let targets = runner_up_targets(&z0, k, y);
     let (_, g) = model.logits_and_grad(x, dims, &mut |z| {
         eval_loss(loss, z, k, y, &targets, &probe).1
     })?;

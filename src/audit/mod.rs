@@ -2,5 +2,6 @@
 //! differences (`grad`) and the gradient-masking sanity checks (`masking`).
 pub mod files;
 pub mod grad;
+pub mod grad_layers;
 pub mod masking;
 pub mod parity;

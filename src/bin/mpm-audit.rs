@@ -70,6 +70,8 @@ enum Cmd {
         /// Pass when the 95th percentile of relative errors is below this.
         #[arg(long, default_value_t = 1e-2)]
         tolerance: f64,
+        #[command(flatten)]
+        per_layer: PerLayerArgs,
     },
     /// Gradient-masking sanity checks (monotone in eps, unbounded -> 0%, iterative beats
     /// single-step, more steps/restarts help, Square not stronger, gradients finite and
@@ -93,6 +95,31 @@ enum Cmd {
         #[arg(long)]
         quantize_input: Option<f32>,
     },
+}
+
+/// `grad --per-layer`: the same check at every named layer output, to localise a wrong
+/// backward rule.
+#[derive(clap::Args)]
+struct PerLayerArgs {
+    /// Also check the gradient at each layer's output (PyTorch module names: conv1, bn1,
+    /// maxpool, layer2.1.conv2, layer3.0 = a block's output, fc, MPM cp*/up_layer*/
+    /// segmenter_head*) and say where it first goes wrong.
+    #[arg(long)]
+    per_layer: bool,
+    /// Layers to check: comma-separated globs, e.g. 'layer3.*,fc' (default: all).
+    #[arg(long, requires = "per_layer")]
+    layers: Option<String>,
+    /// Per-layer finite-difference step, relative to the l2 norm of one sample's output.
+    #[arg(long, default_value_t = 1e-3, requires = "per_layer")]
+    layer_step: f32,
+    /// Per-layer: leave the segmentation outputs (MPM heads) out of the loss: the attack
+    /// path only.
+    #[arg(long, requires = "per_layer")]
+    no_heads: bool,
+    /// Demonstration: a deliberate bug in the per-layer passes, quantize[=STEP]@LAYER
+    /// (straight-through gradient) or scale-grad[=K]@LAYER (wrong backward rule).
+    #[arg(long, requires = "per_layer")]
+    inject_fault: Option<mpm::audit::grad_layers::Fault>,
 }
 
 /// Model, data and report flags shared by `grad` and `masking`.
@@ -176,6 +203,7 @@ fn run_grad(
     step: f32,
     loss: &str,
     tolerance: f64,
+    pl: &PerLayerArgs,
 ) -> mpm::Result<bool> {
     use mpm::attack::LossKind;
     use mpm::audit::grad::{grad_audit, AuditLoss, GradAuditConfig};
@@ -195,8 +223,45 @@ fn run_grad(
     };
     let r = grad_audit(&mut model, &x, &y, dims, &cfg)?;
     println!("{}", r.summary());
-    write_report(&a.report, &r.to_json())?;
-    Ok(r.pass)
+    let mut report = r.to_json();
+    let mut pass = r.pass;
+    if pl.per_layer {
+        use mpm::audit::grad_layers::{layer_audit, LayerAuditConfig, LayerSelect};
+        let lcfg = LayerAuditConfig {
+            directions,
+            step: pl.layer_step,
+            loss: cfg.loss,
+            seed: a.seed,
+            quantile: cfg.quantile,
+            tolerance,
+            select: match &pl.layers {
+                Some(s) => LayerSelect::parse(s)?,
+                None => LayerSelect::all(),
+            },
+            heads: !pl.no_heads,
+            fault: pl.inject_fault.clone(),
+        };
+        if let Some(f) = &lcfg.fault {
+            eprintln!("injected fault (per-layer passes only): {}", f.describe());
+        }
+        let t0 = std::time::Instant::now();
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let lr = layer_audit(&mut model, &x, &y, dims, &lcfg, &mut |i, n, row| {
+            if tty {
+                eprint!("\rper-layer audit: {}/{n} {:<40}", i + 1, row.name);
+            }
+        })?;
+        if tty {
+            eprint!("\r{:80}\r", "");
+        }
+        eprintln!("per-layer audit: {:.1} s", t0.elapsed().as_secs_f64());
+        print!("{}", lr.table());
+        println!("{}", lr.summary());
+        report["per_layer"] = lr.to_json();
+        pass &= lr.pass;
+    }
+    write_report(&a.report, &report)?;
+    Ok(pass)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -353,7 +418,8 @@ fn main() -> ExitCode {
             step,
             loss,
             tolerance,
-        } => run_grad(&common, directions, step, &loss, tolerance),
+            per_layer,
+        } => run_grad(&common, directions, step, &loss, tolerance, &per_layer),
         Cmd::Masking {
             common,
             norm,

@@ -26,6 +26,14 @@ impl std::str::FromStr for Act {
     }
 }
 
+/// A hook on named layer outputs, for audits (`mpm-audit grad --per-layer`): every output a
+/// layer produces under its PyTorch module name (`conv1`, `layer2.1.bn2`, `layer3.0`, ...)
+/// passes through `tap`, which returns the value the rest of the pass uses. Ordinary passes
+/// have none, and then a named output costs one branch.
+pub trait LayerTap {
+    fn tap(&mut self, tape: &mut Tape, name: &str, y: Var) -> Result<Var>;
+}
+
 pub const BN_EPS: f32 = 1e-5;
 pub const BN_MOMENTUM: f32 = 0.1;
 
@@ -41,6 +49,7 @@ pub struct Ctx<'a> {
     /// GPU precision of this pass (ignored on the CPU); starts at
     /// `device::default_precision()`.
     pub precision: Precision,
+    tap: Option<&'a mut dyn LayerTap>,
 }
 
 impl<'a> Ctx<'a> {
@@ -52,6 +61,7 @@ impl<'a> Ctx<'a> {
             vars: HashMap::new(),
             frozen: Vec::new(),
             precision: crate::device::default_precision(),
+            tap: None,
         }
     }
 
@@ -64,6 +74,22 @@ impl<'a> Ctx<'a> {
             vars: HashMap::new(),
             frozen: Vec::new(),
             precision: crate::device::default_precision(),
+            tap: None,
+        }
+    }
+
+    /// Routes named layer outputs through `tap` for this pass (audits).
+    pub fn with_tap(mut self, tap: &'a mut dyn LayerTap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// A layer's output `y` under its module name: `y` itself unless a tap is set.
+    #[inline]
+    pub fn named(&mut self, name: &str, y: Var) -> Result<Var> {
+        match self.tap.as_deref_mut() {
+            None => Ok(y),
+            Some(t) => t.tap(&mut self.tape, name, y),
         }
     }
 
@@ -126,13 +152,14 @@ pub fn conv(
     } else {
         None
     };
-    ops::conv2d(
+    let y = ops::conv2d(
         &mut ctx.tape,
         x,
         w,
         b,
         Conv2dParams::new(stride, padding).groups(groups),
-    )
+    )?;
+    ctx.named(prefix, y)
 }
 
 /// BatchNorm over channels (2-d or 1-d), PyTorch defaults (eps 1e-5, momentum 0.1).
@@ -160,7 +187,7 @@ pub fn bn_act(ctx: &mut Ctx, x: Var, prefix: &str, a: Option<Act>) -> Result<Var
         ctx.store.get_mut(&format!("{prefix}.running_var"))?.tensor = rv;
         ctx.store.bump_counter(prefix);
     }
-    Ok(y)
+    ctx.named(prefix, y)
 }
 
 /// `act(bn(conv(x)))`, the ResNet pattern. CPU: exactly `conv`, `bn`, `act` (the spec). GPU,
@@ -177,7 +204,8 @@ pub fn conv_bn_act(
     padding: usize,
     a: Act,
 ) -> Result<Var> {
-    if !ctx.tape.value(x).is_cuda() {
+    // A tap (per-layer audit) needs the conv and BN outputs by name: the plain composition.
+    if !ctx.tape.value(x).is_cuda() || ctx.tap.is_some() {
         let y = conv(ctx, x, conv_prefix, stride, padding, 1)?;
         let y = bn(ctx, y, bn_prefix)?;
         return act(ctx, y, a);
@@ -239,7 +267,8 @@ pub fn linear(ctx: &mut Ctx, x: Var, prefix: &str) -> Result<Var> {
     } else {
         None
     };
-    ops::linear(&mut ctx.tape, x, w, b)
+    let y = ops::linear(&mut ctx.tape, x, w, b)?;
+    ctx.named(prefix, y)
 }
 
 /// `[N, 1, 1, C]` (or any `[N, ...]`) -> `[N, C]`.

@@ -130,7 +130,8 @@ impl Backbone {
             3,
             self.act,
         )?;
-        let mut y = ops::max_pool2d(&mut ctx.tape, y, 3, 2, 1)?;
+        let y = ops::max_pool2d(&mut ctx.tape, y, 3, 2, 1)?;
+        let mut y = ctx.named(&format!("{prefix}maxpool"), y)?;
         let mut outs = Vec::with_capacity(4);
         for (stage, &nb) in self.arch.blocks().iter().enumerate() {
             for b in 0..nb {
@@ -165,6 +166,7 @@ impl Backbone {
             x
         };
         let y = ops::add(&mut ctx.tape, y, shortcut)?;
-        act(ctx, y, self.act)
+        let y = act(ctx, y, self.act)?;
+        ctx.named(p, y)
     }
 }
