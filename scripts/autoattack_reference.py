@@ -147,10 +147,12 @@ def cmd_run(a):
     torch.set_num_threads(a.threads or torch.get_num_threads())
     if a.autoattack_path:
         sys.path.insert(0, a.autoattack_path)
-    model = load_model(a)
+    dev = getattr(a, "device", None) or "cpu"
+    model = load_model(a).to(dev)
     x, y = load_data(a.data)
     if a.limit:
         x, y = x[:a.limit], y[:a.limit]
+    x, y = x.to(dev), y.to(dev)
     impl = None
     try:
         from autoattack import AutoAttack  # Croce & Hein's reference
@@ -165,7 +167,7 @@ def cmd_run(a):
         version = "standard" if attacks == ["apgd-ce", "apgd-t", "fab-t", "square"] and \
             a.n_iter == 100 and a.square_queries == 5000 else "custom"
         aa = AutoAttack(model, norm=a.norm, eps=a.eps, version=version if version == "standard" else "standard",
-                        seed=a.seed, device="cpu", verbose=a.verbose)
+                        seed=a.seed, device=dev, verbose=a.verbose)
         if version == "custom":
             aa.attacks_to_run = attacks
             aa.version = "custom"
@@ -238,7 +240,7 @@ def cmd_run(a):
     with open(a.report, "w") as f:
         json.dump(rep, f, indent=1)
     if a.adv_out:
-        save_file({"adv": adv.contiguous()}, a.adv_out)
+        save_file({"adv": adv.cpu().contiguous()}, a.adv_out)
     print(json.dumps({k: v for k, v in rep.items() if k != "robust"}))
 
 
@@ -310,6 +312,7 @@ def main():
     r = sub.add_parser("run")
     model_flags(r)
     r.add_argument("--norm", required=True, choices=["Linf", "L2", "L1"])
+    r.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     r.add_argument("--eps", type=float, required=True)
     r.add_argument("--attacks", default="apgd-ce,apgd-t,fab-t,square")
     r.add_argument("--n-iter", type=int, default=100)

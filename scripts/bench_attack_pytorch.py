@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--head", default="none")
     ap.add_argument("--seg-classes", type=int)
     ap.add_argument("--norm", default="Linf")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     ap.add_argument("--eps", type=float, default=8 / 255)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--iters", type=int, default=20)
@@ -57,17 +58,20 @@ def main():
         sys.path.insert(0, a.autoattack_path)
     from autoattack.autopgd_base import APGDAttack
 
-    model = AR.load_model(a)
+    model = AR.load_model(a).to(a.device)
     x, y = AR.load_data(a.data)
+    x, y = x.to(a.device), y.to(a.device)
     out = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
 
     if not a.skip_apgd:
         xb, yb = x[:a.batch], y[:a.batch]
         atk = APGDAttack(model, n_iter=a.iters, norm=a.norm, n_restarts=1, eps=a.eps, seed=a.seed,
-                         loss="ce", eot_iter=1, rho=.75, device="cpu")
+                         loss="ce", eot_iter=1, rho=.75, device=a.device)
         atk.init_hyperparam(xb)
         t0 = time.perf_counter()
         atk.attack_single_run(xb.clone(), yb.clone())
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         out["apgd_step_images_per_s"] = len(yb) * (a.iters + 1) / dt
         out["apgd_batch"] = len(yb)

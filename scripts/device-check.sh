@@ -40,10 +40,8 @@ for line in sys.stdin:
   ls -l "$BIN"
 }
 
-gpu() {
-  local out="${OUT:-device-out/results}"
-  mkdir -p "$out"
-  local sp
+setup_libs() {
+  sp=""
   sp=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
   for d in $sp; do
     for lib in "$d"/nvidia/*/lib; do
@@ -53,7 +51,7 @@ gpu() {
   # cudarc opens cuDNN/cuBLAS by bare names, `libcudnn.so` first; a system copy of another
   # version found that way mixes with the wheel's sub-libraries (CUDNN_STATUS_SUBLIBRARY_
   # VERSION_MISMATCH). Links named as cudarc asks, first on the path, pin the wheel's copies.
-  local pin=/tmp/mpm-cuda-links
+  pin=/tmp/mpm-cuda-links
   mkdir -p "$pin"
   for d in $sp; do
     for f in "$d"/nvidia/cudnn/lib/libcudnn.so.9 "$d"/nvidia/cu13/lib/libcublas.so.13 \
@@ -64,6 +62,12 @@ gpu() {
   done
   LD_LIBRARY_PATH="$pin:$LD_LIBRARY_PATH"
   export LD_LIBRARY_PATH MPM_KERNEL_CACHE="${MPM_KERNEL_CACHE:-/tmp/mpm-kernel-cache}"
+}
+
+gpu() {
+  local out="${OUT:-device-out/results}"
+  mkdir -p "$out"
+  setup_libs
   {
     date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
@@ -96,8 +100,41 @@ gpu() {
   cat "$out/bench_f32.txt" | tee -a "$out/summary.txt"
 }
 
+# GPU attack throughput, engine vs the reference PyTorch AutoAttack, same weights and data
+# (build side: `attack-build` copies mpm-attack, the demo model and the reference package).
+attack_build() {
+  set -e
+  mkdir -p "$BIN" device-out/aa
+  cargo build --release --bin mpm-attack
+  cp target/release/mpm-attack "$BIN/"
+  if command -v strip >/dev/null; then strip --strip-debug "$BIN/mpm-attack"; fi
+  cp "${AA_MODEL:?set AA_MODEL to a folder with weights.safetensors and data.safetensors}"/*.safetensors device-out/aa/
+  rm -rf device-out/aa/autoattack
+  cp -r "${AA_SRC:?set AA_SRC to a checkout of fra31/auto-attack}/autoattack" device-out/aa/
+}
+
+attack() {
+  local out="${OUT:-device-out/results}" n="${AA_N:-500}"
+  mkdir -p "$out"
+  setup_libs
+  export LD_LIBRARY_PATH MPM_KERNEL_CACHE="${MPM_KERNEL_CACHE:-/tmp/mpm-kernel-cache}"
+  local common=(--weights device-out/aa/weights.safetensors --data device-out/aa/data.safetensors
+                --num-classes 10 --norm Linf --eps 0.03137255)
+  echo "== attack, $n images, l-inf 8/255 standard" | tee "$out/attack.txt"
+  ( time timeout "${T_ENGINE:-200}" "$BIN/mpm-attack" "${common[@]}" --arch resnet18 --limit "$n" \
+      --batch-size "$n" --device cuda:0 --report "$out/engine.json" ) >> "$out/attack.txt" 2>&1
+  echo "engine rc=$?" | tee -a "$out/attack.txt"
+  ( time timeout "${T_REF:-240}" python3 scripts/autoattack_reference.py run "${common[@]}" \
+      --arch resnet18 --act gelu --limit "$n" --batch-size "$n" --device cuda \
+      --autoattack-path device-out/aa --report "$out/reference.json" ) >> "$out/attack.txt" 2>&1
+  echo "reference rc=$?" | tee -a "$out/attack.txt"
+  tail -n 30 "$out/attack.txt"
+}
+
 case "${1:-}" in
   build) build ;;
   gpu) gpu ;;
-  *) echo "usage: $0 build|gpu" >&2; exit 2 ;;
+  attack-build) attack_build ;;
+  attack) attack ;;
+  *) echo "usage: $0 build|gpu|attack-build|attack" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 
 use super::norms::Norm;
 use crate::autograd::GradMode;
+use crate::device::Device;
 use crate::nn::layout::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::nn::{Ctx, ModelSpec, ParamStore};
 use crate::tensor::Tensor;
@@ -50,9 +51,12 @@ pub trait Classifier {
 }
 
 /// Any model of the engine, in eval mode (BN running statistics), input gradient only.
+/// On a GPU (`on_device`) the weights stay resident there; each pass uploads the batch and
+/// reads back the logits and the input gradient (the attacks' per-sample logic is host code).
 pub struct EngineClassifier {
     pub spec: ModelSpec,
     pub store: ParamStore,
+    device: Device,
     forwards: u64,
     backwards: u64,
 }
@@ -62,9 +66,17 @@ impl EngineClassifier {
         EngineClassifier {
             spec,
             store,
+            device: Device::Cpu,
             forwards: 0,
             backwards: 0,
         }
+    }
+
+    /// Runs the model on `device` (moves the weights there once).
+    pub fn on_device(mut self, device: Device) -> Result<Self> {
+        self.store.to_device(device)?;
+        self.device = device;
+        Ok(self)
     }
 
     fn check(&self, logits: &Tensor, n: usize) -> Result<Vec<f32>> {
@@ -109,6 +121,7 @@ impl Classifier for EngineClassifier {
             &[n, dims.h, dims.w, dims.c],
             nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
         )?;
+        let xt = xt.to_device(self.device)?;
         let spec = self.spec;
         let mut ctx = Ctx::new(&mut self.store, GradMode::NoGrad, false);
         let xin = ctx.tape.input(xt, false);
@@ -132,6 +145,7 @@ impl Classifier for EngineClassifier {
             &[n, dims.h, dims.w, dims.c],
             nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
         )?;
+        let xt = xt.to_device(self.device)?;
         let spec = self.spec;
         let mut ctx = Ctx::new(&mut self.store, GradMode::InputGradOnly, false);
         let xin = ctx.tape.input(xt, true);
@@ -150,7 +164,7 @@ impl Classifier for EngineClassifier {
             zz.to_vec()
         };
         let dz = seed(&logits);
-        let dzt = Tensor::from_vec(zt.shape(), dz)?;
+        let dzt = Tensor::from_vec(zt.shape(), dz)?.to_device(self.device)?;
         let grads = ctx.tape.backward_with(z, dzt)?;
         let g = match grads.get(xin) {
             Some(g) => nhwc_to_nchw(g.data(), n, dims.h, dims.w, dims.c),
