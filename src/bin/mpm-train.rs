@@ -155,6 +155,11 @@ fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
         .parse::<mpm::device::DeviceRequest>()?
         .resolve()?;
     eprintln!("device: {why}");
+    let precision = mpm::device::parse_precision_flag(&cfg.precision)
+        .map_err(|e| mpm::Error::flag("--precision", e.to_string()))?;
+    if !why.starts_with("cpu") {
+        eprintln!("precision: {precision:?}");
+    }
     let train_src = train::folder::open(&cfg, &cfg.train_dir, "train_dir", true)?;
     let eval_src = if cfg.eval_dir.is_empty() {
         None

@@ -105,6 +105,9 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// auto | cpu | cuda[:N].
     pub device: String,
+    /// GPU arithmetic: bf16 (mixed precision: bf16 activations, f32 master weights and
+    /// accumulation, the paper's setting) or f32. Ignored on the CPU (always f32).
+    pub precision: String,
     /// Batches the loader prepares ahead of the step, on a background thread (0 = load each
     /// batch when the step needs it). Does not change results: a batch is a pure function of
     /// its position.
@@ -164,6 +167,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             keep_checkpoints: 3,
             device: "auto".into(),
+            precision: "bf16".into(),
             prefetch_batches: 2,
         }
     }
@@ -174,6 +178,7 @@ impl Default for TrainConfig {
 pub const RUNTIME_KEYS: &[&str] = &[
     "output_dir",
     "device",
+    "precision",
     "eval_every",
     "checkpoint_every",
     "keep_checkpoints",
