@@ -311,107 +311,60 @@ macro_rules! first_ok {
     };
 }
 
-fn fwd_algo(h: ns::cudnnHandle_t, d: &Descs) -> Result<ns::cudnnConvolutionFwdAlgo_t> {
-    // SAFETY: valid handle and descriptors; perf has room for the 8 results asked for.
-    unsafe {
-        let mut perf = [std::mem::zeroed::<ns::cudnnConvolutionFwdAlgoPerf_t>(); 8];
-        let mut cnt = 0;
-        let st = ns::cudnnFindConvolutionForwardAlgorithm(
-            h,
-            d.x,
-            d.w,
-            d.conv,
-            d.y,
-            8,
-            &mut cnt,
-            perf.as_mut_ptr(),
-        );
-        if st == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            if let Some(a) = first_ok!(perf, cnt, WORKSPACE_LIMIT) {
-                return Ok(a);
+/// `$name(h, d)`: the fastest algorithm by `$find` (cuDNN runs each once) within the
+/// workspace limit, else cuDNN's heuristic first choice. `$a, $b, $c` are the descriptors in
+/// the order the pass's cuDNN calls take them around the convolution descriptor.
+macro_rules! algo_choice {
+    ($name:ident, $algo:ty, $perf:ty, $find:path, $heur:path, $what:literal, $a:ident, $b:ident, $c:ident) => {
+        fn $name(h: ns::cudnnHandle_t, d: &Descs) -> Result<$algo> {
+            // SAFETY: valid handle and descriptors; perf has room for the 8 results asked for.
+            unsafe {
+                let mut perf = [std::mem::zeroed::<$perf>(); 8];
+                let mut cnt = 0;
+                let st = $find(h, d.$a, d.$b, d.conv, d.$c, 8, &mut cnt, perf.as_mut_ptr());
+                if st == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+                    if let Some(a) = first_ok!(perf, cnt, WORKSPACE_LIMIT) {
+                        return Ok(a);
+                    }
+                }
+                $heur(h, d.$a, d.$b, d.conv, d.$c, 8, &mut cnt, perf.as_mut_ptr())
+                    .map_err(|e| err($what, e))?;
+                first_ok!(perf, cnt, usize::MAX).ok_or_else(|| err($what, "none supported"))
             }
         }
-        nr::get_convolution_forward_algorithm(
-            h,
-            d.x,
-            d.w,
-            d.conv,
-            d.y,
-            8,
-            &mut cnt,
-            perf.as_mut_ptr(),
-        )
-        .map_err(|e| err("fwd algo", e))?;
-        first_ok!(perf, cnt, usize::MAX).ok_or_else(|| err("fwd algo", "none supported"))
-    }
+    };
 }
 
-fn bwd_data_algo(h: ns::cudnnHandle_t, d: &Descs) -> Result<ns::cudnnConvolutionBwdDataAlgo_t> {
-    // SAFETY: as in `fwd_algo`.
-    unsafe {
-        let mut perf = [std::mem::zeroed::<ns::cudnnConvolutionBwdDataAlgoPerf_t>(); 8];
-        let mut cnt = 0;
-        let st = ns::cudnnFindConvolutionBackwardDataAlgorithm(
-            h,
-            d.w,
-            d.y,
-            d.conv,
-            d.x,
-            8,
-            &mut cnt,
-            perf.as_mut_ptr(),
-        );
-        if st == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            if let Some(a) = first_ok!(perf, cnt, WORKSPACE_LIMIT) {
-                return Ok(a);
-            }
-        }
-        nr::get_convolution_backward_data_algorithm(
-            h,
-            d.w,
-            d.y,
-            d.conv,
-            d.x,
-            8,
-            &mut cnt,
-            perf.as_mut_ptr(),
-        )
-        .map_err(|e| err("bwd-data algo", e))?;
-        first_ok!(perf, cnt, usize::MAX).ok_or_else(|| err("bwd-data algo", "none supported"))
-    }
-}
-
-fn bwd_filter_algo(h: ns::cudnnHandle_t, d: &Descs) -> Result<ns::cudnnConvolutionBwdFilterAlgo_t> {
-    // SAFETY: as in `fwd_algo`.
-    unsafe {
-        let mut perf = [std::mem::zeroed::<ns::cudnnConvolutionBwdFilterAlgoPerf_t>(); 8];
-        let mut cnt = 0;
-        let st = ns::cudnnFindConvolutionBackwardFilterAlgorithm(
-            h,
-            d.x,
-            d.y,
-            d.conv,
-            d.w,
-            8,
-            &mut cnt,
-            perf.as_mut_ptr(),
-        );
-        if st == ns::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            if let Some(a) = first_ok!(perf, cnt, WORKSPACE_LIMIT) {
-                return Ok(a);
-            }
-        }
-        nr::get_convolution_backward_filter_algorithm(
-            h,
-            d.x,
-            d.y,
-            d.conv,
-            d.w,
-            8,
-            &mut cnt,
-            perf.as_mut_ptr(),
-        )
-        .map_err(|e| err("bwd-filter algo", e))?;
-        first_ok!(perf, cnt, usize::MAX).ok_or_else(|| err("bwd-filter algo", "none supported"))
-    }
-}
+algo_choice!(
+    fwd_algo,
+    ns::cudnnConvolutionFwdAlgo_t,
+    ns::cudnnConvolutionFwdAlgoPerf_t,
+    ns::cudnnFindConvolutionForwardAlgorithm,
+    nr::get_convolution_forward_algorithm,
+    "fwd algo",
+    x,
+    w,
+    y
+);
+algo_choice!(
+    bwd_data_algo,
+    ns::cudnnConvolutionBwdDataAlgo_t,
+    ns::cudnnConvolutionBwdDataAlgoPerf_t,
+    ns::cudnnFindConvolutionBackwardDataAlgorithm,
+    nr::get_convolution_backward_data_algorithm,
+    "bwd-data algo",
+    w,
+    y,
+    x
+);
+algo_choice!(
+    bwd_filter_algo,
+    ns::cudnnConvolutionBwdFilterAlgo_t,
+    ns::cudnnConvolutionBwdFilterAlgoPerf_t,
+    ns::cudnnFindConvolutionBackwardFilterAlgorithm,
+    nr::get_convolution_backward_filter_algorithm,
+    "bwd-filter algo",
+    x,
+    y,
+    w
+);
