@@ -268,3 +268,189 @@ fn results_do_not_depend_on_the_thread_count() {
         );
     }
 }
+
+/// A linear classifier computed row by row: unlike the engine's CPU convolutions (whose
+/// summation order, hence last bits, depend on the batch), its outputs do not depend on
+/// what else is in the batch, so attacks on it can be compared bit for bit across batchings.
+/// Counts its passes, to show that side-by-side runs make fewer of them.
+struct RowLinear {
+    w: Vec<f32>,
+    k: usize,
+    calls: usize,
+}
+
+impl RowLinear {
+    fn new(k: usize, d: usize) -> Self {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(77);
+        let w = (0..k * d)
+            .map(|_| rng.random_range(-1.0..1.0) * 0.05)
+            .collect();
+        RowLinear { w, k, calls: 0 }
+    }
+    fn row(&self, x: &[f32]) -> Vec<f32> {
+        self.w
+            .chunks(x.len())
+            .map(|wr| wr.iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect()
+    }
+}
+
+impl Classifier for RowLinear {
+    fn num_classes(&self) -> usize {
+        self.k
+    }
+    fn logits(&mut self, x: &[f32], dims: Dims) -> mpm::Result<Vec<f32>> {
+        self.calls += 1;
+        Ok(x.chunks(dims.len()).flat_map(|r| self.row(r)).collect())
+    }
+    fn logits_and_grad(
+        &mut self,
+        x: &[f32],
+        dims: Dims,
+        seed: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> mpm::Result<(Vec<f32>, Vec<f32>)> {
+        let z = self.logits(x, dims)?;
+        let dz = seed(&z);
+        let d = dims.len();
+        let mut g = vec![0f32; x.len()];
+        for (i, gr) in g.chunks_mut(d).enumerate() {
+            for c in 0..self.k {
+                let s = dz[i * self.k + c];
+                for (gv, wv) in gr.iter_mut().zip(&self.w[c * d..(c + 1) * d]) {
+                    *gv += s * wv;
+                }
+            }
+        }
+        Ok((z, g))
+    }
+}
+
+#[test]
+fn side_by_side_targets_and_restarts_give_the_sequential_results() {
+    use mpm::attack::apgd::{Apgd, ApgdConfig};
+    use mpm::attack::fab::{FabConfig, FabT};
+    let n = 6;
+    let d = DIMS.len();
+    let x = images(n, 9);
+    let mut m = RowLinear::new(10, d);
+    let y = predictions(&mut m, &x);
+    let ids: Vec<u64> = (40..40 + n as u64).collect();
+    for norm in [Norm::Linf, Norm::L2, Norm::L1] {
+        // An eps that some samples survive through the early targets, so later runs matter.
+        let eps = match norm {
+            Norm::Linf => 0.2 / 255.0,
+            Norm::L2 => 0.04,
+            Norm::L1 => 0.5,
+        };
+        let mut outcomes = Vec::new();
+        for pass_batch in [0, 1000] {
+            m.calls = 0;
+            let mut apgd_t = ApgdConfig::standard_t(norm, eps, 5);
+            apgd_t.n_iter = 5;
+            apgd_t.n_restarts = 2;
+            apgd_t.pass_batch = pass_batch;
+            let a = Apgd {
+                cfg: apgd_t,
+                model: &mut m,
+                stream: 3,
+            }
+            .perturb(&x, &y, &ids, DIMS)
+            .unwrap();
+            let mut apgd_ce = ApgdConfig::standard_ce(norm, eps, 5);
+            apgd_ce.n_iter = 5;
+            apgd_ce.n_restarts = 3;
+            apgd_ce.pass_batch = pass_batch;
+            let c = Apgd {
+                cfg: apgd_ce,
+                model: &mut m,
+                stream: 1,
+            }
+            .perturb(&x, &y, &ids, DIMS)
+            .unwrap();
+            let mut fab = FabConfig::standard(norm, eps, 5);
+            fab.n_iter = 4;
+            fab.n_restarts = 2;
+            fab.pass_batch = pass_batch;
+            let f = FabT {
+                cfg: fab,
+                model: &mut m,
+                stream: 4,
+            }
+            .perturb(&x, &y, &ids, DIMS)
+            .unwrap();
+            outcomes.push((a, c, f, m.calls));
+        }
+        let (seq, par) = (&outcomes[0], &outcomes[1]);
+        for (what, a, b) in [
+            ("apgd-t", &seq.0, &par.0),
+            ("apgd-ce restarts", &seq.1, &par.1),
+            ("fab-t", &seq.2, &par.2),
+        ] {
+            assert_eq!(a.1, b.1, "{norm}: {what}: fooled flags");
+            for i in 0..n {
+                let r = i * d..(i + 1) * d;
+                let diff = a.0[r.clone()]
+                    .iter()
+                    .zip(&b.0[r])
+                    .filter(|(p, q)| p != q)
+                    .count();
+                assert_eq!(
+                    diff, 0,
+                    "{norm}: {what}: sample {i} differs in {diff} values"
+                );
+            }
+            let fooled = a.1.iter().filter(|f| **f).count();
+            eprintln!("{norm}: {what} fooled {fooled}/{n}");
+        }
+        eprintln!(
+            "{norm}: model calls {} one run at a time, {} side by side",
+            seq.3, par.3
+        );
+        assert!(
+            par.3 * 3 < seq.3,
+            "{norm}: side by side should make far fewer passes ({} vs {})",
+            par.3,
+            seq.3
+        );
+    }
+}
+
+#[test]
+fn square_linf_with_resident_iterates_gives_the_host_loop_results() {
+    use mpm::attack::square::{Square, SquareConfig};
+    let mut m = tiny();
+    let n = 4;
+    let x = images(n, 12);
+    let y = predictions(&mut m, &x);
+    let ids: Vec<u64> = (70..70 + n as u64).collect();
+    let mut out = Vec::new();
+    for resident in [false, true] {
+        let mut cfg = SquareConfig::standard(Norm::Linf, 2.0 / 255.0, 2);
+        cfg.n_queries = 150;
+        cfg.resident = resident;
+        out.push(
+            Square {
+                cfg,
+                model: &mut m,
+                stream: 5,
+            }
+            .perturb(&x, &y, &ids, DIMS)
+            .unwrap(),
+        );
+    }
+    assert_eq!(out[0].1, out[1].1, "fooled flags");
+    let d = DIMS.len();
+    for i in 0..n {
+        let r = i * d..(i + 1) * d;
+        let diff = out[0].0[r.clone()]
+            .iter()
+            .zip(&out[1].0[r])
+            .filter(|(p, q)| p != q)
+            .count();
+        assert_eq!(diff, 0, "sample {i}: {diff} values differ");
+    }
+    // Not vacuous: some samples are fooled part-way (their examples are the end of a chain
+    // of accepted queries), others survive all 150 queries.
+    let fooled = out[1].1.iter().filter(|f| **f).count();
+    assert!(0 < fooled && fooled < n, "fooled {fooled}/{n}");
+}

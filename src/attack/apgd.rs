@@ -30,6 +30,10 @@ pub struct ApgdConfig {
     /// l1: AutoAttack's decreasing-eps schedule.
     pub use_largereps: bool,
     pub seed: u64,
+    /// Most images in one model pass: runs (targets, restarts) that fit side by side share
+    /// passes; results do not depend on it. 0 or anything below the batch: one run at a time,
+    /// as the reference does.
+    pub pass_batch: usize,
 }
 
 impl ApgdConfig {
@@ -45,6 +49,7 @@ impl ApgdConfig {
             n_target_classes: 0,
             use_largereps: norm == Norm::L1,
             seed,
+            pass_batch: 0,
         }
     }
     /// AutoAttack "standard" APGD-T for `norm` (9 targets; 5 for l1).
@@ -119,59 +124,83 @@ impl Apgd<'_> {
             .iter()
             .map(|&id| sample_rng(self.cfg.seed, id, self.stream))
             .collect();
-        let rounds: Vec<usize> = if targeted {
+        let target_ranks: Vec<usize> = if targeted {
             (2..self.cfg.n_target_classes.min(k - 1) + 2).collect()
         } else {
             vec![0]
         };
-        for target_rank in rounds {
-            for _restart in 0..self.cfg.n_restarts {
-                let active: Vec<usize> = (0..n).filter(|&i| acc[i]).collect();
-                if active.is_empty() {
-                    break;
+        // The reference's runs, in its order: per target, its restarts; each on the samples
+        // no earlier run fooled.
+        let runs: Vec<usize> = target_ranks
+            .iter()
+            .flat_map(|&t| std::iter::repeat_n(t, self.cfg.n_restarts))
+            .collect();
+        let mut next = 0;
+        while next < runs.len() {
+            let active: Vec<usize> = (0..n).filter(|&i| acc[i]).collect();
+            if active.is_empty() {
+                break;
+            }
+            // Consecutive runs share one batch when `pass_batch` has room for them. Runs are
+            // independent per sample and each sample's random stream is drawn in run order,
+            // so a sample's result (the first run that fooled it) is the sequential one.
+            let group = (self.cfg.pass_batch / active.len()).clamp(1, runs.len() - next);
+            let group_runs = &runs[next..next + group];
+            next += group;
+            let xs: Vec<f32> = active
+                .iter()
+                .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+                .collect();
+            let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
+            let clean = if targeted {
+                self.model.logits(&xs, dims)?
+            } else {
+                Vec::new()
+            };
+            let mut sub_rngs: Vec<&mut SampleRng> = rngs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| acc[*i])
+                .map(|(_, r)| r)
+                .collect();
+            let (mut xg, mut yg, mut tg, mut init) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for &target_rank in group_runs {
+                xg.extend_from_slice(&xs);
+                yg.extend_from_slice(&ys);
+                if targeted {
+                    tg.extend((0..active.len()).map(|j| {
+                        super::model::ranked_class(&clean[j * k..(j + 1) * k], target_rank - 1)
+                    }));
                 }
-                let xs: Vec<f32> = active
-                    .iter()
-                    .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-                    .collect();
-                let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
-                let targets: Vec<usize> = if targeted {
-                    let z = self.model.logits(&xs, dims)?;
-                    (0..active.len())
-                        .map(|j| {
-                            super::model::ranked_class(&z[j * k..(j + 1) * k], target_rank - 1)
-                        })
-                        .collect()
+                init.extend(if self.cfg.use_largereps {
+                    self.largereps_init(&xs, d, &mut sub_rngs)
                 } else {
-                    Vec::new()
-                };
-                let mut sub_rngs: Vec<&mut SampleRng> = rngs
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(i, _)| acc[*i])
-                    .map(|(_, r)| r)
-                    .collect();
-                let run = if self.cfg.use_largereps {
-                    self.decr_eps(&xs, &ys, &targets, dims, &mut sub_rngs)?
-                } else {
-                    let init = self.random_init(&xs, d, &mut sub_rngs);
-                    self.single_run(
-                        &xs,
-                        &ys,
-                        &targets,
-                        dims,
-                        init,
-                        false,
-                        self.cfg.eps,
-                        self.cfg.n_iter,
-                    )?
-                };
+                    self.random_init(&xs, d, &mut sub_rngs)
+                });
+            }
+            let run = if self.cfg.use_largereps {
+                self.decr_eps(&xg, &yg, &tg, dims, init)?
+            } else {
+                self.single_run(
+                    &xg,
+                    &yg,
+                    &tg,
+                    dims,
+                    init,
+                    false,
+                    self.cfg.eps,
+                    self.cfg.n_iter,
+                )?
+            };
+            for r in 0..group {
                 for (j, &i) in active.iter().enumerate() {
-                    if !run.acc[j] {
+                    let row = r * active.len() + j;
+                    if !run.acc[row] && acc[i] {
                         acc[i] = false;
                         fooled[i] = true;
                         adv[i * d..(i + 1) * d]
-                            .copy_from_slice(&run.x_best_adv[j * d..(j + 1) * d]);
+                            .copy_from_slice(&run.x_best_adv[row * d..(row + 1) * d]);
                     }
                 }
             }
@@ -208,13 +237,33 @@ impl Apgd<'_> {
 
     /// l1: eps 3e, 2e, e over ceil(0.3 n), ceil(0.3 n), the rest, each stage starting from
     /// the previous stage's best point projected onto the smaller ball.
+    /// l1 with the decreasing-eps schedule: the reference's start, Gaussian noise projected
+    /// onto the 3 eps ball.
+    fn largereps_init(&self, xs: &[f32], d: usize, rngs: &mut [&mut SampleRng]) -> Vec<f32> {
+        let e0 = 3.0 * self.cfg.eps;
+        let mut x_init = Vec::with_capacity(xs.len());
+        for (j, rng) in rngs.iter_mut().enumerate() {
+            let x = &xs[j * d..(j + 1) * d];
+            let t: Vec<f32> = (0..d).map(|_| normal(rng)).collect();
+            let mut xi: Vec<f32> = x.iter().zip(&t).map(|(a, b)| a + b).collect();
+            let y: Vec<f32> = xi.iter().zip(x).map(|(a, b)| a - b).collect();
+            let p = l1_projection(x, &y, e0);
+            xi.iter_mut().zip(&p).for_each(|(v, q)| *v += q);
+            x_init.extend(xi);
+        }
+        x_init
+    }
+
+    /// l1: eps 3e, 2e, e over ceil(0.3 n), ceil(0.3 n), the rest, each stage starting from
+    /// the previous stage's best point projected onto the smaller ball (`x_init` from
+    /// [`largereps_init`](Self::largereps_init)).
     fn decr_eps(
         &mut self,
         xs: &[f32],
         ys: &[usize],
         targets: &[usize],
         dims: Dims,
-        rngs: &mut [&mut SampleRng],
+        mut x_init: Vec<f32>,
     ) -> Result<Run> {
         let d = dims.len();
         let e = self.cfg.eps;
@@ -222,16 +271,6 @@ impl Apgd<'_> {
         let epss = [3.0 * e, 2.0 * e, e];
         let a = (0.3f64 * n_iter as f64).ceil() as usize;
         let iters = [a, a, n_iter.saturating_sub(2 * a)];
-        let mut x_init = Vec::with_capacity(xs.len());
-        for (j, rng) in rngs.iter_mut().enumerate() {
-            let x = &xs[j * d..(j + 1) * d];
-            let t: Vec<f32> = (0..d).map(|_| normal(rng)).collect();
-            let mut xi: Vec<f32> = x.iter().zip(&t).map(|(a, b)| a + b).collect();
-            let y: Vec<f32> = xi.iter().zip(x).map(|(a, b)| a - b).collect();
-            let p = l1_projection(x, &y, epss[0]);
-            xi.iter_mut().zip(&p).for_each(|(v, q)| *v += q);
-            x_init.extend(xi);
-        }
         let mut last = None;
         for (&eps_s, &it_s) in epss.iter().zip(&iters) {
             for j in 0..ys.len() {

@@ -26,6 +26,9 @@ pub struct FabConfig {
     pub eta: f32,
     pub beta: f32,
     pub seed: u64,
+    /// Most images in one model pass: runs (targets, restarts) that fit side by side share
+    /// passes; results do not depend on it (see `ApgdConfig::pass_batch`).
+    pub pass_batch: usize,
 }
 
 impl FabConfig {
@@ -40,6 +43,7 @@ impl FabConfig {
             eta: 1.05,
             beta: 0.9,
             seed,
+            pass_batch: 0,
         }
     }
 }
@@ -366,30 +370,51 @@ impl FabT<'_> {
             .map(|&id| sample_rng(self.cfg.seed, id, self.stream))
             .collect();
         let n_targets = self.cfg.n_target_classes.min(k.saturating_sub(1));
-        for target_rank in 2..n_targets + 2 {
-            for restart in 0..self.cfg.n_restarts {
-                let active: Vec<usize> = (0..n).filter(|&i| acc[i]).collect();
-                if active.is_empty() {
-                    break;
+        // (target rank, random start) per run, in the reference's order.
+        let runs: Vec<(usize, bool)> = (2..n_targets + 2)
+            .flat_map(|t| (0..self.cfg.n_restarts).map(move |r| (t, r > 0)))
+            .collect();
+        let mut next = 0;
+        while next < runs.len() {
+            let active: Vec<usize> = (0..n).filter(|&i| acc[i]).collect();
+            if active.is_empty() {
+                break;
+            }
+            // Runs that fit in one pass share it; per sample the result is the sequential
+            // one (runs are independent per sample, random starts drawn in run order).
+            let group = (self.cfg.pass_batch / active.len()).clamp(1, runs.len() - next);
+            let group_runs = &runs[next..next + group];
+            next += group;
+            let xs: Vec<f32> = active
+                .iter()
+                .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+                .collect();
+            let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
+            let (mut xg, mut yg, mut ranks, mut starts) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for &(target_rank, rand_start) in group_runs {
+                xg.extend_from_slice(&xs);
+                yg.extend_from_slice(&ys);
+                ranks.extend(std::iter::repeat_n(target_rank, active.len()));
+                for &i in &active {
+                    starts.push(rand_start.then(|| {
+                        let rng = &mut rngs[i];
+                        match self.cfg.norm {
+                            Norm::Linf => (0..d).map(|_| 2.0 * uniform(rng) - 1.0).collect(),
+                            _ => (0..d).map(|_| normal(rng)).collect(),
+                        }
+                    }));
                 }
-                let xs: Vec<f32> = active
-                    .iter()
-                    .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-                    .collect();
-                let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
-                let mut sub: Vec<&mut SampleRng> = rngs
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(i, _)| acc[*i])
-                    .map(|(_, r)| r)
-                    .collect();
-                let cur = self.single_run(&xs, &ys, dims, target_rank, restart > 0, &mut sub)?;
-                let z = self.model.logits(&cur, dims)?;
+            }
+            let cur = self.single_run(&xg, &yg, dims, &ranks, &starts)?;
+            let z = self.model.logits(&cur, dims)?;
+            for r in 0..group {
                 for (j, &i) in active.iter().enumerate() {
-                    let a = &cur[j * d..(j + 1) * d];
-                    let still = argmax(&z[j * k..(j + 1) * k]) == ys[j];
+                    let row = r * active.len() + j;
+                    let a = &cur[row * d..(row + 1) * d];
+                    let still = argmax(&z[row * k..(row + 1) * k]) == ys[j];
                     let far = self.cfg.norm.dist(a, &xs[j * d..(j + 1) * d]) > self.cfg.eps;
-                    if !(still || far) {
+                    if acc[i] && !(still || far) {
                         acc[i] = false;
                         fooled[i] = true;
                         adv[i * d..(i + 1) * d].copy_from_slice(a);
@@ -400,14 +425,15 @@ impl FabT<'_> {
         Ok((adv, fooled))
     }
 
+    /// One FAB-T run per row: `target_ranks[j]` picks row j's target on its clean logits,
+    /// `starts[j]` is its random start direction (None: start at the image).
     fn single_run(
         &mut self,
         x: &[f32],
         y: &[usize],
         dims: Dims,
-        target_rank: usize,
-        rand_start: bool,
-        rngs: &mut [&mut SampleRng],
+        target_ranks: &[usize],
+        starts: &[Option<Vec<f32>>],
     ) -> Result<Vec<f32>> {
         let d = dims.len();
         let k = self.model.num_classes();
@@ -424,7 +450,7 @@ impl FabT<'_> {
         let la2: Vec<usize> = pred.iter().map(|&j| y[j]).collect();
         let la_t: Vec<usize> = pred
             .iter()
-            .map(|&j| ranked_class(&z[j * k..(j + 1) * k], target_rank - 1))
+            .map(|&j| ranked_class(&z[j * k..(j + 1) * k], target_ranks[j] - 1))
             .collect();
         let im2: Vec<f32> = pred
             .iter()
@@ -433,14 +459,9 @@ impl FabT<'_> {
         let mut adv = im2.clone();
         let mut res2 = vec![1e10f32; bs];
         let mut x1 = im2.clone();
-        if rand_start {
-            for (jj, &j) in pred.iter().enumerate() {
-                let rng = &mut *rngs[j];
-                let t: Vec<f32> = match cfg.norm {
-                    Norm::Linf => (0..d).map(|_| 2.0 * uniform(rng) - 1.0).collect(),
-                    _ => (0..d).map(|_| normal(rng)).collect(),
-                };
-                let scale = res2[jj].min(cfg.eps) / cfg.norm.of(&t) * 0.5;
+        for (jj, &j) in pred.iter().enumerate() {
+            if let Some(t) = &starts[j] {
+                let scale = res2[jj].min(cfg.eps) / cfg.norm.of(t) * 0.5;
                 for i in 0..d {
                     x1[jj * d + i] = (im2[jj * d + i] + scale * t[i]).clamp(0.0, 1.0);
                 }

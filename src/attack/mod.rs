@@ -28,6 +28,7 @@ pub mod norms;
 pub mod pgd;
 pub mod radix;
 pub mod report;
+pub mod resident;
 pub mod rng;
 pub mod run;
 pub mod square;

@@ -9,6 +9,7 @@ use crate::nn::layout::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::nn::{Ctx, ModelSpec, ParamStore};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
+use std::time::Instant;
 
 /// One image's geometry (NCHW without N).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,34 @@ pub trait Classifier {
     fn passes(&self) -> (u64, u64) {
         (0, 0)
     }
+
+    /// Images as the model's input: `[n, H, W, C]` (NHWC) on the device the model runs on.
+    /// Attacks that keep their iterates there (`attack::resident`) start from this.
+    fn input_tensor(&mut self, x: &[f32], dims: Dims) -> Result<Tensor> {
+        let n = batch_of(x, dims)?;
+        Tensor::from_vec(
+            &[n, dims.h, dims.w, dims.c],
+            nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
+        )
+    }
+
+    /// An input tensor back to NCHW host values.
+    fn input_to_host(&mut self, t: &Tensor, dims: Dims) -> Result<Vec<f32>> {
+        let n = input_rows(t, dims)?;
+        Ok(nhwc_to_nchw(t.data(), n, dims.h, dims.w, dims.c))
+    }
+
+    /// Logits `[n, K]` of an input tensor (from `input_tensor` or an op on one).
+    fn logits_of_input(&mut self, t: &Tensor, dims: Dims) -> Result<Vec<f32>> {
+        let x = self.input_to_host(t, dims)?;
+        self.logits(&x, dims)
+    }
+
+    /// Wall seconds spent inside `logits` and `logits_and_grad` so far, transfers included
+    /// (so a profile can tell the model's time from the attacks' own logic).
+    fn model_seconds(&self) -> f64 {
+        0.0
+    }
 }
 
 /// Any model of the engine, in eval mode (BN running statistics), input gradient only.
@@ -59,6 +88,7 @@ pub struct EngineClassifier {
     device: Device,
     forwards: u64,
     backwards: u64,
+    seconds: f64,
 }
 
 impl EngineClassifier {
@@ -69,6 +99,7 @@ impl EngineClassifier {
             device: Device::Cpu,
             forwards: 0,
             backwards: 0,
+            seconds: 0.0,
         }
     }
 
@@ -94,6 +125,20 @@ impl EngineClassifier {
     }
 }
 
+/// Images in an NHWC input tensor of `dims`, or an error naming the shapes.
+fn input_rows(t: &Tensor, dims: Dims) -> Result<usize> {
+    match *t.shape() {
+        [n, h, w, c] if (h, w, c) == (dims.h, dims.w, dims.c) => Ok(n),
+        _ => Err(Error::shape(
+            "attack input tensor",
+            format!(
+                "{:?} is not an (N, H, W, C) batch of {dims:?} images",
+                t.shape()
+            ),
+        )),
+    }
+}
+
 fn batch_of(x: &[f32], dims: Dims) -> Result<usize> {
     if dims.is_empty() || x.len() % dims.len() != 0 {
         return Err(Error::shape(
@@ -113,6 +158,51 @@ impl Classifier for EngineClassifier {
     }
 
     fn logits(&mut self, x: &[f32], dims: Dims) -> Result<Vec<f32>> {
+        let t0 = Instant::now();
+        let out = self.logits_untimed(x, dims);
+        self.seconds += t0.elapsed().as_secs_f64();
+        out
+    }
+
+    fn logits_and_grad(
+        &mut self,
+        x: &[f32],
+        dims: Dims,
+        seed: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let t0 = Instant::now();
+        let out = self.logits_and_grad_untimed(x, dims, seed);
+        self.seconds += t0.elapsed().as_secs_f64();
+        out
+    }
+
+    fn passes(&self) -> (u64, u64) {
+        (self.forwards, self.backwards)
+    }
+
+    fn model_seconds(&self) -> f64 {
+        self.seconds
+    }
+
+    fn input_tensor(&mut self, x: &[f32], dims: Dims) -> Result<Tensor> {
+        let n = batch_of(x, dims)?;
+        Tensor::from_vec(
+            &[n, dims.h, dims.w, dims.c],
+            nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
+        )?
+        .to_device(self.device)
+    }
+
+    fn logits_of_input(&mut self, t: &Tensor, dims: Dims) -> Result<Vec<f32>> {
+        let t0 = Instant::now();
+        let out = input_rows(t, dims).and_then(|n| self.forward_nhwc(t.clone(), n));
+        self.seconds += t0.elapsed().as_secs_f64();
+        out
+    }
+}
+
+impl EngineClassifier {
+    fn logits_untimed(&mut self, x: &[f32], dims: Dims) -> Result<Vec<f32>> {
         let n = batch_of(x, dims)?;
         if n == 0 {
             return Ok(Vec::new());
@@ -121,6 +211,14 @@ impl Classifier for EngineClassifier {
             &[n, dims.h, dims.w, dims.c],
             nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
         )?;
+        self.forward_nhwc(xt, n)
+    }
+
+    /// Logits of `n` NHWC images (moved to the model's device when they are not there).
+    fn forward_nhwc(&mut self, xt: Tensor, n: usize) -> Result<Vec<f32>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let xt = xt.to_device(self.device)?;
         let spec = self.spec;
         let mut ctx = Ctx::new(&mut self.store, GradMode::NoGrad, false);
@@ -131,7 +229,7 @@ impl Classifier for EngineClassifier {
         self.check(&zt, n)
     }
 
-    fn logits_and_grad(
+    fn logits_and_grad_untimed(
         &mut self,
         x: &[f32],
         dims: Dims,
@@ -173,10 +271,6 @@ impl Classifier for EngineClassifier {
         self.forwards += n as u64;
         self.backwards += n as u64;
         Ok((logits, g))
-    }
-
-    fn passes(&self) -> (u64, u64) {
-        (self.forwards, self.backwards)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The evaluation loop behind `mpm-attack`: batches of the samples not yet in the journal,
 //! AutoAttack on each, journal appends, progress (robust accuracy so far, images/s, ETA).
 
-use super::autoattack::{AutoAttack, AutoAttackConfig, SampleResult};
+use super::autoattack::{AttackTime, AutoAttack, AutoAttackConfig, SampleResult};
 use super::imagefolder::EvalSet;
 use super::model::Classifier;
 use super::report::Journal;
@@ -25,10 +25,35 @@ pub fn join_global_pool() -> bool {
 }
 
 /// Timing of one evaluation (this process only; resumed samples excluded).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Timing {
     pub attacked: usize,
     pub seconds: f64,
+    /// Per attack of the list, summed over batches: images attacked, wall seconds, and the
+    /// seconds of those spent in the model's passes.
+    pub per_attack: Vec<AttackTime>,
+}
+
+impl Timing {
+    fn add(&mut self, t: AttackTime) {
+        match self.per_attack.iter_mut().find(|p| p.kind == t.kind) {
+            Some(p) => {
+                p.images += t.images;
+                p.seconds += t.seconds;
+                p.model_seconds += t.model_seconds;
+            }
+            None => self.per_attack.push(t),
+        }
+    }
+
+    /// Attacked images per second over the whole run.
+    pub fn images_per_s(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.attacked as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Runs `cfg` over `set`, resuming from / appending to the journal at `journal`.
@@ -78,6 +103,7 @@ pub fn evaluate(
         None
     };
     let start = Instant::now();
+    let mut timing = Timing::default();
     let mut attacked = 0usize;
     let bs = batch_size.max(1);
     for chunk in todo.chunks(bs) {
@@ -87,11 +113,12 @@ pub fn evaluate(
         }
         let y: Vec<usize> = chunk.iter().map(|&i| set.label(i)).collect();
         let ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
-        let out = AutoAttack {
+        let (out, times) = AutoAttack {
             cfg: cfg.clone(),
             model: &mut *model,
         }
-        .run_batch(&x, &y, &ids, dims)?;
+        .run_batch_timed(&x, &y, &ids, dims)?;
+        times.into_iter().for_each(|t| timing.add(t));
         jr.append(&out)?;
         results.extend(out);
         attacked += chunk.len();
@@ -122,13 +149,9 @@ pub fn evaluate(
         pb.finish();
     }
     results.sort_by_key(|r| r.index);
-    Ok((
-        results,
-        Timing {
-            attacked,
-            seconds: start.elapsed().as_secs_f64(),
-        },
-    ))
+    timing.attacked = attacked;
+    timing.seconds = start.elapsed().as_secs_f64();
+    Ok((results, timing))
 }
 
 pub fn fmt_secs(s: f64) -> String {

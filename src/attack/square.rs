@@ -11,6 +11,7 @@
 
 use super::model::{margin, Classifier, Dims};
 use super::norms::{l1_projection, Norm};
+use super::resident::{copy_rows, square_linf_candidates, SquareProposals};
 use super::rng::{below, sample_rng, sign, uniform, SampleRng};
 use crate::Result;
 
@@ -21,6 +22,10 @@ pub struct SquareConfig {
     pub n_queries: usize,
     pub p_init: f32,
     pub seed: u64,
+    /// l-inf: keep the iterates in the model's input tensors (on its device) and move only
+    /// window positions and signs per query (`attack::resident`). Same results as the host
+    /// loop (false), which l2 / l1 always use.
+    pub resident: bool,
 }
 
 impl SquareConfig {
@@ -31,6 +36,7 @@ impl SquareConfig {
             n_queries: 5000,
             p_init: 0.8,
             seed,
+            resident: true,
         }
     }
 }
@@ -221,135 +227,140 @@ impl Square<'_> {
             .collect();
         let mut loss_min = margin_min.clone();
 
-        for it in 0..self.cfg.n_queries {
-            let active: Vec<usize> = (0..n).filter(|&j| margin_min[j] > 0.0).collect();
-            if active.is_empty() {
-                break;
-            }
-            let p = p_selection(self.cfg.p_init, it);
-            let raw = ((p * d as f32 / c as f32) as f64).sqrt().round_ties_even() as usize;
-            let mut cand = Vec::with_capacity(active.len() * d);
-            for &j in &active {
-                let rng = &mut rngs[j];
-                let xj = &x[j * d..(j + 1) * d];
-                let xb = &x_best[j * d..(j + 1) * d];
-                match norm {
-                    Norm::Linf => {
-                        let s = raw.max(1).min(h.min(w));
-                        let win = Win {
-                            vh: below(rng, h - s),
-                            vw: below(rng, w - s),
-                            s,
-                        };
-                        let start = cand.len();
-                        cand.extend_from_slice(xb);
-                        let xn = &mut cand[start..];
-                        for ch in 0..c {
-                            let v = 2.0 * eps * sign(rng);
-                            for r in win.vh..win.vh + s {
-                                for q in win.vw..win.vw + s {
-                                    let i = (ch * h + r) * w + q;
-                                    xn[i] = (xb[i] + v)
-                                        .max(xj[i] - eps)
-                                        .min(xj[i] + eps)
-                                        .clamp(0.0, 1.0);
-                                }
-                            }
-                        }
-                    }
-                    Norm::L2 | Norm::L1 => {
-                        let mut s = raw.max(3);
-                        if s % 2 == 0 {
-                            s += 1;
-                        }
-                        let s = s.min(h.min(w));
-                        let w1 = Win {
-                            vh: below(rng, h - s),
-                            vw: below(rng, w - s),
-                            s,
-                        };
-                        let w2 = Win {
-                            vh: below(rng, h - s),
-                            vw: below(rng, w - s),
-                            s,
-                        };
-                        let mut delta: Vec<f32> = xb.iter().zip(xj).map(|(a, b)| a - b).collect();
-                        let l1 = norm == Norm::L1;
-                        let ni = norm.of(&delta);
-                        let e = eta(norm, s, rng);
-                        let mut new = vec![0f32; c * s * s];
-                        for ch in 0..c {
-                            let sg = sign(rng);
-                            let (mut nw1, mut nws) = (0f32, 0f32);
-                            for r in 0..h {
-                                for q in 0..w {
-                                    let v = delta[(ch * h + r) * w + q];
-                                    let m = if l1 { v.abs() } else { v * v };
-                                    if w1.contains(r, q) {
-                                        nw1 += m;
-                                    }
-                                    if w1.contains(r, q) || w2.contains(r, q) {
-                                        nws += m;
-                                    }
-                                }
-                            }
-                            if !l1 {
-                                nw1 = nw1.sqrt();
-                                nws = nws.sqrt();
-                            }
-                            let nd = &mut new[ch * s * s..(ch + 1) * s * s];
-                            for r in 0..s {
-                                for q in 0..s {
-                                    let old = delta[(ch * h + w1.vh + r) * w + w1.vw + q];
-                                    nd[r * s + q] = e[r * s + q] * sg + old / (1e-12 + nw1);
-                                }
-                            }
-                            let scale = if l1 {
-                                let t = Norm::L1.of(nd);
-                                ((eps - ni).max(0.0) / c as f32 + nws) * c as f32 / (1e-12 + t)
-                            } else {
-                                let t = Norm::L2.of(nd);
-                                ((eps * eps - ni * ni).max(0.0) / c as f32 + nws * nws).sqrt()
-                                    / (1e-12 + t)
+        if norm == Norm::Linf && self.cfg.resident {
+            x_best = self.linf_queries_resident(x, y, dims, x_best, &mut margin_min, &mut rngs)?;
+        } else {
+            for it in 0..self.cfg.n_queries {
+                let active: Vec<usize> = (0..n).filter(|&j| margin_min[j] > 0.0).collect();
+                if active.is_empty() {
+                    break;
+                }
+                let p = p_selection(self.cfg.p_init, it);
+                let raw = ((p * d as f32 / c as f32) as f64).sqrt().round_ties_even() as usize;
+                let mut cand = Vec::with_capacity(active.len() * d);
+                for &j in &active {
+                    let rng = &mut rngs[j];
+                    let xj = &x[j * d..(j + 1) * d];
+                    let xb = &x_best[j * d..(j + 1) * d];
+                    match norm {
+                        Norm::Linf => {
+                            let s = raw.max(1).min(h.min(w));
+                            let win = Win {
+                                vh: below(rng, h - s),
+                                vw: below(rng, w - s),
+                                s,
                             };
-                            nd.iter_mut().for_each(|v| *v *= scale);
-                        }
-                        for ch in 0..c {
-                            for r in 0..s {
-                                for q in 0..s {
-                                    delta[(ch * h + w2.vh + r) * w + w2.vw + q] = 0.0;
+                            let start = cand.len();
+                            cand.extend_from_slice(xb);
+                            let xn = &mut cand[start..];
+                            for ch in 0..c {
+                                let v = 2.0 * eps * sign(rng);
+                                for r in win.vh..win.vh + s {
+                                    for q in win.vw..win.vw + s {
+                                        let i = (ch * h + r) * w + q;
+                                        xn[i] = (xb[i] + v)
+                                            .max(xj[i] - eps)
+                                            .min(xj[i] + eps)
+                                            .clamp(0.0, 1.0);
+                                    }
                                 }
                             }
-                            for r in 0..s {
-                                for q in 0..s {
-                                    delta[(ch * h + w1.vh + r) * w + w1.vw + q] =
-                                        new[(ch * s + r) * s + q];
+                        }
+                        Norm::L2 | Norm::L1 => {
+                            let mut s = raw.max(3);
+                            if s % 2 == 0 {
+                                s += 1;
+                            }
+                            let s = s.min(h.min(w));
+                            let w1 = Win {
+                                vh: below(rng, h - s),
+                                vw: below(rng, w - s),
+                                s,
+                            };
+                            let w2 = Win {
+                                vh: below(rng, h - s),
+                                vw: below(rng, w - s),
+                                s,
+                            };
+                            let mut delta: Vec<f32> =
+                                xb.iter().zip(xj).map(|(a, b)| a - b).collect();
+                            let l1 = norm == Norm::L1;
+                            let ni = norm.of(&delta);
+                            let e = eta(norm, s, rng);
+                            let mut new = vec![0f32; c * s * s];
+                            for ch in 0..c {
+                                let sg = sign(rng);
+                                let (mut nw1, mut nws) = (0f32, 0f32);
+                                for r in 0..h {
+                                    for q in 0..w {
+                                        let v = delta[(ch * h + r) * w + q];
+                                        let m = if l1 { v.abs() } else { v * v };
+                                        if w1.contains(r, q) {
+                                            nw1 += m;
+                                        }
+                                        if w1.contains(r, q) || w2.contains(r, q) {
+                                            nws += m;
+                                        }
+                                    }
+                                }
+                                if !l1 {
+                                    nw1 = nw1.sqrt();
+                                    nws = nws.sqrt();
+                                }
+                                let nd = &mut new[ch * s * s..(ch + 1) * s * s];
+                                for r in 0..s {
+                                    for q in 0..s {
+                                        let old = delta[(ch * h + w1.vh + r) * w + w1.vw + q];
+                                        nd[r * s + q] = e[r * s + q] * sg + old / (1e-12 + nw1);
+                                    }
+                                }
+                                let scale = if l1 {
+                                    let t = Norm::L1.of(nd);
+                                    ((eps - ni).max(0.0) / c as f32 + nws) * c as f32 / (1e-12 + t)
+                                } else {
+                                    let t = Norm::L2.of(nd);
+                                    ((eps * eps - ni * ni).max(0.0) / c as f32 + nws * nws).sqrt()
+                                        / (1e-12 + t)
+                                };
+                                nd.iter_mut().for_each(|v| *v *= scale);
+                            }
+                            for ch in 0..c {
+                                for r in 0..s {
+                                    for q in 0..s {
+                                        delta[(ch * h + w2.vh + r) * w + w2.vw + q] = 0.0;
+                                    }
+                                }
+                                for r in 0..s {
+                                    for q in 0..s {
+                                        delta[(ch * h + w1.vh + r) * w + w1.vw + q] =
+                                            new[(ch * s + r) * s + q];
+                                    }
                                 }
                             }
-                        }
-                        if l1 {
-                            let pr = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
-                            cand.extend((0..d).map(|i| xj[i] + delta[i] + pr[i]));
-                        } else {
-                            let t = Norm::L2.of(&delta) + 1e-12;
-                            cand.extend(
-                                (0..d).map(|i| (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0)),
-                            );
+                            if l1 {
+                                let pr = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
+                                cand.extend((0..d).map(|i| xj[i] + delta[i] + pr[i]));
+                            } else {
+                                let t = Norm::L2.of(&delta) + 1e-12;
+                                cand.extend(
+                                    (0..d).map(|i| (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0)),
+                                );
+                            }
                         }
                     }
                 }
-            }
-            let z = self.model.logits(&cand, dims)?;
-            for (a, &j) in active.iter().enumerate() {
-                let m = margin(&z[a * k..(a + 1) * k], y[j]);
-                let mut improved = m < loss_min[j];
-                if improved {
-                    loss_min[j] = m;
-                }
-                improved |= m <= 0.0;
-                if improved {
-                    margin_min[j] = m;
-                    x_best[j * d..(j + 1) * d].copy_from_slice(&cand[a * d..(a + 1) * d]);
+                let z = self.model.logits(&cand, dims)?;
+                for (a, &j) in active.iter().enumerate() {
+                    let m = margin(&z[a * k..(a + 1) * k], y[j]);
+                    let mut improved = m < loss_min[j];
+                    if improved {
+                        loss_min[j] = m;
+                    }
+                    improved |= m <= 0.0;
+                    if improved {
+                        margin_min[j] = m;
+                        x_best[j * d..(j + 1) * d].copy_from_slice(&cand[a * d..(a + 1) * d]);
+                    }
                 }
             }
         }
@@ -362,6 +373,67 @@ impl Square<'_> {
             }
         }
         Ok((adv, fooled))
+    }
+
+    /// The l-inf query loop with the iterates in the model's input tensors: per query only the
+    /// window corners, the window side and the signs go to the model's device, and the logits
+    /// come back. Draws, arithmetic and acceptance are the host loop's, so the result is too.
+    fn linf_queries_resident(
+        &mut self,
+        x: &[f32],
+        y: &[usize],
+        dims: Dims,
+        x_best: Vec<f32>,
+        margin_min: &mut [f32],
+        rngs: &mut [SampleRng],
+    ) -> Result<Vec<f32>> {
+        let n = y.len();
+        let k = self.model.num_classes();
+        let (c, h, w, d) = (dims.c, dims.h, dims.w, dims.len());
+        let eps = self.cfg.eps;
+        let xd = self.model.input_tensor(x, dims)?;
+        let mut best = self.model.input_tensor(&x_best, dims)?;
+        let mut loss_min = margin_min.to_vec();
+        for it in 0..self.cfg.n_queries {
+            let active: Vec<usize> = (0..n).filter(|&j| margin_min[j] > 0.0).collect();
+            if active.is_empty() {
+                break;
+            }
+            let p = p_selection(self.cfg.p_init, it);
+            let raw = ((p * d as f32 / c as f32) as f64).sqrt().round_ties_even() as usize;
+            let s = raw.max(1).min(h.min(w));
+            let mut prop = SquareProposals {
+                rows: Vec::with_capacity(active.len()),
+                vh: Vec::with_capacity(active.len()),
+                vw: Vec::with_capacity(active.len()),
+                s: s as u32,
+                signs: Vec::with_capacity(active.len() * c),
+            };
+            for &j in &active {
+                let rng = &mut rngs[j];
+                prop.rows.push(j as u32);
+                prop.vh.push(below(rng, h - s) as u32);
+                prop.vw.push(below(rng, w - s) as u32);
+                prop.signs.extend((0..c).map(|_| sign(rng)));
+            }
+            let cand = square_linf_candidates(&best, &xd, &prop, eps)?;
+            let z = self.model.logits_of_input(&cand, dims)?;
+            let mut pairs = Vec::new();
+            for (a, &j) in active.iter().enumerate() {
+                let m = margin(&z[a * k..(a + 1) * k], y[j]);
+                let mut improved = m < loss_min[j];
+                if improved {
+                    loss_min[j] = m;
+                }
+                improved |= m <= 0.0;
+                if improved {
+                    margin_min[j] = m;
+                    pairs.extend([j as u32, a as u32]);
+                }
+            }
+            best = copy_rows(&best, &cand, &pairs)?;
+        }
+        self.model.input_to_host(&best, dims)
     }
 }
 

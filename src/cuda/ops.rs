@@ -1261,3 +1261,94 @@ pub fn ema_update(
     )?;
     Ok(out)
 }
+
+// ---------------------------------------------------------------- attack_rows.cu
+
+/// Square (l-inf) candidates on the GPU: row `a` of the result is row `rows[a]` of `best`
+/// (N, H, W, C) with the window `vh[a]..+s` x `vw[a]..+s` of each channel `ch` set to
+/// `clip01(clip(best + 2 eps signs[a*C+ch], x - eps, x + eps))`; `x` is the clean batch.
+/// The CPU twin is `attack::resident::square_linf_candidates`.
+#[allow(clippy::too_many_arguments)]
+pub fn square_linf_candidates(
+    best: &Tensor,
+    x: &Tensor,
+    rows: &[u32],
+    vh: &[u32],
+    vw: &[u32],
+    s: u32,
+    signs: &[f32],
+    eps: f32,
+) -> Result<Tensor> {
+    let bs = st("square_linf_candidates", best)?;
+    let xs = st("square_linf_candidates", x)?;
+    let sh = best.shape();
+    let (na, h, w, c) = (rows.len(), sh[1], sh[2], sh[3]);
+    if bs.dtype != DType::F32 || xs.dtype != DType::F32 || !Arc::ptr_eq(bs.gpu(), xs.gpu()) {
+        return Err(dev_err(
+            "square_linf_candidates",
+            "best and x must be f32 on the same GPU",
+        ));
+    }
+    let g = bs.gpu().clone();
+    let mut meta: Vec<u32> = Vec::with_capacity(3 * na + signs.len());
+    meta.extend_from_slice(rows);
+    meta.extend_from_slice(vh);
+    meta.extend_from_slice(vw);
+    meta.extend(signs.iter().map(|v| v.to_bits()));
+    let m = g.upload(&meta)?;
+    let total = na * h * w * c;
+    let y = empty(&g, total, DType::F32)?;
+    if total > 0 {
+        run1(
+            &g,
+            "square_linf_cand_f32",
+            total,
+            Args::new()
+                .push(y.ptr())
+                .push(bs.ptr())
+                .push(xs.ptr())
+                .push(m.ptr())
+                .push(na as u32)
+                .push(h as u32)
+                .push(w as u32)
+                .push(c as u32)
+                .push(s)
+                .push(eps)
+                .push(total as u64),
+        )?;
+    }
+    Ok(Tensor::from_cuda(&[na, h, w, c], y))
+}
+
+/// `dst` with rows replaced: `out[pairs[2p]] = src[pairs[2p+1]]` (rows of `dst.numel()/N`
+/// values). Out of place (a device copy of `dst`, then the scatter), so tensors sharing `dst`
+/// keep their values. The CPU twin is `attack::resident::copy_rows`.
+pub fn copy_rows(dst: &Tensor, src: &Tensor, pairs: &[u32]) -> Result<Tensor> {
+    let ds = st("copy_rows", dst)?;
+    let ss = st("copy_rows", src)?;
+    if ds.dtype != DType::F32 || ss.dtype != DType::F32 || !Arc::ptr_eq(ds.gpu(), ss.gpu()) {
+        return Err(dev_err(
+            "copy_rows",
+            "dst and src must be f32 on the same GPU",
+        ));
+    }
+    let g = ds.gpu().clone();
+    let out = ds.try_clone()?;
+    let d = dst.numel() / dst.shape()[0].max(1);
+    let np = pairs.len() / 2;
+    if np > 0 && d > 0 {
+        let p = g.upload(pairs)?;
+        run1(
+            &g,
+            "copy_rows_f32",
+            np * d,
+            Args::new()
+                .push(out.ptr())
+                .push(ss.ptr())
+                .push(p.ptr())
+                .push(d as u32)
+                .push((np * d) as u64),
+        )?;
+    }
+    Ok(Tensor::from_cuda(dst.shape(), out))
+}

@@ -1,0 +1,195 @@
+//! Attack state that stays where the model runs. An attack whose iterates live in the model's
+//! input tensors (NHWC, on the model's device: `Classifier::input_tensor`) updates them here,
+//! so a GPU pass moves only per-sample scalars (window positions, signs, row lists) over PCIe
+//! instead of the whole batch. Each op has a CPU twin below with the same arithmetic; the GPU
+//! versions are `cuda::ops::{square_linf_candidates, copy_rows}` (kernels/attack_rows.cu).
+
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// One Square l-inf proposal per attacked row: the window's top-left corner, its side and
+/// one sign per channel.
+#[derive(Clone, Debug, Default)]
+pub struct SquareProposals {
+    /// Row of `best` / `x` each candidate starts from.
+    pub rows: Vec<u32>,
+    pub vh: Vec<u32>,
+    pub vw: Vec<u32>,
+    /// Window side (the same for every row of one iteration).
+    pub s: u32,
+    /// `[rows.len(), C]`, each +-1.
+    pub signs: Vec<f32>,
+}
+
+fn nhwc(op: &'static str, t: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    match *t.shape() {
+        [n, h, w, c] => Ok((n, h, w, c)),
+        _ => Err(Error::shape(
+            op,
+            format!("expected an (N, H, W, C) batch, got {:?}", t.shape()),
+        )),
+    }
+}
+
+/// Square (l-inf) candidates: row `a` is row `p.rows[a]` of `best` with, inside its window,
+/// every channel moved by `2 eps sign` and clipped to the eps-ball around `x` and to [0, 1].
+pub fn square_linf_candidates(
+    best: &Tensor,
+    x: &Tensor,
+    p: &SquareProposals,
+    eps: f32,
+) -> Result<Tensor> {
+    let op = "square_linf_candidates";
+    let (n, h, w, c) = nhwc(op, best)?;
+    let na = p.rows.len();
+    if x.shape() != best.shape()
+        || p.vh.len() != na
+        || p.vw.len() != na
+        || p.signs.len() != na * c
+        || p.rows.iter().any(|&r| r as usize >= n)
+        || p.s as usize > h.min(w)
+        || p.vh.iter().any(|&v| v as usize + p.s as usize > h)
+        || p.vw.iter().any(|&v| v as usize + p.s as usize > w)
+    {
+        return Err(Error::shape(
+            op,
+            format!(
+                "best {:?}, x {:?}, {na} rows (max {}), {} vh, {} vw, {} signs, window {}",
+                best.shape(),
+                x.shape(),
+                p.rows.iter().max().copied().unwrap_or(0),
+                p.vh.len(),
+                p.vw.len(),
+                p.signs.len(),
+                p.s
+            ),
+        ));
+    }
+    if best.is_cuda() {
+        return crate::cuda::ops::square_linf_candidates(
+            best, x, &p.rows, &p.vh, &p.vw, p.s, &p.signs, eps,
+        );
+    }
+    let d = h * w * c;
+    let (bv, xv) = (best.data(), x.data());
+    let s = p.s as usize;
+    let mut out = Vec::with_capacity(na * d);
+    for a in 0..na {
+        let r0 = p.rows[a] as usize * d;
+        let start = out.len();
+        out.extend_from_slice(&bv[r0..r0 + d]);
+        let row = &mut out[start..];
+        let (vh, vw) = (p.vh[a] as usize, p.vw[a] as usize);
+        for ch in 0..c {
+            let v = 2.0 * eps * p.signs[a * c + ch];
+            for r in vh..vh + s {
+                for q in vw..vw + s {
+                    let i = (r * w + q) * c + ch;
+                    let xi = xv[r0 + i];
+                    row[i] = (bv[r0 + i] + v).max(xi - eps).min(xi + eps).clamp(0.0, 1.0);
+                }
+            }
+        }
+    }
+    Tensor::from_vec(&[na, h, w, c], out)
+}
+
+/// `dst` with rows replaced, `out[pairs[2p]] = src[pairs[2p + 1]]`; `dst` itself is unchanged.
+pub fn copy_rows(dst: &Tensor, src: &Tensor, pairs: &[u32]) -> Result<Tensor> {
+    let op = "copy_rows";
+    let (n, ..) = nhwc(op, dst)?;
+    let (m, ..) = nhwc(op, src)?;
+    let ok = pairs.len() % 2 == 0
+        && dst.shape()[1..] == src.shape()[1..]
+        && pairs
+            .chunks(2)
+            .all(|p| (p[0] as usize) < n && (p[1] as usize) < m);
+    if !ok {
+        return Err(Error::shape(
+            op,
+            format!(
+                "dst {:?}, src {:?}, {} pair values",
+                dst.shape(),
+                src.shape(),
+                pairs.len()
+            ),
+        ));
+    }
+    if pairs.is_empty() {
+        return Ok(dst.clone());
+    }
+    if dst.is_cuda() {
+        return crate::cuda::ops::copy_rows(dst, src, pairs);
+    }
+    let d = dst.numel() / n.max(1);
+    let mut out = dst.clone();
+    let sv = src.data();
+    let ov = out.data_mut();
+    for p in pairs.chunks(2) {
+        let (to, from) = (p[0] as usize * d, p[1] as usize * d);
+        ov[to..to + d].copy_from_slice(&sv[from..from + d]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_touch_only_the_window_and_stay_in_the_ball() {
+        let (n, h, w, c) = (2, 5, 4, 3);
+        let x: Vec<f32> = (0..n * h * w * c).map(|i| (i % 7) as f32 / 7.0).collect();
+        let best: Vec<f32> = x.iter().map(|v| (v + 0.01).min(1.0)).collect();
+        let xt = Tensor::from_vec(&[n, h, w, c], x.clone()).unwrap();
+        let bt = Tensor::from_vec(&[n, h, w, c], best.clone()).unwrap();
+        let p = SquareProposals {
+            rows: vec![1],
+            vh: vec![2],
+            vw: vec![1],
+            s: 2,
+            signs: vec![1.0, -1.0, 1.0],
+        };
+        let eps = 0.05;
+        let cand = square_linf_candidates(&bt, &xt, &p, eps).unwrap();
+        assert_eq!(cand.shape(), &[1, h, w, c]);
+        let d = h * w * c;
+        let mut changed = 0;
+        for r in 0..h {
+            for q in 0..w {
+                for ch in 0..c {
+                    let i = (r * w + q) * c + ch;
+                    let (cv, bv, xv) = (cand.data()[i], best[d + i], x[d + i]);
+                    let inside = (2..4).contains(&r) && (1..3).contains(&q);
+                    if inside {
+                        let want = (bv + 2.0 * eps * p.signs[ch])
+                            .max(xv - eps)
+                            .min(xv + eps)
+                            .clamp(0.0, 1.0);
+                        assert_eq!(cv, want);
+                        changed += (cv != bv) as usize;
+                    } else {
+                        assert_eq!(cv, bv, "outside the window at ({r}, {q}, {ch})");
+                    }
+                    assert!((cv - xv).abs() <= eps + 1e-7 && (0.0..=1.0).contains(&cv));
+                }
+            }
+        }
+        assert!(changed > 0);
+        let bad = SquareProposals {
+            vh: vec![4],
+            ..p.clone()
+        };
+        assert!(square_linf_candidates(&bt, &xt, &bad, eps).is_err());
+    }
+
+    #[test]
+    fn copy_rows_replaces_only_the_listed_rows() {
+        let dst = Tensor::from_vec(&[3, 1, 1, 2], vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]).unwrap();
+        let src = Tensor::from_vec(&[2, 1, 1, 2], vec![7.0, 7.5, 8.0, 8.5]).unwrap();
+        let out = copy_rows(&dst, &src, &[2, 0, 0, 1]).unwrap();
+        assert_eq!(out.data(), &[8.0, 8.5, 1.0, 1.0, 7.0, 7.5]);
+        assert_eq!(dst.data(), &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
+        assert!(copy_rows(&dst, &src, &[3, 0]).is_err());
+    }
+}
