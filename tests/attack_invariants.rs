@@ -178,8 +178,21 @@ fn unbounded_apgd_fools_every_sample_and_verification_rejects_bad_claims() {
         "eps = 1 must fool every sample"
     );
 
-    // A claim outside the ball, and a claim that does not fool the model, are both rejected.
+    // The returned batch is re-evaluated whole, as the reference does: a misclassified example
+    // in the ball counts even when the attack did not claim it.
     let d = DIMS.len();
+    let advs: Vec<f32> = res
+        .iter()
+        .flat_map(|r| r.adv.clone().expect("fooled samples carry their example"))
+        .collect();
+    let v = aa.verify(&advs, &x, &y, &[false; 3], DIMS).unwrap();
+    assert_eq!(
+        v,
+        vec![true; 3],
+        "unclaimed but misclassified examples count"
+    );
+
+    // A claim outside the ball, and a claim that does not fool the model, are both rejected.
     aa.cfg.eps = 1.0 / 255.0;
     let mut bad = x.clone();
     bad[0] = (x[0] + 0.5).min(1.0);

@@ -4,7 +4,9 @@
 //!
 //! Every example an attack claims is first pulled strictly inside the ball as f32 measures it
 //! (`norms::tighten`: one ulp for l-inf), then verified before it counts: finite, in [0, 1],
-//! within eps of the clean image, and misclassified when the model is run on it again. Claims that fail are recorded as rejected, never counted.
+//! within eps of the clean image, and misclassified when the model is run again on the batch
+//! the attack returned (as the reference re-evaluates it). Claims that fail are recorded as
+//! rejected, never counted.
 
 use super::apgd::{Apgd, ApgdConfig};
 use super::fab::{FabConfig, FabT};
@@ -300,13 +302,10 @@ impl AutoAttack<'_> {
                 }
                 let verified = self.verify(&adv, &xs, &ys, &claimed, dims)?;
                 for (j, &i) in active.iter().enumerate() {
-                    if !claimed[j] {
-                        continue;
-                    }
                     if verified[j] {
                         res[i].fooled_by = Some(kind);
                         res[i].adv = Some(adv[j * d..(j + 1) * d].to_vec());
-                    } else {
+                    } else if claimed[j] {
                         res[i].rejected.push(kind);
                     }
                 }
@@ -325,7 +324,11 @@ impl AutoAttack<'_> {
         Ok((res, times))
     }
 
-    /// Which claimed examples are in the threat model and misclassified on re-evaluation.
+    /// Which returned examples are in the threat model and misclassified on re-evaluation.
+    /// Like the reference, the whole batch the attack returned is re-evaluated in one pass (the
+    /// shape of the attack's own passes, so a GPU picks the same kernels and claims verify
+    /// under the same arithmetic); an unclaimed row that turns out misclassified also counts,
+    /// as it does in the reference. `claimed` only decides which failures are reported.
     pub fn verify(
         &mut self,
         adv: &[f32],
@@ -336,20 +339,15 @@ impl AutoAttack<'_> {
     ) -> Result<Vec<bool>> {
         let d = dims.len();
         let k = self.model.num_classes();
-        let idx: Vec<usize> = (0..y.len()).filter(|&j| claimed[j]).collect();
         let mut ok = vec![false; y.len()];
-        if idx.is_empty() {
+        if !claimed.iter().any(|c| *c) && adv == x {
             return Ok(ok);
         }
-        let xs: Vec<f32> = idx
-            .iter()
-            .flat_map(|&j| adv[j * d..(j + 1) * d].iter().copied())
-            .collect();
-        let z = self.model.logits(&xs, dims)?;
-        for (a, &j) in idx.iter().enumerate() {
+        let z = self.model.logits(adv, dims)?;
+        for (j, v) in ok.iter_mut().enumerate() {
             let r = j * d..(j + 1) * d;
-            ok[j] = in_threat_model(self.cfg.norm, self.cfg.eps, &adv[r.clone()], &x[r])
-                && argmax(&z[a * k..(a + 1) * k]) != y[j];
+            *v = in_threat_model(self.cfg.norm, self.cfg.eps, &adv[r.clone()], &x[r])
+                && argmax(&z[j * k..(j + 1) * k]) != y[j];
         }
         Ok(ok)
     }
