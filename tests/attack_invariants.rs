@@ -467,3 +467,55 @@ fn square_linf_with_resident_iterates_gives_the_host_loop_results() {
     let fooled = out[1].1.iter().filter(|f| **f).count();
     assert!(0 < fooled && fooled < n, "fooled {fooled}/{n}");
 }
+
+#[test]
+fn apgd_linf_with_resident_iterates_gives_the_host_loop_results() {
+    use mpm::attack::apgd::{Apgd, ApgdConfig};
+    let mut m = tiny();
+    let n = 5;
+    let x = images(n, 13);
+    let y = predictions(&mut m, &x);
+    let ids: Vec<u64> = (90..90 + n as u64).collect();
+    let d = DIMS.len();
+    for targeted in [false, true] {
+        let mut out = Vec::new();
+        for resident in [false, true] {
+            let mut cfg = if targeted {
+                ApgdConfig::standard_t(Norm::Linf, 1.0 / 255.0, 4)
+            } else {
+                ApgdConfig::standard_ce(Norm::Linf, 1.0 / 255.0, 4)
+            };
+            cfg.n_iter = 30; // checkpoints at iterations 6, 11, 15, ...: resets happen
+            cfg.n_target_classes = 3;
+            cfg.resident = resident;
+            out.push(
+                Apgd {
+                    cfg,
+                    model: &mut m,
+                    stream: 1,
+                }
+                .perturb(&x, &y, &ids, DIMS)
+                .unwrap(),
+            );
+        }
+        assert_eq!(out[0].1, out[1].1, "targeted {targeted}: fooled flags");
+        for i in 0..n {
+            let r = i * d..(i + 1) * d;
+            let diff = out[0].0[r.clone()]
+                .iter()
+                .zip(&out[1].0[r])
+                .filter(|(p, q)| p != q)
+                .count();
+            assert_eq!(
+                diff, 0,
+                "targeted {targeted}: sample {i}: {diff} values differ"
+            );
+        }
+        let fooled = out[1].1.iter().filter(|f| **f).count();
+        eprintln!("targeted {targeted}: fooled {fooled}/{n}");
+        assert!(
+            0 < fooled && fooled < n,
+            "targeted {targeted}: fooled {fooled}/{n}"
+        );
+    }
+}

@@ -480,7 +480,9 @@ fn pgd_step_kernels() {
 /// (same arithmetic, no reductions), including windows at the image border.
 #[test]
 fn attack_row_kernels() {
-    use mpm::attack::resident::{copy_rows, square_linf_candidates, SquareProposals};
+    use mpm::attack::resident::{
+        apgd_linf_step, copy_rows, square_linf_candidates, SquareProposals,
+    };
     let Some((dev, _lock)) = gpu() else { return };
     let shape = [5, 11, 9, 3];
     let x = rand_tensor(&shape, 23, 0.0, 1.0);
@@ -514,7 +516,32 @@ fn attack_row_kernels() {
     );
     // Out of place: the GPU input keeps its values.
     assert_eq!(bg.to_device(Device::Cpu).unwrap().data(), best.data());
-    println!("attack rows: square candidates and copy_rows bit-identical to the CPU");
+    // APGD's l-inf step (momentum 0.75, per-row step sizes; zero gradients included).
+    let old = rand_tensor(&shape, 25, 0.0, 1.0);
+    let mut gv = rand_tensor(&shape, 26, -1.0, 1.0).into_vec();
+    gv.iter_mut().step_by(7).for_each(|v| *v = 0.0);
+    let grad = Tensor::from_vec(&shape, gv).unwrap();
+    let steps = [0.01f32, 0.03, 0.0, 0.02, 0.05];
+    let want = apgd_linf_step(&best, &old, &grad, &x, &steps, eps, 0.75).unwrap();
+    let got = apgd_linf_step(
+        &bg,
+        &old.to_device(dev).unwrap(),
+        &grad.to_device(dev).unwrap(),
+        &xg,
+        &steps,
+        eps,
+        0.75,
+    )
+    .unwrap();
+    assert!(got.is_cuda());
+    assert_eq!(
+        got.to_device(Device::Cpu).unwrap().data(),
+        want.data(),
+        "apgd_linf_step"
+    );
+    println!(
+        "attack rows: square candidates, copy_rows and the APGD step bit-identical to the CPU"
+    );
 }
 
 #[test]

@@ -11,7 +11,9 @@
 
 use super::model::{argmax, batch_loss, Classifier, Dims, LossKind};
 use super::norms::{l0_dist, l1_projection, project_l2, Norm};
+use super::resident::{apgd_linf_step, copy_rows};
 use super::rng::{normal, sample_rng, uniform, SampleRng};
+use crate::tensor::Tensor;
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -34,6 +36,10 @@ pub struct ApgdConfig {
     /// passes; results do not depend on it. 0 or anything below the batch: one run at a time,
     /// as the reference does.
     pub pass_batch: usize,
+    /// l-inf: keep the iterates, the best points and the gradients in the model's input
+    /// tensors (on its device; `attack::resident`), so a pass moves only logits and per-sample
+    /// step sizes. Same results as the host loop (false), which l2 / l1 use.
+    pub resident: bool,
 }
 
 impl ApgdConfig {
@@ -50,6 +56,7 @@ impl ApgdConfig {
             use_largereps: norm == Norm::L1,
             seed,
             pass_batch: 0,
+            resident: true,
         }
     }
     /// AutoAttack "standard" APGD-T for `norm` (9 targets; 5 for l1).
@@ -317,6 +324,9 @@ impl Apgd<'_> {
         eps: f32,
         n_iter: usize,
     ) -> Result<Run> {
+        if self.cfg.norm == Norm::Linf && self.cfg.resident {
+            return self.single_run_linf_resident(xs, ys, targets, dims, init, eps, n_iter);
+        }
         let d = dims.len();
         let n = ys.len();
         let k_cls = self.model.num_classes();
@@ -503,6 +513,124 @@ impl Apgd<'_> {
             x_best,
             acc,
             x_best_adv,
+        })
+    }
+
+    /// `single_run` for l-inf with its state in the model's input tensors: per iteration the
+    /// step is one op on the device, only logits come back, and best points, fooled points
+    /// and checkpoint resets move as row copies there. The per-sample decisions (losses,
+    /// checkpoints, step sizes) and every rounding are the host loop's, so the run is too.
+    #[allow(clippy::too_many_arguments)]
+    fn single_run_linf_resident(
+        &mut self,
+        xs: &[f32],
+        ys: &[usize],
+        targets: &[usize],
+        dims: Dims,
+        init: Vec<f32>,
+        eps: f32,
+        n_iter: usize,
+    ) -> Result<Run> {
+        let n = ys.len();
+        let k_cls = self.model.num_classes();
+        let kind = self.cfg.loss;
+        let n0 = self.cfg.n_iter;
+        let n_iter_2 = ((0.22 * n0 as f64) as usize).max(1);
+        let n_iter_min = ((0.06 * n0 as f64) as usize).max(1);
+        let size_decr = ((0.03 * n0 as f64) as usize).max(1);
+
+        let x0 = self.model.input_tensor(xs, dims)?;
+        let start: Vec<f32> = init.into_iter().map(|v| v.clamp(0.0, 1.0)).collect();
+        let mut x_adv = self.model.input_tensor(&start, dims)?;
+        let mut x_best = x_adv.clone();
+        let mut x_best_adv = x_adv.clone();
+        let mut loss_steps = vec![vec![0f32; n]; n_iter];
+        let grad_at = |model: &mut dyn Classifier, x: &Tensor| {
+            let mut losses = Vec::new();
+            let (z, g) = model.logits_and_grad_of_input(x, dims, &mut |z| {
+                let (l, dz) = batch_loss(kind, z, k_cls, ys, targets);
+                losses = l;
+                dz
+            })?;
+            Ok::<_, Error>((z, losses, g))
+        };
+        let (logits, loss0, mut grad) = grad_at(&mut *self.model, &x_adv)?;
+        let mut grad_best = grad.clone();
+        let mut acc: Vec<bool> = (0..n)
+            .map(|j| argmax(&logits[j * k_cls..(j + 1) * k_cls]) == ys[j])
+            .collect();
+        let mut loss_best = loss0;
+        let mut step = vec![2.0 * eps; n];
+        let mut x_adv_old = x_adv.clone();
+        let mut k = n_iter_2;
+        let mut counter3 = 0;
+        let mut loss_best_last_check = loss_best.clone();
+        let mut reduced_last_check = vec![true; n];
+
+        for i in 0..n_iter {
+            let a = if i > 0 { 0.75f32 } else { 1.0 };
+            let x_new = apgd_linf_step(&x_adv, &x_adv_old, &grad, &x0, &step, eps, a)?;
+            x_adv_old = std::mem::replace(&mut x_adv, x_new);
+
+            let (logits, loss, g) = grad_at(&mut *self.model, &x_adv)?;
+            grad = g;
+            let (mut fooled_rows, mut improved_rows) = (Vec::new(), Vec::new());
+            for j in 0..n {
+                let pred = argmax(&logits[j * k_cls..(j + 1) * k_cls]) == ys[j];
+                acc[j] &= pred;
+                if !pred {
+                    fooled_rows.extend([j as u32, j as u32]);
+                }
+                loss_steps[i][j] = loss[j];
+                if loss[j] > loss_best[j] {
+                    improved_rows.extend([j as u32, j as u32]);
+                    loss_best[j] = loss[j];
+                }
+            }
+            x_best_adv = copy_rows(&x_best_adv, &x_adv, &fooled_rows)?;
+            x_best = copy_rows(&x_best, &x_adv, &improved_rows)?;
+            grad_best = copy_rows(&grad_best, &grad, &improved_rows)?;
+
+            counter3 += 1;
+            if counter3 == k {
+                let mut reset_rows = Vec::new();
+                for j in 0..n {
+                    // As in `single_run`: steps since the last checkpoint that raised the loss
+                    // (index -1 wraps to the last, still zero, row at the first checkpoint).
+                    let at = |t: isize| -> f32 {
+                        let t = if t < 0 {
+                            (n_iter as isize + t) as usize
+                        } else {
+                            t as usize
+                        };
+                        loss_steps[t][j]
+                    };
+                    let mut t = 0usize;
+                    for c in 0..k as isize {
+                        if at(i as isize - c) > at(i as isize - c - 1) {
+                            t += 1;
+                        }
+                    }
+                    let osc = (t as f32) <= k as f32 * self.cfg.rho;
+                    let no_impr = !reduced_last_check[j] && loss_best_last_check[j] >= loss_best[j];
+                    let reset = osc || no_impr;
+                    reduced_last_check[j] = reset;
+                    loss_best_last_check[j] = loss_best[j];
+                    if reset {
+                        step[j] /= 2.0;
+                        reset_rows.extend([j as u32, j as u32]);
+                    }
+                }
+                k = k.saturating_sub(size_decr).max(n_iter_min);
+                x_adv = copy_rows(&x_adv, &x_best, &reset_rows)?;
+                grad = copy_rows(&grad, &grad_best, &reset_rows)?;
+                counter3 = 0;
+            }
+        }
+        Ok(Run {
+            x_best: self.model.input_to_host(&x_best, dims)?,
+            acc,
+            x_best_adv: self.model.input_to_host(&x_best_adv, dims)?,
         })
     }
 }

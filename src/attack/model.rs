@@ -4,6 +4,7 @@
 
 use super::norms::Norm;
 use crate::autograd::GradMode;
+use crate::cuda::DType;
 use crate::device::Device;
 use crate::nn::layout::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::nn::{Ctx, ModelSpec, ParamStore};
@@ -70,6 +71,21 @@ pub trait Classifier {
     fn logits_of_input(&mut self, t: &Tensor, dims: Dims) -> Result<Vec<f32>> {
         let x = self.input_to_host(t, dims)?;
         self.logits(&x, dims)
+    }
+
+    /// Logits and the input gradient (as `logits_and_grad`) of an input tensor; the gradient
+    /// comes back as an f32 tensor shaped and placed like `t`.
+    fn logits_and_grad_of_input(
+        &mut self,
+        t: &Tensor,
+        dims: Dims,
+        seed: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> Result<(Vec<f32>, Tensor)> {
+        let x = self.input_to_host(t, dims)?;
+        let (z, g) = self.logits_and_grad(&x, dims, seed)?;
+        let n = input_rows(t, dims)?;
+        let g = Tensor::from_vec(t.shape(), nchw_to_nhwc(&g, n, dims.c, dims.h, dims.w))?;
+        Ok((z, g.to_device(t.device())?))
     }
 
     /// Wall seconds spent inside `logits` and `logits_and_grad` so far, transfers included
@@ -199,6 +215,32 @@ impl Classifier for EngineClassifier {
         self.seconds += t0.elapsed().as_secs_f64();
         out
     }
+
+    fn logits_and_grad_of_input(
+        &mut self,
+        t: &Tensor,
+        dims: Dims,
+        seed: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> Result<(Vec<f32>, Tensor)> {
+        let t0 = Instant::now();
+        let out = (|| {
+            let n = input_rows(t, dims)?;
+            if n == 0 {
+                return Ok((Vec::new(), t.clone()));
+            }
+            let (z, g) = self.backward_nhwc(t.clone(), n, seed)?;
+            let g = match g {
+                // Mixed precision keeps activations (and so this gradient) in bf16: the
+                // attack's state is f32.
+                Some(g) if g.is_cuda() => crate::cuda::ops::to_dtype(g, DType::F32)?,
+                Some(g) => g,
+                None => Tensor::zeros(t.shape()).to_device(self.device)?,
+            };
+            Ok((z, g))
+        })();
+        self.seconds += t0.elapsed().as_secs_f64();
+        out
+    }
 }
 
 impl EngineClassifier {
@@ -243,6 +285,22 @@ impl EngineClassifier {
             &[n, dims.h, dims.w, dims.c],
             nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
         )?;
+        let (logits, g) = self.backward_nhwc(xt, n, seed)?;
+        let g = match g {
+            Some(g) => nhwc_to_nchw(g.data(), n, dims.h, dims.w, dims.c),
+            None => vec![0.0; x.len()],
+        };
+        Ok((logits, g))
+    }
+
+    /// Logits of `n` NHWC images and the input gradient (NHWC, on the model's device; None
+    /// when the input does not reach the loss).
+    fn backward_nhwc(
+        &mut self,
+        xt: Tensor,
+        n: usize,
+        seed: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> Result<(Vec<f32>, Option<Tensor>)> {
         let xt = xt.to_device(self.device)?;
         let spec = self.spec;
         let mut ctx = Ctx::new(&mut self.store, GradMode::InputGradOnly, false);
@@ -264,10 +322,7 @@ impl EngineClassifier {
         let dz = seed(&logits);
         let dzt = Tensor::from_vec(zt.shape(), dz)?.to_device(self.device)?;
         let grads = ctx.tape.backward_with(z, dzt)?;
-        let g = match grads.get(xin) {
-            Some(g) => nhwc_to_nchw(g.data(), n, dims.h, dims.w, dims.c),
-            None => vec![0.0; x.len()],
-        };
+        let g = grads.get(xin).cloned();
         self.forwards += n as u64;
         self.backwards += n as u64;
         Ok((logits, g))

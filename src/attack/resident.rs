@@ -2,10 +2,12 @@
 //! input tensors (NHWC, on the model's device: `Classifier::input_tensor`) updates them here,
 //! so a GPU pass moves only per-sample scalars (window positions, signs, row lists) over PCIe
 //! instead of the whole batch. Each op has a CPU twin below with the same arithmetic; the GPU
-//! versions are `cuda::ops::{square_linf_candidates, copy_rows}` (kernels/attack_rows.cu).
+//! versions are `cuda::ops::{square_linf_candidates, copy_rows, apgd_linf_step}`
+//! (kernels/attack_rows.cu).
 
 use crate::tensor::Tensor;
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 /// One Square l-inf proposal per attacked row: the window's top-left corner, its side and
 /// one sign per channel.
@@ -130,6 +132,64 @@ pub fn copy_rows(dst: &Tensor, src: &Tensor, pairs: &[u32]) -> Result<Tensor> {
         ov[to..to + d].copy_from_slice(&sv[from..from + d]);
     }
     Ok(out)
+}
+
+/// APGD's l-inf step with momentum `a`, per element (row `j` uses `step[j]`):
+/// `z1 = clip01(clip(x + step sign(g), x0 - eps, x0 + eps))`, then
+/// `clip01(clip(x + (z1 - x) a + (x - x_old)(1 - a), x0 - eps, x0 + eps))`.
+#[allow(clippy::too_many_arguments)]
+pub fn apgd_linf_step(
+    x_adv: &Tensor,
+    x_old: &Tensor,
+    grad: &Tensor,
+    x0: &Tensor,
+    step: &[f32],
+    eps: f32,
+    a: f32,
+) -> Result<Tensor> {
+    let op = "apgd_linf_step";
+    let (n, ..) = nhwc(op, x_adv)?;
+    if [x_old, grad, x0].iter().any(|t| t.shape() != x_adv.shape()) || step.len() != n {
+        return Err(Error::shape(
+            op,
+            format!(
+                "x {:?}, x_old {:?}, grad {:?}, x0 {:?}, {} step sizes",
+                x_adv.shape(),
+                x_old.shape(),
+                grad.shape(),
+                x0.shape(),
+                step.len()
+            ),
+        ));
+    }
+    if x_adv.is_cuda() {
+        return crate::cuda::ops::apgd_linf_step(x_adv, x_old, grad, x0, step, eps, a);
+    }
+    let d = x_adv.numel() / n.max(1);
+    let (xa, xo, g, x0) = (x_adv.data(), x_old.data(), grad.data(), x0.data());
+    let mut out = vec![0f32; xa.len()];
+    out.par_chunks_mut(d.max(1))
+        .enumerate()
+        .for_each(|(j, row)| {
+            for (t, o) in row.iter_mut().enumerate() {
+                let i = j * d + t;
+                let (lo, hi) = (x0[i] - eps, x0[i] + eps);
+                let sg = if g[i] > 0.0 {
+                    1.0
+                } else if g[i] < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                let z1 = (xa[i] + step[j] * sg).max(lo).min(hi).clamp(0.0, 1.0);
+                let mom = xa[i] - xo[i];
+                *o = (xa[i] + (z1 - xa[i]) * a + mom * (1.0 - a))
+                    .max(lo)
+                    .min(hi)
+                    .clamp(0.0, 1.0);
+            }
+        });
+    Tensor::from_vec(x_adv.shape(), out)
 }
 
 #[cfg(test)]

@@ -1352,3 +1352,52 @@ pub fn copy_rows(dst: &Tensor, src: &Tensor, pairs: &[u32]) -> Result<Tensor> {
     }
     Ok(Tensor::from_cuda(dst.shape(), out))
 }
+
+/// APGD's l-inf step with momentum `a` on GPU f32 batches (N, H, W, C): the GPU twin of
+/// `attack::resident::apgd_linf_step` (same rounding, no FMA).
+#[allow(clippy::too_many_arguments)]
+pub fn apgd_linf_step(
+    x_adv: &Tensor,
+    x_old: &Tensor,
+    grad: &Tensor,
+    x0: &Tensor,
+    step: &[f32],
+    eps: f32,
+    a: f32,
+) -> Result<Tensor> {
+    let op = "apgd_linf_step";
+    let xs = st(op, x_adv)?;
+    let g = xs.gpu().clone();
+    let mut ptrs = Vec::new();
+    for t in [x_adv, x_old, grad, x0] {
+        let s = st(op, t)?;
+        if s.dtype != DType::F32 || !Arc::ptr_eq(s.gpu(), &g) {
+            return Err(dev_err(op, "every batch must be f32 on the same GPU"));
+        }
+        ptrs.push(s.ptr());
+    }
+    let n = step.len();
+    let total = xs.len;
+    let d = total / n.max(1);
+    let sv = g.upload(step)?;
+    let y = empty(&g, total, DType::F32)?;
+    if total > 0 {
+        run1(
+            &g,
+            "apgd_linf_step_f32",
+            total,
+            Args::new()
+                .push(y.ptr())
+                .push(ptrs[0])
+                .push(ptrs[1])
+                .push(ptrs[2])
+                .push(ptrs[3])
+                .push(sv.ptr())
+                .push(eps)
+                .push(a)
+                .push(d as u32)
+                .push(total as u64),
+        )?;
+    }
+    Ok(Tensor::from_cuda(x_adv.shape(), y))
+}
