@@ -113,6 +113,8 @@ attack_build() {
   cp -r "${AA_SRC:?set AA_SRC to a checkout of fra31/auto-attack}/autoattack" device-out/aa/
 }
 
+# The engine's report splits its time per attack (model passes vs attack logic) and prints
+# it; AA_ENGINE_ARGS adds flags (e.g. "--pass-batch 256" to time targets one at a time).
 attack() {
   local out="${OUT:-device-out/results}" n="${AA_N:-500}"
   mkdir -p "$out"
@@ -122,7 +124,7 @@ attack() {
                 --num-classes 10 --norm Linf --eps 0.03137255)
   echo "== attack, $n images, l-inf 8/255 standard" | tee "$out/attack.txt"
   ( time timeout "${T_ENGINE:-200}" "$BIN/mpm-attack" "${common[@]}" --arch resnet18 --limit "$n" \
-      --batch-size "$n" --device cuda:0 --report "$out/engine.json" ) >> "$out/attack.txt" 2>&1
+      --batch-size "$n" --device cuda:0 --report "$out/engine.json" ${AA_ENGINE_ARGS:-} ) >> "$out/attack.txt" 2>&1
   echo "engine rc=$?" | tee -a "$out/attack.txt"
   ( time timeout "${T_REF:-240}" python3 scripts/autoattack_reference.py run "${common[@]}" \
       --arch resnet18 --act gelu --limit "$n" --batch-size "$n" --device cuda \
