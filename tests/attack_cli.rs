@@ -77,7 +77,10 @@ fn attack(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn contract_b_report_adv_resume_and_errors() {
-    let d = dir();
+    // Its own folder: removing it at the end must not pull the files from under the other
+    // test of this file, which runs in parallel under dir().
+    let d = dir().join("contract_b");
+    std::fs::create_dir_all(&d).unwrap();
     let (w, x) = fixtures(&d, 4, None);
     let r = d.join("r.json");
     let a = d.join("a.safetensors");
