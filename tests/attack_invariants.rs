@@ -282,6 +282,22 @@ fn results_do_not_depend_on_the_thread_count() {
     }
 }
 
+/// Asserts two attack outcomes (examples, fooled flags) are the same bit for bit, naming the
+/// first sample that differs.
+fn assert_same_outcome(what: &str, a: &(Vec<f32>, Vec<bool>), b: &(Vec<f32>, Vec<bool>)) {
+    assert_eq!(a.1, b.1, "{what}: fooled flags");
+    let d = DIMS.len();
+    for i in 0..a.1.len() {
+        let r = i * d..(i + 1) * d;
+        let diff = a.0[r.clone()]
+            .iter()
+            .zip(&b.0[r])
+            .filter(|(p, q)| p != q)
+            .count();
+        assert_eq!(diff, 0, "{what}: sample {i}: {diff} values differ");
+    }
+}
+
 /// A linear classifier computed row by row: unlike the engine's CPU convolutions (whose
 /// summation order, hence last bits, depend on the batch), its outputs do not depend on
 /// what else is in the batch, so attacks on it can be compared bit for bit across batchings.
@@ -399,19 +415,7 @@ fn side_by_side_targets_and_restarts_give_the_sequential_results() {
             ("apgd-ce restarts", &seq.1, &par.1),
             ("fab-t", &seq.2, &par.2),
         ] {
-            assert_eq!(a.1, b.1, "{norm}: {what}: fooled flags");
-            for i in 0..n {
-                let r = i * d..(i + 1) * d;
-                let diff = a.0[r.clone()]
-                    .iter()
-                    .zip(&b.0[r])
-                    .filter(|(p, q)| p != q)
-                    .count();
-                assert_eq!(
-                    diff, 0,
-                    "{norm}: {what}: sample {i} differs in {diff} values"
-                );
-            }
+            assert_same_outcome(&format!("{norm}: {what}"), a, b);
             let fooled = a.1.iter().filter(|f| **f).count();
             eprintln!("{norm}: {what} fooled {fooled}/{n}");
         }
@@ -451,17 +455,7 @@ fn square_linf_with_resident_iterates_gives_the_host_loop_results() {
             .unwrap(),
         );
     }
-    assert_eq!(out[0].1, out[1].1, "fooled flags");
-    let d = DIMS.len();
-    for i in 0..n {
-        let r = i * d..(i + 1) * d;
-        let diff = out[0].0[r.clone()]
-            .iter()
-            .zip(&out[1].0[r])
-            .filter(|(p, q)| p != q)
-            .count();
-        assert_eq!(diff, 0, "sample {i}: {diff} values differ");
-    }
+    assert_same_outcome("square l-inf", &out[0], &out[1]);
     // Not vacuous: some samples are fooled part-way (their examples are the end of a chain
     // of accepted queries), others survive all 150 queries.
     let fooled = out[1].1.iter().filter(|f| **f).count();
@@ -476,7 +470,6 @@ fn apgd_linf_with_resident_iterates_gives_the_host_loop_results() {
     let x = images(n, 13);
     let y = predictions(&mut m, &x);
     let ids: Vec<u64> = (90..90 + n as u64).collect();
-    let d = DIMS.len();
     for targeted in [false, true] {
         let mut out = Vec::new();
         for resident in [false, true] {
@@ -498,19 +491,11 @@ fn apgd_linf_with_resident_iterates_gives_the_host_loop_results() {
                 .unwrap(),
             );
         }
-        assert_eq!(out[0].1, out[1].1, "targeted {targeted}: fooled flags");
-        for i in 0..n {
-            let r = i * d..(i + 1) * d;
-            let diff = out[0].0[r.clone()]
-                .iter()
-                .zip(&out[1].0[r])
-                .filter(|(p, q)| p != q)
-                .count();
-            assert_eq!(
-                diff, 0,
-                "targeted {targeted}: sample {i}: {diff} values differ"
-            );
-        }
+        assert_same_outcome(
+            &format!("apgd l-inf, targeted {targeted}"),
+            &out[0],
+            &out[1],
+        );
         let fooled = out[1].1.iter().filter(|f| **f).count();
         eprintln!("targeted {targeted}: fooled {fooled}/{n}");
         assert!(

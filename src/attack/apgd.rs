@@ -13,6 +13,7 @@ use super::model::{argmax, batch_loss, Classifier, Dims, LossKind};
 use super::norms::{l0_dist, l1_projection, project_l2, Norm};
 use super::resident::{apgd_linf_step, copy_rows};
 use super::rng::{normal, sample_rng, uniform, SampleRng};
+use super::schedule::RunGroups;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -80,6 +81,43 @@ fn sgn(v: f32) -> f32 {
     }
 }
 
+/// APGD's checkpoint (l-inf, l2) after iteration `i`, with `k` iterations since the last one:
+/// a sample resets (back to its best point, step halved) when its loss rose in at most
+/// `rho * k` of those steps (`check_oscillation`) or its best loss did not improve since the
+/// last checkpoint while that one did not reset it either. `loss_steps[t][j]`: loss of sample
+/// `j` after iteration `t`; index -1 wraps to the last, not yet written (zero) row, as in the
+/// reference's first checkpoint. Updates the per-sample checkpoint state and step sizes.
+#[allow(clippy::too_many_arguments)]
+fn checkpoint_resets(
+    loss_steps: &[Vec<f32>],
+    i: usize,
+    k: usize,
+    rho: f32,
+    loss_best: &[f32],
+    loss_best_last_check: &mut [f32],
+    reduced_last_check: &mut [bool],
+    step: &mut [f32],
+) -> Vec<bool> {
+    let n_iter = loss_steps.len() as isize;
+    let at = |t: isize, j: usize| loss_steps[(if t < 0 { n_iter + t } else { t }) as usize][j];
+    (0..loss_best.len())
+        .map(|j| {
+            let rises = (0..k as isize)
+                .filter(|&c| at(i as isize - c, j) > at(i as isize - c - 1, j))
+                .count();
+            let osc = (rises as f32) <= k as f32 * rho;
+            let no_impr = !reduced_last_check[j] && loss_best_last_check[j] >= loss_best[j];
+            let reset = osc || no_impr;
+            reduced_last_check[j] = reset;
+            loss_best_last_check[j] = loss_best[j];
+            if reset {
+                step[j] /= 2.0;
+            }
+            reset
+        })
+        .collect()
+}
+
 /// Result of one run on a sub-batch.
 struct Run {
     x_best: Vec<f32>,
@@ -142,25 +180,10 @@ impl Apgd<'_> {
             .iter()
             .flat_map(|&t| std::iter::repeat_n(t, self.cfg.n_restarts))
             .collect();
-        let mut next = 0;
-        while next < runs.len() {
-            let active: Vec<usize> = (0..n).filter(|&i| acc[i]).collect();
-            if active.is_empty() {
-                break;
-            }
-            // Consecutive runs share one batch when `pass_batch` has room for them. Runs are
-            // independent per sample and each sample's random stream is drawn in run order,
-            // so a sample's result (the first run that fooled it) is the sequential one.
-            let group = (self.cfg.pass_batch / active.len()).clamp(1, runs.len() - next);
-            let group_runs = &runs[next..next + group];
-            next += group;
-            let xs: Vec<f32> = active
-                .iter()
-                .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-                .collect();
-            let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
+        let mut groups = RunGroups::new(runs.len(), self.cfg.pass_batch);
+        while let Some(g) = groups.next_group(&acc, x, y, d) {
             let clean = if targeted {
-                self.model.logits(&xs, dims)?
+                self.model.logits(&g.xs, dims)?
             } else {
                 Vec::new()
             };
@@ -170,22 +193,20 @@ impl Apgd<'_> {
                 .filter(|(i, _)| acc[*i])
                 .map(|(_, r)| r)
                 .collect();
-            let (mut xg, mut yg, mut tg, mut init) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for &target_rank in group_runs {
-                xg.extend_from_slice(&xs);
-                yg.extend_from_slice(&ys);
+            let (mut tg, mut init) = (Vec::new(), Vec::new());
+            for &target_rank in &runs[g.runs.clone()] {
                 if targeted {
-                    tg.extend((0..active.len()).map(|j| {
+                    tg.extend((0..g.active.len()).map(|j| {
                         super::model::ranked_class(&clean[j * k..(j + 1) * k], target_rank - 1)
                     }));
                 }
                 init.extend(if self.cfg.use_largereps {
-                    self.largereps_init(&xs, d, &mut sub_rngs)
+                    self.largereps_init(&g.xs, d, &mut sub_rngs)
                 } else {
-                    self.random_init(&xs, d, &mut sub_rngs)
+                    self.random_init(&g.xs, d, &mut sub_rngs)
                 });
             }
+            let (xg, yg) = (g.tile(&g.xs), g.tile(&g.ys));
             let run = if self.cfg.use_largereps {
                 self.decr_eps(&xg, &yg, &tg, dims, init)?
             } else {
@@ -200,15 +221,12 @@ impl Apgd<'_> {
                     self.cfg.n_iter,
                 )?
             };
-            for r in 0..group {
-                for (j, &i) in active.iter().enumerate() {
-                    let row = r * active.len() + j;
-                    if !run.acc[row] && acc[i] {
-                        acc[i] = false;
-                        fooled[i] = true;
-                        adv[i * d..(i + 1) * d]
-                            .copy_from_slice(&run.x_best_adv[row * d..(row + 1) * d]);
-                    }
+            for (row, _, i) in g.rows() {
+                if !run.acc[row] && acc[i] {
+                    acc[i] = false;
+                    fooled[i] = true;
+                    adv[i * d..(i + 1) * d]
+                        .copy_from_slice(&run.x_best_adv[row * d..(row + 1) * d]);
                 }
             }
         }
@@ -455,34 +473,16 @@ impl Apgd<'_> {
             if counter3 == k {
                 let mut reset = vec![false; n];
                 if norm != Norm::L1 {
-                    for j in 0..n {
-                        // check_oscillation: steps since the last checkpoint that increased the
-                        // loss. Index -1 wraps to the last (not yet written, zero) row, as in
-                        // the reference's first checkpoint.
-                        let at = |t: isize| -> f32 {
-                            let t = if t < 0 {
-                                (n_iter as isize + t) as usize
-                            } else {
-                                t as usize
-                            };
-                            loss_steps[t][j]
-                        };
-                        let mut t = 0usize;
-                        for c in 0..k as isize {
-                            if at(i as isize - c) > at(i as isize - c - 1) {
-                                t += 1;
-                            }
-                        }
-                        let osc = (t as f32) <= k as f32 * self.cfg.rho;
-                        let no_impr =
-                            !reduced_last_check[j] && loss_best_last_check[j] >= loss_best[j];
-                        reset[j] = osc || no_impr;
-                        reduced_last_check[j] = reset[j];
-                        loss_best_last_check[j] = loss_best[j];
-                        if reset[j] {
-                            step[j] /= 2.0;
-                        }
-                    }
+                    reset = checkpoint_resets(
+                        &loss_steps,
+                        i,
+                        k,
+                        self.cfg.rho,
+                        &loss_best,
+                        &mut loss_best_last_check,
+                        &mut reduced_last_check,
+                        &mut step,
+                    );
                     k = k.saturating_sub(size_decr).max(n_iter_min);
                 } else {
                     for j in 0..n {
@@ -593,34 +593,20 @@ impl Apgd<'_> {
 
             counter3 += 1;
             if counter3 == k {
-                let mut reset_rows = Vec::new();
-                for j in 0..n {
-                    // As in `single_run`: steps since the last checkpoint that raised the loss
-                    // (index -1 wraps to the last, still zero, row at the first checkpoint).
-                    let at = |t: isize| -> f32 {
-                        let t = if t < 0 {
-                            (n_iter as isize + t) as usize
-                        } else {
-                            t as usize
-                        };
-                        loss_steps[t][j]
-                    };
-                    let mut t = 0usize;
-                    for c in 0..k as isize {
-                        if at(i as isize - c) > at(i as isize - c - 1) {
-                            t += 1;
-                        }
-                    }
-                    let osc = (t as f32) <= k as f32 * self.cfg.rho;
-                    let no_impr = !reduced_last_check[j] && loss_best_last_check[j] >= loss_best[j];
-                    let reset = osc || no_impr;
-                    reduced_last_check[j] = reset;
-                    loss_best_last_check[j] = loss_best[j];
-                    if reset {
-                        step[j] /= 2.0;
-                        reset_rows.extend([j as u32, j as u32]);
-                    }
-                }
+                let reset = checkpoint_resets(
+                    &loss_steps,
+                    i,
+                    k,
+                    self.cfg.rho,
+                    &loss_best,
+                    &mut loss_best_last_check,
+                    &mut reduced_last_check,
+                    &mut step,
+                );
+                let reset_rows: Vec<u32> = (0..n as u32)
+                    .filter(|&j| reset[j as usize])
+                    .flat_map(|j| [j, j])
+                    .collect();
                 k = k.saturating_sub(size_decr).max(n_iter_min);
                 x_adv = copy_rows(&x_adv, &x_best, &reset_rows)?;
                 grad = copy_rows(&grad, &grad_best, &reset_rows)?;

@@ -12,6 +12,7 @@ use super::model::{argmax, ranked_class, Classifier, Dims};
 use super::norms::Norm;
 use super::radix::ArgSort;
 use super::rng::{normal, sample_rng, uniform, SampleRng};
+use super::schedule::RunGroups;
 use crate::Result;
 use rayon::prelude::*;
 
@@ -374,29 +375,12 @@ impl FabT<'_> {
         let runs: Vec<(usize, bool)> = (2..n_targets + 2)
             .flat_map(|t| (0..self.cfg.n_restarts).map(move |r| (t, r > 0)))
             .collect();
-        let mut next = 0;
-        while next < runs.len() {
-            let active: Vec<usize> = (0..n).filter(|&i| acc[i]).collect();
-            if active.is_empty() {
-                break;
-            }
-            // Runs that fit in one pass share it; per sample the result is the sequential
-            // one (runs are independent per sample, random starts drawn in run order).
-            let group = (self.cfg.pass_batch / active.len()).clamp(1, runs.len() - next);
-            let group_runs = &runs[next..next + group];
-            next += group;
-            let xs: Vec<f32> = active
-                .iter()
-                .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-                .collect();
-            let ys: Vec<usize> = active.iter().map(|&i| y[i]).collect();
-            let (mut xg, mut yg, mut ranks, mut starts) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for &(target_rank, rand_start) in group_runs {
-                xg.extend_from_slice(&xs);
-                yg.extend_from_slice(&ys);
-                ranks.extend(std::iter::repeat_n(target_rank, active.len()));
-                for &i in &active {
+        let mut groups = RunGroups::new(runs.len(), self.cfg.pass_batch);
+        while let Some(g) = groups.next_group(&acc, x, y, d) {
+            let (mut ranks, mut starts) = (Vec::new(), Vec::new());
+            for &(target_rank, rand_start) in &runs[g.runs.clone()] {
+                ranks.extend(std::iter::repeat_n(target_rank, g.active.len()));
+                for &i in &g.active {
                     starts.push(rand_start.then(|| {
                         let rng = &mut rngs[i];
                         match self.cfg.norm {
@@ -406,19 +390,16 @@ impl FabT<'_> {
                     }));
                 }
             }
-            let cur = self.single_run(&xg, &yg, dims, &ranks, &starts)?;
+            let cur = self.single_run(&g.tile(&g.xs), &g.tile(&g.ys), dims, &ranks, &starts)?;
             let z = self.model.logits(&cur, dims)?;
-            for r in 0..group {
-                for (j, &i) in active.iter().enumerate() {
-                    let row = r * active.len() + j;
-                    let a = &cur[row * d..(row + 1) * d];
-                    let still = argmax(&z[row * k..(row + 1) * k]) == ys[j];
-                    let far = self.cfg.norm.dist(a, &xs[j * d..(j + 1) * d]) > self.cfg.eps;
-                    if acc[i] && !(still || far) {
-                        acc[i] = false;
-                        fooled[i] = true;
-                        adv[i * d..(i + 1) * d].copy_from_slice(a);
-                    }
+            for (row, j, i) in g.rows() {
+                let a = &cur[row * d..(row + 1) * d];
+                let still = argmax(&z[row * k..(row + 1) * k]) == g.ys[j];
+                let far = self.cfg.norm.dist(a, &g.xs[j * d..(j + 1) * d]) > self.cfg.eps;
+                if acc[i] && !(still || far) {
+                    acc[i] = false;
+                    fooled[i] = true;
+                    adv[i * d..(i + 1) * d].copy_from_slice(a);
                 }
             }
         }

@@ -31,6 +31,7 @@ pub mod report;
 pub mod resident;
 pub mod rng;
 pub mod run;
+pub mod schedule;
 pub mod square;
 
 pub use autoattack::{AttackKind, AutoAttack, AutoAttackConfig, SampleResult};

@@ -54,11 +54,7 @@ pub trait Classifier {
     /// Images as the model's input: `[n, H, W, C]` (NHWC) on the device the model runs on.
     /// Attacks that keep their iterates there (`attack::resident`) start from this.
     fn input_tensor(&mut self, x: &[f32], dims: Dims) -> Result<Tensor> {
-        let n = batch_of(x, dims)?;
-        Tensor::from_vec(
-            &[n, dims.h, dims.w, dims.c],
-            nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
-        )
+        host_input(x, dims)
     }
 
     /// An input tensor back to NCHW host values.
@@ -141,6 +137,15 @@ impl EngineClassifier {
     }
 }
 
+/// NCHW host images as the engine's NHWC input tensor (on the host).
+fn host_input(x: &[f32], dims: Dims) -> Result<Tensor> {
+    let n = batch_of(x, dims)?;
+    Tensor::from_vec(
+        &[n, dims.h, dims.w, dims.c],
+        nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
+    )
+}
+
 /// Images in an NHWC input tensor of `dims`, or an error naming the shapes.
 fn input_rows(t: &Tensor, dims: Dims) -> Result<usize> {
     match *t.shape() {
@@ -201,12 +206,7 @@ impl Classifier for EngineClassifier {
     }
 
     fn input_tensor(&mut self, x: &[f32], dims: Dims) -> Result<Tensor> {
-        let n = batch_of(x, dims)?;
-        Tensor::from_vec(
-            &[n, dims.h, dims.w, dims.c],
-            nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
-        )?
-        .to_device(self.device)
+        host_input(x, dims)?.to_device(self.device)
     }
 
     fn logits_of_input(&mut self, t: &Tensor, dims: Dims) -> Result<Vec<f32>> {
@@ -249,11 +249,7 @@ impl EngineClassifier {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let xt = Tensor::from_vec(
-            &[n, dims.h, dims.w, dims.c],
-            nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
-        )?;
-        self.forward_nhwc(xt, n)
+        self.forward_nhwc(host_input(x, dims)?, n)
     }
 
     /// Logits of `n` NHWC images (moved to the model's device when they are not there).
@@ -281,11 +277,7 @@ impl EngineClassifier {
         if n == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
-        let xt = Tensor::from_vec(
-            &[n, dims.h, dims.w, dims.c],
-            nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
-        )?;
-        let (logits, g) = self.backward_nhwc(xt, n, seed)?;
+        let (logits, g) = self.backward_nhwc(host_input(x, dims)?, n, seed)?;
         let g = match g {
             Some(g) => nhwc_to_nchw(g.data(), n, dims.h, dims.w, dims.c),
             None => vec![0.0; x.len()],

@@ -113,6 +113,21 @@ fn eta(norm: Norm, s: usize, rng: &mut SampleRng) -> Vec<f32> {
     delta
 }
 
+/// Square's acceptance of a candidate with margin `m`: taken when it lowers the loss or fools
+/// the model (the reference's `idx_improved`, margin loss); updates the sample's best loss
+/// and margin.
+fn accept(m: f32, loss_min: &mut f32, margin_min: &mut f32) -> bool {
+    let lower = m < *loss_min;
+    if lower {
+        *loss_min = m;
+    }
+    let taken = lower || m <= 0.0;
+    if taken {
+        *margin_min = m;
+    }
+    taken
+}
+
 pub struct Square<'m> {
     pub cfg: SquareConfig,
     pub model: &'m mut dyn Classifier,
@@ -235,8 +250,7 @@ impl Square<'_> {
                 if active.is_empty() {
                     break;
                 }
-                let p = p_selection(self.cfg.p_init, it);
-                let raw = ((p * d as f32 / c as f32) as f64).sqrt().round_ties_even() as usize;
+                let raw = self.raw_side(it, dims);
                 let mut cand = Vec::with_capacity(active.len() * d);
                 for &j in &active {
                     let rng = &mut rngs[j];
@@ -352,13 +366,7 @@ impl Square<'_> {
                 let z = self.model.logits(&cand, dims)?;
                 for (a, &j) in active.iter().enumerate() {
                     let m = margin(&z[a * k..(a + 1) * k], y[j]);
-                    let mut improved = m < loss_min[j];
-                    if improved {
-                        loss_min[j] = m;
-                    }
-                    improved |= m <= 0.0;
-                    if improved {
-                        margin_min[j] = m;
+                    if accept(m, &mut loss_min[j], &mut margin_min[j]) {
                         x_best[j * d..(j + 1) * d].copy_from_slice(&cand[a * d..(a + 1) * d]);
                     }
                 }
@@ -375,6 +383,15 @@ impl Square<'_> {
         Ok((adv, fooled))
     }
 
+    /// Window side before the per-norm bounds at query `it`: `round(sqrt(p * H * W))` for the
+    /// fraction `p` of the schedule (the reference's `p * n_features / c`).
+    fn raw_side(&self, it: usize, dims: Dims) -> usize {
+        let p = p_selection(self.cfg.p_init, it);
+        ((p * dims.len() as f32 / dims.c as f32) as f64)
+            .sqrt()
+            .round_ties_even() as usize
+    }
+
     /// The l-inf query loop with the iterates in the model's input tensors: per query only the
     /// window corners, the window side and the signs go to the model's device, and the logits
     /// come back. Draws, arithmetic and acceptance are the host loop's, so the result is too.
@@ -389,7 +406,7 @@ impl Square<'_> {
     ) -> Result<Vec<f32>> {
         let n = y.len();
         let k = self.model.num_classes();
-        let (c, h, w, d) = (dims.c, dims.h, dims.w, dims.len());
+        let (c, h, w) = (dims.c, dims.h, dims.w);
         let eps = self.cfg.eps;
         let xd = self.model.input_tensor(x, dims)?;
         let mut best = self.model.input_tensor(&x_best, dims)?;
@@ -399,9 +416,7 @@ impl Square<'_> {
             if active.is_empty() {
                 break;
             }
-            let p = p_selection(self.cfg.p_init, it);
-            let raw = ((p * d as f32 / c as f32) as f64).sqrt().round_ties_even() as usize;
-            let s = raw.max(1).min(h.min(w));
+            let s = self.raw_side(it, dims).max(1).min(h.min(w));
             let mut prop = SquareProposals {
                 rows: Vec::with_capacity(active.len()),
                 vh: Vec::with_capacity(active.len()),
@@ -421,13 +436,7 @@ impl Square<'_> {
             let mut pairs = Vec::new();
             for (a, &j) in active.iter().enumerate() {
                 let m = margin(&z[a * k..(a + 1) * k], y[j]);
-                let mut improved = m < loss_min[j];
-                if improved {
-                    loss_min[j] = m;
-                }
-                improved |= m <= 0.0;
-                if improved {
-                    margin_min[j] = m;
+                if accept(m, &mut loss_min[j], &mut margin_min[j]) {
                     pairs.extend([j as u32, a as u32]);
                 }
             }
