@@ -71,3 +71,80 @@ extern "C" __global__ void __launch_bounds__(128) focal_loss_f32(const float* z,
 extern "C" __global__ void __launch_bounds__(128) focal_loss_bf16(const bf16_t* z, const bf16_t* t, const float* weights, bf16_t* dz, float* pixel_loss, u32 s, u32 ppi, float gamma, float inv_total) {
     focal_loss_fwd_bwd(z, t, weights, dz, pixel_loss, s, ppi, gamma, inv_total);
 }
+
+// Register-staged variant (candidate replacement, chosen with MPM_FOCAL_KERNEL=registers until
+// its speed is measured): same formulas, but each of the 128 threads keeps its (at most
+// FOCAL_ITEMS) channels of z and t in registers instead of shared memory. All of a thread's
+// loads are issued before any is used (FOCAL_ITEMS independent loads in flight per thread, where
+// the shared-memory version has one), no dynamic shared memory limits how many blocks share an
+// SM, and the three sums of pass 2 share one block reduction (2 barrier rounds per pixel instead
+// of 4). Global traffic is the same minimum. Preconditions: S <= 128 * FOCAL_ITEMS = 4096;
+// blockDim.x = 128; grid = N*h*w blocks.
+#define FOCAL_ITEMS 32
+
+__device__ __forceinline__ void block_sum3(float& a, float& b, float& c, float* scratch) {
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    a = warp_sum(a); b = warp_sum(b); c = warp_sum(c);
+    __syncthreads();
+    if (lane == 0) { scratch[wid] = a; scratch[32 + wid] = b; scratch[64 + wid] = c; }
+    __syncthreads();
+    a = warp_sum(lane < nw ? scratch[lane] : 0.0f);
+    b = warp_sum(lane < nw ? scratch[32 + lane] : 0.0f);
+    c = warp_sum(lane < nw ? scratch[64 + lane] : 0.0f);
+}
+
+template <typename T, typename U>
+__device__ void focal_loss_regs(const T* z, const U* t, const float* weights, T* dz,
+                                float* pixel_loss, u32 s, u32 pixels_per_image, float gamma,
+                                float inv_total) {
+    __shared__ float scratch[96];
+    u64 pix = blockIdx.x;
+    u64 base = pix * s;
+    float zr[FOCAL_ITEMS], tr[FOCAL_ITEMS];
+    float m = -MPM_FLT_MAX;
+#pragma unroll
+    for (int k = 0; k < FOCAL_ITEMS; ++k) {
+        u32 j = threadIdx.x + k * 128u;
+        bool in = j < s;
+        zr[k] = in ? to_f32(z[base + j]) : -MPM_FLT_MAX;
+        tr[k] = in ? to_f32(t[base + j]) : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < FOCAL_ITEMS; ++k) m = fmaxf(m, zr[k]);
+    float bm = block_max(m, scratch);
+    float se = 0.0f, tz = 0.0f, tsum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < FOCAL_ITEMS; ++k) {
+        u32 j = threadIdx.x + k * 128u;
+        if (j < s) {
+            float d = zr[k] - bm;
+            tz += tr[k] * d;
+            tsum += tr[k];
+            float e = expf(d);
+            zr[k] = e;
+            se += e;
+        }
+    }
+    block_sum3(se, tz, tsum, scratch);
+    float l = tsum * logf(se) - tz;
+    float wn = weights[pix / pixels_per_image];
+    float p = expf(-l), q = 1.0f - p;
+    float qg = powf(q, gamma);
+    float f = qg * l;
+    float dfdl = qg + gamma * powf(q, gamma - 1.0f) * p * l;
+    float sc = wn * dfdl * inv_total;
+    float inv_se = 1.0f / se;
+    if (threadIdx.x == 0) pixel_loss[pix] = wn * f;
+#pragma unroll
+    for (int k = 0; k < FOCAL_ITEMS; ++k) {
+        u32 j = threadIdx.x + k * 128u;
+        if (j < s) store(&dz[base + j], sc * (zr[k] * inv_se * tsum - tr[k]));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) focal_loss_regs_f32(const float* z, const float* t, const float* weights, float* dz, float* pixel_loss, u32 s, u32 ppi, float gamma, float inv_total) {
+    focal_loss_regs(z, t, weights, dz, pixel_loss, s, ppi, gamma, inv_total);
+}
+extern "C" __global__ void __launch_bounds__(128) focal_loss_regs_bf16(const bf16_t* z, const bf16_t* t, const float* weights, bf16_t* dz, float* pixel_loss, u32 s, u32 ppi, float gamma, float inv_total) {
+    focal_loss_regs(z, t, weights, dz, pixel_loss, s, ppi, gamma, inv_total);
+}

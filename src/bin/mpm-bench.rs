@@ -142,19 +142,32 @@ fn kernels(d: Device, a: &Args) -> mpm::Result<()> {
             t * 1e3
         );
     };
-    for dt in [DType::F32, DType::Bf16] {
-        let z = rand(&[b, 28, 28, s], 2).to_device_as(d, dt)?;
-        let tt = Tensor::full(&[b, 28, 28, s], 1.0 / s as f32).to_device_as(d, dt)?;
-        let w = vec![1.0f32; b];
-        let t = time(d, a.repeats, || {
-            cu::focal_loss(&z, &tt, &w, 28 * 28, s, 2.0).map(|_| ())
-        })?;
-        report(
-            &format!("focal loss 28x28 {dt:?}"),
-            (b * 28 * 28 * s * 3 * dt.size()) as f64,
-            t,
-        );
+    // Both focal-loss kernels (shared-memory rows, the default; register-staged rows, the
+    // candidate), then back to what the environment chose for the end-to-end figures.
+    let focal_default = cu::focal_impl();
+    for (imp, tag) in [
+        (cu::FocalImpl::Shared, "smem"),
+        (cu::FocalImpl::Registers, "regs"),
+    ] {
+        if imp == cu::FocalImpl::Registers && s > cu::FOCAL_REGS_MAX_S {
+            continue;
+        }
+        cu::set_focal_impl(imp);
+        for dt in [DType::F32, DType::Bf16] {
+            let z = rand(&[b, 28, 28, s], 2).to_device_as(d, dt)?;
+            let tt = Tensor::full(&[b, 28, 28, s], 1.0 / s as f32).to_device_as(d, dt)?;
+            let w = vec![1.0f32; b];
+            let t = time(d, a.repeats, || {
+                cu::focal_loss(&z, &tt, &w, 28 * 28, s, 2.0).map(|_| ())
+            })?;
+            report(
+                &format!("focal {tag} 28x28 {dt:?}"),
+                (b * 28 * 28 * s * 3 * dt.size()) as f64,
+                t,
+            );
+        }
     }
+    cu::set_focal_impl(focal_default);
     let img = [b, a.size, a.size, 3];
     let x = rand(&img, 3).to_device(d)?;
     let x0 = rand(&img, 4).to_device(d)?;

@@ -433,6 +433,42 @@ pub fn soft_cross_entropy(z: &Tensor, t: &Tensor, cols: usize) -> Result<(f32, T
 
 // ---------------------------------------------------------------- focal_loss.cu
 
+/// The focal-loss kernels of kernels/focal_loss.cu: `Shared` stages each pixel's row in shared
+/// memory (the default, measured on the H200); `Registers` keeps it in registers (S <= 4096; a
+/// candidate until mpm-bench has timed it on a GPU). Chosen process-wide by
+/// `set_focal_impl` or the environment variable `MPM_FOCAL_KERNEL=shared|registers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FocalImpl {
+    Shared,
+    Registers,
+}
+
+/// Largest S the register-staged kernel takes (128 threads x FOCAL_ITEMS).
+pub const FOCAL_REGS_MAX_S: usize = 128 * 32;
+
+static FOCAL_IMPL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Forces the focal-loss kernel for this process (tests, mpm-bench).
+pub fn set_focal_impl(i: FocalImpl) {
+    let v = match i {
+        FocalImpl::Shared => 1,
+        FocalImpl::Registers => 2,
+    };
+    FOCAL_IMPL.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The focal-loss kernel in use (the environment decides until `set_focal_impl` is called).
+pub fn focal_impl() -> FocalImpl {
+    match FOCAL_IMPL.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => FocalImpl::Shared,
+        2 => FocalImpl::Registers,
+        _ => match std::env::var("MPM_FOCAL_KERNEL").as_deref() {
+            Ok("registers") => FocalImpl::Registers,
+            _ => FocalImpl::Shared,
+        },
+    }
+}
+
 /// Focal loss over NHWC logits `z` (pixels, S) with soft targets `t`, per-image `weights`.
 /// Returns the mean loss and `dz` (scaled by the weights and 1/(N*h*w)).
 pub fn focal_loss(
@@ -452,7 +488,8 @@ pub fn focal_loss(
     let dz = empty(g, zs.len, zs.dtype)?;
     let pl = empty(g, pixels, DType::F32)?;
     let inv_total = 1.0 / (weights.len() * ppi) as f32;
-    let shared = (2 * s * 4) as u32;
+    let regs = focal_impl() == FocalImpl::Registers && s <= FOCAL_REGS_MAX_S;
+    let shared = if regs { 0 } else { (2 * s * 4) as u32 };
     if shared > 227 * 1024 {
         return Err(dev_err(
             "focal_loss",
@@ -461,7 +498,11 @@ pub fn focal_loss(
             ),
         ));
     }
-    let sym = format!("focal_loss_{}", zs.dtype.suffix());
+    let sym = format!(
+        "focal_loss_{}{}",
+        if regs { "regs_" } else { "" },
+        zs.dtype.suffix()
+    );
     run(
         g,
         &sym,
