@@ -4,9 +4,10 @@
 //                     with one s x s window of every channel moved to the eps-ball's faces;
 //   copy_rows:        dst[dst_row] = src[src_row] for a list of row pairs (keeping improved
 //                     candidates, best points, resets);
-//   apgd_linf_step:   APGD's l-inf step with momentum and both projections.
+//   apgd_linf_step, apgd_l2_step: APGD's step with momentum and both projections.
 // Rows are images in the model's input layout (H, W, C), f32. Arithmetic is exactly the host
-// reference's (`attack::resident` CPU twins), so results match the CPU bit for bit.
+// reference's (`attack::resident` CPU twins), so results match the CPU bit for bit (the l2
+// step's f64 norm sums excepted: same precision, another order).
 #include "common.cuh"
 
 // Square l-inf candidates. cand (NA, H, W, C) from best (N, H, W, C) and the clean x (N, H, W, C):
@@ -73,5 +74,57 @@ extern "C" __global__ void apgd_linf_step_f32(float* out, const float* xa, const
                             __fmul_rn(mom, __fsub_rn(1.0f, a)));
         v = fminf(fmaxf(v, lo), hi);
         out[i] = fminf(fmaxf(v, 0.0f), 1.0f);
+    }
+}
+
+// APGD l2 step with momentum a, one block (1024 threads) per row (row n, d values):
+//   gn = ||g||_2 + 1e-12;  z1 = P(xa + step[n] g / gn);  out = P(xa + (z1 - xa) a + (xa - xo)(1 - a))
+// with P(v) = clip01(x0 + (v - x0) min(eps, ||v - x0||) / (||v - x0|| + 1e-12)) (project_l2).
+// Norms are f64 sums of f64 squares, as on the CPU (only the order of the f64 sum differs, so
+// the f32 norms agree with the CPU's except at a rounding boundary); element arithmetic is
+// rounded per operation as there. Passes: ||g|| (reads g), ||z1 - x0|| (reads xa, g, x0),
+// ||z2 - x0|| (reads xa, xo, g, x0), write (same reads): z1 and z2 are recomputed, not stored.
+// Traffic ~ 13 floats read + 1 written per element, from L2 when a row fits there.
+__device__ __forceinline__ float apgd_l2_z1(float xa, float g, float st, float gn, float x0,
+                                            float s1) {
+    float z = __fadd_rn(xa, __fdiv_rn(__fmul_rn(st, g), gn));
+    if (s1 < 0.0f) return z;   // before the projection's scale is known
+    return fminf(fmaxf(__fadd_rn(x0, __fmul_rn(__fsub_rn(z, x0), s1)), 0.0f), 1.0f);
+}
+
+extern "C" __global__ void __launch_bounds__(1024) apgd_l2_step_f32(float* out, const float* xa,
+        const float* xo, const float* g, const float* x0, const float* step, float eps, float a,
+        u32 d) {
+    __shared__ double scratch[32];
+    u64 b = (u64)blockIdx.x * d;
+    float st = step[blockIdx.x];
+    double acc = 0.0;
+    for (u32 j = threadIdx.x; j < d; j += blockDim.x) { double v = g[b + j]; acc += v * v; }
+    float gn = __fadd_rn(__double2float_rn(sqrt(block_sum_d(acc, scratch))), 1e-12f);
+    acc = 0.0;
+    for (u32 j = threadIdx.x; j < d; j += blockDim.x) {
+        double v = __fsub_rn(apgd_l2_z1(xa[b + j], g[b + j], st, gn, x0[b + j], -1.0f), x0[b + j]);
+        acc += v * v;
+    }
+    float n1 = __double2float_rn(sqrt(block_sum_d(acc, scratch)));
+    float s1 = __fdiv_rn(fminf(eps, n1), __fadd_rn(n1, 1e-12f));
+    float am = __fsub_rn(1.0f, a);
+    acc = 0.0;
+    for (u32 j = threadIdx.x; j < d; j += blockDim.x) {
+        float x = xa[b + j];
+        float z1 = apgd_l2_z1(x, g[b + j], st, gn, x0[b + j], s1);
+        float z2 = __fadd_rn(__fadd_rn(x, __fmul_rn(__fsub_rn(z1, x), a)),
+                             __fmul_rn(__fsub_rn(x, xo[b + j]), am));
+        double v = __fsub_rn(z2, x0[b + j]);
+        acc += v * v;
+    }
+    float n2 = __double2float_rn(sqrt(block_sum_d(acc, scratch)));
+    float s2 = __fdiv_rn(fminf(eps, n2), __fadd_rn(n2, 1e-12f));
+    for (u32 j = threadIdx.x; j < d; j += blockDim.x) {
+        float x = xa[b + j], c = x0[b + j];
+        float z1 = apgd_l2_z1(x, g[b + j], st, gn, c, s1);
+        float z2 = __fadd_rn(__fadd_rn(x, __fmul_rn(__fsub_rn(z1, x), a)),
+                             __fmul_rn(__fsub_rn(x, xo[b + j]), am));
+        out[b + j] = fminf(fmaxf(__fadd_rn(c, __fmul_rn(__fsub_rn(z2, c), s2)), 0.0f), 1.0f);
     }
 }

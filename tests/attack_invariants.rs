@@ -463,20 +463,25 @@ fn square_linf_with_resident_iterates_gives_the_host_loop_results() {
 }
 
 #[test]
-fn apgd_linf_with_resident_iterates_gives_the_host_loop_results() {
+fn apgd_with_resident_iterates_gives_the_host_loop_results() {
     use mpm::attack::apgd::{Apgd, ApgdConfig};
     let mut m = tiny();
     let n = 5;
     let x = images(n, 13);
     let y = predictions(&mut m, &x);
     let ids: Vec<u64> = (90..90 + n as u64).collect();
-    for targeted in [false, true] {
+    for (norm, eps, targeted) in [
+        (Norm::Linf, 1.0 / 255.0, false),
+        (Norm::Linf, 1.0 / 255.0, true),
+        (Norm::L2, 0.1, false),
+        (Norm::L2, 0.1, true),
+    ] {
         let mut out = Vec::new();
         for resident in [false, true] {
             let mut cfg = if targeted {
-                ApgdConfig::standard_t(Norm::Linf, 1.0 / 255.0, 4)
+                ApgdConfig::standard_t(norm, eps, 4)
             } else {
-                ApgdConfig::standard_ce(Norm::Linf, 1.0 / 255.0, 4)
+                ApgdConfig::standard_ce(norm, eps, 4)
             };
             cfg.n_iter = 30; // checkpoints at iterations 6, 11, 15, ...: resets happen
             cfg.n_target_classes = 3;
@@ -492,12 +497,12 @@ fn apgd_linf_with_resident_iterates_gives_the_host_loop_results() {
             );
         }
         assert_same_outcome(
-            &format!("apgd l-inf, targeted {targeted}"),
+            &format!("apgd {norm}, targeted {targeted}"),
             &out[0],
             &out[1],
         );
         let fooled = out[1].1.iter().filter(|f| **f).count();
-        eprintln!("targeted {targeted}: fooled {fooled}/{n}");
+        eprintln!("{norm} targeted {targeted}: fooled {fooled}/{n}");
         assert!(
             0 < fooled && fooled < n,
             "targeted {targeted}: fooled {fooled}/{n}"

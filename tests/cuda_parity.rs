@@ -486,7 +486,7 @@ fn pgd_step_kernels() {
 #[test]
 fn attack_row_kernels() {
     use mpm::attack::resident::{
-        apgd_linf_step, copy_rows, square_linf_candidates, SquareProposals,
+        apgd_l2_step, apgd_linf_step, copy_rows, square_linf_candidates, SquareProposals,
     };
     let Some((dev, _lock)) = gpu() else { return };
     let shape = [5, 11, 9, 3];
@@ -544,8 +544,27 @@ fn attack_row_kernels() {
         want.data(),
         "apgd_linf_step"
     );
+    // The l2 step: f64 norm sums in another order, so equal up to the f32 rounding of a norm.
+    let want = apgd_l2_step(&best, &old, &grad, &x, &steps, 0.5, 0.75).unwrap();
+    let got = apgd_l2_step(
+        &bg,
+        &old.to_device(dev).unwrap(),
+        &grad.to_device(dev).unwrap(),
+        &xg,
+        &steps,
+        0.5,
+        0.75,
+    )
+    .unwrap();
+    assert!(got.is_cuda());
+    assert_close(
+        "apgd_l2_step",
+        &got.to_device(Device::Cpu).unwrap(),
+        &want,
+        1e-6,
+    );
     println!(
-        "attack rows: square candidates, copy_rows and the APGD step bit-identical to the CPU"
+        "attack rows: square candidates, copy_rows and the APGD l-inf step bit-identical to the CPU"
     );
 }
 

@@ -11,7 +11,7 @@
 
 use super::model::{argmax, batch_loss, Classifier, Dims, LossKind};
 use super::norms::{l0_dist, l1_projection, project_l2, Norm};
-use super::resident::{apgd_linf_step, copy_rows};
+use super::resident::{apgd_step, copy_rows};
 use super::rng::{normal, sample_rng, uniform, SampleRng};
 use super::schedule::RunGroups;
 use crate::tensor::Tensor;
@@ -37,9 +37,9 @@ pub struct ApgdConfig {
     /// passes; results do not depend on it. 0 or anything below the batch: one run at a time,
     /// as the reference does.
     pub pass_batch: usize,
-    /// l-inf: keep the iterates, the best points and the gradients in the model's input
+    /// l-inf and l2: keep the iterates, the best points and the gradients in the model's input
     /// tensors (on its device; `attack::resident`), so a pass moves only logits and per-sample
-    /// step sizes. Same results as the host loop (false), which l2 / l1 use.
+    /// step sizes. Same results as the host loop (false), which l1 uses.
     pub resident: bool,
 }
 
@@ -342,8 +342,8 @@ impl Apgd<'_> {
         eps: f32,
         n_iter: usize,
     ) -> Result<Run> {
-        if self.cfg.norm == Norm::Linf && self.cfg.resident {
-            return self.single_run_linf_resident(xs, ys, targets, dims, init, eps, n_iter);
+        if self.cfg.norm != Norm::L1 && self.cfg.resident {
+            return self.single_run_resident(xs, ys, targets, dims, init, eps, n_iter);
         }
         let d = dims.len();
         let n = ys.len();
@@ -516,12 +516,13 @@ impl Apgd<'_> {
         })
     }
 
-    /// `single_run` for l-inf with its state in the model's input tensors: per iteration the
-    /// step is one op on the device, only logits come back, and best points, fooled points
-    /// and checkpoint resets move as row copies there. The per-sample decisions (losses,
-    /// checkpoints, step sizes) and every rounding are the host loop's, so the run is too.
+    /// `single_run` for l-inf and l2 with its state in the model's input tensors: per
+    /// iteration the step is one op on the device, only logits come back, and best points,
+    /// fooled points and checkpoint resets move as row copies there. The per-sample decisions
+    /// (losses, checkpoints, step sizes) and the step's arithmetic are the host loop's, so on
+    /// the CPU the run is too (on a GPU the l2 norms' f64 sums run in another order).
     #[allow(clippy::too_many_arguments)]
-    fn single_run_linf_resident(
+    fn single_run_resident(
         &mut self,
         xs: &[f32],
         ys: &[usize],
@@ -534,6 +535,7 @@ impl Apgd<'_> {
         let n = ys.len();
         let k_cls = self.model.num_classes();
         let kind = self.cfg.loss;
+        let norm = self.cfg.norm;
         let n0 = self.cfg.n_iter;
         let n_iter_2 = ((0.22 * n0 as f64) as usize).max(1);
         let n_iter_min = ((0.06 * n0 as f64) as usize).max(1);
@@ -569,7 +571,7 @@ impl Apgd<'_> {
 
         for i in 0..n_iter {
             let a = if i > 0 { 0.75f32 } else { 1.0 };
-            let x_new = apgd_linf_step(&x_adv, &x_adv_old, &grad, &x0, &step, eps, a)?;
+            let x_new = apgd_step(norm, &x_adv, &x_adv_old, &grad, &x0, &step, eps, a)?;
             x_adv_old = std::mem::replace(&mut x_adv, x_new);
 
             let (logits, loss, g) = grad_at(&mut *self.model, &x_adv)?;

@@ -2,9 +2,10 @@
 //! input tensors (NHWC, on the model's device: `Classifier::input_tensor`) updates them here,
 //! so a GPU pass moves only per-sample scalars (window positions, signs, row lists) over PCIe
 //! instead of the whole batch. Each op has a CPU twin below with the same arithmetic; the GPU
-//! versions are `cuda::ops::{square_linf_candidates, copy_rows, apgd_linf_step}`
+//! versions are `cuda::ops::{square_linf_candidates, copy_rows, apgd_linf_step, apgd_l2_step}`
 //! (kernels/attack_rows.cu).
 
+use super::norms::{project_l2, Norm};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -134,6 +135,84 @@ pub fn copy_rows(dst: &Tensor, src: &Tensor, pairs: &[u32]) -> Result<Tensor> {
     Ok(out)
 }
 
+/// APGD's step with momentum `a` for `norm` (l-inf or l2; row `j` uses `step[j]`), the step
+/// of `Apgd`'s host loop: see [`apgd_linf_step`] and [`apgd_l2_step`].
+#[allow(clippy::too_many_arguments)]
+pub fn apgd_step(
+    norm: Norm,
+    x_adv: &Tensor,
+    x_old: &Tensor,
+    grad: &Tensor,
+    x0: &Tensor,
+    step: &[f32],
+    eps: f32,
+    a: f32,
+) -> Result<Tensor> {
+    match norm {
+        Norm::Linf => apgd_linf_step(x_adv, x_old, grad, x0, step, eps, a),
+        Norm::L2 => apgd_l2_step(x_adv, x_old, grad, x0, step, eps, a),
+        Norm::L1 => Err(Error::Msg(
+            "apgd_step: the l1 step (top-k, l1-ball projection) runs on the host".into(),
+        )),
+    }
+}
+
+fn check_step_args(
+    op: &'static str,
+    x_adv: &Tensor,
+    others: [&Tensor; 3],
+    steps: usize,
+) -> Result<usize> {
+    let (n, ..) = nhwc(op, x_adv)?;
+    if others.iter().any(|t| t.shape() != x_adv.shape()) || steps != n {
+        return Err(Error::shape(
+            op,
+            format!(
+                "x {:?}, x_old / grad / x0 {:?}, {steps} step sizes",
+                x_adv.shape(),
+                others.map(|t| t.shape().to_vec())
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+/// APGD's l2 step with momentum `a` (row `j` uses `step[j]`):
+/// `z1 = P(x + step g / (||g|| + 1e-12))`, then `P(x + (z1 - x) a + (x - x_old)(1 - a))`, with
+/// `P` the projection onto the eps-ball around `x0` and the box (`norms::project_l2`).
+#[allow(clippy::too_many_arguments)]
+pub fn apgd_l2_step(
+    x_adv: &Tensor,
+    x_old: &Tensor,
+    grad: &Tensor,
+    x0: &Tensor,
+    step: &[f32],
+    eps: f32,
+    a: f32,
+) -> Result<Tensor> {
+    let n = check_step_args("apgd_l2_step", x_adv, [x_old, grad, x0], step.len())?;
+    if x_adv.is_cuda() {
+        return crate::cuda::ops::apgd_l2_step(x_adv, x_old, grad, x0, step, eps, a);
+    }
+    let d = x_adv.numel() / n.max(1);
+    let (xa, xo, g, x0) = (x_adv.data(), x_old.data(), grad.data(), x0.data());
+    let mut out = vec![0f32; xa.len()];
+    out.par_chunks_mut(d.max(1))
+        .enumerate()
+        .for_each(|(j, row)| {
+            let r = j * d..(j + 1) * d;
+            let (xa, xo, g, x0) = (&xa[r.clone()], &xo[r.clone()], &g[r.clone()], &x0[r]);
+            let gn = Norm::L2.of(g) + 1e-12;
+            let mut z1: Vec<f32> = (0..d).map(|t| xa[t] + step[j] * g[t] / gn).collect();
+            project_l2(&mut z1, x0, eps);
+            for t in 0..d {
+                row[t] = xa[t] + (z1[t] - xa[t]) * a + (xa[t] - xo[t]) * (1.0 - a);
+            }
+            project_l2(row, x0, eps);
+        });
+    Tensor::from_vec(x_adv.shape(), out)
+}
+
 /// APGD's l-inf step with momentum `a`, per element (row `j` uses `step[j]`):
 /// `z1 = clip01(clip(x + step sign(g), x0 - eps, x0 + eps))`, then
 /// `clip01(clip(x + (z1 - x) a + (x - x_old)(1 - a), x0 - eps, x0 + eps))`.
@@ -147,21 +226,7 @@ pub fn apgd_linf_step(
     eps: f32,
     a: f32,
 ) -> Result<Tensor> {
-    let op = "apgd_linf_step";
-    let (n, ..) = nhwc(op, x_adv)?;
-    if [x_old, grad, x0].iter().any(|t| t.shape() != x_adv.shape()) || step.len() != n {
-        return Err(Error::shape(
-            op,
-            format!(
-                "x {:?}, x_old {:?}, grad {:?}, x0 {:?}, {} step sizes",
-                x_adv.shape(),
-                x_old.shape(),
-                grad.shape(),
-                x0.shape(),
-                step.len()
-            ),
-        ));
-    }
+    let n = check_step_args("apgd_linf_step", x_adv, [x_old, grad, x0], step.len())?;
     if x_adv.is_cuda() {
         return crate::cuda::ops::apgd_linf_step(x_adv, x_old, grad, x0, step, eps, a);
     }

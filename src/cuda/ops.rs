@@ -1394,6 +1394,60 @@ pub fn copy_rows(dst: &Tensor, src: &Tensor, pairs: &[u32]) -> Result<Tensor> {
     Ok(Tensor::from_cuda(dst.shape(), out))
 }
 
+/// The f32 device pointers of APGD's step inputs (all on `x_adv`'s GPU), or an error.
+fn apgd_inputs(op: &str, ts: [&Tensor; 4]) -> Result<(Arc<Gpu>, [u64; 4])> {
+    let g = st(op, ts[0])?.gpu().clone();
+    let mut ptrs = [0u64; 4];
+    for (p, t) in ptrs.iter_mut().zip(ts) {
+        let s = st(op, t)?;
+        if s.dtype != DType::F32 || !Arc::ptr_eq(s.gpu(), &g) {
+            return Err(dev_err(op, "every batch must be f32 on the same GPU"));
+        }
+        *p = s.ptr();
+    }
+    Ok((g, ptrs))
+}
+
+/// APGD's l2 step with momentum `a` on GPU f32 batches (N, H, W, C), one block per row: the
+/// GPU twin of `attack::resident::apgd_l2_step` (f64 norm sums, per-operation rounding).
+#[allow(clippy::too_many_arguments)]
+pub fn apgd_l2_step(
+    x_adv: &Tensor,
+    x_old: &Tensor,
+    grad: &Tensor,
+    x0: &Tensor,
+    step: &[f32],
+    eps: f32,
+    a: f32,
+) -> Result<Tensor> {
+    let (g, p) = apgd_inputs("apgd_l2_step", [x_adv, x_old, grad, x0])?;
+    let n = step.len();
+    let total = x_adv.numel();
+    let d = total / n.max(1);
+    let sv = g.upload(step)?;
+    let y = empty(&g, total, DType::F32)?;
+    if total > 0 {
+        run(
+            &g,
+            "apgd_l2_step_f32",
+            (n as u32, 1, 1),
+            1024,
+            0,
+            Args::new()
+                .push(y.ptr())
+                .push(p[0])
+                .push(p[1])
+                .push(p[2])
+                .push(p[3])
+                .push(sv.ptr())
+                .push(eps)
+                .push(a)
+                .push(d as u32),
+        )?;
+    }
+    Ok(Tensor::from_cuda(x_adv.shape(), y))
+}
+
 /// APGD's l-inf step with momentum `a` on GPU f32 batches (N, H, W, C): the GPU twin of
 /// `attack::resident::apgd_linf_step` (same rounding, no FMA).
 #[allow(clippy::too_many_arguments)]
@@ -1406,19 +1460,9 @@ pub fn apgd_linf_step(
     eps: f32,
     a: f32,
 ) -> Result<Tensor> {
-    let op = "apgd_linf_step";
-    let xs = st(op, x_adv)?;
-    let g = xs.gpu().clone();
-    let mut ptrs = Vec::new();
-    for t in [x_adv, x_old, grad, x0] {
-        let s = st(op, t)?;
-        if s.dtype != DType::F32 || !Arc::ptr_eq(s.gpu(), &g) {
-            return Err(dev_err(op, "every batch must be f32 on the same GPU"));
-        }
-        ptrs.push(s.ptr());
-    }
+    let (g, ptrs) = apgd_inputs("apgd_linf_step", [x_adv, x_old, grad, x0])?;
     let n = step.len();
-    let total = xs.len;
+    let total = x_adv.numel();
     let d = total / n.max(1);
     let sv = g.upload(step)?;
     let y = empty(&g, total, DType::F32)?;
