@@ -6,6 +6,9 @@
 #   scripts/device-check.sh gpu       # on the GPU machine (no Rust there), from the repo root:
 #                                     # runs the GPU tests, then the benchmarks, saving all
 #                                     # output under $OUT (default device-out/results)
+#   scripts/device-check.sh attack-build / attack   # the GPU AutoAttack comparison (see below)
+#   scripts/device-check.sh all       # gpu, then attack when attack-build was run: one call,
+#                                     # one machine start (carry device-out/bin, device-out/aa)
 #
 # GPU side: cuBLAS 13 and cuDNN 9 come from python's site-packages (nvidia/cublas/lib,
 # nvidia/cudnn/lib, nvidia/cu13/lib); they are put on LD_LIBRARY_PATH. Never touches the
@@ -133,10 +136,24 @@ attack() {
   tail -n 30 "$out/attack.txt"
 }
 
+# Everything in one call (one machine start): the GPU tests and benchmarks, then the attack
+# comparison when `attack-build` has put the demo model and the reference there. With a
+# 600 s per-call limit, e.g.
+#   T_PARITY=120 T_TRAIN=40 T_BF16=150 T_F32=0 T_ENGINE=80 T_REF=90 AA_N=256 scripts/device-check.sh all
+all() {
+  gpu
+  if [ -f device-out/aa/weights.safetensors ] && [ -x "$BIN/mpm-attack" ]; then
+    attack
+  else
+    echo "attack comparison skipped: run attack-build here first" | tee -a "${OUT:-device-out/results}/summary.txt"
+  fi
+}
+
 case "${1:-}" in
   build) build ;;
+  all) all ;;
   gpu) gpu ;;
   attack-build) attack_build ;;
   attack) attack ;;
-  *) echo "usage: $0 build|gpu|attack-build|attack" >&2; exit 2 ;;
+  *) echo "usage: $0 build|gpu|attack-build|attack|all" >&2; exit 2 ;;
 esac
