@@ -263,9 +263,11 @@ pub fn project(norm: Norm, adv: &mut [f32], x: &[f32], eps: f32) {
 /// Pulls a returned example strictly inside the ball as f32 arithmetic measures it, so that
 /// an external checker computing `|adv - x|` in f32 (PyTorch) finds `<= eps` with no
 /// tolerance: l-inf coordinates at `eps` plus one ulp move one ulp back towards `x`; an l2 or
-/// l1 perturbation longer than `eps (1 - 1e-6)` is scaled onto it (then clamped to the box,
-/// which only shortens it).
+/// l1 perturbation longer than `eps (1 - 1e-6)` is scaled onto it. Every coordinate is first
+/// clamped to the box [0, 1] (an attack's f32 arithmetic can leave it by a rounding error; with
+/// `x` in the box, clamping only shortens the perturbation).
 pub fn tighten(norm: Norm, eps: f32, adv: &mut [f32], x: &[f32]) {
+    adv.iter_mut().for_each(|a| *a = a.clamp(0.0, 1.0));
     match norm {
         Norm::Linf => {
             for (a, &xi) in adv.iter_mut().zip(x) {
@@ -309,6 +311,21 @@ pub fn l0_dist(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tighten_puts_rounding_spill_back_in_the_box() {
+        let x = [0.0f32, 1.0, 0.5, 0.0];
+        for norm in [Norm::Linf, Norm::L2, Norm::L1] {
+            let mut adv = [-1e-8f32, 1.000_000_1, 0.52, 0.01];
+            tighten(norm, 0.1, &mut adv, &x);
+            assert!(
+                adv.iter().all(|v| (0.0..=1.0).contains(v)),
+                "{norm}: {adv:?}"
+            );
+            assert!(norm.dist(&adv, &x) <= 0.1, "{norm}");
+            assert_eq!(adv[2], 0.52, "{norm}: coordinates in the box stay");
+        }
+    }
 
     #[test]
     fn l1_projection_lands_in_ball_and_box() {

@@ -8,12 +8,15 @@
 //! Differences from the reference, on purpose: each sample draws its own window positions
 //! and profiles from its own random stream (the reference shares them across a batch), so a
 //! sample's result does not depend on its batch. The distribution per sample is the same.
+//! l1 points are clamped to [0, 1] after the projection (the f32 sum of the f64 projection
+//! can miss the box by a rounding error; the reference leaves those points outside).
 
 use super::model::{margin, Classifier, Dims};
 use super::norms::{l1_projection, Norm};
 use super::resident::{copy_rows, square_linf_candidates, SquareProposals};
 use super::rng::{below, sample_rng, sign, uniform, SampleRng};
 use crate::Result;
+use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
 pub struct SquareConfig {
@@ -128,6 +131,135 @@ fn accept(m: f32, loss_min: &mut f32, margin_min: &mut f32) -> bool {
     taken
 }
 
+/// One Square candidate for one sample (NCHW row `out`), drawing from its stream: l-inf, one
+/// s x s window of every channel moved to a face of the eps-ball; l2 / l1, the reference's
+/// window profile moved between two windows and the perturbation rescaled onto the sphere
+/// (l2) or projected onto the l1 ball + box (l1). `raw`: the window side before the per-norm
+/// bounds.
+#[allow(clippy::too_many_arguments)]
+fn candidate(
+    norm: Norm,
+    eps: f32,
+    raw: usize,
+    dims: Dims,
+    xj: &[f32],
+    xb: &[f32],
+    rng: &mut SampleRng,
+    out: &mut [f32],
+) {
+    let (c, h, w, d) = (dims.c, dims.h, dims.w, dims.len());
+    match norm {
+        Norm::Linf => {
+            let s = raw.max(1).min(h.min(w));
+            let win = Win {
+                vh: below(rng, h - s),
+                vw: below(rng, w - s),
+                s,
+            };
+            out.copy_from_slice(xb);
+            for ch in 0..c {
+                let v = 2.0 * eps * sign(rng);
+                for r in win.vh..win.vh + s {
+                    for q in win.vw..win.vw + s {
+                        let i = (ch * h + r) * w + q;
+                        out[i] = (xb[i] + v)
+                            .max(xj[i] - eps)
+                            .min(xj[i] + eps)
+                            .clamp(0.0, 1.0);
+                    }
+                }
+            }
+        }
+        Norm::L2 | Norm::L1 => {
+            let mut s = raw.max(3);
+            if s % 2 == 0 {
+                s += 1;
+            }
+            let s = s.min(h.min(w));
+            let w1 = Win {
+                vh: below(rng, h - s),
+                vw: below(rng, w - s),
+                s,
+            };
+            let w2 = Win {
+                vh: below(rng, h - s),
+                vw: below(rng, w - s),
+                s,
+            };
+            let mut delta: Vec<f32> = xb.iter().zip(xj).map(|(a, b)| a - b).collect();
+            let l1 = norm == Norm::L1;
+            let ni = norm.of(&delta);
+            let e = eta(norm, s, rng);
+            let mut new = vec![0f32; c * s * s];
+            // The windows' bounding box, in raster order: the sums add the same terms in the
+            // same order as a scan of the whole image would.
+            let (r0, r1) = (w1.vh.min(w2.vh), w1.vh.max(w2.vh) + s);
+            let (q0, q1) = (w1.vw.min(w2.vw), w1.vw.max(w2.vw) + s);
+            for ch in 0..c {
+                let sg = sign(rng);
+                let (mut nw1, mut nws) = (0f32, 0f32);
+                for r in r0..r1 {
+                    for q in q0..q1 {
+                        let v = delta[(ch * h + r) * w + q];
+                        let m = if l1 { v.abs() } else { v * v };
+                        if w1.contains(r, q) {
+                            nw1 += m;
+                        }
+                        if w1.contains(r, q) || w2.contains(r, q) {
+                            nws += m;
+                        }
+                    }
+                }
+                if !l1 {
+                    nw1 = nw1.sqrt();
+                    nws = nws.sqrt();
+                }
+                let nd = &mut new[ch * s * s..(ch + 1) * s * s];
+                for r in 0..s {
+                    for q in 0..s {
+                        let old = delta[(ch * h + w1.vh + r) * w + w1.vw + q];
+                        nd[r * s + q] = e[r * s + q] * sg + old / (1e-12 + nw1);
+                    }
+                }
+                let scale = if l1 {
+                    let t = Norm::L1.of(nd);
+                    ((eps - ni).max(0.0) / c as f32 + nws) * c as f32 / (1e-12 + t)
+                } else {
+                    let t = Norm::L2.of(nd);
+                    ((eps * eps - ni * ni).max(0.0) / c as f32 + nws * nws).sqrt() / (1e-12 + t)
+                };
+                nd.iter_mut().for_each(|v| *v *= scale);
+            }
+            for ch in 0..c {
+                for r in 0..s {
+                    for q in 0..s {
+                        delta[(ch * h + w2.vh + r) * w + w2.vw + q] = 0.0;
+                    }
+                }
+                for r in 0..s {
+                    for q in 0..s {
+                        delta[(ch * h + w1.vh + r) * w + w1.vw + q] = new[(ch * s + r) * s + q];
+                    }
+                }
+            }
+            if l1 {
+                // The projection keeps x + delta + r in the box in f64; the f32 sum can land a
+                // rounding error outside it (the reference leaves it there). Clamping only
+                // shortens the perturbation and keeps the example valid.
+                let pr = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
+                for i in 0..d {
+                    out[i] = (xj[i] + delta[i] + pr[i]).clamp(0.0, 1.0);
+                }
+            } else {
+                let t = Norm::L2.of(&delta) + 1e-12;
+                for i in 0..d {
+                    out[i] = (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0);
+                }
+            }
+        }
+    }
+}
+
 pub struct Square<'m> {
     pub cfg: SquareConfig,
     pub model: &'m mut dyn Classifier,
@@ -224,7 +356,7 @@ impl Square<'_> {
                     } else {
                         let r = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
                         for i in 0..d {
-                            out[i] = xj[i] + delta[i] + r[i];
+                            out[i] = (xj[i] + delta[i] + r[i]).clamp(0.0, 1.0);
                         }
                     }
                 }
@@ -251,118 +383,21 @@ impl Square<'_> {
                     break;
                 }
                 let raw = self.raw_side(it, dims);
-                let mut cand = Vec::with_capacity(active.len() * d);
-                for &j in &active {
-                    let rng = &mut rngs[j];
-                    let xj = &x[j * d..(j + 1) * d];
-                    let xb = &x_best[j * d..(j + 1) * d];
-                    match norm {
-                        Norm::Linf => {
-                            let s = raw.max(1).min(h.min(w));
-                            let win = Win {
-                                vh: below(rng, h - s),
-                                vw: below(rng, w - s),
-                                s,
-                            };
-                            let start = cand.len();
-                            cand.extend_from_slice(xb);
-                            let xn = &mut cand[start..];
-                            for ch in 0..c {
-                                let v = 2.0 * eps * sign(rng);
-                                for r in win.vh..win.vh + s {
-                                    for q in win.vw..win.vw + s {
-                                        let i = (ch * h + r) * w + q;
-                                        xn[i] = (xb[i] + v)
-                                            .max(xj[i] - eps)
-                                            .min(xj[i] + eps)
-                                            .clamp(0.0, 1.0);
-                                    }
-                                }
-                            }
-                        }
-                        Norm::L2 | Norm::L1 => {
-                            let mut s = raw.max(3);
-                            if s % 2 == 0 {
-                                s += 1;
-                            }
-                            let s = s.min(h.min(w));
-                            let w1 = Win {
-                                vh: below(rng, h - s),
-                                vw: below(rng, w - s),
-                                s,
-                            };
-                            let w2 = Win {
-                                vh: below(rng, h - s),
-                                vw: below(rng, w - s),
-                                s,
-                            };
-                            let mut delta: Vec<f32> =
-                                xb.iter().zip(xj).map(|(a, b)| a - b).collect();
-                            let l1 = norm == Norm::L1;
-                            let ni = norm.of(&delta);
-                            let e = eta(norm, s, rng);
-                            let mut new = vec![0f32; c * s * s];
-                            for ch in 0..c {
-                                let sg = sign(rng);
-                                let (mut nw1, mut nws) = (0f32, 0f32);
-                                for r in 0..h {
-                                    for q in 0..w {
-                                        let v = delta[(ch * h + r) * w + q];
-                                        let m = if l1 { v.abs() } else { v * v };
-                                        if w1.contains(r, q) {
-                                            nw1 += m;
-                                        }
-                                        if w1.contains(r, q) || w2.contains(r, q) {
-                                            nws += m;
-                                        }
-                                    }
-                                }
-                                if !l1 {
-                                    nw1 = nw1.sqrt();
-                                    nws = nws.sqrt();
-                                }
-                                let nd = &mut new[ch * s * s..(ch + 1) * s * s];
-                                for r in 0..s {
-                                    for q in 0..s {
-                                        let old = delta[(ch * h + w1.vh + r) * w + w1.vw + q];
-                                        nd[r * s + q] = e[r * s + q] * sg + old / (1e-12 + nw1);
-                                    }
-                                }
-                                let scale = if l1 {
-                                    let t = Norm::L1.of(nd);
-                                    ((eps - ni).max(0.0) / c as f32 + nws) * c as f32 / (1e-12 + t)
-                                } else {
-                                    let t = Norm::L2.of(nd);
-                                    ((eps * eps - ni * ni).max(0.0) / c as f32 + nws * nws).sqrt()
-                                        / (1e-12 + t)
-                                };
-                                nd.iter_mut().for_each(|v| *v *= scale);
-                            }
-                            for ch in 0..c {
-                                for r in 0..s {
-                                    for q in 0..s {
-                                        delta[(ch * h + w2.vh + r) * w + w2.vw + q] = 0.0;
-                                    }
-                                }
-                                for r in 0..s {
-                                    for q in 0..s {
-                                        delta[(ch * h + w1.vh + r) * w + w1.vw + q] =
-                                            new[(ch * s + r) * s + q];
-                                    }
-                                }
-                            }
-                            if l1 {
-                                let pr = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
-                                cand.extend((0..d).map(|i| xj[i] + delta[i] + pr[i]));
-                            } else {
-                                let t = Norm::L2.of(&delta) + 1e-12;
-                                cand.extend(
-                                    (0..d).map(|i| (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0)),
-                                );
-                            }
-                        }
-                    }
-                }
+                // Per sample (own random stream), in parallel: at 224 px an l2/l1 candidate
+                // is O(H W C) of host work (O(d log d) for l1's projection).
+                let mut cand = vec![0f32; active.len() * d];
+                let mut streams: Vec<(usize, &mut SampleRng)> = rngs
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(j, _)| margin_min[*j] > 0.0)
+                    .collect();
+                let (xr, xbr) = (x, &x_best);
+                cand.par_chunks_mut(d)
+                    .zip(streams.par_iter_mut())
+                    .for_each(|(out, (j, rng))| {
+                        let r = *j * d..(*j + 1) * d;
+                        candidate(norm, eps, raw, dims, &xr[r.clone()], &xbr[r], rng, out);
+                    });
                 let z = self.model.logits(&cand, dims)?;
                 for (a, &j) in active.iter().enumerate() {
                     let m = margin(&z[a * k..(a + 1) * k], y[j]);
@@ -449,6 +484,43 @@ impl Square<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// l1 candidates are `x + delta + r` with `r` from the f64 projection; the f32 sum used to
+    /// miss the box by a rounding error, so such claims failed verification and their samples
+    /// were counted robust. Long windows of mass near saturated pixels, many draws: every
+    /// candidate must lie in [0, 1] and within eps.
+    #[test]
+    fn l1_candidates_stay_in_the_box() {
+        let dims = Dims { c: 3, h: 32, w: 32 };
+        let d = dims.len();
+        let mut rng = sample_rng(1, 2, 3);
+        let xj: Vec<f32> = (0..d)
+            .map(|_| {
+                let u = uniform(&mut rng);
+                if u < 0.3 {
+                    0.0
+                } else if u > 0.7 {
+                    1.0
+                } else {
+                    u
+                }
+            })
+            .collect();
+        let eps = 60.0;
+        let mut xb = xj.clone();
+        let mut out = vec![0f32; d];
+        let mut outside = 0;
+        for it in 0..300 {
+            let raw = ((p_selection(0.8, it) * (d / 3) as f32) as f64)
+                .sqrt()
+                .round() as usize;
+            candidate(Norm::L1, eps, raw, dims, &xj, &xb, &mut rng, &mut out);
+            outside += out.iter().filter(|v| !(0.0..=1.0).contains(*v)).count();
+            assert!(Norm::L1.dist(&out, &xj) <= eps * (1.0 + 1e-5));
+            xb.copy_from_slice(&out);
+        }
+        assert_eq!(outside, 0, "coordinates outside [0, 1]");
+    }
 
     #[test]
     fn p_schedule_matches_reference_breakpoints() {
