@@ -19,6 +19,18 @@
 // the launcher raises the limit above that); blockDim.x = 128; grid = N*h*w blocks.
 #include "common.cuh"
 
+// Per pixel, from its soft-target cross-entropy l and image weight wn: writes the weighted
+// focal loss wn (1-p)^gamma l (thread 0) and returns the gradient scale wn df/dl / (N*h*w),
+// df/dl = (1-p)^gamma + gamma (1-p)^(gamma-1) p l, p = exp(-l).
+__device__ __forceinline__ float focal_pixel(float l, float wn, float gamma, float inv_total,
+                                             float* pixel_loss) {
+    float p = expf(-l), q = 1.0f - p;
+    float qg = powf(q, gamma);
+    float dfdl = qg + gamma * powf(q, gamma - 1.0f) * p * l;
+    if (threadIdx.x == 0) *pixel_loss = wn * (qg * l);
+    return wn * dfdl * inv_total;
+}
+
 template <typename T, typename U>
 __device__ void focal_loss_fwd_bwd(const T* z, const U* t, const float* weights, T* dz,
                                    float* pixel_loss, u32 s, u32 pixels_per_image, float gamma,
@@ -51,15 +63,9 @@ __device__ void focal_loss_fwd_bwd(const T* z, const U* t, const float* weights,
     }
     se = block_sum(se, scratch);
     tz = block_sum(tz, scratch);
-    float l = tsum * logf(se) - tz;
-    float wn = weights[pix / pixels_per_image];
-    float p = expf(-l), q = 1.0f - p;
-    float qg = powf(q, gamma);
-    float f = qg * l;
-    float dfdl = qg + gamma * powf(q, gamma - 1.0f) * p * l;
-    float sc = wn * dfdl * inv_total;
+    float sc = focal_pixel(tsum * logf(se) - tz, weights[pix / pixels_per_image], gamma,
+                           inv_total, pixel_loss + pix);
     float inv_se = 1.0f / se;
-    if (threadIdx.x == 0) pixel_loss[pix] = wn * f;
     // Pass 3: gradient, one global write.
     for (u32 j = threadIdx.x; j < s; j += blockDim.x)
         store(&dz[base + j], sc * (zs[j] * inv_se * tsum - ts[j]));
@@ -126,15 +132,9 @@ __device__ void focal_loss_regs(const T* z, const U* t, const float* weights, T*
         }
     }
     block_sum3(se, tz, tsum, scratch);
-    float l = tsum * logf(se) - tz;
-    float wn = weights[pix / pixels_per_image];
-    float p = expf(-l), q = 1.0f - p;
-    float qg = powf(q, gamma);
-    float f = qg * l;
-    float dfdl = qg + gamma * powf(q, gamma - 1.0f) * p * l;
-    float sc = wn * dfdl * inv_total;
+    float sc = focal_pixel(tsum * logf(se) - tz, weights[pix / pixels_per_image], gamma,
+                           inv_total, pixel_loss + pix);
     float inv_se = 1.0f / se;
-    if (threadIdx.x == 0) pixel_loss[pix] = wn * f;
 #pragma unroll
     for (int k = 0; k < FOCAL_ITEMS; ++k) {
         u32 j = threadIdx.x + k * 128u;

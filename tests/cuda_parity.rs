@@ -485,9 +485,8 @@ fn pgd_step_kernels() {
 /// (same arithmetic, no reductions), including windows at the image border.
 #[test]
 fn attack_row_kernels() {
-    use mpm::attack::resident::{
-        apgd_l2_step, apgd_linf_step, copy_rows, square_linf_candidates, SquareProposals,
-    };
+    use mpm::attack::resident::{apgd_step, copy_rows, square_linf_candidates, SquareProposals};
+    use mpm::attack::Norm;
     let Some((dev, _lock)) = gpu() else { return };
     let shape = [5, 11, 9, 3];
     let x = rand_tensor(&shape, 23, 0.0, 1.0);
@@ -527,8 +526,9 @@ fn attack_row_kernels() {
     gv.iter_mut().step_by(7).for_each(|v| *v = 0.0);
     let grad = Tensor::from_vec(&shape, gv).unwrap();
     let steps = [0.01f32, 0.03, 0.0, 0.02, 0.05];
-    let want = apgd_linf_step(&best, &old, &grad, &x, &steps, eps, 0.75).unwrap();
-    let got = apgd_linf_step(
+    let want = apgd_step(Norm::Linf, &best, &old, &grad, &x, &steps, eps, 0.75).unwrap();
+    let got = apgd_step(
+        Norm::Linf,
         &bg,
         &old.to_device(dev).unwrap(),
         &grad.to_device(dev).unwrap(),
@@ -545,8 +545,9 @@ fn attack_row_kernels() {
         "apgd_linf_step"
     );
     // The l2 step: f64 norm sums in another order, so equal up to the f32 rounding of a norm.
-    let want = apgd_l2_step(&best, &old, &grad, &x, &steps, 0.5, 0.75).unwrap();
-    let got = apgd_l2_step(
+    let want = apgd_step(Norm::L2, &best, &old, &grad, &x, &steps, 0.5, 0.75).unwrap();
+    let got = apgd_step(
+        Norm::L2,
         &bg,
         &old.to_device(dev).unwrap(),
         &grad.to_device(dev).unwrap(),

@@ -2,7 +2,7 @@
 //! input tensors (NHWC, on the model's device: `Classifier::input_tensor`) updates them here,
 //! so a GPU pass moves only per-sample scalars (window positions, signs, row lists) over PCIe
 //! instead of the whole batch. Each op has a CPU twin below with the same arithmetic; the GPU
-//! versions are `cuda::ops::{square_linf_candidates, copy_rows, apgd_linf_step, apgd_l2_step}`
+//! versions are `cuda::ops::{square_linf_candidates, copy_rows, apgd_step}`
 //! (kernels/attack_rows.cu).
 
 use super::norms::{project_l2, Norm};
@@ -135,8 +135,13 @@ pub fn copy_rows(dst: &Tensor, src: &Tensor, pairs: &[u32]) -> Result<Tensor> {
     Ok(out)
 }
 
-/// APGD's step with momentum `a` for `norm` (l-inf or l2; row `j` uses `step[j]`), the step
-/// of `Apgd`'s host loop: see [`apgd_linf_step`] and [`apgd_l2_step`].
+/// APGD's step with momentum `a` for `norm` (l-inf or l2), the step of `Apgd`'s host loop;
+/// row `j` uses `step[j]`:
+/// - l-inf, per element: `z1 = clip01(clip(x + step sign(g), x0 - eps, x0 + eps))`, then
+///   `clip01(clip(x + (z1 - x) a + (x - x_old)(1 - a), x0 - eps, x0 + eps))`;
+/// - l2, per row: `z1 = P(x + step g / (||g|| + 1e-12))`, then
+///   `P(x + (z1 - x) a + (x - x_old)(1 - a))`, `P` the projection onto the eps-ball around
+///   `x0` and the box (`norms::project_l2`).
 #[allow(clippy::too_many_arguments)]
 pub fn apgd_step(
     norm: Norm,
@@ -148,51 +153,28 @@ pub fn apgd_step(
     eps: f32,
     a: f32,
 ) -> Result<Tensor> {
-    match norm {
-        Norm::Linf => apgd_linf_step(x_adv, x_old, grad, x0, step, eps, a),
-        Norm::L2 => apgd_l2_step(x_adv, x_old, grad, x0, step, eps, a),
-        Norm::L1 => Err(Error::Msg(
-            "apgd_step: the l1 step (top-k, l1-ball projection) runs on the host".into(),
-        )),
+    let op = "apgd_step";
+    if norm == Norm::L1 {
+        return Err(Error::Msg(format!(
+            "{op}: the l1 step (top-k, l1-ball projection) runs on the host"
+        )));
     }
-}
-
-fn check_step_args(
-    op: &'static str,
-    x_adv: &Tensor,
-    others: [&Tensor; 3],
-    steps: usize,
-) -> Result<usize> {
     let (n, ..) = nhwc(op, x_adv)?;
-    if others.iter().any(|t| t.shape() != x_adv.shape()) || steps != n {
+    if [x_old, grad, x0].iter().any(|t| t.shape() != x_adv.shape()) || step.len() != n {
         return Err(Error::shape(
             op,
             format!(
-                "x {:?}, x_old / grad / x0 {:?}, {steps} step sizes",
+                "x {:?}, x_old {:?}, grad {:?}, x0 {:?}, {} step sizes",
                 x_adv.shape(),
-                others.map(|t| t.shape().to_vec())
+                x_old.shape(),
+                grad.shape(),
+                x0.shape(),
+                step.len()
             ),
         ));
     }
-    Ok(n)
-}
-
-/// APGD's l2 step with momentum `a` (row `j` uses `step[j]`):
-/// `z1 = P(x + step g / (||g|| + 1e-12))`, then `P(x + (z1 - x) a + (x - x_old)(1 - a))`, with
-/// `P` the projection onto the eps-ball around `x0` and the box (`norms::project_l2`).
-#[allow(clippy::too_many_arguments)]
-pub fn apgd_l2_step(
-    x_adv: &Tensor,
-    x_old: &Tensor,
-    grad: &Tensor,
-    x0: &Tensor,
-    step: &[f32],
-    eps: f32,
-    a: f32,
-) -> Result<Tensor> {
-    let n = check_step_args("apgd_l2_step", x_adv, [x_old, grad, x0], step.len())?;
     if x_adv.is_cuda() {
-        return crate::cuda::ops::apgd_l2_step(x_adv, x_old, grad, x0, step, eps, a);
+        return crate::cuda::ops::apgd_step(norm == Norm::L2, x_adv, x_old, grad, x0, step, eps, a);
     }
     let d = x_adv.numel() / n.max(1);
     let (xa, xo, g, x0) = (x_adv.data(), x_old.data(), grad.data(), x0.data());
@@ -202,53 +184,28 @@ pub fn apgd_l2_step(
         .for_each(|(j, row)| {
             let r = j * d..(j + 1) * d;
             let (xa, xo, g, x0) = (&xa[r.clone()], &xo[r.clone()], &g[r.clone()], &x0[r]);
-            let gn = Norm::L2.of(g) + 1e-12;
-            let mut z1: Vec<f32> = (0..d).map(|t| xa[t] + step[j] * g[t] / gn).collect();
-            project_l2(&mut z1, x0, eps);
-            for t in 0..d {
-                row[t] = xa[t] + (z1[t] - xa[t]) * a + (xa[t] - xo[t]) * (1.0 - a);
+            if norm == Norm::L2 {
+                let gn = Norm::L2.of(g) + 1e-12;
+                let mut z1: Vec<f32> = (0..d).map(|t| xa[t] + step[j] * g[t] / gn).collect();
+                project_l2(&mut z1, x0, eps);
+                for t in 0..d {
+                    row[t] = xa[t] + (z1[t] - xa[t]) * a + (xa[t] - xo[t]) * (1.0 - a);
+                }
+                project_l2(row, x0, eps);
+                return;
             }
-            project_l2(row, x0, eps);
-        });
-    Tensor::from_vec(x_adv.shape(), out)
-}
-
-/// APGD's l-inf step with momentum `a`, per element (row `j` uses `step[j]`):
-/// `z1 = clip01(clip(x + step sign(g), x0 - eps, x0 + eps))`, then
-/// `clip01(clip(x + (z1 - x) a + (x - x_old)(1 - a), x0 - eps, x0 + eps))`.
-#[allow(clippy::too_many_arguments)]
-pub fn apgd_linf_step(
-    x_adv: &Tensor,
-    x_old: &Tensor,
-    grad: &Tensor,
-    x0: &Tensor,
-    step: &[f32],
-    eps: f32,
-    a: f32,
-) -> Result<Tensor> {
-    let n = check_step_args("apgd_linf_step", x_adv, [x_old, grad, x0], step.len())?;
-    if x_adv.is_cuda() {
-        return crate::cuda::ops::apgd_linf_step(x_adv, x_old, grad, x0, step, eps, a);
-    }
-    let d = x_adv.numel() / n.max(1);
-    let (xa, xo, g, x0) = (x_adv.data(), x_old.data(), grad.data(), x0.data());
-    let mut out = vec![0f32; xa.len()];
-    out.par_chunks_mut(d.max(1))
-        .enumerate()
-        .for_each(|(j, row)| {
             for (t, o) in row.iter_mut().enumerate() {
-                let i = j * d + t;
-                let (lo, hi) = (x0[i] - eps, x0[i] + eps);
-                let sg = if g[i] > 0.0 {
+                let (lo, hi) = (x0[t] - eps, x0[t] + eps);
+                let sg = if g[t] > 0.0 {
                     1.0
-                } else if g[i] < 0.0 {
+                } else if g[t] < 0.0 {
                     -1.0
                 } else {
                     0.0
                 };
-                let z1 = (xa[i] + step[j] * sg).max(lo).min(hi).clamp(0.0, 1.0);
-                let mom = xa[i] - xo[i];
-                *o = (xa[i] + (z1 - xa[i]) * a + mom * (1.0 - a))
+                let z1 = (xa[t] + step[j] * sg).max(lo).min(hi).clamp(0.0, 1.0);
+                let mom = xa[t] - xo[t];
+                *o = (xa[t] + (z1 - xa[t]) * a + mom * (1.0 - a))
                     .max(lo)
                     .min(hi)
                     .clamp(0.0, 1.0);

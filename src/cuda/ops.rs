@@ -1408,10 +1408,12 @@ fn apgd_inputs(op: &str, ts: [&Tensor; 4]) -> Result<(Arc<Gpu>, [u64; 4])> {
     Ok((g, ptrs))
 }
 
-/// APGD's l2 step with momentum `a` on GPU f32 batches (N, H, W, C), one block per row: the
-/// GPU twin of `attack::resident::apgd_l2_step` (f64 norm sums, per-operation rounding).
+/// APGD's step with momentum `a` on GPU f32 batches (N, H, W, C), the GPU twin of
+/// `attack::resident::apgd_step`: l-inf one thread per element (same rounding as the CPU, no
+/// FMA), l2 (`l2`) one block of 1024 threads per row (f64 norm sums like the CPU's).
 #[allow(clippy::too_many_arguments)]
-pub fn apgd_l2_step(
+pub fn apgd_step(
+    l2: bool,
     x_adv: &Tensor,
     x_old: &Tensor,
     grad: &Tensor,
@@ -1420,69 +1422,28 @@ pub fn apgd_l2_step(
     eps: f32,
     a: f32,
 ) -> Result<Tensor> {
-    let (g, p) = apgd_inputs("apgd_l2_step", [x_adv, x_old, grad, x0])?;
+    let (g, p) = apgd_inputs("apgd_step", [x_adv, x_old, grad, x0])?;
     let n = step.len();
     let total = x_adv.numel();
     let d = total / n.max(1);
     let sv = g.upload(step)?;
     let y = empty(&g, total, DType::F32)?;
     if total > 0 {
-        run(
-            &g,
-            "apgd_l2_step_f32",
-            (n as u32, 1, 1),
-            1024,
-            0,
-            Args::new()
-                .push(y.ptr())
-                .push(p[0])
-                .push(p[1])
-                .push(p[2])
-                .push(p[3])
-                .push(sv.ptr())
-                .push(eps)
-                .push(a)
-                .push(d as u32),
-        )?;
-    }
-    Ok(Tensor::from_cuda(x_adv.shape(), y))
-}
-
-/// APGD's l-inf step with momentum `a` on GPU f32 batches (N, H, W, C): the GPU twin of
-/// `attack::resident::apgd_linf_step` (same rounding, no FMA).
-#[allow(clippy::too_many_arguments)]
-pub fn apgd_linf_step(
-    x_adv: &Tensor,
-    x_old: &Tensor,
-    grad: &Tensor,
-    x0: &Tensor,
-    step: &[f32],
-    eps: f32,
-    a: f32,
-) -> Result<Tensor> {
-    let (g, ptrs) = apgd_inputs("apgd_linf_step", [x_adv, x_old, grad, x0])?;
-    let n = step.len();
-    let total = x_adv.numel();
-    let d = total / n.max(1);
-    let sv = g.upload(step)?;
-    let y = empty(&g, total, DType::F32)?;
-    if total > 0 {
-        run1(
-            &g,
-            "apgd_linf_step_f32",
-            total,
-            Args::new()
-                .push(y.ptr())
-                .push(ptrs[0])
-                .push(ptrs[1])
-                .push(ptrs[2])
-                .push(ptrs[3])
-                .push(sv.ptr())
-                .push(eps)
-                .push(a)
-                .push(d as u32)
-                .push(total as u64),
-        )?;
+        let args = Args::new()
+            .push(y.ptr())
+            .push(p[0])
+            .push(p[1])
+            .push(p[2])
+            .push(p[3])
+            .push(sv.ptr())
+            .push(eps)
+            .push(a)
+            .push(d as u32);
+        if l2 {
+            run(&g, "apgd_l2_step_f32", (n as u32, 1, 1), 1024, 0, args)?;
+        } else {
+            run1(&g, "apgd_linf_step_f32", total, args.push(total as u64))?;
+        }
     }
     Ok(Tensor::from_cuda(x_adv.shape(), y))
 }
