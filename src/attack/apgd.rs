@@ -81,41 +81,78 @@ fn sgn(v: f32) -> f32 {
     }
 }
 
-/// APGD's checkpoint (l-inf, l2) after iteration `i`, with `k` iterations since the last one:
-/// a sample resets (back to its best point, step halved) when its loss rose in at most
-/// `rho * k` of those steps (`check_oscillation`) or its best loss did not improve since the
-/// last checkpoint while that one did not reset it either. `loss_steps[t][j]`: loss of sample
-/// `j` after iteration `t`; index -1 wraps to the last, not yet written (zero) row, as in the
-/// reference's first checkpoint. Updates the per-sample checkpoint state and step sizes.
-#[allow(clippy::too_many_arguments)]
-fn checkpoint_resets(
-    loss_steps: &[Vec<f32>],
-    i: usize,
+/// APGD's checkpoint schedule and per-sample checkpoint memory. Periods come from the
+/// configured iteration count `n0` (the reference sets them in its constructor): the first
+/// checkpoint after 22% of the iterations, then every max(previous - 3%, 6%) (l-inf, l2);
+/// l1 uses a fixed period of 4% of this stage's iterations.
+struct Checkpoints {
+    /// Iterations between checkpoints now, and since the last one.
     k: usize,
-    rho: f32,
-    loss_best: &[f32],
-    loss_best_last_check: &mut [f32],
-    reduced_last_check: &mut [bool],
-    step: &mut [f32],
-) -> Vec<bool> {
-    let n_iter = loss_steps.len() as isize;
-    let at = |t: isize, j: usize| loss_steps[(if t < 0 { n_iter + t } else { t }) as usize][j];
-    (0..loss_best.len())
-        .map(|j| {
-            let rises = (0..k as isize)
-                .filter(|&c| at(i as isize - c, j) > at(i as isize - c - 1, j))
-                .count();
-            let osc = (rises as f32) <= k as f32 * rho;
-            let no_impr = !reduced_last_check[j] && loss_best_last_check[j] >= loss_best[j];
-            let reset = osc || no_impr;
-            reduced_last_check[j] = reset;
-            loss_best_last_check[j] = loss_best[j];
-            if reset {
-                step[j] /= 2.0;
-            }
-            reset
-        })
-        .collect()
+    since: usize,
+    size_decr: usize,
+    k_min: usize,
+    loss_best_last: Vec<f32>,
+    reduced_last: Vec<bool>,
+}
+
+impl Checkpoints {
+    fn new(n0: usize, loss_best: &[f32]) -> Self {
+        let frac = |f: f64| ((f * n0 as f64) as usize).max(1);
+        Checkpoints {
+            k: frac(0.22),
+            since: 0,
+            size_decr: frac(0.03),
+            k_min: frac(0.06),
+            loss_best_last: loss_best.to_vec(),
+            reduced_last: vec![true; loss_best.len()],
+        }
+    }
+
+    /// Counts one iteration; true when it ends a period (a checkpoint is due).
+    fn due(&mut self) -> bool {
+        self.since += 1;
+        let due = self.since == self.k;
+        if due {
+            self.since = 0;
+        }
+        due
+    }
+
+    /// The l-inf / l2 checkpoint after iteration `i`: a sample resets (back to its best
+    /// point, step halved) when its loss rose in at most `rho * k` of the last `k` steps
+    /// (`check_oscillation`) or its best loss did not improve since the last checkpoint while
+    /// that one did not reset it either. `loss_steps[t][j]`: loss of sample `j` after
+    /// iteration `t`; index -1 wraps to the last, not yet written (zero) row, as in the
+    /// reference's first checkpoint. Then the period shrinks.
+    fn resets(
+        &mut self,
+        loss_steps: &[Vec<f32>],
+        i: usize,
+        rho: f32,
+        loss_best: &[f32],
+        step: &mut [f32],
+    ) -> Vec<bool> {
+        let (k, n_iter) = (self.k, loss_steps.len() as isize);
+        let at = |t: isize, j: usize| loss_steps[(if t < 0 { n_iter + t } else { t }) as usize][j];
+        let reset: Vec<bool> = (0..loss_best.len())
+            .map(|j| {
+                let rises = (0..k as isize)
+                    .filter(|&c| at(i as isize - c, j) > at(i as isize - c - 1, j))
+                    .count();
+                let osc = (rises as f32) <= k as f32 * rho;
+                let no_impr = !self.reduced_last[j] && self.loss_best_last[j] >= loss_best[j];
+                let reset = osc || no_impr;
+                self.reduced_last[j] = reset;
+                self.loss_best_last[j] = loss_best[j];
+                if reset {
+                    step[j] /= 2.0;
+                }
+                reset
+            })
+            .collect();
+        self.k = self.k.saturating_sub(self.size_decr).max(self.k_min);
+        reset
+    }
 }
 
 /// Result of one run on a sub-batch.
@@ -349,12 +386,6 @@ impl Apgd<'_> {
         let n = ys.len();
         let k_cls = self.model.num_classes();
         let norm = self.cfg.norm;
-        // Checkpoint parameters come from the configured iteration count (the reference sets
-        // them in its constructor), the l1 period from this stage's.
-        let n0 = self.cfg.n_iter;
-        let n_iter_2 = ((0.22 * n0 as f64) as usize).max(1);
-        let n_iter_min = ((0.06 * n0 as f64) as usize).max(1);
-        let size_decr = ((0.03 * n0 as f64) as usize).max(1);
 
         let mut x_adv: Vec<f32> = init.into_iter().map(|v| v.clamp(0.0, 1.0)).collect();
         let mut x_best = x_adv.clone();
@@ -370,7 +401,7 @@ impl Apgd<'_> {
         let alpha = if norm == Norm::L1 { 1.0 } else { 2.0 };
         let mut step = vec![alpha * eps; n];
         let mut x_adv_old = x_adv.clone();
-        let mut k = n_iter_2;
+        let mut checkpoints = Checkpoints::new(self.cfg.n_iter, &loss_best);
         let n_fts = d as f32;
         let (mut topk, mut sp_old) = if norm == Norm::L1 {
             if given_init {
@@ -385,11 +416,8 @@ impl Apgd<'_> {
             (Vec::new(), Vec::new())
         };
         if norm == Norm::L1 {
-            k = ((0.04 * n_iter as f64) as usize).max(1);
+            checkpoints.k = ((0.04 * n_iter as f64) as usize).max(1);
         }
-        let mut counter3 = 0;
-        let mut loss_best_last_check = loss_best.clone();
-        let mut reduced_last_check = vec![true; n];
 
         for i in 0..n_iter {
             // Gradient step with momentum.
@@ -469,21 +497,10 @@ impl Apgd<'_> {
                 }
             }
 
-            counter3 += 1;
-            if counter3 == k {
+            if checkpoints.due() {
                 let mut reset = vec![false; n];
                 if norm != Norm::L1 {
-                    reset = checkpoint_resets(
-                        &loss_steps,
-                        i,
-                        k,
-                        self.cfg.rho,
-                        &loss_best,
-                        &mut loss_best_last_check,
-                        &mut reduced_last_check,
-                        &mut step,
-                    );
-                    k = k.saturating_sub(size_decr).max(n_iter_min);
+                    reset = checkpoints.resets(&loss_steps, i, self.cfg.rho, &loss_best, &mut step);
                 } else {
                     for j in 0..n {
                         let sp_curr = l0_dist(&x_best[j * d..(j + 1) * d], &xs[j * d..(j + 1) * d]);
@@ -506,7 +523,6 @@ impl Apgd<'_> {
                         grad[r.clone()].copy_from_slice(&grad_best[r]);
                     }
                 }
-                counter3 = 0;
             }
         }
         Ok(Run {
@@ -536,10 +552,6 @@ impl Apgd<'_> {
         let k_cls = self.model.num_classes();
         let kind = self.cfg.loss;
         let norm = self.cfg.norm;
-        let n0 = self.cfg.n_iter;
-        let n_iter_2 = ((0.22 * n0 as f64) as usize).max(1);
-        let n_iter_min = ((0.06 * n0 as f64) as usize).max(1);
-        let size_decr = ((0.03 * n0 as f64) as usize).max(1);
 
         let x0 = self.model.input_tensor(xs, dims)?;
         let start: Vec<f32> = init.into_iter().map(|v| v.clamp(0.0, 1.0)).collect();
@@ -564,10 +576,7 @@ impl Apgd<'_> {
         let mut loss_best = loss0;
         let mut step = vec![2.0 * eps; n];
         let mut x_adv_old = x_adv.clone();
-        let mut k = n_iter_2;
-        let mut counter3 = 0;
-        let mut loss_best_last_check = loss_best.clone();
-        let mut reduced_last_check = vec![true; n];
+        let mut checkpoints = Checkpoints::new(self.cfg.n_iter, &loss_best);
 
         for i in 0..n_iter {
             let a = if i > 0 { 0.75f32 } else { 1.0 };
@@ -593,26 +602,14 @@ impl Apgd<'_> {
             x_best = copy_rows(&x_best, &x_adv, &improved_rows)?;
             grad_best = copy_rows(&grad_best, &grad, &improved_rows)?;
 
-            counter3 += 1;
-            if counter3 == k {
-                let reset = checkpoint_resets(
-                    &loss_steps,
-                    i,
-                    k,
-                    self.cfg.rho,
-                    &loss_best,
-                    &mut loss_best_last_check,
-                    &mut reduced_last_check,
-                    &mut step,
-                );
+            if checkpoints.due() {
+                let reset = checkpoints.resets(&loss_steps, i, self.cfg.rho, &loss_best, &mut step);
                 let reset_rows: Vec<u32> = (0..n as u32)
                     .filter(|&j| reset[j as usize])
                     .flat_map(|j| [j, j])
                     .collect();
-                k = k.saturating_sub(size_decr).max(n_iter_min);
                 x_adv = copy_rows(&x_adv, &x_best, &reset_rows)?;
                 grad = copy_rows(&grad, &grad_best, &reset_rows)?;
-                counter3 = 0;
             }
         }
         Ok(Run {
