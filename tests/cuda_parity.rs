@@ -436,49 +436,171 @@ fn pgd_ref(x: &[f32], x0: &[f32], g: &[f32], eps: &[f32], step: &[f32], l2: bool
     out
 }
 
+/// CPU reference of the APGD-L1 sparse step and its l1-ball-with-box projection: tau the
+/// rank-`floor((1 - k) d)` smallest |g| (by sorting), lambda by bisection in f64 to the last
+/// bit of f32 (the kernels search a bracket in f32 and stop 1e-5 of eps inside the ball).
+fn pgd_l1_ref(x: &[f32], x0: &[f32], g: &[f32], eps: &[f32], step: &[f32], k: f32) -> Vec<f32> {
+    let d = x.len() / eps.len();
+    let mut out = vec![0.0; x.len()];
+    for n in 0..eps.len() {
+        let r = n * d..(n + 1) * d;
+        let mut mags: Vec<f32> = g[r.clone()].iter().map(|v| v.abs()).collect();
+        mags.sort_by(f32::total_cmp);
+        let rank = (((1.0 - k) * d as f32) as i64).clamp(0, d as i64 - 1) as usize;
+        let tau = mags[rank];
+        let u: Vec<f32> = g[r.clone()]
+            .iter()
+            .map(|&v| {
+                if v.abs() >= tau {
+                    v.signum() * (v != 0.0) as i32 as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let cnt = u.iter().filter(|v| **v != 0.0).count() as f32;
+        let st = step[n] / (cnt + 1e-10);
+        let v: Vec<f32> = r
+            .clone()
+            .zip(&u)
+            .map(|(i, ui)| x[i] + st * ui - x0[i])
+            .collect();
+        let room = |vi: f32, c: f32| if vi > 0.0 { 1.0 - c } else { c } as f64;
+        let s = |lam: f64| -> f64 {
+            r.clone()
+                .zip(&v)
+                .map(|(i, &vi)| (vi.abs() as f64 - lam).max(0.0).min(room(vi, x0[i])))
+                .sum()
+        };
+        let e = eps[n] as f64;
+        let mut lambda = 0.0;
+        if s(0.0) > e {
+            let (mut lo, mut hi) = (0.0, v.iter().fold(0f64, |m, vi| m.max(vi.abs() as f64)));
+            for _ in 0..200 {
+                let mid = 0.5 * (lo + hi);
+                if s(mid) > e {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lambda = hi;
+        }
+        for (i, &vi) in r.zip(&v) {
+            let a = ((vi.abs() as f64 - lambda).max(0.0).min(room(vi, x0[i]))) as f32;
+            out[i] = (x0[i] + if vi > 0.0 { a } else { -a }).clamp(0.0, 1.0);
+        }
+    }
+    out
+}
+
+/// The l1 reference itself (runs without a GPU): a step far outside the ball lands on its
+/// surface (to f32 summation error) inside the box; one inside the ball is left as it is.
+#[test]
+fn pgd_l1_reference_projects_onto_the_ball() {
+    let shape = [2, 16, 16, 3];
+    let x0 = rand_tensor(&shape, 7, 0.0, 1.0);
+    let x = rand_tensor(&shape, 8, 0.0, 1.0);
+    let g = rand_tensor(&shape, 9, -1.0, 1.0);
+    let d = x.numel() / 2;
+    let out = pgd_l1_ref(
+        x.data(),
+        x0.data(),
+        g.data(),
+        &[3.0, 1e4],
+        &[1.0, 1.0],
+        0.05,
+    );
+    let l1 = |n: usize| -> f64 {
+        (n * d..(n + 1) * d)
+            .map(|i| (out[i] - x0.data()[i]).abs() as f64)
+            .sum()
+    };
+    assert!(
+        (l1(0) - 3.0).abs() < 1e-4,
+        "cut sample: ||delta||_1 = {}",
+        l1(0)
+    );
+    assert!(out.iter().all(|v| (0.0..=1.0).contains(v)));
+    // Sample 1: budget larger than any point of the box, so only the clamp acts.
+    let moved = (d..2 * d)
+        .filter(|&i| (out[i] - x.data()[i]).abs() > 1e-6)
+        .count();
+    assert!(
+        moved > 0 && moved <= d / 20 + 1,
+        "{moved} coordinates moved"
+    );
+}
+
+/// The projected step kernels against their CPU references, on small images (one block per
+/// sample) and on images large enough for the sm_90 cluster kernels (both implementations).
 #[test]
 fn pgd_step_kernels() {
     let Some((dev, _lock)) = gpu() else { return };
-    let shape = [3, 8, 8, 3];
-    let x0 = rand_tensor(&shape, 19, 0.0, 1.0);
-    let x = rand_tensor(&shape, 20, 0.0, 1.0);
-    let g = rand_tensor(&shape, 21, -1.0, 1.0);
-    let eps = [4.0 / 255.0, 8.0 / 255.0, 0.5];
-    let step = [2.0 / 255.0, 4.0 / 255.0, 0.25];
-    let xg = x.to_device(dev).unwrap();
-    for (name, norm, l2) in [("linf", cu::Norm::Linf, false), ("l2", cu::Norm::L2, true)] {
-        let got = cu::pgd_step(&xg, &x0, &g, &eps, &step, norm).unwrap();
-        let want = Tensor::from_vec(
-            &shape,
-            pgd_ref(x.data(), x0.data(), g.data(), &eps, &step, l2),
-        )
-        .unwrap();
-        assert_close(
-            &format!("pgd {name}"),
-            &got.to_device(Device::Cpu).unwrap(),
-            &want,
-            F32_VAL,
-        );
+    for (shape, seed) in [([3, 8, 8, 3], 19), ([3, 128, 128, 3], 40)] {
+        let x0 = rand_tensor(&shape, seed, 0.0, 1.0);
+        let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
+        let g = rand_tensor(&shape, seed + 2, -1.0, 1.0);
+        let xg = x.to_device(dev).unwrap();
+        let d = x.numel() / 3;
+        for imp in [cu::PgdImpl::Cluster, cu::PgdImpl::Block] {
+            cu::set_pgd_impl(imp);
+            let tag = format!("{shape:?} {imp:?}");
+            let eps = [4.0 / 255.0, 8.0 / 255.0, 0.5];
+            let step = [2.0 / 255.0, 4.0 / 255.0, 0.25];
+            for (name, norm, l2) in [("linf", cu::Norm::Linf, false), ("l2", cu::Norm::L2, true)] {
+                let got = cu::pgd_step(&xg, &x0, &g, &eps, &step, norm).unwrap();
+                let want = Tensor::from_vec(
+                    &shape,
+                    pgd_ref(x.data(), x0.data(), g.data(), &eps, &step, l2),
+                )
+                .unwrap();
+                assert_close(
+                    &format!("pgd {name} {tag}"),
+                    &got.to_device(Device::Cpu).unwrap(),
+                    &want,
+                    F32_VAL,
+                );
+            }
+            // L1: x far from x0 (the projection cuts hard), and x = x0 with a small budget
+            // used up by the step alone or not.
+            let big = d as f32 * 0.01;
+            for (what, xs, e1, s1) in [
+                ("far", &x, [2.0f32, big, 0.1], [1.0f32, 1.0, 1.0]),
+                ("from x0", &x0, [2.0, big, 1e3], [1.0, 3.0, 0.5]),
+            ] {
+                let got = cu::pgd_step(
+                    &xs.to_device(dev).unwrap(),
+                    &x0,
+                    &g,
+                    &e1,
+                    &s1,
+                    cu::Norm::L1(0.05),
+                )
+                .unwrap()
+                .to_device(Device::Cpu)
+                .unwrap();
+                let want = pgd_l1_ref(xs.data(), x0.data(), g.data(), &e1, &s1, 0.05);
+                let gv = got.data();
+                for (n, &en) in e1.iter().enumerate() {
+                    let r = n * d..(n + 1) * d;
+                    let l1: f32 = r.clone().map(|i| (gv[i] - x0.data()[i]).abs()).sum();
+                    assert!(
+                        l1 <= en * 1.001 + 1e-5,
+                        "pgd l1 {what} {tag}: sample {n} has ||delta||_1 = {l1} > {en}"
+                    );
+                    assert!(gv[r].iter().all(|v| (0.0..=1.0).contains(v)));
+                }
+                assert_close(
+                    &format!("pgd l1 {what} {tag}"),
+                    &got,
+                    &Tensor::from_vec(&shape, want).unwrap(),
+                    F32_VAL,
+                );
+            }
+        }
     }
-    // L1: invariants (inside the ball and the box; moved along the largest gradients).
-    let e1 = [2.0f32, 5.0, 0.1];
-    let got = cu::pgd_step(&xg, &x0, &g, &e1, &[1.0, 1.0, 1.0], cu::Norm::L1(0.05))
-        .unwrap()
-        .into_vec();
-    let d = got.len() / 3;
-    for n in 0..3 {
-        let l1: f32 = (n * d..(n + 1) * d)
-            .map(|i| (got[i] - x0.data()[i]).abs())
-            .sum();
-        assert!(
-            l1 <= e1[n] * 1.001 + 1e-5,
-            "pgd l1: sample {n} has ||delta||_1 = {l1} > {}",
-            e1[n]
-        );
-        assert!(got[n * d..(n + 1) * d]
-            .iter()
-            .all(|v| (0.0..=1.0).contains(v)));
-    }
+    cu::set_pgd_impl(cu::PgdImpl::Cluster);
 }
 
 /// Square's resident l-inf candidates and the row copy: the GPU must give the CPU twin's bits

@@ -175,17 +175,41 @@ fn kernels(d: Device, a: &Args) -> mpm::Result<()> {
     let eps = vec![4.0 / 255.0; b];
     let st = vec![2.0 / 255.0; b];
     let numel = (b * a.size * a.size * 3) as f64;
-    for (name, norm) in [
-        ("PGD step Linf", cu::Norm::Linf),
-        ("PGD step L2", cu::Norm::L2),
-        ("PGD step L1", cu::Norm::L1(0.05)),
+    // The l2 / l1 steps under both kernel choices (one thread-block cluster per sample where
+    // it applies, the default; one block per sample), then back to what the environment chose.
+    let pgd_default = cu::pgd_impl();
+    for (name, norm, imps) in [
+        ("PGD step Linf", cu::Norm::Linf, &[pgd_default][..]),
+        (
+            "PGD step L2",
+            cu::Norm::L2,
+            &[cu::PgdImpl::Cluster, cu::PgdImpl::Block][..],
+        ),
+        (
+            "PGD step L1",
+            cu::Norm::L1(0.05),
+            &[cu::PgdImpl::Cluster, cu::PgdImpl::Block][..],
+        ),
     ] {
-        let t = time(d, a.repeats, || {
-            cu::pgd_step(&x, &x0, &gr, &eps, &st, norm).map(|_| ())
-        })?;
-        // x copied (8 bytes) + x, x0, g read + x written (16 bytes) per element.
-        report(name, numel * 24.0, t);
+        for &imp in imps {
+            cu::set_pgd_impl(imp);
+            let t = time(d, a.repeats, || {
+                cu::pgd_step(&x, &x0, &gr, &eps, &st, norm).map(|_| ())
+            })?;
+            let max_d4 = match norm {
+                cu::Norm::L1(_) => cu::PGD_CL_MAX_D4_L1,
+                _ => cu::PGD_CL_MAX_D4_L2,
+            };
+            let tag = match norm {
+                cu::Norm::Linf => "",
+                _ if cu::pgd_uses_cluster(&g.arch, a.size * a.size * 3, max_d4) => " clust",
+                _ => " block",
+            };
+            // x, x0, g read + the new iterate written: 16 bytes per element.
+            report(&format!("{name}{tag}"), numel * 16.0, t);
+        }
     }
+    cu::set_pgd_impl(pgd_default);
     let act = rand(&[b, 56, 56, 256], 6).to_device_as(d, DType::Bf16)?;
     let t = time(d, a.repeats, || cu::act_fwd("gelu", &act).map(|_| ()))?;
     report("GELU fwd bf16", (act.numel() * 4) as f64, t);

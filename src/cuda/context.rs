@@ -337,11 +337,19 @@ impl Gpu {
         let buf = self.alloc(bytes.max(1))?;
         if bytes > 0 {
             self.bind()?;
-            // SAFETY: the buffer holds >= `bytes` bytes; the copy is synchronous w.r.t. the
-            // host slice, and ordered before later work on our stream by the synchronize.
+            // Stream-ordered, without draining the stream first: the buffer may come from the
+            // cache while earlier work on the stream still reads its old contents, and an
+            // async copy on the same stream runs after that work. `data` is pageable host
+            // memory, for which cuMemcpyHtoDAsync returns only once it has been staged
+            // (CUDA's "API synchronization behavior"), so the slice may be dropped on return.
+            // Before, every small upload (per-sample eps/step vectors, ones vectors, packed
+            // window metadata) synchronised the stream and left the GPU idle until the host
+            // had queued the next kernel.
+            // SAFETY: the buffer holds >= `bytes` bytes and lives until the copy has run (it
+            // returns to the cache only when dropped, and reuse is ordered on this stream).
             unsafe {
-                dr::stream::synchronize(self.stream).map_err(|e| cu("sync", e))?;
-                dr::memcpy_htod_sync(buf.ptr, data).map_err(|e| cu("cuMemcpyHtoD", e))?;
+                dr::memcpy_htod_async(buf.ptr, data, self.stream)
+                    .map_err(|e| cu("cuMemcpyHtoDAsync", e))?;
             }
         }
         Ok(buf)

@@ -1032,8 +1032,64 @@ pub enum Norm {
     L1(f32),
 }
 
-/// One projected step in place on `x` (N, D...) f32, given clean `x0`, gradient `g` and
-/// per-sample `eps`, `step`. Returns the new iterate (a fresh buffer).
+/// Blocks per thread-block cluster of the sm_90 per-sample kernels (`PGD_CL` in pgd_step.cu),
+/// and the most float4 vectors per sample they hold (`PGD_CL_THREADS` x `PGD_L2_V` /
+/// `PGD_L1_V` per block).
+const PGD_CL: usize = 8;
+pub const PGD_CL_MAX_D4_L2: usize = PGD_CL * 1024 * 8;
+pub const PGD_CL_MAX_D4_L1: usize = PGD_CL * 1024 * 5;
+/// Below this many values per sample one block per sample keeps each sample in L2 and the
+/// batch fills the GPU; the cluster kernels pay off from here (a 224x224x3 image is 150,528).
+const PGD_CL_MIN_D: usize = 32 * 1024;
+
+/// The l2 / l1 step kernels of kernels/pgd_step.cu: `Cluster` runs one thread-block cluster
+/// per sample where it applies (sm_90+, 224 px images; see `pgd_uses_cluster`), else one block
+/// per sample (the default); `Block` always runs one block per sample (the kernels measured
+/// before the cluster ones, for comparison). Chosen process-wide by `set_pgd_impl` or
+/// `MPM_PGD_KERNEL=cluster|block`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PgdImpl {
+    Cluster,
+    Block,
+}
+
+static PGD_IMPL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Forces the l2 / l1 step kernels for this process (tests, mpm-bench).
+pub fn set_pgd_impl(i: PgdImpl) {
+    let v = match i {
+        PgdImpl::Cluster => 1,
+        PgdImpl::Block => 2,
+    };
+    PGD_IMPL.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The l2 / l1 step kernels in use (the environment decides until `set_pgd_impl` is called).
+pub fn pgd_impl() -> PgdImpl {
+    match PGD_IMPL.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => PgdImpl::Cluster,
+        2 => PgdImpl::Block,
+        _ => match std::env::var("MPM_PGD_KERNEL").as_deref() {
+            Ok("block") => PgdImpl::Block,
+            _ => PgdImpl::Cluster,
+        },
+    }
+}
+
+/// Whether `pgd_step` runs the cluster kernel for `d` values per sample on a GPU of compute
+/// capability `arch` ("90"): sm_90+, `d % 4 == 0`, `d` large enough to pay and small enough
+/// for the kernel's register slices.
+pub fn pgd_uses_cluster(arch: &str, d: usize, max_d4: usize) -> bool {
+    pgd_impl() == PgdImpl::Cluster
+        && arch.parse::<u32>().is_ok_and(|a| a >= 90)
+        && d % 4 == 0
+        && d >= PGD_CL_MIN_D
+        && d / 4 <= max_d4
+}
+
+/// One projected step of `x` (N, D...) towards the gradient, given clean `x0` and per-sample
+/// `eps`, `step`; out of place (x, x0 and the gradient are read once, the new iterate written
+/// once: a fresh f32 buffer).
 pub fn pgd_step(
     x: &Tensor,
     x0: &Tensor,
@@ -1062,32 +1118,57 @@ pub fn pgd_step(
             ),
         ));
     }
+    if let Norm::L1(k) = norm {
+        if !(k > 0.0 && k <= 1.0) {
+            return Err(Error::flag("topk", format!("must be in (0, 1], got {k}")));
+        }
+    }
     let g = xs.gpu().clone();
-    // The step runs in place on a copy, so the caller's iterate stays valid.
-    let xcopy = if xs.dtype == DType::F32 {
-        xs.try_clone()?
-    } else {
-        st("pgd_step", &cast(x, DType::F32)?)?.try_clone()?
-    };
+    let xf = on_gpu_as(x, xs, DType::F32)?;
     let x0 = on_gpu_as(x0, xs, DType::F32)?;
     let gr = on_gpu_as(grad, xs, DType::F32)?;
-    let (x0s, gs) = (st("pgd_step", &x0)?, st("pgd_step", &gr)?);
-    let e = g.upload(eps)?;
-    let s = g.upload(step)?;
-    let d = (xs.len / n) as u32;
+    let (xp, x0p, gp) = (
+        st("pgd_step", &xf)?.ptr(),
+        st("pgd_step", &x0)?.ptr(),
+        st("pgd_step", &gr)?.ptr(),
+    );
+    // eps and step in one upload.
+    let es = g.upload(&[eps, step].concat())?;
+    let (ep, sp) = (es.ptr(), es.ptr() + 4 * n as u64);
+    let out = empty(&g, xs.len, DType::F32)?;
+    let d = xs.len / n;
+    let args = || {
+        Args::new()
+            .push(out.ptr())
+            .push(xp)
+            .push(x0p)
+            .push(gp)
+            .push(ep)
+            .push(sp)
+    };
     match norm {
+        Norm::Linf if d % 4 == 0 => {
+            let total4 = xs.len / 4;
+            run1(
+                &g,
+                "pgd_linf4_f32",
+                total4,
+                args().push((d / 4) as u32).push(total4 as u64),
+            )?
+        }
         Norm::Linf => run1(
             &g,
             "pgd_linf_f32",
             xs.len,
-            Args::new()
-                .push(xcopy.ptr())
-                .push(x0s.ptr())
-                .push(gs.ptr())
-                .push(e.ptr())
-                .push(s.ptr())
-                .push(d)
-                .push(xs.len as u64),
+            args().push(d as u32).push(xs.len as u64),
+        )?,
+        Norm::L2 if pgd_uses_cluster(&g.arch, d, PGD_CL_MAX_D4_L2) => run(
+            &g,
+            "pgd_l2_cl_f32",
+            ((n * PGD_CL) as u32, 1, 1),
+            1024,
+            0,
+            args().push((d / 4) as u32),
         )?,
         Norm::L2 => run(
             &g,
@@ -1095,36 +1176,26 @@ pub fn pgd_step(
             (n as u32, 1, 1),
             1024,
             0,
-            Args::new()
-                .push(xcopy.ptr())
-                .push(x0s.ptr())
-                .push(gs.ptr())
-                .push(e.ptr())
-                .push(s.ptr())
-                .push(d),
+            args().push(d as u32),
         )?,
-        Norm::L1(k) => {
-            if !(k > 0.0 && k <= 1.0) {
-                return Err(Error::flag("topk", format!("must be in (0, 1], got {k}")));
-            }
-            run(
-                &g,
-                "pgd_l1_f32",
-                (n as u32, 1, 1),
-                1024,
-                0,
-                Args::new()
-                    .push(xcopy.ptr())
-                    .push(x0s.ptr())
-                    .push(gs.ptr())
-                    .push(e.ptr())
-                    .push(s.ptr())
-                    .push(k)
-                    .push(d),
-            )?
-        }
+        Norm::L1(k) if pgd_uses_cluster(&g.arch, d, PGD_CL_MAX_D4_L1) => run(
+            &g,
+            "pgd_l1_cl_f32",
+            ((n * PGD_CL) as u32, 1, 1),
+            1024,
+            0,
+            args().push(k).push((d / 4) as u32),
+        )?,
+        Norm::L1(k) => run(
+            &g,
+            "pgd_l1_f32",
+            (n as u32, 1, 1),
+            1024,
+            0,
+            args().push(k).push(d as u32),
+        )?,
     }
-    Ok(Tensor::from_cuda(x.shape(), xcopy))
+    Ok(Tensor::from_cuda(x.shape(), out))
 }
 
 // ---------------------------------------------------------------- mask_targets.cu
