@@ -80,7 +80,7 @@ gpu() {
   } > "$out/env.txt"
   echo "== GPU tests" | tee "$out/summary.txt"
   # Per-part limits (seconds) can be shortened for a quick first look: T_PARITY, T_TRAIN,
-  # T_BF16, T_F32 (0 skips that part).
+  # T_BF16, T_F32, T_TF32 (0 skips that part; T_TF32 is 0 unless set).
   timeout "${T_PARITY:-200}" "$BIN/cuda_parity" --test-threads 1 --nocapture > "$out/cuda_parity.txt" 2>&1
   echo "cuda_parity rc=$? (124 = timed out)" | tee -a "$out/summary.txt"
   grep -E "^test |panicked|FAILED|failures:|test result" "$out/cuda_parity.txt" | tee -a "$out/summary.txt"
@@ -89,18 +89,23 @@ gpu() {
     echo "train_gpu rc=$? (124 = timed out)" | tee -a "$out/summary.txt"
     grep -E "^test |panicked|FAILED|failures:|test result" "$out/train_gpu.txt" | tee -a "$out/summary.txt"
   fi
-  [ "${T_BF16:-170}" = 0 ] && return
-  echo "== benchmarks, bf16" | tee -a "$out/summary.txt"
-  timeout "${T_BF16:-170}" "$BIN/mpm-bench" --device cuda:0 --precision bf16 --batch 128 --repeats 3 \
-    > "$out/bench_bf16.txt" 2>&1
-  echo "mpm-bench bf16 rc=$?" | tee -a "$out/summary.txt"
-  cat "$out/bench_bf16.txt" | tee -a "$out/summary.txt"
-  [ "${T_F32:-110}" = 0 ] && return
-  echo "== benchmarks, f32 (end to end only)" | tee -a "$out/summary.txt"
-  timeout "${T_F32:-110}" "$BIN/mpm-bench" --device cuda:0 --precision f32 --batch 128 --repeats 2 \
-    --skip-kernels > "$out/bench_f32.txt" 2>&1
-  echo "mpm-bench f32 rc=$?" | tee -a "$out/summary.txt"
-  cat "$out/bench_f32.txt" | tee -a "$out/summary.txt"
+  bench bf16 "${T_BF16:-170}" 3
+  bench f32 "${T_F32:-110}" 2 --skip-kernels
+  # TF32 (f32 tensors, TF32 tensor cores in cuBLAS/cuDNN: PyTorch's default for convolutions);
+  # off unless T_TF32 is set.
+  bench tf32 "${T_TF32:-0}" 2 --skip-kernels
+}
+
+# bench PRECISION LIMIT REPEATS [FLAGS...]: one mpm-bench run at batch 128 (LIMIT 0 skips it).
+bench() {
+  local prec="$1" limit="$2" reps="$3" out="${OUT:-device-out/results}"
+  shift 3
+  [ "$limit" = 0 ] && return
+  echo "== benchmarks, $prec $*" | tee -a "$out/summary.txt"
+  timeout "$limit" "$BIN/mpm-bench" --device cuda:0 --precision "$prec" --batch 128 \
+    --repeats "$reps" "$@" > "$out/bench_$prec.txt" 2>&1
+  echo "mpm-bench $prec rc=$?" | tee -a "$out/summary.txt"
+  cat "$out/bench_$prec.txt" | tee -a "$out/summary.txt"
 }
 
 # GPU attack throughput, engine vs the reference PyTorch AutoAttack, same weights and data

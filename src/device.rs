@@ -88,6 +88,11 @@ pub fn cuda_unavailable_reason() -> String {
 ///
 /// - `F32`: every tensor f32, no TF32 in cuBLAS/cuDNN: the parity mode (matches the CPU to
 ///   1e-4 / 1e-3).
+/// - `Tf32`: f32 tensors, but cuBLAS GEMMs and cuDNN convolutions may use TF32 tensor cores
+///   (10-bit mantissa products, f32 accumulation): what PyTorch does for convolutions by
+///   default (`torch.backends.cudnn.allow_tf32`), so the fair f32 comparison with PyTorch code.
+///   The math mode is process-wide (`cuda::set_tf32`), switched on by
+///   `set_default_precision(Tf32)`; hand-written kernels are f32 either way.
 /// - `Bf16`: mixed precision. The normalised input is cast to bf16 and activations stay bf16;
 ///   master weights stay f32 (each is cast to bf16 once per weight version, not per op);
 ///   arithmetic accumulates in f32 inside every kernel, cuBLAS and cuDNN; BN statistics (f64
@@ -98,6 +103,7 @@ pub enum Precision {
     #[default]
     F32,
     Bf16,
+    Tf32,
 }
 
 impl fmt::Display for Precision {
@@ -105,6 +111,7 @@ impl fmt::Display for Precision {
         f.write_str(match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Tf32 => "tf32",
         })
     }
 }
@@ -115,9 +122,10 @@ impl FromStr for Precision {
         match s {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
+            "tf32" => Ok(Precision::Tf32),
             _ => Err(Error::flag(
                 "--precision",
-                format!("'{s}' is not a precision; expected f32 or bf16"),
+                format!("'{s}' is not a precision; expected f32, tf32 or bf16"),
             )),
         }
     }
@@ -127,7 +135,7 @@ impl Precision {
     /// Storage type of activations on the GPU.
     pub fn activation_dtype(self) -> crate::cuda::DType {
         match self {
-            Precision::F32 => crate::cuda::DType::F32,
+            Precision::F32 | Precision::Tf32 => crate::cuda::DType::F32,
             Precision::Bf16 => crate::cuda::DType::Bf16,
         }
     }
@@ -137,6 +145,9 @@ impl Precision {
         match (device, self) {
             (Device::Cpu, _) => "f32 (the CPU path is always f32)".into(),
             (Device::Cuda(_), Precision::F32) => "f32 (parity mode, no TF32)".into(),
+            (Device::Cuda(_), Precision::Tf32) => {
+                "f32 tensors, TF32 tensor cores in cuBLAS/cuDNN (as PyTorch's convolutions)".into()
+            }
             (Device::Cuda(_), Precision::Bf16) => {
                 "bf16 activations, f32 master weights and accumulation".into()
             }
@@ -150,12 +161,14 @@ static DEFAULT_PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::Atomi
 /// calls once after parsing `--precision` (see `parse_precision_flag`).
 pub fn set_default_precision(p: Precision) {
     DEFAULT_PRECISION.store(p as u8, std::sync::atomic::Ordering::SeqCst);
+    crate::cuda::set_tf32(p == Precision::Tf32);
 }
 
 /// The precision new forward contexts start with (`F32` unless set).
 pub fn default_precision() -> Precision {
     match DEFAULT_PRECISION.load(std::sync::atomic::Ordering::SeqCst) {
         1 => Precision::Bf16,
+        2 => Precision::Tf32,
         _ => Precision::F32,
     }
 }

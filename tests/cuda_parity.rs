@@ -271,6 +271,48 @@ fn linear_and_convolutions() {
     }
 }
 
+/// `--precision tf32`: f32 tensors through cuBLAS / cuDNN with TF32 tensor cores allowed. TF32
+/// keeps 10 mantissa bits of each product's operands (relative error ~5e-4 per product, f32
+/// accumulation), so the bound is 1e-2, between f32's and bf16's. Shapes with enough channels
+/// for the tensor-core kernels to be eligible.
+#[test]
+fn tf32_math_mode_convolutions_and_linear() {
+    let Some((dev, _lock)) = gpu() else { return };
+    mpm::cuda::set_tf32(true);
+    let x = rand_tensor(&[8, 64], 30, -1.0, 1.0);
+    let w = rand_tensor(&[32, 64], 31, -1.0, 1.0);
+    parity_tol(
+        "linear (tf32)",
+        dev,
+        DType::F32,
+        &[x, w],
+        2,
+        Some((1e-2, 1e-2)),
+        |t, v| ops::linear(t, v[0], v[1], None),
+    );
+    let x = rand_tensor(&[2, 12, 12, 32], 32, -1.0, 1.0);
+    for (name, wshape, p) in [
+        (
+            "conv 3x3 s1 (tf32)",
+            [32, 3, 3, 32],
+            Conv2dParams::new(1, 1),
+        ),
+        ("conv 1x1 (tf32)", [64, 1, 1, 32], Conv2dParams::new(1, 0)),
+    ] {
+        let w = rand_tensor(&wshape, 33, -0.5, 0.5);
+        parity_tol(
+            name,
+            dev,
+            DType::F32,
+            &[x.clone(), w],
+            2,
+            Some((1e-2, 1e-2)),
+            move |t, v| ops::conv2d(t, v[0], v[1], None, p),
+        );
+    }
+    mpm::cuda::set_tf32(false);
+}
+
 #[test]
 fn norm_pool_resize() {
     let Some((dev, _lock)) = gpu() else { return };
@@ -994,6 +1036,7 @@ fn model_parity(name: &str, dev: Device, spec: &ModelSpec, prec: Precision) {
     // R18's are the informative ones). The loss keeps the fixed 2e-2.
     let (tl, tg, tparam, tall) = match prec {
         Precision::F32 => (F32_VAL, F32_GRAD, F32_GRAD, F32_GRAD),
+        Precision::Tf32 => unreachable!("model parity runs f32 and bf16"),
         Precision::Bf16 => {
             let (sens, sens_x) = bf16_rounding_sensitivity(spec);
             println!(
@@ -1338,9 +1381,15 @@ fn out_of_memory_error_names_sizes() {
 fn precision_flag_and_oom_helpers() {
     assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
     assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+    assert_eq!("tf32".parse::<Precision>().unwrap(), Precision::Tf32);
+    for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+    }
+    // tf32 stores f32; only the library math mode differs.
+    assert_eq!(Precision::Tf32.activation_dtype(), DType::F32);
     let e = "fp16".parse::<Precision>().unwrap_err().to_string();
     assert!(
-        e.contains("--precision") && e.contains("f32 or bf16"),
+        e.contains("--precision") && e.contains("f32, tf32 or bf16"),
         "{e}"
     );
     let oom = mpm::Error::Device {

@@ -101,8 +101,9 @@ struct Cli {
     /// auto | cpu | cuda[:N]
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
-    /// GPU arithmetic: f32 (default: the evaluation's gradients as exact as the CPU's) or bf16
-    /// (mixed precision, faster; robust accuracy may differ slightly). Ignored on the CPU.
+    /// GPU arithmetic: f32 (default: the evaluation's gradients as exact as the CPU's), tf32
+    /// (f32 tensors, TF32 tensor cores in cuBLAS/cuDNN: PyTorch's default for convolutions) or
+    /// bf16 (mixed precision, fastest; robust accuracy may differ slightly). Ignored on the CPU.
     #[arg(long, default_value = "f32")]
     precision: String,
 }

@@ -24,7 +24,8 @@ struct Args {
     #[arg(long, default_value = "auto")]
     device: String,
     /// GPU precision of the end-to-end steps: bf16 (mixed: bf16 activations, f32 master
-    /// weights and accumulation) or f32 (the parity mode).
+    /// weights and accumulation), tf32 (f32 tensors, TF32 tensor cores in cuBLAS/cuDNN) or f32
+    /// (the parity mode).
     #[arg(long, default_value = "bf16")]
     precision: String,
     /// Only the end-to-end steps (skip the kernel throughput section).

@@ -1,8 +1,9 @@
 //! GEMMs through cuBLAS (cudarc's `cublas` bindings, loaded at run time), on row-major views:
 //! `c[m x n] = op(a)[m x k] * op(b)[k x n] (+ c when accumulating)`. Row-major C is the
 //! column-major C^T = op(b)^T op(a)^T, so cuBLAS is called with the operands swapped.
-//! f32 storage computes with CUBLAS_COMPUTE_32F (no TF32: the parity mode); bf16 storage uses
-//! bf16 tensor cores with f32 accumulation.
+//! f32 storage computes with CUBLAS_COMPUTE_32F (no TF32: the parity mode), or
+//! CUBLAS_COMPUTE_32F_FAST_TF32 under `--precision tf32`; bf16 storage uses bf16 tensor cores
+//! with f32 accumulation.
 
 use super::context::Gpu;
 use super::storage::{CudaStorage, DType};
@@ -103,7 +104,11 @@ pub fn gemm(g: &Gpu, a: Mat, b: Mat, c: &CudaStorage, accumulate: bool) -> Resul
             c.ptr() as *mut _,
             ty,
             n as i32,
-            bs::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            if super::tf32_for(c.dtype) {
+                bs::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+            } else {
+                bs::cublasComputeType_t::CUBLAS_COMPUTE_32F
+            },
             bs::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }

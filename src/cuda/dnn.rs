@@ -1,8 +1,9 @@
 //! Plain convolutions through cuDNN 9 (cudarc's `cudnn` bindings, loaded at run time):
 //! forward, backward-data and backward-filter, grouped and depthwise included. NHWC
 //! activations; OHWI weights are cuDNN's NHWC filter format (K, R, S, C/groups).
-//! f32 storage uses CUDNN_FMA_MATH (no TF32: the parity mode); bf16 storage allows tensor
-//! cores with f32 accumulation. The algorithm is cuDNN's heuristic first choice.
+//! f32 storage uses CUDNN_FMA_MATH (no TF32: the parity mode), or CUDNN_DEFAULT_MATH (TF32
+//! tensor cores allowed) under `--precision tf32`; bf16 storage allows tensor cores with f32
+//! accumulation. The algorithm is chosen per shape by `cudnnFind*` (see `algo_choice!`).
 
 use super::context::Gpu;
 use super::storage::{CudaStorage, DType};
@@ -98,7 +99,10 @@ impl Descs {
             )
             .map_err(|e| err("conv", e))?;
             nr::set_convolution_group_count(d.conv, i(g.groups)).map_err(|e| err("groups", e))?;
+            // f32: FMA only (the parity mode), or DEFAULT_MATH under `--precision tf32`, which
+            // lets cuDNN pick TF32 tensor-core kernels (what PyTorch sets for allow_tf32).
             let math = match dtype {
+                DType::F32 if super::tf32_for(dtype) => ns::cudnnMathType_t::CUDNN_DEFAULT_MATH,
                 DType::F32 => ns::cudnnMathType_t::CUDNN_FMA_MATH,
                 DType::Bf16 => ns::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
             };
@@ -256,7 +260,8 @@ fn pointwise(
 /// cuDNN's heuristic first choice was measured (H200, 2026-11-28) to pick slow bf16 NHWC
 /// kernels, so the choice is `cudnnFind*` (cuDNN times every algorithm once, fastest first)
 /// under a workspace limit, with the heuristic as the fallback.
-type AlgoKey = (usize, [usize; 11], DType);
+/// GPU, geometry, storage type, TF32 allowed.
+type AlgoKey = (usize, [usize; 11], DType, bool);
 
 struct AlgoCache {
     fwd: Mutex<HashMap<AlgoKey, ns::cudnnConvolutionFwdAlgo_t>>,
@@ -280,6 +285,7 @@ fn key(gpu: &Gpu, g: &ConvGeom, dtype: DType) -> AlgoKey {
             g.n, g.h, g.w, g.c, g.o, g.kh, g.kw, g.stride, g.pad, g.dilation, g.groups,
         ],
         dtype,
+        super::tf32_for(dtype),
     )
 }
 

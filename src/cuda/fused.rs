@@ -149,7 +149,8 @@ pub fn run_impl(
     }
 }
 
-type ShapeKey = ([usize; 11], DType, u32);
+/// Geometry, storage type, activation, TF32 allowed (changes cuDNN's side of the timing).
+type ShapeKey = ([usize; 11], DType, u32, bool);
 
 /// One measured shape: seconds per forward of each implementation and the one kept.
 #[derive(Clone, Debug)]
@@ -174,6 +175,7 @@ fn shape_key(g: &ConvGeom, dtype: DType, act: u32) -> ShapeKey {
         ],
         dtype,
         act,
+        super::tf32_for(dtype),
     )
 }
 

@@ -31,6 +31,20 @@ pub use context::{
 };
 pub use storage::DType;
 
+static TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets cuBLAS GEMMs and cuDNN convolutions on f32 tensors use TF32 tensor cores (process-wide,
+/// like PyTorch's `allow_tf32` flags; `--precision tf32`). Off: strict f32 (the parity mode).
+pub fn set_tf32(on: bool) {
+    TF32.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether f32 GEMMs and convolutions of `dtype` may use TF32 now (never for bf16, which
+/// always runs on tensor cores).
+pub fn tf32_for(dtype: DType) -> bool {
+    dtype == DType::F32 && TF32.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Why `cuda:N` cannot be used, or `None` when it can (driver present, GPU opens).
 pub fn unavailable_reason(ordinal: usize) -> Option<String> {
     let r = std::panic::catch_unwind(|| match context::gpu(ordinal) {
