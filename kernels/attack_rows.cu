@@ -4,7 +4,9 @@
 //                     with one s x s window of every channel moved to the eps-ball's faces;
 //   copy_rows:        dst[dst_row] = src[src_row] for a list of row pairs (keeping improved
 //                     candidates, best points, resets);
-//   apgd_linf_step, apgd_l2_step: APGD's step with momentum and both projections.
+//   apgd_linf_step, apgd_l2_step: APGD's step with momentum and both projections;
+//   row_l0:           per-row count of differing coordinates (APGD-L1's sparsity checkpoints).
+// (APGD-L1's step is the PGD l1 step of pgd_step.cu with a per-sample top-k fraction.)
 // Rows are images in the model's input layout (H, W, C), f32. Arithmetic is exactly the host
 // reference's (`attack::resident` CPU twins), so results match the CPU bit for bit (the l2
 // step's f64 norm sums excepted: same precision, another order).
@@ -127,4 +129,17 @@ extern "C" __global__ void __launch_bounds__(1024) apgd_l2_step_f32(float* out, 
                              __fmul_rn(__fsub_rn(x, xo[b + j]), am));
         out[b + j] = fminf(fmaxf(__fadd_rn(c, __fmul_rn(__fsub_rn(z2, c), s2)), 0.0f), 1.0f);
     }
+}
+
+// Per-row count of the coordinates where a and b differ (APGD-L1's L0 norm of x_best - x0, at
+// its checkpoints): out[n] = #{i : a[n, i] != b[n, i]}, exact (f32 sums of integers < 2^24).
+// Thread mapping: one block (256 threads) per row. Traffic: 8 bytes read per element.
+extern "C" __global__ void __launch_bounds__(256) row_l0_f32(float* out, const float* a, const float* b,
+                                                             u32 d) {
+    __shared__ float scratch[32];
+    u64 base = (u64)blockIdx.x * d;
+    float c = 0.0f;
+    for (u32 j = threadIdx.x; j < d; j += blockDim.x) c += a[base + j] != b[base + j] ? 1.0f : 0.0f;
+    c = block_sum(c, scratch);
+    if (threadIdx.x == 0) out[blockIdx.x] = c;
 }

@@ -4,7 +4,8 @@
 //   Linf: out <- clip01(clip(x + step * sign(g), x0 - eps, x0 + eps))
 //   L2  : delta = x + step * g / (||g|| + 1e-12) - x0;
 //         out <- clip01(x0 + delta * min(eps, ||delta||) / (||delta|| + 1e-12))   (AutoAttack APGD-L2)
-//   L1  : APGD-L1 sparse step: tau = the (1-k)-quantile of |g| per sample (k = topk fraction),
+//   L1  : APGD-L1 sparse step: tau = the (1-k)-quantile of |g| per sample (k = topk[n], the
+//         per-sample fraction of coordinates moved),
 //         u = sign(g) * [|g| >= tau]; v = x + step * u / (||u||_1 + 1e-10) - x0; then the exact
 //         projection of v onto {||delta||_1 <= eps} cut with the box [0,1]:
 //         delta_i = sign(v_i) * min(max(|v_i| - lambda, 0), b_i), b_i the room to the box in
@@ -151,15 +152,16 @@ struct Bracket {
 // (b) the step, writing v = delta into out;
 // (c) the bracketed search for lambda (each round a block sum over the sample from L2), then
 //     the final write. DRAM traffic ~16 bytes per element when the sample stays in L2 (small
-//     images). Preconditions: 0 < topk <= 1.
+//     images). Preconditions: 0 < topk[n] <= 1.
 extern "C" __global__ void __launch_bounds__(1024) pgd_l1_f32(float* out, const float* x, const float* x0,
                                                               const float* g, const float* eps,
-                                                              const float* step, float topk, u32 d) {
+                                                              const float* step, const float* topk,
+                                                              u32 d) {
     __shared__ u32 hist[256];
     __shared__ float scratch[32];
     __shared__ u32 sel[2];
     u64 b = (u64)blockIdx.x * d;
-    u32 rank = topk_rank(topk, d);
+    u32 rank = topk_rank(topk[blockIdx.x], d);
     u32 prefix = 0, mask = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (u32 j = threadIdx.x; j < 256; j += blockDim.x) hist[j] = 0;
@@ -357,11 +359,11 @@ __device__ __forceinline__ void select_bin(const u32* tot, u32* wsum, u32 rank, 
 // (c) lambda by the bracketed search of `Bracket` (each round a cluster sum over registers,
 //     typically a few rounds), then out written.
 // DRAM traffic 16 bytes per element; the rounds touch no memory.
-// Preconditions: D % 4 == 0, D / 4 <= PGD_CL * PGD_CL_THREADS * PGD_L1_V, 0 < topk <= 1;
+// Preconditions: D % 4 == 0, D / 4 <= PGD_CL * PGD_CL_THREADS * PGD_L1_V, 0 < topk[n] <= 1;
 // grid = N * PGD_CL.
 extern "C" __global__ void __cluster_dims__(PGD_CL, 1, 1) __launch_bounds__(PGD_CL_THREADS, 1)
 pgd_l1_cl_f32(float4* out, const float4* x, const float4* x0, const float4* g, const float* eps,
-              const float* step, float topk, u32 d4) {
+              const float* step, const float* topk, u32 d4) {
     __shared__ u32 hist[2][256];
     __shared__ u32 tot[256];
     __shared__ u32 wsum[8];
@@ -374,7 +376,7 @@ pgd_l1_cl_f32(float4* out, const float4* x, const float4* x0, const float4* g, c
     CL_FOR(k, j, PGD_L1_V) v[k] = j < hi ? g[base + j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 
     // (a) tau. Padding lanes (j >= hi) are left out of the histograms.
-    u32 rk = topk_rank(topk, d4 * 4);
+    u32 rk = topk_rank(topk[n], d4 * 4);
     u32 prefix = 0, mask = 0;
     for (int pass = 0; pass < 4; ++pass) {
         const int shift = 24 - 8 * pass;

@@ -475,6 +475,8 @@ fn apgd_with_resident_iterates_gives_the_host_loop_results() {
         (Norm::Linf, 1.0 / 255.0, true),
         (Norm::L2, 0.1, false),
         (Norm::L2, 0.1, true),
+        (Norm::L1, 1.0, false),
+        (Norm::L1, 1.0, true),
     ] {
         let mut out = Vec::new();
         for resident in [false, true] {

@@ -733,10 +733,60 @@ fn attack_row_kernels() {
     );
 }
 
-/// APGD (l-inf, l2) and Square (l-inf) with their state on the GPU against the same attacks'
-/// host loops on the same GPU model: the passes see the same batches (same kernels), and the
-/// resident steps round like the host's, so the outcomes should agree; cuDNN's backward-data
-/// algorithms may accumulate in a run-dependent order, so one borderline sample may differ.
+/// APGD-L1's resident step (per-sample top-k fractions, including 0: only the largest
+/// coordinate moves) and the per-row L0 count, GPU against their CPU twins: on small images
+/// (one block per sample) and on images large enough for the cluster kernels. The CPU projects
+/// exactly, the GPU by a bracketed search that stops 1e-5 of eps inside the ball, so the
+/// values agree to f32 rounding and both stay in the ball and the box.
+#[test]
+fn apgd_l1_step_and_row_l0_kernels() {
+    use mpm::attack::resident::{apgd_l1_step, row_l0};
+    let Some((dev, _lock)) = gpu() else { return };
+    for (shape, seed) in [([4, 11, 9, 3], 60), ([4, 128, 128, 3], 61)] {
+        let x0 = rand_tensor(&shape, seed, 0.0, 1.0);
+        let xa = rand_tensor(&shape, seed + 1, 0.0, 1.0);
+        let mut gv = rand_tensor(&shape, seed + 2, -1.0, 1.0).into_vec();
+        gv.iter_mut().step_by(5).for_each(|v| *v = 0.0);
+        let grad = Tensor::from_vec(&shape, gv).unwrap();
+        let d = x0.numel() / 4;
+        let (steps, topk) = ([0.5f32, 2.0, 1.0, 0.0], [0.2f32, 0.0, 0.05, 1.0]);
+        let eps = d as f32 * 0.02;
+        let want = apgd_l1_step(&xa, &grad, &x0, &steps, &topk, eps).unwrap();
+        let x0g = x0.to_device(dev).unwrap();
+        let got = apgd_l1_step(
+            &xa.to_device(dev).unwrap(),
+            &grad.to_device(dev).unwrap(),
+            &x0g,
+            &steps,
+            &topk,
+            eps,
+        )
+        .unwrap();
+        assert!(got.is_cuda());
+        let got = got.to_device(Device::Cpu).unwrap();
+        assert_close(&format!("apgd_l1_step {shape:?}"), &got, &want, F32_VAL);
+        for n in 0..4 {
+            let r = n * d..(n + 1) * d;
+            let l1: f32 = r
+                .clone()
+                .map(|i| (got.data()[i] - x0.data()[i]).abs())
+                .sum();
+            assert!(l1 <= eps * 1.001, "sample {n}: ||delta||_1 = {l1} > {eps}");
+            assert!(got.data()[r].iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+        // L0 counts: exact.
+        let l0_cpu = row_l0(&want, &x0).unwrap();
+        let l0_gpu = row_l0(&want.to_device(dev).unwrap(), &x0g).unwrap();
+        assert_eq!(l0_gpu, l0_cpu, "row_l0 {shape:?}");
+        println!("apgd_l1_step {shape:?}: L0 of the CPU step {l0_cpu:?}");
+    }
+}
+
+/// APGD (l-inf, l2, l1) and Square (l-inf) with their state on the GPU against the same
+/// attacks' host loops on the same GPU model: the passes see the same batches (same kernels),
+/// and the resident steps round like the host's (l1: the projection's lambda to 1e-5 of eps),
+/// so the outcomes should agree; cuDNN's backward-data algorithms may accumulate in a
+/// run-dependent order, so one borderline sample may differ.
 /// Every fooled example must be in the threat model and fool the GPU model.
 #[test]
 fn resident_attacks_match_the_host_loops_on_the_gpu() {
@@ -767,6 +817,7 @@ fn resident_attacks_match_the_host_loops_on_the_gpu() {
     for (what, norm, eps) in [
         ("apgd-ce linf", Norm::Linf, 1.0 / 255.0),
         ("apgd-ce l2", Norm::L2, 0.1),
+        ("apgd-ce l1", Norm::L1, 2.0),
         ("square linf", Norm::Linf, 2.0 / 255.0),
     ] {
         let mut out = Vec::new();

@@ -11,7 +11,7 @@
 
 use super::model::{argmax, batch_loss, Classifier, Dims, LossKind};
 use super::norms::{l0_dist, l1_projection, project_l2, Norm};
-use super::resident::{apgd_step, copy_rows};
+use super::resident::{apgd_l1_step, apgd_step, copy_rows, row_l0};
 use super::rng::{normal, sample_rng, uniform, SampleRng};
 use super::schedule::RunGroups;
 use crate::tensor::Tensor;
@@ -68,6 +68,97 @@ impl ApgdConfig {
             n_target_classes: if norm == Norm::L1 { 5 } else { 9 },
             ..Self::standard_ce(norm, eps, seed)
         }
+    }
+}
+
+/// APGD-L1's sparsity state per sample: the fraction of coordinates each step moves (`topk`)
+/// and the L0 norm of the best point at the last checkpoint (`sp_old`). Starts at 20% (or, from
+/// a given start, at the start's L0 / 1.5), checkpoints every 4% of the iterations.
+struct Sparsity {
+    topk: Vec<f32>,
+    sp_old: Vec<f32>,
+    n_fts: f32,
+}
+
+impl Sparsity {
+    fn new(
+        start: &[f32],
+        xs: &[f32],
+        d: usize,
+        given_init: bool,
+        n_iter: usize,
+        checkpoints: &mut Checkpoints,
+    ) -> Self {
+        let n = xs.len() / d.max(1);
+        let n_fts = d as f32;
+        checkpoints.k = ((0.04 * n_iter as f64) as usize).max(1);
+        let (topk, sp_old) = if given_init {
+            let l0: Vec<f32> = (0..n)
+                .map(|j| l0_dist(&start[j * d..(j + 1) * d], &xs[j * d..(j + 1) * d]))
+                .collect();
+            (l0.iter().map(|v| v / n_fts / 1.5).collect(), l0)
+        } else {
+            (vec![0.2f32; n], vec![n_fts; n])
+        };
+        Sparsity {
+            topk,
+            sp_old,
+            n_fts,
+        }
+    }
+
+    /// The reference's l1 checkpoint from the best points' L0 norms `l0`: where sparsity fell
+    /// by 5% or more the step goes back to `max_step` and the sample restarts from its best
+    /// point (returned true), else the step shrinks by 1.5 (not below `max_step / 10`); the
+    /// top-k fraction follows the sparsity.
+    fn checkpoint(&mut self, l0: &[f32], step: &mut [f32], max_step: f32) -> Vec<bool> {
+        l0.iter()
+            .enumerate()
+            .map(|(j, &sp_curr)| {
+                let red = sp_curr / self.sp_old[j] < 0.95;
+                self.topk[j] = sp_curr / self.n_fts / 1.5;
+                if red {
+                    step[j] = max_step;
+                } else {
+                    step[j] /= 1.5;
+                }
+                step[j] = step[j].clamp(max_step / 10.0, max_step);
+                self.sp_old[j] = sp_curr;
+                red
+            })
+            .collect()
+    }
+}
+
+/// APGD-L1's step for one sample (the reference's, without momentum): the `topk` fraction of
+/// coordinates with the largest |g| (ties included) move by `step` in all along sign(g), then
+/// the perturbation is projected onto the l1 ball of radius `eps` cut with the box
+/// (`norms::l1_projection`): `out = x0 + du + dp`. Shared by the host loop and the CPU twin of
+/// the resident step (`resident::apgd_l1_step`), so both give the same bits.
+pub(crate) fn l1_sparse_step(
+    xa: &[f32],
+    g: &[f32],
+    x0: &[f32],
+    step: f32,
+    topk: f32,
+    eps: f32,
+    out: &mut [f32],
+) {
+    let d = xa.len();
+    let n_fts = d as f32;
+    let mut mags: Vec<f32> = g.iter().map(|v| v.abs()).collect();
+    let pos = (((1.0 - topk) * n_fts).clamp(0.0, n_fts - 1.0)) as usize;
+    let (_, thr, _) = mags.select_nth_unstable_by(pos, |p, q| p.total_cmp(q));
+    let thr = *thr;
+    let s: Vec<f32> = g
+        .iter()
+        .map(|&v| if v.abs() >= thr { sgn(v) } else { 0.0 })
+        .collect();
+    let l1 = s.iter().map(|v| v.abs()).sum::<f32>() + 1e-10;
+    let du: Vec<f32> = (0..d).map(|t| xa[t] + step * s[t] / l1 - x0[t]).collect();
+    let dp = l1_projection(x0, &du, eps);
+    for t in 0..d {
+        out[t] = x0[t] + du[t] + dp[t];
     }
 }
 
@@ -379,8 +470,8 @@ impl Apgd<'_> {
         eps: f32,
         n_iter: usize,
     ) -> Result<Run> {
-        if self.cfg.norm != Norm::L1 && self.cfg.resident {
-            return self.single_run_resident(xs, ys, targets, dims, init, eps, n_iter);
+        if self.cfg.resident {
+            return self.single_run_resident(xs, ys, targets, dims, init, given_init, eps, n_iter);
         }
         let d = dims.len();
         let n = ys.len();
@@ -402,22 +493,8 @@ impl Apgd<'_> {
         let mut step = vec![alpha * eps; n];
         let mut x_adv_old = x_adv.clone();
         let mut checkpoints = Checkpoints::new(self.cfg.n_iter, &loss_best);
-        let n_fts = d as f32;
-        let (mut topk, mut sp_old) = if norm == Norm::L1 {
-            if given_init {
-                let l0: Vec<f32> = (0..n)
-                    .map(|j| l0_dist(&x_adv[j * d..(j + 1) * d], &xs[j * d..(j + 1) * d]))
-                    .collect();
-                (l0.iter().map(|v| v / n_fts / 1.5).collect(), l0)
-            } else {
-                (vec![0.2f32; n], vec![n_fts; n])
-            }
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        if norm == Norm::L1 {
-            checkpoints.k = ((0.04 * n_iter as f64) as usize).max(1);
-        }
+        let mut sparsity = (norm == Norm::L1)
+            .then(|| Sparsity::new(&x_adv, xs, d, given_init, n_iter, &mut checkpoints));
 
         for i in 0..n_iter {
             // Gradient step with momentum.
@@ -460,22 +537,8 @@ impl Apgd<'_> {
                         out.copy_from_slice(&z2);
                     }
                     Norm::L1 => {
-                        let mut mags: Vec<f32> = g.iter().map(|v| v.abs()).collect();
-                        let pos = (((1.0 - topk[j]) * n_fts).clamp(0.0, n_fts - 1.0)) as usize;
-                        let (_, thr, _) = mags.select_nth_unstable_by(pos, |p, q| p.total_cmp(q));
-                        let thr = *thr;
-                        let s: Vec<f32> = g
-                            .iter()
-                            .map(|&v| if v.abs() >= thr { sgn(v) } else { 0.0 })
-                            .collect();
-                        let l1 = s.iter().map(|v| v.abs()).sum::<f32>() + 1e-10;
-                        let du: Vec<f32> = (0..d)
-                            .map(|t| xa[t] + step[j] * s[t] / l1 - x0[t])
-                            .collect();
-                        let dp = l1_projection(x0, &du, eps);
-                        for t in 0..d {
-                            out[t] = x0[t] + du[t] + dp[t];
-                        }
+                        let topk = sparsity.as_ref().map_or(1.0, |sp| sp.topk[j]);
+                        l1_sparse_step(xa, g, x0, step[j], topk, eps, out)
                     }
                 }
             });
@@ -498,24 +561,15 @@ impl Apgd<'_> {
             }
 
             if checkpoints.due() {
-                let mut reset = vec![false; n];
-                if norm != Norm::L1 {
-                    reset = checkpoints.resets(&loss_steps, i, self.cfg.rho, &loss_best, &mut step);
-                } else {
-                    for j in 0..n {
-                        let sp_curr = l0_dist(&x_best[j * d..(j + 1) * d], &xs[j * d..(j + 1) * d]);
-                        let red = sp_curr / sp_old[j] < 0.95;
-                        topk[j] = sp_curr / n_fts / 1.5;
-                        if red {
-                            step[j] = alpha * eps;
-                        } else {
-                            step[j] /= 1.5;
-                        }
-                        step[j] = step[j].clamp(alpha * eps / 10.0, alpha * eps);
-                        sp_old[j] = sp_curr;
-                        reset[j] = red;
+                let reset = match sparsity.as_mut() {
+                    None => checkpoints.resets(&loss_steps, i, self.cfg.rho, &loss_best, &mut step),
+                    Some(sp) => {
+                        let l0: Vec<f32> = (0..n)
+                            .map(|j| l0_dist(&x_best[j * d..(j + 1) * d], &xs[j * d..(j + 1) * d]))
+                            .collect();
+                        sp.checkpoint(&l0, &mut step, alpha * eps)
                     }
-                }
+                };
                 for (j, _) in reset.iter().enumerate().filter(|(_, r)| **r) {
                     {
                         let r = j * d..(j + 1) * d;
@@ -545,6 +599,7 @@ impl Apgd<'_> {
         targets: &[usize],
         dims: Dims,
         init: Vec<f32>,
+        given_init: bool,
         eps: f32,
         n_iter: usize,
     ) -> Result<Run> {
@@ -574,13 +629,19 @@ impl Apgd<'_> {
             .map(|j| argmax(&logits[j * k_cls..(j + 1) * k_cls]) == ys[j])
             .collect();
         let mut loss_best = loss0;
-        let mut step = vec![2.0 * eps; n];
+        let alpha = if norm == Norm::L1 { 1.0 } else { 2.0 };
+        let mut step = vec![alpha * eps; n];
         let mut x_adv_old = x_adv.clone();
         let mut checkpoints = Checkpoints::new(self.cfg.n_iter, &loss_best);
+        let mut sparsity = (norm == Norm::L1)
+            .then(|| Sparsity::new(&start, xs, dims.len(), given_init, n_iter, &mut checkpoints));
 
         for i in 0..n_iter {
             let a = if i > 0 { 0.75f32 } else { 1.0 };
-            let x_new = apgd_step(norm, &x_adv, &x_adv_old, &grad, &x0, &step, eps, a)?;
+            let x_new = match &sparsity {
+                Some(sp) => apgd_l1_step(&x_adv, &grad, &x0, &step, &sp.topk, eps)?,
+                None => apgd_step(norm, &x_adv, &x_adv_old, &grad, &x0, &step, eps, a)?,
+            };
             x_adv_old = std::mem::replace(&mut x_adv, x_new);
 
             let (logits, loss, g) = grad_at(&mut *self.model, &x_adv)?;
@@ -603,7 +664,10 @@ impl Apgd<'_> {
             grad_best = copy_rows(&grad_best, &grad, &improved_rows)?;
 
             if checkpoints.due() {
-                let reset = checkpoints.resets(&loss_steps, i, self.cfg.rho, &loss_best, &mut step);
+                let reset = match sparsity.as_mut() {
+                    None => checkpoints.resets(&loss_steps, i, self.cfg.rho, &loss_best, &mut step),
+                    Some(sp) => sp.checkpoint(&row_l0(&x_best, &x0)?, &mut step, alpha * eps),
+                };
                 let reset_rows: Vec<u32> = (0..n as u32)
                     .filter(|&j| reset[j as usize])
                     .flat_map(|j| [j, j])

@@ -2,10 +2,10 @@
 //! input tensors (NHWC, on the model's device: `Classifier::input_tensor`) updates them here,
 //! so a GPU pass moves only per-sample scalars (window positions, signs, row lists) over PCIe
 //! instead of the whole batch. Each op has a CPU twin below with the same arithmetic; the GPU
-//! versions are `cuda::ops::{square_linf_candidates, copy_rows, apgd_step}`
-//! (kernels/attack_rows.cu).
+//! versions are `cuda::ops::{square_linf_candidates, copy_rows, apgd_step, row_l0}`
+//! (kernels/attack_rows.cu) and `cuda::ops::apgd_l1_step` (kernels/pgd_step.cu).
 
-use super::norms::{project_l2, Norm};
+use super::norms::{l0_dist, project_l2, Norm};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -212,6 +212,86 @@ pub fn apgd_step(
             }
         });
     Tensor::from_vec(x_adv.shape(), out)
+}
+
+/// APGD-L1's step on NHWC batches: row `j` is `apgd::l1_sparse_step` with `step[j]` and the
+/// top-k fraction `topk[j]` (no momentum, as the reference). The CPU twin runs the host loop's
+/// function on each row in its NCHW order, so the bits are the host loop's (the l1 projection's
+/// f64 sums follow the coordinates' order); the GPU version is `cuda::ops::apgd_l1_step` (the
+/// PGD l1 kernels: same step, lambda by a bracketed search instead of a sort).
+pub fn apgd_l1_step(
+    x_adv: &Tensor,
+    grad: &Tensor,
+    x0: &Tensor,
+    step: &[f32],
+    topk: &[f32],
+    eps: f32,
+) -> Result<Tensor> {
+    let op = "apgd_l1_step";
+    let (n, h, w, c) = nhwc(op, x_adv)?;
+    if [grad, x0].iter().any(|t| t.shape() != x_adv.shape()) || step.len() != n || topk.len() != n {
+        return Err(Error::shape(
+            op,
+            format!(
+                "x {:?}, grad {:?}, x0 {:?}, {} step sizes, {} top-k fractions",
+                x_adv.shape(),
+                grad.shape(),
+                x0.shape(),
+                step.len(),
+                topk.len()
+            ),
+        ));
+    }
+    if x_adv.is_cuda() {
+        return crate::cuda::ops::apgd_l1_step(x_adv, grad, x0, step, topk, eps);
+    }
+    let d = h * w * c;
+    let (xa, g, x0) = (x_adv.data(), grad.data(), x0.data());
+    let mut out = vec![0f32; xa.len()];
+    // NHWC index of NCHW position i.
+    let at = |i: usize| {
+        let (ch, rq) = (i / (h * w), i % (h * w));
+        rq * c + ch
+    };
+    out.par_chunks_mut(d.max(1))
+        .enumerate()
+        .for_each(|(j, row)| {
+            let base = j * d;
+            let nchw = |v: &[f32]| (0..d).map(|i| v[base + at(i)]).collect::<Vec<f32>>();
+            let mut o = vec![0f32; d];
+            super::apgd::l1_sparse_step(
+                &nchw(xa),
+                &nchw(g),
+                &nchw(x0),
+                step[j],
+                topk[j],
+                eps,
+                &mut o,
+            );
+            for (i, v) in o.into_iter().enumerate() {
+                row[at(i)] = v;
+            }
+        });
+    Tensor::from_vec(x_adv.shape(), out)
+}
+
+/// Per-row count of coordinates where `a` and `b` differ (APGD-L1's L0 norm of `x_best - x0`,
+/// as `norms::l0_dist`); on the GPU `cuda::ops::row_l0`.
+pub fn row_l0(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
+    let (n, ..) = nhwc("row_l0", a)?;
+    if b.shape() != a.shape() {
+        return Err(Error::shape(
+            "row_l0",
+            format!("a {:?}, b {:?}", a.shape(), b.shape()),
+        ));
+    }
+    if a.is_cuda() {
+        return crate::cuda::ops::row_l0(a, b);
+    }
+    let d = a.numel() / n.max(1);
+    Ok((0..n)
+        .map(|j| l0_dist(&a.data()[j * d..(j + 1) * d], &b.data()[j * d..(j + 1) * d]))
+        .collect())
 }
 
 #[cfg(test)]

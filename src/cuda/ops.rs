@@ -1098,43 +1098,89 @@ pub fn pgd_step(
     step: &[f32],
     norm: Norm,
 ) -> Result<Tensor> {
-    let xs = st("pgd_step", x)?;
+    let topk = match norm {
+        Norm::L1(k) if !(k > 0.0 && k <= 1.0) => {
+            return Err(Error::flag("topk", format!("must be in (0, 1], got {k}")))
+        }
+        Norm::L1(k) => vec![k; eps.len()],
+        _ => Vec::new(),
+    };
+    pgd_rows("pgd_step", x, x0, grad, eps, step, norm, &topk)
+}
+
+/// APGD-L1's sparse step on GPU f32 batches (N, H, W, C), the GPU twin of
+/// `attack::resident::apgd_l1_step`: row `j` moves its `topk[j]` fraction of largest-gradient
+/// coordinates by `step[j]` in all, then is projected onto the l1 ball of radius `eps` cut with
+/// the box (the PGD l1 kernels with a per-sample fraction; lambda by a bracketed search where
+/// the CPU projects exactly).
+pub fn apgd_l1_step(
+    x_adv: &Tensor,
+    grad: &Tensor,
+    x0: &Tensor,
+    step: &[f32],
+    topk: &[f32],
+    eps: f32,
+) -> Result<Tensor> {
+    let eps = vec![eps; step.len()];
+    pgd_rows(
+        "apgd_l1_step",
+        x_adv,
+        x0,
+        grad,
+        &eps,
+        step,
+        Norm::L1(0.0),
+        topk,
+    )
+}
+
+/// `pgd_step` with the l1 top-k fraction per sample (`topk`, used when `norm` is l1).
+#[allow(clippy::too_many_arguments)]
+fn pgd_rows(
+    op: &'static str,
+    x: &Tensor,
+    x0: &Tensor,
+    grad: &Tensor,
+    eps: &[f32],
+    step: &[f32],
+    norm: Norm,
+    topk: &[f32],
+) -> Result<Tensor> {
+    let xs = st(op, x)?;
     let n = eps.len();
+    let l1 = matches!(norm, Norm::L1(_));
     if n == 0
         || xs.len % n != 0
         || step.len() != n
+        || (l1 && topk.len() != n)
         || x0.shape() != x.shape()
         || grad.shape() != x.shape()
     {
         return Err(Error::shape(
-            "pgd_step",
+            op,
             format!(
-                "x {:?}, x0 {:?}, grad {:?}, {} eps, {} steps",
+                "x {:?}, x0 {:?}, grad {:?}, {} eps, {} steps, {} top-k fractions",
                 x.shape(),
                 x0.shape(),
                 grad.shape(),
                 eps.len(),
-                step.len()
+                step.len(),
+                topk.len()
             ),
         ));
     }
-    if let Norm::L1(k) = norm {
-        if !(k > 0.0 && k <= 1.0) {
-            return Err(Error::flag("topk", format!("must be in (0, 1], got {k}")));
-        }
+    // Any fraction works (the kernels clamp the rank to the sample, as AutoAttack); NaN not.
+    if let Some(k) = topk.iter().find(|k| k.is_nan()) {
+        return Err(Error::flag("topk", format!("must be a number, got {k}")));
     }
     let g = xs.gpu().clone();
     let xf = on_gpu_as(x, xs, DType::F32)?;
     let x0 = on_gpu_as(x0, xs, DType::F32)?;
     let gr = on_gpu_as(grad, xs, DType::F32)?;
-    let (xp, x0p, gp) = (
-        st("pgd_step", &xf)?.ptr(),
-        st("pgd_step", &x0)?.ptr(),
-        st("pgd_step", &gr)?.ptr(),
-    );
-    // eps and step in one upload.
-    let es = g.upload(&[eps, step].concat())?;
-    let (ep, sp) = (es.ptr(), es.ptr() + 4 * n as u64);
+    let (xp, x0p, gp) = (st(op, &xf)?.ptr(), st(op, &x0)?.ptr(), st(op, &gr)?.ptr());
+    // eps, step (and the top-k fractions) in one upload.
+    let es = g.upload(&[eps, step, topk].concat())?;
+    let (ep, sp, kp) = (es.ptr(), es.ptr() + 4 * n as u64, es.ptr() + 8 * n as u64);
     let out = empty(&g, xs.len, DType::F32)?;
     let d = xs.len / n;
     let args = || {
@@ -1146,6 +1192,7 @@ pub fn pgd_step(
             .push(ep)
             .push(sp)
     };
+    let clusters = ((n * PGD_CL) as u32, 1, 1);
     match norm {
         Norm::Linf if d % 4 == 0 => {
             let total4 = xs.len / 4;
@@ -1165,7 +1212,7 @@ pub fn pgd_step(
         Norm::L2 if pgd_uses_cluster(&g.arch, d, PGD_CL_MAX_D4_L2) => run(
             &g,
             "pgd_l2_cl_f32",
-            ((n * PGD_CL) as u32, 1, 1),
+            clusters,
             1024,
             0,
             args().push((d / 4) as u32),
@@ -1178,21 +1225,21 @@ pub fn pgd_step(
             0,
             args().push(d as u32),
         )?,
-        Norm::L1(k) if pgd_uses_cluster(&g.arch, d, PGD_CL_MAX_D4_L1) => run(
+        Norm::L1(_) if pgd_uses_cluster(&g.arch, d, PGD_CL_MAX_D4_L1) => run(
             &g,
             "pgd_l1_cl_f32",
-            ((n * PGD_CL) as u32, 1, 1),
+            clusters,
             1024,
             0,
-            args().push(k).push((d / 4) as u32),
+            args().push(kp).push((d / 4) as u32),
         )?,
-        Norm::L1(k) => run(
+        Norm::L1(_) => run(
             &g,
             "pgd_l1_f32",
             (n as u32, 1, 1),
             1024,
             0,
-            args().push(k).push(d as u32),
+            args().push(kp).push(d as u32),
         )?,
     }
     Ok(Tensor::from_cuda(x.shape(), out))
@@ -1517,4 +1564,32 @@ pub fn apgd_step(
         }
     }
     Ok(Tensor::from_cuda(x_adv.shape(), y))
+}
+
+/// Per-row count of coordinates where `a` and `b` (N, ...) differ, on the GPU (APGD-L1's L0
+/// norm of `x_best - x0`); the CPU twin is `attack::resident::row_l0`.
+pub fn row_l0(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
+    let (g, p) = apgd_inputs("row_l0", [a, b, a, b])?;
+    let n = a.shape().first().copied().unwrap_or(0);
+    if n == 0 || a.shape() != b.shape() {
+        return Err(Error::shape(
+            "row_l0",
+            format!("a {:?}, b {:?}", a.shape(), b.shape()),
+        ));
+    }
+    let d = a.numel() / n;
+    let out = empty(&g, n, DType::F32)?;
+    run(
+        &g,
+        "row_l0_f32",
+        (n as u32, 1, 1),
+        256,
+        0,
+        Args::new()
+            .push(out.ptr())
+            .push(p[0])
+            .push(p[1])
+            .push(d as u32),
+    )?;
+    g.download(&out.buf, n)
 }
