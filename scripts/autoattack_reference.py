@@ -14,6 +14,17 @@ Subcommands:
          install it from a checkout of fra31/auto-attack, or put that checkout on PYTHONPATH /
          pass --autoattack-path); without it, torchattacks' port (`pip install torchattacks`).
 
+  scale  Makes a model and data at the paper's scale for throughput comparisons on a GPU: a
+         ResNet-50 (GELU, base width --width, --num-classes outputs) with a seeded random
+         initialisation and BN statistics taken from one pass over 32 other images (so the
+         logits depend on the input), and --n smooth random 224x224 images
+         labelled with the model's own strict-f32 predictions (clean accuracy 100%). It then
+         picks the largest l-inf eps (4/255 halved until it holds) at which a 10-step PGD leaves at
+         least 75% of the first 16 images correctly classified, so AutoAttack runs most of its
+         budget in both tools, and writes it to scale.json. No training needed: the point is
+         to time both tools on the same work at ResNet-50 / 224 px, where the demo model times
+         per-call overhead.
+
   check-adv
          Re-evaluates an `mpm-attack` run in PyTorch: every sample the report counts as not
          robust (and clean-correct) must be misclassified by the PyTorch model on the `adv`
@@ -138,6 +149,71 @@ def cmd_demo(a):
     save_file({"input": xte.contiguous(), "target": yte.contiguous()},
               os.path.join(a.out, "data.safetensors"))
     print(f"wrote {a.out}/weights.safetensors and data.safetensors ({a.test} test images)")
+
+
+# ----------------------------------------------------------------------------- scale
+
+
+def still_correct_after_pgd(model, x, y, eps, steps=10):
+    """Fraction of (x, y) still classified y after an l-inf PGD of radius eps."""
+    delta = torch.zeros_like(x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)
+        g, = torch.autograd.grad(loss, delta)
+        delta = (delta + eps / 4 * g.sign()).clamp(-eps, eps).detach()
+    with torch.no_grad():
+        return (model((x + delta).clamp(0, 1)).argmax(1) == y).float().mean().item()
+
+
+def cmd_scale(a):
+    torch.backends.cudnn.allow_tf32 = False  # labels from strict f32 arithmetic
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
+    model = R.build_model(a.arch, "gelu", a.num_classes, width=a.width).to(a.device)
+    calib = 32
+    low = torch.rand(a.n + calib, 3, 14, 14, generator=gen)
+    x = F.interpolate(low, size=(a.size, a.size), mode="bilinear", align_corners=False)
+    x = (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    # BN running statistics from one train-mode pass over separate images (a data-dependent
+    # init): with PyTorch's default init and identity BN the activations vanish through 50
+    # layers and every image gets the same logits; normalised, the logits follow the input.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average: the statistics of this batch
+        model.train()
+        model(x[a.n:].to(a.device))
+    x = x[:a.n]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        y = torch.cat([model(x[b:b + 32].to(a.device)).argmax(1).cpu() for b in range(0, a.n, 32)])
+    print(f"labels: {len(set(y.tolist()))} distinct classes over {a.n} images")
+    xs, ys = x[:16].to(a.device), y[:16].to(a.device)
+    # Random-feature models are fragile (margins of a few 1e-2 against large input gradients),
+    # so search down from 4/255 by halves.
+    chosen, table, k = None, {}, 4.0
+    while chosen is None and k >= 1e-4:
+        acc = still_correct_after_pgd(model, xs, ys, k / 255)
+        table[f"{k:.6g}/255"] = acc
+        print(f"eps {k:.6g}/255: {100 * acc:.0f}% still correct after 10-step PGD")
+        if acc >= 0.75:
+            chosen = k / 255
+        k /= 2
+    chosen = chosen or k / 255
+    os.makedirs(a.out, exist_ok=True)
+    sd = {k2: v.detach().cpu().clone().contiguous() for k2, v in model.state_dict().items()}
+    sd = {k2: (v.to(torch.int64) if k2.endswith("num_batches_tracked") else v.float()) for k2, v in sd.items()}
+    save_file(sd, os.path.join(a.out, "weights.safetensors"))
+    save_file({"input": x.contiguous(), "target": y.contiguous()}, os.path.join(a.out, "data.safetensors"))
+    with open(os.path.join(a.out, "scale.json"), "w") as f:
+        json.dump({"arch": a.arch, "width": a.width, "num_classes": a.num_classes, "n": a.n,
+                   "size": a.size, "eps_linf": chosen, "pgd10_still_correct": table}, f, indent=1)
+    print(f"wrote {a.out}: weights, data, scale.json (eps_linf {chosen:.8f})")
 
 
 # ----------------------------------------------------------------------------- run
@@ -309,6 +385,15 @@ def main():
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--noise", type=float, default=0.3)
     d.add_argument("--amplitude", type=float, default=0.12)
+    sc = sub.add_parser("scale")
+    sc.add_argument("--out", required=True)
+    sc.add_argument("--arch", default="resnet50")
+    sc.add_argument("--width", type=int, default=64)
+    sc.add_argument("--num-classes", type=int, default=1000)
+    sc.add_argument("--n", type=int, default=64)
+    sc.add_argument("--size", type=int, default=224)
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     r = sub.add_parser("run")
     model_flags(r)
     r.add_argument("--norm", required=True, choices=["Linf", "L2", "L1"])
@@ -330,7 +415,7 @@ def main():
     c.add_argument("--report", required=True)
     c.add_argument("--adv", required=True)
     a = ap.parse_args()
-    {"demo": cmd_demo, "run": cmd_run, "check-adv": cmd_check_adv}[a.cmd](a)
+    {"demo": cmd_demo, "scale": cmd_scale, "run": cmd_run, "check-adv": cmd_check_adv}[a.cmd](a)
 
 
 if __name__ == "__main__":

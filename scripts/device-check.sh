@@ -141,14 +141,49 @@ attack() {
   tail -n 30 "$out/attack.txt"
 }
 
+# The same comparison at the paper's scale: a ResNet-50 (1000 classes, 224x224) made on the GPU
+# machine by `autoattack_reference.py scale` (random init, BN statistics from other images,
+# labels = its own predictions, eps calibrated so most points survive a 10-step PGD; 100 MB of
+# weights are not worth carrying). Default attacks: APGD-CE + APGD-T (100 iterations); set
+# R50_ATTACKS=apgd-ce,apgd-t,fab-t,square for the whole standard list (minutes per tool).
+# R50_ENGINE_ARGS adds engine flags (e.g. "--precision tf32", PyTorch's default conv math).
+# A CPU dry run of the flow: R50_TORCH_DEVICE=cpu R50_ENGINE_DEVICE=cpu R50_WIDTH=8 R50_N=2.
+attack_r50() {
+  local out="${OUT:-device-out/results}" n="${R50_N:-32}" dir="${R50_DIR:-/tmp/mpm-r50}"
+  local attacks="${R50_ATTACKS:-apgd-ce,apgd-t}"
+  mkdir -p "$out"
+  setup_libs
+  export LD_LIBRARY_PATH MPM_KERNEL_CACHE="${MPM_KERNEL_CACHE:-/tmp/mpm-kernel-cache}"
+  echo "== attack at scale: ResNet-50, 224x224, 1000 classes, $n images, $attacks" | tee "$out/attack_r50.txt"
+  [ -f "$dir/scale.json" ] || python3 scripts/autoattack_reference.py scale --out "$dir" --n "$n" \
+    --width "${R50_WIDTH:-64}" --device "${R50_TORCH_DEVICE:-cuda}" >> "$out/attack_r50.txt" 2>&1
+  local eps
+  eps=$(python3 -c "import json; print(json.load(open('$dir/scale.json'))['eps_linf'])") || return
+  local common=(--weights "$dir/weights.safetensors" --data "$dir/data.safetensors" --num-classes 1000
+                --norm Linf --eps "$eps" --attacks "$attacks")
+  ( time timeout "${T_R50_ENGINE:-150}" "$BIN/mpm-attack" "${common[@]}" --arch resnet50 --limit "$n" \
+      --batch-size "$n" --version custom --device "${R50_ENGINE_DEVICE:-cuda:0}" --no-resume \
+      --report "$out/engine_r50.json" \
+      ${R50_ENGINE_ARGS:-} ) >> "$out/attack_r50.txt" 2>&1
+  echo "engine rc=$?" | tee -a "$out/attack_r50.txt"
+  ( time timeout "${T_R50_REF:-200}" python3 scripts/autoattack_reference.py run "${common[@]}" \
+      --arch resnet50 --act gelu --limit "$n" --batch-size "$n" --device "${R50_TORCH_DEVICE:-cuda}" \
+      --autoattack-path device-out/aa --report "$out/reference_r50.json" ) >> "$out/attack_r50.txt" 2>&1
+  echo "reference rc=$?" | tee -a "$out/attack_r50.txt"
+  tail -n 20 "$out/attack_r50.txt"
+}
+
 # Everything in one call (one machine start): the GPU tests and benchmarks, then the attack
 # comparison when `attack-build` has put the demo model and the reference there. With a
 # 600 s per-call limit, e.g.
 #   T_PARITY=120 T_TRAIN=40 T_BF16=150 T_F32=0 T_ENGINE=80 T_REF=90 AA_N=256 scripts/device-check.sh all
+# and, with R50_N=32 (plus T_R50_ENGINE / T_R50_REF), the ResNet-50 comparison after it.
 all() {
   gpu
   if [ -f device-out/aa/weights.safetensors ] && [ -x "$BIN/mpm-attack" ]; then
     attack
+    # The ResNet-50 comparison when R50_N is set (it needs the reference package too).
+    [ "${R50_N:-0}" != 0 ] && attack_r50
   else
     echo "attack comparison skipped: run attack-build here first" | tee -a "${OUT:-device-out/results}/summary.txt"
   fi
@@ -160,5 +195,6 @@ case "${1:-}" in
   gpu) gpu ;;
   attack-build) attack_build ;;
   attack) attack ;;
-  *) echo "usage: $0 build|gpu|attack-build|attack|all" >&2; exit 2 ;;
+  attack-r50) attack_r50 ;;
+  *) echo "usage: $0 build|gpu|attack-build|attack|attack-r50|all" >&2; exit 2 ;;
 esac
