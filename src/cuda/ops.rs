@@ -446,26 +446,48 @@ pub enum FocalImpl {
 /// Largest S the register-staged kernel takes (128 threads x FOCAL_ITEMS).
 pub const FOCAL_REGS_MAX_S: usize = 128 * 32;
 
-static FOCAL_IMPL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// A process-wide choice between two implementations of a kernel: forced by `set`, else the
+/// environment variable `env` (its value `alt` picks the second), else the first.
+struct KernelSwitch {
+    forced: std::sync::atomic::AtomicU8,
+    env: &'static str,
+    alt: &'static str,
+}
+
+impl KernelSwitch {
+    const fn new(env: &'static str, alt: &'static str) -> Self {
+        KernelSwitch {
+            forced: std::sync::atomic::AtomicU8::new(0),
+            env,
+            alt,
+        }
+    }
+    fn set(&self, second: bool) {
+        let v = if second { 2 } else { 1 };
+        self.forced.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn second(&self) -> bool {
+        match self.forced.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => std::env::var(self.env).is_ok_and(|v| v == self.alt),
+        }
+    }
+}
+
+static FOCAL_SWITCH: KernelSwitch = KernelSwitch::new("MPM_FOCAL_KERNEL", "registers");
 
 /// Forces the focal-loss kernel for this process (tests, mpm-bench).
 pub fn set_focal_impl(i: FocalImpl) {
-    let v = match i {
-        FocalImpl::Shared => 1,
-        FocalImpl::Registers => 2,
-    };
-    FOCAL_IMPL.store(v, std::sync::atomic::Ordering::Relaxed);
+    FOCAL_SWITCH.set(i == FocalImpl::Registers);
 }
 
 /// The focal-loss kernel in use (the environment decides until `set_focal_impl` is called).
 pub fn focal_impl() -> FocalImpl {
-    match FOCAL_IMPL.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => FocalImpl::Shared,
-        2 => FocalImpl::Registers,
-        _ => match std::env::var("MPM_FOCAL_KERNEL").as_deref() {
-            Ok("registers") => FocalImpl::Registers,
-            _ => FocalImpl::Shared,
-        },
+    if FOCAL_SWITCH.second() {
+        FocalImpl::Registers
+    } else {
+        FocalImpl::Shared
     }
 }
 
@@ -1053,26 +1075,19 @@ pub enum PgdImpl {
     Block,
 }
 
-static PGD_IMPL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static PGD_SWITCH: KernelSwitch = KernelSwitch::new("MPM_PGD_KERNEL", "block");
 
 /// Forces the l2 / l1 step kernels for this process (tests, mpm-bench).
 pub fn set_pgd_impl(i: PgdImpl) {
-    let v = match i {
-        PgdImpl::Cluster => 1,
-        PgdImpl::Block => 2,
-    };
-    PGD_IMPL.store(v, std::sync::atomic::Ordering::Relaxed);
+    PGD_SWITCH.set(i == PgdImpl::Block);
 }
 
 /// The l2 / l1 step kernels in use (the environment decides until `set_pgd_impl` is called).
 pub fn pgd_impl() -> PgdImpl {
-    match PGD_IMPL.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => PgdImpl::Cluster,
-        2 => PgdImpl::Block,
-        _ => match std::env::var("MPM_PGD_KERNEL").as_deref() {
-            Ok("block") => PgdImpl::Block,
-            _ => PgdImpl::Cluster,
-        },
+    if PGD_SWITCH.second() {
+        PgdImpl::Block
+    } else {
+        PgdImpl::Cluster
     }
 }
 
