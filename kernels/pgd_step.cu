@@ -287,8 +287,7 @@ __device__ __forceinline__ float clip01(float v) { return fminf(fmaxf(v, 0.0f), 
 // delta in g's registers, ||delta||^2 (cluster sum). Pass 3: x0 again (just read: from L2),
 // out written. DRAM traffic 16 bytes per element; three cluster barriers per sample.
 // Preconditions: D % 4 == 0, D / 4 <= PGD_CL * PGD_CL_THREADS * PGD_L2_V; grid = N * PGD_CL.
-extern "C" __global__ void __cluster_dims__(PGD_CL, 1, 1) __launch_bounds__(PGD_CL_THREADS, 1)
-pgd_l2_cl_f32(float4* out, const float4* x, const float4* x0, const float4* g, const float* eps,
+extern "C" __global__ void __cluster_dims__(PGD_CL, 1, 1) __launch_bounds__(PGD_CL_THREADS, 1) pgd_l2_cl_f32(float4* out, const float4* x, const float4* x0, const float4* g, const float* eps,
               const float* step, u32 d4) {
     __shared__ float scratch[32];
     __shared__ float slot[2];
@@ -361,8 +360,7 @@ __device__ __forceinline__ void select_bin(const u32* tot, u32* wsum, u32 rank, 
 // DRAM traffic 16 bytes per element; the rounds touch no memory.
 // Preconditions: D % 4 == 0, D / 4 <= PGD_CL * PGD_CL_THREADS * PGD_L1_V, 0 < topk[n] <= 1;
 // grid = N * PGD_CL.
-extern "C" __global__ void __cluster_dims__(PGD_CL, 1, 1) __launch_bounds__(PGD_CL_THREADS, 1)
-pgd_l1_cl_f32(float4* out, const float4* x, const float4* x0, const float4* g, const float* eps,
+extern "C" __global__ void __cluster_dims__(PGD_CL, 1, 1) __launch_bounds__(PGD_CL_THREADS, 1) pgd_l1_cl_f32(float4* out, const float4* x, const float4* x0, const float4* g, const float* eps,
               const float* step, const float* topk, u32 d4) {
     __shared__ u32 hist[2][256];
     __shared__ u32 tot[256];

@@ -52,7 +52,25 @@ fn every_kernel_compiles_with_nvrtc_and_passes_ptxas_sm90() {
                 continue;
             }
         };
-        let entries = String::from_utf8_lossy(&ptx).matches(".entry").count();
+        let ptx_text = String::from_utf8_lossy(&ptx).into_owned();
+        let entries = ptx_text.matches(".entry").count();
+        // The runtime finds a kernel's file by its name on a `__global__` line
+        // (`modules::file_of`): every entry point must be findable, or its launch fails.
+        for name in ptx_text
+            .lines()
+            .filter_map(|l| l.split(".entry").nth(1))
+            .map(|rest| rest.trim().trim_end_matches('(').trim())
+        {
+            match modules::file_of(name) {
+                Some(f) if f.name == k.name => {}
+                other => failures.push(format!(
+                    "kernel {name} of {}.cu: modules::file_of finds {:?} (declare it on its \
+                     `extern \"C\" __global__` line)",
+                    k.name,
+                    other.map(|f| f.name)
+                )),
+            }
+        }
         let path = dir.join(format!("{}.ptx", k.name));
         std::fs::write(&path, &ptx).expect("write ptx");
         let out = Command::new(&ptxas)
