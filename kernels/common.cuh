@@ -82,6 +82,40 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(r);
 }
 
+// ---- bracketed root search ----
+// One step of a search for f(u) = 0 with f decreasing and f(lo) > 0 >= f(hi): regula falsi with
+// the Illinois rule (when one end is kept twice, its value is halved, so the bracket shrinks
+// from both sides), a bisection when the secant lands on an end. Every thread of a block (or
+// cluster) holds the same bracket and takes the same branches. `hi` is always on the f <= 0
+// side. Used for the l1-ball projection's lambda (pgd_step.cu) and FAB's projections onto a
+// hyperplane within the box (fab_step.cu).
+template <typename T>
+struct Bracket {
+    T lo, hi, flo, fhi;   // flo > 0 >= fhi
+    int kept;             // +1: lo was replaced last time, -1: hi, 0: neither yet
+    __device__ T next() const {
+        T m = lo + (hi - lo) * (flo / (flo - fhi));
+        if (!(m > lo && m < hi)) m = (T)0.5 * (lo + hi);
+        return m;
+    }
+    // False when the bracket cannot shrink any more (one ulp wide).
+    __device__ bool open() const {
+        T m = next();
+        return m > lo && m < hi;
+    }
+    __device__ void update(T m, T fm) {
+        if (fm > (T)0) {
+            lo = m; flo = fm;
+            if (kept == 1) fhi *= (T)0.5;
+            kept = 1;
+        } else {
+            hi = m; fhi = fm;
+            if (kept == -1) flo *= (T)0.5;
+            kept = -1;
+        }
+    }
+};
+
 // Grid-stride loop over [0, n).
 #define GRID_STRIDE(i, n) \
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)(n); i += (u64)gridDim.x * blockDim.x)

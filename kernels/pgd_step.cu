@@ -119,29 +119,6 @@ __device__ __forceinline__ u32 topk_rank(float topk, u32 d) {
     int r = (int)((1.0f - topk) * (float)d);
     return (u32)min(max(r, 0), (int)d - 1);
 }
-// One step of a bracketed root search for s(lambda) = e (s decreasing, s(lo) > e >= s(hi)):
-// regula falsi with the Illinois rule (when one end is kept twice, its value is halved, so the
-// bracket shrinks from both sides), a bisection when the secant lands on an end.
-struct Bracket {
-    float lo, hi, flo, fhi;   // f = s - e: flo > 0 >= fhi
-    int kept;                 // +1: lo was replaced last time, -1: hi, 0: neither yet
-    __device__ float next() const {
-        float m = lo + (hi - lo) * (flo / (flo - fhi));
-        if (!(m > lo && m < hi)) m = 0.5f * (lo + hi);
-        return m;
-    }
-    __device__ void update(float m, float fm) {
-        if (fm > 0.0f) {
-            lo = m; flo = fm;
-            if (kept == 1) fhi *= 0.5f;
-            kept = 1;
-        } else {
-            hi = m; fhi = fm;
-            if (kept == -1) flo *= 0.5f;
-            kept = -1;
-        }
-    }
-};
 // Stop when s(hi) is within this fraction of eps below it (hi is always inside the ball).
 #define PGD_L1_TOL 1e-5f
 #define PGD_L1_ROUNDS 64
@@ -197,7 +174,7 @@ extern "C" __global__ void __launch_bounds__(1024) pgd_l1_f32(float* out, const 
     vmax = block_max(vmax, scratch);
     float lambda = 0.0f;
     if (l1c > e) {
-        Bracket br = {0.0f, vmax, l1c - e, -e, 0};
+        Bracket<float> br = {0.0f, vmax, l1c - e, -e, 0};
         for (int it = 0; it < PGD_L1_ROUNDS; ++it) {
             float m = br.next();
             if (!(m > br.lo && m < br.hi)) break;   // the bracket is one ulp wide
@@ -441,7 +418,7 @@ extern "C" __global__ void __cluster_dims__(PGD_CL, 1, 1) __launch_bounds__(PGD_
     // (c) lambda. Every block holds the same sums, so all take the same rounds.
     float lambda = 0.0f;
     if (l1c > e) {
-        Bracket br = {0.0f, vmax, l1c - e, -e, 0};
+        Bracket<float> br = {0.0f, vmax, l1c - e, -e, 0};
         for (int it = 0; it < PGD_L1_ROUNDS; ++it) {
             float m = br.next();
             if (!(m > br.lo && m < br.hi)) break;

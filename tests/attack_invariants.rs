@@ -511,3 +511,71 @@ fn apgd_with_resident_iterates_gives_the_host_loop_results() {
         );
     }
 }
+
+#[test]
+fn fab_with_resident_iterates_gives_the_host_loop_results() {
+    use mpm::attack::fab::{FabConfig, FabT};
+    let mut m = tiny();
+    let n = 5;
+    let x = images(n, 14);
+    let y = predictions(&mut m, &x);
+    let ids: Vec<u64> = (110..110 + n as u64).collect();
+    for (norm, eps) in [(Norm::Linf, 0.5 / 255.0), (Norm::L2, 0.05)] {
+        let mut out = Vec::new();
+        for resident in [false, true] {
+            let mut cfg = FabConfig::standard(norm, eps, 6);
+            cfg.n_iter = 12;
+            cfg.n_target_classes = 3;
+            cfg.n_restarts = 2; // random starts too
+            cfg.resident = resident;
+            out.push(
+                FabT {
+                    cfg,
+                    model: &mut m,
+                    stream: 4,
+                }
+                .perturb(&x, &y, &ids, DIMS)
+                .unwrap(),
+            );
+        }
+        assert_same_outcome(&format!("fab-t {norm}"), &out[0], &out[1]);
+        let fooled = out[1].1.iter().filter(|f| **f).count();
+        eprintln!("fab-t {norm}: fooled {fooled}/{n}");
+        assert!(
+            0 < fooled && fooled < n,
+            "fab-t {norm}: fooled {fooled}/{n}"
+        );
+    }
+}
+
+/// FAB's resident step on the CPU with a zero-gradient row and a boundary out of reach: finite
+/// values in the box (the GPU kernel is compared with these in `cuda_parity::fab_row_kernels`).
+#[test]
+fn fab_step_twin_handles_zero_gradients_and_unreachable_boundaries() {
+    use mpm::attack::fab::FabConfig;
+    use mpm::attack::resident::fab_step;
+    let shape = [3, 5, 4, 3];
+    let d = 60;
+    let grid = |k: usize| -> Vec<f32> {
+        (0..3 * d)
+            .map(|i| ((i * k + 7) % 97) as f32 / 96.0)
+            .collect()
+    };
+    let x1 = mpm::tensor::Tensor::from_vec(&shape, grid(13)).unwrap();
+    let im2 = mpm::tensor::Tensor::from_vec(&shape, grid(29)).unwrap();
+    let mut wv: Vec<f32> = grid(31).iter().map(|v| v - 0.5).collect();
+    wv[..d].iter_mut().for_each(|v| *v = 0.0);
+    let w = mpm::tensor::Tensor::from_vec(&shape, wv).unwrap();
+    for norm in [Norm::Linf, Norm::L2, Norm::L1] {
+        let cfg = FabConfig::standard(norm, 0.1, 0);
+        let out = fab_step(&x1, &im2, &w, &[0.5, -0.8, 1e6], &cfg).unwrap();
+        assert!(
+            out.data()
+                .iter()
+                .all(|v| v.is_finite() && (0.0..=1.0).contains(v)),
+            "{norm}: {:?}",
+            &out.data()[..8]
+        );
+        assert_ne!(out.data(), x1.data(), "{norm}: the step moved nothing");
+    }
+}

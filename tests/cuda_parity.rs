@@ -782,8 +782,59 @@ fn apgd_l1_step_and_row_l0_kernels() {
     }
 }
 
-/// APGD (l-inf, l2, l1) and Square (l-inf) with their state on the GPU against the same
-/// attacks' host loops on the same GPU model: the passes see the same batches (same kernels),
+/// FAB's resident ops, GPU against their CPU twins: the step (l-inf, l2; the GPU finds the
+/// projections' roots by a bracketed search to 1e-6 where the CPU sorts, so values agree to
+/// f32 rounding), including a row with a zero gradient and one whose boundary is out of reach
+/// within the box; the per-row distances (f64 sums on the GPU); the shrink (bit for bit).
+#[test]
+fn fab_row_kernels() {
+    use mpm::attack::fab::FabConfig;
+    use mpm::attack::resident::{fab_step, row_dist, shrink_rows};
+    use mpm::attack::Norm;
+    let Some((dev, _lock)) = gpu() else { return };
+    let shape = [4, 11, 9, 3];
+    let im2 = rand_tensor(&shape, 70, 0.0, 1.0);
+    let x1 = rand_tensor(&shape, 71, 0.0, 1.0);
+    let mut wv = rand_tensor(&shape, 72, -1.0, 1.0).into_vec();
+    let d = wv.len() / 4;
+    wv.iter_mut().step_by(6).for_each(|v| *v = 0.0);
+    wv[..d].iter_mut().for_each(|v| *v = 0.0); // row 0: no gradient
+    let w = Tensor::from_vec(&shape, wv).unwrap();
+    let df = [0.7f32, -1.3, 2.0, 1e6]; // row 3: out of reach
+    let on = |t: &Tensor| t.to_device(dev).unwrap();
+    for norm in [Norm::Linf, Norm::L2] {
+        let cfg = FabConfig::standard(norm, 0.1, 0);
+        let want = fab_step(&x1, &im2, &w, &df, &cfg).unwrap();
+        let got = fab_step(&on(&x1), &on(&im2), &on(&w), &df, &cfg).unwrap();
+        assert!(got.is_cuda());
+        assert_close(
+            &format!("fab_step {norm}"),
+            &got.to_device(Device::Cpu).unwrap(),
+            &want,
+            F32_VAL,
+        );
+    }
+    for norm in [Norm::Linf, Norm::L2, Norm::L1] {
+        let want = row_dist(&x1, &im2, norm).unwrap();
+        let got = row_dist(&on(&x1), &on(&im2), norm).unwrap();
+        for (g, c) in got.iter().zip(&want) {
+            assert!(
+                (g - c).abs() <= 1e-5 * c.abs(),
+                "row_dist {norm}: {got:?} vs {want:?}"
+            );
+        }
+    }
+    let want = shrink_rows(&x1, &im2, &[3, 1], 0.9).unwrap();
+    let got = shrink_rows(&on(&x1), &on(&im2), &[3, 1], 0.9).unwrap();
+    assert_eq!(
+        got.to_device(Device::Cpu).unwrap().data(),
+        want.data(),
+        "shrink_rows"
+    );
+}
+
+/// APGD (l-inf, l2, l1), Square (l-inf) and FAB-T (l-inf, l2) with their state on the GPU
+/// against the same attacks' host loops on the same GPU model: the passes see the same batches (same kernels),
 /// and the resident steps round like the host's (l1: the projection's lambda to 1e-5 of eps),
 /// so the outcomes should agree; cuDNN's backward-data algorithms may accumulate in a
 /// run-dependent order, so one borderline sample may differ.
@@ -791,6 +842,7 @@ fn apgd_l1_step_and_row_l0_kernels() {
 #[test]
 fn resident_attacks_match_the_host_loops_on_the_gpu() {
     use mpm::attack::apgd::{Apgd, ApgdConfig};
+    use mpm::attack::fab::{FabConfig, FabT};
     use mpm::attack::model::{argmax, in_threat_model};
     use mpm::attack::square::{Square, SquareConfig};
     use mpm::attack::{Classifier, Dims, EngineClassifier, Norm};
@@ -819,10 +871,23 @@ fn resident_attacks_match_the_host_loops_on_the_gpu() {
         ("apgd-ce l2", Norm::L2, 0.1),
         ("apgd-ce l1", Norm::L1, 2.0),
         ("square linf", Norm::Linf, 2.0 / 255.0),
+        ("fab-t linf", Norm::Linf, 1.0 / 255.0),
+        ("fab-t l2", Norm::L2, 0.1),
     ] {
         let mut out = Vec::new();
         for resident in [false, true] {
-            let r = if what.starts_with("square") {
+            let r = if what.starts_with("fab") {
+                let mut cfg = FabConfig::standard(norm, eps, 1);
+                cfg.n_iter = 20;
+                cfg.n_target_classes = 3;
+                cfg.resident = resident;
+                FabT {
+                    cfg,
+                    model: &mut m,
+                    stream: 4,
+                }
+                .perturb(&x, &y, &ids, dims)
+            } else if what.starts_with("square") {
                 let mut cfg = SquareConfig::standard(norm, eps, 1);
                 cfg.n_queries = 100;
                 cfg.resident = resident;

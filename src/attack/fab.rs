@@ -11,6 +11,7 @@
 use super::model::{argmax, ranked_class, Classifier, Dims};
 use super::norms::Norm;
 use super::radix::ArgSort;
+use super::resident::{copy_rows, fab_step, row_dist, shrink_rows};
 use super::rng::{normal, sample_rng, uniform, SampleRng};
 use super::schedule::RunGroups;
 use crate::Result;
@@ -30,6 +31,10 @@ pub struct FabConfig {
     /// Most images in one model pass: runs (targets, restarts) that fit side by side share
     /// passes; results do not depend on it (see `ApgdConfig::pass_batch`).
     pub pass_batch: usize,
+    /// l-inf, l2: keep the iterates, originals, gradients and best points in the model's input
+    /// tensors (on its device; `attack::resident`); same results as the host loop (false),
+    /// which l1 always uses.
+    pub resident: bool,
 }
 
 impl FabConfig {
@@ -45,6 +50,7 @@ impl FabConfig {
             beta: 0.9,
             seed,
             pass_batch: 0,
+            resident: true,
         }
     }
 }
@@ -341,6 +347,34 @@ fn project(norm: Norm, t: &[f32], w: &[f32], b: f32) -> Vec<f32> {
     out
 }
 
+/// One FAB iteration for one row, in place on the iterate `xr`: both points (`xr` and the
+/// original `ir`) projected onto the boundary linearised by `w` (the gradient of f_t - f_y at
+/// `xr`) and `df` (f_t - f_y there), then the step biased towards the original image. Shared by
+/// the host loop and the CPU twin of the resident step (`resident::fab_step`), so both give the
+/// same bits. `d1`, `d2`: buffers of the row's length.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fab_row_step(
+    cfg: &FabConfig,
+    df: f32,
+    xr: &mut [f32],
+    ir: &[f32],
+    w: &[f32],
+    sc: &mut ProjScratch,
+    d1: &mut [f32],
+    d2: &mut [f32],
+) {
+    let (norm, eta, alpha_max) = (cfg.norm, cfg.eta, cfg.alpha_max);
+    let b = -df + dot(w, xr);
+    project_into(norm, xr, w, b, d1, sc);
+    project_into(norm, ir, w, b, d2, sc);
+    let a1 = norm.of(d1).max(1e-8);
+    let a2 = norm.of(d2).max(1e-8);
+    let alpha = (a1 / (a1 + a2)).max(0.0).min(alpha_max);
+    for (i, xv) in xr.iter_mut().enumerate() {
+        *xv = ((*xv + eta * d1[i]) * (1.0 - alpha) + (ir[i] + d2[i] * eta) * alpha).clamp(0.0, 1.0);
+    }
+}
+
 pub struct FabT<'m> {
     pub cfg: FabConfig,
     pub model: &'m mut dyn Classifier,
@@ -437,7 +471,6 @@ impl FabT<'_> {
             .iter()
             .flat_map(|&j| x[j * d..(j + 1) * d].iter().copied())
             .collect();
-        let mut adv = im2.clone();
         let mut res2 = vec![1e10f32; bs];
         let mut x1 = im2.clone();
         for (jj, &j) in pred.iter().enumerate() {
@@ -448,18 +481,38 @@ impl FabT<'_> {
                 }
             }
         }
+        let run = Targets { k, la2, la_t };
+        let adv = if cfg.resident && cfg.norm != Norm::L1 {
+            self.iterate_resident(&run, &im2, x1, dims, &mut res2)?
+        } else {
+            self.iterate_host(&run, &im2, x1, dims, &mut res2)?
+        };
+        for (jj, &j) in pred.iter().enumerate() {
+            if res2[jj] < 1e10 {
+                adv_c[j * d..(j + 1) * d].copy_from_slice(&adv[jj * d..(jj + 1) * d]);
+            }
+        }
+        Ok(adv_c)
+    }
+
+    /// FAB's iterations on the host: returns each row's closest adversarial point so far
+    /// (`res2[j]` its distance, 1e10 where none was found).
+    fn iterate_host(
+        &mut self,
+        run: &Targets,
+        im2: &[f32],
+        mut x1: Vec<f32>,
+        dims: Dims,
+        res2: &mut [f32],
+    ) -> Result<Vec<f32>> {
+        let (d, k, cfg) = (dims.len(), run.k, self.cfg.clone());
+        let mut adv = im2.to_vec();
         for _ in 0..cfg.n_iter {
-            let (logits, g) = self.model.logits_and_grad(&x1, dims, &mut |_z| {
-                let mut dz = vec![0f32; bs * k];
-                for j in 0..bs {
-                    dz[j * k + la_t[j]] += 1.0;
-                    dz[j * k + la2[j]] -= 1.0;
-                }
-                dz
-            })?;
+            let (logits, g) = self
+                .model
+                .logits_and_grad(&x1, dims, &mut |_z| run.seed())?;
             // Per sample: both projections (a sort of d values each) and the step, in
             // parallel over samples, each worker reusing its buffers.
-            let (norm, eta, alpha_max) = (cfg.norm, cfg.eta, cfg.alpha_max);
             x1.par_chunks_mut(d)
                 .zip(im2.par_chunks(d))
                 .zip(g.par_chunks(d))
@@ -467,23 +520,12 @@ impl FabT<'_> {
                 .for_each_init(
                     || (ProjScratch::default(), vec![0f32; d], vec![0f32; d]),
                     |(sc, d1, d2), (j, ((xr, ir), w))| {
-                        let df = logits[j * k + la_t[j]] - logits[j * k + la2[j]];
-                        let b = -df + dot(w, xr);
-                        project_into(norm, xr, w, b, d1, sc);
-                        project_into(norm, ir, w, b, d2, sc);
-                        let a1 = norm.of(d1).max(1e-8);
-                        let a2 = norm.of(d2).max(1e-8);
-                        let alpha = (a1 / (a1 + a2)).max(0.0).min(alpha_max);
-                        for (i, xv) in xr.iter_mut().enumerate() {
-                            *xv = ((*xv + eta * d1[i]) * (1.0 - alpha)
-                                + (ir[i] + d2[i] * eta) * alpha)
-                                .clamp(0.0, 1.0);
-                        }
+                        fab_row_step(&cfg, run.df(&logits, j), xr, ir, w, sc, d1, d2);
                     },
                 );
             let z = self.model.logits(&x1, dims)?;
-            for j in 0..bs {
-                if argmax(&z[j * k..(j + 1) * k]) != la2[j] {
+            for j in 0..res2.len() {
+                if argmax(&z[j * k..(j + 1) * k]) != run.la2[j] {
                     let r = j * d..(j + 1) * d;
                     let t = cfg.norm.dist(&x1[r.clone()], &im2[r.clone()]);
                     if t < res2[j] {
@@ -496,12 +538,75 @@ impl FabT<'_> {
                 }
             }
         }
-        for (jj, &j) in pred.iter().enumerate() {
-            if res2[jj] < 1e10 {
-                adv_c[j * d..(j + 1) * d].copy_from_slice(&adv[jj * d..(jj + 1) * d]);
+        Ok(adv)
+    }
+
+    /// `iterate_host` with the iterate, the originals, the gradients and the best points in
+    /// the model's input tensors (`attack::resident`): per iteration only logits, boundary
+    /// distances, distances and row lists cross to the host. Same decisions and, on the CPU,
+    /// the same bits as the host loop.
+    fn iterate_resident(
+        &mut self,
+        run: &Targets,
+        im2: &[f32],
+        x1: Vec<f32>,
+        dims: Dims,
+        res2: &mut [f32],
+    ) -> Result<Vec<f32>> {
+        let (k, cfg) = (run.k, self.cfg.clone());
+        let im2d = self.model.input_tensor(im2, dims)?;
+        let mut x1d = self.model.input_tensor(&x1, dims)?;
+        let mut advd = im2d.clone();
+        for _ in 0..cfg.n_iter {
+            let (logits, g) = self
+                .model
+                .logits_and_grad_of_input(&x1d, dims, &mut |_z| run.seed())?;
+            let df: Vec<f32> = (0..res2.len()).map(|j| run.df(&logits, j)).collect();
+            x1d = fab_step(&x1d, &im2d, &g, &df, &cfg)?;
+            let z = self.model.logits_of_input(&x1d, dims)?;
+            let fooled: Vec<u32> = (0..res2.len())
+                .filter(|&j| argmax(&z[j * k..(j + 1) * k]) != run.la2[j])
+                .map(|j| j as u32)
+                .collect();
+            if fooled.is_empty() {
+                continue;
             }
+            let dist = row_dist(&x1d, &im2d, cfg.norm)?;
+            let mut pairs = Vec::new();
+            for &j in &fooled {
+                let j = j as usize;
+                if dist[j] < res2[j] {
+                    pairs.extend([j as u32, j as u32]);
+                    res2[j] = dist[j];
+                }
+            }
+            advd = copy_rows(&advd, &x1d, &pairs)?;
+            x1d = shrink_rows(&x1d, &im2d, &fooled, cfg.beta)?;
         }
-        Ok(adv_c)
+        self.model.input_to_host(&advd, dims)
+    }
+}
+
+/// The classes of one FAB-T run's rows: true (`la2`) and target (`la_t`), `k` classes.
+struct Targets {
+    k: usize,
+    la2: Vec<usize>,
+    la_t: Vec<usize>,
+}
+
+impl Targets {
+    /// The backward seed of f_t - f_y for every row.
+    fn seed(&self) -> Vec<f32> {
+        let mut dz = vec![0f32; self.la2.len() * self.k];
+        for j in 0..self.la2.len() {
+            dz[j * self.k + self.la_t[j]] += 1.0;
+            dz[j * self.k + self.la2[j]] -= 1.0;
+        }
+        dz
+    }
+    /// f_t - f_y of row `j` in `logits`.
+    fn df(&self, logits: &[f32], j: usize) -> f32 {
+        logits[j * self.k + self.la_t[j]] - logits[j * self.k + self.la2[j]]
     }
 }
 

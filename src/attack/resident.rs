@@ -228,7 +228,7 @@ pub fn apgd_l1_step(
     eps: f32,
 ) -> Result<Tensor> {
     let op = "apgd_l1_step";
-    let (n, h, w, c) = nhwc(op, x_adv)?;
+    let (n, ..) = nhwc(op, x_adv)?;
     if [grad, x0].iter().any(|t| t.shape() != x_adv.shape()) || step.len() != n || topk.len() != n {
         return Err(Error::shape(
             op,
@@ -245,34 +245,39 @@ pub fn apgd_l1_step(
     if x_adv.is_cuda() {
         return crate::cuda::ops::apgd_l1_step(x_adv, grad, x0, step, topk, eps);
     }
-    let d = h * w * c;
-    let (xa, g, x0) = (x_adv.data(), grad.data(), x0.data());
-    let mut out = vec![0f32; xa.len()];
-    // NHWC index of NCHW position i.
-    let at = |i: usize| {
-        let (ch, rq) = (i / (h * w), i % (h * w));
-        rq * c + ch
-    };
+    map_rows_nchw(&[x_adv, grad, x0], |j, r| {
+        let mut o = vec![0f32; r[0].len()];
+        super::apgd::l1_sparse_step(&r[0], &r[1], &r[2], step[j], topk[j], eps, &mut o);
+        o
+    })
+}
+
+/// Row `j` of an NHWC batch `(n, h, w, c)` as NCHW values.
+fn nchw_row(t: &[f32], j: usize, (h, w, c): (usize, usize, usize)) -> Vec<f32> {
+    let (d, hw) = (h * w * c, h * w);
+    (0..d).map(|i| t[j * d + (i % hw) * c + i / hw]).collect()
+}
+
+/// `f(j, rows)` on every row `j` of the NHWC batches `ins` (shaped alike), each row handed over
+/// in NCHW order, f's NCHW output put back in NHWC: a CPU twin that reuses a host loop's per-row
+/// function gets its bits exactly (the host loops work in NCHW, and their sums follow it).
+fn map_rows_nchw(
+    ins: &[&Tensor],
+    f: impl Fn(usize, &[Vec<f32>]) -> Vec<f32> + Sync,
+) -> Result<Tensor> {
+    let (n, h, w, c) = nhwc("map_rows_nchw", ins[0])?;
+    let (d, hw) = (h * w * c, h * w);
+    let data: Vec<&[f32]> = ins.iter().map(|t| t.data()).collect();
+    let mut out = vec![0f32; n * d];
     out.par_chunks_mut(d.max(1))
         .enumerate()
         .for_each(|(j, row)| {
-            let base = j * d;
-            let nchw = |v: &[f32]| (0..d).map(|i| v[base + at(i)]).collect::<Vec<f32>>();
-            let mut o = vec![0f32; d];
-            super::apgd::l1_sparse_step(
-                &nchw(xa),
-                &nchw(g),
-                &nchw(x0),
-                step[j],
-                topk[j],
-                eps,
-                &mut o,
-            );
-            for (i, v) in o.into_iter().enumerate() {
-                row[at(i)] = v;
+            let rows: Vec<Vec<f32>> = data.iter().map(|t| nchw_row(t, j, (h, w, c))).collect();
+            for (i, v) in f(j, &rows).into_iter().enumerate() {
+                row[(i % hw) * c + i / hw] = v;
             }
         });
-    Tensor::from_vec(x_adv.shape(), out)
+    Tensor::from_vec(ins[0].shape(), out)
 }
 
 /// Per-row count of coordinates where `a` and `b` differ (APGD-L1's L0 norm of `x_best - x0`,
@@ -292,6 +297,107 @@ pub fn row_l0(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
     Ok((0..n)
         .map(|j| l0_dist(&a.data()[j * d..(j + 1) * d], &b.data()[j * d..(j + 1) * d]))
         .collect())
+}
+
+/// FAB's iteration on NHWC batches: row `j` of `x1` after `fab::fab_row_step` with the
+/// original `im2`, the gradient `w` of f_t - f_y at `x1` and `df[j]` (f_t - f_y there). CPU twin:
+/// the host loop's function in NCHW order (its bits); GPU (l-inf, l2): `cuda::ops::fab_step`.
+pub fn fab_step(
+    x1: &Tensor,
+    im2: &Tensor,
+    w: &Tensor,
+    df: &[f32],
+    cfg: &super::fab::FabConfig,
+) -> Result<Tensor> {
+    let op = "fab_step";
+    let (n, ..) = nhwc(op, x1)?;
+    if [im2, w].iter().any(|t| t.shape() != x1.shape()) || df.len() != n {
+        return Err(Error::shape(
+            op,
+            format!(
+                "x1 {:?}, im2 {:?}, w {:?}, {} boundary distances",
+                x1.shape(),
+                im2.shape(),
+                w.shape(),
+                df.len()
+            ),
+        ));
+    }
+    if x1.is_cuda() {
+        if cfg.norm == Norm::L1 {
+            return Err(Error::Msg(format!(
+                "{op}: the l1 projection runs on the host (FabConfig::resident applies to l-inf and l2)"
+            )));
+        }
+        return crate::cuda::ops::fab_step(
+            x1,
+            im2,
+            w,
+            df,
+            cfg.norm == Norm::L2,
+            cfg.eta,
+            cfg.alpha_max,
+        );
+    }
+    map_rows_nchw(&[x1, im2, w], |j, r| {
+        let d = r[0].len();
+        let (mut x, mut d1, mut d2) = (r[0].clone(), vec![0f32; d], vec![0f32; d]);
+        let mut sc = super::fab::ProjScratch::default();
+        super::fab::fab_row_step(cfg, df[j], &mut x, &r[1], &r[2], &mut sc, &mut d1, &mut d2);
+        x
+    })
+}
+
+/// Per-row `norm` distances between NHWC batches `a` and `b` (as `Norm::dist` on the NCHW
+/// rows, so the CPU gives the host loop's bits); on the GPU `cuda::ops::row_dist` (f64 sums).
+pub fn row_dist(a: &Tensor, b: &Tensor, norm: Norm) -> Result<Vec<f32>> {
+    let (n, h, w, c) = nhwc("row_dist", a)?;
+    if b.shape() != a.shape() {
+        return Err(Error::shape(
+            "row_dist",
+            format!("a {:?}, b {:?}", a.shape(), b.shape()),
+        ));
+    }
+    if a.is_cuda() {
+        let code = match norm {
+            Norm::Linf => 0,
+            Norm::L2 => 1,
+            Norm::L1 => 2,
+        };
+        return crate::cuda::ops::row_dist(a, b, code);
+    }
+    let (ad, bd) = (a.data(), b.data());
+    Ok((0..n)
+        .map(|j| norm.dist(&nchw_row(ad, j, (h, w, c)), &nchw_row(bd, j, (h, w, c))))
+        .collect())
+}
+
+/// `x` with each listed row replaced by `c + (x - c) beta` (FAB's step back towards the
+/// original once a point is adversarial); out of place.
+pub fn shrink_rows(x: &Tensor, c: &Tensor, rows: &[u32], beta: f32) -> Result<Tensor> {
+    let (n, ..) = nhwc("shrink_rows", x)?;
+    if c.shape() != x.shape() || rows.iter().any(|&r| r as usize >= n) {
+        return Err(Error::shape(
+            "shrink_rows",
+            format!("x {:?}, c {:?}, rows {rows:?}", x.shape(), c.shape()),
+        ));
+    }
+    if rows.is_empty() {
+        return Ok(x.clone());
+    }
+    if x.is_cuda() {
+        return crate::cuda::ops::shrink_rows(x, c, rows, beta);
+    }
+    let d = x.numel() / n;
+    let mut out = x.clone();
+    let cv = c.data();
+    let ov = out.data_mut();
+    for &r in rows {
+        for i in r as usize * d..(r as usize + 1) * d {
+            ov[i] = cv[i] + (ov[i] - cv[i]) * beta;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

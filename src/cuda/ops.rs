@@ -1608,3 +1608,96 @@ pub fn row_l0(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
     )?;
     g.download(&out.buf, n)
 }
+
+// ---------------------------------------------------------------- fab_step.cu
+
+/// FAB's step on GPU f32 batches (N, H, W, C), l-inf or l2 (`l2`): the GPU twin of
+/// `attack::resident::fab_step` (row `n` projected from `x1` and from `im2` onto the boundary
+/// linearised by `w` and `df[n]`, then the biased step; the projections' roots by a bracketed
+/// search where the CPU sorts).
+pub fn fab_step(
+    x1: &Tensor,
+    im2: &Tensor,
+    w: &Tensor,
+    df: &[f32],
+    l2: bool,
+    eta: f32,
+    alpha_max: f32,
+) -> Result<Tensor> {
+    let (g, p) = apgd_inputs("fab_step", [x1, im2, w, x1])?;
+    let n = df.len();
+    let total = x1.numel();
+    let dv = g.upload(df)?;
+    let out = empty(&g, total, DType::F32)?;
+    if n > 0 && total > 0 {
+        run(
+            &g,
+            "fab_step_f32",
+            (n as u32, 1, 1),
+            1024,
+            0,
+            Args::new()
+                .push(out.ptr())
+                .push(p[0])
+                .push(p[1])
+                .push(p[2])
+                .push(dv.ptr())
+                .push(l2 as u32)
+                .push(eta)
+                .push(alpha_max)
+                .push((total / n) as u32),
+        )?;
+    }
+    Ok(Tensor::from_cuda(x1.shape(), out))
+}
+
+/// Per-row distances between GPU batches `a`, `b` (N, ...): `norm` 0 l-inf, 1 l2, 2 l1 (f64
+/// sums); the CPU twin is `attack::resident::row_dist`.
+pub fn row_dist(a: &Tensor, b: &Tensor, norm: u32) -> Result<Vec<f32>> {
+    let (g, p) = apgd_inputs("row_dist", [a, b, a, b])?;
+    let n = a.shape().first().copied().unwrap_or(0);
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let out = empty(&g, n, DType::F32)?;
+    run(
+        &g,
+        "row_dist_f32",
+        (n as u32, 1, 1),
+        256,
+        0,
+        Args::new()
+            .push(out.ptr())
+            .push(p[0])
+            .push(p[1])
+            .push(norm)
+            .push((a.numel() / n) as u32),
+    )?;
+    g.download(&out.buf, n)
+}
+
+/// `x` with rows `rows` replaced by `c + (x - c) beta` (out of place), on the GPU; the CPU
+/// twin is `attack::resident::shrink_rows`.
+pub fn shrink_rows(x: &Tensor, c: &Tensor, rows: &[u32], beta: f32) -> Result<Tensor> {
+    let (g, p) = apgd_inputs("shrink_rows", [x, c, x, c])?;
+    let out = st("shrink_rows", x)?.try_clone()?;
+    let n = x.shape().first().copied().unwrap_or(0);
+    if !rows.is_empty() && n > 0 {
+        let d = x.numel() / n;
+        let r = g.upload(rows)?;
+        let total = rows.len() * d;
+        run1(
+            &g,
+            "shrink_rows_f32",
+            total,
+            Args::new()
+                .push(out.ptr())
+                .push(p[1])
+                .push(r.ptr())
+                .push(beta)
+                .push(d as u32)
+                .push(total as u64),
+        )?;
+    }
+    Ok(Tensor::from_cuda(x.shape(), out))
+}
