@@ -31,6 +31,8 @@ __device__ __forceinline__ float focal_pixel(float l, float wn, float gamma, flo
     return wn * dfdl * inv_total;
 }
 
+#define FOCAL_BATCH 8
+
 template <typename T, typename U>
 __device__ void focal_loss_fwd_bwd(const T* z, const U* t, const float* weights, T* dz,
                                    float* pixel_loss, u32 s, u32 pixels_per_image, float gamma,
@@ -43,7 +45,26 @@ __device__ void focal_loss_fwd_bwd(const T* z, const U* t, const float* weights,
     u64 base = pix * s;
     // Pass 1: one global read into shared memory; per-thread max and sum of targets.
     float m = -MPM_FLT_MAX, tsum = 0.0f;
-    for (u32 j = threadIdx.x; j < s; j += blockDim.x) {
+    // Groups of FOCAL_BATCH strided elements that lie wholly inside the row: their 2 x
+    // FOCAL_BATCH global loads are issued before any is used (a plain strided loop exits after
+    // each element, so only one load pair per thread was in flight: the bf16 case was
+    // latency-bound); then the rest one by one. Same elements, same order of the sums.
+    const u32 stride = blockDim.x;
+    u32 j = threadIdx.x;
+    for (; j + (FOCAL_BATCH - 1) * stride < s; j += FOCAL_BATCH * stride) {
+        float zv[FOCAL_BATCH], tv[FOCAL_BATCH];
+#pragma unroll
+        for (int k = 0; k < FOCAL_BATCH; ++k) {
+            zv[k] = to_f32(z[base + j + k * stride]);
+            tv[k] = to_f32(t[base + j + k * stride]);
+        }
+#pragma unroll
+        for (int k = 0; k < FOCAL_BATCH; ++k) {
+            zs[j + k * stride] = zv[k]; ts[j + k * stride] = tv[k]; tsum += tv[k];
+            m = fmaxf(m, zv[k]);
+        }
+    }
+    for (; j < s; j += stride) {
         float zj = to_f32(z[base + j]), tj = to_f32(t[base + j]);
         zs[j] = zj; ts[j] = tj; tsum += tj;
         m = fmaxf(m, zj);
