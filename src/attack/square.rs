@@ -13,7 +13,9 @@
 
 use super::model::{margin, Classifier, Dims};
 use super::norms::{l1_projection, Norm};
-use super::resident::{copy_rows, square_linf_candidates, SquareProposals};
+use super::resident::{
+    copy_rows, square_l2l1_candidates, square_linf_candidates, SquareMoves, SquareProposals,
+};
 use super::rng::{below, sample_rng, sign, uniform, SampleRng};
 use crate::Result;
 use rayon::prelude::*;
@@ -25,9 +27,11 @@ pub struct SquareConfig {
     pub n_queries: usize,
     pub p_init: f32,
     pub seed: u64,
-    /// l-inf: keep the iterates in the model's input tensors (on its device) and move only
-    /// window positions and signs per query (`attack::resident`). Same results as the host
-    /// loop (false), which l2 / l1 always use.
+    /// Keep the iterates in the model's input tensors (on its device) and move only each
+    /// sample's draws per query (window corners, signs; l2 / l1: the eta profile's transpose,
+    /// and the profile once per query): `attack::resident`. Same results as the host loop
+    /// (false) on the CPU; on a GPU the same up to the f64 sums' order (l2, l1) and the l1
+    /// projection's search.
     pub resident: bool,
 }
 
@@ -91,7 +95,7 @@ fn eta_rectangles(norm: Norm, x: usize, y: usize) -> Vec<f32> {
 /// The reference's `eta(s)` before its random transpose: +profile on the top half, -profile
 /// on the bottom half, normalised. `[s, s]` row-major. Deterministic given `norm` and `s`, so
 /// a query computes it once for all samples (`eta` adds the per-sample transpose).
-pub(crate) fn eta_profile(norm: Norm, s: usize) -> Vec<f32> {
+pub fn eta_profile(norm: Norm, s: usize) -> Vec<f32> {
     let mut delta = vec![0f32; s * s];
     let top = eta_rectangles(norm, s / 2, s);
     let bot = eta_rectangles(norm, s - s / 2, s);
@@ -449,8 +453,8 @@ impl Square<'_> {
             .collect();
         let mut loss_min = margin_min.clone();
 
-        if norm == Norm::Linf && self.cfg.resident {
-            x_best = self.linf_queries_resident(x, y, dims, x_best, &mut margin_min, &mut rngs)?;
+        if self.cfg.resident {
+            x_best = self.queries_resident(x, y, dims, x_best, &mut margin_min, &mut rngs)?;
         } else {
             for it in 0..self.cfg.n_queries {
                 let active: Vec<usize> = (0..n).filter(|&j| margin_min[j] > 0.0).collect();
@@ -502,10 +506,12 @@ impl Square<'_> {
             .round_ties_even() as usize
     }
 
-    /// The l-inf query loop with the iterates in the model's input tensors: per query only the
-    /// window corners, the window side and the signs go to the model's device, and the logits
-    /// come back. Draws, arithmetic and acceptance are the host loop's, so the result is too.
-    fn linf_queries_resident(
+    /// The query loop with the iterates in the model's input tensors: per query only the
+    /// samples' draws go to the model's device (and, for l2 / l1, the eta profile), the
+    /// candidates are made there (`resident::square_linf_candidates` /
+    /// `square_l2l1_candidates`), and the logits come back. Draws, arithmetic and acceptance
+    /// are the host loop's, so the result is too (on the CPU; see `SquareConfig::resident`).
+    fn queries_resident(
         &mut self,
         x: &[f32],
         y: &[usize],
@@ -517,31 +523,48 @@ impl Square<'_> {
         let n = y.len();
         let k = self.model.num_classes();
         let (c, h, w) = (dims.c, dims.h, dims.w);
-        let eps = self.cfg.eps;
+        let (norm, eps) = (self.cfg.norm, self.cfg.eps);
         let xd = self.model.input_tensor(x, dims)?;
         let mut best = self.model.input_tensor(&x_best, dims)?;
         let mut loss_min = margin_min.to_vec();
+        // l2 / l1: the eta profile of the current window side (it changes with the schedule).
+        let mut profile: (usize, Vec<f32>) = (0, Vec::new());
         for it in 0..self.cfg.n_queries {
             let active: Vec<usize> = (0..n).filter(|&j| margin_min[j] > 0.0).collect();
             if active.is_empty() {
                 break;
             }
-            let s = self.raw_side(it, dims).max(1).min(h.min(w));
-            let mut prop = SquareProposals {
-                rows: Vec::with_capacity(active.len()),
-                vh: Vec::with_capacity(active.len()),
-                vw: Vec::with_capacity(active.len()),
-                s: s as u32,
-                signs: Vec::with_capacity(active.len() * c),
+            let raw = self.raw_side(it, dims);
+            let cand = if norm == Norm::Linf {
+                let s = raw.max(1).min(h.min(w));
+                let mut prop = SquareProposals {
+                    rows: Vec::with_capacity(active.len()),
+                    vh: Vec::with_capacity(active.len()),
+                    vw: Vec::with_capacity(active.len()),
+                    s: s as u32,
+                    signs: Vec::with_capacity(active.len() * c),
+                };
+                for &j in &active {
+                    let rng = &mut rngs[j];
+                    prop.rows.push(j as u32);
+                    prop.vh.push(below(rng, h - s) as u32);
+                    prop.vw.push(below(rng, w - s) as u32);
+                    prop.signs.extend((0..c).map(|_| sign(rng)));
+                }
+                square_linf_candidates(&best, &xd, &prop, eps)?
+            } else {
+                let s = l2l1_side(raw, dims);
+                if profile.0 != s {
+                    profile = (s, eta_profile(norm, s));
+                }
+                let mut moves = SquareMoves::new(s, std::mem::take(&mut profile.1));
+                for &j in &active {
+                    moves.push(j, &MassMove::draw(s, dims, &mut rngs[j]));
+                }
+                let cand = square_l2l1_candidates(&best, &xd, &moves, norm, eps);
+                profile.1 = moves.profile;
+                cand?
             };
-            for &j in &active {
-                let rng = &mut rngs[j];
-                prop.rows.push(j as u32);
-                prop.vh.push(below(rng, h - s) as u32);
-                prop.vw.push(below(rng, w - s) as u32);
-                prop.signs.extend((0..c).map(|_| sign(rng)));
-            }
-            let cand = square_linf_candidates(&best, &xd, &prop, eps)?;
             let z = self.model.logits_of_input(&cand, dims)?;
             let mut pairs = Vec::new();
             for (a, &j) in active.iter().enumerate() {
