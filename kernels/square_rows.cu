@@ -68,10 +68,10 @@ __device__ __forceinline__ float sq_delta(const SqRow& p, u32 r, u32 q, u32 ch, 
 
 // The part both kernels share: the new delta of this block's row, written into its row of
 // `out`; `acc(delta, x)` runs on each element as it is written, so the caller's sums ride on
-// that pass. Passes over the row (d = H*W*C values): (1) ni, reads best and x; (2) the window sums, one
-// thread per channel, reading the windows' union (<= 2 s^2 C values); (3) per channel, the norm
-// of the new window content (reads w1, C block sums); (4) the new delta, reads best and x,
-// writes out. Shared: nw1, nws, scale per channel.
+// that pass. Passes over the row (d = H*W*C values): (1) ni, reads best and x; (2) the window
+// sums, one thread per channel, reading best and x over the windows' union (<= 2 s^2 pixels);
+// (3) per channel, the norm of the new window content (reads w1, C block sums); (4) the new
+// delta, reads best and x, writes out. Shared: nw1, nws, scale per channel.
 template <bool L1, typename Acc>
 __device__ __forceinline__ void sq_new_delta(float* out, const float* best, const float* x,
                                              const SqRow& p, u32 h, u32 w, u32 c, u32 s,
@@ -134,7 +134,8 @@ __device__ __forceinline__ void sq_new_delta(float* out, const float* best, cons
                 sc = __fdiv_rn(__fmul_rn(__fadd_rn(room, nws[ch]), fc), __fadd_rn(1e-12f, tn));
             } else {
                 float tn = __double2float_rn(sqrt(t));
-                float room = __fdiv_rn(fmaxf(__fsub_rn(__fmul_rn(eps, eps), __fmul_rn(ni, ni)), 0.0f), fc);
+                float room = __fsub_rn(__fmul_rn(eps, eps), __fmul_rn(ni, ni));
+                room = __fdiv_rn(fmaxf(room, 0.0f), fc);
                 sc = __fdiv_rn(__fsqrt_rn(__fadd_rn(room, __fmul_rn(nws[ch], nws[ch]))),
                                __fadd_rn(1e-12f, tn));
             }
@@ -157,9 +158,9 @@ __device__ __forceinline__ void sq_new_delta(float* out, const float* best, cons
 // Thread mapping: one block (1024 threads) per candidate row; threads 0..C-1 alone run the
 // window sums (pass 2 of sq_new_delta, <= 2 s^2 serial steps: ~80k at s = 201, the first 10
 // queries at 224 px; ~1k from query 2000 on). Traffic per element of a row: best and x read
-// twice (passes 1 and 4), out written (4) then read with x and written again (5): ~36 bytes,
-// from L2 when a row fits there, plus the windows (passes 2-3). Preconditions (launcher):
-// C <= SQ_MAX_C, windows inside the image, blockDim.x = 1024.
+// twice (passes 1 and 4: 16 bytes), out written (4), then out and x read and out written again
+// (12): 32 bytes, from L2 when a row fits there, plus the windows (passes 2-3).
+// Preconditions (launcher): C <= SQ_MAX_C, windows inside the image, blockDim.x = 1024.
 extern "C" __global__ void __launch_bounds__(1024) square_l2_cand_f32(float* cand, const float* best,
         const float* x, const u32* meta, u32 na, u32 h, u32 w, u32 c, u32 s, float eps) {
     __shared__ double scratch[32];
@@ -190,9 +191,10 @@ __device__ __forceinline__ double sq_l1_left(float xv, float y, double lambda) {
 // l1 candidates. Same inputs and mapping as square_l2_cand_f32. After the new delta (written
 // into cand), its clipped l1 norm g(0) = sum_i |delta_i| - u_i and max |delta_i|; when g(0) is
 // above eps' = eps (1 - 1e-6), lambda by regula falsi with the Illinois rule on the bracket
-// [0, max |delta|] (g is decreasing and piecewise linear, so a secant inside one piece is exact),
-// each round a pass over the row (f64 block sum), stopping when eps' (1 - SQ_L1_TOL) <= g <= eps'
-// and keeping the end inside the ball; then out = clip01((x + delta) + r) with
+// [0, max |delta|] (g is decreasing and piecewise linear, so a secant inside one piece is
+// exact), each round a pass over the row (f64 block sum), stopping when
+// eps' (1 - SQ_L1_TOL) <= g <= eps' and keeping the end inside the ball; then
+// out = clip01((x + delta) + r) with
 // r = -sign(delta) clamp(lambda, u, |delta|) rounded to f32 (the CPU's expression).
 // Traffic per element: as the l2 kernel, plus 8 bytes (delta, x) per search round, from L2
 // when a row fits there (6 to 20 rounds in a host emulation of this kernel on 17x13 to
@@ -225,7 +227,8 @@ extern "C" __global__ void __launch_bounds__(1024) square_l1_cand_f32(float* can
             if (!(m > lo && m < hi)) m = 0.5 * (lo + hi);
             if (!(m > lo && m < hi)) break;   // the bracket is one ulp wide
             double gm = 0.0;
-            for (u32 j = threadIdx.x; j < d; j += blockDim.x) gm += sq_l1_left(x[src + j], cand[dst + j], m);
+            for (u32 j = threadIdx.x; j < d; j += blockDim.x)
+                gm += sq_l1_left(x[src + j], cand[dst + j], m);
             gm = block_sum_d(gm, scratch);
             double fm = gm - e;
             if (fm > 0.0) {
