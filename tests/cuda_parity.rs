@@ -833,10 +833,127 @@ fn fab_row_kernels() {
     );
 }
 
-/// APGD (l-inf, l2, l1), Square (l-inf) and FAB-T (l-inf, l2) with their state on the GPU
-/// against the same attacks' host loops on the same GPU model: the passes see the same batches (same kernels),
-/// and the resident steps round like the host's (l1: the projection's lambda to 1e-5 of eps),
-/// so the outcomes should agree; cuDNN's backward-data algorithms may accumulate in a
+/// Square's resident l2 / l1 candidates (kernels/square_rows.cu) against their CPU twin, with
+/// windows at the border, overlapping and identical ones, both profile orientations, on small
+/// images and at 224 px (window side 25, and 201: the first queries' side, where the serial
+/// window sums are longest). l2: same element arithmetic and window sums, f64 norm sums in
+/// another order, so equal up to the f32 rounding of a norm (checked at 1e-5 relative; a norm
+/// one ulp off moves the candidate by ~1e-7). l1: lambda by a bracketed search (to 1e-9 of
+/// eps) instead of the CPU's sort, so close (checked at 1e-5 absolute, values in [0, 1]) and,
+/// like the CPU's, inside the ball (eps (1 - 1e-6) up to f32 rounding) and the box. A host
+/// emulation of the kernels gave the CPU's bits on such inputs; the count is printed.
+#[test]
+fn square_l2l1_candidate_kernels() {
+    use mpm::attack::resident::{square_l2l1_candidates, SquareMoves};
+    use mpm::attack::square::eta_profile;
+    use mpm::attack::Norm;
+    let Some((dev, _lock)) = gpu() else { return };
+    for (shape, s, seed) in [
+        ([5, 11, 9, 3], 5u32, 70u64),
+        ([3, 224, 224, 3], 25, 71),
+        ([2, 224, 224, 3], 201, 72),
+    ] {
+        let (n, h, w, c) = (shape[0], shape[1] as u32, shape[2] as u32, shape[3]);
+        let d = shape[1] * shape[2] * c;
+        let x = rand_tensor(&shape, seed, 0.0, 1.0);
+        // Best points: a perturbation of x in the box (some coordinates at 0 or 1).
+        let noise = rand_tensor(&shape, seed + 1, -0.2, 0.2);
+        let best = Tensor::from_vec(
+            &shape,
+            x.data()
+                .iter()
+                .zip(noise.data())
+                .map(|(a, b)| (a + b).clamp(0.0, 1.0))
+                .collect(),
+        )
+        .unwrap();
+        let (xg, bg) = (x.to_device(dev).unwrap(), best.to_device(dev).unwrap());
+        let (hm, wm) = (h - s, w - s);
+        // Rows: w1 top-left / w2 bottom-right corner; identical windows; overlapping ones
+        // at the right border; w1 bottom-left / w2 in the middle.
+        let rows = vec![n as u32 - 1, 0, 1, n as u32 - 1];
+        let vh1 = vec![0, hm / 2, hm, hm];
+        let vw1 = vec![0, wm / 3, wm, 0];
+        let vh2 = vec![hm, hm / 2, hm.saturating_sub(2), hm / 2];
+        let vw2 = vec![wm, wm / 3, wm.saturating_sub(1), wm / 2];
+        for (norm, eps_per) in [
+            (Norm::L2, 0.02f32),
+            (Norm::L2, 0.2),
+            (Norm::L1, 0.01),
+            (Norm::L1, 0.2),
+        ] {
+            // l2: eps_per * sqrt(d) (a third to three times the start's norm); l1: eps_per * d.
+            let eps = if norm == Norm::L2 {
+                eps_per * (d as f32).sqrt()
+            } else {
+                eps_per * d as f32
+            };
+            let p = SquareMoves {
+                rows: rows.clone(),
+                vh1: vh1.clone(),
+                vw1: vw1.clone(),
+                vh2: vh2.clone(),
+                vw2: vw2.clone(),
+                transpose: vec![false, true, false, true],
+                s,
+                profile: eta_profile(norm, s as usize),
+                signs: (0..4 * c)
+                    .map(|i| if i % 5 < 2 { -1.0 } else { 1.0 })
+                    .collect(),
+            };
+            let want = square_l2l1_candidates(&best, &x, &p, norm, eps).unwrap();
+            let got = square_l2l1_candidates(&bg, &xg, &p, norm, eps).unwrap();
+            assert!(got.is_cuda());
+            let got = got.to_device(Device::Cpu).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            let same = got
+                .data()
+                .iter()
+                .zip(want.data())
+                .filter(|(a, b)| a == b)
+                .count();
+            let what = format!("square {norm} {shape:?} s {s} eps {eps}");
+            println!(
+                "{what}: {same} of {} values bit-identical to the CPU twin",
+                got.numel()
+            );
+            if norm == Norm::L2 {
+                assert_close(&what, &got, &want, 1e-5);
+                continue;
+            }
+            let max_abs = got
+                .data()
+                .iter()
+                .zip(want.data())
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(max_abs <= 1e-5, "{what}: max |gpu - cpu| = {max_abs}");
+            assert!(
+                got.data().iter().all(|v| (0.0..=1.0).contains(v)),
+                "{what}: box"
+            );
+            for (a, &row) in rows.iter().enumerate() {
+                let r0 = row as usize * d;
+                let xr = &x.data()[r0..r0 + d];
+                let l1: f64 = got.data()[a * d..(a + 1) * d]
+                    .iter()
+                    .zip(xr)
+                    .map(|(g, x)| (g - x).abs() as f64)
+                    .sum();
+                assert!(
+                    l1 <= eps as f64 * (1.0 + 1e-6),
+                    "{what}, row {a}: ||z - x||_1 = {l1}"
+                );
+            }
+        }
+    }
+}
+
+/// APGD (l-inf, l2, l1), Square (l-inf, l2, l1) and FAB-T (l-inf, l2) with their state on
+/// the GPU against the same attacks' host loops on the same GPU model: the passes see the same
+/// batches (same kernels), and the resident steps round like the host's (APGD l1: the
+/// projection's lambda to 1e-5 of eps; Square l2 / l1: f64 norm sums in another order, l1's
+/// lambda by a search; FAB: the projections' roots by a search to 1e-6), so the outcomes should
+/// agree; cuDNN's backward-data algorithms may accumulate in a
 /// run-dependent order, so one borderline sample may differ.
 /// Every fooled example must be in the threat model and fool the GPU model.
 #[test]
@@ -873,6 +990,8 @@ fn resident_attacks_match_the_host_loops_on_the_gpu() {
         ("square linf", Norm::Linf, 2.0 / 255.0),
         ("fab-t linf", Norm::Linf, 1.0 / 255.0),
         ("fab-t l2", Norm::L2, 0.1),
+        ("square l2", Norm::L2, 0.5),
+        ("square l1", Norm::L1, 2.0),
     ] {
         let mut out = Vec::new();
         for resident in [false, true] {

@@ -3,9 +3,12 @@
 //! so a GPU pass moves only per-sample scalars (window positions, signs, row lists) over PCIe
 //! instead of the whole batch. Each op has a CPU twin below with the same arithmetic; the GPU
 //! versions are `cuda::ops::{square_linf_candidates, copy_rows, apgd_step, row_l0}`
-//! (kernels/attack_rows.cu) and `cuda::ops::apgd_l1_step` (kernels/pgd_step.cu).
+//! (kernels/attack_rows.cu), `cuda::ops::square_l2l1_candidates` (kernels/square_rows.cu)
+//! and `cuda::ops::apgd_l1_step` (kernels/pgd_step.cu).
 
+use super::model::Dims;
 use super::norms::{l0_dist, project_l2, Norm};
+use super::square::MassMove;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -94,6 +97,152 @@ pub fn square_linf_candidates(
             }
         }
     }
+    Tensor::from_vec(&[na, h, w, c], out)
+}
+
+/// Square l2 / l1 proposals for one query, one per attacked row (the draws of
+/// `square::MassMove`, as arrays), and the query's eta profile.
+#[derive(Clone, Debug, Default)]
+pub struct SquareMoves {
+    /// Row of `best` / `x` each candidate starts from.
+    pub rows: Vec<u32>,
+    /// Top-left corner of the window that gets the mass (`w1`).
+    pub vh1: Vec<u32>,
+    pub vw1: Vec<u32>,
+    /// Top-left corner of the window that is emptied (`w2`).
+    pub vh2: Vec<u32>,
+    pub vw2: Vec<u32>,
+    /// Whether the row's profile is transposed.
+    pub transpose: Vec<bool>,
+    /// Window side (the same for every row of one query).
+    pub s: u32,
+    /// `[s, s]` row-major: `square::eta_profile(norm, s)`.
+    pub profile: Vec<f32>,
+    /// `[rows.len(), C]`, each +-1.
+    pub signs: Vec<f32>,
+}
+
+impl SquareMoves {
+    /// No rows yet, window side `s` with its `profile`.
+    pub fn new(s: usize, profile: Vec<f32>) -> Self {
+        SquareMoves {
+            s: s as u32,
+            profile,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn push(&mut self, row: usize, m: &MassMove) {
+        self.rows.push(row as u32);
+        self.vh1.push(m.w1.0 as u32);
+        self.vw1.push(m.w1.1 as u32);
+        self.vh2.push(m.w2.0 as u32);
+        self.vw2.push(m.w2.1 as u32);
+        self.transpose.push(m.transpose);
+        self.signs.extend_from_slice(&m.signs);
+    }
+
+    fn get(&self, a: usize, c: usize) -> MassMove {
+        MassMove {
+            s: self.s as usize,
+            w1: (self.vh1[a] as usize, self.vw1[a] as usize),
+            w2: (self.vh2[a] as usize, self.vw2[a] as usize),
+            transpose: self.transpose[a],
+            signs: self.signs[a * c..(a + 1) * c].to_vec(),
+        }
+    }
+}
+
+/// Square l2 / l1 candidates: row `a` is the candidate that `square::MassMove::apply` makes
+/// from row `p.rows[a]` of `best` and of the clean `x` with the draws of row `a`: the mass
+/// of both windows moved into `w1` along the eta profile, `w2` emptied, the perturbation put
+/// back on the eps-sphere (l2) or projected onto the l1 ball cut with the box (l1), clamped to
+/// [0, 1]. The CPU twin runs `apply` on each row in its NCHW order, so the bits are the host
+/// loop's (its f64 sums and the l1 projection's sort follow the coordinates' order); the GPU
+/// version is `cuda::ops::square_l2l1_candidates` (same element arithmetic; f64 norm sums in
+/// another order; l1: lambda by a bracketed search instead of a sort).
+pub fn square_l2l1_candidates(
+    best: &Tensor,
+    x: &Tensor,
+    p: &SquareMoves,
+    norm: Norm,
+    eps: f32,
+) -> Result<Tensor> {
+    let op = "square_l2l1_candidates";
+    if norm == Norm::Linf {
+        return Err(Error::Msg(format!(
+            "{op}: l-inf candidates are square_linf_candidates"
+        )));
+    }
+    let (n, h, w, c) = nhwc(op, best)?;
+    let na = p.rows.len();
+    let s = p.s as usize;
+    let fits = |v: &[u32], side: usize| v.len() == na && v.iter().all(|&v| v as usize + s <= side);
+    if x.shape() != best.shape()
+        || s == 0
+        || !fits(&p.vh1, h)
+        || !fits(&p.vw1, w)
+        || !fits(&p.vh2, h)
+        || !fits(&p.vw2, w)
+        || p.transpose.len() != na
+        || p.signs.len() != na * c
+        || p.profile.len() != s * s
+        || p.rows.iter().any(|&r| r as usize >= n)
+    {
+        return Err(Error::shape(
+            op,
+            format!(
+                "best {:?}, x {:?}, {na} rows (max {}), window {s} (profile of {}), corners \
+                 {}/{}/{}/{} (max {:?}), {} transpose flags, {} signs",
+                best.shape(),
+                x.shape(),
+                p.rows.iter().max().copied().unwrap_or(0),
+                p.profile.len(),
+                p.vh1.len(),
+                p.vw1.len(),
+                p.vh2.len(),
+                p.vw2.len(),
+                [&p.vh1, &p.vw1, &p.vh2, &p.vw2].map(|v| v.iter().max().copied().unwrap_or(0)),
+                p.transpose.len(),
+                p.signs.len()
+            ),
+        ));
+    }
+    if best.is_cuda() {
+        return crate::cuda::ops::square_l2l1_candidates(
+            best,
+            x,
+            &p.rows,
+            [&p.vh1, &p.vw1, &p.vh2, &p.vw2],
+            &p.transpose,
+            p.s,
+            &p.profile,
+            &p.signs,
+            norm == Norm::L1,
+            eps,
+        );
+    }
+    let d = h * w * c;
+    let dims = Dims { c, h, w };
+    let (bv, xv) = (best.data(), x.data());
+    let mut out = vec![0f32; na * d];
+    // NHWC index of NCHW position i.
+    let at = |i: usize| {
+        let (ch, rq) = (i / (h * w), i % (h * w));
+        rq * c + ch
+    };
+    out.par_chunks_mut(d.max(1))
+        .enumerate()
+        .for_each(|(a, row)| {
+            let base = p.rows[a] as usize * d;
+            let nchw = |v: &[f32]| (0..d).map(|i| v[base + at(i)]).collect::<Vec<f32>>();
+            let mut o = vec![0f32; d];
+            p.get(a, c)
+                .apply(norm, eps, dims, &p.profile, &nchw(xv), &nchw(bv), &mut o);
+            for (i, v) in o.into_iter().enumerate() {
+                row[at(i)] = v;
+            }
+        });
     Tensor::from_vec(&[na, h, w, c], out)
 }
 
@@ -459,5 +608,240 @@ mod tests {
         assert_eq!(out.data(), &[8.0, 8.5, 1.0, 1.0, 7.0, 7.5]);
         assert_eq!(dst.data(), &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
         assert!(copy_rows(&dst, &src, &[3, 0]).is_err());
+    }
+
+    /// Square l2 / l1 candidates, written out plainly on NHWC rows in f64 (the l1 projection
+    /// by bisection on lambda): the reference `square_l2l1_candidates` must match.
+    fn l2l1_reference(
+        best: &[f32],
+        x: &[f32],
+        (h, w, c): (usize, usize, usize),
+        p: &SquareMoves,
+        a: usize,
+        norm: Norm,
+        eps: f32,
+    ) -> Vec<f64> {
+        let l1 = norm == Norm::L1;
+        let s = p.s as usize;
+        let at = |r: usize, q: usize, ch: usize| (r * w + q) * c + ch;
+        let in_win = |r: usize, q: usize, vh: u32, vw: u32| {
+            (vh as usize..vh as usize + s).contains(&r)
+                && (vw as usize..vw as usize + s).contains(&q)
+        };
+        let (vh1, vw1, vh2, vw2) = (p.vh1[a], p.vw1[a], p.vh2[a], p.vw2[a]);
+        let pw = |v: f64| if l1 { v.abs() } else { v * v };
+        let root = |v: f64| if l1 { v } else { v.sqrt() };
+        let mut delta: Vec<f64> = best.iter().zip(x).map(|(b, x)| (b - x) as f64).collect();
+        let ni = root(delta.iter().map(|&v| pw(v)).sum());
+        let eps = eps as f64;
+        let mut new = vec![0f64; delta.len()];
+        for ch in 0..c {
+            let (mut n1, mut nu) = (0.0, 0.0);
+            for r in 0..h {
+                for q in 0..w {
+                    let (i1, i2) = (in_win(r, q, vh1, vw1), in_win(r, q, vh2, vw2));
+                    n1 += if i1 { pw(delta[at(r, q, ch)]) } else { 0.0 };
+                    nu += if i1 || i2 {
+                        pw(delta[at(r, q, ch)])
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            let (n1, nu) = (root(n1), root(nu));
+            let mut t = 0.0;
+            for i in 0..s {
+                for k in 0..s {
+                    let e = if p.transpose[a] {
+                        p.profile[k * s + i]
+                    } else {
+                        p.profile[i * s + k]
+                    };
+                    let j = at(vh1 as usize + i, vw1 as usize + k, ch);
+                    new[j] = e as f64 * p.signs[a * c + ch] as f64 + delta[j] / n1;
+                    t += pw(new[j]);
+                }
+            }
+            let scale = if l1 {
+                ((eps - ni).max(0.0) / c as f64 + nu) * c as f64 / t
+            } else {
+                ((eps * eps - ni * ni).max(0.0) / c as f64 + nu * nu).sqrt() / t.sqrt()
+            };
+            for r in 0..h {
+                for q in 0..w {
+                    let j = at(r, q, ch);
+                    if in_win(r, q, vh1, vw1) {
+                        delta[j] = new[j] * scale;
+                    } else if in_win(r, q, vh2, vw2) {
+                        delta[j] = 0.0;
+                    }
+                }
+            }
+        }
+        if !l1 {
+            let t = delta.iter().map(|v| v * v).sum::<f64>().sqrt();
+            return (0..delta.len())
+                .map(|j| (x[j] as f64 + delta[j] / t * eps).clamp(0.0, 1.0))
+                .collect();
+        }
+        // |z_j - x_j| = min(max(|delta_j| - lambda, 0), room to the box), lambda >= 0 the
+        // smallest with sum <= eps (1 - 1e-6).
+        let e1 = eps * (1.0 - 1e-6);
+        let cut = |lam: f64| -> Vec<f64> {
+            (0..delta.len())
+                .map(|j| {
+                    let (d, xv) = (delta[j], x[j] as f64);
+                    let room = if d > 0.0 { 1.0 - xv } else { xv };
+                    (d.abs() - lam).max(0.0).min(room) * d.signum()
+                })
+                .collect()
+        };
+        let (mut lo, mut hi) = (0.0f64, delta.iter().fold(0.0f64, |m, v| m.max(v.abs())));
+        if cut(0.0).iter().map(|v| v.abs()).sum::<f64>() > e1 {
+            for _ in 0..200 {
+                let mid = 0.5 * (lo + hi);
+                if cut(mid).iter().map(|v| v.abs()).sum::<f64>() > e1 {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+        } else {
+            hi = 0.0;
+        }
+        cut(hi)
+            .iter()
+            .zip(x)
+            .map(|(d, &xv)| xv as f64 + d)
+            .collect()
+    }
+
+    #[test]
+    fn square_l2l1_candidates_match_a_plain_reference_and_stay_in_ball_and_box() {
+        use crate::attack::square::eta_profile;
+        let (n, h, w, c) = (3, 9, 11, 3);
+        let d = h * w * c;
+        let mut rng = crate::attack::rng::sample_rng(11, 12, 13);
+        let u = |rng: &mut _| crate::attack::rng::uniform(rng);
+        // Clean points with saturated pixels; best points a perturbation of them in the box.
+        let x: Vec<f32> = (0..n * d)
+            .map(|_| {
+                let v = u(&mut rng);
+                if v < 0.15 {
+                    0.0
+                } else if v > 0.85 {
+                    1.0
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let best: Vec<f32> = x
+            .iter()
+            .map(|&v| (v + 0.2 * (u(&mut rng) - 0.5)).clamp(0.0, 1.0))
+            .collect();
+        let xt = Tensor::from_vec(&[n, h, w, c], x.clone()).unwrap();
+        let bt = Tensor::from_vec(&[n, h, w, c], best.clone()).unwrap();
+        let s = 5usize;
+        // Windows at every border and corner, overlapping (rows 0, 1), apart, identical (3).
+        let (vh1, vw1, vh2, vw2) = (
+            vec![0, 4, 2, 4],
+            vec![0, 6, 3, 0],
+            vec![2, 0, 4, 4],
+            vec![3, 6, 0, 0],
+        );
+        let rows = vec![2, 0, 1, 1];
+        for (norm, eps) in [
+            (Norm::L2, 0.8f32),
+            (Norm::L2, 3.0),
+            (Norm::L1, 2.0),
+            (Norm::L1, 25.0),
+        ] {
+            let p = SquareMoves {
+                rows: rows.clone(),
+                vh1: vh1.clone(),
+                vw1: vw1.clone(),
+                vh2: vh2.clone(),
+                vw2: vw2.clone(),
+                transpose: vec![false, true, true, false],
+                s: s as u32,
+                profile: eta_profile(norm, s),
+                signs: (0..4 * c)
+                    .map(|i| if i % 3 == 1 { -1.0 } else { 1.0 })
+                    .collect(),
+            };
+            let cand = square_l2l1_candidates(&bt, &xt, &p, norm, eps).unwrap();
+            assert_eq!(cand.shape(), &[4, h, w, c]);
+            let mut projected = 0;
+            for a in 0..4 {
+                let r0 = p.rows[a] as usize * d;
+                let (xr, br) = (&x[r0..r0 + d], &best[r0..r0 + d]);
+                let got = &cand.data()[a * d..(a + 1) * d];
+                let want = l2l1_reference(br, xr, (h, w, c), &p, a, norm, eps);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+                assert!(err < 2e-6, "{norm} eps {eps}, row {a}: max |diff| {err}");
+                assert!(got.iter().all(|v| (0.0..=1.0).contains(v)), "{norm}: box");
+                let dist = norm.dist(got, xr);
+                assert!(
+                    dist <= eps * (1.0 + 1e-6),
+                    "{norm}: ||z - x|| = {dist} > {eps}"
+                );
+                // Inside w2 only, the point is the clean one; outside both windows the
+                // perturbation is the old one rescaled (l2, where not clamped) or shrunk
+                // towards x (l1).
+                let mut ratio = None;
+                for r in 0..h {
+                    for q in 0..w {
+                        let in1 = (vh1[a]..vh1[a] + s as u32).contains(&(r as u32))
+                            && (vw1[a]..vw1[a] + s as u32).contains(&(q as u32));
+                        let in2 = (vh2[a]..vh2[a] + s as u32).contains(&(r as u32))
+                            && (vw2[a]..vw2[a] + s as u32).contains(&(q as u32));
+                        for ch in 0..c {
+                            let j = (r * w + q) * c + ch;
+                            let (dz, db) = ((got[j] - xr[j]) as f64, (br[j] - xr[j]) as f64);
+                            if in2 && !in1 {
+                                assert_eq!(got[j], xr[j], "{norm}: w2 not emptied");
+                            } else if !in1
+                                && norm == Norm::L2
+                                && got[j] > 0.0
+                                && got[j] < 1.0
+                                && db.abs() > 1e-3
+                            {
+                                let k = dz / db;
+                                let k0 = *ratio.get_or_insert(k);
+                                assert!((k - k0).abs() < 1e-4 * k0.abs(), "{norm}: not a rescale");
+                            } else if !in1 && norm == Norm::L1 {
+                                assert!(dz.abs() <= db.abs() + 1e-6 && dz * db >= 0.0, "{norm}");
+                                projected += (dz.abs() < db.abs() - 1e-6) as usize;
+                            }
+                        }
+                    }
+                }
+            }
+            if norm == Norm::L1 && eps < 10.0 {
+                assert!(
+                    projected > 0,
+                    "the l1 projection should shrink the old perturbation"
+                );
+            }
+        }
+        // Shapes, windows and the norm are checked.
+        let mut p = SquareMoves::new(s, eta_profile(Norm::L2, s));
+        p.rows = vec![0];
+        p.vh1 = vec![h as u32 - s as u32 + 1];
+        p.vw1 = vec![0];
+        p.vh2 = vec![0];
+        p.vw2 = vec![0];
+        p.transpose = vec![false];
+        p.signs = vec![1.0; c];
+        assert!(square_l2l1_candidates(&bt, &xt, &p, Norm::L2, 1.0).is_err());
+        p.vh1 = vec![0];
+        assert!(square_l2l1_candidates(&bt, &xt, &p, Norm::L2, 1.0).is_ok());
+        assert!(square_l2l1_candidates(&bt, &xt, &p, Norm::Linf, 1.0).is_err());
+        p.profile.pop();
+        assert!(square_l2l1_candidates(&bt, &xt, &p, Norm::L2, 1.0).is_err());
     }
 }

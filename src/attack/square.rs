@@ -13,7 +13,9 @@
 
 use super::model::{margin, Classifier, Dims};
 use super::norms::{l1_projection, Norm};
-use super::resident::{copy_rows, square_linf_candidates, SquareProposals};
+use super::resident::{
+    copy_rows, square_l2l1_candidates, square_linf_candidates, SquareMoves, SquareProposals,
+};
 use super::rng::{below, sample_rng, sign, uniform, SampleRng};
 use crate::Result;
 use rayon::prelude::*;
@@ -25,9 +27,11 @@ pub struct SquareConfig {
     pub n_queries: usize,
     pub p_init: f32,
     pub seed: u64,
-    /// l-inf: keep the iterates in the model's input tensors (on its device) and move only
-    /// window positions and signs per query (`attack::resident`). Same results as the host
-    /// loop (false), which l2 / l1 always use.
+    /// Keep the iterates in the model's input tensors (on its device) and move only each
+    /// sample's draws per query (window corners, signs; l2 / l1: the eta profile's transpose,
+    /// and the profile once per query): `attack::resident`. Same results as the host loop
+    /// (false) on the CPU; on a GPU the same up to the f64 sums' order (l2, l1) and the l1
+    /// projection's search.
     pub resident: bool,
 }
 
@@ -88,9 +92,10 @@ fn eta_rectangles(norm: Norm, x: usize, y: usize) -> Vec<f32> {
     delta
 }
 
-/// The reference's `eta(s)`: +profile on the top half, -profile on the bottom half,
-/// normalised, transposed with probability 1/2. `[s, s]` row-major.
-fn eta(norm: Norm, s: usize, rng: &mut SampleRng) -> Vec<f32> {
+/// The reference's `eta(s)` before its random transpose: +profile on the top half, -profile
+/// on the bottom half, normalised. `[s, s]` row-major. Deterministic given `norm` and `s`, so
+/// a query computes it once for all samples (`eta` adds the per-sample transpose).
+pub fn eta_profile(norm: Norm, s: usize) -> Vec<f32> {
     let mut delta = vec![0f32; s * s];
     let top = eta_rectangles(norm, s / 2, s);
     let bot = eta_rectangles(norm, s - s / 2, s);
@@ -104,6 +109,13 @@ fn eta(norm: Norm, s: usize, rng: &mut SampleRng) -> Vec<f32> {
         Norm::L2.of(&delta)
     };
     delta.iter_mut().for_each(|v| *v /= t);
+    delta
+}
+
+/// The reference's `eta(s)`: `eta_profile`, transposed with probability 1/2 (one uniform
+/// draw). `[s, s]` row-major.
+fn eta(norm: Norm, s: usize, rng: &mut SampleRng) -> Vec<f32> {
+    let delta = eta_profile(norm, s);
     if uniform(rng) > 0.5 {
         let mut tr = vec![0f32; s * s];
         for r in 0..s {
@@ -111,7 +123,7 @@ fn eta(norm: Norm, s: usize, rng: &mut SampleRng) -> Vec<f32> {
                 tr[q * s + r] = delta[r * s + q];
             }
         }
-        delta = tr;
+        return tr;
     }
     delta
 }
@@ -147,7 +159,7 @@ fn candidate(
     rng: &mut SampleRng,
     out: &mut [f32],
 ) {
-    let (c, h, w, d) = (dims.c, dims.h, dims.w, dims.len());
+    let (c, h, w) = (dims.c, dims.h, dims.w);
     match norm {
         Norm::Linf => {
             let s = raw.max(1).min(h.min(w));
@@ -171,90 +183,157 @@ fn candidate(
             }
         }
         Norm::L2 | Norm::L1 => {
-            let mut s = raw.max(3);
-            if s % 2 == 0 {
-                s += 1;
-            }
-            let s = s.min(h.min(w));
-            let w1 = Win {
-                vh: below(rng, h - s),
-                vw: below(rng, w - s),
-                s,
-            };
-            let w2 = Win {
-                vh: below(rng, h - s),
-                vw: below(rng, w - s),
-                s,
-            };
-            let mut delta: Vec<f32> = xb.iter().zip(xj).map(|(a, b)| a - b).collect();
-            let l1 = norm == Norm::L1;
-            let ni = norm.of(&delta);
-            let e = eta(norm, s, rng);
-            let mut new = vec![0f32; c * s * s];
-            // The windows' bounding box, in raster order: the sums add the same terms in the
-            // same order as a scan of the whole image would.
-            let (r0, r1) = (w1.vh.min(w2.vh), w1.vh.max(w2.vh) + s);
-            let (q0, q1) = (w1.vw.min(w2.vw), w1.vw.max(w2.vw) + s);
-            for ch in 0..c {
-                let sg = sign(rng);
-                let (mut nw1, mut nws) = (0f32, 0f32);
-                for r in r0..r1 {
-                    for q in q0..q1 {
-                        let v = delta[(ch * h + r) * w + q];
-                        let m = if l1 { v.abs() } else { v * v };
-                        if w1.contains(r, q) {
-                            nw1 += m;
-                        }
-                        if w1.contains(r, q) || w2.contains(r, q) {
-                            nws += m;
-                        }
-                    }
-                }
-                if !l1 {
-                    nw1 = nw1.sqrt();
-                    nws = nws.sqrt();
-                }
-                let nd = &mut new[ch * s * s..(ch + 1) * s * s];
-                for r in 0..s {
-                    for q in 0..s {
-                        let old = delta[(ch * h + w1.vh + r) * w + w1.vw + q];
-                        nd[r * s + q] = e[r * s + q] * sg + old / (1e-12 + nw1);
-                    }
-                }
-                let scale = if l1 {
-                    let t = Norm::L1.of(nd);
-                    ((eps - ni).max(0.0) / c as f32 + nws) * c as f32 / (1e-12 + t)
-                } else {
-                    let t = Norm::L2.of(nd);
-                    ((eps * eps - ni * ni).max(0.0) / c as f32 + nws * nws).sqrt() / (1e-12 + t)
-                };
-                nd.iter_mut().for_each(|v| *v *= scale);
-            }
-            for ch in 0..c {
-                for r in 0..s {
-                    for q in 0..s {
-                        delta[(ch * h + w2.vh + r) * w + w2.vw + q] = 0.0;
-                    }
-                }
-                for r in 0..s {
-                    for q in 0..s {
-                        delta[(ch * h + w1.vh + r) * w + w1.vw + q] = new[(ch * s + r) * s + q];
-                    }
-                }
-            }
-            if l1 {
-                // The projection keeps x + delta + r in the box in f64; the f32 sum can land a
-                // rounding error outside it (the reference leaves it there). Clamping only
-                // shortens the perturbation and keeps the example valid.
-                let pr = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
-                for i in 0..d {
-                    out[i] = (xj[i] + delta[i] + pr[i]).clamp(0.0, 1.0);
-                }
+            let s = l2l1_side(raw, dims);
+            let mv = MassMove::draw(s, dims, rng);
+            mv.apply(norm, eps, dims, &eta_profile(norm, s), xj, xb, out);
+        }
+    }
+}
+
+/// Window side of an l2 / l1 candidate for the raw side `raw`: at least 3, odd, at most the
+/// image's shorter side.
+fn l2l1_side(raw: usize, dims: Dims) -> usize {
+    let mut s = raw.max(3);
+    if s % 2 == 0 {
+        s += 1;
+    }
+    s.min(dims.h.min(dims.w))
+}
+
+/// The random part of one Square l2 / l1 candidate (one sample, one query), drawn from the
+/// sample's stream in the reference's order: the corners of the window that receives the
+/// mass (`w1`) and of the one that is emptied (`w2`), the transpose of the eta profile, one
+/// sign per channel. `apply` makes the candidate on the host; the resident loop sends the
+/// same draws to `resident::square_l2l1_candidates`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MassMove {
+    pub s: usize,
+    pub w1: (usize, usize),
+    pub w2: (usize, usize),
+    pub transpose: bool,
+    /// One +-1 per channel.
+    pub signs: Vec<f32>,
+}
+
+impl MassMove {
+    pub fn draw(s: usize, dims: Dims, rng: &mut SampleRng) -> Self {
+        let w1 = (below(rng, dims.h - s), below(rng, dims.w - s));
+        let w2 = (below(rng, dims.h - s), below(rng, dims.w - s));
+        // `eta`'s draw.
+        let transpose = uniform(rng) > 0.5;
+        let signs = (0..dims.c).map(|_| sign(rng)).collect();
+        MassMove {
+            s,
+            w1,
+            w2,
+            transpose,
+            signs,
+        }
+    }
+
+    /// The candidate (NCHW row `out`) from the best point `xb` of the sample `xj`: in each
+    /// channel, the window `w1` gets `eta * sign` plus its old content normalised, rescaled
+    /// so that the channel keeps its share of the budget (the mass of both windows, plus the
+    /// room left to eps spread over the channels); `w2` is emptied; then the perturbation is
+    /// rescaled onto the eps-sphere (l2) or projected onto the l1 ball + box (l1) and the
+    /// point clamped to [0, 1]. `profile` is `eta_profile(norm, s)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &self,
+        norm: Norm,
+        eps: f32,
+        dims: Dims,
+        profile: &[f32],
+        xj: &[f32],
+        xb: &[f32],
+        out: &mut [f32],
+    ) {
+        let (c, h, w, d) = (dims.c, dims.h, dims.w, dims.len());
+        let s = self.s;
+        let w1 = Win {
+            vh: self.w1.0,
+            vw: self.w1.1,
+            s,
+        };
+        let w2 = Win {
+            vh: self.w2.0,
+            vw: self.w2.1,
+            s,
+        };
+        let eta = |r: usize, q: usize| {
+            if self.transpose {
+                profile[q * s + r]
             } else {
-                let t = Norm::L2.of(&delta) + 1e-12;
-                for i in 0..d {
-                    out[i] = (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0);
+                profile[r * s + q]
+            }
+        };
+        let mut delta: Vec<f32> = xb.iter().zip(xj).map(|(a, b)| a - b).collect();
+        let l1 = norm == Norm::L1;
+        let ni = norm.of(&delta);
+        let mut new = vec![0f32; c * s * s];
+        // The windows' bounding box, in raster order: the sums add the same terms in the
+        // same order as a scan of the whole image would.
+        let (r0, r1) = (w1.vh.min(w2.vh), w1.vh.max(w2.vh) + s);
+        let (q0, q1) = (w1.vw.min(w2.vw), w1.vw.max(w2.vw) + s);
+        for ch in 0..c {
+            let sg = self.signs[ch];
+            let (mut nw1, mut nws) = (0f32, 0f32);
+            for r in r0..r1 {
+                for q in q0..q1 {
+                    let v = delta[(ch * h + r) * w + q];
+                    let m = if l1 { v.abs() } else { v * v };
+                    if w1.contains(r, q) {
+                        nw1 += m;
+                    }
+                    if w1.contains(r, q) || w2.contains(r, q) {
+                        nws += m;
+                    }
                 }
+            }
+            if !l1 {
+                nw1 = nw1.sqrt();
+                nws = nws.sqrt();
+            }
+            let nd = &mut new[ch * s * s..(ch + 1) * s * s];
+            for r in 0..s {
+                for q in 0..s {
+                    let old = delta[(ch * h + w1.vh + r) * w + w1.vw + q];
+                    nd[r * s + q] = eta(r, q) * sg + old / (1e-12 + nw1);
+                }
+            }
+            let scale = if l1 {
+                let t = Norm::L1.of(nd);
+                ((eps - ni).max(0.0) / c as f32 + nws) * c as f32 / (1e-12 + t)
+            } else {
+                let t = Norm::L2.of(nd);
+                ((eps * eps - ni * ni).max(0.0) / c as f32 + nws * nws).sqrt() / (1e-12 + t)
+            };
+            nd.iter_mut().for_each(|v| *v *= scale);
+        }
+        for ch in 0..c {
+            for r in 0..s {
+                for q in 0..s {
+                    delta[(ch * h + w2.vh + r) * w + w2.vw + q] = 0.0;
+                }
+            }
+            for r in 0..s {
+                for q in 0..s {
+                    delta[(ch * h + w1.vh + r) * w + w1.vw + q] = new[(ch * s + r) * s + q];
+                }
+            }
+        }
+        if l1 {
+            // The projection keeps x + delta + r in the box in f64; the f32 sum can land a
+            // rounding error outside it (the reference leaves it there). Clamping only
+            // shortens the perturbation and keeps the example valid.
+            let pr = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
+            for i in 0..d {
+                out[i] = (xj[i] + delta[i] + pr[i]).clamp(0.0, 1.0);
+            }
+        } else {
+            let t = Norm::L2.of(&delta) + 1e-12;
+            for i in 0..d {
+                out[i] = (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0);
             }
         }
     }
@@ -374,8 +453,8 @@ impl Square<'_> {
             .collect();
         let mut loss_min = margin_min.clone();
 
-        if norm == Norm::Linf && self.cfg.resident {
-            x_best = self.linf_queries_resident(x, y, dims, x_best, &mut margin_min, &mut rngs)?;
+        if self.cfg.resident {
+            x_best = self.queries_resident(x, y, dims, x_best, &mut margin_min, &mut rngs)?;
         } else {
             for it in 0..self.cfg.n_queries {
                 let active: Vec<usize> = (0..n).filter(|&j| margin_min[j] > 0.0).collect();
@@ -427,10 +506,12 @@ impl Square<'_> {
             .round_ties_even() as usize
     }
 
-    /// The l-inf query loop with the iterates in the model's input tensors: per query only the
-    /// window corners, the window side and the signs go to the model's device, and the logits
-    /// come back. Draws, arithmetic and acceptance are the host loop's, so the result is too.
-    fn linf_queries_resident(
+    /// The query loop with the iterates in the model's input tensors: per query only the
+    /// samples' draws go to the model's device (and, for l2 / l1, the eta profile), the
+    /// candidates are made there (`resident::square_linf_candidates` /
+    /// `square_l2l1_candidates`), and the logits come back. Draws, arithmetic and acceptance
+    /// are the host loop's, so the result is too (on the CPU; see `SquareConfig::resident`).
+    fn queries_resident(
         &mut self,
         x: &[f32],
         y: &[usize],
@@ -442,31 +523,48 @@ impl Square<'_> {
         let n = y.len();
         let k = self.model.num_classes();
         let (c, h, w) = (dims.c, dims.h, dims.w);
-        let eps = self.cfg.eps;
+        let (norm, eps) = (self.cfg.norm, self.cfg.eps);
         let xd = self.model.input_tensor(x, dims)?;
         let mut best = self.model.input_tensor(&x_best, dims)?;
         let mut loss_min = margin_min.to_vec();
+        // l2 / l1: the eta profile of the current window side (it changes with the schedule).
+        let mut profile: (usize, Vec<f32>) = (0, Vec::new());
         for it in 0..self.cfg.n_queries {
             let active: Vec<usize> = (0..n).filter(|&j| margin_min[j] > 0.0).collect();
             if active.is_empty() {
                 break;
             }
-            let s = self.raw_side(it, dims).max(1).min(h.min(w));
-            let mut prop = SquareProposals {
-                rows: Vec::with_capacity(active.len()),
-                vh: Vec::with_capacity(active.len()),
-                vw: Vec::with_capacity(active.len()),
-                s: s as u32,
-                signs: Vec::with_capacity(active.len() * c),
+            let raw = self.raw_side(it, dims);
+            let cand = if norm == Norm::Linf {
+                let s = raw.max(1).min(h.min(w));
+                let mut prop = SquareProposals {
+                    rows: Vec::with_capacity(active.len()),
+                    vh: Vec::with_capacity(active.len()),
+                    vw: Vec::with_capacity(active.len()),
+                    s: s as u32,
+                    signs: Vec::with_capacity(active.len() * c),
+                };
+                for &j in &active {
+                    let rng = &mut rngs[j];
+                    prop.rows.push(j as u32);
+                    prop.vh.push(below(rng, h - s) as u32);
+                    prop.vw.push(below(rng, w - s) as u32);
+                    prop.signs.extend((0..c).map(|_| sign(rng)));
+                }
+                square_linf_candidates(&best, &xd, &prop, eps)?
+            } else {
+                let s = l2l1_side(raw, dims);
+                if profile.0 != s {
+                    profile = (s, eta_profile(norm, s));
+                }
+                let mut moves = SquareMoves::new(s, std::mem::take(&mut profile.1));
+                for &j in &active {
+                    moves.push(j, &MassMove::draw(s, dims, &mut rngs[j]));
+                }
+                let cand = square_l2l1_candidates(&best, &xd, &moves, norm, eps);
+                profile.1 = moves.profile;
+                cand?
             };
-            for &j in &active {
-                let rng = &mut rngs[j];
-                prop.rows.push(j as u32);
-                prop.vh.push(below(rng, h - s) as u32);
-                prop.vw.push(below(rng, w - s) as u32);
-                prop.signs.extend((0..c).map(|_| sign(rng)));
-            }
-            let cand = square_linf_candidates(&best, &xd, &prop, eps)?;
             let z = self.model.logits_of_input(&cand, dims)?;
             let mut pairs = Vec::new();
             for (a, &j) in active.iter().enumerate() {
@@ -538,5 +636,180 @@ mod tests {
         assert!((Norm::L2.of(&e) - 1.0).abs() < 1e-5);
         let e = eta(Norm::L1, 7, &mut rng);
         assert!((Norm::L1.of(&e) - 1.0).abs() < 1e-5);
+    }
+
+    /// The l2 / l1 branch of `candidate` (and `eta`) as they were before the split into
+    /// `MassMove::draw` + `apply`, verbatim: the split must not change a bit or a draw.
+    mod before_split {
+        use super::super::*;
+
+        fn eta(norm: Norm, s: usize, rng: &mut SampleRng) -> Vec<f32> {
+            let mut delta = vec![0f32; s * s];
+            let top = eta_rectangles(norm, s / 2, s);
+            let bot = eta_rectangles(norm, s - s / 2, s);
+            delta[..(s / 2) * s].copy_from_slice(&top);
+            for (i, v) in bot.iter().enumerate() {
+                delta[(s / 2) * s + i] = -v;
+            }
+            let t = if norm == Norm::L1 {
+                Norm::L1.of(&delta)
+            } else {
+                Norm::L2.of(&delta)
+            };
+            delta.iter_mut().for_each(|v| *v /= t);
+            if uniform(rng) > 0.5 {
+                let mut tr = vec![0f32; s * s];
+                for r in 0..s {
+                    for q in 0..s {
+                        tr[q * s + r] = delta[r * s + q];
+                    }
+                }
+                delta = tr;
+            }
+            delta
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        pub fn candidate(
+            norm: Norm,
+            eps: f32,
+            raw: usize,
+            dims: Dims,
+            xj: &[f32],
+            xb: &[f32],
+            rng: &mut SampleRng,
+            out: &mut [f32],
+        ) {
+            let (c, h, w, d) = (dims.c, dims.h, dims.w, dims.len());
+            let mut s = raw.max(3);
+            if s % 2 == 0 {
+                s += 1;
+            }
+            let s = s.min(h.min(w));
+            let w1 = Win {
+                vh: below(rng, h - s),
+                vw: below(rng, w - s),
+                s,
+            };
+            let w2 = Win {
+                vh: below(rng, h - s),
+                vw: below(rng, w - s),
+                s,
+            };
+            let mut delta: Vec<f32> = xb.iter().zip(xj).map(|(a, b)| a - b).collect();
+            let l1 = norm == Norm::L1;
+            let ni = norm.of(&delta);
+            let e = eta(norm, s, rng);
+            let mut new = vec![0f32; c * s * s];
+            // The windows' bounding box, in raster order: the sums add the same terms in the
+            // same order as a scan of the whole image would.
+            let (r0, r1) = (w1.vh.min(w2.vh), w1.vh.max(w2.vh) + s);
+            let (q0, q1) = (w1.vw.min(w2.vw), w1.vw.max(w2.vw) + s);
+            for ch in 0..c {
+                let sg = sign(rng);
+                let (mut nw1, mut nws) = (0f32, 0f32);
+                for r in r0..r1 {
+                    for q in q0..q1 {
+                        let v = delta[(ch * h + r) * w + q];
+                        let m = if l1 { v.abs() } else { v * v };
+                        if w1.contains(r, q) {
+                            nw1 += m;
+                        }
+                        if w1.contains(r, q) || w2.contains(r, q) {
+                            nws += m;
+                        }
+                    }
+                }
+                if !l1 {
+                    nw1 = nw1.sqrt();
+                    nws = nws.sqrt();
+                }
+                let nd = &mut new[ch * s * s..(ch + 1) * s * s];
+                for r in 0..s {
+                    for q in 0..s {
+                        let old = delta[(ch * h + w1.vh + r) * w + w1.vw + q];
+                        nd[r * s + q] = e[r * s + q] * sg + old / (1e-12 + nw1);
+                    }
+                }
+                let scale = if l1 {
+                    let t = Norm::L1.of(nd);
+                    ((eps - ni).max(0.0) / c as f32 + nws) * c as f32 / (1e-12 + t)
+                } else {
+                    let t = Norm::L2.of(nd);
+                    ((eps * eps - ni * ni).max(0.0) / c as f32 + nws * nws).sqrt() / (1e-12 + t)
+                };
+                nd.iter_mut().for_each(|v| *v *= scale);
+            }
+            for ch in 0..c {
+                for r in 0..s {
+                    for q in 0..s {
+                        delta[(ch * h + w2.vh + r) * w + w2.vw + q] = 0.0;
+                    }
+                }
+                for r in 0..s {
+                    for q in 0..s {
+                        delta[(ch * h + w1.vh + r) * w + w1.vw + q] = new[(ch * s + r) * s + q];
+                    }
+                }
+            }
+            if l1 {
+                // The projection keeps x + delta + r in the box in f64; the f32 sum can land a
+                // rounding error outside it (the reference leaves it there). Clamping only
+                // shortens the perturbation and keeps the example valid.
+                let pr = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
+                for i in 0..d {
+                    out[i] = (xj[i] + delta[i] + pr[i]).clamp(0.0, 1.0);
+                }
+            } else {
+                let t = Norm::L2.of(&delta) + 1e-12;
+                for i in 0..d {
+                    out[i] = (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn draw_then_apply_is_the_candidate_of_before_the_split() {
+        for (dims, norm, eps) in [
+            (Dims { c: 3, h: 16, w: 16 }, Norm::L2, 0.5f32),
+            (Dims { c: 3, h: 16, w: 16 }, Norm::L1, 6.0),
+            (Dims { c: 2, h: 9, w: 13 }, Norm::L2, 1.0),
+            (Dims { c: 2, h: 9, w: 13 }, Norm::L1, 3.0),
+        ] {
+            let d = dims.len();
+            let mut data = sample_rng(4, 5, 6);
+            let xj: Vec<f32> = (0..d).map(|_| uniform(&mut data)).collect();
+            let (mut rng_old, mut rng_new) = (sample_rng(7, 8, 9), sample_rng(7, 8, 9));
+            let mut xb = xj.clone();
+            let (mut a, mut b) = (vec![0f32; d], vec![0f32; d]);
+            let mut border = 0;
+            for it in 0..400 {
+                // Every window side of the schedule, and some outside it (2, 4: even).
+                let raw = match it % 5 {
+                    0 => 2 + it % 3,
+                    _ => ((p_selection(0.8, it * 10) * (d / dims.c) as f32) as f64)
+                        .sqrt()
+                        .round() as usize,
+                };
+                let probe = rng_new.clone();
+                before_split::candidate(norm, eps, raw, dims, &xj, &xb, &mut rng_old, &mut a);
+                candidate(norm, eps, raw, dims, &xj, &xb, &mut rng_new, &mut b);
+                assert_eq!(a, b, "{norm} {dims:?}, query {it}");
+                let mv = MassMove::draw(l2l1_side(raw, dims), dims, &mut probe.clone());
+                let s = mv.s;
+                border += [mv.w1, mv.w2]
+                    .iter()
+                    .any(|&(vh, vw)| vh == 0 || vw == 0 || vh + s == dims.h || vw + s == dims.w)
+                    as usize;
+                // Accept every other candidate, so the best point drifts as in an attack.
+                if it % 2 == 0 {
+                    xb.copy_from_slice(&b);
+                }
+            }
+            // Same number of draws: the streams continue alike.
+            assert_eq!(uniform(&mut rng_old), uniform(&mut rng_new));
+            assert!(border > 50, "{norm} {dims:?}: {border} border windows");
+        }
     }
 }

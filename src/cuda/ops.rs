@@ -1701,3 +1701,98 @@ pub fn shrink_rows(x: &Tensor, c: &Tensor, rows: &[u32], beta: f32) -> Result<Te
     }
     Ok(Tensor::from_cuda(x.shape(), out))
 }
+
+// ---------------------------------------------------------------- square_rows.cu
+
+/// Most channels the Square l2 / l1 kernels handle (their per-channel sums and scales sit in
+/// shared memory: `SQ_MAX_C` in square_rows.cu).
+pub const SQUARE_MAX_C: usize = 16;
+
+/// The per-query upload of the Square l2 / l1 kernels (`SqRow` in square_rows.cu): `[rows,
+/// vh1, vw1, vh2, vw2, transpose (NA each), sign bits (NA, C), profile bits (s, s)]`.
+pub fn square_l2l1_meta(
+    rows: &[u32],
+    windows: [&[u32]; 4],
+    transpose: &[bool],
+    signs: &[f32],
+    profile: &[f32],
+) -> Vec<u32> {
+    let mut meta: Vec<u32> = Vec::with_capacity(6 * rows.len() + signs.len() + profile.len());
+    meta.extend_from_slice(rows);
+    for v in windows {
+        meta.extend_from_slice(v);
+    }
+    meta.extend(transpose.iter().map(|&t| t as u32));
+    meta.extend(signs.iter().map(|v| v.to_bits()));
+    meta.extend(profile.iter().map(|v| v.to_bits()));
+    meta
+}
+
+/// Square l2 / l1 candidates on the GPU, the GPU twin of
+/// `attack::resident::square_l2l1_candidates`: row `a` of the result (NA, H, W, C) is made
+/// from row `rows[a]` of `best` and of the clean `x` (N, H, W, C), with the window corners
+/// `windows = [vh1, vw1, vh2, vw2]` (w1 gets the mass, w2 is emptied), the eta `profile`
+/// (s x s, transposed for the rows flagged in `transpose`) and one sign per channel
+/// (`signs`, NA x C); `l1` picks the l1 projection over the l2 rescale. One block of 1024
+/// threads per row; every per-row input goes up in one upload.
+#[allow(clippy::too_many_arguments)]
+pub fn square_l2l1_candidates(
+    best: &Tensor,
+    x: &Tensor,
+    rows: &[u32],
+    windows: [&[u32]; 4],
+    transpose: &[bool],
+    s: u32,
+    profile: &[f32],
+    signs: &[f32],
+    l1: bool,
+    eps: f32,
+) -> Result<Tensor> {
+    let op = "square_l2l1_candidates";
+    let bs = st(op, best)?;
+    let xs = st(op, x)?;
+    let sh = best.shape();
+    let (na, h, w, c) = (rows.len(), sh[1], sh[2], sh[3]);
+    if bs.dtype != DType::F32 || xs.dtype != DType::F32 || !Arc::ptr_eq(bs.gpu(), xs.gpu()) {
+        return Err(dev_err(op, "best and x must be f32 on the same GPU"));
+    }
+    if c > SQUARE_MAX_C || windows.iter().any(|v| v.len() != na) || transpose.len() != na {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{c} channels (at most {SQUARE_MAX_C}), {na} rows, {:?} corners, {} transpose flags",
+                windows.map(|v| v.len()),
+                transpose.len()
+            ),
+        ));
+    }
+    let g = bs.gpu().clone();
+    let total = na * h * w * c;
+    let y = empty(&g, total, DType::F32)?;
+    if total > 0 {
+        let m = g.upload(&square_l2l1_meta(rows, windows, transpose, signs, profile))?;
+        run(
+            &g,
+            if l1 {
+                "square_l1_cand_f32"
+            } else {
+                "square_l2_cand_f32"
+            },
+            (na as u32, 1, 1),
+            1024,
+            0,
+            Args::new()
+                .push(y.ptr())
+                .push(bs.ptr())
+                .push(xs.ptr())
+                .push(m.ptr())
+                .push(na as u32)
+                .push(h as u32)
+                .push(w as u32)
+                .push(c as u32)
+                .push(s)
+                .push(eps),
+        )?;
+    }
+    Ok(Tensor::from_cuda(&[na, h, w, c], y))
+}
