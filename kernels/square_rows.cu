@@ -219,30 +219,18 @@ extern "C" __global__ void __launch_bounds__(1024) square_l1_cand_f32(float* can
     double e = (double)__fmul_rn(eps, 1.0f - 1e-6f);
     double lambda = 0.0;
     if (g0 > e) {
-        // f = g - e: flo > 0 >= fhi (g(max |delta|) = 0).
-        double lo = 0.0, hi = ymax, flo = g0 - e, fhi = -e;
-        int kept = 0;   // +1: lo was replaced last, -1: hi
-        for (int it = 0; it < SQ_L1_ROUNDS; ++it) {
-            double m = lo + (hi - lo) * (flo / (flo - fhi));
-            if (!(m > lo && m < hi)) m = 0.5 * (lo + hi);
-            if (!(m > lo && m < hi)) break;   // the bracket is one ulp wide
+        // f = g - e: f(0) > 0 >= f(max |delta|) = -e (common.cuh's `Bracket`).
+        Bracket<double> br = {0.0, (double)ymax, g0 - e, -e, 0};
+        for (int it = 0; it < SQ_L1_ROUNDS && br.open(); ++it) {
+            double m = br.next();
             double gm = 0.0;
             for (u32 j = threadIdx.x; j < d; j += blockDim.x)
                 gm += sq_l1_left(x[src + j], cand[dst + j], m);
             gm = block_sum_d(gm, scratch);
-            double fm = gm - e;
-            if (fm > 0.0) {
-                lo = m; flo = fm;
-                if (kept == 1) fhi *= 0.5;
-                kept = 1;
-            } else {
-                hi = m; fhi = fm;
-                if (kept == -1) flo *= 0.5;
-                kept = -1;
-                if (gm >= e * (1.0 - SQ_L1_TOL)) break;
-            }
+            br.update(m, gm - e);
+            if (gm <= e && gm >= e * (1.0 - SQ_L1_TOL)) break;
         }
-        lambda = hi;   // the end inside the ball
+        lambda = br.hi;   // the end inside the ball
     }
     __syncthreads();
     for (u32 j = threadIdx.x; j < d; j += blockDim.x) {
