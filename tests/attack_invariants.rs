@@ -474,7 +474,7 @@ fn square_l2_l1_with_resident_iterates_give_the_host_loop_results() {
     let x = images(n, 14);
     let y = predictions(&mut m, &x);
     let ids: Vec<u64> = (80..80 + n as u64).collect();
-    for (norm, eps) in [(Norm::L2, 1.0), (Norm::L1, 4.0)] {
+    for (norm, eps) in [(Norm::L2, 1.0), (Norm::L1, 2.0)] {
         let mut out = Vec::new();
         for resident in [false, true] {
             let mut cfg = SquareConfig::standard(norm, eps, 2);
@@ -555,7 +555,7 @@ fn fab_with_resident_iterates_gives_the_host_loop_results() {
     let x = images(n, 14);
     let y = predictions(&mut m, &x);
     let ids: Vec<u64> = (110..110 + n as u64).collect();
-    for (norm, eps) in [(Norm::Linf, 0.5 / 255.0), (Norm::L2, 0.05)] {
+    for (norm, eps) in [(Norm::Linf, 0.5 / 255.0), (Norm::L2, 0.05), (Norm::L1, 2.0)] {
         let mut out = Vec::new();
         for resident in [false, true] {
             let mut cfg = FabConfig::standard(norm, eps, 6);

@@ -782,10 +782,11 @@ fn apgd_l1_step_and_row_l0_kernels() {
     }
 }
 
-/// FAB's resident ops, GPU against their CPU twins: the step (l-inf, l2; the GPU finds the
-/// projections' roots by a bracketed search to 1e-6 where the CPU sorts, so values agree to
-/// f32 rounding), including a row with a zero gradient and one whose boundary is out of reach
-/// within the box; the per-row distances (f64 sums on the GPU); the shrink (bit for bit).
+/// FAB's resident ops, GPU against their CPU twins: the step (l-inf, l2: the GPU finds the
+/// projections' roots by a bracketed search to 1e-6 where the CPU sorts; l1: the crossing
+/// coordinate by a radix select; values agree to f32 rounding), including a row with a zero
+/// gradient and one whose boundary is out of reach within the box; the per-row distances (f64
+/// sums on the GPU); the shrink (bit for bit).
 #[test]
 fn fab_row_kernels() {
     use mpm::attack::fab::FabConfig;
@@ -802,7 +803,7 @@ fn fab_row_kernels() {
     let w = Tensor::from_vec(&shape, wv).unwrap();
     let df = [0.7f32, -1.3, 2.0, 1e6]; // row 3: out of reach
     let on = |t: &Tensor| t.to_device(dev).unwrap();
-    for norm in [Norm::Linf, Norm::L2] {
+    for norm in [Norm::Linf, Norm::L2, Norm::L1] {
         let cfg = FabConfig::standard(norm, 0.1, 0);
         let want = fab_step(&x1, &im2, &w, &df, &cfg).unwrap();
         let got = fab_step(&on(&x1), &on(&im2), &on(&w), &df, &cfg).unwrap();
@@ -990,6 +991,7 @@ fn resident_attacks_match_the_host_loops_on_the_gpu() {
         ("square linf", Norm::Linf, 2.0 / 255.0),
         ("fab-t linf", Norm::Linf, 1.0 / 255.0),
         ("fab-t l2", Norm::L2, 0.1),
+        ("fab-t l1", Norm::L1, 2.0),
         ("square l2", Norm::L2, 0.5),
         ("square l1", Norm::L1, 2.0),
     ] {

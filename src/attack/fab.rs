@@ -31,9 +31,8 @@ pub struct FabConfig {
     /// Most images in one model pass: runs (targets, restarts) that fit side by side share
     /// passes; results do not depend on it (see `ApgdConfig::pass_batch`).
     pub pass_batch: usize,
-    /// l-inf, l2: keep the iterates, originals, gradients and best points in the model's input
-    /// tensors (on its device; `attack::resident`); same results as the host loop (false),
-    /// which l1 always uses.
+    /// Keep the iterates, originals, gradients and best points in the model's input tensors (on
+    /// its device; `attack::resident`); same results as the host loop (false).
     pub resident: bool,
 }
 
@@ -482,7 +481,7 @@ impl FabT<'_> {
             }
         }
         let run = Targets { k, la2, la_t };
-        let adv = if cfg.resident && cfg.norm != Norm::L1 {
+        let adv = if cfg.resident {
             self.iterate_resident(&run, &im2, x1, dims, &mut res2)?
         } else {
             self.iterate_host(&run, &im2, x1, dims, &mut res2)?

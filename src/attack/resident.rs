@@ -448,9 +448,18 @@ pub fn row_l0(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
         .collect())
 }
 
+/// The kernels' norm argument: 0 l-inf, 1 l2, 2 l1.
+fn norm_code(norm: Norm) -> u32 {
+    match norm {
+        Norm::Linf => 0,
+        Norm::L2 => 1,
+        Norm::L1 => 2,
+    }
+}
+
 /// FAB's iteration on NHWC batches: row `j` of `x1` after `fab::fab_row_step` with the
 /// original `im2`, the gradient `w` of f_t - f_y at `x1` and `df[j]` (f_t - f_y there). CPU twin:
-/// the host loop's function in NCHW order (its bits); GPU (l-inf, l2): `cuda::ops::fab_step`.
+/// the host loop's function in NCHW order (its bits); GPU: `cuda::ops::fab_step`.
 pub fn fab_step(
     x1: &Tensor,
     im2: &Tensor,
@@ -473,17 +482,12 @@ pub fn fab_step(
         ));
     }
     if x1.is_cuda() {
-        if cfg.norm == Norm::L1 {
-            return Err(Error::Msg(format!(
-                "{op}: the l1 projection runs on the host (FabConfig::resident applies to l-inf and l2)"
-            )));
-        }
         return crate::cuda::ops::fab_step(
             x1,
             im2,
             w,
             df,
-            cfg.norm == Norm::L2,
+            norm_code(cfg.norm),
             cfg.eta,
             cfg.alpha_max,
         );
@@ -508,12 +512,7 @@ pub fn row_dist(a: &Tensor, b: &Tensor, norm: Norm) -> Result<Vec<f32>> {
         ));
     }
     if a.is_cuda() {
-        let code = match norm {
-            Norm::Linf => 0,
-            Norm::L2 => 1,
-            Norm::L1 => 2,
-        };
-        return crate::cuda::ops::row_dist(a, b, code);
+        return crate::cuda::ops::row_dist(a, b, norm_code(norm));
     }
     let (ad, bd) = (a.data(), b.data());
     Ok((0..n)

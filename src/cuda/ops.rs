@@ -1611,16 +1611,16 @@ pub fn row_l0(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
 
 // ---------------------------------------------------------------- fab_step.cu
 
-/// FAB's step on GPU f32 batches (N, H, W, C), l-inf or l2 (`l2`): the GPU twin of
+/// FAB's step on GPU f32 batches (N, H, W, C), `norm` 0 l-inf, 1 l2, 2 l1: the GPU twin of
 /// `attack::resident::fab_step` (row `n` projected from `x1` and from `im2` onto the boundary
-/// linearised by `w` and `df[n]`, then the biased step; the projections' roots by a bracketed
-/// search where the CPU sorts).
+/// linearised by `w` and `df[n]`, then the biased step; l-inf / l2 find the projections' roots
+/// by a bracketed search and l1 its crossing coordinate by a radix select, where the CPU sorts).
 pub fn fab_step(
     x1: &Tensor,
     im2: &Tensor,
     w: &Tensor,
     df: &[f32],
-    l2: bool,
+    norm: u32,
     eta: f32,
     alpha_max: f32,
 ) -> Result<Tensor> {
@@ -1642,7 +1642,7 @@ pub fn fab_step(
                 .push(p[1])
                 .push(p[2])
                 .push(dv.ptr())
-                .push(l2 as u32)
+                .push(norm)
                 .push(eta)
                 .push(alpha_max)
                 .push((total / n) as u32),
