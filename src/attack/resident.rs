@@ -226,22 +226,15 @@ pub fn square_l2l1_candidates(
     let dims = Dims { c, h, w };
     let (bv, xv) = (best.data(), x.data());
     let mut out = vec![0f32; na * d];
-    // NHWC index of NCHW position i.
-    let at = |i: usize| {
-        let (ch, rq) = (i / (h * w), i % (h * w));
-        rq * c + ch
-    };
     out.par_chunks_mut(d.max(1))
         .enumerate()
         .for_each(|(a, row)| {
-            let base = p.rows[a] as usize * d;
-            let nchw = |v: &[f32]| (0..d).map(|i| v[base + at(i)]).collect::<Vec<f32>>();
+            let j = p.rows[a] as usize;
+            let (xr, br) = (nchw_row(xv, j, (h, w, c)), nchw_row(bv, j, (h, w, c)));
             let mut o = vec![0f32; d];
             p.get(a, c)
-                .apply(norm, eps, dims, &p.profile, &nchw(xv), &nchw(bv), &mut o);
-            for (i, v) in o.into_iter().enumerate() {
-                row[at(i)] = v;
-            }
+                .apply(norm, eps, dims, &p.profile, &xr, &br, &mut o);
+            put_nchw_row(row, o, (h, w, c));
         });
     Tensor::from_vec(&[na, h, w, c], out)
 }
@@ -407,6 +400,14 @@ fn nchw_row(t: &[f32], j: usize, (h, w, c): (usize, usize, usize)) -> Vec<f32> {
     (0..d).map(|i| t[j * d + (i % hw) * c + i / hw]).collect()
 }
 
+/// Writes NCHW values `v` into the NHWC row `row` (the inverse of `nchw_row`).
+fn put_nchw_row(row: &mut [f32], v: Vec<f32>, (h, w, c): (usize, usize, usize)) {
+    let hw = h * w;
+    for (i, x) in v.into_iter().enumerate() {
+        row[(i % hw) * c + i / hw] = x;
+    }
+}
+
 /// `f(j, rows)` on every row `j` of the NHWC batches `ins` (shaped alike), each row handed over
 /// in NCHW order, f's NCHW output put back in NHWC: a CPU twin that reuses a host loop's per-row
 /// function gets its bits exactly (the host loops work in NCHW, and their sums follow it).
@@ -415,16 +416,14 @@ fn map_rows_nchw(
     f: impl Fn(usize, &[Vec<f32>]) -> Vec<f32> + Sync,
 ) -> Result<Tensor> {
     let (n, h, w, c) = nhwc("map_rows_nchw", ins[0])?;
-    let (d, hw) = (h * w * c, h * w);
+    let d = h * w * c;
     let data: Vec<&[f32]> = ins.iter().map(|t| t.data()).collect();
     let mut out = vec![0f32; n * d];
     out.par_chunks_mut(d.max(1))
         .enumerate()
         .for_each(|(j, row)| {
             let rows: Vec<Vec<f32>> = data.iter().map(|t| nchw_row(t, j, (h, w, c))).collect();
-            for (i, v) in f(j, &rows).into_iter().enumerate() {
-                row[(i % hw) * c + i / hw] = v;
-            }
+            put_nchw_row(row, f(j, &rows), (h, w, c));
         });
     Tensor::from_vec(ins[0].shape(), out)
 }
