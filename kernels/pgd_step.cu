@@ -198,6 +198,8 @@ extern "C" __global__ void __launch_bounds__(1024) pgd_l1_f32(float* out, const 
 #define PGD_L2_V 8          // float4 per thread: D <= 8 * 1024 * 8 * 4 = 262,144
 #define PGD_L1_V 5          // float4 per thread: D <= 8 * 1024 * 5 * 4 = 163,840 (224x224x3 = 150,528)
 
+// The cluster primitives, in PTX. The host emulator (tests/emu/cuda_emu.h) supplies its own.
+#ifndef MPM_HOST_EMU
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u64 a;
     asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
@@ -207,7 +209,6 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
 // (a superset of __syncthreads). Split in two where work can overlap the wait.
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-__device__ __forceinline__ void cluster_sync() { cluster_arrive(); cluster_wait(); }
 // A shared-memory word of block `rank` of the cluster (same offset as `addr` in this block).
 __device__ __forceinline__ float ld_cluster_f32(u32 addr, u32 rank) {
     u32 ra; float v;
@@ -221,6 +222,8 @@ __device__ __forceinline__ u32 ld_cluster_u32(u32 addr, u32 rank) {
     asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(ra) : "memory");
     return v;
 }
+#endif
+__device__ __forceinline__ void cluster_sync() { cluster_arrive(); cluster_wait(); }
 
 // Cluster-wide reductions: every thread passes its partial; every thread of every block gets
 // the total, summed in rank order, so all blocks hold the same bits and take the same branches.

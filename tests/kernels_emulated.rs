@@ -1,0 +1,711 @@
+//! The attack kernels (kernels/pgd_step.cu, attack_rows.cu, fab_step.cu, square_rows.cu) and
+//! the focal-loss kernels, run by the host emulator (tests/emu) and compared with the CPU
+//! backend: the checks `cuda_parity` makes on a GPU, here on every machine. The emulator runs
+//! the kernels' own source with their launch shapes (copied from `src/cuda/ops.rs`), barrier
+//! by barrier, cluster barriers and distributed shared memory included; it does not reproduce
+//! the GPU's FMA contraction or math-library ulps, so value checks keep the GPU tests' bounds.
+
+mod emu;
+mod pgd_refs;
+
+use emu::{kernels, Buf};
+use mpm::cuda::launch::Args;
+use mpm::tensor::Tensor;
+use pgd_refs::{pgd_l1_ref, pgd_ref};
+use rand::{RngExt, SeedableRng};
+
+const GUARD: f32 = -7.25e30;
+
+fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(lo..hi)).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Which PGD kernel `pgd_rows` (src/cuda/ops.rs) launches, and how.
+#[derive(Clone, Copy, Debug)]
+enum PgdKernel {
+    Linf,
+    Linf4,
+    L2Block,
+    L2Cluster,
+    L1Block,
+    L1Cluster,
+}
+
+/// Runs one PGD step kernel on host buffers, as `pgd_rows` launches it on a GPU.
+fn pgd_emulated(
+    k: PgdKernel,
+    x: &[f32],
+    x0: &[f32],
+    g: &[f32],
+    eps: &[f32],
+    step: &[f32],
+    topk: &[f32],
+) -> Option<Vec<f32>> {
+    let lib = kernels("pgd_step.cu")?;
+    let n = eps.len();
+    let d = x.len() / n;
+    let (mut bx, mut bx0, mut bg) = (Buf::new(x, GUARD), Buf::new(x0, GUARD), Buf::new(g, GUARD));
+    let mut es = Buf::new(&[eps, step, topk].concat(), GUARD);
+    let ep = es.ptr();
+    let (sp, kp) = (ep + 4 * n as u64, ep + 8 * n as u64);
+    let mut out = Buf::filled(x.len(), f32::NAN, GUARD);
+    let args = Args::new()
+        .push(out.ptr())
+        .push(bx.ptr())
+        .push(bx0.ptr())
+        .push(bg.ptr())
+        .push(ep)
+        .push(sp);
+    let grid = |blocks: usize| ((blocks.div_ceil(256).clamp(1, 1 << 16)) as u32, 1, 1);
+    let r = match k {
+        PgdKernel::Linf4 => lib.launch(
+            "pgd_linf4_f32",
+            grid(x.len() / 4),
+            256,
+            0,
+            args.push((d / 4) as u32).push((x.len() / 4) as u64),
+        ),
+        PgdKernel::Linf => lib.launch(
+            "pgd_linf_f32",
+            grid(x.len()),
+            256,
+            0,
+            args.push(d as u32).push(x.len() as u64),
+        ),
+        PgdKernel::L2Block => {
+            lib.launch("pgd_l2_f32", (n as u32, 1, 1), 1024, 0, args.push(d as u32))
+        }
+        PgdKernel::L2Cluster => lib.launch(
+            "pgd_l2_cl_f32",
+            ((n * 8) as u32, 1, 1),
+            1024,
+            0,
+            args.push((d / 4) as u32),
+        ),
+        PgdKernel::L1Block => lib.launch(
+            "pgd_l1_f32",
+            (n as u32, 1, 1),
+            1024,
+            0,
+            args.push(kp).push(d as u32),
+        ),
+        PgdKernel::L1Cluster => lib.launch(
+            "pgd_l1_cl_f32",
+            ((n * 8) as u32, 1, 1),
+            1024,
+            0,
+            args.push(kp).push((d / 4) as u32),
+        ),
+    };
+    r.unwrap_or_else(|e| panic!("{k:?}: {e}"));
+    for (b, w) in [(&bx, "x"), (&bx0, "x0"), (&bg, "g")] {
+        b.get(w);
+    }
+    es.get("eps/step/topk");
+    Some(out.get(&format!("{k:?} out")).to_vec())
+}
+
+/// The projected step kernels against the CPU references `cuda_parity::pgd_step_kernels`
+/// uses, every variant: l-inf (scalar and float4), l2 and l1 with one block per sample and
+/// with one 8-block cluster per sample (distributed shared memory), on a sample size that
+/// spreads over the cluster's blocks unevenly.
+#[test]
+fn pgd_step_kernels_emulated() {
+    pgd_small_images();
+    pgd_cluster_at_224px();
+}
+
+/// The cluster kernels at the size they are chosen for: one 224x224x3 sample, 37,632 float4
+/// over 8 blocks of 1024 threads (4,704 per block: every thread holds up to 5).
+fn pgd_cluster_at_224px() {
+    let len = 224 * 224 * 3;
+    let x0 = rand_vec(len, 50, 0.0, 1.0);
+    let x = rand_vec(len, 51, 0.0, 1.0);
+    let g = rand_vec(len, 52, -1.0, 1.0);
+    let (eps, step) = ([0.5f32], [0.25f32]);
+    let want = pgd_ref(&x, &x0, &g, &eps, &step, true);
+    let Some(got) = pgd_emulated(PgdKernel::L2Cluster, &x, &x0, &g, &eps, &step, &[]) else {
+        return;
+    };
+    let e = max_abs_diff(&got, &want);
+    println!("L2Cluster 224 px: max |emulated - cpu| {e:.2e}");
+    assert!(e <= 1e-5, "L2Cluster 224 px: {e}");
+    let (e1, s1, k) = ([len as f32 * 0.01], [1.0f32], [0.05f32]);
+    let want = pgd_l1_ref(&x, &x0, &g, &e1, &s1, k[0]);
+    let got = pgd_emulated(PgdKernel::L1Cluster, &x, &x0, &g, &e1, &s1, &k).unwrap();
+    let e = max_abs_diff(&got, &want);
+    let l1: f32 = got.iter().zip(&x0).map(|(a, b)| (a - b).abs()).sum();
+    println!(
+        "L1Cluster 224 px: max |emulated - cpu| {e:.2e}, ||delta||_1 {l1} (eps {})",
+        e1[0]
+    );
+    assert!(e <= 1e-5, "L1Cluster 224 px: {e}");
+    assert!(l1 <= e1[0] * 1.001);
+}
+
+fn pgd_small_images() {
+    // 3 samples of 40x40x3: D = 4800, D/4 = 1200 float4 over 8 blocks (150 each).
+    let shape = [3usize, 40, 40, 3];
+    let len: usize = shape.iter().product();
+    let d = len / 3;
+    let x0 = rand_vec(len, 40, 0.0, 1.0);
+    let x = rand_vec(len, 41, 0.0, 1.0);
+    let mut g = rand_vec(len, 42, -1.0, 1.0);
+    g.iter_mut().step_by(9).for_each(|v| *v = 0.0);
+    let eps = [4.0 / 255.0, 8.0 / 255.0, 0.5];
+    let step = [2.0 / 255.0, 4.0 / 255.0, 0.25];
+    let want = pgd_ref(&x, &x0, &g, &eps, &step, false);
+    for k in [PgdKernel::Linf, PgdKernel::Linf4] {
+        let Some(got) = pgd_emulated(k, &x, &x0, &g, &eps, &step, &[]) else {
+            return;
+        };
+        assert_eq!(
+            got, want,
+            "{k:?}: the l-inf step is elementwise, so bit-identical"
+        );
+    }
+    let want = pgd_ref(&x, &x0, &g, &eps, &step, true);
+    for k in [PgdKernel::L2Block, PgdKernel::L2Cluster] {
+        let got = pgd_emulated(k, &x, &x0, &g, &eps, &step, &[]).unwrap();
+        let e = max_abs_diff(&got, &want);
+        println!("{k:?}: max |emulated - cpu| {e:.2e}");
+        assert!(e <= 1e-5, "{k:?}: max |emulated - cpu| = {e}");
+    }
+    // L1: x far from x0 (the projection cuts hard), and x = x0 with budgets that the step
+    // alone does or does not use up; per-sample top-k fractions, 0 included (one coordinate).
+    let big = d as f32 * 0.01;
+    for (what, xs, e1, s1, topk) in [
+        (
+            "far",
+            &x,
+            [2.0f32, big, 0.1],
+            [1.0f32, 1.0, 1.0],
+            [0.05f32, 0.2, 0.0],
+        ),
+        (
+            "from x0",
+            &x0,
+            [2.0, big, 1e3],
+            [1.0, 3.0, 0.5],
+            [0.05, 1.0, 0.01],
+        ),
+    ] {
+        for k in [PgdKernel::L1Block, PgdKernel::L1Cluster] {
+            let got = pgd_emulated(k, xs, &x0, &g, &e1, &s1, &topk).unwrap();
+            for n in 0..3 {
+                let r = n * d..(n + 1) * d;
+                let want = pgd_l1_ref(
+                    &xs[r.clone()],
+                    &x0[r.clone()],
+                    &g[r.clone()],
+                    &e1[n..n + 1],
+                    &s1[n..n + 1],
+                    topk[n],
+                );
+                let e = max_abs_diff(&got[r.clone()], &want);
+                let l1: f32 = r.clone().map(|i| (got[i] - x0[i]).abs()).sum();
+                println!(
+                    "{k:?} {what} sample {n}: max |emulated - cpu| {e:.2e}, ||delta||_1 {l1} \
+                     (eps {})",
+                    e1[n]
+                );
+                assert!(
+                    e <= 1e-5,
+                    "{k:?} {what} sample {n}: max |emulated - cpu| = {e}"
+                );
+                assert!(
+                    l1 <= e1[n] * 1.001 + 1e-5,
+                    "{k:?} {what} sample {n}: l1 {l1}"
+                );
+                assert!(got[r].iter().all(|v| (0.0..=1.0).contains(v)));
+            }
+        }
+    }
+}
+
+fn tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
+    Tensor::from_vec(shape, v).unwrap()
+}
+
+/// Relative L2 distance of `a` from `b`.
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        num += ((*x - *y) as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// The kernels of `file` with buffers: input slices become guarded host buffers, outputs are
+/// NaN-filled; `launch` runs `name` and returns every output after checking all guards.
+struct Launch {
+    bufs: Vec<Buf<f32>>,
+    outs: Vec<usize>,
+}
+
+impl Launch {
+    fn new() -> Self {
+        Launch {
+            bufs: Vec::new(),
+            outs: Vec::new(),
+        }
+    }
+    fn input(&mut self, v: &[f32]) -> u64 {
+        self.bufs.push(Buf::new(v, GUARD));
+        self.bufs.last_mut().unwrap().ptr()
+    }
+    fn output(&mut self, len: usize) -> u64 {
+        self.outs.push(self.bufs.len());
+        self.bufs.push(Buf::filled(len, f32::NAN, GUARD));
+        self.bufs.last_mut().unwrap().ptr()
+    }
+    /// A copy of `v` the kernel may write into (in-place kernels).
+    fn inout(&mut self, v: &[f32]) -> u64 {
+        self.outs.push(self.bufs.len());
+        self.input(v)
+    }
+    fn u32s(&mut self, v: &[u32]) -> u64 {
+        self.input(&v.iter().map(|b| f32::from_bits(*b)).collect::<Vec<_>>())
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        file: &str,
+        name: &str,
+        grid: u32,
+        block: u32,
+        dyn_smem: u32,
+        args: Args,
+    ) -> Option<Vec<Vec<f32>>> {
+        let lib = kernels(file)?;
+        lib.launch(name, (grid, 1, 1), block, dyn_smem, args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (i, b) in self.bufs.iter().enumerate() {
+            b.get(&format!("{name} buffer {i}"));
+        }
+        Some(
+            self.outs
+                .iter()
+                .map(|&i| self.bufs[i].get(name).to_vec())
+                .collect(),
+        )
+    }
+}
+
+/// Blocks for a grid-stride loop of 256 threads over `n` elements (`launch::grid_for`).
+fn grid1(n: usize) -> u32 {
+    mpm::cuda::launch::grid_for(n)
+}
+
+/// attack_rows.cu (APGD's l-inf and l2 steps, Square's l-inf candidates, the row copy, the
+/// per-row L0 count) against the CPU twins in `attack::resident`, as `cuda_parity::
+/// attack_row_kernels` and `apgd_l1_step_and_row_l0_kernels` check them on a GPU.
+#[test]
+fn attack_row_kernels_emulated() {
+    use mpm::attack::resident::SquareProposals;
+    use mpm::attack::resident::{apgd_step, copy_rows, row_l0, square_linf_candidates};
+    use mpm::attack::Norm;
+    let shape = [5usize, 11, 9, 3];
+    let len: usize = shape.iter().product();
+    let (n, d) = (shape[0], len / shape[0]);
+    let x = rand_vec(len, 23, 0.0, 1.0);
+    let best = rand_vec(len, 24, 0.0, 1.0);
+    let old = rand_vec(len, 25, 0.0, 1.0);
+    let mut gv = rand_vec(len, 26, -1.0, 1.0);
+    gv.iter_mut().step_by(7).for_each(|v| *v = 0.0);
+    let steps = [0.01f32, 0.03, 0.0, 0.02, 0.05];
+    let (xt, bt, ot, gt) = (
+        tensor(&shape, x.clone()),
+        tensor(&shape, best.clone()),
+        tensor(&shape, old.clone()),
+        tensor(&shape, gv.clone()),
+    );
+    // APGD steps: out, x_adv, x_old, grad, x0, steps, eps, momentum, d (+ total for l-inf).
+    for (norm, eps) in [(Norm::Linf, 8.0f32 / 255.0), (Norm::L2, 0.5)] {
+        let want = apgd_step(norm, &bt, &ot, &gt, &xt, &steps, eps, 0.75).unwrap();
+        let mut l = Launch::new();
+        let args = Args::new()
+            .push(l.output(len))
+            .push(l.input(&best))
+            .push(l.input(&old))
+            .push(l.input(&gv))
+            .push(l.input(&x))
+            .push(l.input(&steps))
+            .push(eps)
+            .push(0.75f32)
+            .push(d as u32);
+        let got = if norm == Norm::L2 {
+            l.run(
+                "attack_rows.cu",
+                "apgd_l2_step_f32",
+                n as u32,
+                1024,
+                0,
+                args,
+            )
+        } else {
+            let a = args.push(len as u64);
+            l.run(
+                "attack_rows.cu",
+                "apgd_linf_step_f32",
+                grid1(len),
+                256,
+                0,
+                a,
+            )
+        };
+        let Some(got) = got else { return };
+        if norm == Norm::Linf {
+            assert_eq!(
+                got[0],
+                want.data(),
+                "apgd l-inf step: bit-identical to the CPU"
+            );
+        } else {
+            let e = rel_l2(&got[0], want.data());
+            println!("apgd l2 step: rel L2 {e:.2e}");
+            assert!(e <= 1e-6, "apgd l2 step: rel L2 {e:.3e}");
+        }
+    }
+    // Square l-inf candidates, windows at the border.
+    let p = SquareProposals {
+        rows: vec![4, 0, 2],
+        vh: vec![0, 7, 3],
+        vw: vec![5, 0, 2],
+        s: 4,
+        signs: vec![1.0, -1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0],
+    };
+    let eps = 8.0 / 255.0;
+    let want = square_linf_candidates(&bt, &xt, &p, eps).unwrap();
+    let mut meta: Vec<u32> = [&p.rows[..], &p.vh, &p.vw].concat();
+    meta.extend(p.signs.iter().map(|v| v.to_bits()));
+    let na = p.rows.len();
+    let total = na * d;
+    let mut l = Launch::new();
+    let args = Args::new()
+        .push(l.output(total))
+        .push(l.input(&best))
+        .push(l.input(&x))
+        .push(l.u32s(&meta))
+        .push(na as u32)
+        .push(shape[1] as u32)
+        .push(shape[2] as u32)
+        .push(shape[3] as u32)
+        .push(p.s)
+        .push(eps)
+        .push(total as u64);
+    let got = l
+        .run(
+            "attack_rows.cu",
+            "square_linf_cand_f32",
+            grid1(total),
+            256,
+            0,
+            args,
+        )
+        .unwrap();
+    assert_eq!(got[0], want.data(), "square l-inf candidates");
+    // Row copy (into a copy of dst, as the launcher does).
+    let pairs = [3u32, 2, 0, 0];
+    let want_rows = copy_rows(&bt, &want, &pairs).unwrap();
+    let mut l = Launch::new();
+    let np = pairs.len() / 2;
+    let args = Args::new()
+        .push(l.inout(&best))
+        .push(l.input(want.data()))
+        .push(l.u32s(&pairs))
+        .push(d as u32)
+        .push((np * d) as u64);
+    let got = l
+        .run(
+            "attack_rows.cu",
+            "copy_rows_f32",
+            grid1(np * d),
+            256,
+            0,
+            args,
+        )
+        .unwrap();
+    assert_eq!(got[0], want_rows.data(), "copy_rows");
+    // L0 per row: exact counts, rows with nothing changed included.
+    let mut moved = best.clone();
+    moved[..d].copy_from_slice(&x[..d]);
+    moved[3 * d..3 * d + 10].copy_from_slice(&x[3 * d..3 * d + 10]);
+    let want = row_l0(&tensor(&shape, moved.clone()), &xt).unwrap();
+    let mut l = Launch::new();
+    let args = Args::new()
+        .push(l.output(n))
+        .push(l.input(&moved))
+        .push(l.input(&x))
+        .push(d as u32);
+    let got = l
+        .run("attack_rows.cu", "row_l0_f32", n as u32, 256, 0, args)
+        .unwrap();
+    assert_eq!(got[0], want, "row_l0");
+    println!("attack rows: l-inf step, square candidates, copy_rows, row_l0 bit-identical");
+}
+
+/// fab_step.cu against the CPU twins (`attack::resident::{fab_step, row_dist, shrink_rows}`),
+/// as `cuda_parity::fab_row_kernels` checks them on a GPU: every norm, a row with a zero
+/// gradient and one whose boundary is out of reach, on a small image and on one large enough
+/// that the l1 radix select needs all its passes.
+#[test]
+fn fab_row_kernels_emulated() {
+    use mpm::attack::fab::FabConfig;
+    use mpm::attack::resident::{fab_step, row_dist, shrink_rows};
+    use mpm::attack::Norm;
+    for (shape, seed) in [([4usize, 11, 9, 3], 70u64), ([4, 48, 40, 3], 80)] {
+        let len: usize = shape.iter().product();
+        let (n, d) = (shape[0], len / shape[0]);
+        let im2 = rand_vec(len, seed, 0.0, 1.0);
+        let x1 = rand_vec(len, seed + 1, 0.0, 1.0);
+        let mut wv = rand_vec(len, seed + 2, -1.0, 1.0);
+        wv.iter_mut().step_by(6).for_each(|v| *v = 0.0);
+        wv[..d].iter_mut().for_each(|v| *v = 0.0); // row 0: no gradient
+        let df = [0.7f32, -1.3, 2.0, 1e6]; // row 3: out of reach
+        let (x1t, im2t, wt) = (
+            tensor(&shape, x1.clone()),
+            tensor(&shape, im2.clone()),
+            tensor(&shape, wv.clone()),
+        );
+        for (code, norm) in [(0u32, Norm::Linf), (1, Norm::L2), (2, Norm::L1)] {
+            let cfg = FabConfig::standard(norm, 0.1, 0);
+            let want = fab_step(&x1t, &im2t, &wt, &df, &cfg).unwrap();
+            let mut l = Launch::new();
+            let args = Args::new()
+                .push(l.output(len))
+                .push(l.input(&x1))
+                .push(l.input(&im2))
+                .push(l.input(&wv))
+                .push(l.input(&df))
+                .push(code)
+                .push(cfg.eta)
+                .push(cfg.alpha_max)
+                .push(d as u32);
+            let Some(got) = l.run("fab_step.cu", "fab_step_f32", n as u32, 1024, 0, args) else {
+                return;
+            };
+            let e = rel_l2(&got[0], want.data());
+            let m = max_abs_diff(&got[0], want.data());
+            println!("fab_step {norm} {shape:?}: rel L2 {e:.2e}, max abs {m:.2e}");
+            assert!(e <= 1e-4, "fab_step {norm} {shape:?}: rel L2 {e:.3e}");
+            let rd = row_dist(&x1t, &im2t, norm).unwrap();
+            let mut l = Launch::new();
+            let args = Args::new()
+                .push(l.output(n))
+                .push(l.input(&x1))
+                .push(l.input(&im2))
+                .push(code)
+                .push(d as u32);
+            let got = l
+                .run("fab_step.cu", "row_dist_f32", n as u32, 256, 0, args)
+                .unwrap();
+            for (g, c) in got[0].iter().zip(&rd) {
+                assert!(
+                    (g - c).abs() <= 1e-5 * c.abs(),
+                    "row_dist {norm}: {got:?} vs {rd:?}"
+                );
+            }
+        }
+        let rows = [3u32, 1];
+        let want = shrink_rows(&x1t, &im2t, &rows, 0.9).unwrap();
+        let mut l = Launch::new();
+        let total = rows.len() * d;
+        let args = Args::new()
+            .push(l.inout(&x1))
+            .push(l.input(&im2))
+            .push(l.u32s(&rows))
+            .push(0.9f32)
+            .push(d as u32)
+            .push(total as u64);
+        let got = l
+            .run("fab_step.cu", "shrink_rows_f32", grid1(total), 256, 0, args)
+            .unwrap();
+        assert_eq!(got[0], want.data(), "shrink_rows");
+    }
+}
+
+/// square_rows.cu (Square's l2 / l1 candidates) against the CPU twin, as
+/// `cuda_parity::square_l2l1_candidate_kernels` checks it on a GPU: windows at the border,
+/// overlapping and identical ones, both profile orientations.
+#[test]
+fn square_l2l1_candidate_kernels_emulated() {
+    use mpm::attack::resident::{square_l2l1_candidates, SquareMoves};
+    use mpm::attack::square::eta_profile;
+    use mpm::attack::Norm;
+    use mpm::cuda::ops::square_l2l1_meta;
+    for (shape, s, seed) in [([5usize, 11, 9, 3], 5u32, 70u64), ([3, 40, 36, 3], 13, 71)] {
+        let len: usize = shape.iter().product();
+        let (n, h, w, c) = (shape[0], shape[1] as u32, shape[2] as u32, shape[3]);
+        let d = len / n;
+        let x = rand_vec(len, seed, 0.0, 1.0);
+        let noise = rand_vec(len, seed + 1, -0.2, 0.2);
+        let best: Vec<f32> = x
+            .iter()
+            .zip(&noise)
+            .map(|(a, b)| (a + b).clamp(0.0, 1.0))
+            .collect();
+        let (xt, bt) = (tensor(&shape, x.clone()), tensor(&shape, best.clone()));
+        let (hm, wm) = (h - s, w - s);
+        let rows = vec![n as u32 - 1, 0, 1, n as u32 - 1];
+        let vh1 = vec![0, hm / 2, hm, hm];
+        let vw1 = vec![0, wm / 3, wm, 0];
+        let vh2 = vec![hm, hm / 2, hm.saturating_sub(2), hm / 2];
+        let vw2 = vec![wm, wm / 3, wm.saturating_sub(1), wm / 2];
+        for (norm, eps_per) in [
+            (Norm::L2, 0.02f32),
+            (Norm::L2, 0.2),
+            (Norm::L1, 0.01),
+            (Norm::L1, 0.2),
+        ] {
+            let eps = if norm == Norm::L2 {
+                eps_per * (d as f32).sqrt()
+            } else {
+                eps_per * d as f32
+            };
+            let p = SquareMoves {
+                rows: rows.clone(),
+                vh1: vh1.clone(),
+                vw1: vw1.clone(),
+                vh2: vh2.clone(),
+                vw2: vw2.clone(),
+                transpose: vec![false, true, false, true],
+                s,
+                profile: eta_profile(norm, s as usize),
+                signs: (0..4 * c)
+                    .map(|i| if i % 5 < 2 { -1.0 } else { 1.0 })
+                    .collect(),
+            };
+            let want = square_l2l1_candidates(&bt, &xt, &p, norm, eps).unwrap();
+            let meta = square_l2l1_meta(
+                &p.rows,
+                [&p.vh1, &p.vw1, &p.vh2, &p.vw2],
+                &p.transpose,
+                &p.signs,
+                &p.profile,
+            );
+            let na = rows.len();
+            let mut l = Launch::new();
+            let args = Args::new()
+                .push(l.output(na * d))
+                .push(l.input(&best))
+                .push(l.input(&x))
+                .push(l.u32s(&meta))
+                .push(na as u32)
+                .push(h)
+                .push(w)
+                .push(c as u32)
+                .push(s)
+                .push(eps);
+            let name = if norm == Norm::L1 {
+                "square_l1_cand_f32"
+            } else {
+                "square_l2_cand_f32"
+            };
+            let Some(got) = l.run("square_rows.cu", name, na as u32, 1024, 0, args) else {
+                return;
+            };
+            let got = &got[0];
+            let same = got.iter().zip(want.data()).filter(|(a, b)| a == b).count();
+            let m = max_abs_diff(got, want.data());
+            let what = format!("square {norm} {shape:?} s {s} eps {eps}");
+            println!(
+                "{what}: {same} of {} values bit-identical, max abs diff {m:.2e}",
+                got.len()
+            );
+            assert!(m <= 1e-5, "{what}: max |emulated - cpu| = {m}");
+            assert!(got.iter().all(|v| (0.0..=1.0).contains(v)), "{what}: box");
+        }
+    }
+}
+
+/// focal_loss.cu, both kernels (shared-memory staging with grouped loads; register staging),
+/// f32 and bf16 storage, against `cpu::focal_loss`: S = 3,311 (the paper's, where the grouped
+/// loads and the tail both run) and a small S, zero-weight image included.
+#[test]
+fn focal_loss_kernels_emulated() {
+    use mpm::cuda::storage::{bf16_to_f32, f32_to_bf16};
+    for (s, ppi, seed) in [(3311usize, 3usize, 90u64), (37, 4, 91)] {
+        let weights = [1.0f32, 0.0, 0.5];
+        let pixels = weights.len() * ppi;
+        let z = rand_vec(pixels * s, seed, -4.0, 4.0);
+        let mut t = rand_vec(pixels * s, seed + 1, 0.0, 1.0);
+        for r in t.chunks_mut(s) {
+            let sum: f32 = r.iter().sum();
+            r.iter_mut().for_each(|v| *v /= sum);
+        }
+        let gamma = 2.0f32;
+        let inv_total = 1.0 / pixels as f32;
+        for bf16 in [false, true] {
+            let round = |v: &[f32]| -> Vec<f32> {
+                if bf16 {
+                    v.iter().map(|x| bf16_to_f32(f32_to_bf16(*x))).collect()
+                } else {
+                    v.to_vec()
+                }
+            };
+            let (zr, tr) = (round(&z), round(&t));
+            let (want_loss, want_dz) =
+                mpm::cpu::focal_loss::focal_loss(&zr, &tr, &weights, ppi, s, gamma);
+            for regs in [false, true] {
+                let name = format!(
+                    "focal_loss_{}{}",
+                    if regs { "regs_" } else { "" },
+                    if bf16 { "bf16" } else { "f32" }
+                );
+                let Some(lib) = kernels("focal_loss.cu") else {
+                    return;
+                };
+                let mut w = Buf::new(&weights, GUARD);
+                let mut pl = Buf::filled(pixels, f32::NAN, GUARD);
+                let shared = if regs { 0 } else { (2 * s * 4) as u32 };
+                let dz: Vec<f32> = if bf16 {
+                    let b = |v: &[f32]| v.iter().map(|x| f32_to_bf16(*x)).collect::<Vec<u16>>();
+                    let (mut zb, mut tb) = (Buf::new(&b(&z), 0x7f7f), Buf::new(&b(&t), 0x7f7f));
+                    let mut dzb = Buf::filled(z.len(), 0x7fc0u16, 0x7f7f);
+                    let a = Args::new().push(zb.ptr()).push(tb.ptr());
+                    let a = a.push(w.ptr()).push(dzb.ptr());
+                    let a = a.push(pl.ptr()).push(s as u32).push(ppi as u32);
+                    let a = a.push(gamma).push(inv_total);
+                    lib.launch(&name, (pixels as u32, 1, 1), 128, shared, a)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    zb.get("z");
+                    tb.get("t");
+                    dzb.get(&name).iter().map(|v| bf16_to_f32(*v)).collect()
+                } else {
+                    let (mut zb, mut tb) = (Buf::new(&z, GUARD), Buf::new(&t, GUARD));
+                    let mut dzb = Buf::filled(z.len(), f32::NAN, GUARD);
+                    let a = Args::new().push(zb.ptr()).push(tb.ptr());
+                    let a = a.push(w.ptr()).push(dzb.ptr());
+                    let a = a.push(pl.ptr()).push(s as u32).push(ppi as u32);
+                    let a = a.push(gamma).push(inv_total);
+                    lib.launch(&name, (pixels as u32, 1, 1), 128, shared, a)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    zb.get("z");
+                    tb.get("t");
+                    dzb.get(&name).to_vec()
+                };
+                w.get("weights");
+                let loss: f64 =
+                    pl.get("pixel loss").iter().map(|v| *v as f64).sum::<f64>() * inv_total as f64;
+                let el = ((loss - want_loss as f64) / want_loss as f64).abs();
+                let ed = rel_l2(&dz, &want_dz);
+                println!("{name} S {s}: loss rel {el:.2e}, dz rel L2 {ed:.2e}");
+                let tol = if bf16 { 2e-2 } else { 1e-5 };
+                assert!(
+                    el <= 1e-5 && ed <= tol,
+                    "{name} S {s}: loss rel {el:.3e}, dz {ed:.3e}"
+                );
+            }
+        }
+    }
+}
