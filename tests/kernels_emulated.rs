@@ -709,3 +709,100 @@ fn focal_loss_kernels_emulated() {
         }
     }
 }
+
+/// optim.cu (SGD with momentum / Nesterov and weight decay, first step and later ones; the
+/// EMA update) against `train::optim::Sgd::step` and `train::ema::update` on the CPU: every
+/// product and sum is rounded separately on both sides, so the bits must agree. These kernels
+/// have no GPU test of their own (`train_gpu` checks whole runs).
+#[test]
+fn optimiser_kernels_emulated() {
+    use mpm::nn::{Kind, ParamStore, TorchTensor};
+    use mpm::train::optim::{Sgd, SgdConfig};
+    use std::collections::BTreeMap;
+    let n = 1000;
+    let w0 = rand_vec(n, 100, -1.0, 1.0);
+    let grads = [rand_vec(n, 101, -1.0, 1.0), rand_vec(n, 102, -1.0, 1.0)];
+    let (lr, wd) = (0.1f32, 5e-5f32);
+    for (momentum, nesterov) in [(0.9f32, true), (0.9, false), (0.0, false)] {
+        let cfg = SgdConfig {
+            momentum,
+            weight_decay: wd,
+            nesterov,
+        };
+        let mut store = ParamStore::new();
+        let t = TorchTensor {
+            shape: vec![10, 100],
+            data: w0.clone(),
+        };
+        store.insert("fc.weight", Kind::Param, t).unwrap();
+        let mut sgd = Sgd::new(cfg);
+        let (mut w, mut buf): (Vec<f32>, Option<Vec<f32>>) = (w0.clone(), None);
+        for (step, g) in grads.iter().enumerate() {
+            let gt = tensor(&[10, 100], g.clone());
+            sgd.step(
+                &mut store,
+                &BTreeMap::from([("fc.weight".to_string(), gt)]),
+                lr as f64,
+            )
+            .unwrap();
+            let mut l = Launch::new();
+            let first = buf.is_none();
+            let bp = match &buf {
+                Some(b) => l.input(b),
+                None => 0,
+            };
+            let args = Args::new().push(l.input(&w)).push(l.input(g)).push(bp);
+            let args = args
+                .push(l.output(n))
+                .push(if momentum != 0.0 { l.output(n) } else { 0 });
+            let args = args.push(lr).push(momentum).push(wd);
+            let args = args
+                .push(i32::from(first))
+                .push(i32::from(nesterov))
+                .push(n as u64);
+            let Some(out) = l.run("optim.cu", "sgd_nesterov_f32", grid1(n), 256, 0, args) else {
+                return;
+            };
+            w = out[0].clone();
+            if momentum != 0.0 {
+                buf = Some(out[1].clone());
+            }
+            let want = store.get("fc.weight").unwrap().tensor.data().to_vec();
+            assert_eq!(
+                w, want,
+                "sgd momentum {momentum} nesterov {nesterov} step {step}"
+            );
+        }
+    }
+    // EMA: decay and 1 - decay (rounded from f64, as the caller passes it).
+    let decay = 0.9998f64;
+    let (ema, model) = (rand_vec(n, 103, -1.0, 1.0), rand_vec(n, 104, -1.0, 1.0));
+    let want: Vec<f32> = ema
+        .iter()
+        .zip(&model)
+        .map(|(e, m)| decay as f32 * e + (1.0 - decay) as f32 * m)
+        .collect();
+    let mut es = ParamStore::new();
+    let mut ms = ParamStore::new();
+    let tt = |d: &[f32]| TorchTensor {
+        shape: vec![n],
+        data: d.to_vec(),
+    };
+    es.insert("w", Kind::Param, tt(&ema)).unwrap();
+    ms.insert("w", Kind::Param, tt(&model)).unwrap();
+    mpm::train::ema::update(&mut es, &ms, decay).unwrap();
+    assert_eq!(es.get("w").unwrap().tensor.data(), want, "the CPU EMA rule");
+    let mut l = Launch::new();
+    let args = Args::new()
+        .push(l.input(&ema))
+        .push(l.input(&model))
+        .push(l.output(n));
+    let args = args
+        .push(decay as f32)
+        .push((1.0 - decay) as f32)
+        .push(n as u64);
+    let out = l
+        .run("optim.cu", "ema_update_f32", grid1(n), 256, 0, args)
+        .unwrap();
+    assert_eq!(out[0], want, "ema_update");
+}
