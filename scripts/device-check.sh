@@ -9,6 +9,8 @@
 #   scripts/device-check.sh attack-build / attack   # the GPU AutoAttack comparison (see below)
 #   scripts/device-check.sh all       # gpu, then attack when attack-build was run: one call,
 #                                     # one machine start (carry device-out/bin, device-out/aa)
+#   scripts/device-check.sh session   # the parts in priority order under one deadline (below):
+#                                     # the command for a 15-minute GPU session
 #
 # GPU side: cuBLAS 13 and cuDNN 9 come from python's site-packages (nvidia/cublas/lib,
 # nvidia/cudnn/lib, nvidia/cu13/lib); they are put on LD_LIBRARY_PATH. Never touches the
@@ -189,12 +191,85 @@ all() {
   fi
 }
 
+# One GPU session in one call, the parts in the order that matters most for the open issues,
+# under a total deadline (DEADLINE seconds, default 540, so a 600 s call ends with its files
+# written): each part gets what its own limit asks or what is left, and is skipped when less
+# than its minimum is left. Order: GPU parity tests (the kernels written without a GPU) ->
+# mpm-bench bf16 (kernel % of copy bandwidth, end-to-end images/s) -> the ResNet-50 / 224 px
+# attack comparison (needs device-out/aa from attack-build) -> the training GPU test -> the
+# demo-model attack comparison -> mpm-bench tf32 end to end. Build side first:
+#   scripts/device-check.sh build && AA_MODEL=... AA_SRC=... scripts/device-check.sh attack-build
+session() {
+  # The parts write a dozen files; the device tool brings back at most 8 from $OUT, so they go
+  # to a working folder that is packed into $OUT/results.tgz (with summary.txt beside it)
+  # after every part: a call cut short still returns what finished.
+  local dest="${OUT:-}" out=device-out/results t0 deadline="${DEADLINE:-540}"
+  export OUT="$out"
+  mkdir -p "$out"
+  pack() {
+    [ -n "$dest" ] || return 0
+    # (adversarial images excluded: at 224 px they would pass the 16 MB a returned file may be)
+    tar czf "$dest/results.tgz" --exclude="*.adv" -C "$out" . && cp "$out/summary.txt" "$dest/"
+  }
+  t0=$(date +%s)
+  # part NAME MIN LIMIT VAR: sets VAR to the seconds this part may use, or returns 1 to skip.
+  part() {
+    local left=$(( deadline - ($(date +%s) - t0) ))
+    local give=$(( left < $3 ? left : $3 ))
+    if [ "$give" -lt "$2" ]; then
+      echo "== $1 skipped: ${left} s left of the ${deadline} s deadline" | tee -a "$out/summary.txt"
+      return 1
+    fi
+    printf -v "$4" '%s' "$give"
+  }
+  local t
+  : > "$out/summary.txt"
+  if part "GPU tests" 60 "${T_PARITY:-150}" t; then
+    T_PARITY=$t gpu_tests_only
+  fi
+  pack
+  if part "mpm-bench bf16" 60 "${T_BF16:-150}" t; then bench bf16 "$t" 2; fi
+  pack
+  if [ -f device-out/aa/autoattack/__init__.py ] && part "attack-r50" 90 "${T_R50:-200}" t; then
+    T_R50_ENGINE=$(( t * 2 / 5 )) T_R50_REF=$(( t * 3 / 5 )) R50_N="${R50_N:-32}" attack_r50
+    grep -E "^==|robust|images/s|rc=|^real" "$out/attack_r50.txt" >> "$out/summary.txt"
+  fi
+  pack
+  if part "train_gpu" 30 "${T_TRAIN:-40}" t; then
+    timeout "$t" "$BIN/train_gpu" --test-threads 1 --nocapture > "$out/train_gpu.txt" 2>&1
+    echo "train_gpu rc=$? (124 = timed out)" | tee -a "$out/summary.txt"
+    grep -E "^test |panicked|FAILED|test result" "$out/train_gpu.txt" | tee -a "$out/summary.txt"
+  fi
+  pack
+  if [ -f device-out/aa/weights.safetensors ] && part "attack (demo model)" 60 "${T_AA:-120}" t; then
+    T_ENGINE=$(( t * 2 / 5 )) T_REF=$(( t * 3 / 5 )) AA_N="${AA_N:-256}" attack
+    grep -E "^==|robust|images/s|rc=|^real" "$out/attack.txt" >> "$out/summary.txt"
+  fi
+  pack
+  if part "mpm-bench tf32" 40 "${T_TF32:-60}" t; then bench tf32 "$t" 2 --skip-kernels; fi
+  echo "session: $(( $(date +%s) - t0 )) s of ${deadline}" | tee -a "$out/summary.txt"
+  pack
+}
+
+# The GPU-test part of `gpu` alone (environment, cuda_parity), for `session`.
+gpu_tests_only() {
+  local out="${OUT:-device-out/results}"
+  setup_libs
+  { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } > "$out/env.txt"
+  echo "== GPU tests" | tee -a "$out/summary.txt"
+  timeout "$T_PARITY" "$BIN/cuda_parity" --test-threads 1 --nocapture > "$out/cuda_parity.txt" 2>&1
+  echo "cuda_parity rc=$? (124 = timed out)" | tee -a "$out/summary.txt"
+  grep -E "^test |panicked|FAILED|failures:|test result" "$out/cuda_parity.txt" | tee -a "$out/summary.txt"
+}
+
 case "${1:-}" in
   build) build ;;
+  session) session ;;
   all) all ;;
   gpu) gpu ;;
   attack-build) attack_build ;;
   attack) attack ;;
   attack-r50) attack_r50 ;;
-  *) echo "usage: $0 build|gpu|attack-build|attack|attack-r50|all" >&2; exit 2 ;;
+  *) echo "usage: $0 build|session|gpu|attack-build|attack|attack-r50|all" >&2; exit 2 ;;
 esac
