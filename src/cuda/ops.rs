@@ -3,7 +3,7 @@
 //! sizes), allocates outputs from the caching allocator and launches on the GPU's stream.
 //! `src/ops/*.rs` calls these when its inputs live on a GPU; the CPU twins are `src/cpu/*`.
 
-use super::context::Gpu;
+use super::context::{DevBuf, Gpu};
 use super::launch::{grid_for, Args};
 use super::storage::{CudaStorage, DType};
 use crate::tensor::Tensor;
@@ -1284,6 +1284,33 @@ pub fn mask_targets(
         ));
     }
     let lab = gpu.upload(labels)?;
+    mask_targets_resident(gpu, &lab, n, h, w, s, base, coarser, smoothing, dtype)
+}
+
+/// `mask_targets` on a label map already on the GPU (`labels`: N*H*W u16): the kernels alone,
+/// without the host-to-device copy of the map (mpm-bench times both).
+#[allow(clippy::too_many_arguments)]
+pub fn mask_targets_resident(
+    gpu: &Arc<Gpu>,
+    lab: &DevBuf,
+    n: usize,
+    h: usize,
+    w: usize,
+    s: usize,
+    base: usize,
+    coarser: &[usize],
+    smoothing: f32,
+    dtype: DType,
+) -> Result<Vec<Tensor>> {
+    if lab.len_bytes < n * h * w * 2 || h == 0 || w == 0 || base == 0 {
+        return Err(Error::shape(
+            "mask_targets",
+            format!(
+                "{} label bytes for N={n} H={h} W={w}, base {base}",
+                lab.len_bytes
+            ),
+        ));
+    }
     let bad = gpu.upload(&[0u32])?;
     let off = smoothing / s as f32;
     let on = 1.0 - smoothing + off;
