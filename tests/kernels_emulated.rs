@@ -806,3 +806,814 @@ fn optimiser_kernels_emulated() {
         .unwrap();
     assert_eq!(out[0], want, "ema_update");
 }
+
+/// `Launch` over raw f64 buffers (the reductions' partials): `len` f64 slots as 2*len f32.
+fn f64_slots(l: &mut Launch, len: usize) -> u64 {
+    l.input(&vec![0.0f32; 2 * len])
+}
+
+/// A NoGrad tape run of `f` on CPU inputs: the forward value.
+fn cpu_forward(
+    inputs: &[Tensor],
+    f: impl Fn(&mut mpm::autograd::Tape, &[mpm::autograd::Var]) -> mpm::Result<mpm::autograd::Var>,
+) -> Tensor {
+    use mpm::autograd::{GradMode, Tape};
+    let mut t = Tape::new(GradMode::NoGrad);
+    let vs: Vec<_> = inputs.iter().map(|x| t.input(x.clone(), false)).collect();
+    let y = f(&mut t, &vs).unwrap();
+    t.value(y).clone()
+}
+
+/// conv_gelu.cu: BN folded into the weights (`bn_fold`), the fused implicit-GEMM convolution
+/// with the BN shift and GELU / ReLU in its epilogue (`conv_bn_act`, f32 and bf16 input, the
+/// pre-activation output too), and the epilogue alone (`shift_act`), against the CPU's
+/// convolution -> eval-mode BN -> activation, on the shapes `cuda_parity` uses (output
+/// channels that are not a multiple of the 64-wide tile, strides, 1x1 and 7x7 pads).
+#[test]
+fn conv_bn_act_kernels_emulated() {
+    use mpm::cuda::storage::{bf16_to_f32, f32_to_bf16};
+    use mpm::ops::{self, BatchNormMode, Conv2dParams};
+    let (n, h, w, c) = (2usize, 9usize, 9usize, 8usize);
+    let x = rand_vec(n * h * w * c, 45, -1.0, 1.0);
+    for (name, o, k, stride, pad) in [
+        ("3x3 s1", 70usize, 3usize, 1usize, 1usize),
+        ("3x3 s2", 6, 3, 2, 1),
+        ("1x1", 130, 1, 1, 0),
+        ("7x7 s2 p3", 4, 7, 2, 3),
+    ] {
+        let wt = rand_vec(o * k * k * c, 46, -0.3, 0.3);
+        let gamma = rand_vec(o, 47, 0.5, 1.5);
+        let beta = rand_vec(o, 48, -0.5, 0.5);
+        let rm = rand_vec(o, 49, -0.2, 0.2);
+        let rv = rand_vec(o, 50, 0.5, 1.5);
+        let eps = 1e-5f32;
+        // Fold.
+        let mut l = Launch::new();
+        let args = Args::new()
+            .push(l.input(&wt))
+            .push(l.input(&gamma))
+            .push(l.input(&beta))
+            .push(l.input(&rm))
+            .push(l.input(&rv))
+            .push(l.output(wt.len()))
+            .push(l.output(o))
+            .push(o as u32)
+            .push((k * k * c) as u32)
+            .push(eps);
+        let Some(folded) = l.run("conv_gelu.cu", "bn_fold", grid1(wt.len()), 256, 0, args) else {
+            return;
+        };
+        let (wf, shift) = (&folded[0], &folded[1]);
+        for oc in 0..o {
+            let s = gamma[oc] / (rv[oc] + eps).sqrt();
+            let want = beta[oc] - rm[oc] * s;
+            assert!(
+                (shift[oc] - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "bn_fold shift {oc}"
+            );
+        }
+        let p = Conv2dParams::new(stride, pad);
+        let oh = (h + 2 * pad - k) / stride + 1;
+        let ow = (w + 2 * pad - k) / stride + 1;
+        let m = n * oh * ow;
+        let params: [u32; 12] = [n, h, w, c, o, k, k, stride, pad, 1, oh, ow].map(|v| v as u32);
+        for bf16 in [false, true] {
+            let xin: Vec<f32> = if bf16 {
+                x.iter().map(|v| bf16_to_f32(f32_to_bf16(*v))).collect()
+            } else {
+                x.clone()
+            };
+            for (act, code) in [("gelu", 1u32), ("relu", 2)] {
+                let pre = cpu_forward(
+                    &[
+                        tensor(&[n, h, w, c], xin.clone()),
+                        tensor(&[o, k, k, c], wt.clone()),
+                        tensor(&[o], gamma.clone()),
+                        tensor(&[o], beta.clone()),
+                    ],
+                    |t, v| {
+                        let y = ops::conv2d(t, v[0], v[1], None, p)?;
+                        let (mut a, mut b) = (tensor(&[o], rm.clone()), tensor(&[o], rv.clone()));
+                        ops::batch_norm(t, y, v[2], v[3], &mut a, &mut b, BatchNormMode::Eval, eps)
+                    },
+                );
+                let want_y = cpu_forward(std::slice::from_ref(&pre), |t, v| {
+                    if code == 1 {
+                        ops::try_gelu(t, v[0])
+                    } else {
+                        ops::try_relu(t, v[0])
+                    }
+                });
+                let (gy, gpre) = if bf16 {
+                    let xb: Vec<u16> = x.iter().map(|v| f32_to_bf16(*v)).collect();
+                    let mut xbuf = Buf::new(&xb, 0x7f7f);
+                    let mut y = Buf::filled(m * o, 0x7fc0u16, 0x7f7f);
+                    let mut pr = Buf::filled(m * o, 0x7fc0u16, 0x7f7f);
+                    let (mut wb, mut sb) = (Buf::new(wf, GUARD), Buf::new(shift, GUARD));
+                    let args = Args::new()
+                        .push(xbuf.ptr())
+                        .push(wb.ptr())
+                        .push(sb.ptr())
+                        .push(y.ptr())
+                        .push(pr.ptr())
+                        .push(params)
+                        .push(code);
+                    let lib = kernels("conv_gelu.cu").unwrap();
+                    let grid = (m.div_ceil(64) as u32, o.div_ceil(64) as u32, 1);
+                    lib.launch("conv_bn_act_bf16", grid, 256, 0, args)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let f = |b: &Buf<u16>, w: &str| -> Vec<f32> {
+                        b.get(w).iter().map(|v| bf16_to_f32(*v)).collect()
+                    };
+                    wb.get("wf");
+                    sb.get("shift");
+                    xbuf.get("x");
+                    (f(&y, "y"), f(&pr, "pre"))
+                } else {
+                    let mut l = Launch::new();
+                    let args = Args::new()
+                        .push(l.input(&x))
+                        .push(l.input(wf))
+                        .push(l.input(shift))
+                        .push(l.output(m * o))
+                        .push(l.output(m * o))
+                        .push(params)
+                        .push(code);
+                    let lib = kernels("conv_gelu.cu").unwrap();
+                    let grid = (m.div_ceil(64) as u32, o.div_ceil(64) as u32, 1);
+                    lib.launch("conv_bn_act_f32", grid, 256, 0, args)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let outs: Vec<Vec<f32>> = l
+                        .outs
+                        .iter()
+                        .map(|&i| l.bufs[i].get("conv").to_vec())
+                        .collect();
+                    (outs[0].clone(), outs[1].clone())
+                };
+                let tol = if bf16 { 2e-2 } else { 1e-5 };
+                let (ey, ep) = (rel_l2(&gy, want_y.data()), rel_l2(&gpre, pre.data()));
+                println!("conv_bn_act {name} bf16 {bf16} {act}: y rel L2 {ey:.2e}, pre {ep:.2e}");
+                assert!(
+                    ey <= tol && ep <= tol,
+                    "conv_bn_act {name} bf16 {bf16} {act}"
+                );
+                // The epilogue alone on the CPU's conv output (the cuDNN path's second half).
+                if !bf16 {
+                    let z = cpu_forward(
+                        &[
+                            tensor(&[n, h, w, c], x.clone()),
+                            tensor(&[o, k, k, c], wf.clone()),
+                        ],
+                        |t, v| ops::conv2d(t, v[0], v[1], None, p),
+                    );
+                    let mut l = Launch::new();
+                    let args = Args::new()
+                        .push(l.input(z.data()))
+                        .push(l.output(m * o))
+                        .push(l.output(m * o))
+                        .push(l.input(shift))
+                        .push((m * o) as u64)
+                        .push(o as u32)
+                        .push(code);
+                    let outs = l
+                        .run("conv_gelu.cu", "shift_act_f32", grid1(m * o), 256, 0, args)
+                        .unwrap();
+                    let e = rel_l2(&outs[0], want_y.data());
+                    assert!(e <= 1e-5, "shift_act {name} {act}: rel L2 {e:.3e}");
+                }
+            }
+        }
+    }
+}
+
+/// bn_gelu.cu with reduce.cu's column sums: the training-mode BN + activation forward (batch
+/// statistics in f64 over row chunks, running statistics updated, invstd) and its backward
+/// (f64 partial sums of dpre and dpre * xhat per chunk, then dx), as `ops::batch_norm_act`
+/// runs them on a GPU, against the CPU tape's forward and gradients; M not a multiple of the
+/// 256-row chunk, C not a multiple of the 128-thread column block.
+#[test]
+fn batch_norm_act_kernels_emulated() {
+    use mpm::autograd::{GradMode, Tape};
+    use mpm::nn::Act;
+    use mpm::ops::{self, BatchNormMode};
+    let (n, h, w, c) = (3usize, 13usize, 11usize, 133usize);
+    let m = n * h * w;
+    let len = m * c;
+    let x = rand_vec(len, 60, -2.0, 2.0);
+    let gamma = rand_vec(c, 61, 0.5, 1.5);
+    let beta = rand_vec(c, 62, -0.5, 0.5);
+    let dy = rand_vec(len, 63, -1.0, 1.0);
+    let (rm0, rv0) = (rand_vec(c, 64, -0.2, 0.2), rand_vec(c, 65, 0.5, 1.5));
+    let (momentum, eps) = (0.1f32, 1e-5f32);
+    for (act, code) in [(None, 0u32), (Some(Act::Gelu), 1), (Some(Act::Relu), 2)] {
+        // CPU: forward, running statistics, gradients.
+        let mut t = Tape::new(GradMode::Full);
+        let xv = t.input(tensor(&[n, h, w, c], x.clone()), true);
+        let gv = t.input(tensor(&[c], gamma.clone()), true);
+        let bv = t.input(tensor(&[c], beta.clone()), true);
+        let (mut rm, mut rv) = (tensor(&[c], rm0.clone()), tensor(&[c], rv0.clone()));
+        let mode = BatchNormMode::Train { momentum };
+        let y = ops::batch_norm_act(&mut t, xv, gv, bv, &mut rm, &mut rv, mode, eps, act).unwrap();
+        let want_y = t.value(y).clone();
+        let g = t
+            .backward_with(y, tensor(&[n, h, w, c], dy.clone()))
+            .unwrap();
+        let (want_dx, want_dg, want_db) =
+            (g.get(xv).unwrap(), g.get(gv).unwrap(), g.get(bv).unwrap());
+        // Emulated: mean, variance about it (col_partial / col_finish), bn_finalize, bn_apply.
+        let chunks = m.div_ceil(256);
+        let cx = c.div_ceil(128) as u32;
+        let col = |center: Option<&[f32]>, power: u32| -> Option<Vec<f32>> {
+            let mut l = Launch::new();
+            let part = f64_slots(&mut l, chunks * c);
+            let cp = center.map_or(0, |v| l.input(v));
+            let a = Args::new()
+                .push(l.input(&x))
+                .push(cp)
+                .push(m as u32)
+                .push(c as u32);
+            let a = a.push(256u32).push(power).push(part);
+            let lib = kernels("reduce.cu")?;
+            lib.launch("col_partial_f32", (cx, chunks as u32, 1), 128, 0, a)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let out = l.output(c);
+            let a = Args::new().push(part).push(chunks as u32).push(c as u32);
+            let a = a.push(1.0 / m as f64).push(out);
+            lib.launch("col_finish", (cx, 1, 1), 128, 0, a)
+                .unwrap_or_else(|e| panic!("{e}"));
+            Some(l.bufs[*l.outs.last().unwrap()].get("col_finish").to_vec())
+        };
+        let Some(mean) = col(None, 1) else { return };
+        let var = col(Some(&mean), 2).unwrap();
+        let mut l = Launch::new();
+        let (rmp, rvp) = (l.inout(&rm0), l.inout(&rv0));
+        let args = Args::new()
+            .push(l.input(&mean))
+            .push(l.input(&var))
+            .push(rmp)
+            .push(rvp)
+            .push(l.output(c))
+            .push(c as u32)
+            .push(momentum)
+            .push(m as f32 / (m as f32 - 1.0))
+            .push(eps)
+            .push(1u32);
+        let fin = l
+            .run("bn_gelu.cu", "bn_finalize", cx, 128, 0, args)
+            .unwrap();
+        let (new_rm, new_rv, invstd) = (&fin[0], &fin[1], &fin[2]);
+        assert!(rel_l2(new_rm, rm.data()) <= 1e-6, "running mean");
+        assert!(rel_l2(new_rv, rv.data()) <= 1e-6, "running var");
+        let mut l = Launch::new();
+        let args = Args::new()
+            .push(l.input(&x))
+            .push(l.output(len))
+            .push(l.input(&mean))
+            .push(l.input(invstd))
+            .push(l.input(&gamma))
+            .push(l.input(&beta))
+            .push(len as u64)
+            .push(c as u32)
+            .push(code);
+        let yk = l
+            .run("bn_gelu.cu", "bn_apply_f32", grid1(len), 256, 0, args)
+            .unwrap();
+        let ey = rel_l2(&yk[0], want_y.data());
+        // Backward: per-chunk partials (grid: column blocks x row chunks), two column
+        // finishes, then dx.
+        let lib = kernels("bn_gelu.cu").unwrap();
+        let mut l = Launch::new();
+        let part = f64_slots(&mut l, 2 * chunks * c);
+        let args = Args::new()
+            .push(l.input(&x))
+            .push(l.input(&dy))
+            .push(l.input(&mean))
+            .push(l.input(invstd))
+            .push(l.input(&gamma))
+            .push(l.input(&beta))
+            .push(m as u32)
+            .push(c as u32)
+            .push(256u32)
+            .push(code)
+            .push(chunks as u32)
+            .push(part);
+        lib.launch("bn_bwd_partial_f32", (cx, chunks as u32, 1), 128, 0, args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reduce = kernels("reduce.cu").unwrap();
+        let s1 = l.output(c);
+        let s2 = l.output(c);
+        for (src, dst) in [(part, s1), (part + (chunks * c * 8) as u64, s2)] {
+            let a = Args::new().push(src).push(chunks as u32).push(c as u32);
+            reduce
+                .launch("col_finish", (cx, 1, 1), 128, 0, a.push(1.0f64).push(dst))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let args = Args::new()
+            .push(l.input(&x))
+            .push(l.input(&dy))
+            .push(l.output(len))
+            .push(l.input(&mean))
+            .push(l.input(invstd))
+            .push(l.input(&gamma))
+            .push(l.input(&beta))
+            .push(s1)
+            .push(s2)
+            .push(len as u64)
+            .push(m as u32)
+            .push(c as u32)
+            .push(1u32)
+            .push(code);
+        let outs = l
+            .run("bn_gelu.cu", "bn_bwd_input_f32", grid1(len), 256, 0, args)
+            .unwrap();
+        let (db, dg, dx) = (&outs[0], &outs[1], &outs[2]);
+        let (ex, eg, eb) = (
+            rel_l2(dx, want_dx.data()),
+            rel_l2(dg, want_dg.data()),
+            rel_l2(db, want_db.data()),
+        );
+        println!("bn {act:?}: y {ey:.2e}, dx {ex:.2e}, dgamma {eg:.2e}, dbeta {eb:.2e}");
+        assert!(
+            ey <= 1e-5 && ex <= 1e-4 && eg <= 1e-4 && eb <= 1e-4,
+            "bn {act:?}"
+        );
+    }
+}
+
+/// mask_targets.cu: the label map to 28x28 soft targets by nearest resize and label smoothing,
+/// and to 14x14 / 7x7 through the bilinear taps on the base grid (f32 and bf16 storage), against
+/// the CPU reference `cuda_parity::mask_targets_kernel` uses (nearest one-hot, then the
+/// engine's bilinear resize); labels >= S are counted.
+#[test]
+fn mask_target_kernels_emulated() {
+    use mpm::cuda::storage::bf16_to_f32;
+    use mpm::ops;
+    let (n, h, w, s, base) = (2usize, 37usize, 45usize, 13usize, 28usize);
+    let mut labels: Vec<u16> = rand_vec(n * h * w, 22, 0.0, s as f32)
+        .iter()
+        .map(|v| *v as u16)
+        .collect();
+    let (smoothing, off) = (0.1f32, 0.1f32 / s as f32);
+    let on = 1.0 - smoothing + off;
+    let near = |d: usize, i: usize, o: usize| {
+        ((d as f32 * (i as f32 / o as f32)).floor() as usize).min(i - 1)
+    };
+    let mut want = vec![off; n * base * base * s];
+    for b in 0..n {
+        for y in 0..base {
+            for x in 0..base {
+                let l = labels[(b * h + near(y, h, base)) * w + near(x, w, base)] as usize;
+                want[((b * base + y) * base + x) * s + l] = on;
+            }
+        }
+    }
+    let base_t = tensor(&[n, base, base, s], want.clone());
+    for bf16 in [false, true] {
+        let sfx = if bf16 { "bf16" } else { "f32" };
+        let Some(lib) = kernels("mask_targets.cu") else {
+            return;
+        };
+        let mut lab = Buf::new(&labels, 0xfff0);
+        let mut bad = Buf::new(&[0u32], 0xdead_beef);
+        // Output buffers as raw 32-bit words (bf16 pairs in the bf16 case).
+        let run = |name: &str, out_len: usize, extra: Vec<u32>| -> Vec<f32> {
+            let words = if bf16 { out_len.div_ceil(2) } else { out_len };
+            let mut out = Buf::filled(words, 0x7fc0_7fc0u32, 0x7f7f_7f7f);
+            let mut lab = Buf::new(&labels, 0xfff0);
+            let mut a = Args::new().push(lab.ptr()).push(out.ptr());
+            for v in [h as u32, w as u32, base as u32, base as u32] {
+                a = a.push(v);
+            }
+            for v in extra {
+                a = a.push(v);
+            }
+            let a = a.push(on).push(off);
+            let blocks = (out_len / s) as u32;
+            lib.launch(name, (blocks, 1, 1), 128, 0, a)
+                .unwrap_or_else(|e| panic!("{e}"));
+            lab.get("labels");
+            let v = out.get(name);
+            if bf16 {
+                v.iter()
+                    .flat_map(|p| [bf16_to_f32(*p as u16), bf16_to_f32((*p >> 16) as u16)])
+                    .take(out_len)
+                    .collect()
+            } else {
+                v.iter().map(|b| f32::from_bits(*b)).collect()
+            }
+        };
+        // Nearest level (its launch also takes the bad-label counter).
+        let words = if bf16 {
+            want.len().div_ceil(2)
+        } else {
+            want.len()
+        };
+        let mut out = Buf::filled(words, 0x7fc0_7fc0u32, 0x7f7f_7f7f);
+        let mut a = Args::new().push(lab.ptr()).push(out.ptr());
+        for v in [h, w, base, base, s].map(|v| v as u32) {
+            a = a.push(v);
+        }
+        let a = a.push(on).push(off).push(bad.ptr());
+        lib.launch(
+            &format!("mask_nearest_{sfx}"),
+            ((n * base * base) as u32, 1, 1),
+            128,
+            0,
+            a,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<f32> = if bf16 {
+            out.get("nearest")
+                .iter()
+                .flat_map(|p| [bf16_to_f32(*p as u16), bf16_to_f32((*p >> 16) as u16)])
+                .collect()
+        } else {
+            out.get("nearest")
+                .iter()
+                .map(|b| f32::from_bits(*b))
+                .collect()
+        };
+        let tol = if bf16 { 4e-3 } else { 1e-6 };
+        let e = rel_l2(&got, &want);
+        assert!(e <= tol, "mask_nearest_{sfx}: rel L2 {e:.3e}");
+        assert_eq!(bad.get("bad")[0], 0, "no label is >= S");
+        lab.get("labels");
+        for o in [14usize, 7] {
+            let got = run(
+                &format!("mask_bilinear_{sfx}"),
+                n * o * o * s,
+                vec![o as u32, o as u32, s as u32],
+            );
+            let want = cpu_forward(std::slice::from_ref(&base_t), |t, v| {
+                ops::resize_bilinear(t, v[0], o, o)
+            });
+            let e = rel_l2(&got, want.data());
+            println!("mask {o}x{o} {sfx}: rel L2 {e:.2e}");
+            assert!(e <= tol, "mask_bilinear_{sfx} {o}x{o}: rel L2 {e:.3e}");
+        }
+    }
+    // A label >= S is counted (and treated as absent).
+    labels[0] = s as u16;
+    let Some(lib) = kernels("mask_targets.cu") else {
+        return;
+    };
+    let mut lab = Buf::new(&labels, 0xfff0);
+    let mut bad = Buf::new(&[0u32], 0xdead_beef);
+    let mut out = Buf::filled(n * base * base * s, f32::NAN, GUARD);
+    let mut a = Args::new().push(lab.ptr()).push(out.ptr());
+    for v in [h, w, base, base, s].map(|v| v as u32) {
+        a = a.push(v);
+    }
+    let a = a.push(on).push(off).push(bad.ptr());
+    lib.launch(
+        "mask_nearest_f32",
+        ((n * base * base) as u32, 1, 1),
+        128,
+        0,
+        a,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        bad.get("bad")[0],
+        1,
+        "the label map's pixel (0, 0) feeds one base pixel"
+    );
+    out.get("nearest");
+}
+
+/// Forward value and input gradient (for output gradient `dy`) of a one-input op on the CPU.
+fn cpu_fwd_bwd(
+    x: &Tensor,
+    dy: &[f32],
+    f: impl Fn(&mut mpm::autograd::Tape, mpm::autograd::Var) -> mpm::Result<mpm::autograd::Var>,
+) -> (Tensor, Tensor) {
+    use mpm::autograd::{GradMode, Tape};
+    let mut t = Tape::new(GradMode::Full);
+    let v = t.input(x.clone(), true);
+    let y = f(&mut t, v).unwrap();
+    let shape = t.value(y).shape().to_vec();
+    let g = t.backward_with(y, tensor(&shape, dy.to_vec())).unwrap();
+    (t.value(y).clone(), g.get(v).unwrap().clone())
+}
+
+/// The remaining f32 kernels against the CPU: softmax_xent.cu (softmax / log-softmax rows and
+/// backward, soft-target cross-entropy rows, summed by reduce.cu's sum_partial / sum_finish),
+/// elementwise.cu (GELU and ReLU forward and backward, axpby, scale), pool.cu (max pool with
+/// argmax and its backward, adaptive average pool and backward) and resize.cu (bilinear
+/// forward and its atomic scatter backward); shapes with ragged blocks.
+#[test]
+fn row_pool_resize_elementwise_kernels_emulated() {
+    use mpm::cpu::softmax_xent as sx;
+    use mpm::ops;
+    let (rows, cols) = (7usize, 1000usize);
+    let z = rand_vec(rows * cols, 110, -5.0, 5.0);
+    let dy = rand_vec(rows * cols, 111, -1.0, 1.0);
+    let close = |what: &str, got: &[f32], want: &[f32], tol: f64| {
+        let e = rel_l2(got, want);
+        println!("{what}: rel L2 {e:.2e}");
+        assert!(e <= tol, "{what}: rel L2 {e:.3e}");
+    };
+    for log in [0u32, 1] {
+        let mut l = Launch::new();
+        let a = Args::new()
+            .push(l.input(&z))
+            .push(l.output(z.len()))
+            .push(cols as u32)
+            .push(log);
+        let Some(y) = l.run(
+            "softmax_xent.cu",
+            "softmax_rows_f32",
+            rows as u32,
+            256,
+            0,
+            a,
+        ) else {
+            return;
+        };
+        let want = if log == 1 {
+            sx::log_softmax(&z, cols)
+        } else {
+            sx::softmax(&z, cols)
+        };
+        close(&format!("softmax_rows log {log}"), &y[0], &want, 1e-6);
+    }
+    let y = sx::softmax(&z, cols);
+    let mut l = Launch::new();
+    let a = Args::new()
+        .push(l.input(&y))
+        .push(l.input(&dy))
+        .push(l.output(z.len()));
+    let got = l
+        .run(
+            "softmax_xent.cu",
+            "softmax_bwd_rows_f32",
+            rows as u32,
+            256,
+            0,
+            a.push(cols as u32),
+        )
+        .unwrap();
+    close(
+        "softmax_bwd_rows",
+        &got[0],
+        &sx::softmax_backward(&y, &dy, cols),
+        1e-5,
+    );
+    // Soft-target CE: per-row losses, then the deterministic two-stage sum.
+    let mut t = rand_vec(rows * cols, 112, 0.0, 1.0);
+    for r in t.chunks_mut(cols) {
+        let s: f32 = r.iter().sum();
+        r.iter_mut().for_each(|v| *v /= s);
+    }
+    let (want_loss, want_dz) = sx::soft_cross_entropy(&z, &t, cols);
+    let mut l = Launch::new();
+    let a = Args::new()
+        .push(l.input(&z))
+        .push(l.input(&t))
+        .push(l.output(z.len()));
+    let a = a
+        .push(l.output(rows))
+        .push(cols as u32)
+        .push(1.0f32 / rows as f32);
+    let got = l
+        .run(
+            "softmax_xent.cu",
+            "soft_xent_rows_f32",
+            rows as u32,
+            256,
+            0,
+            a,
+        )
+        .unwrap();
+    close("soft_xent_rows dz", &got[0], &want_dz, 1e-5);
+    let blocks = grid1(rows).min(1024);
+    let mut l = Launch::new();
+    let part = f64_slots(&mut l, blocks as usize);
+    let a = Args::new()
+        .push(l.input(&got[1]))
+        .push(part)
+        .push(rows as u64);
+    kernels("reduce.cu")
+        .unwrap()
+        .launch("sum_partial_f32", (blocks, 1, 1), 256, 0, a)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a = Args::new()
+        .push(part)
+        .push(blocks)
+        .push(1.0f32 / rows as f32)
+        .push(l.output(1));
+    let loss = l.run("reduce.cu", "sum_finish", 1, 256, 0, a).unwrap();
+    let el = ((loss[0][0] - want_loss) / want_loss).abs();
+    assert!(
+        el <= 1e-6,
+        "soft cross-entropy loss: {} vs {want_loss}",
+        loss[0][0]
+    );
+    // Elementwise.
+    let n = 3001;
+    let x = rand_vec(n, 113, -4.0, 4.0);
+    let g = rand_vec(n, 114, -1.0, 1.0);
+    let xt = tensor(&[n], x.clone());
+    for (kind, f) in [
+        (
+            "gelu",
+            ops::try_gelu
+                as fn(
+                    &mut mpm::autograd::Tape,
+                    mpm::autograd::Var,
+                ) -> mpm::Result<mpm::autograd::Var>,
+        ),
+        ("relu", ops::try_relu),
+    ] {
+        let (want_y, want_dx) = cpu_fwd_bwd(&xt, &g, f);
+        let mut l = Launch::new();
+        let a = Args::new()
+            .push(l.input(&x))
+            .push(l.output(n))
+            .push(n as u64);
+        let y = l
+            .run(
+                "elementwise.cu",
+                &format!("{kind}_fwd_f32"),
+                grid1(n),
+                256,
+                0,
+                a,
+            )
+            .unwrap();
+        close(&format!("{kind} fwd"), &y[0], want_y.data(), 1e-6);
+        let mut l = Launch::new();
+        let a = Args::new()
+            .push(l.input(&x))
+            .push(l.input(&g))
+            .push(l.output(n))
+            .push(n as u64);
+        let dx = l
+            .run(
+                "elementwise.cu",
+                &format!("{kind}_bwd_f32"),
+                grid1(n),
+                256,
+                0,
+                a,
+            )
+            .unwrap();
+        close(&format!("{kind} bwd"), &dx[0], want_dx.data(), 1e-6);
+    }
+    let mut l = Launch::new();
+    let a = Args::new()
+        .push(l.input(&x))
+        .push(l.input(&g))
+        .push(l.output(n));
+    let got = l
+        .run(
+            "elementwise.cu",
+            "axpby_f32",
+            grid1(n),
+            256,
+            0,
+            a.push(0.5f32).push(-2.0f32).push(n as u64),
+        )
+        .unwrap();
+    let want: Vec<f32> = x.iter().zip(&g).map(|(a, b)| 0.5 * a + -2.0 * b).collect();
+    close("axpby", &got[0], &want, 1e-7);
+    let mut l = Launch::new();
+    let a = Args::new()
+        .push(l.input(&x))
+        .push(l.output(n))
+        .push(0.25f32)
+        .push(n as u64);
+    let got = l
+        .run("elementwise.cu", "scale_f32", grid1(n), 256, 0, a)
+        .unwrap();
+    assert_eq!(
+        got[0],
+        x.iter().map(|v| v * 0.25).collect::<Vec<_>>(),
+        "scale"
+    );
+    // Pools and the bilinear resize, (N, H, W, C) = (2, 9, 11, 5).
+    let (nn, h, w, c) = (2usize, 9usize, 11usize, 5usize);
+    let img = rand_vec(nn * h * w * c, 115, -1.0, 1.0);
+    let it = tensor(&[nn, h, w, c], img.clone());
+    let (k, s, p) = (3usize, 2usize, 1usize);
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let dyp = rand_vec(nn * oh * ow * c, 116, -1.0, 1.0);
+    let (want_y, want_dx) = cpu_fwd_bwd(&it, &dyp, |t, v| ops::max_pool2d(t, v, k, s, p));
+    let dims = [nn, h, w, c, k, s, p, oh, ow].map(|v| v as u32);
+    let mut l = Launch::new();
+    let mut a = Args::new()
+        .push(l.input(&img))
+        .push(l.output(want_y.numel()))
+        .push(l.output(want_y.numel()));
+    for d in dims {
+        a = a.push(d);
+    }
+    let fwd = l
+        .run(
+            "pool.cu",
+            "maxpool_fwd_f32",
+            grid1(want_y.numel()),
+            256,
+            0,
+            a,
+        )
+        .unwrap();
+    assert_eq!(fwd[0], want_y.data(), "maxpool fwd");
+    let mut l = Launch::new();
+    let mut a = Args::new()
+        .push(l.input(&dyp))
+        .push(l.input(&fwd[1]))
+        .push(l.output(img.len()));
+    for d in dims {
+        a = a.push(d);
+    }
+    let dx = l
+        .run("pool.cu", "maxpool_bwd_f32", grid1(img.len()), 256, 0, a)
+        .unwrap();
+    close("maxpool bwd", &dx[0], want_dx.data(), 1e-6);
+    for (oh, ow) in [(1usize, 1usize), (4, 3)] {
+        let dya = rand_vec(nn * oh * ow * c, 117, -1.0, 1.0);
+        let (want_y, want_dx) =
+            cpu_fwd_bwd(&it, &dya, |t, v| ops::adaptive_avg_pool2d(t, v, oh, ow));
+        let dims = [nn, h, w, c, oh, ow].map(|v| v as u32);
+        let mut l = Launch::new();
+        let mut a = Args::new()
+            .push(l.input(&img))
+            .push(l.output(want_y.numel()));
+        for d in dims {
+            a = a.push(d);
+        }
+        let y = l
+            .run(
+                "pool.cu",
+                "avgpool_fwd_f32",
+                grid1(want_y.numel()),
+                256,
+                0,
+                a,
+            )
+            .unwrap();
+        close(
+            &format!("avgpool {oh}x{ow} fwd"),
+            &y[0],
+            want_y.data(),
+            1e-6,
+        );
+        let mut l = Launch::new();
+        let mut a = Args::new().push(l.input(&dya)).push(l.output(img.len()));
+        for d in dims {
+            a = a.push(d);
+        }
+        let dx = l
+            .run("pool.cu", "avgpool_bwd_f32", grid1(img.len()), 256, 0, a)
+            .unwrap();
+        close(
+            &format!("avgpool {oh}x{ow} bwd"),
+            &dx[0],
+            want_dx.data(),
+            1e-6,
+        );
+        let (rh, rw) = (oh * 3 + 1, ow * 2 + 5);
+        let dyr = rand_vec(nn * rh * rw * c, 118, -1.0, 1.0);
+        let (want_y, want_dx) = cpu_fwd_bwd(&it, &dyr, |t, v| ops::resize_bilinear(t, v, rh, rw));
+        let dims = [nn, h, w, c, rh, rw].map(|v| v as u32);
+        let mut l = Launch::new();
+        let mut a = Args::new()
+            .push(l.input(&img))
+            .push(l.output(want_y.numel()));
+        for d in dims {
+            a = a.push(d);
+        }
+        let y = l
+            .run(
+                "resize.cu",
+                "bilinear_fwd_f32",
+                grid1(want_y.numel()),
+                256,
+                0,
+                a,
+            )
+            .unwrap();
+        close(
+            &format!("bilinear to {rh}x{rw}"),
+            &y[0],
+            want_y.data(),
+            1e-6,
+        );
+        let mut l = Launch::new();
+        let zeros = vec![0.0f32; img.len()];
+        let mut a = Args::new().push(l.input(&dyr)).push(l.inout(&zeros));
+        for d in dims {
+            a = a.push(d);
+        }
+        let dx = l
+            .run("resize.cu", "bilinear_bwd_f32", grid1(dyr.len()), 256, 0, a)
+            .unwrap();
+        close(
+            &format!("bilinear to {rh}x{rw} bwd"),
+            &dx[0],
+            want_dx.data(),
+            1e-5,
+        );
+    }
+}
