@@ -14,8 +14,8 @@ use mpm::tensor::Tensor;
 use mpm::Result;
 use rand::{RngExt, SeedableRng};
 
-mod pgd_refs;
-use pgd_refs::{pgd_l1_ref, pgd_ref};
+mod attack_refs;
+use attack_refs::{pgd_l1_ref, pgd_ref, square_cases};
 
 const F32_VAL: f64 = 1e-4;
 const F32_GRAD: f64 = 1e-3;
@@ -763,8 +763,7 @@ fn fab_row_kernels() {
 /// emulation of the kernels gave the CPU's bits on such inputs; the count is printed.
 #[test]
 fn square_l2l1_candidate_kernels() {
-    use mpm::attack::resident::{square_l2l1_candidates, SquareMoves};
-    use mpm::attack::square::eta_profile;
+    use mpm::attack::resident::square_l2l1_candidates;
     use mpm::attack::Norm;
     let Some((dev, _lock)) = gpu() else { return };
     for (shape, s, seed) in [
@@ -772,8 +771,7 @@ fn square_l2l1_candidate_kernels() {
         ([3, 224, 224, 3], 25, 71),
         ([2, 224, 224, 3], 201, 72),
     ] {
-        let (n, h, w, c) = (shape[0], shape[1] as u32, shape[2] as u32, shape[3]);
-        let d = shape[1] * shape[2] * c;
+        let d = shape[1] * shape[2] * shape[3];
         let x = rand_tensor(&shape, seed, 0.0, 1.0);
         // Best points: a perturbation of x in the box (some coordinates at 0 or 1).
         let noise = rand_tensor(&shape, seed + 1, -0.2, 0.2);
@@ -787,39 +785,7 @@ fn square_l2l1_candidate_kernels() {
         )
         .unwrap();
         let (xg, bg) = (x.to_device(dev).unwrap(), best.to_device(dev).unwrap());
-        let (hm, wm) = (h - s, w - s);
-        // Rows: w1 top-left / w2 bottom-right corner; identical windows; overlapping ones
-        // at the right border; w1 bottom-left / w2 in the middle.
-        let rows = vec![n as u32 - 1, 0, 1, n as u32 - 1];
-        let vh1 = vec![0, hm / 2, hm, hm];
-        let vw1 = vec![0, wm / 3, wm, 0];
-        let vh2 = vec![hm, hm / 2, hm.saturating_sub(2), hm / 2];
-        let vw2 = vec![wm, wm / 3, wm.saturating_sub(1), wm / 2];
-        for (norm, eps_per) in [
-            (Norm::L2, 0.02f32),
-            (Norm::L2, 0.2),
-            (Norm::L1, 0.01),
-            (Norm::L1, 0.2),
-        ] {
-            // l2: eps_per * sqrt(d) (a third to three times the start's norm); l1: eps_per * d.
-            let eps = if norm == Norm::L2 {
-                eps_per * (d as f32).sqrt()
-            } else {
-                eps_per * d as f32
-            };
-            let p = SquareMoves {
-                rows: rows.clone(),
-                vh1: vh1.clone(),
-                vw1: vw1.clone(),
-                vh2: vh2.clone(),
-                vw2: vw2.clone(),
-                transpose: vec![false, true, false, true],
-                s,
-                profile: eta_profile(norm, s as usize),
-                signs: (0..4 * c)
-                    .map(|i| if i % 5 < 2 { -1.0 } else { 1.0 })
-                    .collect(),
-            };
+        for (norm, eps, p) in square_cases(shape, s) {
             let want = square_l2l1_candidates(&best, &x, &p, norm, eps).unwrap();
             let got = square_l2l1_candidates(&bg, &xg, &p, norm, eps).unwrap();
             assert!(got.is_cuda());
@@ -850,7 +816,7 @@ fn square_l2l1_candidate_kernels() {
                 got.data().iter().all(|v| (0.0..=1.0).contains(v)),
                 "{what}: box"
             );
-            for (a, &row) in rows.iter().enumerate() {
+            for (a, &row) in p.rows.iter().enumerate() {
                 let r0 = row as usize * d;
                 let xr = &x.data()[r0..r0 + d];
                 let l1: f64 = got.data()[a * d..(a + 1) * d]

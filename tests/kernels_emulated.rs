@@ -5,13 +5,13 @@
 //! by barrier, cluster barriers and distributed shared memory included; it does not reproduce
 //! the GPU's FMA contraction or math-library ulps, so value checks keep the GPU tests' bounds.
 
+mod attack_refs;
 mod emu;
-mod pgd_refs;
 
+use attack_refs::{pgd_l1_ref, pgd_ref, square_cases};
 use emu::{kernels, Buf};
 use mpm::cuda::launch::Args;
 use mpm::tensor::Tensor;
-use pgd_refs::{pgd_l1_ref, pgd_ref};
 use rand::{RngExt, SeedableRng};
 
 const GUARD: f32 = -7.25e30;
@@ -276,6 +276,11 @@ impl Launch {
     fn u32s(&mut self, v: &[u32]) -> u64 {
         self.input(&v.iter().map(|b| f32::from_bits(*b)).collect::<Vec<_>>())
     }
+    /// `run` as `ops.rs`'s `run1` launches: a grid-stride loop of 256-thread blocks over `n`.
+    fn run1(&self, file: &str, name: &str, n: usize, args: Args) -> Option<Vec<Vec<f32>>> {
+        self.run(file, name, grid1(n), 256, 0, args)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -354,14 +359,7 @@ fn attack_row_kernels_emulated() {
             )
         } else {
             let a = args.push(len as u64);
-            l.run(
-                "attack_rows.cu",
-                "apgd_linf_step_f32",
-                grid1(len),
-                256,
-                0,
-                a,
-            )
+            l.run1("attack_rows.cu", "apgd_linf_step_f32", len, a)
         };
         let Some(got) = got else { return };
         if norm == Norm::Linf {
@@ -404,14 +402,7 @@ fn attack_row_kernels_emulated() {
         .push(eps)
         .push(total as u64);
     let got = l
-        .run(
-            "attack_rows.cu",
-            "square_linf_cand_f32",
-            grid1(total),
-            256,
-            0,
-            args,
-        )
+        .run1("attack_rows.cu", "square_linf_cand_f32", total, args)
         .unwrap();
     assert_eq!(got[0], want.data(), "square l-inf candidates");
     // Row copy (into a copy of dst, as the launcher does).
@@ -426,14 +417,7 @@ fn attack_row_kernels_emulated() {
         .push(d as u32)
         .push((np * d) as u64);
     let got = l
-        .run(
-            "attack_rows.cu",
-            "copy_rows_f32",
-            grid1(np * d),
-            256,
-            0,
-            args,
-        )
+        .run1("attack_rows.cu", "copy_rows_f32", np * d, args)
         .unwrap();
     assert_eq!(got[0], want_rows.data(), "copy_rows");
     // L0 per row: exact counts, rows with nothing changed included.
@@ -528,7 +512,7 @@ fn fab_row_kernels_emulated() {
             .push(d as u32)
             .push(total as u64);
         let got = l
-            .run("fab_step.cu", "shrink_rows_f32", grid1(total), 256, 0, args)
+            .run1("fab_step.cu", "shrink_rows_f32", total, args)
             .unwrap();
         assert_eq!(got[0], want.data(), "shrink_rows");
     }
@@ -539,8 +523,7 @@ fn fab_row_kernels_emulated() {
 /// overlapping and identical ones, both profile orientations.
 #[test]
 fn square_l2l1_candidate_kernels_emulated() {
-    use mpm::attack::resident::{square_l2l1_candidates, SquareMoves};
-    use mpm::attack::square::eta_profile;
+    use mpm::attack::resident::square_l2l1_candidates;
     use mpm::attack::Norm;
     use mpm::cuda::ops::square_l2l1_meta;
     for (shape, s, seed) in [([5usize, 11, 9, 3], 5u32, 70u64), ([3, 40, 36, 3], 13, 71)] {
@@ -555,36 +538,7 @@ fn square_l2l1_candidate_kernels_emulated() {
             .map(|(a, b)| (a + b).clamp(0.0, 1.0))
             .collect();
         let (xt, bt) = (tensor(&shape, x.clone()), tensor(&shape, best.clone()));
-        let (hm, wm) = (h - s, w - s);
-        let rows = vec![n as u32 - 1, 0, 1, n as u32 - 1];
-        let vh1 = vec![0, hm / 2, hm, hm];
-        let vw1 = vec![0, wm / 3, wm, 0];
-        let vh2 = vec![hm, hm / 2, hm.saturating_sub(2), hm / 2];
-        let vw2 = vec![wm, wm / 3, wm.saturating_sub(1), wm / 2];
-        for (norm, eps_per) in [
-            (Norm::L2, 0.02f32),
-            (Norm::L2, 0.2),
-            (Norm::L1, 0.01),
-            (Norm::L1, 0.2),
-        ] {
-            let eps = if norm == Norm::L2 {
-                eps_per * (d as f32).sqrt()
-            } else {
-                eps_per * d as f32
-            };
-            let p = SquareMoves {
-                rows: rows.clone(),
-                vh1: vh1.clone(),
-                vw1: vw1.clone(),
-                vh2: vh2.clone(),
-                vw2: vw2.clone(),
-                transpose: vec![false, true, false, true],
-                s,
-                profile: eta_profile(norm, s as usize),
-                signs: (0..4 * c)
-                    .map(|i| if i % 5 < 2 { -1.0 } else { 1.0 })
-                    .collect(),
-            };
+        for (norm, eps, p) in square_cases(shape, s) {
             let want = square_l2l1_candidates(&bt, &xt, &p, norm, eps).unwrap();
             let meta = square_l2l1_meta(
                 &p.rows,
@@ -593,7 +547,7 @@ fn square_l2l1_candidate_kernels_emulated() {
                 &p.signs,
                 &p.profile,
             );
-            let na = rows.len();
+            let na = p.rows.len();
             let mut l = Launch::new();
             let args = Args::new()
                 .push(l.output(na * d))
@@ -760,7 +714,7 @@ fn optimiser_kernels_emulated() {
                 .push(i32::from(first))
                 .push(i32::from(nesterov))
                 .push(n as u64);
-            let Some(out) = l.run("optim.cu", "sgd_nesterov_f32", grid1(n), 256, 0, args) else {
+            let Some(out) = l.run1("optim.cu", "sgd_nesterov_f32", n, args) else {
                 return;
             };
             w = out[0].clone();
@@ -801,9 +755,7 @@ fn optimiser_kernels_emulated() {
         .push(decay as f32)
         .push((1.0 - decay) as f32)
         .push(n as u64);
-    let out = l
-        .run("optim.cu", "ema_update_f32", grid1(n), 256, 0, args)
-        .unwrap();
+    let out = l.run1("optim.cu", "ema_update_f32", n, args).unwrap();
     assert_eq!(out[0], want, "ema_update");
 }
 
@@ -860,7 +812,7 @@ fn conv_bn_act_kernels_emulated() {
             .push(o as u32)
             .push((k * k * c) as u32)
             .push(eps);
-        let Some(folded) = l.run("conv_gelu.cu", "bn_fold", grid1(wt.len()), 256, 0, args) else {
+        let Some(folded) = l.run1("conv_gelu.cu", "bn_fold", wt.len(), args) else {
             return;
         };
         let (wf, shift) = (&folded[0], &folded[1]);
@@ -976,7 +928,7 @@ fn conv_bn_act_kernels_emulated() {
                         .push(o as u32)
                         .push(code);
                     let outs = l
-                        .run("conv_gelu.cu", "shift_act_f32", grid1(m * o), 256, 0, args)
+                        .run1("conv_gelu.cu", "shift_act_f32", m * o, args)
                         .unwrap();
                     let e = rel_l2(&outs[0], want_y.data());
                     assert!(e <= 1e-5, "shift_act {name} {act}: rel L2 {e:.3e}");
@@ -1075,9 +1027,7 @@ fn batch_norm_act_kernels_emulated() {
             .push(len as u64)
             .push(c as u32)
             .push(code);
-        let yk = l
-            .run("bn_gelu.cu", "bn_apply_f32", grid1(len), 256, 0, args)
-            .unwrap();
+        let yk = l.run1("bn_gelu.cu", "bn_apply_f32", len, args).unwrap();
         let ey = rel_l2(&yk[0], want_y.data());
         // Backward: per-chunk partials (grid: column blocks x row chunks), two column
         // finishes, then dx.
@@ -1123,9 +1073,7 @@ fn batch_norm_act_kernels_emulated() {
             .push(c as u32)
             .push(1u32)
             .push(code);
-        let outs = l
-            .run("bn_gelu.cu", "bn_bwd_input_f32", grid1(len), 256, 0, args)
-            .unwrap();
+        let outs = l.run1("bn_gelu.cu", "bn_bwd_input_f32", len, args).unwrap();
         let (db, dg, dx) = (&outs[0], &outs[1], &outs[2]);
         let (ex, eg, eb) = (
             rel_l2(dx, want_dx.data()),
@@ -1432,14 +1380,7 @@ fn row_pool_resize_elementwise_kernels_emulated() {
             .push(l.output(n))
             .push(n as u64);
         let y = l
-            .run(
-                "elementwise.cu",
-                &format!("{kind}_fwd_f32"),
-                grid1(n),
-                256,
-                0,
-                a,
-            )
+            .run1("elementwise.cu", &format!("{kind}_fwd_f32"), n, a)
             .unwrap();
         close(&format!("{kind} fwd"), &y[0], want_y.data(), 1e-6);
         let mut l = Launch::new();
@@ -1449,14 +1390,7 @@ fn row_pool_resize_elementwise_kernels_emulated() {
             .push(l.output(n))
             .push(n as u64);
         let dx = l
-            .run(
-                "elementwise.cu",
-                &format!("{kind}_bwd_f32"),
-                grid1(n),
-                256,
-                0,
-                a,
-            )
+            .run1("elementwise.cu", &format!("{kind}_bwd_f32"), n, a)
             .unwrap();
         close(&format!("{kind} bwd"), &dx[0], want_dx.data(), 1e-6);
     }
@@ -1466,12 +1400,10 @@ fn row_pool_resize_elementwise_kernels_emulated() {
         .push(l.input(&g))
         .push(l.output(n));
     let got = l
-        .run(
+        .run1(
             "elementwise.cu",
             "axpby_f32",
-            grid1(n),
-            256,
-            0,
+            n,
             a.push(0.5f32).push(-2.0f32).push(n as u64),
         )
         .unwrap();
@@ -1483,9 +1415,7 @@ fn row_pool_resize_elementwise_kernels_emulated() {
         .push(l.output(n))
         .push(0.25f32)
         .push(n as u64);
-    let got = l
-        .run("elementwise.cu", "scale_f32", grid1(n), 256, 0, a)
-        .unwrap();
+    let got = l.run1("elementwise.cu", "scale_f32", n, a).unwrap();
     assert_eq!(
         got[0],
         x.iter().map(|v| v * 0.25).collect::<Vec<_>>(),
@@ -1509,14 +1439,7 @@ fn row_pool_resize_elementwise_kernels_emulated() {
         a = a.push(d);
     }
     let fwd = l
-        .run(
-            "pool.cu",
-            "maxpool_fwd_f32",
-            grid1(want_y.numel()),
-            256,
-            0,
-            a,
-        )
+        .run1("pool.cu", "maxpool_fwd_f32", want_y.numel(), a)
         .unwrap();
     assert_eq!(fwd[0], want_y.data(), "maxpool fwd");
     let mut l = Launch::new();
@@ -1527,93 +1450,60 @@ fn row_pool_resize_elementwise_kernels_emulated() {
     for d in dims {
         a = a.push(d);
     }
-    let dx = l
-        .run("pool.cu", "maxpool_bwd_f32", grid1(img.len()), 256, 0, a)
-        .unwrap();
+    let dx = l.run1("pool.cu", "maxpool_bwd_f32", img.len(), a).unwrap();
     close("maxpool bwd", &dx[0], want_dx.data(), 1e-6);
     for (oh, ow) in [(1usize, 1usize), (4, 3)] {
-        let dya = rand_vec(nn * oh * ow * c, 117, -1.0, 1.0);
-        let (want_y, want_dx) =
-            cpu_fwd_bwd(&it, &dya, |t, v| ops::adaptive_avg_pool2d(t, v, oh, ow));
         let dims = [nn, h, w, c, oh, ow].map(|v| v as u32);
-        let mut l = Launch::new();
-        let mut a = Args::new()
-            .push(l.input(&img))
-            .push(l.output(want_y.numel()));
-        for d in dims {
-            a = a.push(d);
-        }
-        let y = l
-            .run(
-                "pool.cu",
-                "avgpool_fwd_f32",
-                grid1(want_y.numel()),
-                256,
-                0,
-                a,
-            )
-            .unwrap();
-        close(
-            &format!("avgpool {oh}x{ow} fwd"),
-            &y[0],
-            want_y.data(),
-            1e-6,
-        );
-        let mut l = Launch::new();
-        let mut a = Args::new().push(l.input(&dya)).push(l.output(img.len()));
-        for d in dims {
-            a = a.push(d);
-        }
-        let dx = l
-            .run("pool.cu", "avgpool_bwd_f32", grid1(img.len()), 256, 0, a)
-            .unwrap();
-        close(
-            &format!("avgpool {oh}x{ow} bwd"),
-            &dx[0],
-            want_dx.data(),
-            1e-6,
-        );
+        let (file, names) = ("pool.cu", ["avgpool_fwd_f32", "avgpool_bwd_f32"]);
+        check_fwd_bwd(file, names, &it, &dims, false, |t, v| {
+            ops::adaptive_avg_pool2d(t, v, oh, ow)
+        });
         let (rh, rw) = (oh * 3 + 1, ow * 2 + 5);
-        let dyr = rand_vec(nn * rh * rw * c, 118, -1.0, 1.0);
-        let (want_y, want_dx) = cpu_fwd_bwd(&it, &dyr, |t, v| ops::resize_bilinear(t, v, rh, rw));
         let dims = [nn, h, w, c, rh, rw].map(|v| v as u32);
-        let mut l = Launch::new();
-        let mut a = Args::new()
-            .push(l.input(&img))
-            .push(l.output(want_y.numel()));
-        for d in dims {
-            a = a.push(d);
-        }
-        let y = l
-            .run(
-                "resize.cu",
-                "bilinear_fwd_f32",
-                grid1(want_y.numel()),
-                256,
-                0,
-                a,
-            )
-            .unwrap();
-        close(
-            &format!("bilinear to {rh}x{rw}"),
-            &y[0],
-            want_y.data(),
-            1e-6,
-        );
-        let mut l = Launch::new();
-        let zeros = vec![0.0f32; img.len()];
-        let mut a = Args::new().push(l.input(&dyr)).push(l.inout(&zeros));
-        for d in dims {
-            a = a.push(d);
-        }
-        let dx = l
-            .run("resize.cu", "bilinear_bwd_f32", grid1(dyr.len()), 256, 0, a)
-            .unwrap();
-        close(
-            &format!("bilinear to {rh}x{rw} bwd"),
-            &dx[0],
-            want_dx.data(),
-            1e-5,
-        );
+        let names = ["bilinear_fwd_f32", "bilinear_bwd_f32"];
+        check_fwd_bwd("resize.cu", names, &it, &dims, true, |t, v| {
+            ops::resize_bilinear(t, v, rh, rw)
+        });
+    }
+}
+
+/// A forward kernel `names[0](x, y, dims...)` and its backward `names[1](dy, dx, dims...)`
+/// (grid-stride launches; `scatter`: dx starts at zero and the kernel adds into it, one thread
+/// per dy element) against the CPU op `f`'s value and input gradient, to 1e-5.
+fn check_fwd_bwd(
+    file: &str,
+    names: [&str; 2],
+    x: &Tensor,
+    dims: &[u32],
+    scatter: bool,
+    f: impl Fn(&mut mpm::autograd::Tape, mpm::autograd::Var) -> mpm::Result<mpm::autograd::Var>,
+) {
+    let probe = cpu_forward(std::slice::from_ref(x), |t, v| f(t, v[0]));
+    let dy = rand_vec(probe.numel(), 117, -1.0, 1.0);
+    let (want_y, want_dx) = cpu_fwd_bwd(x, &dy, f);
+    let mut l = Launch::new();
+    let mut a = Args::new()
+        .push(l.input(x.data()))
+        .push(l.output(want_y.numel()));
+    for d in dims {
+        a = a.push(*d);
+    }
+    let y = l.run1(file, names[0], want_y.numel(), a).unwrap();
+    let mut l = Launch::new();
+    let dx_ptr = if scatter {
+        l.inout(&vec![0.0f32; x.numel()])
+    } else {
+        l.output(x.numel())
+    };
+    let mut a = Args::new().push(l.input(&dy)).push(dx_ptr);
+    for d in dims {
+        a = a.push(*d);
+    }
+    let threads = if scatter { dy.len() } else { x.numel() };
+    let dx = l.run1(file, names[1], threads, a).unwrap();
+    for (what, got, want) in [(names[0], &y[0], &want_y), (names[1], &dx[0], &want_dx)] {
+        let e = rel_l2(got, want.data());
+        println!("{what} {dims:?}: rel L2 {e:.2e}");
+        assert!(e <= 1e-5, "{what} {dims:?}: rel L2 {e:.3e}");
     }
 }

@@ -1,5 +1,5 @@
-//! CPU references of the projected PGD steps, shared by the GPU parity tests and the kernel
-//! emulator tests.
+//! CPU references of the projected PGD steps and the Square test cases, shared by the GPU
+//! parity tests and the kernel emulator tests.
 
 #![allow(dead_code)]
 
@@ -86,4 +86,49 @@ pub fn pgd_l1_ref(x: &[f32], x0: &[f32], g: &[f32], eps: &[f32], step: &[f32], k
         }
     }
     out
+}
+
+/// Square's l2 / l1 test cases (`cuda_parity::square_l2l1_candidate_kernels` and its emulated
+/// twin) on an (N, H, W, C) batch with window side `s`: rows with w1 at the top-left and w2 at
+/// the bottom-right corner; identical windows; overlapping ones at the right border; w1
+/// bottom-left and w2 in the middle; both profile orientations; and the (norm, eps) pairs
+/// (l2: a third to three times the start's norm; l1: a small and a large budget).
+pub fn square_cases(
+    shape: [usize; 4],
+    s: u32,
+) -> Vec<(mpm::attack::Norm, f32, mpm::attack::resident::SquareMoves)> {
+    use mpm::attack::square::eta_profile;
+    use mpm::attack::Norm;
+    let (n, h, w, c) = (shape[0], shape[1] as u32, shape[2] as u32, shape[3]);
+    let d = shape[1] * shape[2] * c;
+    let (hm, wm) = (h - s, w - s);
+    [
+        (Norm::L2, 0.02f32),
+        (Norm::L2, 0.2),
+        (Norm::L1, 0.01),
+        (Norm::L1, 0.2),
+    ]
+    .into_iter()
+    .map(|(norm, eps_per)| {
+        let eps = if norm == Norm::L2 {
+            eps_per * (d as f32).sqrt()
+        } else {
+            eps_per * d as f32
+        };
+        let moves = mpm::attack::resident::SquareMoves {
+            rows: vec![n as u32 - 1, 0, 1, n as u32 - 1],
+            vh1: vec![0, hm / 2, hm, hm],
+            vw1: vec![0, wm / 3, wm, 0],
+            vh2: vec![hm, hm / 2, hm.saturating_sub(2), hm / 2],
+            vw2: vec![wm, wm / 3, wm.saturating_sub(1), wm / 2],
+            transpose: vec![false, true, false, true],
+            s,
+            profile: eta_profile(norm, s as usize),
+            signs: (0..4 * c)
+                .map(|i| if i % 5 < 2 { -1.0 } else { 1.0 })
+                .collect(),
+        };
+        (norm, eps, moves)
+    })
+    .collect()
 }
