@@ -16,14 +16,19 @@
 // Threads of a block run in a different order on each sweep of the scheduler (ascending,
 // descending, then interleaved), so a missing barrier is likely to show as a wrong result.
 //
+// - a kernel that touches inaccessible memory (the test buffers end against such a page)
+//   ends the process with a message naming it.
 // What it does not model: warp-synchronous code without shuffles or barriers, the GPU's
-// floating-point contraction (FMA) choices and its math-library ulps, out-of-bounds reads.
+// floating-point contraction (FMA) choices and its math-library ulps, reads below a buffer.
 #pragma once
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <signal.h>
+#include <stdio.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -417,10 +422,49 @@ inline bool run_block(Block& b) {
 
 }  // namespace emu
 
+namespace emu {
+// A kernel that touches a test buffer's guard page (an out-of-bounds access) faults inside a
+// launch: say which kernel and where, then end the process (the fault cannot be resumed).
+// Outside launches the previous handler is put back and the fault repeats under it.
+static std::atomic<int> in_launch{0};
+static std::atomic<const char*> launch_name{nullptr};
+static struct sigaction prev_segv, prev_bus;
+static void on_fault(int sig, siginfo_t* si, void*) {
+    if (in_launch.load() > 0) {
+        char msg[512];
+        int n = snprintf(msg, sizeof msg,
+                         "kernel emulator: %s touched inaccessible memory at %p (past the end of a test "
+                         "buffer: an out-of-bounds access, or an emulator fault)\n",
+                         launch_name.load() ? launch_name.load() : "a kernel", si->si_addr);
+        if (n > 0) (void)!write(2, msg, (size_t)n);
+        _exit(101);
+    }
+    sigaction(sig, sig == SIGSEGV ? &prev_segv : &prev_bus, nullptr);
+}
+inline void watch_faults(const char* name) {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_fault;
+        sa.sa_flags = SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &prev_segv);
+        sigaction(SIGBUS, &sa, &prev_bus);
+    });
+    launch_name.store(name);
+    in_launch.fetch_add(1);
+}
+}  // namespace emu
+
 // Runs tramp(params) as a kernel launch of `grid` blocks of `block` threads, in clusters of
 // `cluster_x` consecutive blocks along x. Returns 0, or 1 with a message in err.
-extern "C" __attribute__((visibility("default"))) int emu_launch(emu::Tramp tramp, void** params, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+extern "C" __attribute__((visibility("default"))) int emu_launch(const char* name, emu::Tramp tramp, void** params, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                           unsigned by, unsigned bz, unsigned cluster_x, unsigned dyn_smem, char* err, size_t errlen) {
+    emu::watch_faults(name);
+    struct Unwatch {
+        ~Unwatch() { emu::in_launch.fetch_sub(1); }
+    } unwatch;
     if (cluster_x == 0 || gx % cluster_x != 0) {
         snprintf(err, errlen, "grid.x %u is not a multiple of the cluster size %u", gx, cluster_x);
         return 1;

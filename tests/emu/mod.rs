@@ -24,6 +24,7 @@ pub struct Kernels {
 }
 
 type LaunchFn = unsafe extern "C" fn(
+    *const std::ffi::c_char,
     unsafe extern "C" fn(*mut *mut c_void),
     *mut *mut c_void,
     u32,
@@ -278,7 +279,9 @@ impl Kernels {
                 self.lib.get(b"emu_launch\0").map_err(|e| e.to_string())?;
             let mut ptrs = args.ptrs();
             let mut err = vec![0u8; 1024];
+            let cname = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
             let rc = launch(
+                cname.as_ptr(),
                 *tramp,
                 ptrs.as_mut_ptr(),
                 grid.0,
@@ -301,43 +304,99 @@ impl Kernels {
     }
 }
 
-/// A host buffer standing in for a device allocation, with guard words on both sides that
-/// must be intact after a launch (a kernel writing out of bounds fails the test).
+/// A host buffer standing in for a device allocation. Its end lies against an inaccessible
+/// page (rounded up to 16 bytes, the widest access), so a kernel reading or writing past it
+/// stops the test process with the emulator's message; guard words before its start must be
+/// intact after a launch (a kernel writing below its buffer fails the test).
 pub struct Buf<T: Copy> {
-    data: Vec<T>,
-    guard: T,
+    map: *mut u8,
+    map_len: usize,
+    start: *mut T,
     len: usize,
+    guard: T,
 }
 
-const GUARD: usize = 64;
+/// Guard words before a buffer.
+const LEAD: usize = 64;
 
 impl<T: Copy + PartialEq + std::fmt::Debug> Buf<T> {
     pub fn new(v: &[T], guard: T) -> Self {
-        let mut data = vec![guard; v.len() + 2 * GUARD];
-        data[GUARD..GUARD + v.len()].copy_from_slice(v);
+        let page = 4096usize;
+        let size = std::mem::size_of::<T>();
+        let bytes = std::mem::size_of_val(v).div_ceil(16) * 16;
+        let body = bytes + LEAD * size;
+        let data_pages = body.div_ceil(page).max(1);
+        let map_len = (data_pages + 2) * page;
+        // SAFETY: an anonymous private mapping, then the first and last pages made
+        // inaccessible; the data lies in between and is only reached through `start`/`len`.
+        let map = unsafe {
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert!(m != libc::MAP_FAILED, "mmap of a test buffer failed");
+            let m = m as *mut u8;
+            libc::mprotect(m as *mut libc::c_void, page, libc::PROT_NONE);
+            libc::mprotect(
+                m.add(map_len - page) as *mut libc::c_void,
+                page,
+                libc::PROT_NONE,
+            );
+            m
+        };
+        let end = map_len - page;
+        let start_byte = end - bytes;
+        // SAFETY: `start_byte - LEAD * size` .. `end` lies in the accessible pages (the body
+        // was sized for it), 16-byte aligned at `start_byte` (page-aligned end minus a multiple
+        // of 16), and `v.len()` elements fit before `end`.
+        let start = unsafe {
+            let start = map.add(start_byte) as *mut T;
+            for k in 1..=LEAD {
+                start.sub(k).write(guard);
+            }
+            std::ptr::copy_nonoverlapping(v.as_ptr(), start, v.len());
+            start
+        };
         Buf {
-            data,
-            guard,
+            map,
+            map_len,
+            start,
             len: v.len(),
+            guard,
         }
     }
     /// A buffer of `len` copies of `fill` (e.g. NaN for an output the kernel must write).
     pub fn filled(len: usize, fill: T, guard: T) -> Self {
-        let mut b = Self::new(&vec![fill; len], guard);
-        b.guard = guard;
-        b
+        Self::new(&vec![fill; len], guard)
     }
     /// The address a kernel sees (as the u64 a device pointer is).
     pub fn ptr(&mut self) -> u64 {
-        self.data[GUARD..].as_mut_ptr() as u64
+        self.start as u64
     }
-    /// The contents, after checking the guards.
+    /// The contents, after checking the guard words below the buffer.
     pub fn get(&self, what: &str) -> &[T] {
-        let (a, b) = (&self.data[..GUARD], &self.data[GUARD + self.len..]);
-        assert!(
-            a.iter().chain(b).all(|g| *g == self.guard),
-            "{what}: the kernel wrote outside its buffer"
-        );
-        &self.data[GUARD..GUARD + self.len]
+        // SAFETY: the LEAD words below `start` and the `len` from it were written in `new`
+        // and stay mapped until drop.
+        unsafe {
+            let lead = std::slice::from_raw_parts(self.start.sub(LEAD), LEAD);
+            assert!(
+                lead.iter().all(|g| *g == self.guard),
+                "{what}: the kernel wrote below its buffer"
+            );
+            std::slice::from_raw_parts(self.start, self.len)
+        }
+    }
+}
+
+impl<T: Copy> Drop for Buf<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe {
+            libc::munmap(self.map as *mut libc::c_void, self.map_len);
+        }
     }
 }
