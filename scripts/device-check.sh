@@ -148,7 +148,8 @@ attack() {
 # labels = its own predictions, eps calibrated so most points survive a 10-step PGD; 100 MB of
 # weights are not worth carrying). Default attacks: APGD-CE + APGD-T (100 iterations); set
 # R50_ATTACKS=apgd-ce,apgd-t,fab-t,square for the whole standard list (minutes per tool).
-# R50_ENGINE_ARGS adds engine flags (e.g. "--precision tf32", PyTorch's default conv math).
+# R50_PRECISIONS lists the engine's --precision values to time (default f32; tf32 is PyTorch's
+# default convolution math); R50_ENGINE_ARGS adds other engine flags.
 # A CPU dry run of the flow: R50_TORCH_DEVICE=cpu R50_ENGINE_DEVICE=cpu R50_WIDTH=8 R50_N=2.
 attack_r50() {
   local out="${OUT:-device-out/results}" n="${R50_N:-32}" dir="${R50_DIR:-/tmp/mpm-r50}"
@@ -163,11 +164,17 @@ attack_r50() {
   eps=$(python3 -c "import json; print(json.load(open('$dir/scale.json'))['eps_linf'])") || return
   local common=(--weights "$dir/weights.safetensors" --data "$dir/data.safetensors" --num-classes 1000
                 --norm Linf --eps "$eps" --attacks "$attacks")
-  ( time timeout "${T_R50_ENGINE:-150}" "$BIN/mpm-attack" "${common[@]}" --arch resnet50 --limit "$n" \
-      --batch-size "$n" --version custom --device "${R50_ENGINE_DEVICE:-cuda:0}" --no-resume \
-      --report "$out/engine_r50.json" \
-      ${R50_ENGINE_ARGS:-} ) >> "$out/attack_r50.txt" 2>&1
-  echo "engine rc=$?" | tee -a "$out/attack_r50.txt"
+  # One engine run per precision in R50_PRECISIONS (default f32; the session asks for bf16
+  # and tf32), T_R50_ENGINE seconds each, reports engine_r50_<precision>.json.
+  local prec
+  for prec in ${R50_PRECISIONS:-f32}; do
+    echo "== engine, --precision $prec" >> "$out/attack_r50.txt"
+    ( time timeout "${T_R50_ENGINE:-150}" "$BIN/mpm-attack" "${common[@]}" --arch resnet50 --limit "$n" \
+        --batch-size "$n" --version custom --device "${R50_ENGINE_DEVICE:-cuda:0}" --no-resume \
+        --precision "$prec" --report "$out/engine_r50_$prec.json" \
+        ${R50_ENGINE_ARGS:-} ) >> "$out/attack_r50.txt" 2>&1
+    echo "engine $prec rc=$?" | tee -a "$out/attack_r50.txt"
+  done
   ( time timeout "${T_R50_REF:-200}" python3 scripts/autoattack_reference.py run "${common[@]}" \
       --arch resnet50 --act gelu --limit "$n" --batch-size "$n" --device "${R50_TORCH_DEVICE:-cuda}" \
       --autoattack-path device-out/aa --report "$out/reference_r50.json" ) >> "$out/attack_r50.txt" 2>&1
@@ -230,8 +237,11 @@ session() {
   pack
   if part "mpm-bench bf16" 60 "${T_BF16:-150}" t; then bench bf16 "$t" 2; fi
   pack
-  if [ -f device-out/aa/autoattack/__init__.py ] && part "attack-r50" 90 "${T_R50:-200}" t; then
-    T_R50_ENGINE=$(( t * 2 / 5 )) T_R50_REF=$(( t * 3 / 5 )) R50_N="${R50_N:-32}" attack_r50
+  # ResNet-50 at 224 px, 128 images: the engine in bf16 and in tf32 (PyTorch's default
+  # convolution math), the reference once; a quarter of the time for each engine run.
+  if [ -f device-out/aa/autoattack/__init__.py ] && part "attack-r50" 90 "${T_R50:-220}" t; then
+    T_R50_ENGINE=$(( t / 4 )) T_R50_REF=$(( t / 2 )) R50_N="${R50_N:-128}" \
+      R50_PRECISIONS="${R50_PRECISIONS:-bf16 tf32}" attack_r50
     grep -E "^==|robust|images/s|rc=|^real" "$out/attack_r50.txt" >> "$out/summary.txt"
   fi
   pack
