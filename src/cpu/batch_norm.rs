@@ -78,17 +78,8 @@ pub fn normalize(
 ) -> Vec<f32> {
     let scale: Vec<f32> = invstd.iter().zip(gamma).map(|(a, b)| a * b).collect();
     let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
-    let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut(c * 64)
-        .zip(x.par_chunks(c * 64))
-        .for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
-                for i in 0..c {
-                    yr[i] = xr[i] * scale[i] + shift[i];
-                }
-            }
-        });
-    y
+    debug_assert_eq!(scale.len(), c);
+    crate::cpu::elementwise::channel_affine(x, &scale, Some(&shift))
 }
 
 /// Sums needed by the backward pass: `(sum dy, sum dy * xhat)` per channel.
@@ -149,15 +140,6 @@ pub fn backward_input_train(
 /// Eval-mode input gradient: `dx = dy * gamma * invstd`.
 pub fn backward_input_eval(dy: &[f32], c: usize, invstd: &[f32], gamma: &[f32]) -> Vec<f32> {
     let scale: Vec<f32> = invstd.iter().zip(gamma).map(|(a, b)| a * b).collect();
-    let mut dx = vec![0.0f32; dy.len()];
-    dx.par_chunks_mut(c * 64)
-        .zip(dy.par_chunks(c * 64))
-        .for_each(|(dc, yc)| {
-            for (dr, yr) in dc.chunks_mut(c).zip(yc.chunks(c)) {
-                for i in 0..c {
-                    dr[i] = yr[i] * scale[i];
-                }
-            }
-        });
-    dx
+    debug_assert_eq!(scale.len(), c);
+    crate::cpu::elementwise::channel_affine(dy, &scale, None)
 }

@@ -38,13 +38,18 @@ pub fn max_pool_forward(
                             continue;
                         }
                         let base = ((nn * h + iy as usize) * w + ix as usize) * c;
-                        for ch in 0..c {
-                            let v = x[base + ch];
-                            let o = ox * c + ch;
-                            if v > yr[o] || v.is_nan() {
-                                yr[o] = v;
-                                ar[o] = (base + ch) as u32;
-                            }
+                        // Selects over slices, not indexed branches: the loop vectorises.
+                        let (yo, ao) =
+                            (&mut yr[ox * c..(ox + 1) * c], &mut ar[ox * c..(ox + 1) * c]);
+                        for (j, ((y, a), v)) in yo
+                            .iter_mut()
+                            .zip(ao.iter_mut())
+                            .zip(&x[base..base + c])
+                            .enumerate()
+                        {
+                            let take = *v > *y || v.is_nan();
+                            *y = if take { *v } else { *y };
+                            *a = if take { (base + j) as u32 } else { *a };
                         }
                     }
                 }
