@@ -15,7 +15,7 @@ use mpm::Result;
 use rand::{RngExt, SeedableRng};
 
 mod attack_refs;
-use attack_refs::{pgd_l1_ref, pgd_ref, square_cases};
+use attack_refs::{pgd_l1_ref, pgd_ref, square_cases, square_linf_case};
 
 const F32_VAL: f64 = 1e-4;
 const F32_GRAD: f64 = 1e-3;
@@ -567,19 +567,13 @@ fn pgd_step_kernels() {
 /// (same arithmetic, no reductions), including windows at the image border.
 #[test]
 fn attack_row_kernels() {
-    use mpm::attack::resident::{apgd_step, copy_rows, square_linf_candidates, SquareProposals};
+    use mpm::attack::resident::{apgd_step, copy_rows, square_linf_candidates};
     use mpm::attack::Norm;
     let Some((dev, _lock)) = gpu() else { return };
     let shape = [5, 11, 9, 3];
     let x = rand_tensor(&shape, 23, 0.0, 1.0);
     let best = rand_tensor(&shape, 24, 0.0, 1.0);
-    let p = SquareProposals {
-        rows: vec![4, 0, 2],
-        vh: vec![0, 7, 3],
-        vw: vec![5, 0, 2],
-        s: 4,
-        signs: vec![1.0, -1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0],
-    };
+    let p = square_linf_case();
     let eps = 8.0 / 255.0;
     let want = square_linf_candidates(&best, &x, &p, eps).unwrap();
     let (xg, bg) = (x.to_device(dev).unwrap(), best.to_device(dev).unwrap());

@@ -8,7 +8,7 @@
 mod attack_refs;
 mod emu;
 
-use attack_refs::{pgd_l1_ref, pgd_ref, square_cases};
+use attack_refs::{pgd_l1_ref, pgd_ref, square_cases, square_linf_case};
 use emu::{kernels, Buf};
 use mpm::cuda::launch::Args;
 use mpm::tensor::Tensor;
@@ -316,7 +316,6 @@ fn grid1(n: usize) -> u32 {
 /// attack_row_kernels` and `apgd_l1_step_and_row_l0_kernels` check them on a GPU.
 #[test]
 fn attack_row_kernels_emulated() {
-    use mpm::attack::resident::SquareProposals;
     use mpm::attack::resident::{apgd_step, copy_rows, row_l0, square_linf_candidates};
     use mpm::attack::Norm;
     let shape = [5usize, 11, 9, 3];
@@ -375,13 +374,7 @@ fn attack_row_kernels_emulated() {
         }
     }
     // Square l-inf candidates, windows at the border.
-    let p = SquareProposals {
-        rows: vec![4, 0, 2],
-        vh: vec![0, 7, 3],
-        vw: vec![5, 0, 2],
-        s: 4,
-        signs: vec![1.0, -1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0],
-    };
+    let p = square_linf_case();
     let eps = 8.0 / 255.0;
     let want = square_linf_candidates(&bt, &xt, &p, eps).unwrap();
     let mut meta: Vec<u32> = [&p.rows[..], &p.vh, &p.vw].concat();

@@ -132,3 +132,15 @@ pub fn square_cases(
     })
     .collect()
 }
+
+/// Square's l-inf test case (`cuda_parity::attack_row_kernels` and its emulated twin) on a
+/// (5, 11, 9, 3) batch: windows of side 4 at the borders, signs per row and channel.
+pub fn square_linf_case() -> mpm::attack::resident::SquareProposals {
+    mpm::attack::resident::SquareProposals {
+        rows: vec![4, 0, 2],
+        vh: vec![0, 7, 3],
+        vw: vec![5, 0, 2],
+        s: 4,
+        signs: vec![1.0, -1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0],
+    }
+}
