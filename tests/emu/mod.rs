@@ -53,8 +53,15 @@ pub fn kernels(file: &str) -> Option<Arc<Kernels>> {
         return Some(k.clone());
     }
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    if Command::new(&cxx).arg("--version").output().is_err() {
-        let why = format!("no C++ compiler ('{cxx}') for the kernel emulator");
+    let missing = if !cfg!(target_arch = "x86_64") {
+        // cuda_emu.h switches fibers with x86-64 assembly.
+        Some("the kernel emulator runs on x86-64 only".to_string())
+    } else if Command::new(&cxx).arg("--version").output().is_err() {
+        Some(format!("no C++ compiler ('{cxx}') for the kernel emulator"))
+    } else {
+        None
+    };
+    if let Some(why) = missing {
         if std::env::var_os("MPM_REQUIRE_CXX").is_some() {
             panic!("{why}, and MPM_REQUIRE_CXX is set");
         }
