@@ -103,9 +103,12 @@ pub fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<
 /// `scale.len()` channels: BN's per-channel affine map, in parallel blocks of 64 rows, into
 /// fresh (not zeroed) memory, with loops that vectorise.
 pub fn channel_affine(x: &[f32], scale: &[f32], shift: Option<&[f32]>) -> Vec<f32> {
-    let c = scale.len().max(1);
+    if x.is_empty() {
+        return Vec::new();
+    }
+    let c = scale.len();
     assert!(
-        x.len() % c == 0 && shift.is_none_or(|b| b.len() == scale.len()),
+        c > 0 && x.len() % c == 0 && shift.is_none_or(|b| b.len() == c),
         "channel_affine: {} values, {} scales, {:?} shifts",
         x.len(),
         scale.len(),
