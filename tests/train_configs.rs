@@ -50,7 +50,7 @@ fn shipped_configs_are_all_there_and_parse() {
     assert_eq!(mpm.model_ema_decay, 0.9998);
     assert_eq!(mpm.levels, 3);
     // Batch 512 per update in one pass: 60.6 GiB measured on an H200 in bf16, the config's
-    // precision (README "Memory at batch 512").
+    // precision (docs/training.md, "Memory at batch 512").
     assert_eq!(mpm.accum_steps, 1);
     assert_eq!(mpm.micro_batch(), 512);
     assert_eq!(mpm.precision, "bf16");

@@ -1,5 +1,5 @@
 //! `mpm-train`: the paper's adversarial-training recipe (DESIGN.md §1) for vanilla, MPM and
-//! two-stage models. See docs/train.md.
+//! two-stage models. See docs/training.md.
 //!
 //! - [`config`]: the configuration (keys mirror the reference YAML; every key is a flag).
 //! - [`schedule`]: timm cosine schedule with warm-up, lr scaling, the attack-step ramp.
