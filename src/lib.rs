@@ -21,6 +21,7 @@
 pub mod attack;
 pub mod audit;
 pub mod autograd;
+pub mod charts;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
