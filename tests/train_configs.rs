@@ -43,16 +43,19 @@ fn shipped_configs_are_all_there_and_parse() {
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert_eq!(c.batch_size, 512, "{}", p.display());
         assert_eq!(c.num_classes, 1000);
+        // Batch norm as one GPU of the reference's 8 x 64 DDP run (ghost batch norm).
+        assert_eq!(c.bn_group, 64, "{}", p.display());
+        assert!(c.broadcast_buffers, "{}", p.display());
     }
     let mpm = TrainConfig::from_file(&configs()[0].with_file_name("mpm_at_in1k.toml")).unwrap();
     assert_eq!(mpm.peak_lr(), 0.2);
     assert_eq!(mpm.attack_it, 2);
     assert_eq!(mpm.model_ema_decay, 0.9998);
     assert_eq!(mpm.levels, 3);
-    // Batch 512 per update in one pass: 60.6 GiB measured on an H200 in bf16, the config's
-    // precision (docs/training.md, "Memory at batch 512").
+    // Batch 512 per update, as 8 batch-norm groups of 64, each its own pass.
     assert_eq!(mpm.accum_steps, 1);
-    assert_eq!(mpm.micro_batch(), 512);
+    assert_eq!(mpm.bn_groups(1), 8);
+    assert_eq!(mpm.micro_batch(), 64);
     assert_eq!(mpm.precision, "bf16");
 }
 
@@ -77,6 +80,8 @@ fn two_step_smoke_run_of_every_config() {
             ("twostage_fc_hidden", "16"),
             ("input_size", "32"),
             ("batch_size", "4"),
+            // Two batch-norm groups of 2: the shipped configs' ghost batch norm, at toy size.
+            ("bn_group", "2"),
             ("init_checkpoint", ""),
             ("output_dir", dir.to_str().unwrap()),
         ] {

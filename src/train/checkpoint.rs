@@ -3,7 +3,9 @@
 //!
 //! Tensors (PyTorch names and layouts): `model.<name>`, `ema.<name>` (with an EMA),
 //! `momentum.<name>` (SGD buffers, for parameters that have had a gradient); BN counters as i64
-//! scalars `model.<bn>.num_batches_tracked`. Metadata: `format` = `mpm-train/1`, `config`
+//! scalars `model.<bn>.num_batches_tracked`; with batch-norm groups (`bn_group`) every group's
+//! running statistics as `bnchain.{model,ema}.<group>.<bn>.running_{mean,var}`, while
+//! `model.` / `ema.` hold their average (`ghost_bn`). Metadata: `format` = `mpm-train/1`, `config`
 //! (the TrainConfig as JSON), `state` (position, epoch sums, updates per epoch as JSON).
 //! The RNG state is a function of the position (see `trainer::step_rng`) and the data order a
 //! function of `(seed, epoch)`, so the position is the whole of it.
@@ -51,9 +53,15 @@ pub fn save(trainer: &Trainer, path: &Path) -> Result<()> {
         )));
     }
     let mut t = NamedTensors::new();
-    put_store(&mut t, "model.", trainer.spec.state_dict(&trainer.model)?);
-    if let Some(e) = &trainer.ema {
+    // With batch-norm groups: `model.` / `ema.` hold the chains' average (a plain model for
+    // export and init), `bnchain.` every chain (exact resume mid-epoch).
+    let (model, ema) = trainer.stores_for_save()?;
+    put_store(&mut t, "model.", trainer.spec.state_dict(&model)?);
+    if let Some(e) = &ema {
         put_store(&mut t, "ema.", trainer.spec.state_dict(e)?);
+    }
+    if let Some(g) = &trainer.groups {
+        super::ghost_bn::put_chains(&mut t, g);
     }
     for (name, buf) in &trainer.opt.buffers {
         // A GPU buffer is downloaded here (once per checkpoint).
@@ -149,6 +157,7 @@ pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
             "model" => "model",
             "ema" => "ema",
             "momentum" => "momentum",
+            "bnchain" => "bnchain",
             _ => return Err(Error::format(path, format!("unexpected tensor '{k}'"))),
         };
         groups.entry(group).or_default().insert(name.to_string(), v);
@@ -195,6 +204,13 @@ pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
             .insert(name, Tensor::from_vec(e.tensor.shape(), v)?);
     }
     let sched = schedule(&cfg, state.updates_per_epoch);
+    let groups = match groups.remove("bnchain") {
+        Some(t) => Some(
+            super::ghost_bn::read_chains(t, &cfg, &model, ema.as_ref())
+                .map_err(|e| wrap("bnchain", e))?,
+        ),
+        None => None,
+    };
     Ok(Trainer {
         cfg,
         spec,
@@ -206,6 +222,7 @@ pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
         sums: state.sums,
         updates_per_epoch: state.updates_per_epoch,
         device: crate::device::Device::Cpu,
+        groups,
     })
 }
 

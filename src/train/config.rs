@@ -66,6 +66,16 @@ pub struct TrainConfig {
     /// (PGD, forward/backward with per-micro-batch BN statistics, gradients of the loss / accum_steps
     /// summed), then one optimiser, EMA and scheduler step. 1 = no accumulation.
     pub accum_steps: usize,
+    /// Ghost batch norm: images per batch-norm group, each with its own batch statistics and
+    /// running-statistics chain, as one GPU of the reference's DDP run (8 x 64, no SyncBN;
+    /// chains averaged at the end of every epoch). 0 = one group: the whole batch (in a
+    /// data-parallel run, each rank's batch). Must divide the batch (per rank).
+    pub bn_group: usize,
+    /// With batch-norm groups: DDP's `broadcast_buffers` (PyTorch's default, and the authors'
+    /// run): every step starts from group 0's running statistics, as DDP copies rank 0's
+    /// buffers to all ranks before each forward pass. false: each group keeps its own chain
+    /// all epoch and attacks with it.
+    pub broadcast_buffers: bool,
     /// Square input side (a multiple of 32).
     pub input_size: usize,
     /// `root/img/<wnid>/*` and `root/seg/<wnid>/*.png` (the reference layout).
@@ -146,6 +156,8 @@ impl Default for TrainConfig {
             min_lr: 1e-2,
             batch_size: 512,
             accum_steps: 1,
+            bn_group: 0,
+            broadcast_buffers: true,
             input_size: 224,
             train_dir: String::new(),
             eval_dir: String::new(),
@@ -286,6 +298,26 @@ impl TrainConfig {
                 ),
             );
         }
+        if self.bn_group > 0 && self.batch_size % self.bn_group != 0 {
+            return f(
+                "bn_group",
+                format!(
+                    "{} does not divide --batch-size {}: the batch is cut into equal batch-norm \
+                     groups (0 = one group, the whole batch)",
+                    self.bn_group, self.batch_size
+                ),
+            );
+        }
+        if self.bn_groups(1) > 1 && self.accum_steps != 1 {
+            return f(
+                "bn_group",
+                format!(
+                    "{} with --accum-steps {}: batch-norm groups already run one group of \
+                     bn_group images per pass; set accum_steps = 1",
+                    self.bn_group, self.accum_steps
+                ),
+            );
+        }
         if self.width == 0 || self.width % 4 != 0 {
             return f(
                 "width",
@@ -411,9 +443,20 @@ impl TrainConfig {
         }
     }
 
-    /// Images per forward/backward pass: `batch_size / accum_steps`.
+    /// Images per forward/backward pass: `batch_size / accum_steps`, or `bn_group`.
     pub fn micro_batch(&self) -> usize {
+        if self.bn_groups(1) > 1 {
+            return self.bn_group;
+        }
         self.batch_size / self.accum_steps.max(1)
+    }
+
+    /// Batch-norm groups in the whole batch of a run over `world` processes: one per
+    /// `bn_group` images, or one per process when `bn_group` is 0 (each rank's batch).
+    pub fn bn_groups(&self, world: usize) -> usize {
+        self.batch_size
+            .checked_div(self.bn_group)
+            .unwrap_or(world.max(1))
     }
 
     /// Sizes of the soft-target levels, highest resolution first (input / 8, 16, 32).

@@ -14,6 +14,7 @@
 //! (`cuda::ops::ema_update`, rounded as here); the counters stay on the host.
 
 use crate::nn::ParamStore;
+use crate::tensor::Tensor;
 use crate::{Error, Result};
 
 /// One EMA update of `ema` towards `model` (same entries).
@@ -22,23 +23,7 @@ pub fn update(ema: &mut ParamStore, model: &ParamStore, decay: f64) -> Result<()
     let om = (1.0 - decay) as f32;
     for (name, e) in ema.iter_mut() {
         let m = model.get(name)?;
-        if m.tensor.shape() != e.tensor.shape() {
-            return Err(Error::Msg(format!(
-                "EMA: '{name}' is {:?} in the EMA but {:?} in the model",
-                e.tensor.shape(),
-                m.tensor.shape()
-            )));
-        }
-        if let (Some(es), Some(ms)) = (e.tensor.cuda(), m.tensor.cuda()) {
-            // Both on a GPU: the same arithmetic there (kernels/optim.cu), into a new buffer.
-            let out = crate::cuda::ops::ema_update(es, ms, d, om)?;
-            e.tensor = crate::tensor::Tensor::from_cuda(m.tensor.shape(), out);
-            continue;
-        }
-        let mv = m.tensor.data();
-        for (a, b) in e.tensor.data_mut().iter_mut().zip(mv) {
-            *a = d * *a + om * *b;
-        }
+        update_tensor(name, &mut e.tensor, &m.tensor, decay)?;
     }
     let counters: Vec<(String, i64)> = model
         .counters()
@@ -49,6 +34,31 @@ pub fn update(ema: &mut ParamStore, model: &ParamStore, decay: f64) -> Result<()
         let ev = ema.counter(&p).unwrap_or(0);
         let v = d * ev as f32 + om * mv as f32;
         ema.add_counter(&p, v as i64);
+    }
+    Ok(())
+}
+
+/// One EMA update of tensor `name`: `e = decay * e + (1 - decay) * m` (f32; on the GPU when
+/// both live there).
+pub fn update_tensor(name: &str, e: &mut Tensor, m: &Tensor, decay: f64) -> Result<()> {
+    let d = decay as f32;
+    let om = (1.0 - decay) as f32;
+    if m.shape() != e.shape() {
+        return Err(Error::Msg(format!(
+            "EMA: '{name}' is {:?} in the EMA but {:?} in the model",
+            e.shape(),
+            m.shape()
+        )));
+    }
+    if let (Some(es), Some(ms)) = (e.cuda(), m.cuda()) {
+        // Both on a GPU: the same arithmetic there (kernels/optim.cu), into a new buffer.
+        let out = crate::cuda::ops::ema_update(es, ms, d, om)?;
+        *e = Tensor::from_cuda(m.shape(), out);
+        return Ok(());
+    }
+    let mv = m.data();
+    for (a, b) in e.data_mut().iter_mut().zip(mv) {
+        *a = d * *a + om * *b;
     }
     Ok(())
 }

@@ -122,19 +122,19 @@ impl BatchSource for FolderSource {
     fn seg_classes(&self) -> Option<usize> {
         self.seg_classes
     }
-    fn batch(&self, epoch: usize, index: usize, batch_size: usize, train: bool) -> Result<Batch> {
-        let order = epoch_order(self.samples.len(), self.seed, epoch, train);
-        let bs = batch_size.max(1);
-        let lo = (index * bs).min(order.len());
-        let hi = ((index + 1) * bs).min(order.len());
-        let (b, skips) = load_batch(&self.samples, &order[lo..hi], epoch as u64, &self.loader)?;
+    fn order(&self, epoch: usize, train: bool) -> Vec<usize> {
+        epoch_order(self.samples.len(), self.seed, epoch, train)
+    }
+    fn load(&self, epoch: usize, indices: &[usize], _train: bool) -> Result<Batch> {
+        let (b, skips) = load_batch(&self.samples, indices, epoch as u64, &self.loader)?;
         for s in &skips {
             eprintln!("{}: skipped: {s:?}", self.origin.display());
         }
         if b.n == 0 {
             return Err(Error::Msg(format!(
-                "{}: batch {index} of epoch {epoch}: no image could be loaded",
-                self.origin.display()
+                "{}: epoch {epoch}: none of the {} images asked for could be loaded",
+                self.origin.display(),
+                indices.len()
             )));
         }
         Ok(Batch {

@@ -8,6 +8,7 @@
 //! - [`pgd`]: the PGD of training (best iterate) and of evaluation.
 //! - [`source`]: batch sources (pure functions of epoch and index), soft targets.
 //! - [`trainer`]: one training step and the resumable state.
+//! - [`ghost_bn`], [`sampler`]: batch-norm groups as the reference's DDP ranks (`bn_group`).
 //! - [`checkpoint`]: atomic checkpoints, exact resume, inference export.
 //! - [`eval`]: clean / PGD accuracy, part pixel accuracy and mIoU.
 //! - [`run`]: the loop, run directory, logs, metrics.
@@ -18,10 +19,12 @@ pub mod demo;
 pub mod ema;
 pub mod eval;
 pub mod folder;
+pub mod ghost_bn;
 pub mod optim;
 pub mod pgd;
 pub mod plot;
 pub mod run;
+pub mod sampler;
 pub mod schedule;
 pub mod source;
 pub mod trainer;

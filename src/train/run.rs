@@ -127,6 +127,9 @@ pub fn run(
     if let Some(e) = eval {
         check_data(cfg, e, "eval_dir")?;
     }
+    // With batch-norm groups the training order is DistributedSampler's (`sampler`).
+    let grouped = super::sampler::single_process(cfg, train);
+    let train: &dyn BatchSource = grouped.as_ref().map_or(train, |g| g as &dyn BatchSource);
     let nb = train.num_batches(cfg.batch_size, true);
     if nb == 0 {
         return Err(Error::flag(
@@ -140,6 +143,7 @@ pub fn run(
     }
     let dir = &opts.run_dir;
     std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| Error::io(dir, e))?;
+    let mut layout_note = None;
     let mut trainer = match &opts.resume {
         Some(p) => {
             let file = if p.is_dir() {
@@ -153,7 +157,9 @@ pub fn run(
                     format!("{}: no checkpoint there", file.display()),
                 ));
             }
-            let t = checkpoint::load(&file, Some(cfg))?;
+            let mut t = checkpoint::load(&file, Some(cfg))?;
+            let g = t.cfg.bn_groups(1);
+            layout_note = t.set_group_layout(g, 0, g)?;
             if t.updates_per_epoch != nb {
                 return Err(Error::flag(
                     "--resume",
@@ -194,6 +200,10 @@ pub fn run(
         trainer.cfg.prefetch_batches,
     ))?;
     log.line(&format!("device: {why}"))?;
+    if let Some(note) = layout_note {
+        eprintln!("note: {note}");
+        log.line(&format!("note: {note}"))?;
+    }
     let last = last_checkpoint(dir);
     let mut last_good: Option<String> = last.exists().then(|| last.display().to_string());
     let mut last_eval = None;

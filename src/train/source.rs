@@ -65,6 +65,12 @@ pub trait BatchSource: Send + Sync {
     fn num_classes(&self) -> usize;
     /// Largest part id + 1 seen in the data's part list (None when unknown).
     fn seg_classes(&self) -> Option<usize>;
+    /// The image order of `epoch`: a seeded shuffle when `train`, else the identity.
+    fn order(&self, epoch: usize, train: bool) -> Vec<usize>;
+    /// Images `indices` (positions in the source, any order, repeats allowed), augmented for
+    /// `epoch` when `train`. An image's augmentation depends only on `(seed, epoch, index)`,
+    /// so the same image comes out the same whichever batch or process loads it.
+    fn load(&self, epoch: usize, indices: &[usize], train: bool) -> Result<Batch>;
     /// Batches per epoch.
     fn num_batches(&self, batch_size: usize, drop_last: bool) -> usize {
         let n = self.len();
@@ -75,8 +81,20 @@ pub trait BatchSource: Send + Sync {
             n.div_ceil(bs)
         }
     }
-    /// Batch `index` of `epoch` (training order shuffled per epoch when `train`).
-    fn batch(&self, epoch: usize, index: usize, batch_size: usize, train: bool) -> Result<Batch>;
+    /// Batch `index` of `epoch`: images `index * batch_size ..` of `order(epoch, train)`.
+    fn batch(&self, epoch: usize, index: usize, batch_size: usize, train: bool) -> Result<Batch> {
+        let order = self.order(epoch, train);
+        let bs = batch_size.max(1);
+        let lo = index * bs;
+        if lo >= order.len() {
+            return Err(Error::Msg(format!(
+                "batch {index} of {} images at batch size {bs} is past the end",
+                order.len()
+            )));
+        }
+        let hi = (lo + bs).min(order.len());
+        self.load(epoch, &order[lo..hi], train)
+    }
 }
 
 /// The sample order of an epoch: a seeded shuffle (identity for evaluation).
@@ -169,22 +187,22 @@ impl BatchSource for MemorySource {
     fn seg_classes(&self) -> Option<usize> {
         Some(1 + 2 * self.classes)
     }
-    fn batch(&self, epoch: usize, index: usize, batch_size: usize, train: bool) -> Result<Batch> {
-        let order = epoch_order(self.len(), self.seed, epoch, train);
-        let bs = batch_size.max(1);
-        let lo = index * bs;
-        if lo >= order.len() {
+    fn order(&self, epoch: usize, train: bool) -> Vec<usize> {
+        epoch_order(self.len(), self.seed, epoch, train)
+    }
+    fn load(&self, epoch: usize, indices: &[usize], train: bool) -> Result<Batch> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
             return Err(Error::Msg(format!(
-                "batch {index} of {} images at batch size {bs} is past the end",
-                order.len()
+                "image {bad} of a source of {} images",
+                self.len()
             )));
         }
-        let hi = (lo + bs).min(order.len());
         let side = self.side;
-        let mut images = Vec::with_capacity((hi - lo) * side * side * 3);
-        let mut maps = Vec::with_capacity((hi - lo) * side * side);
+        let n = indices.len();
+        let mut images = Vec::with_capacity(n * side * side * 3);
+        let mut maps = Vec::with_capacity(n * side * side);
         let (mut labels, mut has) = (Vec::new(), Vec::new());
-        for &i in &order[lo..hi] {
+        for &i in indices {
             let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ ((epoch as u64) << 32) ^ i as u64);
             let flip = train && rng.random_bool(0.5);
             for y in 0..side {
@@ -199,7 +217,7 @@ impl BatchSource for MemorySource {
             has.push(self.has_parts[i]);
         }
         Ok(Batch {
-            images: Tensor::from_vec(&[hi - lo, side, side, 3], images)?,
+            images: Tensor::from_vec(&[n, side, side, 3], images)?,
             labels,
             label_maps: maps,
             has_parts: has,

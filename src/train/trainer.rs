@@ -5,6 +5,7 @@
 
 use super::config::TrainConfig;
 use super::ema;
+use super::ghost_bn::{self, BnGroups};
 use super::optim::{Sgd, SgdConfig};
 use super::pgd::{pgd_linf, PgdConfig};
 use super::schedule::{attack_step, CosineSchedule};
@@ -81,6 +82,9 @@ pub struct Trainer {
     pub updates_per_epoch: usize,
     /// Where the forward and backward passes run (not saved: a run may resume elsewhere).
     pub device: Device,
+    /// Ghost batch norm (`bn_group`): the batch-norm groups this process runs, with their
+    /// running-statistics chains (`ghost_bn`). None: one group, the whole batch.
+    pub groups: Option<BnGroups>,
 }
 
 /// Prefixes of the parameters a frozen-backbone run keeps constant.
@@ -104,6 +108,7 @@ impl Trainer {
             nesterov: cfg.nesterov,
         });
         let sched = schedule(&cfg, updates_per_epoch);
+        let groups = single_process_groups(&cfg, &model, ema.as_ref());
         Ok(Trainer {
             cfg,
             spec,
@@ -115,6 +120,7 @@ impl Trainer {
             sums: EpochSums::default(),
             updates_per_epoch,
             device: Device::Cpu,
+            groups,
         })
     }
 
@@ -144,28 +150,57 @@ impl Trainer {
         if let Some(e) = &mut self.ema {
             e.to_device(device)?;
         }
+        if let Some(g) = &mut self.groups {
+            g.to_device(device)?;
+        }
         self.opt.to_device(device)
     }
 
-    /// One update: the batch (`batch_size` images) is split into `accum_steps` micro-batches;
-    /// each runs PGD (eval mode), then the full loss on its adversarial images in train mode
-    /// (BN statistics of that micro-batch) and a backward pass; the gradients of
-    /// `loss / accum_steps` are summed (`gradients`). Then one Nesterov SGD step and one EMA
-    /// update. Advances the position by one step (= one update).
+    /// One update: the batch (`batch_size` images) is split into `accum_steps` micro-batches
+    /// (or, with `bn_group`, into batch-norm groups: `ghost_bn`); each runs PGD (eval mode),
+    /// then the full loss on its adversarial images in train mode (BN statistics of that
+    /// micro-batch or group) and a backward pass; the gradients of `loss / accum_steps` are
+    /// summed (`gradients`). Then one Nesterov SGD step and one EMA update. Advances the
+    /// position by one step (= one update); after the last step of an epoch the groups'
+    /// running-statistics chains are averaged (timm `distribute_bn`).
     pub fn step(&mut self, batch: &Batch) -> Result<StepStats> {
-        let lr = self.lr();
-        let micro = batch.len() / self.cfg.accum_steps.max(1);
         let g = self.gradients(batch)?;
+        let stats = self.apply_update(&g, batch.len())?;
+        if self.pos.step == self.updates_per_epoch {
+            self.average_bn_chains(&mut |_| Ok(()))?;
+        }
+        Ok(stats)
+    }
+
+    /// The update part of `step`: SGD with `g`'s gradients at this step's learning rate, the
+    /// EMA (weights once; with batch-norm groups each EMA chain from its model chain), the
+    /// epoch sums (`n` images) and the position.
+    pub fn apply_update(&mut self, g: &Gradients, n: usize) -> Result<StepStats> {
+        let lr = self.lr();
+        let micro = n / self.cfg.accum_steps.max(1);
         self.opt
             .step(&mut self.model, &g.grads, lr)
             .map_err(|e| self.explain_oom(e, micro))?;
         if let Some(e) = &mut self.ema {
-            ema::update(e, &self.model, self.cfg.model_ema_decay)?;
+            let decay = self.cfg.model_ema_decay;
+            match &mut self.groups {
+                None => ema::update(e, &self.model, decay)?,
+                Some(gr) => {
+                    ghost_bn::put_chain(&mut self.model, &gr.model[0])?;
+                    ghost_bn::put_chain(e, &gr.ema[0])?;
+                    ema::update(e, &self.model, decay)?;
+                    gr.ema[0] = ghost_bn::take_chain(e);
+                    for l in 1..gr.local() {
+                        let (m, em) = (&gr.model[l], &mut gr.ema[l]);
+                        ghost_bn::ema_update_chain(em, m, decay)?;
+                    }
+                }
+            }
         }
         self.sums.loss += g.loss as f64;
         self.sums.ce += g.ce as f64;
         self.sums.correct += g.correct as u64;
-        self.sums.seen += batch.len() as u64;
+        self.sums.seen += n as u64;
         self.sums.steps += 1;
         self.pos.step += 1;
         self.pos.global_step += 1;
@@ -173,8 +208,24 @@ impl Trainer {
             loss: g.loss,
             lr,
             correct: g.correct,
-            n: batch.len(),
+            n,
         })
+    }
+
+    /// End of an epoch with batch-norm groups: every model and EMA chain, and the running
+    /// statistics of the model and EMA stores, become the average over all groups. `reduce`
+    /// adds the per-process sums over the other processes in place (an all-reduce; a no-op
+    /// for one process). Without groups, nothing to do.
+    pub fn average_bn_chains(
+        &mut self,
+        reduce: &mut dyn FnMut(&mut Vec<f32>) -> Result<()>,
+    ) -> Result<()> {
+        let Some(gr) = &mut self.groups else {
+            return Ok(());
+        };
+        let mut sums = gr.sum_local();
+        reduce(&mut sums)?;
+        gr.set_average(&sums, &mut self.model, self.ema.as_mut())
     }
 
     /// The gradient part of `step` (PGD, forward, backward over the `accum_steps`
@@ -184,6 +235,11 @@ impl Trainer {
         let n = batch.len();
         if n == 0 {
             return Err(Error::Msg("empty batch".into()));
+        }
+        if let Some(mut gr) = self.groups.take() {
+            let r = self.group_gradients(batch, &mut gr);
+            self.groups = Some(gr);
+            return r;
         }
         if let Some(&bad) = batch.labels.iter().find(|&&l| l >= self.cfg.num_classes) {
             return Err(Error::flag(
@@ -254,6 +310,96 @@ impl Trainer {
         Ok(Gradients {
             loss: (loss_sum / k as f64) as f32,
             ce: (ce_sum / k as f64) as f32,
+            correct,
+            grads,
+        })
+    }
+
+    /// `gradients` with batch-norm groups (`ghost_bn`): each of this process's groups is one
+    /// pass with its own model chain and PGD generator; the gradients are summed group after
+    /// group, each scaled by 1 / (groups in the whole batch), so that adding the sums of all
+    /// processes gives DDP's average. The BN counters advance once (as on one rank).
+    fn group_gradients(&mut self, batch: &Batch, gr: &mut BnGroups) -> Result<Gradients> {
+        let (b, local) = (gr.per_group, gr.local());
+        if batch.len() != b * local {
+            return Err(Error::flag(
+                "--bn-group",
+                format!(
+                    "a batch of {} images for {local} batch-norm group(s) of {b}",
+                    batch.len()
+                ),
+            ));
+        }
+        if let Some(&bad) = batch.labels.iter().find(|&&l| l >= self.cfg.num_classes) {
+            return Err(Error::flag(
+                "--num-classes",
+                format!(
+                    "the data has label {bad} but the model has {} classes",
+                    self.cfg.num_classes
+                ),
+            ));
+        }
+        if self.device != Device::Cpu {
+            crate::cuda::set_batch_hint(b);
+        }
+        gr.start_step();
+        let inv = 1.0 / gr.total as f32;
+        let (mut loss_sum, mut ce_sum, mut correct) = (0f64, 0f64, 0usize);
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut counters = None;
+        for l in 0..local {
+            let g_index = gr.first + l;
+            let where_ = format!(
+                "epoch {} step {} (global step {}), batch-norm group {g_index}",
+                self.pos.epoch,
+                self.pos.step,
+                self.pos.global_step + 1
+            );
+            let part = if local == 1 {
+                batch.clone()
+            } else {
+                batch.slice(l * b, (l + 1) * b)?
+            };
+            ghost_bn::put_chain(&mut self.model, &gr.model[l])?;
+            let mut rng = ghost_bn::group_rng(self.cfg.seed, self.pos.global_step, g_index);
+            let (loss, ce, c, g) = self
+                .micro_step(&part, &mut rng, &where_)
+                .map_err(|e| self.explain_oom(e, b))?;
+            gr.model[l] = ghost_bn::take_chain(&self.model);
+            if l == 0 {
+                counters = Some(self.model.counters().clone());
+            }
+            loss_sum += loss as f64;
+            ce_sum += ce as f64;
+            correct += c;
+            for (name, t) in g {
+                let acc = match grads.remove(&name) {
+                    None if gr.total == 1 => t,
+                    None => scaled(&t, inv)?,
+                    Some(a) => add_scaled(a, &t, inv)?,
+                };
+                grads.insert(name, acc);
+            }
+        }
+        if let Some(c) = counters {
+            for (p, v) in c {
+                self.model.add_counter(&p, v);
+            }
+        }
+        ghost_bn::put_chain(&mut self.model, &gr.model[0])?;
+        for (name, t) in &grads {
+            if !finite(t)? {
+                return Err(Error::NonFinite(format!(
+                    "gradient of '{name}' at epoch {} step {} (global step {})",
+                    self.pos.epoch,
+                    self.pos.step,
+                    self.pos.global_step + 1
+                )));
+            }
+        }
+        Ok(Gradients {
+            loss: (loss_sum / local as f64) as f32,
+            ce: (ce_sum / local as f64) as f32,
             correct,
             grads,
         })
@@ -427,8 +573,101 @@ impl Trainer {
         self.sums = EpochSums::default();
     }
 
-    /// Every model and EMA value is finite.
+    /// The model and EMA as a checkpoint stores them: with batch-norm groups, their running
+    /// statistics are the average of the chains (what the epoch's end would make them).
+    pub fn stores_for_save(
+        &self,
+    ) -> Result<(
+        std::borrow::Cow<'_, ParamStore>,
+        Option<std::borrow::Cow<'_, ParamStore>>,
+    )> {
+        use std::borrow::Cow;
+        let Some(gr) = &self.groups else {
+            return Ok((
+                Cow::Borrowed(&self.model),
+                self.ema.as_ref().map(Cow::Borrowed),
+            ));
+        };
+        let (m, e) = gr.local_average()?;
+        let mut model = self.model.clone();
+        ghost_bn::put_chain(&mut model, &m)?;
+        let ema = match (&self.ema, e) {
+            (Some(store), Some(c)) => {
+                let mut s = store.clone();
+                ghost_bn::put_chain(&mut s, &c)?;
+                Some(Cow::Owned(s))
+            }
+            (Some(store), None) => Some(Cow::Borrowed(store)),
+            (None, _) => None,
+        };
+        Ok((Cow::Owned(model), ema))
+    }
+
+    /// Lays the batch-norm groups out as `total` groups of which this process runs
+    /// `first .. first + local` (one process: `0, total, total`). Keeping the number of groups
+    /// keeps every chain (exact); changing it (another `bn_group`, or another world size with
+    /// `bn_group = 0`) restarts every chain from the average of the old ones, and the returned
+    /// note says the run is then not bit-exact.
+    pub fn set_group_layout(
+        &mut self,
+        total: usize,
+        first: usize,
+        local: usize,
+    ) -> Result<Option<String>> {
+        let old_total = self.groups.as_ref().map_or(1, |g| g.total);
+        if first + local > total || local == 0 {
+            return Err(Error::Msg(format!(
+                "batch-norm groups {first}..{} of {total}",
+                first + local
+            )));
+        }
+        if old_total == total {
+            if let Some(g) = &mut self.groups {
+                if g.first != 0 || g.local() != total {
+                    return Err(Error::Msg(
+                        "batch-norm groups can be laid out only once, from all of them".into(),
+                    ));
+                }
+                g.model = g.model.drain(first..first + local).collect();
+                if !g.ema.is_empty() {
+                    g.ema = g.ema.drain(first..first + local).collect();
+                }
+                g.first = first;
+            }
+            return Ok(None);
+        }
+        if let Some(g) = self.groups.take() {
+            let (m, e) = g.local_average()?;
+            ghost_bn::put_chain(&mut self.model, &m)?;
+            if let (Some(store), Some(c)) = (&mut self.ema, e) {
+                ghost_bn::put_chain(store, &c)?;
+            }
+        }
+        if total > 1 {
+            let mut g = BnGroups::new(
+                total,
+                self.cfg.batch_size / total,
+                first,
+                local,
+                self.cfg.broadcast_buffers,
+                &self.model,
+                self.ema.as_ref(),
+            );
+            g.to_device(self.device)?;
+            self.groups = Some(g);
+        }
+        Ok(Some(format!(
+            "batch-norm groups changed from {old_total} to {total}: every running-statistics \
+             chain restarts from the average of the saved ones, and the images of the rest of \
+             the epoch are assigned to the new groups; the continued run is not bit-exact"
+        )))
+    }
+
+    /// Every model and EMA value (batch-norm chains included) is finite.
     pub fn all_finite(&self) -> std::result::Result<(), String> {
+        if let Some(what) = self.groups.as_ref().and_then(BnGroups::first_non_finite) {
+            return Err(what);
+        }
         for (which, store) in [("model", Some(&self.model)), ("EMA", self.ema.as_ref())] {
             let Some(store) = store else { continue };
             for (name, e) in store.iter() {
@@ -439,6 +678,27 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// The batch-norm groups of a one-process run: `batch_size / bn_group` of them when that is
+/// more than one, each chain starting from the store's running statistics.
+pub fn single_process_groups(
+    cfg: &TrainConfig,
+    model: &ParamStore,
+    ema: Option<&ParamStore>,
+) -> Option<BnGroups> {
+    let g = cfg.bn_groups(1);
+    (g > 1).then(|| {
+        BnGroups::new(
+            g,
+            cfg.batch_size / g,
+            0,
+            g,
+            cfg.broadcast_buffers,
+            model,
+            ema,
+        )
+    })
 }
 
 /// `t * k` (on the device of `t`; f32).
