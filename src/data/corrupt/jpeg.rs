@@ -1,0 +1,398 @@
+//! JPEG compression: the lossy part of a baseline JPEG round trip exactly as Pillow runs it
+//! through libjpeg-turbo (`img.save(f, 'JPEG', quality=q)` then decode), without the entropy
+//! coding, which is lossless and so changes no pixel:
+//!
+//! 1. RGB -> YCbCr in libjpeg's 16-bit fixed point (`jccolor.c`);
+//! 2. 4:2:0 chroma (libjpeg's default, which Pillow keeps): 2x2 averages with the alternating
+//!    rounding bias 1, 2 (`h2v2_downsample`); edges padded by replication to whole blocks;
+//! 3. per 8x8 block: level shift, the "islow" integer forward DCT (Loeffler-Ligtenberg-Moschytz,
+//!    13-bit constants, 2 extra bits after pass 1), quantisation by `round(|c| / (8 q)) * sign`
+//!    with the Annex K tables scaled by libjpeg's quality rule (clamped to 255: baseline);
+//! 4. dequantisation and the "islow" inverse DCT, + 128, clamped;
+//! 5. "fancy" (triangle) chroma upsampling (`h2v2_fancy_upsample`) and YCbCr -> RGB in fixed
+//!    point (`jdcolor.c`).
+//!
+//! Every step is integer arithmetic, so the result is the same bits as libjpeg-turbo's when
+//! its steps are the ones above (its SIMD paths are bit-exact with its C code).
+
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::par_rows;
+
+const QUALITY: [u32; 5] = [25, 18, 15, 10, 7];
+
+/// ITU-T T.81 Annex K tables, row-major.
+const LUMA_Q: [u32; 64] = [
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+    92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+];
+const CHROMA_Q: [u32; 64] = [
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+];
+
+/// libjpeg's `jpeg_set_quality(q, force_baseline=TRUE)`.
+fn scaled_table(base: &[u32; 64], quality: u32) -> [i32; 64] {
+    let scale = if quality < 50 {
+        5000 / quality
+    } else {
+        200 - 2 * quality
+    };
+    base.map(|b| ((b * scale + 50) / 100).clamp(1, 255) as i32)
+}
+
+const CONST_BITS: i32 = 13;
+const PASS1_BITS: i32 = 2;
+const F_0_298: i32 = 2446;
+const F_0_390: i32 = 3196;
+const F_0_541: i32 = 4433;
+const F_0_765: i32 = 6270;
+const F_0_899: i32 = 7373;
+const F_1_175: i32 = 9633;
+const F_1_501: i32 = 12299;
+const F_1_847: i32 = 15137;
+const F_1_961: i32 = 16069;
+const F_2_053: i32 = 16819;
+const F_2_562: i32 = 20995;
+const F_3_072: i32 = 25172;
+
+#[inline(always)]
+fn descale(x: i32, n: i32) -> i32 {
+    (x + (1 << (n - 1))) >> n
+}
+
+/// One 1-D forward DCT (LL&M, 12 multiplies) on 8 values `v[o + k * stride]`; `pass1`
+/// selects the first pass's scaling (outputs scaled up by PASS1_BITS) or the second's.
+#[inline(always)]
+fn fdct_1d(v: &mut [i32; 64], o: usize, stride: usize, pass1: bool) {
+    let d = |k: usize| v[o + k * stride];
+    let (tmp0, tmp7) = (d(0) + d(7), d(0) - d(7));
+    let (tmp1, tmp6) = (d(1) + d(6), d(1) - d(6));
+    let (tmp2, tmp5) = (d(2) + d(5), d(2) - d(5));
+    let (tmp3, tmp4) = (d(3) + d(4), d(3) - d(4));
+    let (tmp10, tmp13) = (tmp0 + tmp3, tmp0 - tmp3);
+    let (tmp11, tmp12) = (tmp1 + tmp2, tmp1 - tmp2);
+    let (even_shift, out_bits) = if pass1 {
+        (PASS1_BITS, CONST_BITS - PASS1_BITS)
+    } else {
+        (0, CONST_BITS + PASS1_BITS)
+    };
+    let (o0, o4) = if pass1 {
+        ((tmp10 + tmp11) << even_shift, (tmp10 - tmp11) << even_shift)
+    } else {
+        (descale(tmp10 + tmp11, PASS1_BITS), descale(tmp10 - tmp11, PASS1_BITS))
+    };
+    let z1 = (tmp12 + tmp13) * F_0_541;
+    let o2 = descale(z1 + tmp13 * F_0_765, out_bits);
+    let o6 = descale(z1 - tmp12 * F_1_847, out_bits);
+    let z1 = tmp4 + tmp7;
+    let z2 = tmp5 + tmp6;
+    let z3 = tmp4 + tmp6;
+    let z4 = tmp5 + tmp7;
+    let z5 = (z3 + z4) * F_1_175;
+    let t4 = tmp4 * F_0_298;
+    let t5 = tmp5 * F_2_053;
+    let t6 = tmp6 * F_3_072;
+    let t7 = tmp7 * F_1_501;
+    let z1 = -z1 * F_0_899;
+    let z2 = -z2 * F_2_562;
+    let z3 = -z3 * F_1_961 + z5;
+    let z4 = -z4 * F_0_390 + z5;
+    v[o] = o0;
+    v[o + 4 * stride] = o4;
+    v[o + 2 * stride] = o2;
+    v[o + 6 * stride] = o6;
+    v[o + 7 * stride] = descale(t4 + z1 + z3, out_bits);
+    v[o + 5 * stride] = descale(t5 + z2 + z4, out_bits);
+    v[o + 3 * stride] = descale(t6 + z2 + z3, out_bits);
+    v[o + stride] = descale(t7 + z1 + z4, out_bits);
+}
+
+/// `jpeg_fdct_islow`: rows, then columns; output scaled up by 8.
+fn fdct(block: &mut [i32; 64]) {
+    for r in 0..8 {
+        fdct_1d(block, r * 8, 1, true);
+    }
+    for c in 0..8 {
+        fdct_1d(block, c, 8, false);
+    }
+}
+
+/// One 1-D inverse DCT on 8 values; returns the 8 outputs before the final descale.
+#[inline(always)]
+fn idct_1d(d: [i32; 8]) -> [i32; 8] {
+    let (z2, z3) = (d[2], d[6]);
+    let z1 = (z2 + z3) * F_0_541;
+    let tmp2 = z1 - z3 * F_1_847;
+    let tmp3 = z1 + z2 * F_0_765;
+    let tmp0 = (d[0] + d[4]) << CONST_BITS;
+    let tmp1 = (d[0] - d[4]) << CONST_BITS;
+    let (tmp10, tmp13) = (tmp0 + tmp3, tmp0 - tmp3);
+    let (tmp11, tmp12) = (tmp1 + tmp2, tmp1 - tmp2);
+    let (t0, t1, t2, t3) = (d[7], d[5], d[3], d[1]);
+    let z1 = t0 + t3;
+    let z2 = t1 + t2;
+    let z3 = t0 + t2;
+    let z4 = t1 + t3;
+    let z5 = (z3 + z4) * F_1_175;
+    let z1 = -z1 * F_0_899;
+    let z2 = -z2 * F_2_562;
+    let z3 = -z3 * F_1_961 + z5;
+    let z4 = -z4 * F_0_390 + z5;
+    let t0 = t0 * F_0_298 + z1 + z3;
+    let t1 = t1 * F_2_053 + z2 + z4;
+    let t2 = t2 * F_3_072 + z2 + z3;
+    let t3 = t3 * F_1_501 + z1 + z4;
+    [
+        tmp10 + t3,
+        tmp11 + t2,
+        tmp12 + t1,
+        tmp13 + t0,
+        tmp13 - t0,
+        tmp12 - t1,
+        tmp11 - t2,
+        tmp10 - t3,
+    ]
+}
+
+/// `jpeg_idct_islow` on dequantised coefficients: columns, then rows; + 128 and clamp.
+fn idct(coef: &[i32; 64], out: &mut [u8; 64]) {
+    let mut ws = [0i32; 64];
+    for c in 0..8 {
+        let col: [i32; 8] = std::array::from_fn(|k| coef[k * 8 + c]);
+        if col[1..].iter().all(|&v| v == 0) {
+            for k in 0..8 {
+                ws[k * 8 + c] = col[0] << PASS1_BITS;
+            }
+            continue;
+        }
+        let o = idct_1d(col);
+        for k in 0..8 {
+            ws[k * 8 + c] = descale(o[k], CONST_BITS - PASS1_BITS);
+        }
+    }
+    for r in 0..8 {
+        let row: [i32; 8] = std::array::from_fn(|k| ws[r * 8 + k]);
+        let o = if row[1..].iter().all(|&v| v == 0) {
+            [descale(row[0], PASS1_BITS + 3); 8]
+        } else {
+            idct_1d(row).map(|v| descale(v, CONST_BITS + PASS1_BITS + 3))
+        };
+        for k in 0..8 {
+            out[r * 8 + k] = (o[k] + 128).clamp(0, 255) as u8;
+        }
+    }
+}
+
+/// Exact `(x + d / 2) / d` for 0 <= x < 2^16, 8 <= d < 2^12 by multiply-shift.
+#[derive(Clone, Copy)]
+struct Divisor {
+    half: u32,
+    magic: u64,
+}
+
+impl Divisor {
+    fn new(d: u32) -> Self {
+        Divisor {
+            half: d / 2,
+            magic: (1u64 << 32) / d as u64 + 1,
+        }
+    }
+    #[inline(always)]
+    fn quantise(self, x: i32) -> i32 {
+        let q = (((x.unsigned_abs() + self.half) as u64 * self.magic) >> 32) as i32;
+        if x < 0 {
+            -q
+        } else {
+            q
+        }
+    }
+}
+
+/// Encodes and decodes one component plane (`(h, w)`, both multiples of 8) in place.
+fn round_trip_plane(plane: &mut [u8], h: usize, w: usize, table: &[i32; 64]) {
+    let div: [Divisor; 64] = std::array::from_fn(|i| Divisor::new(8 * table[i] as u32));
+    plane.par_chunks_mut(8 * w).for_each(|band| {
+        let _ = h;
+        for bx in 0..w / 8 {
+            let mut block = [0i32; 64];
+            for r in 0..8 {
+                for c in 0..8 {
+                    block[r * 8 + c] = band[r * w + bx * 8 + c] as i32 - 128;
+                }
+            }
+            fdct(&mut block);
+            let mut coef = [0i32; 64];
+            for i in 0..64 {
+                coef[i] = div[i].quantise(block[i]) * table[i];
+            }
+            let mut px = [0u8; 64];
+            idct(&coef, &mut px);
+            for r in 0..8 {
+                band[r * w + bx * 8..r * w + bx * 8 + 8].copy_from_slice(&px[r * 8..r * 8 + 8]);
+            }
+        }
+    });
+}
+
+const SCALEBITS: i32 = 16;
+const ONE_HALF: i32 = 1 << (SCALEBITS - 1);
+
+const fn fix(x: f64) -> i32 {
+    (x * (1i64 << SCALEBITS) as f64 + 0.5) as i32
+}
+
+#[inline(always)]
+fn rgb_to_ycc(r: i32, g: i32, b: i32) -> (u8, u8, u8) {
+    const CBCR_OFFSET: i32 = 128 << SCALEBITS;
+    let y = (fix(0.29900) * r + fix(0.58700) * g + fix(0.11400) * b + ONE_HALF) >> SCALEBITS;
+    let cb = (-fix(0.16874) * r - fix(0.33126) * g
+        + fix(0.50000) * b
+        + CBCR_OFFSET
+        + ONE_HALF
+        - 1)
+        >> SCALEBITS;
+    let cr = (fix(0.50000) * r - fix(0.41869) * g - fix(0.08131) * b + CBCR_OFFSET + ONE_HALF - 1)
+        >> SCALEBITS;
+    (y as u8, cb as u8, cr as u8)
+}
+
+#[inline(always)]
+fn ycc_to_rgb(y: i32, cb: i32, cr: i32) -> [u8; 3] {
+    let (x_cb, x_cr) = (cb - 128, cr - 128);
+    let r = y + ((fix(1.40200) * x_cr + ONE_HALF) >> SCALEBITS);
+    let g = y + ((-fix(0.34414) * x_cb + ONE_HALF - fix(0.71414) * x_cr) >> SCALEBITS);
+    let b = y + ((fix(1.77200) * x_cb + ONE_HALF) >> SCALEBITS);
+    [r.clamp(0, 255) as u8, g.clamp(0, 255) as u8, b.clamp(0, 255) as u8]
+}
+
+/// Pillow's JPEG save at the severity's quality, then decode.
+pub fn jpeg_compression(img: &RgbImage, s: usize) -> RgbImage {
+    let q = QUALITY[s];
+    let (lq, cq) = (scaled_table(&LUMA_Q, q), scaled_table(&CHROMA_Q, q));
+    let (w, h) = img.dimensions();
+    let (wu, hu) = (w as usize, h as usize);
+    let src = img.as_raw();
+    // Y: whole blocks, edges replicated.
+    let (yw, yh) = (wu.div_ceil(8) * 8, hu.div_ceil(8) * 8);
+    // Chroma: ceil(w / 2) x ceil(h / 2) samples, blocks of the 16x16 MCU grid.
+    let (cw_real, ch_real) = (wu.div_ceil(2), hu.div_ceil(2));
+    let (cw, ch) = (wu.div_ceil(16) * 8, ch_real.div_ceil(8) * 8);
+    let mut yp = vec![0u8; yw * yh];
+    let mut cbp = vec![0u8; cw * ch];
+    let mut crp = vec![0u8; cw * ch];
+    // Colour conversion of the image padded by replication to 2 * cw columns, even rows.
+    let padded_w = (2 * cw).max(yw);
+    let padded_h = (2 * ch_real).max(yh);
+    let mut ycc = vec![(0u8, 0u8, 0u8); padded_w * padded_h];
+    ycc.par_chunks_mut(padded_w).enumerate().for_each(|(y, row)| {
+        let sy = y.min(hu - 1);
+        for (x, o) in row.iter_mut().enumerate() {
+            let sx = x.min(wu - 1);
+            let p = &src[(sy * wu + sx) * 3..(sy * wu + sx) * 3 + 3];
+            *o = rgb_to_ycc(p[0] as i32, p[1] as i32, p[2] as i32);
+        }
+    });
+    yp.par_chunks_mut(yw).enumerate().for_each(|(y, row)| {
+        for (x, o) in row.iter_mut().enumerate() {
+            *o = ycc[y * padded_w + x].0;
+        }
+    });
+    cbp.par_chunks_mut(cw)
+        .zip(crp.par_chunks_mut(cw))
+        .enumerate()
+        .for_each(|(cy, (cb_row, cr_row))| {
+            // Rows past the last real chroma row repeat it (libjpeg pads the iMCU that way).
+            let y0 = 2 * cy.min(ch_real - 1);
+            for cx in 0..cw {
+                let bias = if cx % 2 == 0 { 1 } else { 2 };
+                let at = |dy: usize, dx: usize| ycc[(y0 + dy) * padded_w + 2 * cx + dx];
+                let (a, b, c, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                cb_row[cx] = ((a.1 as u32 + b.1 as u32 + c.1 as u32 + d.1 as u32 + bias) >> 2) as u8;
+                cr_row[cx] = ((a.2 as u32 + b.2 as u32 + c.2 as u32 + d.2 as u32 + bias) >> 2) as u8;
+            }
+        });
+    round_trip_plane(&mut yp, yh, yw, &lq);
+    round_trip_plane(&mut cbp, ch, cw, &cq);
+    round_trip_plane(&mut crp, ch, cw, &cq);
+    // Triangle upsampling: column sums 3 * nearer row + farther row, then 3:1 across columns.
+    let colsum = |plane: &[u8], near: usize, far: usize, j: usize| -> i32 {
+        3 * plane[near * cw + j] as i32 + plane[far * cw + j] as i32
+    };
+    par_rows(w, h, |y, out| {
+        let i = y / 2;
+        let far = if y % 2 == 0 {
+            i.saturating_sub(1)
+        } else {
+            (i + 1).min(ch_real - 1)
+        };
+        for j in 0..cw_real {
+            let jl = j.saturating_sub(1);
+            let jr = (j + 1).min(cw_real - 1);
+            let up = |plane: &[u8]| -> (i32, i32) {
+                let this = colsum(plane, i, far, j);
+                let left = colsum(plane, i, far, jl);
+                let right = colsum(plane, i, far, jr);
+                ((this * 3 + left + 8) >> 4, (this * 3 + right + 7) >> 4)
+            };
+            let (cb0, cb1) = up(&cbp);
+            let (cr0, cr1) = up(&crp);
+            for (k, (cb, cr)) in [(cb0, cr0), (cb1, cr1)].into_iter().enumerate() {
+                let x = 2 * j + k;
+                if x < wu {
+                    let rgb = ycc_to_rgb(yp[y * yw + x] as i32, cb, cr);
+                    out[x * 3..x * 3 + 3].copy_from_slice(&rgb);
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_tables_follow_libjpeg() {
+        // quality 7: scale 714; 16 * 714 / 100 -> 114; large entries clamp to 255 (baseline).
+        let t = scaled_table(&LUMA_Q, 7);
+        assert_eq!(t[0], 114);
+        assert_eq!(t[63], 255);
+        assert_eq!(scaled_table(&LUMA_Q, 25)[0], 32);
+    }
+
+    #[test]
+    fn quantiser_is_exact_division() {
+        for d in [8u32, 88, 2040] {
+            let q = Divisor::new(d);
+            for x in (-40000i32..40000).step_by(7) {
+                let want = ((x.unsigned_abs() + d / 2) / d) as i32 * x.signum();
+                assert_eq!(q.quantise(x), want, "x {x} d {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn dct_round_trip_of_a_flat_block_is_exact() {
+        let mut b = [37i32 - 128; 64];
+        fdct(&mut b);
+        assert_eq!(b[0], (37 - 128) * 64); // DC scaled by 8 * 8
+        assert!(b[1..].iter().all(|&v| v == 0));
+        let mut px = [0u8; 64];
+        let coef: [i32; 64] = std::array::from_fn(|i| if i == 0 { (37 - 128) * 8 } else { 0 });
+        idct(&coef, &mut px);
+        assert!(px.iter().all(|&v| v == 37));
+    }
+
+    #[test]
+    fn colour_conversion_round_trips_greys() {
+        for v in [0, 1, 128, 200, 255] {
+            let (y, cb, cr) = rgb_to_ycc(v, v, v);
+            assert_eq!((y as i32, cb, cr), (v, 128, 128));
+            assert_eq!(ycc_to_rgb(y as i32, 128, 128), [v as u8; 3]);
+        }
+    }
+}

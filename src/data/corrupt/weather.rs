@@ -1,0 +1,309 @@
+//! Snow, frost and fog.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::blur::shift_blur;
+use super::draws::{below, fill_normal, stream, uniform, uniform_in, Draws};
+use super::filters::{clipped_zoom_taps, resize_cubic_u8};
+use super::{par_rows, to_u8};
+use crate::{Error, Result};
+
+// ---------------------------------------------------------------------------------------------
+// Snow
+
+/// (mean, std, zoom, threshold, blur radius, blur sigma, blend) per severity.
+const SNOW: [(f64, f64, f64, f64, usize, f64, f32); 5] = [
+    (0.1, 0.3, 3.0, 0.5, 10, 4.0, 0.8),
+    (0.2, 0.3, 2.0, 0.5, 12, 4.0, 0.7),
+    (0.55, 0.3, 4.0, 0.9, 12, 8.0, 0.7),
+    (0.55, 0.3, 4.5, 0.85, 12, 8.0, 0.65),
+    (0.55, 0.3, 2.5, 0.85, 12, 12.0, 0.55),
+];
+
+/// A layer of normal noise, zoomed (SciPy order 1, centre crop), thresholded, motion-blurred
+/// along a random angle in [-135, -45] degrees, rounded to 8 bits; added to the whitened image
+/// twice (as is and rotated by 180 degrees). The layer keeps its zoomed size (which may exceed
+/// the image) until after the blur, as in the package.
+pub fn snow(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
+    let (mean, std, zoom, thr, radius, sigma, blend) = SNOW[s];
+    let (w, h) = img.dimensions();
+    let (wu, hu) = (w as usize, h as usize);
+    let mut layer = vec![0f64; hu * wu];
+    layer.par_chunks_mut(wu).enumerate().for_each(|(y, r)| {
+        let mut g = draws.stream(stream::SNOW_LAYER + y as u64);
+        fill_normal(&mut g, r);
+        r.iter_mut().for_each(|v| *v = mean + std * *v);
+    });
+    let (ty, tx) = clipped_zoom_taps(hu, wu, zoom);
+    let (zh, zw) = (ty.len(), tx.len());
+    let mut zoomed = vec![0f32; zh * zw];
+    zoomed.par_chunks_mut(zw).enumerate().for_each(|(y, o)| {
+        let t = ty[y];
+        let (r0, r1) = (&layer[t.i0 * wu..(t.i0 + 1) * wu], &layer[t.i1 * wu..(t.i1 + 1) * wu]);
+        for (ov, tap) in o.iter_mut().zip(&tx) {
+            let top = r0[tap.i0] + (r0[tap.i1] - r0[tap.i0]) * tap.t;
+            let bot = r1[tap.i0] + (r1[tap.i1] - r1[tap.i0]) * tap.t;
+            let v = top + (bot - top) * t.t;
+            *ov = if v < thr { 0.0 } else { v.clamp(0.0, 1.0) as f32 };
+        }
+    });
+    let angle = uniform_in(&mut draws.stream(stream::ANGLE), -135.0, -45.0);
+    let blurred = shift_blur(&zoomed, zh, zw, 1, radius, sigma, angle);
+    // np.round(layer * 255).astype(np.uint8) / 255, cropped to the image.
+    let flake = |y: usize, x: usize| -> f64 {
+        (blurred[y * zw + x] as f64 * 255.0).round_ties_even().clamp(0.0, 255.0) / 255.0
+    };
+    let src = img.as_raw();
+    let row = wu * 3;
+    par_rows(w, h, |y, out| {
+        let sr = &src[y * row..(y + 1) * row];
+        for x in 0..wu {
+            let p = &sr[x * 3..x * 3 + 3];
+            let v = [p[0] as f32 / 255.0, p[1] as f32 / 255.0, p[2] as f32 / 255.0];
+            // cv2.cvtColor(float32 RGB -> GRAY)
+            let gray = 0.299f32 * v[0] + 0.587f32 * v[1] + 0.114f32 * v[2];
+            let lift = gray * 1.5 + 0.5;
+            let snowflakes = flake(y, x) + flake(hu - 1 - y, wu - 1 - x);
+            for c in 0..3 {
+                let base = blend * v[c] + (1.0 - blend) * v[c].max(lift);
+                out[x * 3 + c] = to_u8((base as f64 + snowflakes).clamp(0.0, 1.0) * 255.0);
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frost
+
+/// (image weight, frost weight) per severity.
+const FROST: [(f64, f64); 5] = [(1.0, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)];
+
+/// The frost pictures the package draws from (`randint(5)`: frost1-5; frost6 ships with it but
+/// is never used). They ship with this project under `assets/imagenet-c/frost/` (Apache-2.0,
+/// licence beside them) and are compiled into the library.
+const FROST_FILES: [&[u8]; 5] = [
+    include_bytes!("../../../assets/imagenet-c/frost/frost1.png"),
+    include_bytes!("../../../assets/imagenet-c/frost/frost2.png"),
+    include_bytes!("../../../assets/imagenet-c/frost/frost3.png"),
+    include_bytes!("../../../assets/imagenet-c/frost/frost4.jpg"),
+    include_bytes!("../../../assets/imagenet-c/frost/frost5.jpg"),
+];
+
+/// Decoded frost picture `i` (RGB; the alpha channel of the PNGs is dropped, as `cv2.imread`).
+fn frost_picture(i: usize) -> Result<&'static RgbImage> {
+    static PICTURES: [OnceLock<std::result::Result<RgbImage, String>>; 5] =
+        [const { OnceLock::new() }; 5];
+    PICTURES[i]
+        .get_or_init(|| {
+            image::load_from_memory(FROST_FILES[i])
+                .map(|im| im.into_rgb8())
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::Msg(format!("embedded frost picture {}: {e}", i + 1)))
+}
+
+/// The package's frost scale for an image of `(h, w)`: 1 if the picture covers the image, else
+/// the factor that makes it cover; then times 1.1. Returns the rescaled picture's (h, w).
+fn frost_size(fh: usize, fw: usize, h: usize, w: usize) -> (usize, usize) {
+    let (fhf, fwf, hf, wf) = (fh as f64, fw as f64, h as f64, w as f64);
+    let mut sf = if fh >= h && fw >= w {
+        1.0
+    } else if fh < h && fw >= w {
+        hf / fhf
+    } else if fh >= h && fw < w {
+        wf / fwf
+    } else {
+        (hf / fhf).max(wf / fwf)
+    };
+    sf *= 1.1;
+    ((fhf * sf).ceil() as usize, (fwf * sf).ceil() as usize)
+}
+
+/// Rescaled frost pictures by (picture, h, w): every image smaller than the pictures shares
+/// one size, so a few entries serve a whole dataset.
+fn rescaled_frost(i: usize, nh: usize, nw: usize) -> Result<Arc<Vec<u8>>> {
+    type Entry = ((usize, usize, usize), Arc<Vec<u8>>);
+    static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    let key = (i, nh, nw);
+    if let Ok(c) = CACHE.lock() {
+        if let Some((_, v)) = c.iter().find(|(k, _)| *k == key) {
+            return Ok(v.clone());
+        }
+    }
+    let pic = frost_picture(i)?;
+    let (fw, fh) = pic.dimensions();
+    let v = Arc::new(resize_cubic_u8(pic.as_raw(), fh as usize, fw as usize, nh, nw));
+    if let Ok(mut c) = CACHE.lock() {
+        if c.len() >= 16 {
+            c.remove(0);
+        }
+        c.push((key, v.clone()));
+    }
+    Ok(v)
+}
+
+/// Blend with a random crop of one of five frost pictures, bicubically enlarged by 1.1 (and
+/// more if the image is larger than the picture), as the package does.
+pub fn frost(img: &RgbImage, s: usize, draws: &Draws) -> Result<RgbImage> {
+    let (ca, cf) = FROST[s];
+    let mut r = draws.stream(stream::FROST_PICK);
+    let i = below(&mut r, 5) as usize;
+    let pic = frost_picture(i)?;
+    let (w, h) = img.dimensions();
+    let (wu, hu) = (w as usize, h as usize);
+    let (nh, nw) = frost_size(pic.height() as usize, pic.width() as usize, hu, wu);
+    let fr = rescaled_frost(i, nh, nw)?;
+    let y0 = below(&mut r, (nh - hu) as u64) as usize;
+    let x0 = below(&mut r, (nw - wu) as u64) as usize;
+    let src = img.as_raw();
+    let row = wu * 3;
+    Ok(par_rows(w, h, |y, out| {
+        let sr = &src[y * row..(y + 1) * row];
+        let fr_row = &fr[((y0 + y) * nw + x0) * 3..((y0 + y) * nw + x0 + wu) * 3];
+        for ((o, &v), &f) in out.iter_mut().zip(sr).zip(fr_row) {
+            *o = to_u8(ca * v as f64 + cf * f as f64);
+        }
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fog
+
+/// (fog strength, plasma wibble decay) per severity.
+const FOG: [(f64, f64); 5] = [(1.5, 2.0), (2.0, 2.0), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)];
+
+/// The package's diamond-square plasma fractal on a toroidal `size x size` grid (size a power
+/// of two), normalised to [0, 1]. Its noise at each level is `wibble * U(-wibble, wibble)`,
+/// i.e. of scale wibble squared, with wibble starting at 100 and divided by `decay` per level.
+pub fn plasma_fractal(size: usize, decay: f64, draws: &Draws) -> Vec<f64> {
+    let mut m = vec![0f64; size * size];
+    let mut step = size;
+    let mut wibble = 100.0f64;
+    let mut level = 0u64;
+    // New values for one of the three sub-grids of a level, rows in parallel, each row from its
+    // own stream: value = mean / 4 + wibble * U(-wibble, wibble).
+    let noisy = |sums: Vec<f64>, n: usize, kind: u64, level: u64, wibble: f64| -> Vec<f64> {
+        let mut out = sums;
+        out.par_chunks_mut(n).enumerate().for_each(|(i, r)| {
+            let mut g = draws.stream(stream::PLASMA | (level << 24) | (kind << 22) | i as u64);
+            for v in r.iter_mut() {
+                *v = *v / 4.0 + wibble * (-wibble + 2.0 * wibble * uniform(&mut g));
+            }
+        });
+        out
+    };
+    while step >= 2 {
+        let half = step / 2;
+        let n = size / step;
+        let at = |m: &[f64], i: usize, j: usize, oi: usize, oj: usize| m[(oi + i * step) * size + oj + j * step];
+        // Squares: centre = mean of the four corners.
+        let sums: Vec<f64> = (0..n * n)
+            .map(|k| {
+                let (i, j) = (k / n, k % n);
+                let (i1, j1) = ((i + 1) % n, (j + 1) % n);
+                (at(&m, i, j, 0, 0) + at(&m, i1, j, 0, 0)) + (at(&m, i, j1, 0, 0) + at(&m, i1, j1, 0, 0))
+            })
+            .collect();
+        let centres = noisy(sums, n, 0, level, wibble);
+        for k in 0..n * n {
+            let (i, j) = (k / n, k % n);
+            m[(half + i * step) * size + half + j * step] = centres[k];
+        }
+        // Diamonds: the two edge midpoints of each cell, from the adjacent centres and corners.
+        let left: Vec<f64> = (0..n * n)
+            .map(|k| {
+                let (i, j) = (k / n, k % n);
+                let im = (i + n - 1) % n;
+                let j1 = (j + 1) % n;
+                (at(&m, i, j, half, half) + at(&m, im, j, half, half))
+                    + (at(&m, i, j, 0, 0) + at(&m, i, j1, 0, 0))
+            })
+            .collect();
+        let top: Vec<f64> = (0..n * n)
+            .map(|k| {
+                let (i, j) = (k / n, k % n);
+                let jm = (j + n - 1) % n;
+                let i1 = (i + 1) % n;
+                (at(&m, i, j, half, half) + at(&m, i, jm, half, half))
+                    + (at(&m, i, j, 0, 0) + at(&m, i1, j, 0, 0))
+            })
+            .collect();
+        let left = noisy(left, n, 1, level, wibble);
+        let top = noisy(top, n, 2, level, wibble);
+        for k in 0..n * n {
+            let (i, j) = (k / n, k % n);
+            m[(i * step) * size + half + j * step] = left[k];
+            m[(half + i * step) * size + j * step] = top[k];
+        }
+        step /= 2;
+        wibble /= decay;
+        level += 1;
+    }
+    let lo = m.iter().cloned().fold(f64::INFINITY, f64::min);
+    m.iter_mut().for_each(|v| *v -= lo);
+    let hi = m.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if hi > 0.0 {
+        m.iter_mut().for_each(|v| *v /= hi);
+    }
+    m
+}
+
+/// Add a plasma fractal (cropped from a power-of-two map covering the image), then rescale by
+/// `max / (max + strength)`.
+pub fn fog(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
+    let (strength, decay) = FOG[s];
+    let (w, h) = img.dimensions();
+    let (wu, hu) = (w as usize, h as usize);
+    let size = hu.max(wu).max(3).next_power_of_two();
+    let plasma = plasma_fractal(size, decay, draws);
+    let src = img.as_raw();
+    let max_val = src.iter().copied().max().unwrap_or(0) as f64 / 255.0;
+    let row = wu * 3;
+    par_rows(w, h, |y, out| {
+        let sr = &src[y * row..(y + 1) * row];
+        for x in 0..wu {
+            let p = strength * plasma[y * size + x];
+            for c in 0..3 {
+                let v = sr[x * 3 + c] as f64 / 255.0 + p;
+                out[x * 3 + c] = to_u8((v * max_val / (max_val + strength)).clamp(0.0, 1.0) * 255.0);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frost_is_enlarged_by_a_tenth_even_when_it_covers_the_image() {
+        // 1.1 in float64: 900 * 1.1 = 990.0000000000001, hence 991; 600 * 1.1 = 660.0 exactly.
+        assert_eq!(frost_size(600, 900, 224, 224), (660, 991));
+        // An image taller than the picture scales it up to cover, then 1.1 more.
+        let (nh, nw) = frost_size(315, 560, 400, 300);
+        assert!(nh > 400 && nw > 300);
+    }
+
+    #[test]
+    fn embedded_frost_pictures_decode() {
+        for i in 0..5 {
+            let p = frost_picture(i).unwrap();
+            assert!(p.width() >= 480 && p.height() >= 300);
+        }
+    }
+
+    #[test]
+    fn plasma_is_normalised_and_seeded() {
+        let d = Draws::new(5, 9, 2);
+        let a = plasma_fractal(64, 2.0, &d);
+        let b = plasma_fractal(64, 2.0, &d);
+        assert_eq!(a, b);
+        let (lo, hi) = a.iter().fold((1.0f64, 0.0f64), |(l, h), &v| (l.min(v), h.max(v)));
+        assert_eq!((lo, hi), (0.0, 1.0));
+        assert_ne!(a, plasma_fractal(64, 2.0, &Draws::new(6, 9, 2)));
+    }
+}
