@@ -326,8 +326,14 @@ pub fn shift_blur(
 }
 
 pub fn motion_blur(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
-    let (radius, sigma) = MOTION[s];
     let angle = uniform_in(&mut draws.stream(stream::ANGLE), -45.0, 45.0);
+    motion_blur_at(img, s, angle)
+}
+
+/// Motion blur at severity index `s` (0..5) along a given angle in degrees (the package draws
+/// it from U(-45, 45)); for tests that pin the random draw.
+pub fn motion_blur_at(img: &RgbImage, s: usize, angle: f64) -> RgbImage {
+    let (radius, sigma) = MOTION[s];
     let (w, h) = img.dimensions();
     let src: Vec<f32> = img.as_raw().iter().map(|&v| v as f32).collect();
     let b = shift_blur(&src, h as usize, w as usize, 3, radius, sigma, angle);

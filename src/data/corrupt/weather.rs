@@ -149,16 +149,32 @@ fn rescaled_frost(i: usize, nh: usize, nw: usize) -> Result<Arc<Vec<u8>>> {
 /// Blend with a random crop of one of five frost pictures, bicubically enlarged by 1.1 (and
 /// more if the image is larger than the picture), as the package does.
 pub fn frost(img: &RgbImage, s: usize, draws: &Draws) -> Result<RgbImage> {
-    let (ca, cf) = FROST[s];
     let mut r = draws.stream(stream::FROST_PICK);
     let i = below(&mut r, 5) as usize;
     let pic = frost_picture(i)?;
     let (w, h) = img.dimensions();
+    let (nh, nw) = frost_size(pic.height() as usize, pic.width() as usize, h as usize, w as usize);
+    let y0 = below(&mut r, (nh - h as usize) as u64) as usize;
+    let x0 = below(&mut r, (nw - w as usize) as u64) as usize;
+    frost_at(img, s, i, y0, x0)
+}
+
+/// Frost at severity index `s` (0..5) with picture `picture` (0..5) and the crop's top-left
+/// corner `(y0, x0)` in the rescaled picture (the package's three random draws); for tests
+/// that pin them.
+pub fn frost_at(img: &RgbImage, s: usize, picture: usize, y0: usize, x0: usize) -> Result<RgbImage> {
+    let (ca, cf) = FROST[s];
+    let pic = frost_picture(picture)?;
+    let (w, h) = img.dimensions();
     let (wu, hu) = (w as usize, h as usize);
     let (nh, nw) = frost_size(pic.height() as usize, pic.width() as usize, hu, wu);
-    let fr = rescaled_frost(i, nh, nw)?;
-    let y0 = below(&mut r, (nh - hu) as u64) as usize;
-    let x0 = below(&mut r, (nw - wu) as u64) as usize;
+    if y0 + hu > nh || x0 + wu > nw {
+        return Err(Error::shape(
+            "frost",
+            format!("crop at ({y0}, {x0}) of {wu}x{hu} leaves the {nw}x{nh} frost picture"),
+        ));
+    }
+    let fr = rescaled_frost(picture, nh, nw)?;
     let src = img.as_raw();
     let row = wu * 3;
     Ok(par_rows(w, h, |y, out| {
