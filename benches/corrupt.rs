@@ -90,7 +90,8 @@ fn main() {
             .expect("fixture photo")
             .into_rgb8();
         let img = resize_center_crop(&img, 256, 224);
-        img.save(tmp.path().join(format!("{n}.png"))).expect("write bench image");
+        img.save(tmp.path().join(format!("{n}.png")))
+            .expect("write bench image");
         imgs.push(img);
     }
     let one = rayon::ThreadPoolBuilder::new()
@@ -127,7 +128,11 @@ fn main() {
             Some(p) => {
                 let r = single / p;
                 all_met &= r >= target;
-                (format!("{p:.1}"), format!("{r:.1}x"), if r >= target { "yes" } else { "NO" })
+                (
+                    format!("{p:.1}"),
+                    format!("{r:.1}x"),
+                    if r >= target { "yes" } else { "NO" },
+                )
             }
             None => ("-".into(), "-".into(), "-"),
         };
@@ -144,9 +149,6 @@ fn main() {
     }
     if let Ok(j) = &py {
         println!("python versions: {}", j["versions"]);
-        println!(
-            "all targets met: {}",
-            if all_met { "yes" } else { "no" }
-        );
+        println!("all targets met: {}", if all_met { "yes" } else { "no" });
     }
 }
