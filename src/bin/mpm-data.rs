@@ -9,6 +9,8 @@
 //! mpm-data stats  --json-dir D/json [--discarded F] [--category-names F] [--json OUT.json]
 //! mpm-data show   (--json-dir D/json [--including D/including] | --seg SEG --parts parts.tsv)
 //!                 --images IMG_ROOT --out grid.png [--per-class 4] [--max-classes 10]
+//! mpm-data corrupt --images DIR|LIST --out OUT [--corruptions all|NAME,...] [--severities 1-5]
+//!                 [--size 224|0] [--format png|jpeg] [--seed N]      (docs/corruptions.md)
 //! ```
 
 use std::path::PathBuf;
@@ -48,6 +50,36 @@ enum Cmd {
     /// Pseudo part label maps from a trained MPM's part heads, with the Category Filter;
     /// images that have a label map are scored (pixel accuracy, part mIoU, with/without CF).
     Pseudo(PseudoArgs),
+    /// ImageNet-C: the 15 common corruptions x 5 severities (DESIGN.md contract D).
+    Corrupt(CorruptArgs),
+}
+
+#[derive(clap::Args)]
+struct CorruptArgs {
+    /// A folder of images (read recursively: .png, .jpg, .jpeg) or a list file of paths
+    /// relative to the list's folder (one per line; a trailing class index is ignored).
+    #[arg(long)]
+    images: PathBuf,
+    /// Output root: OUT/<corruption>/<severity>/<relative path>.<format>.
+    #[arg(long)]
+    out: PathBuf,
+    /// `all` or comma-separated names (gaussian_noise, ..., jpeg_compression).
+    #[arg(long, default_value = "all")]
+    corruptions: String,
+    /// A range (1-5) or a list (1,3,5).
+    #[arg(long, default_value = "1-5")]
+    severities: String,
+    /// 224: resize 256 (bilinear) + centre crop 224 first; 0: keep the input size.
+    #[arg(long, default_value_t = 224)]
+    size: u32,
+    /// png (lossless) or jpeg (quality 85).
+    #[arg(long, default_value = "png")]
+    format: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -314,7 +346,39 @@ fn run(cli: Cli) -> mpm::Result<()> {
             Ok(())
         }
         Cmd::Pseudo(a) => run_pseudo(a),
+        Cmd::Corrupt(a) => run_corrupt(a),
     }
+}
+
+fn run_corrupt(a: CorruptArgs) -> mpm::Result<()> {
+    use mpm::data::corrupt::job::{self, CorruptConfig, OutFormat};
+    let cfg = CorruptConfig {
+        images: a.images,
+        out: a.out,
+        corruptions: job::parse_corruptions(&a.corruptions)?,
+        severities: job::parse_severities(&a.severities)?,
+        size: a.size,
+        format: OutFormat::parse(&a.format)?,
+        seed: a.seed,
+        progress: !a.quiet,
+    };
+    let t = std::time::Instant::now();
+    let s = job::run(&cfg)?;
+    report_skips(&s.skipped);
+    eprint!("{}", s.text());
+    let secs = t.elapsed().as_secs_f64();
+    if s.written > 0 {
+        eprintln!(
+            "corrupt: {:.1} s, {:.1} outputs/s -> {}",
+            secs,
+            s.written as f64 / secs,
+            cfg.out.display()
+        );
+    }
+    if s.written + s.kept == 0 {
+        return Err(mpm::Error::Msg("corrupt: no output could be made".into()));
+    }
+    Ok(())
 }
 
 fn run_pseudo(a: PseudoArgs) -> mpm::Result<()> {

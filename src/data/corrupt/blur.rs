@@ -46,7 +46,9 @@ fn opencv_gaussian(n: usize, sigma: f64) -> Vec<f32> {
         })
         .collect();
     let sum: f64 = raw.iter().map(|&v| v as f64).sum();
-    raw.iter().map(|&v| (v as f64 * (1.0 / sum)) as f32).collect()
+    raw.iter()
+        .map(|&v| (v as f64 * (1.0 / sum)) as f32)
+        .collect()
 }
 
 fn defocus_plan(s: usize) -> &'static DefocusPlan {
@@ -58,7 +60,12 @@ fn defocus_plan(s: usize) -> &'static DefocusPlan {
         let kr = ks / 2;
         let inside = |y: isize, x: isize| (x * x + y * y) as usize <= r * r;
         let count = (0..n * n)
-            .filter(|&i| inside((i / n) as isize - big_r as isize, (i % n) as isize - big_r as isize))
+            .filter(|&i| {
+                inside(
+                    (i / n) as isize - big_r as isize,
+                    (i % n) as isize - big_r as isize,
+                )
+            })
             .count();
         let d = 1.0f32 / count as f32;
         let g = opencv_gaussian(ks, alias_sigma);
@@ -74,7 +81,9 @@ fn defocus_plan(s: usize) -> &'static DefocusPlan {
         for i in 0..n {
             for j in 0..n {
                 rowblur[i * n + j] = (0..ks)
-                    .map(|b| g[b] as f64 * a(i, reflect101(j as isize + b as isize - kr as isize, n)))
+                    .map(|b| {
+                        g[b] as f64 * a(i, reflect101(j as isize + b as isize - kr as isize, n))
+                    })
                     .sum();
             }
         }
@@ -172,23 +181,26 @@ pub fn defocus_blur(img: &RgbImage, s: usize) -> RgbImage {
         let sw = wu + 2 * kr;
         let rows_s = hu + 2 * kr;
         let mut sx_rows = vec![0f32; rows_s * wu];
-        sx_rows.par_chunks_mut(wu).enumerate().for_each(|(ys, out)| {
-            let y = ys as isize - kr as isize; // image row of this S row
-            let mut acc = vec![0i32; sw];
-            for (k, &hw) in plan.half.iter().enumerate() {
-                let dy = k as isize - plan.r as isize;
-                let py = (y + dy + m as isize) as usize;
-                let pre = &prefix[py * (pw + 1)..(py + 1) * (pw + 1)];
-                // Column xs of S is image column xs - kr; its box spans [x - hw, x + hw].
-                let lo0 = m - kr - hw;
-                let hi0 = m - kr + hw + 1;
-                simd::box_acc(&mut acc, &pre[lo0..lo0 + sw], &pre[hi0..hi0 + sw]);
-            }
-            let accf: Vec<f32> = acc.iter().map(|&v| v as f32).collect();
-            for (b, &gb) in plan.g.iter().enumerate() {
-                simd::axpy(out, &accf[b..b + wu], gb);
-            }
-        });
+        sx_rows
+            .par_chunks_mut(wu)
+            .enumerate()
+            .for_each(|(ys, out)| {
+                let y = ys as isize - kr as isize; // image row of this S row
+                let mut acc = vec![0i32; sw];
+                for (k, &hw) in plan.half.iter().enumerate() {
+                    let dy = k as isize - plan.r as isize;
+                    let py = (y + dy + m as isize) as usize;
+                    let pre = &prefix[py * (pw + 1)..(py + 1) * (pw + 1)];
+                    // Column xs of S is image column xs - kr; its box spans [x - hw, x + hw].
+                    let lo0 = m - kr - hw;
+                    let hi0 = m - kr + hw + 1;
+                    simd::box_acc(&mut acc, &pre[lo0..lo0 + sw], &pre[hi0..hi0 + sw]);
+                }
+                let accf: Vec<f32> = acc.iter().map(|&v| v as f32).collect();
+                for (b, &gb) in plan.g.iter().enumerate() {
+                    simd::axpy(out, &accf[b..b + wu], gb);
+                }
+            });
         // Vertical Gaussian, the disk value, then the corrections.
         let mut out = vec![0f32; hu * wu];
         out.par_chunks_mut(wu).enumerate().for_each(|(y, o)| {
@@ -217,8 +229,13 @@ pub fn defocus_blur(img: &RgbImage, s: usize) -> RgbImage {
 // Glass blur
 
 /// (sigma, max displacement, iterations) per severity.
-const GLASS: [(f64, usize, usize); 5] =
-    [(0.7, 1, 2), (0.9, 2, 1), (1.0, 2, 3), (1.1, 3, 2), (1.5, 4, 2)];
+const GLASS: [(f64, usize, usize); 5] = [
+    (0.7, 1, 2),
+    (0.9, 2, 1),
+    (1.0, 2, 3),
+    (1.1, 3, 2),
+    (1.5, 4, 2),
+];
 
 /// skimage `gaussian(x / 255, sigma, channel_axis=-1)` (truncate 4, 'nearest' border).
 fn skimage_gaussian_rgb(x: &[f64], h: usize, w: usize, sigma: f64) -> Vec<f64> {
@@ -313,7 +330,11 @@ pub fn shift_blur(
                 (0, (w as isize + dx) as usize)
             };
             let sx0 = (x0 as isize - dx) as usize;
-            simd::axpy(&mut o[x0 * ch..x1 * ch], &s[sx0 * ch..(sx0 + x1 - x0) * ch], k);
+            simd::axpy(
+                &mut o[x0 * ch..x1 * ch],
+                &s[sx0 * ch..(sx0 + x1 - x0) * ch],
+                k,
+            );
             for x in (0..x0).chain(x1..w) {
                 let sx = clamp_index(x as isize - dx, w);
                 for c in 0..ch {
@@ -326,8 +347,14 @@ pub fn shift_blur(
 }
 
 pub fn motion_blur(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
-    let (radius, sigma) = MOTION[s];
     let angle = uniform_in(&mut draws.stream(stream::ANGLE), -45.0, 45.0);
+    motion_blur_at(img, s, angle)
+}
+
+/// Motion blur at severity index `s` (0..5) along a given angle in degrees (the package draws
+/// it from U(-45, 45)); for tests that pin the random draw.
+pub fn motion_blur_at(img: &RgbImage, s: usize, angle: f64) -> RgbImage {
+    let (radius, sigma) = MOTION[s];
     let (w, h) = img.dimensions();
     let src: Vec<f32> = img.as_raw().iter().map(|&v| v as f32).collect();
     let b = shift_blur(&src, h as usize, w as usize, 3, radius, sigma, angle);
@@ -357,7 +384,13 @@ pub fn numpy_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let n = ((stop - start) / step).ceil().max(0.0) as usize;
     let delta = (start + step) - start;
     (0..n)
-        .map(|i| if i == 0 { start } else { start + i as f64 * delta })
+        .map(|i| {
+            if i == 0 {
+                start
+            } else {
+                start + i as f64 * delta
+            }
+        })
         .collect()
 }
 
@@ -369,7 +402,11 @@ pub fn zoom_blur(img: &RgbImage, s: usize) -> RgbImage {
     let (wu, hu) = (w as usize, h as usize);
     let row = wu * 3;
     // The package works on float32 x / 255 and accumulates the zoomed layers in float32.
-    let x: Vec<f32> = img.as_raw().iter().map(|&v| (v as f64 / 255.0) as f32).collect();
+    let x: Vec<f32> = img
+        .as_raw()
+        .iter()
+        .map(|&v| (v as f64 / 255.0) as f32)
+        .collect();
     let mut acc = vec![0f32; hu * row];
     for &z in &factors {
         let (ty, tx) = clipped_zoom_taps(hu, wu, z);
@@ -405,7 +442,10 @@ mod tests {
     #[test]
     fn arange_matches_numpy_lengths() {
         // np.arange lengths for the five severities (1.11 is included by rounding).
-        let lens: Vec<usize> = ZOOM.iter().map(|&(a, b, s)| numpy_arange(a, b, s).len()).collect();
+        let lens: Vec<usize> = ZOOM
+            .iter()
+            .map(|&(a, b, s)| numpy_arange(a, b, s).len())
+            .collect();
         assert_eq!(lens, [12, 16, 11, 13, 11]);
     }
 

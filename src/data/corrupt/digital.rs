@@ -4,7 +4,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use super::draws::{stream, uniform_in, Draws};
-use super::filters::{gaussian_filter, pil_nearest_index, pil_resize, reflect_half, PilFilter};
+use super::filters::{gaussian_filter_f32, pil_nearest_index, pil_resize, reflect_half, PilFilter};
 use super::{par_rows, to_u8, to_u8_f32};
 
 const BRIGHTNESS_SHIFT: [f64; 5] = [0.1, 0.2, 0.3, 0.4, 0.5];
@@ -64,7 +64,11 @@ pub fn brightness(img: &RgbImage, s: usize) -> RgbImage {
     par_rows(w, h, |y, out| {
         let sr = &src[y * row..(y + 1) * row];
         for (o, p) in out.chunks_exact_mut(3).zip(sr.chunks_exact(3)) {
-            let (hh, ss, vv) = rgb2hsv(p[0] as f64 / 255.0, p[1] as f64 / 255.0, p[2] as f64 / 255.0);
+            let (hh, ss, vv) = rgb2hsv(
+                p[0] as f64 / 255.0,
+                p[1] as f64 / 255.0,
+                p[2] as f64 / 255.0,
+            );
             let (r, g, b) = hsv2rgb(hh, ss, (vv + c).clamp(0.0, 1.0));
             o[0] = to_u8(r.clamp(0.0, 1.0) * 255.0);
             o[1] = to_u8(g.clamp(0.0, 1.0) * 255.0);
@@ -107,16 +111,14 @@ pub fn elastic_transform(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
     let alpha = 250.0 * ELASTIC_ALPHA[s];
     let max_d = hu as f64 * 0.005;
     let field = |base: u64| -> Vec<f32> {
-        let mut noise = vec![0.0f64; hu * wu];
+        let mut noise = vec![0.0f32; hu * wu];
         noise.par_chunks_mut(wu).enumerate().for_each(|(y, r)| {
             let mut g = draws.stream(base + y as u64);
             r.iter_mut()
-                .for_each(|v| *v = uniform_in(&mut g, -max_d, max_d));
+                .for_each(|v| *v = (uniform_in(&mut g, -max_d, max_d) * alpha) as f32);
         });
-        gaussian_filter(&noise, hu, wu, 1, sigma, 3.0, reflect_half)
-            .into_iter()
-            .map(|v| (v * alpha) as f32)
-            .collect()
+        // Scaling before the (linear) filter instead of after: same field up to rounding.
+        gaussian_filter_f32(&noise, hu, wu, sigma, 3.0, reflect_half)
     };
     let dx = field(stream::ELASTIC_DX);
     let dy = field(stream::ELASTIC_DY);
@@ -126,19 +128,19 @@ pub fn elastic_transform(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
     par_rows(w, h, |y, out| {
         for x in 0..wu {
             let i = y * wu + x;
-            let cy = y as f64 + dy[i] as f64;
-            let cx = x as f64 + dx[i] as f64;
+            let cy = y as f32 + dy[i];
+            let cx = x as f32 + dx[i];
             let (fy, fx) = (cy.floor(), cx.floor());
             let (ty, tx) = (cy - fy, cx - fx);
-            let y0 = reflect_half(fy as isize, hu);
-            let y1 = reflect_half(fy as isize + 1, hu);
-            let x0 = reflect_half(fx as isize, wu);
-            let x1 = reflect_half(fx as isize + 1, wu);
+            let y0 = reflect_half(fy as isize, hu) * row;
+            let y1 = reflect_half(fy as isize + 1, hu) * row;
+            let x0 = reflect_half(fx as isize, wu) * 3;
+            let x1 = reflect_half(fx as isize + 1, wu) * 3;
             for c in 0..3 {
-                let a = |yy: usize, xx: usize| src[yy * row + xx * 3 + c] as f64;
-                let v = (1.0 - ty) * ((1.0 - tx) * a(y0, x0) + tx * a(y0, x1))
-                    + ty * ((1.0 - tx) * a(y1, x0) + tx * a(y1, x1));
-                out[x * 3 + c] = to_u8_f32((v as f32).clamp(0.0, 1.0) * 255.0);
+                let top = src[y0 + x0 + c] + tx * (src[y0 + x1 + c] - src[y0 + x0 + c]);
+                let bot = src[y1 + x0 + c] + tx * (src[y1 + x1 + c] - src[y1 + x0 + c]);
+                let v = top + ty * (bot - top);
+                out[x * 3 + c] = to_u8_f32(v.clamp(0.0, 1.0) * 255.0);
             }
         }
     })
@@ -169,11 +171,15 @@ mod tests {
 
     #[test]
     fn hsv_round_trip_is_identity() {
-        for &(r, g, b) in &[(0.2, 0.5, 0.9), (1.0, 0.0, 0.0), (0.3, 0.3, 0.3), (0.9, 0.1, 0.6)] {
+        for &(r, g, b) in &[
+            (0.2, 0.5, 0.9),
+            (1.0, 0.0, 0.0),
+            (0.3, 0.3, 0.3),
+            (0.9, 0.1, 0.6),
+        ] {
             let (h, s, v) = rgb2hsv(r, g, b);
             let (r2, g2, b2) = hsv2rgb(h, s, v);
             assert!((r - r2).abs() < 1e-12 && (g - g2).abs() < 1e-12 && (b - b2).abs() < 1e-12);
         }
     }
-
 }

@@ -8,6 +8,9 @@ use rayon::prelude::*;
 /// SciPy `ndimage` 'reflect' (half-sample symmetric: d c b a | a b c d | d c b a).
 #[inline(always)]
 pub fn reflect_half(i: isize, n: usize) -> usize {
+    if i >= 0 && (i as usize) < n {
+        return i as usize;
+    }
     let n = n as isize;
     let period = 2 * n;
     let mut m = i.rem_euclid(period);
@@ -21,6 +24,9 @@ pub fn reflect_half(i: isize, n: usize) -> usize {
 /// border of `filter2D` and `GaussianBlur`.
 #[inline(always)]
 pub fn reflect101(i: isize, n: usize) -> usize {
+    if i >= 0 && (i as usize) < n {
+        return i as usize;
+    }
     if n == 1 {
         return 0;
     }
@@ -124,6 +130,45 @@ pub fn gaussian_filter(
     let kx = gaussian_kernel(sigma.1, truncate);
     let a = filter_axis0(src, h, w, ch, &ky, border);
     filter_axis1(&a, h, w, ch, &kx, border)
+}
+
+/// `gaussian_filter` of a single-channel `(h, w)` float32 field (used for random displacement
+/// fields, where float32 is ample): same kernel and border rule, vector-friendly row passes.
+pub fn gaussian_filter_f32(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    sigma: (f64, f64),
+    truncate: f64,
+    border: fn(isize, usize) -> usize,
+) -> Vec<f32> {
+    let ky: Vec<f32> = gaussian_kernel(sigma.0, truncate)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let kx: Vec<f32> = gaussian_kernel(sigma.1, truncate)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let (ry, rx) = ((ky.len() / 2) as isize, kx.len() / 2);
+    let mut a = vec![0f32; h * w];
+    a.par_chunks_mut(w).enumerate().for_each(|(y, o)| {
+        for (j, &kj) in ky.iter().enumerate() {
+            let sy = border(y as isize + j as isize - ry, h);
+            simd::axpy(o, &src[sy * w..(sy + 1) * w], kj);
+        }
+    });
+    let mut out = vec![0f32; h * w];
+    out.par_chunks_mut(w).enumerate().for_each(|(y, o)| {
+        let row = &a[y * w..(y + 1) * w];
+        let p: Vec<f32> = (0..w + 2 * rx)
+            .map(|x| row[border(x as isize - rx as isize, w)])
+            .collect();
+        for (j, &kj) in kx.iter().enumerate() {
+            simd::axpy(o, &p[j..j + w], kj);
+        }
+    });
+    out
 }
 
 /// Python's `round` (half to even), as SciPy rounds zoomed output shapes.
@@ -324,7 +369,14 @@ fn pil_clip8(ss: i32) -> u8 {
 
 /// `Image.resize((nw, nh), filter)` for RGB: horizontal pass, then vertical, both through
 /// 8-bit intermediates, as Pillow (a pass whose size does not change is skipped).
-pub fn pil_resize(src: &[u8], h: usize, w: usize, nh: usize, nw: usize, filter: PilFilter) -> Vec<u8> {
+pub fn pil_resize(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    nh: usize,
+    nw: usize,
+    filter: PilFilter,
+) -> Vec<u8> {
     if nw == w && nh == h {
         return src.to_vec();
     }
@@ -380,7 +432,6 @@ pub fn pil_nearest_index(n_in: usize, n_out: usize) -> Vec<usize> {
         })
         .collect()
 }
-
 
 #[cfg(test)]
 mod tests {

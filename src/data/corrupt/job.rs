@@ -194,7 +194,10 @@ pub fn list_images(src: &Path) -> Result<(PathBuf, Vec<PathBuf>, Vec<Skip>)> {
         if !safe_relative(&rel) {
             refused.push(Skip::new(
                 src,
-                format!("line {}: {line:?} is not a relative path inside the list's folder", n + 1),
+                format!(
+                    "line {}: {line:?} is not a relative path inside the list's folder",
+                    n + 1
+                ),
             ));
             continue;
         }
@@ -211,7 +214,14 @@ pub fn resize_center_crop(img: &RgbImage, resize: u32, crop: u32) -> RgbImage {
     } else {
         ((resize as u64 * w as u64 / h as u64) as u32, resize)
     };
-    let data = pil_resize(img.as_raw(), h as usize, w as usize, nh as usize, nw as usize, PilFilter::Bilinear);
+    let data = pil_resize(
+        img.as_raw(),
+        h as usize,
+        w as usize,
+        nh as usize,
+        nw as usize,
+        PilFilter::Bilinear,
+    );
     let resized = RgbImage::from_raw(nw, nh, data).unwrap_or_else(|| RgbImage::new(nw, nh));
     let (cw, ch) = (crop.min(nw), crop.min(nh));
     let top = super::filters::round_half_even((nh - ch) as f64 / 2.0) as u32;
@@ -263,9 +273,13 @@ pub fn write_image(path: &Path, img: &RgbImage, f: OutFormat) -> Result<()> {
     }
     let mut bytes = Vec::new();
     let enc = match f {
-        OutFormat::Png => img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png),
-        OutFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 85)
-            .encode_image(img),
+        OutFormat::Png => img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        ),
+        OutFormat::Jpeg => {
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 85).encode_image(img)
+        }
     };
     enc.map_err(|e| Error::format(path, format!("cannot encode: {e}")))?;
     crate::data::imageio::write_atomic(path, &bytes)
@@ -296,7 +310,10 @@ pub fn load_input(path: &Path, size: u32) -> Result<RgbImage> {
 
 pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
     if cfg.size != 0 && cfg.size != 224 {
-        return Err(Error::flag("--size", format!("expected 224 or 0, found {}", cfg.size)));
+        return Err(Error::flag(
+            "--size",
+            format!("expected 224 or 0, found {}", cfg.size),
+        ));
     }
     let (root, rels, refused) = list_images(&cfg.images)?;
     if rels.is_empty() {

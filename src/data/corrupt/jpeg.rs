@@ -59,6 +59,7 @@ const F_2_053: i32 = 16819;
 const F_2_562: i32 = 20995;
 const F_3_072: i32 = 25172;
 
+#[cfg(test)]
 #[inline(always)]
 fn descale(x: i32, n: i32) -> i32 {
     (x + (1 << (n - 1))) >> n
@@ -66,6 +67,7 @@ fn descale(x: i32, n: i32) -> i32 {
 
 /// One 1-D forward DCT (LL&M, 12 multiplies) on 8 values `v[o + k * stride]`; `pass1`
 /// selects the first pass's scaling (outputs scaled up by PASS1_BITS) or the second's.
+#[cfg(test)]
 #[inline(always)]
 fn fdct_1d(v: &mut [i32; 64], o: usize, stride: usize, pass1: bool) {
     let d = |k: usize| v[o + k * stride];
@@ -83,7 +85,10 @@ fn fdct_1d(v: &mut [i32; 64], o: usize, stride: usize, pass1: bool) {
     let (o0, o4) = if pass1 {
         ((tmp10 + tmp11) << even_shift, (tmp10 - tmp11) << even_shift)
     } else {
-        (descale(tmp10 + tmp11, PASS1_BITS), descale(tmp10 - tmp11, PASS1_BITS))
+        (
+            descale(tmp10 + tmp11, PASS1_BITS),
+            descale(tmp10 - tmp11, PASS1_BITS),
+        )
     };
     let z1 = (tmp12 + tmp13) * F_0_541;
     let o2 = descale(z1 + tmp13 * F_0_765, out_bits);
@@ -111,7 +116,8 @@ fn fdct_1d(v: &mut [i32; 64], o: usize, stride: usize, pass1: bool) {
     v[o + stride] = descale(t7 + z1 + z4, out_bits);
 }
 
-/// `jpeg_fdct_islow`: rows, then columns; output scaled up by 8.
+/// `jpeg_fdct_islow`: rows, then columns; output scaled up by 8 (scalar reference).
+#[cfg(test)]
 fn fdct(block: &mut [i32; 64]) {
     for r in 0..8 {
         fdct_1d(block, r * 8, 1, true);
@@ -122,6 +128,7 @@ fn fdct(block: &mut [i32; 64]) {
 }
 
 /// One 1-D inverse DCT on 8 values; returns the 8 outputs before the final descale.
+#[cfg(test)]
 #[inline(always)]
 fn idct_1d(d: [i32; 8]) -> [i32; 8] {
     let (z2, z3) = (d[2], d[6]);
@@ -158,7 +165,9 @@ fn idct_1d(d: [i32; 8]) -> [i32; 8] {
     ]
 }
 
-/// `jpeg_idct_islow` on dequantised coefficients: columns, then rows; + 128 and clamp.
+/// `jpeg_idct_islow` on dequantised coefficients: columns, then rows; + 128 and clamp (scalar
+/// reference, with libjpeg's all-zero-AC shortcuts).
+#[cfg(test)]
 fn idct(coef: &[i32; 64], out: &mut [u8; 64]) {
     let mut ws = [0i32; 64];
     for c in 0..8 {
@@ -187,6 +196,134 @@ fn idct(coef: &[i32; 64], out: &mut [u8; 64]) {
     }
 }
 
+// Lane-parallel versions: the same integer operations on 8 rows or columns at once (so they
+// vectorise), checked equal to the scalar versions above in the unit tests.
+type V8 = [i32; 8];
+#[inline(always)]
+fn vadd(a: V8, b: V8) -> V8 {
+    std::array::from_fn(|i| a[i] + b[i])
+}
+#[inline(always)]
+fn vsub(a: V8, b: V8) -> V8 {
+    std::array::from_fn(|i| a[i] - b[i])
+}
+#[inline(always)]
+fn vmul(a: V8, c: i32) -> V8 {
+    std::array::from_fn(|i| a[i] * c)
+}
+#[inline(always)]
+fn vshl(a: V8, n: i32) -> V8 {
+    std::array::from_fn(|i| a[i] << n)
+}
+#[inline(always)]
+fn vdescale(a: V8, n: i32) -> V8 {
+    std::array::from_fn(|i| (a[i] + (1 << (n - 1))) >> n)
+}
+#[inline(always)]
+fn transpose(m: &[V8; 8]) -> [V8; 8] {
+    std::array::from_fn(|r| std::array::from_fn(|c| m[c][r]))
+}
+
+/// The 1-D forward DCT along the vector index, for 8 lanes at once.
+#[inline(always)]
+fn fdct_lanes(v: &mut [V8; 8], pass1: bool) {
+    let (tmp0, tmp7) = (vadd(v[0], v[7]), vsub(v[0], v[7]));
+    let (tmp1, tmp6) = (vadd(v[1], v[6]), vsub(v[1], v[6]));
+    let (tmp2, tmp5) = (vadd(v[2], v[5]), vsub(v[2], v[5]));
+    let (tmp3, tmp4) = (vadd(v[3], v[4]), vsub(v[3], v[4]));
+    let (tmp10, tmp13) = (vadd(tmp0, tmp3), vsub(tmp0, tmp3));
+    let (tmp11, tmp12) = (vadd(tmp1, tmp2), vsub(tmp1, tmp2));
+    let out_bits = if pass1 {
+        CONST_BITS - PASS1_BITS
+    } else {
+        CONST_BITS + PASS1_BITS
+    };
+    if pass1 {
+        v[0] = vshl(vadd(tmp10, tmp11), PASS1_BITS);
+        v[4] = vshl(vsub(tmp10, tmp11), PASS1_BITS);
+    } else {
+        v[0] = vdescale(vadd(tmp10, tmp11), PASS1_BITS);
+        v[4] = vdescale(vsub(tmp10, tmp11), PASS1_BITS);
+    }
+    let z1 = vmul(vadd(tmp12, tmp13), F_0_541);
+    v[2] = vdescale(vadd(z1, vmul(tmp13, F_0_765)), out_bits);
+    v[6] = vdescale(vsub(z1, vmul(tmp12, F_1_847)), out_bits);
+    let z1 = vadd(tmp4, tmp7);
+    let z2 = vadd(tmp5, tmp6);
+    let z3 = vadd(tmp4, tmp6);
+    let z4 = vadd(tmp5, tmp7);
+    let z5 = vmul(vadd(z3, z4), F_1_175);
+    let t4 = vmul(tmp4, F_0_298);
+    let t5 = vmul(tmp5, F_2_053);
+    let t6 = vmul(tmp6, F_3_072);
+    let t7 = vmul(tmp7, F_1_501);
+    let z1 = vmul(z1, -F_0_899);
+    let z2 = vmul(z2, -F_2_562);
+    let z3 = vadd(vmul(z3, -F_1_961), z5);
+    let z4 = vadd(vmul(z4, -F_0_390), z5);
+    v[7] = vdescale(vadd(vadd(t4, z1), z3), out_bits);
+    v[5] = vdescale(vadd(vadd(t5, z2), z4), out_bits);
+    v[3] = vdescale(vadd(vadd(t6, z2), z3), out_bits);
+    v[1] = vdescale(vadd(vadd(t7, z1), z4), out_bits);
+}
+
+/// The 1-D inverse DCT along the vector index for 8 lanes, before the final descale.
+#[inline(always)]
+fn idct_lanes(d: &[V8; 8]) -> [V8; 8] {
+    let (z2, z3) = (d[2], d[6]);
+    let z1 = vmul(vadd(z2, z3), F_0_541);
+    let tmp2 = vsub(z1, vmul(z3, F_1_847));
+    let tmp3 = vadd(z1, vmul(z2, F_0_765));
+    let tmp0 = vshl(vadd(d[0], d[4]), CONST_BITS);
+    let tmp1 = vshl(vsub(d[0], d[4]), CONST_BITS);
+    let (tmp10, tmp13) = (vadd(tmp0, tmp3), vsub(tmp0, tmp3));
+    let (tmp11, tmp12) = (vadd(tmp1, tmp2), vsub(tmp1, tmp2));
+    let (t0, t1, t2, t3) = (d[7], d[5], d[3], d[1]);
+    let z1 = vadd(t0, t3);
+    let z2 = vadd(t1, t2);
+    let z3 = vadd(t0, t2);
+    let z4 = vadd(t1, t3);
+    let z5 = vmul(vadd(z3, z4), F_1_175);
+    let z1 = vmul(z1, -F_0_899);
+    let z2 = vmul(z2, -F_2_562);
+    let z3 = vadd(vmul(z3, -F_1_961), z5);
+    let z4 = vadd(vmul(z4, -F_0_390), z5);
+    let t0 = vadd(vadd(vmul(t0, F_0_298), z1), z3);
+    let t1 = vadd(vadd(vmul(t1, F_2_053), z2), z4);
+    let t2 = vadd(vadd(vmul(t2, F_3_072), z2), z3);
+    let t3 = vadd(vadd(vmul(t3, F_1_501), z1), z4);
+    [
+        vadd(tmp10, t3),
+        vadd(tmp11, t2),
+        vadd(tmp12, t1),
+        vadd(tmp13, t0),
+        vsub(tmp13, t0),
+        vsub(tmp12, t1),
+        vsub(tmp11, t2),
+        vsub(tmp10, t3),
+    ]
+}
+
+/// `jpeg_fdct_islow` on a block of rows `b[r][c]` (level-shifted samples): rows then columns.
+#[inline(always)]
+fn fdct_v(b: &[V8; 8]) -> [V8; 8] {
+    let mut t = transpose(b);
+    fdct_lanes(&mut t, true);
+    let mut p = transpose(&t);
+    fdct_lanes(&mut p, false);
+    p
+}
+
+/// `jpeg_idct_islow` on dequantised coefficients `c[v][u]`: columns then rows; + 128, clamped.
+/// (libjpeg's all-zero-AC shortcuts give the same values as the full computation.)
+#[inline(always)]
+fn idct_v(c: &[V8; 8]) -> [V8; 8] {
+    let w = idct_lanes(c).map(|v| vdescale(v, CONST_BITS - PASS1_BITS));
+    let wt = transpose(&w);
+    let o = idct_lanes(&wt).map(|v| vdescale(v, CONST_BITS + PASS1_BITS + 3));
+    transpose(&o).map(|v| v.map(|x| (x + 128).clamp(0, 255)))
+}
+
 /// Exact `(x + d / 2) / d` for 0 <= x < 2^16, 8 <= d < 2^12 by multiply-shift.
 #[derive(Clone, Copy)]
 struct Divisor {
@@ -212,29 +349,51 @@ impl Divisor {
     }
 }
 
-/// Encodes and decodes one component plane (`(h, w)`, both multiples of 8) in place.
-fn round_trip_plane(plane: &mut [u8], h: usize, w: usize, table: &[i32; 64]) {
-    let div: [Divisor; 64] = std::array::from_fn(|i| Divisor::new(8 * table[i] as u32));
-    plane.par_chunks_mut(8 * w).for_each(|band| {
-        let _ = h;
-        for bx in 0..w / 8 {
-            let mut block = [0i32; 64];
-            for r in 0..8 {
-                for c in 0..8 {
-                    block[r * 8 + c] = band[r * w + bx * 8 + c] as i32 - 128;
-                }
-            }
-            fdct(&mut block);
-            let mut coef = [0i32; 64];
-            for i in 0..64 {
-                coef[i] = div[i].quantise(block[i]) * table[i];
-            }
-            let mut px = [0u8; 64];
-            idct(&coef, &mut px);
-            for r in 0..8 {
-                band[r * w + bx * 8..r * w + bx * 8 + 8].copy_from_slice(&px[r * 8..r * 8 + 8]);
+/// Encodes and decodes the 8-row band of blocks `band` (`w` wide) in place.
+#[inline(always)]
+fn round_trip_band(band: &mut [u8], w: usize, table: &[i32; 64], div: &[Divisor; 64]) {
+    for bx in 0..w / 8 {
+        let b: [V8; 8] =
+            std::array::from_fn(|r| std::array::from_fn(|c| band[r * w + bx * 8 + c] as i32 - 128));
+        let f = fdct_v(&b);
+        let coef: [V8; 8] = std::array::from_fn(|r| {
+            std::array::from_fn(|c| div[r * 8 + c].quantise(f[r][c]) * table[r * 8 + c])
+        });
+        let px = idct_v(&coef);
+        for (r, row) in px.iter().enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                band[r * w + bx * 8 + c] = v as u8;
             }
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn round_trip_band_avx2(band: &mut [u8], w: usize, table: &[i32; 64], div: &[Divisor; 64]) {
+    round_trip_band(band, w, table, div)
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| std::is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Encodes and decodes one component plane (`w` a multiple of 8, whole 8-row bands) in place.
+fn round_trip_plane(plane: &mut [u8], w: usize, table: &[i32; 64]) {
+    let div: [Divisor; 64] = std::array::from_fn(|i| Divisor::new(8 * table[i] as u32));
+    plane.par_chunks_mut(8 * w).for_each(|band| {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: AVX2 was detected on this CPU (same integer operations, wider vectors).
+            return unsafe { round_trip_band_avx2(band, w, table, &div) };
+        }
+        round_trip_band(band, w, table, &div)
     });
 }
 
@@ -249,11 +408,7 @@ const fn fix(x: f64) -> i32 {
 fn rgb_to_ycc(r: i32, g: i32, b: i32) -> (u8, u8, u8) {
     const CBCR_OFFSET: i32 = 128 << SCALEBITS;
     let y = (fix(0.29900) * r + fix(0.58700) * g + fix(0.11400) * b + ONE_HALF) >> SCALEBITS;
-    let cb = (-fix(0.16874) * r - fix(0.33126) * g
-        + fix(0.50000) * b
-        + CBCR_OFFSET
-        + ONE_HALF
-        - 1)
+    let cb = (-fix(0.16874) * r - fix(0.33126) * g + fix(0.50000) * b + CBCR_OFFSET + ONE_HALF - 1)
         >> SCALEBITS;
     let cr = (fix(0.50000) * r - fix(0.41869) * g - fix(0.08131) * b + CBCR_OFFSET + ONE_HALF - 1)
         >> SCALEBITS;
@@ -266,7 +421,11 @@ fn ycc_to_rgb(y: i32, cb: i32, cr: i32) -> [u8; 3] {
     let r = y + ((fix(1.40200) * x_cr + ONE_HALF) >> SCALEBITS);
     let g = y + ((-fix(0.34414) * x_cb + ONE_HALF - fix(0.71414) * x_cr) >> SCALEBITS);
     let b = y + ((fix(1.77200) * x_cb + ONE_HALF) >> SCALEBITS);
-    [r.clamp(0, 255) as u8, g.clamp(0, 255) as u8, b.clamp(0, 255) as u8]
+    [
+        r.clamp(0, 255) as u8,
+        g.clamp(0, 255) as u8,
+        b.clamp(0, 255) as u8,
+    ]
 }
 
 /// Pillow's JPEG save at the severity's quality, then decode.
@@ -288,14 +447,16 @@ pub fn jpeg_compression(img: &RgbImage, s: usize) -> RgbImage {
     let padded_w = (2 * cw).max(yw);
     let padded_h = (2 * ch_real).max(yh);
     let mut ycc = vec![(0u8, 0u8, 0u8); padded_w * padded_h];
-    ycc.par_chunks_mut(padded_w).enumerate().for_each(|(y, row)| {
-        let sy = y.min(hu - 1);
-        for (x, o) in row.iter_mut().enumerate() {
-            let sx = x.min(wu - 1);
-            let p = &src[(sy * wu + sx) * 3..(sy * wu + sx) * 3 + 3];
-            *o = rgb_to_ycc(p[0] as i32, p[1] as i32, p[2] as i32);
-        }
-    });
+    ycc.par_chunks_mut(padded_w)
+        .enumerate()
+        .for_each(|(y, row)| {
+            let sy = y.min(hu - 1);
+            for (x, o) in row.iter_mut().enumerate() {
+                let sx = x.min(wu - 1);
+                let p = &src[(sy * wu + sx) * 3..(sy * wu + sx) * 3 + 3];
+                *o = rgb_to_ycc(p[0] as i32, p[1] as i32, p[2] as i32);
+            }
+        });
     yp.par_chunks_mut(yw).enumerate().for_each(|(y, row)| {
         for (x, o) in row.iter_mut().enumerate() {
             *o = ycc[y * padded_w + x].0;
@@ -311,13 +472,15 @@ pub fn jpeg_compression(img: &RgbImage, s: usize) -> RgbImage {
                 let bias = if cx % 2 == 0 { 1 } else { 2 };
                 let at = |dy: usize, dx: usize| ycc[(y0 + dy) * padded_w + 2 * cx + dx];
                 let (a, b, c, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
-                cb_row[cx] = ((a.1 as u32 + b.1 as u32 + c.1 as u32 + d.1 as u32 + bias) >> 2) as u8;
-                cr_row[cx] = ((a.2 as u32 + b.2 as u32 + c.2 as u32 + d.2 as u32 + bias) >> 2) as u8;
+                cb_row[cx] =
+                    ((a.1 as u32 + b.1 as u32 + c.1 as u32 + d.1 as u32 + bias) >> 2) as u8;
+                cr_row[cx] =
+                    ((a.2 as u32 + b.2 as u32 + c.2 as u32 + d.2 as u32 + bias) >> 2) as u8;
             }
         });
-    round_trip_plane(&mut yp, yh, yw, &lq);
-    round_trip_plane(&mut cbp, ch, cw, &cq);
-    round_trip_plane(&mut crp, ch, cw, &cq);
+    round_trip_plane(&mut yp, yw, &lq);
+    round_trip_plane(&mut cbp, cw, &cq);
+    round_trip_plane(&mut crp, cw, &cq);
     // Triangle upsampling: column sums 3 * nearer row + farther row, then 3:1 across columns.
     let colsum = |plane: &[u8], near: usize, far: usize, j: usize| -> i32 {
         3 * plane[near * cw + j] as i32 + plane[far * cw + j] as i32
@@ -385,6 +548,53 @@ mod tests {
         let coef: [i32; 64] = std::array::from_fn(|i| if i == 0 { (37 - 128) * 8 } else { 0 });
         idct(&coef, &mut px);
         assert!(px.iter().all(|&v| v == 37));
+    }
+
+    #[test]
+    fn lane_parallel_dct_equals_the_scalar_reference() {
+        let mut seed = 12345u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for trial in 0..20000 {
+            let blk: [i32; 64] = std::array::from_fn(|_| match trial % 3 {
+                0 => (rnd() % 256) as i32 - 128,
+                1 => {
+                    if rnd() % 2 == 0 {
+                        -128
+                    } else {
+                        127
+                    }
+                }
+                _ => (rnd() % 16) as i32 + (trial % 200) as i32 - 128,
+            });
+            let mut reference = blk;
+            fdct(&mut reference);
+            let v: [V8; 8] = std::array::from_fn(|r| std::array::from_fn(|c| blk[r * 8 + c]));
+            let f = fdct_v(&v);
+            assert!(
+                (0..64).all(|i| f[i / 8][i % 8] == reference[i]),
+                "fdct {trial}"
+            );
+            let coef: [i32; 64] = std::array::from_fn(|i| {
+                if (trial % 2 == 0 && i > 0) || rnd() % 3 != 0 {
+                    0
+                } else {
+                    (rnd() % 2000) as i32 - 1000
+                }
+            });
+            let mut px = [0u8; 64];
+            idct(&coef, &mut px);
+            let cv: [V8; 8] = std::array::from_fn(|r| std::array::from_fn(|c| coef[r * 8 + c]));
+            let o = idct_v(&cv);
+            assert!(
+                (0..64).all(|i| o[i / 8][i % 8] == px[i] as i32),
+                "idct {trial}"
+            );
+        }
     }
 
     #[test]

@@ -24,8 +24,8 @@ pub mod blur;
 pub mod digital;
 pub mod draws;
 pub mod filters;
-pub mod jpeg;
 pub mod job;
+pub mod jpeg;
 pub mod noise;
 pub mod weather;
 

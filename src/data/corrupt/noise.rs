@@ -126,7 +126,10 @@ mod tests {
             for s in 0..5 {
                 let g: f64 = gaussian_levels(v, GAUSSIAN_SCALE[s]).iter().sum();
                 let p: f64 = shot_levels(v, SHOT_PHOTONS[s]).iter().sum();
-                assert!((g - 1.0).abs() < 1e-12 && (p - 1.0).abs() < 1e-9, "{v} {s} {g} {p}");
+                assert!(
+                    (g - 1.0).abs() < 1e-12 && (p - 1.0).abs() < 1e-9,
+                    "{v} {s} {g} {p}"
+                );
             }
         }
     }
@@ -144,6 +147,9 @@ mod tests {
             .map(|z| ((128.0 / 255.0 + 0.38 * z).clamp(0.0, 1.0) * 255.0).trunc())
             .sum::<f64>()
             / z.len() as f64;
-        assert!((mean - mc).abs() < 0.5, "closed form {mean} vs simulation {mc}");
+        assert!(
+            (mean - mc).abs() < 0.5,
+            "closed form {mean} vs simulation {mc}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::blur::shift_blur;
 use super::draws::{below, fill_normal, stream, uniform, uniform_in, Draws};
 use super::filters::{clipped_zoom_taps, resize_cubic_u8};
-use super::{par_rows, to_u8};
+use super::{par_rows, to_u8, to_u8_f32};
 use crate::{Error, Result};
 
 // ---------------------------------------------------------------------------------------------
@@ -42,27 +42,42 @@ pub fn snow(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
     let mut zoomed = vec![0f32; zh * zw];
     zoomed.par_chunks_mut(zw).enumerate().for_each(|(y, o)| {
         let t = ty[y];
-        let (r0, r1) = (&layer[t.i0 * wu..(t.i0 + 1) * wu], &layer[t.i1 * wu..(t.i1 + 1) * wu]);
+        let (r0, r1) = (
+            &layer[t.i0 * wu..(t.i0 + 1) * wu],
+            &layer[t.i1 * wu..(t.i1 + 1) * wu],
+        );
         for (ov, tap) in o.iter_mut().zip(&tx) {
             let top = r0[tap.i0] + (r0[tap.i1] - r0[tap.i0]) * tap.t;
             let bot = r1[tap.i0] + (r1[tap.i1] - r1[tap.i0]) * tap.t;
             let v = top + (bot - top) * t.t;
-            *ov = if v < thr { 0.0 } else { v.clamp(0.0, 1.0) as f32 };
+            *ov = if v < thr {
+                0.0
+            } else {
+                v.clamp(0.0, 1.0) as f32
+            };
         }
     });
     let angle = uniform_in(&mut draws.stream(stream::ANGLE), -135.0, -45.0);
     let blurred = shift_blur(&zoomed, zh, zw, 1, radius, sigma, angle);
     // np.round(layer * 255).astype(np.uint8) / 255, cropped to the image.
-    let flake = |y: usize, x: usize| -> f64 {
-        (blurred[y * zw + x] as f64 * 255.0).round_ties_even().clamp(0.0, 255.0) / 255.0
-    };
+    let mut flakes = vec![0f32; hu * wu];
+    flakes.par_chunks_mut(wu).enumerate().for_each(|(y, o)| {
+        for (ov, &b) in o.iter_mut().zip(&blurred[y * zw..y * zw + wu]) {
+            *ov = (b * 255.0).round_ties_even().clamp(0.0, 255.0) / 255.0;
+        }
+    });
+    let flake = |y: usize, x: usize| -> f64 { flakes[y * wu + x] as f64 };
     let src = img.as_raw();
     let row = wu * 3;
     par_rows(w, h, |y, out| {
         let sr = &src[y * row..(y + 1) * row];
         for x in 0..wu {
             let p = &sr[x * 3..x * 3 + 3];
-            let v = [p[0] as f32 / 255.0, p[1] as f32 / 255.0, p[2] as f32 / 255.0];
+            let v = [
+                p[0] as f32 / 255.0,
+                p[1] as f32 / 255.0,
+                p[2] as f32 / 255.0,
+            ];
             // cv2.cvtColor(float32 RGB -> GRAY)
             let gray = 0.299f32 * v[0] + 0.587f32 * v[1] + 0.114f32 * v[2];
             let lift = gray * 1.5 + 0.5;
@@ -136,7 +151,13 @@ fn rescaled_frost(i: usize, nh: usize, nw: usize) -> Result<Arc<Vec<u8>>> {
     }
     let pic = frost_picture(i)?;
     let (fw, fh) = pic.dimensions();
-    let v = Arc::new(resize_cubic_u8(pic.as_raw(), fh as usize, fw as usize, nh, nw));
+    let v = Arc::new(resize_cubic_u8(
+        pic.as_raw(),
+        fh as usize,
+        fw as usize,
+        nh,
+        nw,
+    ));
     if let Ok(mut c) = CACHE.lock() {
         if c.len() >= 16 {
             c.remove(0);
@@ -149,16 +170,43 @@ fn rescaled_frost(i: usize, nh: usize, nw: usize) -> Result<Arc<Vec<u8>>> {
 /// Blend with a random crop of one of five frost pictures, bicubically enlarged by 1.1 (and
 /// more if the image is larger than the picture), as the package does.
 pub fn frost(img: &RgbImage, s: usize, draws: &Draws) -> Result<RgbImage> {
-    let (ca, cf) = FROST[s];
     let mut r = draws.stream(stream::FROST_PICK);
     let i = below(&mut r, 5) as usize;
     let pic = frost_picture(i)?;
     let (w, h) = img.dimensions();
+    let (nh, nw) = frost_size(
+        pic.height() as usize,
+        pic.width() as usize,
+        h as usize,
+        w as usize,
+    );
+    let y0 = below(&mut r, (nh - h as usize) as u64) as usize;
+    let x0 = below(&mut r, (nw - w as usize) as u64) as usize;
+    frost_at(img, s, i, y0, x0)
+}
+
+/// Frost at severity index `s` (0..5) with picture `picture` (0..5) and the crop's top-left
+/// corner `(y0, x0)` in the rescaled picture (the package's three random draws); for tests
+/// that pin them.
+pub fn frost_at(
+    img: &RgbImage,
+    s: usize,
+    picture: usize,
+    y0: usize,
+    x0: usize,
+) -> Result<RgbImage> {
+    let (ca, cf) = FROST[s];
+    let pic = frost_picture(picture)?;
+    let (w, h) = img.dimensions();
     let (wu, hu) = (w as usize, h as usize);
     let (nh, nw) = frost_size(pic.height() as usize, pic.width() as usize, hu, wu);
-    let fr = rescaled_frost(i, nh, nw)?;
-    let y0 = below(&mut r, (nh - hu) as u64) as usize;
-    let x0 = below(&mut r, (nw - wu) as u64) as usize;
+    if y0 + hu > nh || x0 + wu > nw {
+        return Err(Error::shape(
+            "frost",
+            format!("crop at ({y0}, {x0}) of {wu}x{hu} leaves the {nw}x{nh} frost picture"),
+        ));
+    }
+    let fr = rescaled_frost(picture, nh, nw)?;
     let src = img.as_raw();
     let row = wu * 3;
     Ok(par_rows(w, h, |y, out| {
@@ -199,45 +247,51 @@ pub fn plasma_fractal(size: usize, decay: f64, draws: &Draws) -> Vec<f64> {
     while step >= 2 {
         let half = step / 2;
         let n = size / step;
-        let at = |m: &[f64], i: usize, j: usize, oi: usize, oj: usize| m[(oi + i * step) * size + oj + j * step];
+        let mask = n - 1; // n is a power of two: wrap-around by masking
+        let at = |m: &[f64], i: usize, j: usize, oi: usize, oj: usize| {
+            m[(oi + i * step) * size + oj + j * step]
+        };
         // Squares: centre = mean of the four corners.
-        let sums: Vec<f64> = (0..n * n)
-            .map(|k| {
-                let (i, j) = (k / n, k % n);
-                let (i1, j1) = ((i + 1) % n, (j + 1) % n);
-                (at(&m, i, j, 0, 0) + at(&m, i1, j, 0, 0)) + (at(&m, i, j1, 0, 0) + at(&m, i1, j1, 0, 0))
-            })
-            .collect();
+        let mut sums: Vec<f64> = Vec::with_capacity(n * n);
+        for i in 0..n {
+            for j in 0..n {
+                let (i1, j1) = ((i + 1) & mask, (j + 1) & mask);
+                sums.push(
+                    (at(&m, i, j, 0, 0) + at(&m, i1, j, 0, 0))
+                        + (at(&m, i, j1, 0, 0) + at(&m, i1, j1, 0, 0)),
+                );
+            }
+        }
         let centres = noisy(sums, n, 0, level, wibble);
-        for k in 0..n * n {
-            let (i, j) = (k / n, k % n);
-            m[(half + i * step) * size + half + j * step] = centres[k];
+        for i in 0..n {
+            for j in 0..n {
+                m[(half + i * step) * size + half + j * step] = centres[i * n + j];
+            }
         }
         // Diamonds: the two edge midpoints of each cell, from the adjacent centres and corners.
-        let left: Vec<f64> = (0..n * n)
-            .map(|k| {
-                let (i, j) = (k / n, k % n);
-                let im = (i + n - 1) % n;
-                let j1 = (j + 1) % n;
-                (at(&m, i, j, half, half) + at(&m, im, j, half, half))
-                    + (at(&m, i, j, 0, 0) + at(&m, i, j1, 0, 0))
-            })
-            .collect();
-        let top: Vec<f64> = (0..n * n)
-            .map(|k| {
-                let (i, j) = (k / n, k % n);
-                let jm = (j + n - 1) % n;
-                let i1 = (i + 1) % n;
-                (at(&m, i, j, half, half) + at(&m, i, jm, half, half))
-                    + (at(&m, i, j, 0, 0) + at(&m, i1, j, 0, 0))
-            })
-            .collect();
+        let mut left: Vec<f64> = Vec::with_capacity(n * n);
+        let mut top: Vec<f64> = Vec::with_capacity(n * n);
+        for i in 0..n {
+            for j in 0..n {
+                let (im, i1) = ((i + mask) & mask, (i + 1) & mask);
+                let (jm, j1) = ((j + mask) & mask, (j + 1) & mask);
+                left.push(
+                    (at(&m, i, j, half, half) + at(&m, im, j, half, half))
+                        + (at(&m, i, j, 0, 0) + at(&m, i, j1, 0, 0)),
+                );
+                top.push(
+                    (at(&m, i, j, half, half) + at(&m, i, jm, half, half))
+                        + (at(&m, i, j, 0, 0) + at(&m, i1, j, 0, 0)),
+                );
+            }
+        }
         let left = noisy(left, n, 1, level, wibble);
         let top = noisy(top, n, 2, level, wibble);
-        for k in 0..n * n {
-            let (i, j) = (k / n, k % n);
-            m[(i * step) * size + half + j * step] = left[k];
-            m[(half + i * step) * size + j * step] = top[k];
+        for i in 0..n {
+            for j in 0..n {
+                m[(i * step) * size + half + j * step] = left[i * n + j];
+                m[(half + i * step) * size + j * step] = top[i * n + j];
+            }
         }
         step /= 2;
         wibble /= decay;
@@ -263,13 +317,16 @@ pub fn fog(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
     let src = img.as_raw();
     let max_val = src.iter().copied().max().unwrap_or(0) as f64 / 255.0;
     let row = wu * 3;
+    // (x * max) / (max + strength), as one factor (a last-bit difference on a random field).
+    let k = (max_val / (max_val + strength)) as f32;
+    let inv = 1.0f32 / 255.0;
     par_rows(w, h, |y, out| {
         let sr = &src[y * row..(y + 1) * row];
         for x in 0..wu {
-            let p = strength * plasma[y * size + x];
+            let p = (strength * plasma[y * size + x]) as f32;
             for c in 0..3 {
-                let v = sr[x * 3 + c] as f64 / 255.0 + p;
-                out[x * 3 + c] = to_u8((v * max_val / (max_val + strength)).clamp(0.0, 1.0) * 255.0);
+                let v = sr[x * 3 + c] as f32 * inv + p;
+                out[x * 3 + c] = to_u8_f32((v * k).clamp(0.0, 1.0) * 255.0);
             }
         }
     })
@@ -302,7 +359,9 @@ mod tests {
         let a = plasma_fractal(64, 2.0, &d);
         let b = plasma_fractal(64, 2.0, &d);
         assert_eq!(a, b);
-        let (lo, hi) = a.iter().fold((1.0f64, 0.0f64), |(l, h), &v| (l.min(v), h.max(v)));
+        let (lo, hi) = a
+            .iter()
+            .fold((1.0f64, 0.0f64), |(l, h), &v| (l.min(v), h.max(v)));
         assert_eq!((lo, hi), (0.0, 1.0));
         assert_ne!(a, plasma_fractal(64, 2.0, &Draws::new(6, 9, 2)));
     }
