@@ -722,9 +722,14 @@ mod tests {
         let t = nice_ticks(0.0, 1.0, 4, false);
         assert_eq!(t.values, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
         assert_eq!(t.decimals, 2);
-        let (a, b, t) = nice_axis(1.63, 4.81, 6, false, false);
+        // A range of 3.18 in about 8 ticks steps by 0.5 and widens to the ticks outside it.
+        let (a, b, t) = nice_axis(1.63, 4.81, 8, false, false);
         assert_eq!((a, b), (1.5, 5.0));
         assert_eq!(t.decimals, 1);
+        // In about 6 ticks it steps by 1.
+        let (a, b, t) = nice_axis(1.63, 4.81, 6, false, false);
+        assert_eq!((a, b), (1.0, 5.0));
+        assert_eq!(t.decimals, 0);
         assert_eq!(format_tick(-0.0001, 2), "0.00");
     }
 }
