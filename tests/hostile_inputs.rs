@@ -110,7 +110,11 @@ fn run_capped(bin: &str, args: &[&str], what: &str) -> Outcome {
 /// A clean error that also names `file`: the run failed on the item, not on something else.
 fn expect_error_naming(o: &Outcome, what: &str, file: &str) {
     expect_clean_error(o, what);
-    assert!(o.text.contains(file), "{what}: the message does not name {file}\n{}", o.text);
+    assert!(
+        o.text.contains(file),
+        "{what}: the message does not name {file}\n{}",
+        o.text
+    );
 }
 
 fn expect_clean_error(o: &Outcome, what: &str) {
@@ -120,8 +124,17 @@ fn expect_clean_error(o: &Outcome, what: &str) {
         o.code,
         o.text
     );
-    for bad in ["panicked", "stack overflow", "memory allocation of", "RUST_BACKTRACE"] {
-        assert!(!o.text.contains(bad), "{what}: '{bad}' in the output\n{}", o.text);
+    for bad in [
+        "panicked",
+        "stack overflow",
+        "memory allocation of",
+        "RUST_BACKTRACE",
+    ] {
+        assert!(
+            !o.text.contains(bad),
+            "{what}: '{bad}' in the output\n{}",
+            o.text
+        );
     }
     assert!(
         !o.text.contains(" { ") && !o.text.contains("Some("),
@@ -137,9 +150,28 @@ const DATA: &str = env!("CARGO_BIN_EXE_mpm-data");
 
 fn attack_args<'a>(w: &'a str, x: &'a str, report: &'a str) -> Vec<&'a str> {
     vec![
-        "--weights", w, "--arch", "resnet18", "--act", "gelu", "--num-classes", "10",
-        "--data", x, "--norm", "Linf", "--eps", "0.01", "--version", "custom",
-        "--attacks", "apgd-ce", "--n-iter", "1", "--report", report,
+        "--weights",
+        w,
+        "--arch",
+        "resnet18",
+        "--act",
+        "gelu",
+        "--num-classes",
+        "10",
+        "--data",
+        x,
+        "--norm",
+        "Linf",
+        "--eps",
+        "0.01",
+        "--version",
+        "custom",
+        "--attacks",
+        "apgd-ce",
+        "--n-iter",
+        "1",
+        "--report",
+        report,
     ]
 }
 
@@ -148,10 +180,29 @@ fn tiny_dataset(d: &Path) -> PathBuf {
     let src = d.join("syn");
     let out = d.join("pin");
     for args in [
-        vec!["synth", "--out", src.to_str().unwrap(), "--classes", "2", "--images-per-class",
-             "2", "--min-size", "32", "--max-size", "40"],
-        vec!["labels", "--json-dir", src.join("json").to_str().unwrap(), "--images",
-             src.join("images").to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"],
+        vec![
+            "synth",
+            "--out",
+            src.to_str().unwrap(),
+            "--classes",
+            "2",
+            "--images-per-class",
+            "2",
+            "--min-size",
+            "32",
+            "--max-size",
+            "40",
+        ],
+        vec![
+            "labels",
+            "--json-dir",
+            src.join("json").to_str().unwrap(),
+            "--images",
+            src.join("images").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ],
     ] {
         let o = Command::new(DATA).args(&args).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -176,21 +227,59 @@ fn every_reader_refuses_every_hostile_item_cleanly() {
     for item in items(&[".pth", ".safetensors"]) {
         let p = item.to_str().unwrap();
         let name = item.file_name().unwrap().to_string_lossy().into_owned();
-        let o = run_capped(ATTACK, &attack_args(p, x, report), &format!("attack --weights {name}"));
+        let o = run_capped(
+            ATTACK,
+            &attack_args(p, x, report),
+            &format!("attack --weights {name}"),
+        );
         expect_error_naming(&o, &format!("mpm-attack --weights {name}"), &name);
         let o = run_capped(
             AUDIT,
-            &["parity", "--weights", p, "--input", x, "--out", y, "--arch", "resnet18",
-              "--act", "gelu", "--num-classes", "10"],
+            &[
+                "parity",
+                "--weights",
+                p,
+                "--input",
+                x,
+                "--out",
+                y,
+                "--arch",
+                "resnet18",
+                "--act",
+                "gelu",
+                "--num-classes",
+                "10",
+            ],
             &name,
         );
         expect_error_naming(&o, &format!("mpm-audit parity --weights {name}"), &name);
         let o = run_capped(
             TRAIN,
-            &["--init-checkpoint", p, "--model", "resnet18", "--width", "4", "--num-classes",
-              "2", "--partmodel-type", "vanilla", "--input-size", "32", "--batch-size", "2",
-              "--epochs", "1", "--stop-after-steps", "1", "--train-dir", train_txt,
-              "--output-dir", "run", "--no-progress"],
+            &[
+                "--init-checkpoint",
+                p,
+                "--model",
+                "resnet18",
+                "--width",
+                "4",
+                "--num-classes",
+                "2",
+                "--partmodel-type",
+                "vanilla",
+                "--input-size",
+                "32",
+                "--batch-size",
+                "2",
+                "--epochs",
+                "1",
+                "--stop-after-steps",
+                "1",
+                "--train-dir",
+                train_txt,
+                "--output-dir",
+                "run",
+                "--no-progress",
+            ],
             &name,
         );
         expect_error_naming(&o, &format!("mpm-train --init-checkpoint {name}"), &name);
@@ -205,8 +294,21 @@ fn every_reader_refuses_every_hostile_item_cleanly() {
         expect_error_naming(&o, &format!("mpm-attack --data {name}"), &name);
         let o = run_capped(
             AUDIT,
-            &["parity", "--weights", w, "--input", p, "--out", y, "--arch", "resnet18",
-              "--act", "gelu", "--num-classes", "10"],
+            &[
+                "parity",
+                "--weights",
+                w,
+                "--input",
+                p,
+                "--out",
+                y,
+                "--arch",
+                "resnet18",
+                "--act",
+                "gelu",
+                "--num-classes",
+                "10",
+            ],
             &name,
         );
         expect_error_naming(&o, &format!("mpm-audit parity --input {name}"), &name);
@@ -228,9 +330,19 @@ fn every_reader_refuses_every_hostile_item_cleanly() {
         let out = d.path().join(format!("corrupt-{name}"));
         let o = run_capped(
             DATA,
-            &["corrupt", "--images", root.join("c0").to_str().unwrap(), "--out",
-              out.to_str().unwrap(), "--corruptions", "brightness", "--severities", "1",
-              "--size", "0"],
+            &[
+                "corrupt",
+                "--images",
+                root.join("c0").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--corruptions",
+                "brightness",
+                "--severities",
+                "1",
+                "--size",
+                "0",
+            ],
             &name,
         );
         expect_clean_error(&o, &format!("mpm-data corrupt --images <dir of {name}>"));
@@ -252,8 +364,17 @@ fn every_reader_refuses_every_hostile_item_cleanly() {
         let out = d.path().join(format!("corrupt-{name}"));
         let o = run_capped(
             DATA,
-            &["corrupt", "--images", p, "--out", out.to_str().unwrap(), "--corruptions",
-              "brightness", "--severities", "1"],
+            &[
+                "corrupt",
+                "--images",
+                p,
+                "--out",
+                out.to_str().unwrap(),
+                "--corruptions",
+                "brightness",
+                "--severities",
+                "1",
+            ],
             &name,
         );
         expect_clean_error(&o, &format!("mpm-data corrupt --images {name}"));
@@ -265,8 +386,13 @@ fn every_reader_refuses_every_hostile_item_cleanly() {
         let name = item.file_name().unwrap().to_string_lossy().into_owned();
         let o = run_capped(
             TRAIN,
-            &["--config", item.to_str().unwrap(), "--train-dir", "/no/such/train",
-              "--no-progress"],
+            &[
+                "--config",
+                item.to_str().unwrap(),
+                "--train-dir",
+                "/no/such/train",
+                "--no-progress",
+            ],
             &name,
         );
         expect_clean_error(&o, &format!("mpm-train --config {name}"));

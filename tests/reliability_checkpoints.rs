@@ -23,11 +23,17 @@ fn each_attack_is_refused_by_name() {
         ("view_out_of_bounds.pth", "too short"),
         ("evil_system.pth", "refusing global 'posix.system'"),
         ("evil_exec.pth", "refusing global 'builtins.exec'"),
-        ("evil_in_state_dict.pth", "refusing global 'subprocess.Popen'"),
+        (
+            "evil_in_state_dict.pth",
+            "refusing global 'subprocess.Popen'",
+        ),
         ("evil_legacy.pth", "refusing global 'posix.system'"),
     ] {
         for (how, r) in [
-            ("load_state_dict", load_state_dict(&item(name), StateDictPick::Auto).map(|_| ())),
+            (
+                "load_state_dict",
+                load_state_dict(&item(name), StateDictPick::Auto).map(|_| ()),
+            ),
             ("load_pth", load_pth(&item(name)).map(|_| ())),
         ] {
             let e = r.expect_err(name).to_string();

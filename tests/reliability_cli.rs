@@ -65,10 +65,28 @@ fn data(path: &Path, reversed: bool) {
 fn attack(w: &Path, x: &Path, report: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mpm-attack"))
         .args([
-            "--weights", w.to_str().unwrap(), "--arch", "resnet18", "--act", "gelu",
-            "--num-classes", "10", "--data", x.to_str().unwrap(), "--norm", "Linf", "--eps",
-            "0.01", "--version", "custom", "--attacks", "apgd-ce", "--n-iter", "2",
-            "--report", report.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+            "--arch",
+            "resnet18",
+            "--act",
+            "gelu",
+            "--num-classes",
+            "10",
+            "--data",
+            x.to_str().unwrap(),
+            "--norm",
+            "Linf",
+            "--eps",
+            "0.01",
+            "--version",
+            "custom",
+            "--attacks",
+            "apgd-ce",
+            "--n-iter",
+            "2",
+            "--report",
+            report.to_str().unwrap(),
         ])
         .args(extra)
         .output()
@@ -98,8 +116,14 @@ fn attack_journal_is_keyed_by_content() {
     let o = attack(&w, &x, &r, &[]);
     let t = text(&o);
     assert!(failed_cleanly(&o), "{t}");
-    assert!(t.contains("weights_hash changed") && !t.contains("resuming"), "{t}");
-    assert!(!t.contains("data_hash changed"), "only the weights changed: {t}");
+    assert!(
+        t.contains("weights_hash changed") && !t.contains("resuming"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("data_hash changed"),
+        "only the weights changed: {t}"
+    );
     // --restart starts afresh with the new model.
     let o = attack(&w, &x, &r, &["--restart"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -109,12 +133,18 @@ fn attack_journal_is_keyed_by_content() {
     let o = attack(&w, &x, &r, &[]);
     let t = text(&o);
     assert!(failed_cleanly(&o), "{t}");
-    assert!(t.contains("data_hash changed") && !t.contains("weights_hash"), "{t}");
+    assert!(
+        t.contains("data_hash changed") && !t.contains("weights_hash"),
+        "{t}"
+    );
 
     // A report path that is a directory fails before the evaluation.
     let o = attack(&w, &x, d.path(), &[]);
     let t = text(&o);
-    assert!(t.contains("--report") && t.contains("is a directory"), "{t}");
+    assert!(
+        t.contains("--report") && t.contains("is a directory"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -142,13 +172,28 @@ fn tiny_dataset(d: &Path) -> PathBuf {
     let src = d.join("syn");
     let out = d.join("pin");
     let o = mpm_data(&[
-        "synth", "--out", src.to_str().unwrap(), "--classes", "2", "--images-per-class", "4",
-        "--min-size", "32", "--max-size", "48",
+        "synth",
+        "--out",
+        src.to_str().unwrap(),
+        "--classes",
+        "2",
+        "--images-per-class",
+        "4",
+        "--min-size",
+        "32",
+        "--max-size",
+        "48",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let o = mpm_data(&[
-        "labels", "--json-dir", src.join("json").to_str().unwrap(), "--images",
-        src.join("images").to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet",
+        "labels",
+        "--json-dir",
+        src.join("json").to_str().unwrap(),
+        "--images",
+        src.join("images").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     out.join("train.txt")
@@ -162,10 +207,27 @@ fn a_locked_run_directory_is_refused_and_a_stale_lock_taken_over() {
     std::fs::create_dir_all(run.join("checkpoints")).unwrap();
     let args = |c: &mut Command| {
         c.args([
-            "--model", "resnet18", "--width", "4", "--num-classes", "2", "--partmodel-type",
-            "vanilla", "--input-size", "32", "--batch-size", "2", "--epochs", "1",
-            "--stop-after-steps", "1", "--no-progress", "--output-dir", run.to_str().unwrap(),
-            "--train-dir", train_txt.to_str().unwrap(),
+            "--model",
+            "resnet18",
+            "--width",
+            "4",
+            "--num-classes",
+            "2",
+            "--partmodel-type",
+            "vanilla",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--stop-after-steps",
+            "1",
+            "--no-progress",
+            "--output-dir",
+            run.to_str().unwrap(),
+            "--train-dir",
+            train_txt.to_str().unwrap(),
         ]);
     };
     // This test process is alive: its lock is not stale.
@@ -180,7 +242,10 @@ fn a_locked_run_directory_is_refused_and_a_stale_lock_taken_over() {
     let o = c.output().unwrap();
     let t = text(&o);
     assert!(failed_cleanly(&o), "{t}");
-    assert!(t.contains("in use by another run") && t.contains("--output-dir"), "{t}");
+    assert!(
+        t.contains("in use by another run") && t.contains("--output-dir"),
+        "{t}"
+    );
     assert!(!run.join("config.toml").exists(), "{t}");
     // A dead process's lock, and a temp file of a killed checkpoint write: both cleared.
     std::fs::write(&lock, format!("pid 2147483632\nhost {}\n", io::host_name())).unwrap();
@@ -211,7 +276,12 @@ fn nonsense_hyper_parameters_are_refused_with_their_flag() {
         ("--width", "100000"),
     ] {
         let o = train()
-            .args([&format!("{flag}={value}"), "--train-dir", "/no/such/dir", "--no-progress"])
+            .args([
+                &format!("{flag}={value}"),
+                "--train-dir",
+                "/no/such/dir",
+                "--no-progress",
+            ])
             .output()
             .unwrap();
         let t = text(&o);
@@ -236,14 +306,29 @@ fn labels_on_a_full_disk_fail_loudly() {
     let src: PathBuf = d.path().join("syn");
     let out = d.path().join("pin");
     let o = mpm_data(&[
-        "synth", "--out", src.to_str().unwrap(), "--classes", "2", "--images-per-class", "3",
-        "--min-size", "96", "--max-size", "128",
+        "synth",
+        "--out",
+        src.to_str().unwrap(),
+        "--classes",
+        "2",
+        "--images-per-class",
+        "3",
+        "--min-size",
+        "96",
+        "--max-size",
+        "128",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let mut c = Command::new(env!("CARGO_BIN_EXE_mpm-data"));
     c.args([
-        "labels", "--json-dir", src.join("json").to_str().unwrap(), "--images",
-        src.join("images").to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-images",
+        "labels",
+        "--json-dir",
+        src.join("json").to_str().unwrap(),
+        "--images",
+        src.join("images").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-images",
         "--quiet",
     ]);
     // SAFETY: signal and setrlimit are async-signal-safe.
@@ -266,7 +351,11 @@ fn labels_on_a_full_disk_fail_loudly() {
     assert!(failed_cleanly(&o), "{t}");
     assert!(t.contains("cannot write an output"), "{t}");
     // No label map that exists is empty or cut short.
-    for class in std::fs::read_dir(out.join("seg")).into_iter().flatten().flatten() {
+    for class in std::fs::read_dir(out.join("seg"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         for f in std::fs::read_dir(class.path()).unwrap().flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
             assert!(!name.contains(".tmp."), "temp file left: {name}");
@@ -283,22 +372,46 @@ fn an_undecodable_image_alone_in_its_batch_does_not_stop_training() {
     let d = tempfile::tempdir().unwrap();
     let train_txt = tiny_dataset(d.path());
     let list = std::fs::read_to_string(&train_txt).unwrap();
-    let first = list.lines().next().unwrap().split_whitespace().next().unwrap();
+    let first = list
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
     let img = train_txt.parent().unwrap().join("img").join(first);
     let target = std::fs::canonicalize(&img).unwrap();
     std::fs::write(&target, b"\xff\xd8 not a jpeg").unwrap();
     let run = d.path().join("run");
     let o = train()
         .args([
-            "--model", "resnet18", "--width", "4", "--num-classes", "2", "--partmodel-type",
-            "vanilla", "--input-size", "32", "--batch-size", "1", "--epochs", "1",
-            "--no-progress", "--output-dir", run.to_str().unwrap(), "--train-dir",
+            "--model",
+            "resnet18",
+            "--width",
+            "4",
+            "--num-classes",
+            "2",
+            "--partmodel-type",
+            "vanilla",
+            "--input-size",
+            "64", // a 2x2 last feature map: batch norm on one image still has 4 values
+            "--batch-size",
+            "1",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--output-dir",
+            run.to_str().unwrap(),
+            "--train-dir",
             train_txt.to_str().unwrap(),
         ])
         .output()
         .unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("skipped") && t.contains("takes its place"), "{t}");
+    assert!(
+        t.contains("skipped") && t.contains("takes its place"),
+        "{t}"
+    );
     assert!(!t.contains("Skip {"), "debug formatting: {t}");
 }

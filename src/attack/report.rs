@@ -94,11 +94,7 @@ pub fn build_report(
 /// rename).
 pub fn write_json_atomic(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::Msg(e.to_string()))?;
-    crate::io::write_bytes_atomic(
-        path,
-        (text + "\n").as_bytes(),
-        crate::io::Durability::Fsync,
-    )
+    crate::io::write_bytes_atomic(path, (text + "\n").as_bytes(), crate::io::Durability::Fsync)
 }
 
 /// What differs between two fingerprints, for the journal's refusal: `weights_hash changed

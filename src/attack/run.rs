@@ -46,7 +46,10 @@ pub fn content_key(
     precision: &str,
 ) -> Result<serde_json::Map<String, Value>> {
     let mut m = serde_json::Map::new();
-    m.insert("weights_hash".into(), Value::from(crate::io::hash_file(weights)?));
+    m.insert(
+        "weights_hash".into(),
+        Value::from(crate::io::hash_file(weights)?),
+    );
     m.insert("data_hash".into(), Value::from(data_digest(set)?));
     m.insert("model".into(), Value::from(model));
     m.insert("transform".into(), Value::from(transform));

@@ -16,10 +16,10 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+pub(crate) use atomic::process_alive;
 pub use atomic::{
     remove_stale_temps, sync_dir, write_atomic, write_atomic_with, write_bytes_atomic, Durability,
 };
-pub(crate) use atomic::process_alive;
 pub use digest::{hash_file, ContentHasher};
 pub use host::{HostData, HostTensor, NamedTensors};
 pub use pth::{load_pth, save_pth};

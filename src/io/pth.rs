@@ -227,7 +227,11 @@ impl Checkpoint {
         let esize = s.elem.size().ok_or_else(|| {
             Error::format(
                 &path,
-                format!("storage '{}': dtype {} is not supported", s.key, s.elem.name()),
+                format!(
+                    "storage '{}': dtype {} is not supported",
+                    s.key,
+                    s.elem.name()
+                ),
             )
         })?;
         let len = s
@@ -334,7 +338,10 @@ impl Checkpoint {
             view_numel = view_numel.saturating_add(self.check_view(t, name)?);
             if !storages.contains_key(&t.storage.key) {
                 self.check_storage(&t.storage)?;
-                let elems = t.storage.numel.saturating_mul(t.storage.elem.size().unwrap_or(1) as u64)
+                let elems = t
+                    .storage
+                    .numel
+                    .saturating_mul(t.storage.elem.size().unwrap_or(1) as u64)
                     / t.elem.size().unwrap_or(1) as u64;
                 storages.insert(t.storage.key.clone(), elems);
             }
@@ -655,11 +662,7 @@ const MAX_DICT_DEPTH: usize = 64;
 /// Collects the tensor views of nested dicts, iteratively (an explicit work list, never
 /// recursion on the file's depth). A dict reachable twice (or through a cycle) is walked
 /// once, under its first name.
-fn flatten(
-    ck: &Checkpoint,
-    root: &Value,
-    out: &mut Vec<(String, Rc<TensorRef>)>,
-) -> Result<()> {
+fn flatten(ck: &Checkpoint, root: &Value, out: &mut Vec<(String, Rc<TensorRef>)>) -> Result<()> {
     let mut seen: std::collections::HashSet<*const ()> = Default::default();
     let mut work: Vec<(Value, String, usize)> = vec![(root.clone(), String::new(), 0)];
     while let Some((dict, prefix, depth)) = work.pop() {

@@ -139,9 +139,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = RunLock::run_dir(dir.path(), "--output-dir").unwrap();
         assert!(a.took_over.is_none());
-        let e = RunLock::run_dir(dir.path(), "--output-dir").unwrap_err().to_string();
+        let e = RunLock::run_dir(dir.path(), "--output-dir")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("in use by another run"), "{e}");
-        assert!(e.contains(&format!("process {}", std::process::id())), "{e}");
+        assert!(
+            e.contains(&format!("process {}", std::process::id())),
+            "{e}"
+        );
         drop(a);
         assert!(!dir.path().join(RUN_LOCK_NAME).exists());
         // A lock left by a dead process of this host.
@@ -160,7 +165,9 @@ mod tests {
             "pid 1\nhost some-other-machine\n",
         )
         .unwrap();
-        let e = RunLock::run_dir(dir.path(), "--output-dir").unwrap_err().to_string();
+        let e = RunLock::run_dir(dir.path(), "--output-dir")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("on host some-other-machine"), "{e}");
     }
 }

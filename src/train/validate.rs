@@ -15,27 +15,38 @@ enum Bound {
     Excl(f64),
 }
 
-struct FloatRule {
-    key: &'static str,
-    lo: Bound,
-    hi: Bound,
-    why: &'static str,
-}
+use Bound::{Excl, Incl};
 
-const FLOAT_RULES: &[FloatRule] = &[
-    FloatRule { key: "lambdas", lo: Bound::Incl(0.0), hi: Bound::Incl(1e3), why: "a loss weight" },
-    FloatRule { key: "gamma", lo: Bound::Incl(0.0), hi: Bound::Incl(20.0), why: "the focal exponent" },
-    FloatRule { key: "smoothing", lo: Bound::Incl(0.0), hi: Bound::Excl(1.0), why: "a label-smoothing fraction" },
-    FloatRule { key: "momentum", lo: Bound::Incl(0.0), hi: Bound::Excl(1.0), why: "SGD momentum" },
-    FloatRule { key: "weight_decay", lo: Bound::Incl(0.0), hi: Bound::Incl(1.0), why: "an L2 coefficient" },
-    FloatRule { key: "lrb", lo: Bound::Incl(0.0), hi: Bound::Incl(100.0), why: "a learning rate" },
-    FloatRule { key: "lr", lo: Bound::Incl(0.0), hi: Bound::Incl(100.0), why: "a learning rate (0 = the lrb rule)" },
-    FloatRule { key: "warmup_lr", lo: Bound::Incl(0.0), hi: Bound::Incl(100.0), why: "a learning rate" },
-    FloatRule { key: "min_lr", lo: Bound::Incl(0.0), hi: Bound::Incl(100.0), why: "a learning rate" },
-    FloatRule { key: "color_jitter", lo: Bound::Incl(0.0), hi: Bound::Incl(1.0), why: "a jitter strength" },
-    FloatRule { key: "hflip", lo: Bound::Incl(0.0), hi: Bound::Incl(1.0), why: "a probability" },
-    FloatRule { key: "model_ema_decay", lo: Bound::Incl(0.0), hi: Bound::Excl(1.0), why: "an EMA decay" },
-    FloatRule { key: "attack_eps", lo: Bound::Incl(0.0), hi: Bound::Incl(1.0), why: "an l-inf radius on [0, 1] images" },
+/// `(key, lower bound, upper bound, what the value is)` for the float keys.
+const FLOAT_RULES: &[(&str, Bound, Bound, &str)] = &[
+    ("lambdas", Incl(0.0), Incl(1e3), "a loss weight"),
+    ("gamma", Incl(0.0), Incl(20.0), "the focal exponent"),
+    (
+        "smoothing",
+        Incl(0.0),
+        Excl(1.0),
+        "a label-smoothing fraction",
+    ),
+    ("momentum", Incl(0.0), Excl(1.0), "SGD momentum"),
+    ("weight_decay", Incl(0.0), Incl(1.0), "an L2 coefficient"),
+    ("lrb", Incl(0.0), Incl(100.0), "a learning rate"),
+    (
+        "lr",
+        Incl(0.0),
+        Incl(100.0),
+        "a learning rate (0 = the lrb rule)",
+    ),
+    ("warmup_lr", Incl(0.0), Incl(100.0), "a learning rate"),
+    ("min_lr", Incl(0.0), Incl(100.0), "a learning rate"),
+    ("color_jitter", Incl(0.0), Incl(1.0), "a jitter strength"),
+    ("hflip", Incl(0.0), Incl(1.0), "a probability"),
+    ("model_ema_decay", Incl(0.0), Excl(1.0), "an EMA decay"),
+    (
+        "attack_eps",
+        Incl(0.0),
+        Incl(1.0),
+        "an l-inf radius on [0, 1] images",
+    ),
 ];
 
 /// Largest value each integer key may take (sizes beyond these are mistakes, not models).
@@ -95,18 +106,21 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
     for (key, v) in &table {
         if let toml::Value::Float(x) = v {
             if !x.is_finite() {
-                return Err(Error::flag(flag(key), format!("{x} is not a finite number")));
+                return Err(Error::flag(
+                    flag(key),
+                    format!("{x} is not a finite number"),
+                ));
             }
         }
     }
-    for r in FLOAT_RULES {
-        let Some(toml::Value::Float(x)) = table.get(r.key) else {
+    for &(key, lo, hi, why) in FLOAT_RULES {
+        let Some(toml::Value::Float(x)) = table.get(key) else {
             continue;
         };
-        if !in_bound(*x, r.lo, r.hi) {
+        if !in_bound(*x, lo, hi) {
             return Err(Error::flag(
-                flag(r.key),
-                format!("{x} is outside {} ({})", range_text(r.lo, r.hi), r.why),
+                flag(key),
+                format!("{x} is outside {} ({why})", range_text(lo, hi)),
             ));
         }
     }
