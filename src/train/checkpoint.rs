@@ -100,8 +100,9 @@ fn config_from_meta(path: &Path, meta: &BTreeMap<String, String>) -> Result<Trai
         return Err(Error::format(
             path,
             format!(
-                "not an mpm-train checkpoint (metadata 'format' is {:?}, expected '{FORMAT}')",
+                "not an mpm-train checkpoint (metadata 'format' is {}, expected '{FORMAT}')",
                 meta.get("format")
+                    .map_or_else(|| "absent".to_string(), |f| format!("'{f}'"))
             ),
         ));
     }

@@ -17,7 +17,8 @@ enum Bound {
 
 use Bound::{Excl, Incl};
 
-/// `(key, lower bound, upper bound, what the value is)` for the float keys.
+/// `(key, lower bound, upper bound, what the value is)` for the float keys. Learning rates
+/// have no upper bound: a huge one is a legitimate way to test divergence handling.
 const FLOAT_RULES: &[(&str, Bound, Bound, &str)] = &[
     ("lambdas", Incl(0.0), Incl(1e3), "a loss weight"),
     ("gamma", Incl(0.0), Incl(20.0), "the focal exponent"),
@@ -29,15 +30,20 @@ const FLOAT_RULES: &[(&str, Bound, Bound, &str)] = &[
     ),
     ("momentum", Incl(0.0), Excl(1.0), "SGD momentum"),
     ("weight_decay", Incl(0.0), Incl(1.0), "an L2 coefficient"),
-    ("lrb", Incl(0.0), Incl(100.0), "a learning rate"),
+    ("lrb", Incl(0.0), Incl(f64::INFINITY), "a learning rate"),
     (
         "lr",
         Incl(0.0),
-        Incl(100.0),
+        Incl(f64::INFINITY),
         "a learning rate (0 = the lrb rule)",
     ),
-    ("warmup_lr", Incl(0.0), Incl(100.0), "a learning rate"),
-    ("min_lr", Incl(0.0), Incl(100.0), "a learning rate"),
+    (
+        "warmup_lr",
+        Incl(0.0),
+        Incl(f64::INFINITY),
+        "a learning rate",
+    ),
+    ("min_lr", Incl(0.0), Incl(f64::INFINITY), "a learning rate"),
     ("color_jitter", Incl(0.0), Incl(1.0), "a jitter strength"),
     ("hflip", Incl(0.0), Incl(1.0), "a probability"),
     ("model_ema_decay", Incl(0.0), Excl(1.0), "an EMA decay"),
