@@ -25,6 +25,9 @@ part, JSON index); the later one wins.
 
 Standard library only; deterministic. Run from the repository root:
     python3 scripts/make_pinpp_fixtures.py
+    python3 scripts/make_pinpp_fixtures.py --check   # also repaint every kept image with
+                                                     # pycocotools' annToMask (needs pycocotools)
+                                                     # and compare with expected.json
 """
 import json
 import os
@@ -180,5 +183,55 @@ def main():
         f.write("\n")
 
 
+def check_with_pycocotools():
+    """Repaints every kept image from the written files with pycocotools and compares."""
+    import sys
+    from pycocotools.coco import COCO
+
+    with open(os.path.join(OUT, "expected.json")) as f:
+        expected = json.load(f)
+    rel = os.path.join(OUT, "release")
+    first, bad = 1, 0
+    for wnid in sorted(os.listdir(os.path.join(rel, "json"))):
+        wnid = wnid[:-len(".json")]
+        coco = COCO(os.path.join(rel, "json", f"{wnid}.json"))
+        ids = sorted(coco.getCatIds())
+        names = {c["id"]: c["name"] for c in coco.loadCats(ids)}
+        parent = {}
+        inc = os.path.join(rel, "including", f"{wnid}.txt")
+        if os.path.exists(inc):
+            for line in open(inc):
+                if line.strip():
+                    c, p = line.strip().split(":")
+                    parent[c] = p
+
+        def depth(n):
+            return 0 if n not in parent else 1 + depth(parent[n])
+
+        for img in coco.loadImgs(coco.getImgIds()):
+            key = img["file_name"].rsplit(".", 1)[0]
+            if key not in expected["maps"]:
+                continue
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
+            order = sorted(range(len(anns)),
+                           key=lambda i: (depth(names[anns[i]["category_id"]]), i))
+            grid = [0] * (img["height"] * img["width"])
+            for i in order:
+                m = coco.annToMask(anns[i])
+                gid = first + ids.index(anns[i]["category_id"])
+                for y in range(img["height"]):
+                    for x in range(img["width"]):
+                        if m[y, x]:
+                            grid[y * img["width"] + x] = gid
+            same = grid == expected["maps"][key]["data"]
+            bad += not same
+            print(f"{key}: {'same' if same else 'DIFFERENT'} as pycocotools")
+        first += len(ids)
+    sys.exit(1 if bad else 0)
+
+
 if __name__ == "__main__":
+    import sys
     main()
+    if "--check" in sys.argv:
+        check_with_pycocotools()
