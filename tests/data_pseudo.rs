@@ -200,7 +200,8 @@ fn pseudo_labels_end_to_end() {
     .status
     .success());
     let mut a: Vec<&str> = common.to_vec();
-    a[a.iter().position(|x| *x == "all.idx").unwrap()] = "syn.idx";
+    let at = a.iter().position(|x| *x == "all.idx").unwrap();
+    a[at] = "syn.idx";
     a.extend_from_slice(&["--out", "lab"]);
     let o = data_bin(&a, d);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -287,7 +287,10 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
     }
     for c in &classes {
         summary.warnings.extend(c.warnings.iter().cloned());
-        summary.skipped.extend(c.dropped.iter().cloned());
+        for s in &c.dropped {
+            eprintln!("skip {s}");
+            summary.skipped.push(s.clone());
+        }
     }
     if let Some(p) = &cfg.discarded {
         let (n, examples) = discarded.unmatched(&classes);
