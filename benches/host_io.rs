@@ -30,7 +30,11 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 /// Best wall times of `repeats` alternating calls of `old` and `new`, in seconds.
-fn best_pair<A, B>(repeats: usize, mut old: impl FnMut() -> A, mut new: impl FnMut() -> B) -> (f64, f64) {
+fn best_pair<A, B>(
+    repeats: usize,
+    mut old: impl FnMut() -> A,
+    mut new: impl FnMut() -> B,
+) -> (f64, f64) {
     let (mut a, mut b) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..repeats {
         a = a.min(best(1, &mut old));
@@ -100,7 +104,9 @@ fn encode_bf16_old(src: &[f32]) -> Vec<u16> {
 }
 
 fn decode_bf16_old(src: &[u16]) -> Vec<f32> {
-    src.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect()
+    src.iter()
+        .map(|&b| f32::from_bits((b as u32) << 16))
+        .collect()
 }
 
 /// The old `load_safetensors` for the two dtypes measured here: the file read whole, then
@@ -125,7 +131,9 @@ fn load_safetensors_old(path: &std::path::Path) -> NamedTensors {
             safetensors::Dtype::F32 => HostTensor::f32(shape, chunks(b, f32::from_le_bytes)),
             safetensors::Dtype::BF16 => HostTensor::f32(
                 shape,
-                chunks(b, |a| f32::from_bits(u32::from(u16::from_le_bytes(a)) << 16)),
+                chunks(b, |a| {
+                    f32::from_bits(u32::from(u16::from_le_bytes(a)) << 16)
+                }),
             ),
             safetensors::Dtype::I64 => HostTensor::i64(shape, chunks(b, i64::from_le_bytes)),
             other => panic!("reference loader: dtype {other:?} not in this bench"),
@@ -227,16 +235,34 @@ fn main() {
     let ceiling = copy_f32 * 6.0 / 8.0;
     report("bf16 encode (f32 -> bf16), before", enc_old, n * 6, ceiling);
     report("bf16 encode (f32 -> bf16), half", enc, n * 6, ceiling);
-    println!("{:<44} {:>9.2}x", "  encode speed-up (before / after time)", enc_old / enc);
-    let (dec_old, dec) = best_pair(repeats, || decode_bf16_old(&bits_old), || decode_bf16(&bits));
+    println!(
+        "{:<44} {:>9.2}x",
+        "  encode speed-up (before / after time)",
+        enc_old / enc
+    );
+    let (dec_old, dec) = best_pair(
+        repeats,
+        || decode_bf16_old(&bits_old),
+        || decode_bf16(&bits),
+    );
     assert_eq!(
-        decode_bf16(&bits).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        decode_bf16_old(&bits_old).iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        decode_bf16(&bits)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>(),
+        decode_bf16_old(&bits_old)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
     );
     let ceiling = copy_u16 * 6.0 / 4.0;
     report("bf16 decode (bf16 -> f32), before", dec_old, n * 6, ceiling);
     report("bf16 decode (bf16 -> f32), half", dec, n * 6, ceiling);
-    println!("{:<44} {:>9.2}x", "  decode speed-up (before / after time)", dec_old / dec);
+    println!(
+        "{:<44} {:>9.2}x",
+        "  decode speed-up (before / after time)",
+        dec_old / dec
+    );
     drop((x, bits, bits_old));
 
     let dir = tempfile::tempdir().expect("temp dir");

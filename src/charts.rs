@@ -704,7 +704,11 @@ pub fn draw_labels(rgb: &mut [u8], w: u32, h: u32, labels: &[Label]) -> Result<(
     fonts()?;
     let root = BitMapBackend::with_buffer(rgb, (w, h)).into_drawing_area();
     for l in labels {
-        let style = if l.bold { FontStyle::Bold } else { FontStyle::Normal };
+        let style = if l.bold {
+            FontStyle::Bold
+        } else {
+            FontStyle::Normal
+        };
         let font: TextStyle<'_> = (FONT, l.px).into_font().style(style).color(&BLACK);
         root.draw(&Text::new(l.text.as_str(), (l.x, l.y), font))
             .map_err(draw_err)?;

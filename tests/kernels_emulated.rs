@@ -53,7 +53,10 @@ fn bf16_store_matches_pytorch_and_host() {
     let x: Vec<f32> = rows.iter().map(|r| f32::from_bits(r.0)).collect();
     let mut bx = Buf::new(&x, GUARD);
     let mut by = Buf::filled(x.len(), 0x1234u16, 0x7f7f);
-    let args = Args::new().push(bx.ptr()).push(by.ptr()).push(x.len() as u64);
+    let args = Args::new()
+        .push(bx.ptr())
+        .push(by.ptr())
+        .push(x.len() as u64);
     let blocks = mpm::cuda::launch::grid_for(x.len());
     lib.launch("cast_f32_bf16", (blocks, 1, 1), 256, 0, args)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -223,8 +223,7 @@ mod tests {
         };
         assert_eq!(got, vals);
         assert!(matches!(le_slice::<f32>(&bytes[1..]), Cow::Owned(_)));
-        let HostData::I64(ints) = decode(Stored::I16, &[0xff, 0xff, 0x02, 0x00, 0x00, 0x80])
-        else {
+        let HostData::I64(ints) = decode(Stored::I16, &[0xff, 0xff, 0x02, 0x00, 0x00, 0x80]) else {
             panic!("i16 decodes to i64")
         };
         assert_eq!(ints, [-1, 2, -32768]);

@@ -323,7 +323,10 @@ pub fn overlays(
                 let (sy, sx) = (y / scale, x / scale);
                 let rgb = rgb_at(sy, sx);
                 put(GAP + x, oy + y, rgb);
-                for (col, label) in [(1usize, &truth as &dyn Fn(usize, usize) -> usize), (2, &pred)] {
+                for (col, label) in [
+                    (1usize, &truth as &dyn Fn(usize, usize) -> usize),
+                    (2, &pred),
+                ] {
                     let id = label(sy, sx);
                     // A border pixel: the last screen pixel of a label cell whose right or
                     // lower neighbour has another part.
@@ -438,7 +441,8 @@ mod tests {
         let tile = 192;
         assert!(img.width() as usize > 3 * tile && img.height() as usize >= tile + HEAD);
         let at = |col: usize, x: usize, y: usize| {
-            img.get_pixel((GAP + col * (tile + GAP) + x) as u32, (HEAD + y) as u32).0
+            img.get_pixel((GAP + col * (tile + GAP) + x) as u32, (HEAD + y) as u32)
+                .0
         };
         // The predicted column shows part 3's colour, far from the grey input.
         let c3 = part_color(3);
@@ -446,10 +450,18 @@ mod tests {
         let input = at(0, tile / 2, tile / 2);
         assert_eq!(input, [127, 127, 127]);
         for k in 0..3 {
-            assert!((got[k] as i32 - (0.75 * c3[k] as f32) as i32).abs() <= 20, "{got:?} vs {c3:?}");
+            assert!(
+                (got[k] as i32 - (0.75 * c3[k] as f32) as i32).abs() <= 20,
+                "{got:?} vs {c3:?}"
+            );
         }
-        let dist: i32 = (0..3).map(|k| (got[k] as i32 - input[k] as i32).abs()).sum();
-        assert!(dist > 60, "prediction {got:?} too close to the input {input:?}");
+        let dist: i32 = (0..3)
+            .map(|k| (got[k] as i32 - input[k] as i32).abs())
+            .sum();
+        assert!(
+            dist > 60,
+            "prediction {got:?} too close to the input {input:?}"
+        );
         // Truth: part 2 on top, darkened grey background below.
         assert_ne!(at(1, 10, 10), at(1, 10, tile - 10));
         assert_eq!(at(1, 10, tile - 10), [69, 69, 69]);
