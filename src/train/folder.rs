@@ -27,6 +27,9 @@ pub struct FolderSource {
     pub loader: LoaderConfig,
     pub seed: u64,
     pub origin: PathBuf,
+    /// Per sample: its map is a pseudo label (`whether_pseudo`); empty unless
+    /// `use_whether_pseudo` (training data only, as the reference's loader).
+    pub pseudo: Vec<bool>,
 }
 
 /// Opens `dir` (see the module doc) as a batch source; `train` picks the augmentation.
@@ -72,6 +75,11 @@ pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<
         return Err(Error::flag(flag, format!("{dir}: no images found")));
     }
     let seg_classes = read_parts(&base.join("parts.tsv"));
+    let pseudo = if train && cfg.use_whether_pseudo {
+        read_whether_pseudo(&base.join("whether_pseudo"), &samples)?
+    } else {
+        Vec::new()
+    };
     let transform = if train {
         Transform::Train(TrainAug {
             size: cfg.input_size,
@@ -100,7 +108,84 @@ pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<
         },
         seed: cfg.seed,
         origin: path,
+        pseudo,
     }))
+}
+
+/// The reference's `whether_pseudo/<wnid>.txt` flags (`<name> 0|1` per line; a path in `<name>`
+/// counts by its last component), one per sample, looked up by the image's class folder and
+/// file name. A missing file, a malformed line or an image without a line is an error naming
+/// the file: the reference's loader fails on them too, and guessing would silently change the
+/// loss weights.
+pub fn read_whether_pseudo(dir: &Path, samples: &[Sample]) -> Result<Vec<bool>> {
+    use std::collections::HashMap;
+    let mut by_class: HashMap<String, (PathBuf, HashMap<String, bool>)> = HashMap::new();
+    let mut out = Vec::with_capacity(samples.len());
+    for s in samples {
+        let wnid = s
+            .image
+            .parent()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = s
+            .image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !by_class.contains_key(&wnid) {
+            let file = dir.join(format!("{wnid}.txt"));
+            let flags = parse_whether_pseudo(&file)?;
+            by_class.insert(wnid.clone(), (file, flags));
+        }
+        let (file, flags) = &by_class[&wnid];
+        match flags.get(&name) {
+            Some(&f) => out.push(f),
+            None => {
+                return Err(Error::format(
+                    file,
+                    format!(
+                        "no line for image '{name}' (use_whether_pseudo needs a '<name> 0|1' line                          for every training image of the class)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_whether_pseudo(file: &Path) -> Result<std::collections::HashMap<String, bool>> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Error::format(
+            file,
+            format!(
+                "cannot read the pseudo-label flags ({e}); use_whether_pseudo = true needs                  whether_pseudo/<wnid>.txt for every class (`mpm-data labels` writes them)"
+            ),
+        )
+    })?;
+    let mut flags = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || {
+            Error::format(
+                file,
+                format!("line {}: '{line}': expected '<name> 0|1'", n + 1),
+            )
+        };
+        let (name, flag) = line.rsplit_once(char::is_whitespace).ok_or_else(bad)?;
+        let flag = match flag {
+            "0" => false,
+            "1" => true,
+            _ => return Err(bad()),
+        };
+        let name = name.trim();
+        let name = name.rsplit('/').next().unwrap_or(name);
+        flags.insert(name.to_string(), flag);
+    }
+    Ok(flags)
 }
 
 /// `max id + 1` from a `parts.tsv` (`global_id<TAB>wnid<TAB>name`), when present.
@@ -142,6 +227,11 @@ impl BatchSource for FolderSource {
             labels: b.labels.iter().map(|&l| l as usize).collect(),
             label_maps: b.label_maps,
             has_parts: b.seg_weight.iter().map(|&w| w > 0.0).collect(),
+            pseudo: if self.pseudo.is_empty() {
+                Vec::new()
+            } else {
+                b.indices.iter().map(|&i| self.pseudo[i]).collect()
+            },
         })
     }
 }
