@@ -130,6 +130,28 @@ impl InitWeights {
 
 /// Reads `path` and tells what it is. The model is not checked here (see `check_expected`).
 pub fn read(path: &Path) -> Result<InitWeights> {
+    let (kind, tensors) = read_tensors(path)?;
+    let state = to_state(tensors);
+    let layout = Layout::of(&state).ok_or_else(|| {
+        let keys: Vec<&str> = state.keys().take(8).map(String::as_str).collect();
+        Error::format(
+            path,
+            format!(
+                "{kind}, but its tensors are not a ResNet, MPM or two-stage model (first names: \
+                 {keys:?}; expected 'conv1.weight' or 'segmenter.conv1.weight')"
+            ),
+        )
+    })?;
+    Ok(InitWeights {
+        kind,
+        layout,
+        state,
+    })
+}
+
+/// The kind of file and the tensors a run starts from (the raw model group of a training
+/// checkpoint; a leading `module.` stripped), before any check of the model.
+pub fn read_tensors(path: &Path) -> Result<(InitKind, NamedTensors)> {
     if !path.exists() {
         return Err(missing(path));
     }
@@ -179,23 +201,7 @@ pub fn read(path: &Path) -> Result<InitWeights> {
             (InitKind::PthStateDict, all)
         }
     };
-    let tensors = strip_module(tensors);
-    let state = to_state(tensors);
-    let layout = Layout::of(&state).ok_or_else(|| {
-        let keys: Vec<&str> = state.keys().take(8).map(String::as_str).collect();
-        Error::format(
-            path,
-            format!(
-                "{kind}, but its tensors are not a ResNet, MPM or two-stage model (first names: \
-                 {keys:?}; expected 'conv1.weight' or 'segmenter.conv1.weight')"
-            ),
-        )
-    })?;
-    Ok(InitWeights {
-        kind,
-        layout,
-        state,
-    })
+    Ok((kind, strip_module(tensors)))
 }
 
 /// Checks that `w` can initialise the model of `cfg`: with `full_pretrain` the whole model
