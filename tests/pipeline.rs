@@ -301,6 +301,26 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
         metrics.contains("\"kind\":\"best\"") && metrics.contains("\"epoch\":1"),
         "{metrics}"
     );
+    let text = run(
+        env!("CARGO_BIN_EXE_mpm-train"),
+        d,
+        &[
+            "export",
+            "--checkpoint",
+            "runs/vanilla_at_in1k",
+            "--which",
+            "last",
+            "--out",
+            "exported/vanilla_at_in1k",
+        ],
+    );
+    assert!(!text.contains("best: epoch"), "{text}");
+    let (_, meta) =
+        mpm::io::load_safetensors(&d.join("exported/vanilla_at_in1k/model.safetensors")).unwrap();
+    assert!(
+        meta[mpm::train::init::EXPORT_META].contains("\"which\":\"last\""),
+        "{meta:?}"
+    );
     // The 10K list's format: `<wnid>/<file> <class index>`.
     let mut list = String::new();
     let val = d.join("data/partimagenetpp/val_1w/img");
