@@ -481,13 +481,22 @@ impl TrainConfig {
             .unwrap_or(world.max(1))
     }
 
-    /// Sizes of the soft-target levels, highest resolution first (input / 8, 16, 32).
-    pub fn target_sizes(&self) -> [usize; 3] {
-        [
+    /// Sizes of the soft targets the part heads use, highest resolution first, made as the
+    /// reference makes them: nearest resize of the label map to the first size, bilinear from
+    /// there to the others. SV3: input / 8, 16, 32 (28, 14, 7 at 224); SV2: 14, 7; SV1 and the
+    /// two-stage model: 7 directly (not via 28, which would average the one-hot maps); none
+    /// for a plain model.
+    pub fn target_sizes(&self) -> Vec<usize> {
+        let all = [
             self.input_size / 8,
             self.input_size / 16,
             self.input_size / 32,
-        ]
+        ];
+        match self.head() {
+            Ok(Head::Mpm { levels, .. }) => all[3 - levels.clamp(1, 3)..].to_vec(),
+            Ok(Head::TwoStage { .. }) => vec![all[2]],
+            _ => Vec::new(),
+        }
     }
 }
 

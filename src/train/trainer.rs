@@ -520,11 +520,13 @@ impl Trainer {
         }
     }
 
-    /// Soft targets at input/8, /16, /32 (highest resolution first). For a CUDA run they are
+    /// Soft targets at the sizes the heads use (`TrainConfig::target_sizes`: SV3 input/8, /16,
+    /// /32; SV2 /16, /32; SV1 and two-stage /32 directly), highest resolution first: nearest
+    /// resize to the first, bilinear to the others, as the reference. For a CUDA run they are
     /// built on the GPU from the u16 label maps (`cuda::ops::mask_targets`, the same rule),
     /// so only the maps cross the bus (2 bytes per pixel instead of ~13.6 MB of f32 targets
     /// per image at S = 3,311 and 224 px).
-    fn targets(&self, batch: &Batch) -> Result<Vec<Tensor>> {
+    pub fn targets(&self, batch: &Batch) -> Result<Vec<Tensor>> {
         if self.spec.head == Head::None {
             return Ok(Vec::new());
         }
