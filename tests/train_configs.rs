@@ -63,6 +63,12 @@ fn shipped_configs_are_all_there_and_parse() {
     assert_eq!(mpm.bn_groups(1), 8);
     assert_eq!(mpm.micro_batch(), 64);
     assert_eq!(mpm.precision, "bf16");
+    assert_eq!(mpm.reprob, 0.0);
+    // The head warm-ups erase as the reference YAML does (timm reprob 0.25, pixel mode).
+    for name in ["mpm_init_in1k.toml", "mpm_object_init_in1k.toml"] {
+        let c = TrainConfig::from_file(&configs()[0].with_file_name(name)).unwrap();
+        assert_eq!((c.reprob, c.remode.as_str()), (0.25, "pixel"), "{name}");
+    }
 }
 
 #[test]

@@ -98,6 +98,10 @@ pub struct TrainConfig {
     pub select_dir: String,
     pub color_jitter: f64,
     pub hflip: f64,
+    /// Random erasing probability (timm `reprob`; the reference's head warm-up sets 0.25).
+    pub reprob: f64,
+    /// Random erasing mode: only "pixel" (timm's default: per-pixel normal noise).
+    pub remode: String,
     // -- EMA
     pub model_ema: bool,
     pub model_ema_decay: f64,
@@ -180,6 +184,8 @@ impl Default for TrainConfig {
             select_dir: String::new(),
             color_jitter: 0.1,
             hflip: 0.5,
+            reprob: 0.0,
+            remode: "pixel".into(),
             model_ema: true,
             model_ema_decay: 0.9998,
             advtrain: true,
@@ -382,6 +388,15 @@ impl TrainConfig {
         }
         if self.epochs == 0 {
             return f("epochs", "must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.reprob) {
+            return f("reprob", format!("{} must be in [0, 1]", self.reprob));
+        }
+        if self.remode != "pixel" {
+            return f(
+                "remode",
+                format!("'{}': only pixel (timm's per-pixel noise) is supported", self.remode),
+            );
         }
         if !(self.pseudo_weight >= 0.0 && self.pseudo_weight.is_finite()) {
             return f(

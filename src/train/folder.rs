@@ -13,7 +13,7 @@
 
 use super::config::TrainConfig;
 use super::source::{epoch_order, Batch, BatchSource};
-use crate::data::augment::{TrainAug, Transform};
+use crate::data::augment::{random_erase_pixel, sample_rng, TrainAug, Transform};
 use crate::data::index::{read_list, scan_image_folder, Sample};
 use crate::data::loader::{load_batch, LoaderConfig};
 use crate::tensor::Tensor;
@@ -30,7 +30,12 @@ pub struct FolderSource {
     /// Per sample: its map is a pseudo label (`whether_pseudo`); empty unless
     /// `use_whether_pseudo` (training data only, as the reference's loader).
     pub pseudo: Vec<bool>,
+    /// Random erasing probability of training images (0 for evaluation sets).
+    pub reprob: f64,
 }
+
+/// Keeps the erasing draws apart from the augmentation's (same sample, another stream).
+const ERASE_STREAM: u64 = 0xE4A5_E000_0000_0001;
 
 /// Opens `dir` (see the module doc) as a batch source; `train` picks the augmentation.
 pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<dyn BatchSource>> {
@@ -109,6 +114,7 @@ pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<
         seed: cfg.seed,
         origin: path,
         pseudo,
+        reprob: if train { cfg.reprob } else { 0.0 },
     }))
 }
 
@@ -210,7 +216,7 @@ impl BatchSource for FolderSource {
     fn order(&self, epoch: usize, train: bool) -> Vec<usize> {
         epoch_order(self.samples.len(), self.seed, epoch, train)
     }
-    fn load(&self, epoch: usize, indices: &[usize], _train: bool) -> Result<Batch> {
+    fn load(&self, epoch: usize, indices: &[usize], train: bool) -> Result<Batch> {
         let (b, skips) = load_batch(&self.samples, indices, epoch as u64, &self.loader)?;
         for s in &skips {
             eprintln!("{}: skipped: {s:?}", self.origin.display());
@@ -222,8 +228,25 @@ impl BatchSource for FolderSource {
                 indices.len()
             )));
         }
+        let mut images = b.images;
+        if train && self.reprob > 0.0 {
+            // Per image, from its own (seed, epoch, index) stream: a batch stays a pure
+            // function of its position.
+            let per = b.h * b.w * 3;
+            for (k, &i) in b.indices.iter().enumerate() {
+                let mut rng =
+                    sample_rng(self.seed ^ ERASE_STREAM, epoch as u64, i as u64);
+                random_erase_pixel(
+                    &mut images[k * per..(k + 1) * per],
+                    b.h,
+                    b.w,
+                    self.reprob,
+                    &mut rng,
+                );
+            }
+        }
         Ok(Batch {
-            images: Tensor::from_vec(&[b.n, b.h, b.w, 3], b.images)?,
+            images: Tensor::from_vec(&[b.n, b.h, b.w, 3], images)?,
             labels: b.labels.iter().map(|&l| l as usize).collect(),
             label_maps: b.label_maps,
             has_parts: b.seg_weight.iter().map(|&w| w > 0.0).collect(),
