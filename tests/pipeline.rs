@@ -245,7 +245,10 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
         "mpm_nocf_at_in1k",
     ] {
         let text = stage(name, s, from_warmup);
-        assert!(text.contains("taking its raw model weights (model.*)"), "{text}");
+        assert!(
+            text.contains("taking its raw model weights (model.*)"),
+            "{text}"
+        );
     }
     stage("mpm_object_init_in1k", object_s, torchvision);
     stage(
@@ -254,7 +257,11 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
         "init_checkpoint runs/mpm_object_init_in1k/checkpoints/last.safetensors: an mpm-train \
          checkpoint",
     );
-    for name in ["twostage_at_in1k", "vanilla_at_in1k", "vanilla_at_eps8_in1k"] {
+    for name in [
+        "twostage_at_in1k",
+        "vanilla_at_in1k",
+        "vanilla_at_eps8_in1k",
+    ] {
         stage(name, s, torchvision);
     }
     stage("mpm_ori_in1k", s, "");

@@ -142,5 +142,8 @@ fn select_dir_chooses_on_its_own_set_and_a_fresh_run_forgets_an_old_best() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("--select-dir") && e.contains("/no/such/select"), "{e}");
+    assert!(
+        e.contains("--select-dir") && e.contains("/no/such/select"),
+        "{e}"
+    );
 }

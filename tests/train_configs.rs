@@ -133,9 +133,10 @@ fn every_init_checkpoint_and_data_folder_has_a_producer() {
             )
         })
         .collect();
-    let reproduce =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/reproduce.md"))
-            .unwrap();
+    let reproduce = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/reproduce.md"),
+    )
+    .unwrap();
     for (name, c) in &all {
         assert_eq!(
             c.output_dir,
@@ -159,7 +160,9 @@ fn every_init_checkpoint_and_data_folder_has_a_producer() {
         let producer = all
             .iter()
             .find(|(_, p)| *init == format!("{}/checkpoints/last.safetensors", p.output_dir))
-            .unwrap_or_else(|| panic!("{name}: init_checkpoint {init}: no shipped config writes it"));
+            .unwrap_or_else(|| {
+                panic!("{name}: init_checkpoint {init}: no shipped config writes it")
+            });
         assert_ne!(&producer.0, name, "{name} starts from itself");
         let (a, b) = (producer.1.spec().unwrap(), c.spec().unwrap());
         assert_eq!(

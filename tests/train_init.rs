@@ -8,7 +8,7 @@ use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec};
 use mpm::tensor::Tensor;
 use mpm::train::init::{read_tensors, InitKind};
 use mpm::train::trainer::seg_weights;
-use mpm::train::{checkpoint, Batch, BatchSource, MemorySource, Trainer, TrainConfig};
+use mpm::train::{checkpoint, Batch, BatchSource, MemorySource, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 
 fn tiny(partmodel: &str, seg_classes: usize) -> TrainConfig {
@@ -60,7 +60,9 @@ fn a_training_checkpoint_gives_its_raw_model_not_the_ema() {
     let ema = f32s(&ck, &format!("ema.{name}"));
     assert_ne!(model, ema, "the fixture needs an EMA that differs");
     assert_eq!(t[name].as_f32().unwrap(), &model[..]);
-    assert!(!t.keys().any(|k| k.starts_with("ema.") || k.starts_with("momentum.")));
+    assert!(!t
+        .keys()
+        .any(|k| k.starts_with("ema.") || k.starts_with("momentum.")));
     // It initialises an AT run of another level count (the checkpoint holds every head).
     let mut next = tiny("mpm", 7);
     next.set("levels", "1").unwrap();
@@ -89,7 +91,9 @@ fn a_timm_checkpoint_gives_state_dict_not_state_dict_ema() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     assert_eq!(t["0.weight"].as_f32().unwrap(), &want[..]);
-    assert!(!t.keys().any(|k| k.contains("optimizer") || k.contains("ema")));
+    assert!(!t
+        .keys()
+        .any(|k| k.contains("optimizer") || k.contains("ema")));
     // It is not a ResNet: the error says what the file is and what was expected.
     let e = mpm::train::init::read(&dir.join("timm.pth"))
         .err()
@@ -171,15 +175,21 @@ fn an_export_is_recognised_and_starts_a_vanilla_run() {
     let (kind, _) = read_tensors(&out.join("model.safetensors")).unwrap();
     match &kind {
         InitKind::Export { what } => {
-            assert!(what.contains("\"which\":\"best\"") && what.contains("\"epoch\":1"), "{what}")
+            assert!(
+                what.contains("\"which\":\"best\"") && what.contains("\"epoch\":1"),
+                "{what}"
+            )
         }
         other => panic!("{other:?}"),
     }
     let (kind, _) = read_tensors(&out.join("model.pth")).unwrap();
     assert_eq!(kind, InitKind::PthStateDict);
     let mut c = tiny("vanilla", 7);
-    c.set("init_checkpoint", out.join("model.safetensors").to_str().unwrap())
-        .unwrap();
+    c.set(
+        "init_checkpoint",
+        out.join("model.safetensors").to_str().unwrap(),
+    )
+    .unwrap();
     let v = Trainer::new(c, 3).unwrap();
     assert_eq!(v.spec.head, Head::None);
 }
@@ -243,7 +253,9 @@ fn whether_pseudo_flags_are_read_by_class_and_name_and_errors_name_the_file() {
         .to_string();
     assert!(e.contains("n3.txt") && e.contains("whether_pseudo"), "{e}");
     std::fs::write(flags.join("n1.txt"), "a.JPEG 2\n").unwrap();
-    let e = read_whether_pseudo(&flags, &s[..1]).unwrap_err().to_string();
+    let e = read_whether_pseudo(&flags, &s[..1])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("n1.txt") && e.contains("line 1"), "{e}");
 }
 

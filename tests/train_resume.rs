@@ -138,7 +138,10 @@ fn interrupted_and_resumed_run_is_bit_exact() {
     // The exported weights are the best epoch's EMA, renamed (segmenter.X -> X, classifer.2
     // -> fc); the resumed run chose the same epoch.
     let best = mpm::train::run::read_best(&a_dir).unwrap().unwrap();
-    assert_eq!(Some(&best), mpm::train::run::read_best(&b_dir).unwrap().as_ref());
+    assert_eq!(
+        Some(&best),
+        mpm::train::run::read_best(&b_dir).unwrap().as_ref()
+    );
     let t = checkpoint::load(&mpm::train::run::best_checkpoint(&a_dir), None).unwrap();
     assert_eq!(t.pos.epoch, best.epoch);
     let ema = t.ema.as_ref().unwrap();

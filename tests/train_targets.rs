@@ -4,7 +4,7 @@
 //! target), which the last assertion shows.
 
 use mpm::train::source::soft_targets;
-use mpm::train::{BatchSource, MemorySource, Trainer, TrainConfig};
+use mpm::train::{BatchSource, MemorySource, TrainConfig, Trainer};
 
 fn cfg(partmodel: &str, levels: usize) -> TrainConfig {
     let mut c = TrainConfig::default();

@@ -564,7 +564,10 @@ mod tests {
         let mean = pooled.0 / pooled.2;
         let var = pooled.1 / pooled.2 - mean * mean;
         assert!(pooled.2 > 10_000.0, "{pooled:?}");
-        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.03, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+            "{mean} {var}"
+        );
         // p = 0.25 over 200 images: 50 expected (binomial sd ~6).
         assert!((25..=75).contains(&erased), "{erased}");
         let mut img = vec![0.5f32; 16 * 16 * 3];

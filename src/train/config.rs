@@ -395,7 +395,10 @@ impl TrainConfig {
         if self.remode != "pixel" {
             return f(
                 "remode",
-                format!("'{}': only pixel (timm's per-pixel noise) is supported", self.remode),
+                format!(
+                    "'{}': only pixel (timm's per-pixel noise) is supported",
+                    self.remode
+                ),
             );
         }
         if !(self.pseudo_weight >= 0.0 && self.pseudo_weight.is_finite()) {

@@ -234,8 +234,7 @@ impl BatchSource for FolderSource {
             // function of its position.
             let per = b.h * b.w * 3;
             for (k, &i) in b.indices.iter().enumerate() {
-                let mut rng =
-                    sample_rng(self.seed ^ ERASE_STREAM, epoch as u64, i as u64);
+                let mut rng = sample_rng(self.seed ^ ERASE_STREAM, epoch as u64, i as u64);
                 random_erase_pixel(
                     &mut images[k * per..(k + 1) * per],
                     b.h,

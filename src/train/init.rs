@@ -378,7 +378,10 @@ mod tests {
     #[test]
     fn producer_hints_name_the_download_and_the_config() {
         let h = producer_hint(Path::new("pretrained/resnet50-11ad3fa6.pth"));
-        assert!(h.contains("download.pytorch.org/models/resnet50-11ad3fa6.pth"), "{h}");
+        assert!(
+            h.contains("download.pytorch.org/models/resnet50-11ad3fa6.pth"),
+            "{h}"
+        );
         let h = producer_hint(Path::new("runs/mpm_init_in1k/checkpoints/last.safetensors"));
         assert!(
             h.contains("mpm-train --config configs/mpm_init_in1k.toml")

@@ -362,8 +362,7 @@ impl Loop<'_> {
     fn train_epoch(&mut self, trainer: &mut Trainer) -> Result<(bool, Throughput)> {
         let epoch = trainer.pos.epoch;
         let epochs = trainer.cfg.epochs;
-        self.bar
-            .set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+        self.bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
         let t0 = Instant::now();
         let mut io = Throughput::default();
         let prefetch = trainer.cfg.prefetch_batches;
@@ -472,8 +471,11 @@ impl Loop<'_> {
                     let mut j = eval_json(epoch + 1, trainer.pos.global_step, &s);
                     j["kind"] = json!("select");
                     self.log.metric(j)?;
-                    self.log
-                        .line(&format!("select epoch {}: {}", epoch + 1, describe_eval(&s)))?;
+                    self.log.line(&format!(
+                        "select epoch {}: {}",
+                        epoch + 1,
+                        describe_eval(&s)
+                    ))?;
                     Some((selection_metric(&s), "select_dir"))
                 }
             };
@@ -594,8 +596,12 @@ impl Loop<'_> {
                 let t = checkpoint::load(&best_checkpoint(self.dir), None)?;
                 checkpoint::export_inference_as(&t, &out, "best", Some(b.epoch))?
             }
-            Some(_) => checkpoint::export_inference_as(&trainer, &out, "best", Some(trainer.pos.epoch))?,
-            None => checkpoint::export_inference_as(&trainer, &out, "last", Some(trainer.pos.epoch))?,
+            Some(_) => {
+                checkpoint::export_inference_as(&trainer, &out, "best", Some(trainer.pos.epoch))?
+            }
+            None => {
+                checkpoint::export_inference_as(&trainer, &out, "last", Some(trainer.pos.epoch))?
+            }
         };
         self.log.line(&format!(
             "exported {} ({})",

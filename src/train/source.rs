@@ -59,7 +59,11 @@ impl Batch {
             labels: self.labels[lo..hi].to_vec(),
             label_maps: self.label_maps[lo * hw..hi * hw].to_vec(),
             has_parts: self.has_parts[lo..hi].to_vec(),
-            pseudo: self.pseudo.get(lo..hi).map(<[bool]>::to_vec).unwrap_or_default(),
+            pseudo: self
+                .pseudo
+                .get(lo..hi)
+                .map(<[bool]>::to_vec)
+                .unwrap_or_default(),
         })
     }
 }
