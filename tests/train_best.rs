@@ -85,8 +85,7 @@ fn best_is_the_epoch_with_the_highest_ema_pgd_accuracy_and_is_exported() {
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let last_best = metrics
         .lines()
-        .filter(|l| l.contains("\"kind\":\"best\""))
-        .last()
+        .rfind(|l| l.contains("\"kind\":\"best\""))
         .unwrap()
         .to_string();
     assert!(
