@@ -6,6 +6,7 @@
 
 mod atomic;
 mod digest;
+pub mod elements;
 mod host;
 mod pickle;
 mod pth;
