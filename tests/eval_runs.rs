@@ -235,7 +235,7 @@ fn ood_human_and_table() {
     std::fs::remove_dir_all(d.join("inap").join(wnids[7])).unwrap();
     let o = eval(d, &[&a[..], &["--no-resume"]].concat());
     let s = String::from_utf8_lossy(&o.stderr);
-    assert!(s.contains("199 class directories"), "{s}");
+    assert!(s.contains("199 class folders") && s.contains(wnids[7]), "{s}");
 
     // model-vs-human stimuli: two datasets, 32-px images named as the benchmark's.
     for (k, (ds, name)) in [

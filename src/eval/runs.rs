@@ -322,8 +322,9 @@ pub fn ood(
     let (mut set, heads) = match ds.subset() {
         Some(sub) => {
             let wnids = sub.wnids();
+            let found = super::sets::class_dirs(root, ds.name())?;
+            super::sets::require_classes(root, ds.name(), &found, &wnids)?;
             let set = Images::folder(root, wnids.len(), transform, ds.name())?;
-            set.require_classes(&wnids)?;
             (set, vec![Head::Restricted(sub.indices()?)])
         }
         None => {

@@ -117,6 +117,59 @@ pub fn to_chw(img: &RgbImage) -> Vec<f32> {
     out
 }
 
+/// The sorted sub-directory names of `root` (an ImageFolder's classes).
+pub fn class_dirs(root: &Path, what: &str) -> Result<Vec<String>> {
+    if !root.is_dir() {
+        return Err(Error::format(
+            root,
+            format!("{what}: not a directory (missing dataset?)"),
+        ));
+    }
+    let mut v: Vec<String> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Checks that the class folders `found` are exactly `wnids`, naming what differs.
+pub fn require_classes(root: &Path, what: &str, found: &[String], wnids: &[&str]) -> Result<()> {
+    let missing: Vec<String> = wnids
+        .iter()
+        .filter(|w| !found.iter().any(|c| c == *w))
+        .map(|w| w.to_string())
+        .collect();
+    let extra: Vec<String> = found
+        .iter()
+        .filter(|c| !wnids.contains(&c.as_str()))
+        .cloned()
+        .collect();
+    if missing.is_empty() && extra.is_empty() {
+        return Ok(());
+    }
+    let show = |v: &[String]| {
+        let mut s = v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        if v.len() > 5 {
+            s.push_str(&format!(" and {} more", v.len() - 5));
+        }
+        s
+    };
+    Err(Error::format(
+        root,
+        format!(
+            "{what}: {} class folders, expected the {} classes of the dataset: missing [{}], \
+             unexpected [{}]",
+            found.len(),
+            wnids.len(),
+            show(&missing),
+            show(&extra),
+        ),
+    ))
+}
+
 /// Labelled image files read through an [`EvalTransform`] (and optionally corrupted first).
 pub struct Images {
     pub root: PathBuf,
@@ -152,39 +205,9 @@ impl Images {
         })
     }
 
-    /// Checks that the class folders are exactly `wnids` (in order), naming what differs.
+    /// Checks that the class folders are exactly `wnids`, naming what differs.
     pub fn require_classes(&self, wnids: &[&str]) -> Result<()> {
-        let missing: Vec<&str> = wnids
-            .iter()
-            .copied()
-            .filter(|w| !self.classes.iter().any(|c| c == w))
-            .collect();
-        let extra: Vec<&String> = self
-            .classes
-            .iter()
-            .filter(|c| !wnids.contains(&c.as_str()))
-            .collect();
-        if missing.is_empty() && extra.is_empty() {
-            return Ok(());
-        }
-        let show = |v: Vec<String>| {
-            let n = v.len();
-            let mut s = v.into_iter().take(5).collect::<Vec<_>>().join(", ");
-            if n > 5 {
-                s.push_str(&format!(" and {} more", n - 5));
-            }
-            s
-        };
-        Err(Error::format(
-            &self.root,
-            format!(
-                "{}: class folders differ from the expected {} classes: missing [{}], unexpected [{}]",
-                self.what,
-                wnids.len(),
-                show(missing.iter().map(|s| s.to_string()).collect()),
-                show(extra.iter().map(|s| s.to_string()).collect()),
-            ),
-        ))
+        require_classes(&self.root, &self.what, &self.classes, wnids)
     }
 
     /// ImageNet-V2: folders named by class index (`0` .. `999`), labels = those numbers.
