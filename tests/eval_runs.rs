@@ -126,6 +126,23 @@ fn corruptions_pregenerated_and_on_the_fly_agree_and_resume() {
         "the same images through both routes must get the same answers"
     );
     assert_eq!(answers(&d.join("pre.json.journal")).len(), 2 * 2 * 6);
+    // Stronger than the answers: the model inputs themselves are identical.
+    {
+        use mpm::attack::imagefolder::EvalSet;
+        use mpm::data::corrupt::Corruption;
+        use mpm::eval::sets::{EvalTransform, Images};
+        let t = EvalTransform::standard(224);
+        let pre = Images::folder(&d.join("inc/gaussian_noise/3"), 3, t, "c").unwrap();
+        let mut fly = Images::folder(&d.join("val"), 3, t, "v").unwrap();
+        fly.corruption = Some((Corruption::GaussianNoise, 3, 5));
+        let clean = Images::folder(&d.join("val"), 3, t, "v").unwrap();
+        for i in 0..6 {
+            let (a, b) = (pre.image(i).unwrap(), fly.image(i).unwrap());
+            assert_eq!(a, b, "image {i}");
+            let moved = a.iter().zip(clean.image(i).unwrap()).filter(|(x, y)| *x != y).count();
+            assert!(moved > a.len() / 2, "the noise changed only {moved} values");
+        }
+    }
     for r in [&pre, &fly] {
         let g = &r["corruptions"]["gaussian_noise"];
         let s1 = g["per_severity"]["1"]["accuracy"].as_f64().unwrap();
@@ -155,7 +172,8 @@ fn corruptions_pregenerated_and_on_the_fly_agree_and_resume() {
     assert_eq!(again["timing"]["images_this_run"], 2, "only the two lost images are redone");
     // Another run's journal is refused.
     let mut c = b.clone();
-    c[c.iter().position(|x| *x == "5").unwrap()] = "6";
+    let seed_at = c.iter().position(|x| *x == "5").unwrap();
+    c[seed_at] = "6";
     let o = eval(d, &c);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("another run"));
