@@ -57,24 +57,43 @@ fn metrics_match_the_benchmark_code_per_dataset_and_mean() {
     for (m, e) in models {
         for (d, ed) in e["datasets"].as_object().unwrap() {
             for k in KEYS {
-                close(&got["models"][m]["datasets"][d][k], &ed[k], &format!("{m} {d} {k}"));
+                close(
+                    &got["models"][m]["datasets"][d][k],
+                    &ed[k],
+                    &format!("{m} {d} {k}"),
+                );
                 checked += 1;
             }
         }
         for k in KEYS {
-            close(&got["models"][m]["mean"][k], &e["mean"][k], &format!("{m} mean {k}"));
+            close(
+                &got["models"][m]["mean"][k],
+                &e["mean"][k],
+                &format!("{m} mean {k}"),
+            );
         }
     }
     assert_eq!(checked, 2 * 6 * 4);
     for k in KEYS {
-        close(&got["humans"]["mean"][k], &exp["humans"]["mean"][k], &format!("humans {k}"));
+        close(
+            &got["humans"]["mean"][k],
+            &exp["humans"]["mean"][k],
+            &format!("humans {k}"),
+        );
         for (d, ed) in exp["humans"]["datasets"].as_object().unwrap() {
-            close(&got["humans"]["datasets"][d][k], &ed[k], &format!("humans {d} {k}"));
+            close(
+                &got["humans"]["datasets"][d][k],
+                &ed[k],
+                &format!("humans {d} {k}"),
+            );
         }
     }
     // Table S4 beside the report.
     let md = std::fs::read_to_string(dir.path().join("hm.md")).unwrap();
-    assert!(md.contains("| tiny_resnet |") && md.contains("| humans |"), "{md}");
+    assert!(
+        md.contains("| tiny_resnet |") && md.contains("| humans |"),
+        "{md}"
+    );
     assert!(md.contains("Error consistency"), "{md}");
 }
 
@@ -125,7 +144,10 @@ fn bad_inputs_give_clear_errors() {
     let text = std::fs::read_to_string(&p).unwrap();
     std::fs::write(&p, text.replacen("imagename", "image", 1)).unwrap();
     let e = err("edge");
-    assert!(e.contains("missing column(s) imagename") && e.contains("edge_model-b"), "{e}");
+    assert!(
+        e.contains("missing column(s) imagename") && e.contains("edge_model-b"),
+        "{e}"
+    );
     std::fs::write(&p, &text).unwrap();
     // A model that saw other images than the humans in a condition.
     let p = models.join("contrast_model-b_session-1.csv");
@@ -135,7 +157,10 @@ fn bad_inputs_give_clear_errors() {
     lines[1] = format!("{}_renamed.png", &lines[1][..cut]);
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     let e = err("contrast");
-    assert!(e.contains("different images") && e.contains("model-b"), "{e}");
+    assert!(
+        e.contains("different images") && e.contains("model-b"),
+        "{e}"
+    );
     std::fs::write(&p, &text).unwrap();
     // Human data missing for a dataset.
     std::fs::remove_dir_all(humans.join("low-pass")).unwrap();
@@ -145,13 +170,17 @@ fn bad_inputs_give_clear_errors() {
     let p = humans.join("false-colour");
     for e in std::fs::read_dir(&p).unwrap() {
         let q = e.unwrap().path();
-        let t = std::fs::read_to_string(&q).unwrap().replace(",false,", ",true,");
+        let t = std::fs::read_to_string(&q)
+            .unwrap()
+            .replace(",false,", ",true,");
         std::fs::write(&q, t).unwrap();
     }
     for e in std::fs::read_dir(&models).unwrap() {
         let q = e.unwrap().path();
         if q.to_string_lossy().contains("false-colour") {
-            let t = std::fs::read_to_string(&q).unwrap().replace(",false,", ",true,");
+            let t = std::fs::read_to_string(&q)
+                .unwrap()
+                .replace(",false,", ",true,");
             std::fs::write(&q, t).unwrap();
         }
     }

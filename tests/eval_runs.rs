@@ -44,9 +44,11 @@ fn eval(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mpm-eval"))
         .current_dir(dir)
         .args(args)
-        .args(["--device", "cpu"].iter().filter(|_| {
-            !matches!(args.first(), Some(&"human-metrics") | Some(&"table"))
-        }))
+        .args(
+            ["--device", "cpu"]
+                .iter()
+                .filter(|_| !matches!(args.first(), Some(&"human-metrics") | Some(&"table"))),
+        )
         .output()
         .expect("run mpm-eval")
 }
@@ -94,21 +96,43 @@ fn corruptions_pregenerated_and_on_the_fly_agree_and_resume() {
     model(d, "m3.safetensors", 3, 1);
     for (c, class) in ["a", "b", "c"].iter().enumerate() {
         for k in 0..2 {
-            image(&d.join(format!("val/{class}/{k}.png")), 60, 48, (3 * c + k) as u32);
+            image(
+                &d.join(format!("val/{class}/{k}.png")),
+                60,
+                48,
+                (3 * c + k) as u32,
+            );
         }
     }
     // The released layout, made by mpm-data corrupt (JPEG 85 at 224 px as ImageNet-C).
     let o = Command::new(env!("CARGO_BIN_EXE_mpm-data"))
         .current_dir(d)
         .args([
-            "corrupt", "--images", "val", "--out", "inc", "--corruptions",
-            "gaussian_noise,brightness", "--severities", "1,3", "--size", "224", "--format",
-            "jpeg", "--seed", "5",
+            "corrupt",
+            "--images",
+            "val",
+            "--out",
+            "inc",
+            "--corruptions",
+            "gaussian_noise,brightness",
+            "--severities",
+            "1,3",
+            "--size",
+            "224",
+            "--format",
+            "jpeg",
+            "--seed",
+            "5",
         ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let common = ["--corruptions", "gaussian_noise,brightness", "--severities", "1,3"];
+    let common = [
+        "--corruptions",
+        "gaussian_noise,brightness",
+        "--severities",
+        "1,3",
+    ];
     let mut a: Vec<&str> = vec!["corruptions"];
     a.extend(MODEL3);
     a.extend(["--data", "inc", "--json", "pre.json"]);
@@ -116,7 +140,15 @@ fn corruptions_pregenerated_and_on_the_fly_agree_and_resume() {
     ok(&eval(d, &a));
     let mut b: Vec<&str> = vec!["corruptions"];
     b.extend(MODEL3);
-    b.extend(["--data", "val", "--on-the-fly", "--seed", "5", "--json", "fly.json"]);
+    b.extend([
+        "--data",
+        "val",
+        "--on-the-fly",
+        "--seed",
+        "5",
+        "--json",
+        "fly.json",
+    ]);
     b.extend(common);
     ok(&eval(d, &b));
     let (pre, fly) = (json(&d.join("pre.json")), json(&d.join("fly.json")));
@@ -139,7 +171,11 @@ fn corruptions_pregenerated_and_on_the_fly_agree_and_resume() {
         for i in 0..6 {
             let (a, b) = (pre.image(i).unwrap(), fly.image(i).unwrap());
             assert_eq!(a, b, "image {i}");
-            let moved = a.iter().zip(clean.image(i).unwrap()).filter(|(x, y)| *x != y).count();
+            let moved = a
+                .iter()
+                .zip(clean.image(i).unwrap())
+                .filter(|(x, y)| *x != y)
+                .count();
             assert!(moved > a.len() / 2, "the noise changed only {moved} values");
         }
     }
@@ -154,7 +190,10 @@ fn corruptions_pregenerated_and_on_the_fly_agree_and_resume() {
         let b = r["corruptions"]["brightness"]["accuracy"].as_f64().unwrap();
         assert!((r["average_accuracy"].as_f64().unwrap() - (acc + b) / 2.0).abs() < 1e-12);
         let table = r["table"].as_str().unwrap();
-        assert!(table.starts_with("| Model | Gauss | Bright | Avg | mCE |"), "{table}");
+        assert!(
+            table.starts_with("| Model | Gauss | Bright | Avg | mCE |"),
+            "{table}"
+        );
         assert!(table.contains("not the standard figure"), "{table}");
     }
     assert_eq!(fly["mode"], "on-the-fly");
@@ -169,7 +208,10 @@ fn corruptions_pregenerated_and_on_the_fly_agree_and_resume() {
     assert!(log.contains("resuming"), "{log}");
     let again = json(&d.join("fly.json"));
     assert_eq!(again["corruptions"], fly["corruptions"]);
-    assert_eq!(again["timing"]["images_this_run"], 2, "only the two lost images are redone");
+    assert_eq!(
+        again["timing"]["images_this_run"], 2,
+        "only the two lost images are redone"
+    );
     // Another run's journal is refused.
     let mut c = b.clone();
     let seed_at = c.iter().position(|x| *x == "5").unwrap();
@@ -207,7 +249,10 @@ fn clean_counts_undecodable_images_and_rejects_wrong_class_counts() {
     std::fs::create_dir_all(d.join("val/d")).unwrap();
     let o = eval(d, &[&a[..], &["--no-resume"]].concat());
     let s = String::from_utf8_lossy(&o.stderr);
-    assert!(s.contains("4 class directories") && s.contains("--num-classes 3"), "{s}");
+    assert!(
+        s.contains("4 class directories") && s.contains("--num-classes 3"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -238,12 +283,22 @@ fn ood_human_and_table() {
     ];
     let mut a: Vec<&str> = vec!["ood"];
     a.extend(big);
-    a.extend(["--dataset", "imagenet-a-plus", "--data", "inap", "--json", "ap.json"]);
+    a.extend([
+        "--dataset",
+        "imagenet-a-plus",
+        "--data",
+        "inap",
+        "--json",
+        "ap.json",
+    ]);
     ok(&eval(d, &a));
     let r = json(&d.join("ap.json"));
     assert_eq!(r["result"]["n"], 3);
     assert_eq!(r["column"], "IN-A-Plus");
-    assert!(r["transform"].as_str().unwrap().contains("Resize((36, 36), bilinear)"));
+    assert!(r["transform"]
+        .as_str()
+        .unwrap()
+        .contains("Resize((36, 36), bilinear)"));
     // Every answer is a position among the 200 classes.
     for (_, _, ans) in answers(&d.join("ap.json.journal")) {
         let v: Vec<u32> = serde_json::from_str(&ans).unwrap();
@@ -253,31 +308,53 @@ fn ood_human_and_table() {
     std::fs::remove_dir_all(d.join("inap").join(wnids[7])).unwrap();
     let o = eval(d, &[&a[..], &["--no-resume"]].concat());
     let s = String::from_utf8_lossy(&o.stderr);
-    assert!(s.contains("199 class folders") && s.contains(wnids[7]), "{s}");
+    assert!(
+        s.contains("199 class folders") && s.contains(wnids[7]),
+        "{s}"
+    );
 
     // model-vs-human stimuli: two datasets, 32-px images named as the benchmark's.
     for (k, (ds, name)) in [
         ("edge", "0001_edg_s01_0_oven_00_oven10.png"),
         ("edge", "0002_edg_s01_0_cat_00_cat3.png"),
-        ("uniform-noise", "0001_nse_s01_0.03_knife_10_n03041632_82878.png"),
+        (
+            "uniform-noise",
+            "0001_nse_s01_0.03_knife_10_n03041632_82878.png",
+        ),
         ("uniform-noise", "0002_nse_s01_0.90_bird_10_n01530575_1.png"),
         ("uniform-noise", "0003_nse_s01_0.0_car_10_n02814533_2.png"),
     ]
     .iter()
     .enumerate()
     {
-        image(&d.join(format!("stim/{ds}/dnn/session-1/{name}")), 32, 32, k as u32);
+        image(
+            &d.join(format!("stim/{ds}/dnn/session-1/{name}")),
+            32,
+            32,
+            k as u32,
+        );
     }
     let mut h: Vec<&str> = vec!["human"];
     h.extend(big);
     h.extend([
-        "--name", "tiny_net", "--data", "stim", "--out", "csv", "--datasets",
-        "edge,uniform-noise", "--json", "human.json",
+        "--name",
+        "tiny_net",
+        "--data",
+        "stim",
+        "--out",
+        "csv",
+        "--datasets",
+        "edge,uniform-noise",
+        "--json",
+        "human.json",
     ]);
     ok(&eval(d, &h));
     let csv = std::fs::read_to_string(d.join("csv/uniform-noise_tiny-net_session-1.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "subj,session,trial,rt,object_response,category,condition,imagename");
+    assert_eq!(
+        lines[0],
+        "subj,session,trial,rt,object_response,category,condition,imagename"
+    );
     assert_eq!(lines.len(), 4);
     assert!(lines[1].starts_with("tiny_net,1,1,NaN,"), "{}", lines[1]);
     assert!(lines[1].ends_with(",knife,0.03,0001_nse_s01_0.03_knife_10_n03041632_82878.png"));
@@ -286,12 +363,23 @@ fn ood_human_and_table() {
     assert_eq!(r["datasets"]["uniform-noise"]["ood_trials"], 1);
     assert_eq!(r["datasets"]["uniform-noise"]["n"], 3);
     let e = r["datasets"]["edge"]["ood_accuracy"].as_f64().unwrap();
-    let u = r["datasets"]["uniform-noise"]["ood_accuracy"].as_f64().unwrap();
+    let u = r["datasets"]["uniform-noise"]["ood_accuracy"]
+        .as_f64()
+        .unwrap();
     assert!((r["ood_accuracy"].as_f64().unwrap() - (e + u) / 2.0).abs() < 1e-12);
     // A missing dataset is named.
     let mut h2: Vec<&str> = vec!["human"];
     h2.extend(big);
-    h2.extend(["--data", "stim", "--out", "csv", "--datasets", "sketch", "--json", "h2.json"]);
+    h2.extend([
+        "--data",
+        "stim",
+        "--out",
+        "csv",
+        "--datasets",
+        "sketch",
+        "--json",
+        "h2.json",
+    ]);
     let o = eval(d, &h2);
     let s = String::from_utf8_lossy(&o.stderr);
     assert!(s.contains("missing model-vs-human dataset 'sketch'"), "{s}");
@@ -301,7 +389,16 @@ fn ood_human_and_table() {
     r2["model"] = "other".into();
     r2["accuracy"] = 0.9.into();
     std::fs::write(d.join("ap2.json"), r2.to_string()).unwrap();
-    let o = eval(d, &["table", "--runs", "ap.json,ap2.json,human.json", "--out", "tables"]);
+    let o = eval(
+        d,
+        &[
+            "table",
+            "--runs",
+            "ap.json,ap2.json,human.json",
+            "--out",
+            "tables",
+        ],
+    );
     ok(&o);
     let t4 = std::fs::read_to_string(d.join("tables/table4.md")).unwrap();
     assert!(t4.contains("| other | **90.0** |"), "{t4}");

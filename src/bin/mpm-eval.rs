@@ -171,7 +171,10 @@ fn dataset_list(s: &str) -> Result<Option<Vec<String>>> {
     if let Some(bad) = v.iter().find(|d| !HUMAN_DATASETS.contains(&d.as_str())) {
         return Err(Error::flag(
             "--datasets",
-            format!("unknown dataset '{bad}'; one of {}", HUMAN_DATASETS.join(", ")),
+            format!(
+                "unknown dataset '{bad}'; one of {}",
+                HUMAN_DATASETS.join(", ")
+            ),
         ));
     }
     Ok(Some(v))
@@ -247,7 +250,8 @@ fn run(cli: Cli) -> Result<()> {
             let crop = m.crop;
             let num_classes = m.model.num_classes;
             with_model(&m, "clean", fp, 1, |r| {
-                let f = ImageFolder::open(&data, list.as_deref(), per_class, num_classes, 256, 224)?;
+                let f =
+                    ImageFolder::open(&data, list.as_deref(), per_class, num_classes, 256, 224)?;
                 let set = Images {
                     root: f.root,
                     classes: f.classes,
@@ -291,7 +295,9 @@ fn run(cli: Cli) -> Result<()> {
             let ds = OodDataset::parse(&dataset)?;
             let fp = json!({"dataset": ds.name(), "data": data.display().to_string(), "per_class": per_class});
             let crop = m.crop;
-            with_model(&m, "ood", fp, 1, |r| runs::ood(r, ds, &data, crop, per_class))
+            with_model(&m, "ood", fp, 1, |r| {
+                runs::ood(r, ds, &data, crop, per_class)
+            })
         }
         Cmd::Human {
             m,
@@ -301,9 +307,12 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let list = dataset_list(&datasets)?
                 .unwrap_or_else(|| HUMAN_DATASETS.iter().map(|s| s.to_string()).collect());
-            let fp = json!({"data": data.display().to_string(), "head": "sixteen categories (mean)"});
+            let fp =
+                json!({"data": data.display().to_string(), "head": "sixteen categories (mean)"});
             let crop = m.crop;
-            with_model(&m, "human", fp, 1, |r| human::run(r, &data, &out, &list, crop))
+            with_model(&m, "human", fp, 1, |r| {
+                human::run(r, &data, &out, &list, crop)
+            })
         }
         Cmd::HumanMetrics {
             model_csv,
@@ -324,7 +333,10 @@ fn run(cli: Cli) -> Result<()> {
             let tables = table::build(&files, names.as_deref())?;
             let md = table::write(&out, &tables)?;
             println!("{md}");
-            eprintln!("wrote {}/tables.md and tableN.{{md,csv,png}}", out.display());
+            eprintln!(
+                "wrote {}/tables.md and tableN.{{md,csv,png}}",
+                out.display()
+            );
             Ok(())
         }
     }

@@ -43,7 +43,10 @@ impl ClassSubset {
             ClassSubset::A => IMAGENET_A_WNIDS,
             ClassSubset::R => IMAGENET_R_WNIDS,
         };
-        text.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     /// The subset's ImageNet-1K class indices, ascending.
@@ -53,7 +56,10 @@ impl ClassSubset {
             .iter()
             .map(|w| {
                 all.iter().position(|a| a == w).ok_or_else(|| {
-                    bad("imagenet_*_wnids.txt", format!("{w} is not an ImageNet class"))
+                    bad(
+                        "imagenet_*_wnids.txt",
+                        format!("{w} is not an ImageNet class"),
+                    )
                 })
             })
             .collect()
@@ -175,7 +181,10 @@ mod tests {
         assert_eq!(dc.len(), 17);
         assert!(dc["edge"].is_empty());
         assert_eq!(dc["uniform-noise"].len(), 8);
-        assert_eq!(excluded_conditions()["contrast"], vec!["c100", "c03", "c01"]);
+        assert_eq!(
+            excluded_conditions()["contrast"],
+            vec!["c100", "c03", "c01"]
+        );
         for d in HUMAN_DATASETS {
             assert!(dc.contains_key(d), "{d}");
         }

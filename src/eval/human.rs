@@ -43,23 +43,21 @@ pub fn stimuli_dir(data: &Path, dataset: &str) -> Option<PathBuf> {
         .find(|p| p.is_dir())
 }
 
+/// A dataset's set, each item's (condition, file name), and the names skipped (why).
+type Stimuli = (Images, Vec<(String, String)>, Vec<String>);
+
 /// One dataset's stimuli as an evaluation set (labels = category positions); names that do not
 /// follow the pattern or name no known category are returned as skips.
-fn stimuli(
-    dir: &Path,
-    dataset: &str,
-    categories: &[String],
-    crop: u32,
-) -> Result<(Images, Vec<(String, String)>, Vec<String>)> {
+fn stimuli(dir: &Path, dataset: &str, categories: &[String], crop: u32) -> Result<Stimuli> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
             p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                })
         })
         .collect();
     files.sort();
@@ -142,7 +140,8 @@ pub fn run(
         }
         let subset = HUMAN_DATASETS.iter().position(|x| x == d).unwrap_or(99) as u32;
         let outcomes = r.run(&set, std::slice::from_ref(&head), subset, d)?;
-        let mut csv = String::from("subj,session,trial,rt,object_response,category,condition,imagename\n");
+        let mut csv =
+            String::from("subj,session,trial,rt,object_response,category,condition,imagename\n");
         let mut trial = 0usize;
         for (o, (cond, img)) in outcomes.iter().zip(&info) {
             if let Outcome::Done { label, answers } = o {
@@ -160,7 +159,11 @@ pub fn run(
         all_n += n;
         let (ood_acc, ood_n) = ood_accuracy_of_file(d, &path)?;
         ood.push(ood_acc);
-        rows.push(vec![d.clone(), pct(Some(frac(right, n))), pct(Some(ood_acc))]);
+        rows.push(vec![
+            d.clone(),
+            pct(Some(frac(right, n))),
+            pct(Some(ood_acc)),
+        ]);
         per.insert(
             d.clone(),
             json!({"accuracy": frac(right, n), "n": n, "skipped": skipped + name_skips.len(),

@@ -120,7 +120,11 @@ fn parse_float(s: &str) -> Option<f64> {
         });
     }
     // Digits, one point, an exponent: nothing Rust accepts beyond pandas' parser ("inf" done).
-    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit() || b".e+-".contains(&b)) {
+    if body.is_empty()
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b".e+-".contains(&b))
+    {
         return None;
     }
     t.parse().ok()
@@ -144,7 +148,11 @@ pub fn python_float(v: f64) -> String {
         return if v > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if v == 0.0 {
-        return if v.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if v.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let e = format!("{v:e}");
     let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
@@ -212,7 +220,10 @@ fn joint_type(types: &[ColType]) -> ColType {
     let all = |t: ColType| types.iter().all(|&x| x == t);
     if all(ColType::Int) {
         ColType::Int
-    } else if types.iter().all(|&x| x == ColType::Int || x == ColType::Float) {
+    } else if types
+        .iter()
+        .all(|&x| x == ColType::Int || x == ColType::Float)
+    {
         ColType::Float
     } else if all(ColType::Bool) {
         ColType::Bool
@@ -393,8 +404,12 @@ fn pair_metrics(a: &[&Trial], b: &[&Trial], what: &dyn Fn() -> String) -> Result
             y.image_id
         )));
     }
-    let observed =
-        a.iter().zip(&b).filter(|(x, y)| x.correct == y.correct).count() as f64 / a.len() as f64;
+    let observed = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.correct == y.correct)
+        .count() as f64
+        / a.len() as f64;
     let expected = p1 * p2 + (1.0 - p1) * (1.0 - p2);
     let kappa = if observed == 1.0 {
         1.0
@@ -504,7 +519,10 @@ pub fn model_files(dir: &Path) -> Result<BTreeMap<&'static str, Vec<PathBuf>>> {
         }
     }
     for f in files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match dataset_of_file(&name) {
             Some(d) => out.entry(d).or_default().push(f),
             None => eprintln!(
@@ -609,7 +627,10 @@ pub fn compute(
                 if !HUMAN_DATASETS.contains(&d.as_str()) {
                     return Err(Error::flag(
                         "--datasets",
-                        format!("unknown dataset '{d}'; one of {}", HUMAN_DATASETS.join(", ")),
+                        format!(
+                            "unknown dataset '{d}'; one of {}",
+                            HUMAN_DATASETS.join(", ")
+                        ),
                     ));
                 }
                 if !by_dataset.contains_key(d.as_str()) {
@@ -654,7 +675,7 @@ pub fn compute(
             trials.iter().map(|t| t.condition.as_str()).collect();
         if let Some(c) = full.iter().find(|c| !present.contains(c.as_str())) {
             return Err(Error::format(
-                &hroot.join(d),
+                hroot.join(d),
                 format!(
                     "dataset {d}: condition '{c}' of the benchmark's experiment is not in the data \
                      (found: {})",
@@ -670,18 +691,28 @@ pub fn compute(
         let conditions: Vec<Option<String>> = if full.is_empty() {
             vec![None]
         } else {
-            full.into_iter().filter(|c| !ex.contains(c)).map(Some).collect()
+            full.into_iter()
+                .filter(|c| !ex.contains(c))
+                .map(Some)
+                .collect()
         };
         let mut humans: Vec<String> = Vec::new();
         let mut models: Vec<String> = Vec::new();
         for t in &trials {
-            let list = if is_human(&t.subj) { &mut humans } else { &mut models };
+            let list = if is_human(&t.subj) {
+                &mut humans
+            } else {
+                &mut models
+            };
             if !list.contains(&t.subj) {
                 list.push(t.subj.clone());
             }
         }
         if humans.is_empty() {
-            return Err(Error::format(&hroot.join(d), "no human observers (subj subject-*)"));
+            return Err(Error::format(
+                hroot.join(d),
+                "no human observers (subj subject-*)",
+            ));
         }
         if models.is_empty() {
             return Err(Error::format(
@@ -764,7 +795,10 @@ pub fn ood_accuracy_of_file(dataset: &str, csv: &Path) -> Result<(f64, usize)> {
         .map(|(t, _)| t)
         .collect();
     let full = data_conditions().get(dataset).cloned().unwrap_or_default();
-    let ex = excluded_conditions().get(dataset).cloned().unwrap_or_default();
+    let ex = excluded_conditions()
+        .get(dataset)
+        .cloned()
+        .unwrap_or_default();
     let kept: Vec<&Trial> = trials
         .iter()
         .filter(|t| full.is_empty() || (full.contains(&t.condition) && !ex.contains(&t.condition)))
@@ -793,7 +827,10 @@ mod tests {
         assert_eq!(col(&["0", "40"]), ColType::Int);
         assert_eq!(col(&["true", "false"]), ColType::Bool);
         assert_eq!(col(&["0", "pow"]), ColType::Text);
-        assert_eq!(as_pandas_text("0.90", ColType::Float, ColType::Float), "0.9");
+        assert_eq!(
+            as_pandas_text("0.90", ColType::Float, ColType::Float),
+            "0.9"
+        );
         assert_eq!(as_pandas_text("true", ColType::Bool, ColType::Bool), "True");
         assert_eq!(as_pandas_text("0", ColType::Int, ColType::Float), "0.0");
         assert_eq!(as_pandas_text("0", ColType::Int, ColType::Text), "0");
@@ -807,14 +844,26 @@ mod tests {
             short_image_name("0000_cl_s01_bw_boat_40_n02951358_5952.JPEG"),
             "n02951358_5952.JPEG"
         );
-        assert_eq!(short_image_name("airplane1-bicycle2.png"), "airplane1-bicycle2.png");
+        assert_eq!(
+            short_image_name("airplane1-bicycle2.png"),
+            "airplane1-bicycle2.png"
+        );
         assert_eq!(
             short_image_name("0001_s5n_s01_0_bird_00_bird3-bird2.png"),
             "bird3-bird2.png"
         );
-        assert_eq!(split_csv_line("a,\"b,c\",\"d\"\"e\","), vec!["a", "b,c", "d\"e", ""]);
-        assert_eq!(dataset_of_file("eidolonII_my_model_session-1.csv"), Some("eidolonII"));
-        assert_eq!(dataset_of_file("eidolonI_m_session-1.csv"), Some("eidolonI"));
+        assert_eq!(
+            split_csv_line("a,\"b,c\",\"d\"\"e\","),
+            vec!["a", "b,c", "d\"e", ""]
+        );
+        assert_eq!(
+            dataset_of_file("eidolonII_my_model_session-1.csv"),
+            Some("eidolonII")
+        );
+        assert_eq!(
+            dataset_of_file("eidolonI_m_session-1.csv"),
+            Some("eidolonI")
+        );
         assert_eq!(dataset_of_file("foo_m_session-1.csv"), None);
     }
 }

@@ -200,7 +200,8 @@ impl PredictionJournal {
             .map_err(|e| Error::io(path, e))?;
         if !resume || !exists {
             file.set_len(0).map_err(|e| Error::io(path, e))?;
-            let h = json!({"journal": 1, "kind": "mpm-eval predictions", "fingerprint": fingerprint});
+            let h =
+                json!({"journal": 1, "kind": "mpm-eval predictions", "fingerprint": fingerprint});
             writeln!(file, "{h}").map_err(|e| Error::io(path, e))?;
         } else {
             file.set_len(valid_len).map_err(|e| Error::io(path, e))?;
@@ -433,7 +434,10 @@ mod tests {
         assert_eq!(Head::Categories(vec![vec![3], vec![1, 2]]).answer(&z), 1);
         // The mean, not the sum: {0, 2, 4} sums past {3} but its mean does not.
         let z2 = [3.9f32, 0.0, 3.9, 4.0, 3.9];
-        assert_eq!(Head::Categories(vec![vec![0, 2, 4], vec![3]]).answer(&z2), 1);
+        assert_eq!(
+            Head::Categories(vec![vec![0, 2, 4], vec![3]]).answer(&z2),
+            1
+        );
     }
 
     #[test]
@@ -445,7 +449,13 @@ mod tests {
         j.append(
             0,
             &[
-                (0, Outcome::Done { label: 3, answers: vec![3, 1] }),
+                (
+                    0,
+                    Outcome::Done {
+                        label: 3,
+                        answers: vec![3, 1],
+                    },
+                ),
                 (1, Outcome::Skipped("bad".into())),
             ],
         )

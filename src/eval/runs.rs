@@ -204,7 +204,11 @@ pub fn corruptions(r: &mut Runner, plan: &CorruptionPlan) -> Result<Value> {
     let mce = ces.iter().sum::<f64>() / ces.len().max(1) as f64;
     let all_severities = plan.severities.len() == 5;
     let mut header = vec!["Model".to_string()];
-    header.extend(plan.corruptions.iter().map(|&c| corruption_label(c).to_string()));
+    header.extend(
+        plan.corruptions
+            .iter()
+            .map(|&c| corruption_label(c).to_string()),
+    );
     header.extend(["Avg".to_string(), "mCE".to_string()]);
     let mut row = vec![r.name.clone()];
     row.extend(accs.iter().map(|&a| pct(Some(a))));

@@ -216,16 +216,19 @@ impl Images {
             .classes
             .iter()
             .map(|c| {
-                c.parse::<usize>().ok().filter(|&v| v < num_classes).ok_or_else(|| {
-                    Error::format(
-                        &self.root,
-                        format!(
-                            "{}: folder '{c}' is not a class index below {num_classes} \
+                c.parse::<usize>()
+                    .ok()
+                    .filter(|&v| v < num_classes)
+                    .ok_or_else(|| {
+                        Error::format(
+                            &self.root,
+                            format!(
+                                "{}: folder '{c}' is not a class index below {num_classes} \
                              (ImageNet-V2 names its folders 0..999)",
-                            self.what
-                        ),
-                    )
-                })
+                                self.what
+                            ),
+                        )
+                    })
             })
             .collect::<Result<_>>()?;
         for it in &mut self.items {
@@ -310,7 +313,10 @@ mod tests {
         assert_eq!(v.len(), 3 * 32 * 32);
         // Blue is constant 7 through any resize.
         assert!((v[2 * 32 * 32 + 100] - 7.0 / 255.0).abs() < 1e-6);
-        let e = EvalTransform::AsIs { crop: 32 }.apply(&img).unwrap_err().to_string();
+        let e = EvalTransform::AsIs { crop: 32 }
+            .apply(&img)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("40x20") && e.contains("32x32"), "{e}");
         let sq = RgbImage::from_pixel(32, 32, image::Rgb([255, 0, 51]));
         let v = EvalTransform::AsIs { crop: 32 }.apply(&sq).unwrap();

@@ -115,8 +115,9 @@ impl Table {
                         None => "-".into(),
                         Some(v) => {
                             let s = self.fmt(*v);
-                            let top = best[c]
-                                .is_some_and(|b| self.rows[b].1[c].map(|x| self.fmt(x)) == Some(s.clone()));
+                            let top = best[c].is_some_and(|b| {
+                                self.rows[b].1[c].map(|x| self.fmt(x)) == Some(s.clone())
+                            });
                             if bold && top {
                                 format!("**{s}**")
                             } else {
@@ -150,7 +151,10 @@ impl Table {
                 .iter()
                 .enumerate()
                 .filter(|(c, b)| {
-                    b.is_some_and(|b| self.rows[b].1[*c].map(|x| self.fmt(x)) == self.rows[i].1[*c].map(|x| self.fmt(x)))
+                    b.is_some_and(|b| {
+                        self.rows[b].1[*c].map(|x| self.fmt(x))
+                            == self.rows[i].1[*c].map(|x| self.fmt(x))
+                    })
                 })
                 .map(|(c, _)| self.columns[c].as_str())
                 .collect();
@@ -175,7 +179,11 @@ impl Table {
                     .collect(),
             })
             .collect();
-        let y = if self.percent { "accuracy (%)" } else { "value" };
+        let y = if self.percent {
+            "accuracy (%)"
+        } else {
+            "value"
+        };
         grouped_bar_chart(path, &self.title, y, &series, &groups)
     }
 }
@@ -215,7 +223,10 @@ pub fn report_files(runs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 fn threat_column(r: &Value) -> String {
-    match (r.get("norm").and_then(|n| n.as_str()), r.get("eps").and_then(|e| e.as_f64())) {
+    match (
+        r.get("norm").and_then(|n| n.as_str()),
+        r.get("eps").and_then(|e| e.as_f64()),
+    ) {
         (Some("Linf"), Some(e)) if (e * 255.0 - (e * 255.0).round()).abs() < 1e-3 => {
             format!("Linf {}/255", (e * 255.0).round())
         }
@@ -226,8 +237,14 @@ fn threat_column(r: &Value) -> String {
 
 /// Builds the four tables from the reports (`names`: optional model names, one per file).
 pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'static str, Table)>> {
-    let mut t2 = Table::new("Table 2: adversarial robustness (AutoAttack accuracy, %)", true);
-    let mut t3 = Table::new("Table 3: ImageNet-C accuracy (%, mean over severities)", true);
+    let mut t2 = Table::new(
+        "Table 2: adversarial robustness (AutoAttack accuracy, %)",
+        true,
+    );
+    let mut t3 = Table::new(
+        "Table 3: ImageNet-C accuracy (%, mean over severities)",
+        true,
+    );
     t3.lower_better.push("mCE".into());
     let mut t4 = Table::new("Table 4: OOD accuracy (%)", true);
     let mut s4 = Table::new("Table S4: model-vs-human consistency", false);
@@ -339,10 +356,15 @@ pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'stati
     for (m, a) in avgs {
         t2.set(&m, "Avg", a);
     }
-    Ok([("table2", t2), ("table3", t3), ("table4", t4), ("tableS4", s4)]
-        .into_iter()
-        .filter(|(_, t)| !t.rows.is_empty())
-        .collect())
+    Ok([
+        ("table2", t2),
+        ("table3", t3),
+        ("table4", t4),
+        ("tableS4", s4),
+    ]
+    .into_iter()
+    .filter(|(_, t)| !t.rows.is_empty())
+    .collect())
 }
 
 /// Writes `tableN.{md,csv,png}` and `tables.md` into `out`; returns the Markdown.
@@ -354,7 +376,10 @@ pub fn write(out: &Path, tables: &[(&'static str, Table)]) -> Result<String> {
     let mut all = Vec::new();
     for (name, t) in tables {
         let md = t.markdown();
-        write_atomic(&out.join(format!("{name}.md")), format!("{md}\n").as_bytes())?;
+        write_atomic(
+            &out.join(format!("{name}.md")),
+            format!("{md}\n").as_bytes(),
+        )?;
         write_atomic(&out.join(format!("{name}.csv")), t.csv().as_bytes())?;
         t.chart(&out.join(format!("{name}.png")))?;
         all.push(md);
