@@ -95,6 +95,37 @@ fn metrics_match_the_benchmark_code_per_dataset_and_mean() {
         "{md}"
     );
     assert!(md.contains("Error consistency"), "{md}");
+    // Table S4 through `mpm-eval table`: both models and the humans, best marked per column.
+    let tdir = dir.path().join("tables");
+    let o = run_cli(&[
+        "table",
+        "--runs",
+        out.to_str().unwrap(),
+        "--out",
+        tdir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s4 = std::fs::read_to_string(tdir.join("tableS4.md")).unwrap();
+    let ec = |m: &str| {
+        exp["models"][m]["mean"]["error_consistency"]
+            .as_f64()
+            .unwrap()
+    };
+    let best = if ec("tiny_resnet") > ec("model-b") {
+        "tiny_resnet"
+    } else {
+        "model-b"
+    };
+    let best_row = s4
+        .lines()
+        .find(|l| l.starts_with(&format!("| {best} |")))
+        .unwrap();
+    assert!(
+        best_row.ends_with(&format!("**{:.3}** |", ec(best))),
+        "{s4}"
+    );
+    assert!(s4.contains("Accuracy difference ↓"), "{s4}");
+    assert!(tdir.join("tableS4.png").is_file());
 }
 
 #[test]

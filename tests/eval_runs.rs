@@ -389,12 +389,21 @@ fn ood_human_and_table() {
     r2["model"] = "other".into();
     r2["accuracy"] = 0.9.into();
     std::fs::write(d.join("ap2.json"), r2.to_string()).unwrap();
+    // An mpm-attack --threats paper report (its layout) for Table 2.
+    let attack = serde_json::json!({
+        "clean_accuracy": 0.6, "n": 10,
+        "threats": {
+            "linf4": {"norm": "Linf", "eps": 4.0 / 255.0, "robust_accuracy": 0.3, "clean_accuracy": 0.6},
+            "l2_2": {"norm": "L2", "eps": 2.0, "robust_accuracy": 0.2, "clean_accuracy": 0.6},
+        },
+    });
+    std::fs::write(d.join("other_attack.json"), attack.to_string()).unwrap();
     let o = eval(
         d,
         &[
             "table",
             "--runs",
-            "ap.json,ap2.json,human.json",
+            "ap.json,ap2.json,human.json,other_attack.json",
             "--out",
             "tables",
         ],
@@ -405,4 +414,14 @@ fn ood_human_and_table() {
     assert!(t4.contains("DIN (model-vs-human OOD accuracy)"), "{t4}");
     assert!(d.join("tables/table4.png").is_file() && d.join("tables/table4.csv").is_file());
     assert!(!d.join("tables/table3.md").exists());
+    let t2 = std::fs::read_to_string(d.join("tables/table2.md")).unwrap();
+    assert!(
+        t2.contains("| Model | Clean | L2 2 | Linf 4/255 | Avg |"),
+        "{t2}"
+    );
+    // Avg = (60 + 20 + 30) / 3; the row is named after the report file (no model field).
+    assert!(
+        t2.contains("| other_attack | **60.0** | **20.0** | **30.0** | **36.7** |"),
+        "{t2}"
+    );
 }

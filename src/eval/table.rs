@@ -5,7 +5,8 @@
 //! - Table 3 (ImageNet-C) from `mpm-eval corruptions`: the 15 corruptions, Avg, mCE.
 //! - Table 4 (OOD) from `mpm-eval ood` (one column per dataset) and the DIN column = the
 //!   model-vs-human OOD accuracy (`mpm-eval human`, or `human-metrics`' mean).
-//! - Table S4 from `mpm-eval human-metrics` (every model of each report, plus the humans).
+//! - Table S4 from `mpm-eval human-metrics` (every model of each report, plus the humans as a
+//!   reference row, never marked best).
 //!
 //! Rows are models (reports of one model merge into one row); the best value of each column is
 //! in bold (the lowest for mCE and accuracy difference). Written as `tableN.md`, `tableN.csv`
@@ -30,6 +31,9 @@ pub struct Table {
     pub rows: Vec<(String, Vec<Option<f64>>)>,
     /// Values are fractions shown as percentages (else three decimals).
     pub percent: bool,
+    /// Rows shown for reference but never marked best (the human observers in Table S4, as
+    /// the benchmark's own tables leave them out of the ranking).
+    pub reference_rows: Vec<String>,
 }
 
 impl Table {
@@ -79,6 +83,9 @@ impl Table {
                 let lower = self.lower_better.contains(&self.columns[c]);
                 let mut best: Option<(usize, f64)> = None;
                 for (r, row) in self.rows.iter().enumerate() {
+                    if self.reference_rows.contains(&row.0) {
+                        continue;
+                    }
                     if let Some(v) = row.1[c] {
                         // Compare at the printed precision: equal printed values are all best.
                         let better = match best {
@@ -115,9 +122,10 @@ impl Table {
                         None => "-".into(),
                         Some(v) => {
                             let s = self.fmt(*v);
-                            let top = best[c].is_some_and(|b| {
-                                self.rows[b].1[c].map(|x| self.fmt(x)) == Some(s.clone())
-                            });
+                            let top = !self.reference_rows.contains(m)
+                                && best[c].is_some_and(|b| {
+                                    self.rows[b].1[c].map(|x| self.fmt(x)) == Some(s.clone())
+                                });
                             if bold && top {
                                 format!("**{s}**")
                             } else {
@@ -150,6 +158,7 @@ impl Table {
             let wins: Vec<&str> = best
                 .iter()
                 .enumerate()
+                .filter(|_| !self.reference_rows.contains(&self.rows[i].0))
                 .filter(|(c, b)| {
                     b.is_some_and(|b| {
                         self.rows[b].1[*c].map(|x| self.fmt(x))
@@ -298,7 +307,17 @@ pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'stati
             }
             _ if v.get("models").is_some_and(|m| m.is_object()) => {
                 // human-metrics (contract E): every model it holds, by its own name.
-                for (m, r) in v["models"].as_object().into_iter().flatten() {
+                let humans = v.get("humans").map(|h| ("humans".to_string(), h.clone()));
+                if humans.is_some() && !s4.reference_rows.iter().any(|r| r == "humans") {
+                    s4.reference_rows.push("humans".into());
+                }
+                let models = v["models"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(m, r)| (m.clone(), r.clone()));
+                for (m, r) in models.chain(humans) {
+                    let m = &m;
                     let mean = &r["mean"];
                     for (key, col) in [
                         ("ood_accuracy", "OOD accuracy"),
