@@ -245,6 +245,23 @@ fn clean_counts_undecodable_images_and_rejects_wrong_class_counts() {
     let r = json(&d.join("clean.json"));
     assert_eq!(r["result"]["n"], 3);
     assert_eq!(r["result"]["skipped"], 1);
+    // ImageNet-R needs a 1,000-class model: said before any folder is read.
+    let mut r: Vec<&str> = vec!["ood"];
+    r.extend(MODEL3);
+    r.extend([
+        "--dataset",
+        "imagenet-r",
+        "--data",
+        "nowhere",
+        "--json",
+        "r.json",
+    ]);
+    let o = eval(d, &r);
+    let s = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        s.contains("imagenet-r restricts") && s.contains("has 3 classes"),
+        "{s}"
+    );
     // Four class folders for a 3-class model.
     std::fs::create_dir_all(d.join("val/d")).unwrap();
     let o = eval(d, &[&a[..], &["--no-resume"]].concat());

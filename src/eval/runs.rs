@@ -324,6 +324,16 @@ pub fn ood(
     let transform = ds.transform(crop);
     let num_classes = r.model.num_classes();
     let (mut set, heads) = match ds.subset() {
+        Some(_) if num_classes != 1000 => {
+            return Err(Error::flag(
+                "--num-classes",
+                format!(
+                    "{} restricts ImageNet-1K's 1,000 logits to its 200 classes, but the model \
+                     has {num_classes} classes",
+                    ds.name()
+                ),
+            ))
+        }
         Some(sub) => {
             let wnids = sub.wnids();
             let found = super::sets::class_dirs(root, ds.name())?;
