@@ -21,6 +21,7 @@ pub mod eval;
 pub mod folder;
 pub mod ghost_bn;
 pub mod optim;
+pub mod part_metrics;
 pub mod pgd;
 pub mod plot;
 pub mod run;
