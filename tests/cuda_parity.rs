@@ -84,7 +84,12 @@ impl Misses {
     fn describe(&self) -> String {
         self.first
             .iter()
-            .map(|(i, g, w, b)| format!("[{i}] gpu {g:e} cpu {w:e} (|diff| {:.2e} > {b:.2e})", (g - w).abs()))
+            .map(|(i, g, w, b)| {
+                format!(
+                    "[{i}] gpu {g:e} cpu {w:e} (|diff| {:.2e} > {b:.2e})",
+                    (g - w).abs()
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -170,7 +175,11 @@ fn elementwise_check_flags_a_wrong_tail_tile_that_rel_l2_passes() {
     tail[n - 4..].fill(0.0);
     let rtol = ELEM_FACTOR * BF16;
     let atol = rtol * rms(&want);
-    assert!(rel_l2(&tail, &want) < BF16, "rel L2 {}", rel_l2(&tail, &want));
+    assert!(
+        rel_l2(&tail, &want) < BF16,
+        "rel L2 {}",
+        rel_l2(&tail, &want)
+    );
     let ok = elementwise_misses(&noisy, &want, atol, rtol);
     assert_eq!(ok.count, 0, "{}", ok.describe());
     assert!(ok.worst < 0.1, "worst {}", ok.worst);
@@ -180,14 +189,22 @@ fn elementwise_check_flags_a_wrong_tail_tile_that_rel_l2_passes() {
         bad.first.iter().map(|m| m.0).collect::<Vec<_>>(),
         vec![n - 4, n - 3, n - 2, n - 1]
     );
-    assert!(bad.describe().starts_with(&format!("[{}] gpu 0e0 cpu 9e-1", n - 4)), "{}", bad.describe());
+    assert!(
+        bad.describe()
+            .starts_with(&format!("[{}] gpu 0e0 cpu 9e-1", n - 4)),
+        "{}",
+        bad.describe()
+    );
     // NaN or infinity where the reference is finite is always a miss; equal infinities are not.
     let mut nan = want.clone();
     nan[7] = f32::NAN;
     assert_eq!(elementwise_misses(&nan, &want, atol, rtol).count, 1);
     let inf = [f32::INFINITY, 1.0];
     assert_eq!(elementwise_misses(&inf, &inf, 0.0, 1e-3).count, 0);
-    assert_eq!(elementwise_misses(&[f32::INFINITY], &[f32::NEG_INFINITY], 1.0, 1.0).count, 1);
+    assert_eq!(
+        elementwise_misses(&[f32::INFINITY], &[f32::NEG_INFINITY], 1.0, 1.0).count,
+        1
+    );
     // assert_close itself fails on the tail tile with the first miss in its message.
     let t = Tensor::from_vec(&[n], tail).unwrap();
     let w = Tensor::from_vec(&[n], want).unwrap();
@@ -196,7 +213,10 @@ fn elementwise_check_flags_a_wrong_tail_tile_that_rel_l2_passes() {
     }))
     .unwrap_err();
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(msg.contains("4 of 100000 elements outside") && msg.contains(&format!("[{}]", n - 4)), "{msg}");
+    assert!(
+        msg.contains("4 of 100000 elements outside") && msg.contains(&format!("[{}]", n - 4)),
+        "{msg}"
+    );
 }
 
 /// Runs `f` on `inputs` (all requiring gradients) on the CPU and on `dev`, seeds backward with

@@ -424,7 +424,11 @@ fn flip_outcome(got: mpm::Result<NamedTensors>, want: &NamedTensors) -> FlipOutc
             mpm::io::HostData::I64(v) => v.iter().map(|x| *x as u64).collect(),
         }
     };
-    if got.values().zip(want.values()).all(|(g, w)| bits(g) == bits(w)) {
+    if got
+        .values()
+        .zip(want.values())
+        .all(|(g, w)| bits(g) == bits(w))
+    {
         FlipOutcome::Identical
     } else {
         FlipOutcome::ValuesOnly
@@ -475,9 +479,15 @@ fn corrupted_archive_bytes_are_errors_not_panics() {
         }
         eprintln!("{name}: outcomes of the flips {seen:?}");
         let count = |k: &str| seen.get(k).copied().unwrap_or(0);
-        assert!(count("Error") > 0 && count("Identical") > 0, "{name}: {seen:?}");
+        assert!(
+            count("Error") > 0 && count("Identical") > 0,
+            "{name}: {seen:?}"
+        );
         if !checksummed {
-            assert!(count("ValuesOnly") > 0 && count("Layout") > 0, "{name}: {seen:?}");
+            assert!(
+                count("ValuesOnly") > 0 && count("Layout") > 0,
+                "{name}: {seen:?}"
+            );
         }
     }
 }

@@ -11,9 +11,9 @@
 
 use super::model::{argmax, batch_loss, Classifier, Dims, LossKind};
 use super::norms::{l0_dist, l1_projection, Norm};
-use super::row_steps::{apgd_row_step, l1_sparse_step};
 use super::resident::{apgd_l1_step, apgd_step, copy_rows, row_l0};
 use super::rng::{normal, sample_rng, uniform, SampleRng};
+use super::row_steps::{apgd_row_step, l1_sparse_step};
 use super::schedule::RunGroups;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -469,7 +469,9 @@ impl Apgd<'_> {
                     &xs[r.clone()],
                 );
                 match norm {
-                    Norm::Linf | Norm::L2 => apgd_row_step(norm, xa, xo, g, x0, step[j], eps, a, out),
+                    Norm::Linf | Norm::L2 => {
+                        apgd_row_step(norm, xa, xo, g, x0, step[j], eps, a, out)
+                    }
                     Norm::L1 => {
                         let topk = sparsity.as_ref().map_or(1.0, |sp| sp.topk[j]);
                         l1_sparse_step(xa, g, x0, step[j], topk, eps, out)

@@ -357,7 +357,10 @@ mod tests {
         // +step: 0.5 -> 0.55).
         assert_eq!(linf_step(0.5, 0.5, 0.0, 0.05, 0.1), 0.5);
         assert_eq!(linf_step(0.5, 0.5, -0.0, 0.05, 0.1), 0.5);
-        assert_ne!(linf_step(0.5, 0.5, 0.0, 0.05, 0.1), 0.5 + 0.05 * 0.0f32.signum());
+        assert_ne!(
+            linf_step(0.5, 0.5, 0.0, 0.05, 0.1),
+            0.5 + 0.05 * 0.0f32.signum()
+        );
         // Moves by the step, then the ball around x0, then the box.
         assert_eq!(linf_step(0.5, 0.5, 2.0, 0.05, 0.1), 0.5f32 + 0.05);
         assert_eq!(linf_step(0.58, 0.5, 2.0, 0.05, 0.1), 0.5f32 + 0.1);

@@ -151,7 +151,13 @@ impl Pgd<'_> {
                     let r = j * d..(j + 1) * d;
                     if cfg.norm == Norm::Linf {
                         // The step and the projection in one (the same arithmetic).
-                        linf_step_slice(&mut xa[r.clone()], &xs[r.clone()], &g[r], cfg.step_size, cfg.eps);
+                        linf_step_slice(
+                            &mut xa[r.clone()],
+                            &xs[r.clone()],
+                            &g[r],
+                            cfg.step_size,
+                            cfg.eps,
+                        );
                         continue;
                     }
                     ascent_step(cfg.norm, &mut xa[r.clone()], &g[r.clone()], cfg.step_size);

@@ -193,7 +193,7 @@ impl Audit<'_> {
         atts
     }
 
-    /// 1. Input gradients finite and non-zero on every sample; returns the gradients too.
+    /// Check 1: input gradients finite and non-zero on every sample; returns the gradients too.
     fn gradients(&mut self) -> Result<(Check, Vec<f32>)> {
         let (n, d, k, y) = (self.n, self.d, self.k, self.y);
         let (_, g) = self.model.logits_and_grad(self.x, self.dims, &mut |z| {
@@ -265,7 +265,7 @@ impl Audit<'_> {
         (dirs, slopes)
     }
 
-    /// 2. Along the gradient direction the loss rises as the gradient predicts for a small
+    /// Check 2: along the gradient direction the loss rises as the gradient predicts for a small
     /// step, and its profile over [0, eps] has no jumps.
     fn smooth_loss(&mut self, g: &[f32]) -> Result<Check> {
         let (n, k, cfg) = (self.n, self.k, self.cfg);
@@ -320,7 +320,7 @@ impl Audit<'_> {
         })
     }
 
-    /// 3. APGD-CE robust accuracy does not rise as eps grows; returns the robust counts per
+    /// Check 3: APGD-CE robust accuracy does not rise as eps grows; returns the robust counts per
     /// eps factor too.
     fn monotone_eps(&mut self, clean: usize) -> Result<(Check, Vec<usize>)> {
         let (n, cfg) = (self.n, self.cfg);
@@ -353,7 +353,7 @@ impl Audit<'_> {
         Ok((check, accs))
     }
 
-    /// 4. The white-box attacks with eps = the box's diameter reach 0%.
+    /// Check 4: the white-box attacks with eps = the box's diameter reach 0%.
     fn unbounded(&mut self) -> Result<Check> {
         let n = self.n;
         let diam = self.cfg.norm.diameter(self.d);
@@ -369,7 +369,7 @@ impl Audit<'_> {
         })
     }
 
-    /// 5. APGD-CE (robust count `r_apgd`) is at least as strong as FGSM.
+    /// Check 5: APGD-CE (robust count `r_apgd`) is at least as strong as FGSM.
     fn iterative_vs_single(&mut self, r_apgd: usize) -> Result<Check> {
         let (n, cfg) = (self.n, self.cfg);
         let (r_fgsm, _) = self.robust_acc(self.base(vec![AttackKind::Fgsm], cfg.eps))?;
@@ -385,7 +385,7 @@ impl Audit<'_> {
         })
     }
 
-    /// 6a. 4x the APGD-CE iterations never raise robust accuracy (`r_apgd` the full run's).
+    /// Check 6a: 4x the APGD-CE iterations never raise robust accuracy (`r_apgd` the full run's).
     fn more_steps(&mut self, r_apgd: usize) -> Result<Check> {
         let (n, cfg) = (self.n, self.cfg);
         let mut few = self.base(vec![AttackKind::ApgdCe], cfg.eps);
@@ -405,7 +405,7 @@ impl Audit<'_> {
         })
     }
 
-    /// 6b. 3 PGD-10 restarts never raise robust accuracy over one.
+    /// Check 6b: 3 PGD-10 restarts never raise robust accuracy over one.
     fn more_restarts(&mut self) -> Result<Check> {
         let (n, cfg) = (self.n, self.cfg);
         let mut p1 = self.base(vec![AttackKind::Pgd], cfg.eps);
@@ -427,7 +427,7 @@ impl Audit<'_> {
         })
     }
 
-    /// 7. Square, run after the white-box attacks, lowers robust accuracy by at most 0.2%.
+    /// Check 7: Square, run after the white-box attacks, lowers robust accuracy by at most 0.2%.
     fn square_vs_whitebox(&mut self) -> Result<Check> {
         let (n, cfg) = (self.n, self.cfg);
         let mut sq = self.white_box();

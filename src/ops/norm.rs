@@ -1,9 +1,9 @@
 //! Batch normalisation over the channel (last) axis: BatchNorm2d on NHWC `[N,H,W,C]` and
 //! BatchNorm1d on `[N, C]` are the same op here.
 
+use super::Act;
 use crate::autograd::{Tape, Var};
 use crate::cpu::batch_norm as k;
-use super::Act;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
