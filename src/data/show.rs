@@ -179,13 +179,13 @@ pub fn run_show(cfg: &ShowConfig) -> Result<(usize, Vec<Skip>)> {
             let table = PartTable::from_classes(&classes.iter().collect::<Vec<_>>());
             for (ci, c) in classes.iter().enumerate().take(cfg.max_classes) {
                 let names: Vec<String> = c.categories.iter().map(|x| x.1.clone()).collect();
-                let mut depths = vec![0; names.len()];
-                if let Some(dir) = including {
-                    let p = dir.join(format!("{}.json", c.wnid));
-                    if let Ok(pairs) = pin_json::read_including(&p) {
-                        depths = pin_json::paint_depths(&names, &pairs).0;
+                let depths = match pin_json::class_depths(including.as_deref(), c) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        skips.push(Skip::from_error(&c.path, &e));
+                        vec![0; names.len()]
                     }
-                }
+                };
                 let legend = names
                     .iter()
                     .enumerate()
