@@ -27,6 +27,7 @@ pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod nn;
 pub mod ops;

@@ -10,9 +10,16 @@ use mpm::Result;
 use rand::{RngExt, SeedableRng};
 
 const H: f32 = 1e-2;
-/// f32 central differences with h = 1e-2: truncation ~h^2, rounding ~1e-7/h; 1% relative L2
-/// leaves room for both while a wrong rule (sign, missing term, transposed index) is far off.
-const TOL: f64 = 1e-2;
+/// Relative L2 error allowed, per family of op. The quotient is divided by the step actually
+/// taken (`grad_check::check_gradient`); what is left is f32 round-off in the op's outputs,
+/// of order `1e-7 |L| / h` (measured 2026-12-02 at h = 1e-2: at most 9.1e-6 over the
+/// element-wise, linear, convolution, pooling, resize and BN-eval checks; at most 2.0e-4 over
+/// BN in train mode and the losses, whose outputs sum many f32 terms). Each bound is about 5x
+/// to 10x the largest error measured in its family; a wrong rule (sign, missing term,
+/// transposed index) is off by 1e-1 or more. Before, one 1% bound covered all of them.
+const TOL: f64 = 1e-4;
+/// BN with batch statistics and the losses (see `TOL`).
+const TOL_SUMS: f64 = 1e-3;
 
 fn rand_tensor(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -21,13 +28,13 @@ fn rand_tensor(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
 }
 
 fn check(name: &str, x: &Tensor, f: impl Fn(&mut Tape, Var) -> Result<Var>) {
-    check_h(name, x, H, f)
+    check_h(name, x, H, TOL, f)
 }
 
-fn check_h(name: &str, x: &Tensor, h: f32, f: impl Fn(&mut Tape, Var) -> Result<Var>) {
+fn check_h(name: &str, x: &Tensor, h: f32, tol: f64, f: impl Fn(&mut Tape, Var) -> Result<Var>) {
     let r = check_gradient(x, f, h, 7).unwrap();
-    println!("{name}: {r}");
-    assert!(r.rel_l2 < TOL, "{name}: gradient check failed: {r}");
+    println!("{name}: {r} (tolerance {tol:.0e})");
+    assert!(r.rel_l2 < tol, "{name}: gradient check failed: {r}");
     assert!(
         r.numeric.iter().any(|v| v.abs() > 1e-4),
         "{name}: numeric gradient is zero everywhere: the check would prove nothing"
@@ -41,14 +48,24 @@ fn check_both(
     p: &Tensor,
     f: impl Fn(&mut Tape, Var, Var) -> Result<Var> + Clone + 'static,
 ) {
+    check_both_tol(name, x, p, TOL, f)
+}
+
+fn check_both_tol(
+    name: &str,
+    x: &Tensor,
+    p: &Tensor,
+    tol: f64,
+    f: impl Fn(&mut Tape, Var, Var) -> Result<Var> + Clone + 'static,
+) {
     let pc = p.clone();
     let f1 = f.clone();
-    check(&format!("{name} (input)"), x, move |t, xv| {
+    check_h(&format!("{name} (input)"), x, H, tol, move |t, xv| {
         let pv = t.param(pc.clone());
         f1(t, xv, pv)
     });
     let xc = x.clone();
-    check(&format!("{name} (param)"), p, move |t, pv| {
+    check_h(&format!("{name} (param)"), p, H, tol, move |t, pv| {
         let xv = t.constant(xc.clone());
         f(t, xv, pv)
     });
@@ -114,13 +131,17 @@ fn bn_check(name: &str, shape: &[usize], mode: BatchNormMode) {
         let (mut m, mut v) = (rm.clone(), rv.clone());
         ops::batch_norm(t, x, g, b, &mut m, &mut v, mode, 1e-5)
     };
+    let tol = match mode {
+        BatchNormMode::Train { .. } => TOL_SUMS,
+        _ => TOL,
+    };
     let (bc, r1) = (beta.clone(), run.clone());
-    check_both(name, &x, &gamma, move |t, x, g| {
+    check_both_tol(name, &x, &gamma, tol, move |t, x, g| {
         let b = t.param(bc.clone());
         r1(t, x, g, b)
     });
     let (xc, gc) = (x.clone(), gamma.clone());
-    check(&format!("{name} (beta)"), &beta, move |t, b| {
+    check_h(&format!("{name} (beta)"), &beta, H, tol, move |t, b| {
         let (x, g) = (t.constant(xc.clone()), t.param(gc.clone()));
         run(t, x, g, b)
     });
@@ -173,10 +194,10 @@ fn batch_norm_running_stats_follow_pytorch_rule() {
 #[test]
 fn activations() {
     let x = rand_tensor(&[3, 7], 20, -3.0, 3.0);
-    check("gelu", &x, |t, x| Ok(ops::gelu(t, x)));
+    check("gelu", &x, ops::gelu);
     // ReLU: keep |x| > 2h so no difference crosses the kink.
     let x = x.map(|v| if v.abs() < 0.1 { v + 0.3 } else { v });
-    check("relu", &x, |t, x| Ok(ops::relu(t, x)));
+    check("relu", &x, ops::relu);
 }
 
 #[test]
@@ -238,9 +259,9 @@ fn linear_add_scale_reshape_softmax_normalize() {
         let y = ops::add(t, x, o)?;
         ops::add(t, y, x)
     });
-    check("scale", &x, |t, x| Ok(ops::scale(t, x, -1.7)));
+    check("scale", &x, |t, x| ops::scale(t, x, -1.7));
     check("reshape", &x, |t, x| ops::reshape(t, x, &[2, 6]));
-    check("softmax", &x, |t, x| Ok(ops::softmax_channels(t, x)));
+    check("softmax", &x, ops::softmax_channels);
     let img = rand_tensor(&[2, 2, 3, 3], 27, 0.0, 1.0);
     check("normalize", &img, |t, x| {
         ops::normalize_input(t, x, ops::basic::IMAGENET_MEAN, ops::basic::IMAGENET_STD)
@@ -250,14 +271,14 @@ fn linear_add_scale_reshape_softmax_normalize() {
 #[test]
 fn losses() {
     let z = rand_tensor(&[4, 6], 30, -2.0, 2.0);
-    check("ce smooth 0.1", &z, |t, z| {
+    check_h("ce smooth 0.1", &z, H, TOL_SUMS, |t, z| {
         ops::cross_entropy_smooth(t, z, &[0, 5, 2, 2], 0.1)
     });
-    check("ce plain", &z, |t, z| {
+    check_h("ce plain", &z, H, TOL_SUMS, |t, z| {
         ops::cross_entropy_smooth(t, z, &[1, 3, 4, 0], 0.0)
     });
     let tgt = rand_tensor(&[4, 6], 31, 0.0, 1.0);
-    check("soft ce", &z, move |t, z| {
+    check_h("soft ce", &z, H, TOL_SUMS, move |t, z| {
         ops::soft_cross_entropy(t, z, &tgt)
     });
     let zs = rand_tensor(&[3, 2, 3, 5], 32, -2.0, 2.0);
@@ -270,10 +291,10 @@ fn losses() {
     }
     let tgt = Tensor::from_vec(&[3, 2, 3, 5], tv).unwrap();
     let t2 = tgt.clone();
-    check("focal gamma 2", &zs, move |t, z| {
+    check_h("focal gamma 2", &zs, H, TOL_SUMS, move |t, z| {
         ops::focal_loss(t, z, &tgt, &[1.0, 0.0, 0.7], 2.0)
     });
-    check("focal gamma 1.5", &zs, move |t, z| {
+    check_h("focal gamma 1.5", &zs, H, TOL_SUMS, move |t, z| {
         ops::focal_loss(t, z, &t2, &[0.5, 1.0, 1.0], 1.5)
     });
 }
@@ -353,14 +374,22 @@ fn whole_model_input_gradient() {
     let store = spec.init(5).unwrap();
     let x = rand_tensor(&[1, 16, 16, 3], 50, 0.2, 0.8);
     // A smaller step than the per-op checks: 20 layers of curvature (and max-pool windows
-    // whose argmax may flip) make h = 1e-2 differences inexact; f32 rounding still allows 1e-3.
-    check_h("resnet18-mpm input gradient", &x, 1e-3, move |t, x| {
-        // Run the model on the check's own tape (parameters enter as constants or params).
-        let mut s = store.clone();
-        let tape = std::mem::replace(t, Tape::new(t.mode()));
-        let mut ctx = Ctx::from_tape(&mut s, tape, false);
-        let out = spec.forward_logits(&mut ctx, x);
-        *t = ctx.into_tape();
-        out
-    });
+    // whose argmax may flip) make h = 1e-2 differences inexact. Measured 2026-12-02 (relative
+    // L2): h = 3.3e-4 7.7e-3, 1e-3 2.6e-3, 3e-3 8.8e-4: f32 round-off still dominates at 1e-3,
+    // so h = 3e-3 with 5x room (the bound was 1e-2 at h = 1e-3).
+    check_h(
+        "resnet18-mpm input gradient",
+        &x,
+        3e-3,
+        5e-3,
+        move |t, x| {
+            // Run the model on the check's own tape (parameters enter as constants or params).
+            let mut s = store.clone();
+            let tape = std::mem::replace(t, Tape::new(t.mode()));
+            let mut ctx = Ctx::from_tape(&mut s, tape, false);
+            let out = spec.forward_logits(&mut ctx, x);
+            *t = ctx.into_tape();
+            out
+        },
+    );
 }

@@ -385,25 +385,109 @@ fn auto_skips_a_none_ema_entry() {
     assert!(e.contains("'state_dict_ema' is None"), "{e}");
 }
 
+/// What a loader returned for a file with one flipped byte.
+#[derive(Debug, PartialEq)]
+enum FlipOutcome {
+    Error,
+    /// The same tensors, bit for bit (a byte the loader does not use: a timestamp, a local
+    /// header field the central directory overrides, ...).
+    Identical,
+    /// Same names, shapes and dtypes, other values: a flip inside a raw storage payload.
+    ValuesOnly,
+    /// Other names, shapes or dtypes: a flip inside the pickle, read without a checksum.
+    Layout,
+}
+
+fn flip_outcome(got: mpm::Result<NamedTensors>, want: &NamedTensors) -> FlipOutcome {
+    let Ok(got) = got else {
+        return FlipOutcome::Error;
+    };
+    // Whatever loaded is well formed: as many values as the shape says.
+    for (k, t) in &got {
+        let n = match &t.data {
+            mpm::io::HostData::F32(v) => v.len(),
+            mpm::io::HostData::I64(v) => v.len(),
+        };
+        assert_eq!(n, t.shape.iter().product::<usize>(), "{k:?}: {:?}", t.shape);
+    }
+    let same_layout = got.len() == want.len()
+        && got.iter().zip(want).all(|((gk, g), (wk, w))| {
+            gk == wk && g.shape == w.shape && g.dtype_name() == w.dtype_name()
+        });
+    if !same_layout {
+        return FlipOutcome::Layout;
+    }
+    // Bitwise (NaN-safe) comparison of every value.
+    let bits = |t: &HostTensor| -> Vec<u64> {
+        match &t.data {
+            mpm::io::HostData::F32(v) => v.iter().map(|x| x.to_bits() as u64).collect(),
+            mpm::io::HostData::I64(v) => v.iter().map(|x| *x as u64).collect(),
+        }
+    };
+    if got
+        .values()
+        .zip(want.values())
+        .all(|(g, w)| bits(g) == bits(w))
+    {
+        FlipOutcome::Identical
+    } else {
+        FlipOutcome::ValuesOnly
+    }
+}
+
 #[test]
 fn corrupted_archive_bytes_are_errors_not_panics() {
-    // Byte flips over the zip structure itself (local headers, central directory, EOCD).
+    // Byte flips over the zip structure itself (local headers, central directory, EOCD), the
+    // pickles and the storages. The zip format (torch.save since 1.6) has a CRC-32 per record,
+    // which the loader checks, so every flip must be an error or leave the tensors identical.
+    // The legacy format has no checksum at all: a flip in a storage's bytes loads other values
+    // and one in the pickle can load another name or shape (PyTorch loads those too); there
+    // the test requires no panic and well-formed tensors, and that both kinds occur (so the
+    // loop does reach the payload and the pickle).
     let dir = scratch("corrupt_zip");
     let p = dir.join("z.pth");
-    for name in ["plain.pth", "legacy.pth"] {
+    for (name, checksummed) in [("plain.pth", true), ("legacy.pth", false)] {
         let bytes = std::fs::read(fixture(name)).expect("fixture");
+        let want = load_pth(&fixture(name)).expect("original loads");
+        let want_sd = load_state_dict(&fixture(name), StateDictPick::Auto).expect("original");
         let n = bytes.len();
+        let mut seen = std::collections::BTreeMap::new();
         for i in 0..n {
             if i >= 128 && i + 384 < n && i % 17 != 0 {
                 continue;
             }
             for val in [0x00u8, 0xff] {
+                if bytes[i] == val {
+                    continue;
+                }
                 let mut b = bytes.clone();
                 b[i] = val;
                 std::fs::write(&p, &b).expect("write");
-                let _ = load_pth(&p);
-                let _ = load_state_dict(&p, StateDictPick::Auto);
+                let o1 = flip_outcome(load_pth(&p), &want);
+                let o2 = flip_outcome(load_state_dict(&p, StateDictPick::Auto), &want_sd);
+                if checksummed {
+                    let what = format!("{name}, byte {i} set to {val:#04x}");
+                    for (o, via) in [(&o1, "load_pth"), (&o2, "load_state_dict")] {
+                        assert!(
+                            matches!(o, FlipOutcome::Error | FlipOutcome::Identical),
+                            "{what}: {via} loaded other tensors ({o:?}) without an error"
+                        );
+                    }
+                }
+                *seen.entry(format!("{o1:?}")).or_insert(0usize) += 1;
             }
+        }
+        eprintln!("{name}: outcomes of the flips {seen:?}");
+        let count = |k: &str| seen.get(k).copied().unwrap_or(0);
+        assert!(
+            count("Error") > 0 && count("Identical") > 0,
+            "{name}: {seen:?}"
+        );
+        if !checksummed {
+            assert!(
+                count("ValuesOnly") > 0 && count("Layout") > 0,
+                "{name}: {seen:?}"
+            );
         }
     }
 }

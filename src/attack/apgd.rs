@@ -10,9 +10,10 @@
 //! Batched: every array below is `[n, d]` or `[n]` over the samples still under attack.
 
 use super::model::{argmax, batch_loss, Classifier, Dims, LossKind};
-use super::norms::{l0_dist, l1_projection, project_l2, Norm};
+use super::norms::{l0_dist, l1_projection, Norm};
 use super::resident::{apgd_l1_step, apgd_step, copy_rows, row_l0};
 use super::rng::{normal, sample_rng, uniform, SampleRng};
+use super::row_steps::{apgd_row_step, l1_sparse_step};
 use super::schedule::RunGroups;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -127,48 +128,6 @@ impl Sparsity {
                 red
             })
             .collect()
-    }
-}
-
-/// APGD-L1's step for one sample (the reference's, without momentum): the `topk` fraction of
-/// coordinates with the largest |g| (ties included) move by `step` in all along sign(g), then
-/// the perturbation is projected onto the l1 ball of radius `eps` cut with the box
-/// (`norms::l1_projection`): `out = x0 + du + dp`. Shared by the host loop and the CPU twin of
-/// the resident step (`resident::apgd_l1_step`), so both give the same bits.
-pub(crate) fn l1_sparse_step(
-    xa: &[f32],
-    g: &[f32],
-    x0: &[f32],
-    step: f32,
-    topk: f32,
-    eps: f32,
-    out: &mut [f32],
-) {
-    let d = xa.len();
-    let n_fts = d as f32;
-    let mut mags: Vec<f32> = g.iter().map(|v| v.abs()).collect();
-    let pos = (((1.0 - topk) * n_fts).clamp(0.0, n_fts - 1.0)) as usize;
-    let (_, thr, _) = mags.select_nth_unstable_by(pos, |p, q| p.total_cmp(q));
-    let thr = *thr;
-    let s: Vec<f32> = g
-        .iter()
-        .map(|&v| if v.abs() >= thr { sgn(v) } else { 0.0 })
-        .collect();
-    let l1 = s.iter().map(|v| v.abs()).sum::<f32>() + 1e-10;
-    let du: Vec<f32> = (0..d).map(|t| xa[t] + step * s[t] / l1 - x0[t]).collect();
-    let dp = l1_projection(x0, &du, eps);
-    for t in 0..d {
-        out[t] = x0[t] + du[t] + dp[t];
-    }
-}
-
-fn sgn(v: f32) -> f32 {
-    if v > 0.0 {
-        1.0
-    } else if v < 0.0 {
-        -1.0
-    } else {
-        0.0
     }
 }
 
@@ -510,31 +469,8 @@ impl Apgd<'_> {
                     &xs[r.clone()],
                 );
                 match norm {
-                    Norm::Linf => {
-                        for t in 0..d {
-                            let lo = x0[t] - eps;
-                            let hi = x0[t] + eps;
-                            let z1 = (xa[t] + step[j] * sgn(g[t]))
-                                .max(lo)
-                                .min(hi)
-                                .clamp(0.0, 1.0);
-                            let grad2 = xa[t] - xo[t];
-                            out[t] = (xa[t] + (z1 - xa[t]) * a + grad2 * (1.0 - a))
-                                .max(lo)
-                                .min(hi)
-                                .clamp(0.0, 1.0);
-                        }
-                    }
-                    Norm::L2 => {
-                        let gn = Norm::L2.of(g) + 1e-12;
-                        let mut z1: Vec<f32> =
-                            (0..d).map(|t| xa[t] + step[j] * g[t] / gn).collect();
-                        project_l2(&mut z1, x0, eps);
-                        let mut z2: Vec<f32> = (0..d)
-                            .map(|t| xa[t] + (z1[t] - xa[t]) * a + (xa[t] - xo[t]) * (1.0 - a))
-                            .collect();
-                        project_l2(&mut z2, x0, eps);
-                        out.copy_from_slice(&z2);
+                    Norm::Linf | Norm::L2 => {
+                        apgd_row_step(norm, xa, xo, g, x0, step[j], eps, a, out)
                     }
                     Norm::L1 => {
                         let topk = sparsity.as_ref().map_or(1.0, |sp| sp.topk[j]);

@@ -10,7 +10,12 @@
 //! - `apgd`       : APGD-CE, APGD-DLR and APGD-T (targeted DLR), l1 sparse steps and the
 //!   decreasing-eps schedule of AutoAttack's l1 version.
 //! - `radix`      : stable radix argsort of floats (FAB's and the l1 projection's sorts).
-//! - `fab`        : FAB-T (targeted Fast Adaptive Boundary) and its three projections.
+//! - `fab`        : FAB-T (targeted Fast Adaptive Boundary).
+//! - `boundary`   : FAB's minimum-norm projections onto a hyperplane within the box.
+//! - `row_steps`  : the per-sample step arithmetic (APGD l-inf / l2 / l1, FAB, Square's mass
+//!   move) that each host loop and its resident CPU twin share.
+//! - `resident`   : the same steps on batches that stay in the model's input tensors (GPU
+//!   kernels, CPU twins through `row_steps`).
 //! - `square`     : Square attack (l-inf, l2, l1), 5000 queries, AutoAttack's p schedule.
 //! - `autoattack` : the "standard" sequence on the points still robust, every example verified.
 //! - `report`     : R.json, the resumable journal, confidence intervals, the paper's table.
@@ -21,6 +26,7 @@
 
 pub mod apgd;
 pub mod autoattack;
+pub mod boundary;
 pub mod fab;
 pub mod imagefolder;
 pub mod model;
@@ -30,6 +36,7 @@ pub mod radix;
 pub mod report;
 pub mod resident;
 pub mod rng;
+pub mod row_steps;
 pub mod run;
 pub mod schedule;
 pub mod square;

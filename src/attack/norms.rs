@@ -137,6 +137,40 @@ impl Norm {
     }
 }
 
+/// The sign the l-inf steps move along: +1, -1, and 0 for a zero gradient (and for NaN), as
+/// the reference's `torch.sign` and the kernels (kernels/pgd_step.cu, attack_rows.cu) have it.
+/// Not `f32::signum`, which maps +0 to +1 and so moves coordinates the loss does not depend
+/// on (pixels a max-pool or a clamp cut off).
+pub fn sign_or_zero(v: f32) -> f32 {
+    if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// One l-inf PGD step of one coordinate: `clip01(clip(x + step sign(g), x0 - eps, x0 + eps))`,
+/// `sign` = [`sign_or_zero`]. The one copy of the rule: training PGD (`train::pgd`), attack
+/// PGD and APGD (`attack::pgd`, `attack::row_steps`), `mpm-bench`'s CPU loop and the tests'
+/// CPU twin of the `pgd_linf_f32` / `pgd_linf4_f32` kernels, which do the same float
+/// operations in the same order (so CPU and GPU steps agree bit for bit).
+#[inline]
+pub fn linf_step(x: f32, x0: f32, g: f32, step: f32, eps: f32) -> f32 {
+    (x + step * sign_or_zero(g))
+        .max(x0 - eps)
+        .min(x0 + eps)
+        .clamp(0.0, 1.0)
+}
+
+/// [`linf_step`] on every coordinate of `x` (in place), around `x0` with gradient `g`.
+pub fn linf_step_slice(x: &mut [f32], x0: &[f32], g: &[f32], step: f32, eps: f32) {
+    for ((xi, &ci), &gi) in x.iter_mut().zip(x0).zip(g) {
+        *xi = linf_step(*xi, ci, gi, step, eps);
+    }
+}
+
 /// Projects `adv` onto {z : ||z - x||_inf <= eps} ∩ [0,1]^d in place.
 pub fn project_linf(adv: &mut [f32], x: &[f32], eps: f32) {
     for (a, &xi) in adv.iter_mut().zip(x) {
@@ -311,6 +345,32 @@ pub fn l0_dist(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linf_step_keeps_sign_of_zero_at_zero() {
+        assert_eq!(sign_or_zero(0.0), 0.0);
+        assert_eq!(sign_or_zero(-0.0), 0.0);
+        assert_eq!(sign_or_zero(f32::NAN), 0.0);
+        assert_eq!(sign_or_zero(1e-30), 1.0);
+        assert_eq!(sign_or_zero(-3.0), -1.0);
+        // A zero gradient leaves the coordinate where it is (`f32::signum` would move it by
+        // +step: 0.5 -> 0.55).
+        assert_eq!(linf_step(0.5, 0.5, 0.0, 0.05, 0.1), 0.5);
+        assert_eq!(linf_step(0.5, 0.5, -0.0, 0.05, 0.1), 0.5);
+        assert_ne!(
+            linf_step(0.5, 0.5, 0.0, 0.05, 0.1),
+            0.5 + 0.05 * 0.0f32.signum()
+        );
+        // Moves by the step, then the ball around x0, then the box.
+        assert_eq!(linf_step(0.5, 0.5, 2.0, 0.05, 0.1), 0.5f32 + 0.05);
+        assert_eq!(linf_step(0.58, 0.5, 2.0, 0.05, 0.1), 0.5f32 + 0.1);
+        assert_eq!(linf_step(0.42, 0.5, -2.0, 0.05, 0.1), 0.5f32 - 0.1);
+        assert_eq!(linf_step(0.98, 0.95, 1.0, 0.05, 0.1), 1.0);
+        assert_eq!(linf_step(0.01, 0.02, -1.0, 0.05, 0.1), 0.0);
+        let mut x = vec![0.5, 0.5, 0.5];
+        linf_step_slice(&mut x, &[0.5; 3], &[1.0, 0.0, -1.0], 0.05, 0.1);
+        assert_eq!(x, vec![0.5f32 + 0.05, 0.5, 0.5f32 - 0.05]);
+    }
 
     #[test]
     fn tighten_puts_rounding_spill_back_in_the_box() {

@@ -4,7 +4,7 @@
 //! followed by the exact l1-ball + box projection.
 
 use super::model::{argmax, batch_loss, Classifier, Dims, LossKind};
-use super::norms::{l1_projection, project, Norm};
+use super::norms::{l1_projection, linf_step_slice, project, sign_or_zero, Norm};
 use super::rng::{normal, sample_rng, uniform, SampleRng};
 use crate::Result;
 
@@ -49,15 +49,7 @@ impl PgdConfig {
 
 /// One steepest-ascent step of size `a` along `g` in `norm` (l1: top-20% sparse signs).
 pub fn ascent_step(norm: Norm, xa: &mut [f32], g: &[f32], a: f32) {
-    let sgn = |v: f32| {
-        if v > 0.0 {
-            1.0
-        } else if v < 0.0 {
-            -1.0
-        } else {
-            0.0
-        }
-    };
+    let sgn = sign_or_zero;
     match norm {
         Norm::Linf => xa.iter_mut().zip(g).for_each(|(x, &v)| *x += a * sgn(v)),
         Norm::L2 => {
@@ -157,6 +149,17 @@ impl Pgd<'_> {
                             .copy_from_slice(&xa[j * d..(j + 1) * d]);
                     }
                     let r = j * d..(j + 1) * d;
+                    if cfg.norm == Norm::Linf {
+                        // The step and the projection in one (the same arithmetic).
+                        linf_step_slice(
+                            &mut xa[r.clone()],
+                            &xs[r.clone()],
+                            &g[r],
+                            cfg.step_size,
+                            cfg.eps,
+                        );
+                        continue;
+                    }
                     ascent_step(cfg.norm, &mut xa[r.clone()], &g[r.clone()], cfg.step_size);
                     project(cfg.norm, &mut xa[r.clone()], &xs[r], cfg.eps);
                 }

@@ -6,9 +6,10 @@
 //! (kernels/attack_rows.cu), `cuda::ops::square_l2l1_candidates` (kernels/square_rows.cu)
 //! and `cuda::ops::apgd_l1_step` (kernels/pgd_step.cu).
 
+use super::boundary::ProjScratch;
 use super::model::Dims;
-use super::norms::{l0_dist, project_l2, Norm};
-use super::square::MassMove;
+use super::norms::{l0_dist, Norm};
+use super::row_steps::{apgd_row_step, fab_row_step, l1_sparse_step, FabStep, MassMove};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -101,7 +102,7 @@ pub fn square_linf_candidates(
 }
 
 /// Square l2 / l1 proposals for one query, one per attacked row (the draws of
-/// `square::MassMove`, as arrays), and the query's eta profile.
+/// `row_steps::MassMove`, as arrays), and the query's eta profile.
 #[derive(Clone, Debug, Default)]
 pub struct SquareMoves {
     /// Row of `best` / `x` each candidate starts from.
@@ -277,13 +278,9 @@ pub fn copy_rows(dst: &Tensor, src: &Tensor, pairs: &[u32]) -> Result<Tensor> {
     Ok(out)
 }
 
-/// APGD's step with momentum `a` for `norm` (l-inf or l2), the step of `Apgd`'s host loop;
-/// row `j` uses `step[j]`:
-/// - l-inf, per element: `z1 = clip01(clip(x + step sign(g), x0 - eps, x0 + eps))`, then
-///   `clip01(clip(x + (z1 - x) a + (x - x_old)(1 - a), x0 - eps, x0 + eps))`;
-/// - l2, per row: `z1 = P(x + step g / (||g|| + 1e-12))`, then
-///   `P(x + (z1 - x) a + (x - x_old)(1 - a))`, `P` the projection onto the eps-ball around
-///   `x0` and the box (`norms::project_l2`).
+/// APGD's step with momentum `a` for `norm` (l-inf or l2) on NHWC batches: row `j` is
+/// `row_steps::apgd_row_step` with `step[j]` (the host loop's function; l-inf works per
+/// element, so NHWC order gives the same bits; l2's norm sums follow NHWC order here).
 #[allow(clippy::too_many_arguments)]
 pub fn apgd_step(
     norm: Norm,
@@ -326,37 +323,12 @@ pub fn apgd_step(
         .for_each(|(j, row)| {
             let r = j * d..(j + 1) * d;
             let (xa, xo, g, x0) = (&xa[r.clone()], &xo[r.clone()], &g[r.clone()], &x0[r]);
-            if norm == Norm::L2 {
-                let gn = Norm::L2.of(g) + 1e-12;
-                let mut z1: Vec<f32> = (0..d).map(|t| xa[t] + step[j] * g[t] / gn).collect();
-                project_l2(&mut z1, x0, eps);
-                for t in 0..d {
-                    row[t] = xa[t] + (z1[t] - xa[t]) * a + (xa[t] - xo[t]) * (1.0 - a);
-                }
-                project_l2(row, x0, eps);
-                return;
-            }
-            for (t, o) in row.iter_mut().enumerate() {
-                let (lo, hi) = (x0[t] - eps, x0[t] + eps);
-                let sg = if g[t] > 0.0 {
-                    1.0
-                } else if g[t] < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                };
-                let z1 = (xa[t] + step[j] * sg).max(lo).min(hi).clamp(0.0, 1.0);
-                let mom = xa[t] - xo[t];
-                *o = (xa[t] + (z1 - xa[t]) * a + mom * (1.0 - a))
-                    .max(lo)
-                    .min(hi)
-                    .clamp(0.0, 1.0);
-            }
+            apgd_row_step(norm, xa, xo, g, x0, step[j], eps, a, row);
         });
     Tensor::from_vec(x_adv.shape(), out)
 }
 
-/// APGD-L1's step on NHWC batches: row `j` is `apgd::l1_sparse_step` with `step[j]` and the
+/// APGD-L1's step on NHWC batches: row `j` is `row_steps::l1_sparse_step` with `step[j]` and the
 /// top-k fraction `topk[j]` (no momentum, as the reference). The CPU twin runs the host loop's
 /// function on each row in its NCHW order, so the bits are the host loop's (the l1 projection's
 /// f64 sums follow the coordinates' order); the GPU version is `cuda::ops::apgd_l1_step` (the
@@ -389,7 +361,7 @@ pub fn apgd_l1_step(
     }
     map_rows_nchw(&[x_adv, grad, x0], |j, r| {
         let mut o = vec![0f32; r[0].len()];
-        super::apgd::l1_sparse_step(&r[0], &r[1], &r[2], step[j], topk[j], eps, &mut o);
+        l1_sparse_step(&r[0], &r[1], &r[2], step[j], topk[j], eps, &mut o);
         o
     })
 }
@@ -456,7 +428,7 @@ fn norm_code(norm: Norm) -> u32 {
     }
 }
 
-/// FAB's iteration on NHWC batches: row `j` of `x1` after `fab::fab_row_step` with the
+/// FAB's iteration on NHWC batches: row `j` of `x1` after `row_steps::fab_row_step` with the
 /// original `im2`, the gradient `w` of f_t - f_y at `x1` and `df[j]` (f_t - f_y there). CPU twin:
 /// the host loop's function in NCHW order (its bits); GPU: `cuda::ops::fab_step`.
 pub fn fab_step(
@@ -464,9 +436,10 @@ pub fn fab_step(
     im2: &Tensor,
     w: &Tensor,
     df: &[f32],
-    cfg: &super::fab::FabConfig,
+    cfg: impl Into<FabStep>,
 ) -> Result<Tensor> {
     let op = "fab_step";
+    let cfg: FabStep = cfg.into();
     let (n, ..) = nhwc(op, x1)?;
     if [im2, w].iter().any(|t| t.shape() != x1.shape()) || df.len() != n {
         return Err(Error::shape(
@@ -494,8 +467,8 @@ pub fn fab_step(
     map_rows_nchw(&[x1, im2, w], |j, r| {
         let d = r[0].len();
         let (mut x, mut d1, mut d2) = (r[0].clone(), vec![0f32; d], vec![0f32; d]);
-        let mut sc = super::fab::ProjScratch::default();
-        super::fab::fab_row_step(cfg, df[j], &mut x, &r[1], &r[2], &mut sc, &mut d1, &mut d2);
+        let mut sc = ProjScratch::default();
+        fab_row_step(cfg, df[j], &mut x, &r[1], &r[2], &mut sc, &mut d1, &mut d2);
         x
     })
 }

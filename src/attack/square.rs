@@ -17,6 +17,7 @@ use super::resident::{
     copy_rows, square_l2l1_candidates, square_linf_candidates, SquareMoves, SquareProposals,
 };
 use super::rng::{below, sample_rng, sign, uniform, SampleRng};
+use super::row_steps::{MassMove, Win};
 use crate::Result;
 use rayon::prelude::*;
 
@@ -200,161 +201,10 @@ fn l2l1_side(raw: usize, dims: Dims) -> usize {
     s.min(dims.h.min(dims.w))
 }
 
-/// The random part of one Square l2 / l1 candidate (one sample, one query), drawn from the
-/// sample's stream in the reference's order: the corners of the window that receives the
-/// mass (`w1`) and of the one that is emptied (`w2`), the transpose of the eta profile, one
-/// sign per channel. `apply` makes the candidate on the host; the resident loop sends the
-/// same draws to `resident::square_l2l1_candidates`.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct MassMove {
-    pub s: usize,
-    pub w1: (usize, usize),
-    pub w2: (usize, usize),
-    pub transpose: bool,
-    /// One +-1 per channel.
-    pub signs: Vec<f32>,
-}
-
-impl MassMove {
-    pub fn draw(s: usize, dims: Dims, rng: &mut SampleRng) -> Self {
-        let w1 = (below(rng, dims.h - s), below(rng, dims.w - s));
-        let w2 = (below(rng, dims.h - s), below(rng, dims.w - s));
-        // `eta`'s draw.
-        let transpose = uniform(rng) > 0.5;
-        let signs = (0..dims.c).map(|_| sign(rng)).collect();
-        MassMove {
-            s,
-            w1,
-            w2,
-            transpose,
-            signs,
-        }
-    }
-
-    /// The candidate (NCHW row `out`) from the best point `xb` of the sample `xj`: in each
-    /// channel, the window `w1` gets `eta * sign` plus its old content normalised, rescaled
-    /// so that the channel keeps its share of the budget (the mass of both windows, plus the
-    /// room left to eps spread over the channels); `w2` is emptied; then the perturbation is
-    /// rescaled onto the eps-sphere (l2) or projected onto the l1 ball + box (l1) and the
-    /// point clamped to [0, 1]. `profile` is `eta_profile(norm, s)`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn apply(
-        &self,
-        norm: Norm,
-        eps: f32,
-        dims: Dims,
-        profile: &[f32],
-        xj: &[f32],
-        xb: &[f32],
-        out: &mut [f32],
-    ) {
-        let (c, h, w, d) = (dims.c, dims.h, dims.w, dims.len());
-        let s = self.s;
-        let w1 = Win {
-            vh: self.w1.0,
-            vw: self.w1.1,
-            s,
-        };
-        let w2 = Win {
-            vh: self.w2.0,
-            vw: self.w2.1,
-            s,
-        };
-        let eta = |r: usize, q: usize| {
-            if self.transpose {
-                profile[q * s + r]
-            } else {
-                profile[r * s + q]
-            }
-        };
-        let mut delta: Vec<f32> = xb.iter().zip(xj).map(|(a, b)| a - b).collect();
-        let l1 = norm == Norm::L1;
-        let ni = norm.of(&delta);
-        let mut new = vec![0f32; c * s * s];
-        // The windows' bounding box, in raster order: the sums add the same terms in the
-        // same order as a scan of the whole image would.
-        let (r0, r1) = (w1.vh.min(w2.vh), w1.vh.max(w2.vh) + s);
-        let (q0, q1) = (w1.vw.min(w2.vw), w1.vw.max(w2.vw) + s);
-        for ch in 0..c {
-            let sg = self.signs[ch];
-            let (mut nw1, mut nws) = (0f32, 0f32);
-            for r in r0..r1 {
-                for q in q0..q1 {
-                    let v = delta[(ch * h + r) * w + q];
-                    let m = if l1 { v.abs() } else { v * v };
-                    if w1.contains(r, q) {
-                        nw1 += m;
-                    }
-                    if w1.contains(r, q) || w2.contains(r, q) {
-                        nws += m;
-                    }
-                }
-            }
-            if !l1 {
-                nw1 = nw1.sqrt();
-                nws = nws.sqrt();
-            }
-            let nd = &mut new[ch * s * s..(ch + 1) * s * s];
-            for r in 0..s {
-                for q in 0..s {
-                    let old = delta[(ch * h + w1.vh + r) * w + w1.vw + q];
-                    nd[r * s + q] = eta(r, q) * sg + old / (1e-12 + nw1);
-                }
-            }
-            let scale = if l1 {
-                let t = Norm::L1.of(nd);
-                ((eps - ni).max(0.0) / c as f32 + nws) * c as f32 / (1e-12 + t)
-            } else {
-                let t = Norm::L2.of(nd);
-                ((eps * eps - ni * ni).max(0.0) / c as f32 + nws * nws).sqrt() / (1e-12 + t)
-            };
-            nd.iter_mut().for_each(|v| *v *= scale);
-        }
-        for ch in 0..c {
-            for r in 0..s {
-                for q in 0..s {
-                    delta[(ch * h + w2.vh + r) * w + w2.vw + q] = 0.0;
-                }
-            }
-            for r in 0..s {
-                for q in 0..s {
-                    delta[(ch * h + w1.vh + r) * w + w1.vw + q] = new[(ch * s + r) * s + q];
-                }
-            }
-        }
-        if l1 {
-            // The projection keeps x + delta + r in the box in f64; the f32 sum can land a
-            // rounding error outside it (the reference leaves it there). Clamping only
-            // shortens the perturbation and keeps the example valid.
-            let pr = l1_projection(xj, &delta, eps * (1.0 - 1e-6));
-            for i in 0..d {
-                out[i] = (xj[i] + delta[i] + pr[i]).clamp(0.0, 1.0);
-            }
-        } else {
-            let t = Norm::L2.of(&delta) + 1e-12;
-            for i in 0..d {
-                out[i] = (xj[i] + delta[i] / t * eps).clamp(0.0, 1.0);
-            }
-        }
-    }
-}
-
 pub struct Square<'m> {
     pub cfg: SquareConfig,
     pub model: &'m mut dyn Classifier,
     pub stream: u64,
-}
-
-struct Win {
-    vh: usize,
-    vw: usize,
-    s: usize,
-}
-
-impl Win {
-    fn contains(&self, r: usize, q: usize) -> bool {
-        r >= self.vh && r < self.vh + self.s && q >= self.vw && q < self.vw + self.s
-    }
 }
 
 impl Square<'_> {

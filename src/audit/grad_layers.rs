@@ -586,6 +586,42 @@ fn per_sample_norms(v: &[f32], n: usize) -> Vec<f64> {
 /// The second finite-difference step, as a fraction of the first.
 pub const SMALL: f32 = 0.03;
 
+/// The loss's fixed parts, chosen at the clean point by the gradient pass: the runner-up
+/// targets, the logit probe, the segmentation probes and whether the heads are in the loss;
+/// plus `L_i` at the unperturbed point (for the one-sided differences).
+struct LossParts {
+    k: usize,
+    loss: AuditLoss,
+    targets: Vec<usize>,
+    probe: Vec<f32>,
+    seg_probes: Vec<Tensor>,
+    heads: bool,
+    l0: Vec<f64>,
+}
+
+impl LossParts {
+    /// Per-sample `L_i` of a pass.
+    fn of(&self, p: &Pass, y: &[usize]) -> Vec<f64> {
+        loss_values(
+            p,
+            self.loss,
+            self.k,
+            y,
+            &self.targets,
+            &self.probe,
+            &self.seg_probes,
+        )
+    }
+}
+
+/// One output to audit: its name, engine shape, value and the tape's gradient there.
+struct Output {
+    name: String,
+    shape: Vec<usize>,
+    value: Tensor,
+    grad: Option<Tensor>,
+}
+
 /// Runs the per-layer audit on `x` (`n` NCHW images in [0,1], labels `y`). `progress` is
 /// called after each output with its row.
 pub fn layer_audit(
@@ -603,17 +639,52 @@ pub fn layer_audit(
             format!("{} values for {n} images of {dims:?}", x.len()),
         ));
     }
-    let k = model.spec.num_classes;
     let xt = Tensor::from_vec(
         &[n, dims.h, dims.w, dims.c],
         nchw_to_nhwc(x, n, dims.c, dims.h, dims.w),
     )?;
-    let fault = cfg.fault.as_ref();
+    let (outputs, parts) = gradient_pass(model, &xt, y, cfg)?;
+    let total = outputs.len();
+    let mut rows = Vec::with_capacity(total);
+    for (li, out) in outputs.into_iter().enumerate() {
+        let row = audit_output(model, &xt, y, cfg, &parts, li, out)?;
+        progress(li, total, &row);
+        rows.push(row);
+    }
+    let localisation = LayerAudit::localise(&rows);
+    Ok(LayerAudit {
+        pass: localisation.is_none(),
+        localisation,
+        rows,
+        samples: n,
+        directions: cfg.directions,
+        loss: match cfg.loss {
+            AuditLoss::Probe => "probe".into(),
+            AuditLoss::Attack(k) => format!("{k:?}").to_lowercase(),
+        },
+        heads: parts.heads,
+        fault: cfg.fault.as_ref().map(|f| f.describe()),
+        cfg_quantile: cfg.quantile,
+        cfg_tolerance: cfg.tolerance,
+        cfg_step: cfg.step,
+    })
+}
 
-    // Gradient pass: a zero input at every chosen output, one backward.
+/// The gradient pass: a zero input at every chosen output, one backward of `L = sum_i L_i`.
+/// Returns the outputs to audit (the input images first, then the chosen layers in forward
+/// order) with the tape's gradients, and the loss's parts. Errors name the flag when the fault
+/// or the layer patterns match no output.
+fn gradient_pass(
+    model: &mut EngineClassifier,
+    xt: &Tensor,
+    y: &[usize],
+    cfg: &LayerAuditConfig,
+) -> Result<(Vec<Output>, LossParts)> {
+    let (n, k) = (y.len(), model.spec.num_classes);
+    let fault = cfg.fault.as_ref();
     let mut p = forward(
         model,
-        &xt,
+        xt,
         GradMode::InputGradOnly,
         cfg.heads,
         Probe {
@@ -665,202 +736,219 @@ pub fn layer_audit(
         Ok(seeds.iter().map(|s| Some(s.map(|v| v * d))).collect())
     });
     let grads = p.tape.backward(root)?;
-    // (name, engine shape, value, gradient), input first.
-    let mut targets_list: Vec<(String, Vec<usize>, Tensor, Option<Tensor>)> = vec![(
-        "input".into(),
-        xt.shape().to_vec(),
-        xt.clone(),
-        grads.get(p.images).cloned(),
-    )];
+    let mut outputs = vec![Output {
+        name: "input".into(),
+        shape: xt.shape().to_vec(),
+        value: xt.clone(),
+        grad: grads.get(p.images).cloned(),
+    }];
     for s in p.seen.iter_mut() {
-        if let (Some(v), Some(val)) = (s.var, s.value.take()) {
-            targets_list.push((s.name.clone(), s.shape.clone(), val, grads.get(v).cloned()));
+        if let (Some(v), Some(value)) = (s.var, s.value.take()) {
+            outputs.push(Output {
+                name: s.name.clone(),
+                shape: s.shape.clone(),
+                value,
+                grad: grads.get(v).cloned(),
+            });
         }
     }
     drop(grads);
-    let heads = cfg.heads && !p.segs.is_empty();
+    let mut parts = LossParts {
+        k,
+        loss: cfg.loss,
+        targets,
+        probe,
+        seg_probes,
+        heads: cfg.heads && !p.segs.is_empty(),
+        l0: Vec::new(),
+    };
     // L at the unperturbed point (the zero inputs change nothing): one-sided differences.
-    let l0 = loss_values(&p, cfg.loss, k, y, &targets, &probe, &seg_probes);
-    drop(p);
+    parts.l0 = parts.of(&p, y);
+    Ok((outputs, parts))
+}
 
-    let total = targets_list.len();
-    let mut rows = Vec::with_capacity(total);
-    for (li, (name, shape, value, grad)) in targets_list.into_iter().enumerate() {
-        let numel = value.numel();
-        let d = numel / n;
-        let g: Vec<f32> = match &grad {
-            Some(t) => t.data().to_vec(),
-            None => vec![0.0; numel],
-        };
-        let gnorms = per_sample_norms(&g, n);
-        let (mut nonfinite, mut zero) = (0, 0);
-        for i in 0..n {
-            let gi = &g[i * d..(i + 1) * d];
-            if gi.iter().any(|v| !v.is_finite()) {
-                nonfinite += 1;
-            } else if gi.iter().all(|&v| v == 0.0) {
-                zero += 1;
-            }
+/// The finite-difference direction of direction `j` at output `li` for every sample: a random
+/// unit vector plus the unit gradient, normalised (half along the gradient, as in the input
+/// audit: a random direction sees only ~1/sqrt(d) of it). `g` the gradient, `gnorms` its
+/// per-sample l2 norms.
+fn direction(cfg: &LayerAuditConfig, li: usize, j: usize, g: &[f32], gnorms: &[f64]) -> Vec<f32> {
+    let n = gnorms.len();
+    let d = g.len() / n;
+    let mut v = vec![0f32; g.len()];
+    for i in 0..n {
+        let stream = 1_000_000 + li as u64 * 1000 + j as u64;
+        let mut rng = sample_rng(cfg.seed, i as u64, stream);
+        let vi = &mut v[i * d..(i + 1) * d];
+        vi.iter_mut().for_each(|t| *t = normal(&mut rng));
+        let nrm = vi.iter().map(|t| t * t).sum::<f32>().sqrt().max(1e-12);
+        vi.iter_mut().for_each(|t| *t /= nrm);
+        let gi = &g[i * d..(i + 1) * d];
+        let gn = gnorms[i] as f32;
+        if gn > 0.0 && gn.is_finite() {
+            vi.iter_mut().zip(gi).for_each(|(t, q)| *t += q / gn);
+            let nrm = vi.iter().map(|t| t * t).sum::<f32>().sqrt().max(1e-12);
+            vi.iter_mut().for_each(|t| *t /= nrm);
         }
-        let anorm = per_sample_norms(value.data(), n).iter().sum::<f64>() / n as f64;
-        let h = (cfg.step as f64 * anorm).max(1e-12) as f32;
-        let mut analytic = Vec::new();
-        // Per (direction, sample): the difference quotient at each step.
-        let mut numeric: Vec<[f64; 4]> = Vec::new();
-        for j in 0..cfg.directions {
-            let mut v = vec![0f32; numel];
-            for i in 0..n {
-                let stream = 1_000_000 + li as u64 * 1000 + j as u64;
-                let mut rng = sample_rng(cfg.seed, i as u64, stream);
-                let vi = &mut v[i * d..(i + 1) * d];
-                vi.iter_mut().for_each(|t| *t = normal(&mut rng));
-                let nrm = vi.iter().map(|t| t * t).sum::<f32>().sqrt().max(1e-12);
-                vi.iter_mut().for_each(|t| *t /= nrm);
-                // Half along the gradient, as in the input audit (a random direction sees
-                // only ~1/sqrt(d) of it).
-                let gi = &g[i * d..(i + 1) * d];
-                let gn = gnorms[i] as f32;
-                if gn > 0.0 && gn.is_finite() {
-                    vi.iter_mut().zip(gi).for_each(|(t, q)| *t += q / gn);
-                    let nrm = vi.iter().map(|t| t * t).sum::<f32>().sqrt().max(1e-12);
-                    vi.iter_mut().for_each(|t| *t /= nrm);
-                }
-            }
-            let mut l_pm = Vec::with_capacity(4);
-            for (hs, sign) in [(h, 1f32), (h, -1.0), (h * SMALL, 1.0), (h * SMALL, -1.0)] {
-                let dv = Tensor::from_vec(&shape, v.iter().map(|t| sign * hs * t).collect())?;
-                let pass = if name == "input" {
-                    let xp = Tensor::from_vec(
-                        &shape,
-                        xt.data()
-                            .iter()
-                            .zip(dv.data())
-                            .map(|(a, b)| a + b)
-                            .collect(),
-                    )?;
-                    forward(
-                        model,
-                        &xp,
-                        GradMode::NoGrad,
-                        heads,
-                        Probe {
-                            select: None,
-                            target: None,
-                            fault,
-                            seen: Vec::new(),
-                        },
-                    )?
-                } else {
-                    forward(
-                        model,
-                        &xt,
-                        GradMode::NoGrad,
-                        heads,
-                        Probe {
-                            select: None,
-                            target: Some((&name, &dv)),
-                            fault,
-                            seen: Vec::new(),
-                        },
-                    )?
-                };
-                l_pm.push(loss_values(
-                    &pass,
-                    cfg.loss,
-                    k,
-                    y,
-                    &targets,
-                    &probe,
-                    &seg_probes,
-                ));
-            }
-            for i in 0..n {
-                let a: f64 = g[i * d..(i + 1) * d]
-                    .iter()
-                    .zip(&v[i * d..(i + 1) * d])
-                    .map(|(p, q)| *p as f64 * *q as f64)
-                    .sum();
-                analytic.push(a);
-                let hs = (h * SMALL) as f64;
-                numeric.push([
-                    (l_pm[0][i] - l_pm[1][i]) / (2.0 * h as f64),
-                    (l_pm[2][i] - l_pm[3][i]) / (2.0 * hs),
-                    (l_pm[2][i] - l0[i]) / hs,
-                    (l0[i] - l_pm[3][i]) / hs,
-                ]);
-            }
-        }
-        let mean_abs =
-            numeric.iter().map(|v| v[0].abs()).sum::<f64>() / numeric.len().max(1) as f64;
-        let floor = (1e-3 * mean_abs).max(1e-12);
-        let err = |a: f64, b: f64| {
-            let e = (a - b).abs() / a.abs().max(b.abs()).max(floor);
-            if e.is_finite() {
-                e
-            } else {
-                f64::INFINITY
-            }
-        };
-        // The better of the two central steps: a wrong gradient is wrong at both; a kink
-        // crossed (max pool, ReLU) at the large step is rarely crossed at the small one, and
-        // rounding that spoils the small step does not touch the large one. Where neither
-        // agrees but a one-sided difference at the small step does, the point is a kink or
-        // a tie (max pool over equal values: flat image regions), where the tape's gradient
-        // is one side's derivative, as PyTorch's: counted as `one_sided`, not as an error.
-        // A wrong rule matches neither side (a tie's gradient sent to both elements, or to
-        // neither, fails).
-        let mut one_sided = 0;
-        let mut rel = Vec::with_capacity(analytic.len());
-        let mut best = Vec::with_capacity(analytic.len());
-        for (a, b) in analytic.iter().zip(&numeric) {
-            let e: Vec<f64> = b.iter().map(|v| err(*a, *v)).collect();
-            let mut j = if e[0] <= e[1] { 0 } else { 1 };
-            if e[j] >= cfg.tolerance {
-                let o = if e[2] <= e[3] { 2 } else { 3 };
-                if e[o] < cfg.tolerance {
-                    j = o;
-                    one_sided += 1;
-                }
-            }
-            rel.push(e[j]);
-            best.push(b[j]);
-        }
-        let numeric = best;
-        let mut s = rel.clone();
-        s.sort_by(|a, b| a.total_cmp(b));
-        let pass = nonfinite == 0 && zero == 0 && quantile(&s, cfg.quantile) < cfg.tolerance;
-        let row = LayerRow {
-            name,
-            shape: shape_torch(&shape),
-            step: h as f64,
-            grad_norm: gnorms.iter().sum::<f64>() / n as f64,
-            analytic,
-            numeric,
-            rel_errors: rel,
-            nonfinite_grads: nonfinite,
-            zero_grads: zero,
-            one_sided,
-            pass,
-        };
-        progress(li, total, &row);
-        rows.push(row);
     }
-    let localisation = LayerAudit::localise(&rows);
-    Ok(LayerAudit {
-        pass: localisation.is_none(),
-        localisation,
-        rows,
-        samples: n,
-        directions: cfg.directions,
-        loss: match cfg.loss {
-            AuditLoss::Probe => "probe".into(),
-            AuditLoss::Attack(k) => format!("{k:?}").to_lowercase(),
-        },
-        heads,
-        fault: fault.map(|f| f.describe()),
-        cfg_quantile: cfg.quantile,
-        cfg_tolerance: cfg.tolerance,
-        cfg_step: cfg.step,
+    v
+}
+
+/// `L_i` with `+-h v` and `+-SMALL h v` added at output `out` (in that order): four eval-mode
+/// forwards without a tape.
+#[allow(clippy::too_many_arguments)]
+fn perturbed_losses(
+    model: &mut EngineClassifier,
+    xt: &Tensor,
+    y: &[usize],
+    cfg: &LayerAuditConfig,
+    parts: &LossParts,
+    out: &Output,
+    v: &[f32],
+    h: f32,
+) -> Result<Vec<Vec<f64>>> {
+    let fault = cfg.fault.as_ref();
+    let mut l_pm = Vec::with_capacity(4);
+    for (hs, sign) in [(h, 1f32), (h, -1.0), (h * SMALL, 1.0), (h * SMALL, -1.0)] {
+        let dv = Tensor::from_vec(&out.shape, v.iter().map(|t| sign * hs * t).collect())?;
+        let pass = if out.name == "input" {
+            let xp = Tensor::from_vec(
+                &out.shape,
+                xt.data()
+                    .iter()
+                    .zip(dv.data())
+                    .map(|(a, b)| a + b)
+                    .collect(),
+            )?;
+            let probe = Probe {
+                select: None,
+                target: None,
+                fault,
+                seen: Vec::new(),
+            };
+            forward(model, &xp, GradMode::NoGrad, parts.heads, probe)?
+        } else {
+            let probe = Probe {
+                select: None,
+                target: Some((&out.name, &dv)),
+                fault,
+                seen: Vec::new(),
+            };
+            forward(model, xt, GradMode::NoGrad, parts.heads, probe)?
+        };
+        l_pm.push(parts.of(&pass, y));
+    }
+    Ok(l_pm)
+}
+
+/// The relative error of each (analytic, numeric quotients) pair and the quotient it was
+/// measured against, and how many were taken one-sided.
+///
+/// The better of the two central steps: a wrong gradient is wrong at both; a kink crossed
+/// (max pool, ReLU) at the large step is rarely crossed at the small one, and rounding that
+/// spoils the small step does not touch the large one. Where neither agrees but a one-sided
+/// difference at the small step does, the point is a kink or a tie (max pool over equal
+/// values: flat image regions), where the tape's gradient is one side's derivative, as
+/// PyTorch's: counted as `one_sided`, not as an error. A wrong rule matches neither side (a
+/// tie's gradient sent to both elements, or to neither, fails).
+fn score(analytic: &[f64], numeric: &[[f64; 4]], tolerance: f64) -> (Vec<f64>, Vec<f64>, usize) {
+    let mean_abs = numeric.iter().map(|v| v[0].abs()).sum::<f64>() / numeric.len().max(1) as f64;
+    let floor = (1e-3 * mean_abs).max(1e-12);
+    let err = |a: f64, b: f64| {
+        let e = (a - b).abs() / a.abs().max(b.abs()).max(floor);
+        if e.is_finite() {
+            e
+        } else {
+            f64::INFINITY
+        }
+    };
+    let mut one_sided = 0;
+    let mut rel = Vec::with_capacity(analytic.len());
+    let mut best = Vec::with_capacity(analytic.len());
+    for (a, b) in analytic.iter().zip(numeric) {
+        let e: Vec<f64> = b.iter().map(|v| err(*a, *v)).collect();
+        let mut j = if e[0] <= e[1] { 0 } else { 1 };
+        if e[j] >= tolerance {
+            let o = if e[2] <= e[3] { 2 } else { 3 };
+            if e[o] < tolerance {
+                j = o;
+                one_sided += 1;
+            }
+        }
+        rel.push(e[j]);
+        best.push(b[j]);
+    }
+    (rel, best, one_sided)
+}
+
+/// The audit of one output (`li`-th): gradient health, `cfg.directions` directional
+/// derivatives against finite differences, and the verdict.
+fn audit_output(
+    model: &mut EngineClassifier,
+    xt: &Tensor,
+    y: &[usize],
+    cfg: &LayerAuditConfig,
+    parts: &LossParts,
+    li: usize,
+    out: Output,
+) -> Result<LayerRow> {
+    let n = y.len();
+    let numel = out.value.numel();
+    let d = numel / n;
+    let g: Vec<f32> = match &out.grad {
+        Some(t) => t.data().to_vec(),
+        None => vec![0.0; numel],
+    };
+    let gnorms = per_sample_norms(&g, n);
+    let (mut nonfinite, mut zero) = (0, 0);
+    for i in 0..n {
+        let gi = &g[i * d..(i + 1) * d];
+        if gi.iter().any(|v| !v.is_finite()) {
+            nonfinite += 1;
+        } else if gi.iter().all(|&v| v == 0.0) {
+            zero += 1;
+        }
+    }
+    let anorm = per_sample_norms(out.value.data(), n).iter().sum::<f64>() / n as f64;
+    let h = (cfg.step as f64 * anorm).max(1e-12) as f32;
+    let mut analytic = Vec::new();
+    // Per (direction, sample): the difference quotient at each step.
+    let mut numeric: Vec<[f64; 4]> = Vec::new();
+    let l0 = &parts.l0;
+    for j in 0..cfg.directions {
+        let v = direction(cfg, li, j, &g, &gnorms);
+        let l_pm = perturbed_losses(model, xt, y, cfg, parts, &out, &v, h)?;
+        for i in 0..n {
+            let a: f64 = g[i * d..(i + 1) * d]
+                .iter()
+                .zip(&v[i * d..(i + 1) * d])
+                .map(|(p, q)| *p as f64 * *q as f64)
+                .sum();
+            analytic.push(a);
+            let hs = (h * SMALL) as f64;
+            numeric.push([
+                (l_pm[0][i] - l_pm[1][i]) / (2.0 * h as f64),
+                (l_pm[2][i] - l_pm[3][i]) / (2.0 * hs),
+                (l_pm[2][i] - l0[i]) / hs,
+                (l0[i] - l_pm[3][i]) / hs,
+            ]);
+        }
+    }
+    let (rel, numeric, one_sided) = score(&analytic, &numeric, cfg.tolerance);
+    let mut s = rel.clone();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let pass = nonfinite == 0 && zero == 0 && quantile(&s, cfg.quantile) < cfg.tolerance;
+    Ok(LayerRow {
+        name: out.name,
+        shape: shape_torch(&out.shape),
+        step: h as f64,
+        grad_norm: gnorms.iter().sum::<f64>() / n as f64,
+        analytic,
+        numeric,
+        rel_errors: rel,
+        nonfinite_grads: nonfinite,
+        zero_grads: zero,
+        one_sided,
+        pass,
     })
 }
 

@@ -10,6 +10,7 @@
 //! one the model uses (both timed on first use; `MPM_CONV_GELU=fused|cudnn` forces one).
 
 use clap::Parser;
+use mpm::attack::norms::linf_step_slice;
 use mpm::autograd::GradMode;
 use mpm::cuda::{ops as cu, DType};
 use mpm::device::{Device, DeviceRequest};
@@ -313,18 +314,9 @@ fn end_to_end(d: Device, a: &Args) -> mpm::Result<()> {
             x = match d {
                 Device::Cuda(_) => cu::pgd_step(&x, &images, &g, &eps, &step, cu::Norm::Linf)?,
                 Device::Cpu => {
-                    let v: Vec<f32> = x
-                        .data()
-                        .iter()
-                        .zip(images.data())
-                        .zip(g.data())
-                        .map(|((x, c), g)| {
-                            (x + step[0] * g.signum())
-                                .clamp(c - eps[0], c + eps[0])
-                                .clamp(0.0, 1.0)
-                        })
-                        .collect();
-                    Tensor::from_vec(x.shape(), v)?
+                    let mut x = x;
+                    linf_step_slice(x.data_mut(), images.data(), g.data(), step[0], eps[0]);
+                    x
                 }
             };
         }

@@ -597,7 +597,7 @@ fn read_record(
     limit: Option<usize>,
     path: &Path,
 ) -> Result<Vec<u8>> {
-    let entry = archive
+    let mut entry = archive
         .by_name(name)
         .map_err(|e| Error::format(path, format!("record '{name}': {e}")))?;
     let size = entry.size();
@@ -608,10 +608,16 @@ fn read_record(
     let mut out = Vec::new();
     out.try_reserve_exact(usize::try_from(want).unwrap_or(usize::MAX))
         .map_err(|_| Error::format(path, format!("record '{name}' is too large ({size} bytes)")))?;
-    entry
-        .take(want)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::format(path, format!("record '{name}': {e}")))?;
+    // A whole record is read to its end, where the zip reader checks its CRC-32 (torch.save
+    // writes one per record): a flipped bit in a storage or in data.pkl is an error, not a
+    // silently different tensor. A `take` stops short of that end and skips the check, so it
+    // is used only for a record longer than the limit.
+    let read = if want == size {
+        entry.read_to_end(&mut out)
+    } else {
+        entry.take(want).read_to_end(&mut out)
+    };
+    read.map_err(|e| Error::format(path, format!("record '{name}': {e}")))?;
     if (out.len() as u64) < want {
         return Err(Error::format(
             path,

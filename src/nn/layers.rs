@@ -8,23 +8,9 @@ use crate::ops::{self, BatchNormMode, Conv2dParams};
 use crate::Result;
 use std::collections::HashMap;
 
-/// Activation of the backbone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Act {
-    Gelu,
-    Relu,
-}
-
-impl std::str::FromStr for Act {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "gelu" => Ok(Act::Gelu),
-            "relu" => Ok(Act::Relu),
-            _ => Err(format!("'{s}' is not an activation: expected gelu or relu")),
-        }
-    }
-}
+/// Activation of the backbone (defined with the ops that fuse it, so `ops` does not depend on
+/// `nn`).
+pub use crate::ops::Act;
 
 /// A hook on named layer outputs, for audits (`mpm-audit grad --per-layer`): every output a
 /// layer produces under its PyTorch module name (`conv1`, `layer2.1.bn2`, `layer3.0`, ...)
@@ -246,8 +232,8 @@ pub fn conv_bn_act(
 /// The activation `a`; on the GPU a failed launch is an error naming the op and shape.
 pub fn act(ctx: &mut Ctx, x: Var, a: Act) -> Result<Var> {
     match a {
-        Act::Gelu => ops::try_gelu(&mut ctx.tape, x),
-        Act::Relu => ops::try_relu(&mut ctx.tape, x),
+        Act::Gelu => ops::gelu(&mut ctx.tape, x),
+        Act::Relu => ops::relu(&mut ctx.tape, x),
     }
 }
 

@@ -216,18 +216,18 @@ impl ModelSpec {
     }
 
     fn two_stage(&self, ctx: &mut Ctx, l4: Var) -> Result<Output> {
-        let y = ops::try_gelu(&mut ctx.tape, l4)?;
+        let y = ops::gelu(&mut ctx.tape, l4)?;
         let y = bn(ctx, y, "segmenter_head.1")?;
         let seg = separable(ctx, y, "segmenter_head.2")?;
-        let p = ops::try_softmax_channels(&mut ctx.tape, seg)?;
+        let p = ops::softmax_channels(&mut ctx.tape, seg)?;
         let p = ops::adaptive_avg_pool2d(&mut ctx.tape, p, 4, 4)?;
         let y = conv(ctx, p, "classifer.1", 1, 0, 1)?;
         let y = bn(ctx, y, "classifer.2")?;
-        let y = ops::try_gelu(&mut ctx.tape, y)?;
+        let y = ops::gelu(&mut ctx.tape, y)?;
         let y = flatten(ctx, y)?;
         let y = linear(ctx, y, "classifer.5")?;
         let y = bn(ctx, y, "classifer.6")?;
-        let y = ops::try_gelu(&mut ctx.tape, y)?;
+        let y = ops::gelu(&mut ctx.tape, y)?;
         let logits = linear(ctx, y, "classifer.8")?;
         Ok(Output {
             logits,
@@ -270,7 +270,7 @@ impl ModelSpec {
         }
         let seg = total.ok_or_else(|| Error::shape("loss", "no segmentation output"))?;
         let k = cfg.lambda / out.segs.len() as f32;
-        let seg = ops::try_scale(&mut ctx.tape, seg, k)?;
+        let seg = ops::scale(&mut ctx.tape, seg, k)?;
         ops::add(&mut ctx.tape, ce, seg)
     }
 

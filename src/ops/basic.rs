@@ -7,23 +7,28 @@ use crate::cuda::ops as cu;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-/// The infallible twins below (`gelu`, `relu`, `scale`, `softmax_channels`) keep their old
-/// signatures for callers outside the model; they can only fail on the GPU, and then stop with
-/// the `try_` twin's error. Model code (`nn::*`) calls the `try_` twins, so a failed launch
-/// there is an ordinary `Err` naming the op and the shape.
-fn or_die<T>(r: Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
 use super::gpu_ctx;
 
-/// Exact (erf) GELU. Panics only if the GPU launch fails; see `try_gelu`.
-pub fn gelu(t: &mut Tape, x: Var) -> Var {
-    or_die(try_gelu(t, x))
+/// Activation of the backbone (and of the fused conv / BN + activation ops).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    Gelu,
+    Relu,
+}
+
+impl std::str::FromStr for Act {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "gelu" => Ok(Act::Gelu),
+            "relu" => Ok(Act::Relu),
+            _ => Err(format!("'{s}' is not an activation: expected gelu or relu")),
+        }
+    }
 }
 
 /// Exact (erf) GELU; a failed GPU launch is an error naming the op and shape.
-pub fn try_gelu(t: &mut Tape, x: Var) -> Result<Var> {
+pub fn gelu(t: &mut Tape, x: Var) -> Result<Var> {
     if t.value(x).is_cuda() {
         let shape = t.shape(x).to_vec();
         let y = gpu_ctx("gelu", &shape, cu::act_fwd("gelu", t.value(x)))?;
@@ -44,13 +49,8 @@ pub fn try_gelu(t: &mut Tape, x: Var) -> Result<Var> {
     }))
 }
 
-/// ReLU. Panics only if the GPU launch fails; see `try_relu`.
-pub fn relu(t: &mut Tape, x: Var) -> Var {
-    or_die(try_relu(t, x))
-}
-
 /// ReLU; a failed GPU launch is an error naming the op and shape.
-pub fn try_relu(t: &mut Tape, x: Var) -> Result<Var> {
+pub fn relu(t: &mut Tape, x: Var) -> Result<Var> {
     if t.value(x).is_cuda() {
         let shape = t.shape(x).to_vec();
         let y = gpu_ctx("relu", &shape, cu::act_fwd("relu", t.value(x)))?;
@@ -93,13 +93,8 @@ pub fn add(t: &mut Tape, a: Var, b: Var) -> Result<Var> {
     }))
 }
 
-/// `k * x`. Panics only if the GPU launch fails; see `try_scale`.
-pub fn scale(t: &mut Tape, x: Var, k: f32) -> Var {
-    or_die(try_scale(t, x, k))
-}
-
 /// `k * x`; a failed GPU launch is an error naming the op and shape.
-pub fn try_scale(t: &mut Tape, x: Var, k: f32) -> Result<Var> {
+pub fn scale(t: &mut Tape, x: Var, k: f32) -> Result<Var> {
     if t.value(x).is_cuda() {
         let shape = t.shape(x).to_vec();
         let y = gpu_ctx("scale", &shape, cu::scale(t.value(x), k))?;
@@ -299,15 +294,9 @@ fn linear_cuda(
     }))
 }
 
-/// Softmax over the last (channel) axis. Panics only if the GPU launch fails; see
-/// `try_softmax_channels`.
-pub fn softmax_channels(t: &mut Tape, x: Var) -> Var {
-    or_die(try_softmax_channels(t, x))
-}
-
 /// Softmax over the last (channel) axis; a failed GPU launch is an error naming the op and
 /// shape.
-pub fn try_softmax_channels(t: &mut Tape, x: Var) -> Result<Var> {
+pub fn softmax_channels(t: &mut Tape, x: Var) -> Result<Var> {
     let xv = t.value(x);
     let cols = *xv.shape().last().unwrap_or(&1);
     if xv.is_cuda() {

@@ -237,7 +237,7 @@ pub fn conv_bn_act_eval(
     running_mean: &Tensor,
     running_var: &Tensor,
     eps: f32,
-    act: crate::nn::Act,
+    act: super::Act,
     p: Conv2dParams,
     key: &str,
 ) -> Result<Var> {
@@ -265,12 +265,12 @@ pub fn conv_bn_act_eval(
         ));
     }
     let code = match act {
-        crate::nn::Act::Gelu => 1,
-        crate::nn::Act::Relu => 2,
+        super::Act::Gelu => 1,
+        super::Act::Relu => 2,
     };
     let kind = match act {
-        crate::nn::Act::Gelu => "gelu",
-        crate::nn::Act::Relu => "relu",
+        super::Act::Gelu => "gelu",
+        super::Act::Relu => "relu",
     };
     let shape = t.shape(x).to_vec();
     let want_pre = t.requires_grad(x);

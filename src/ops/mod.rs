@@ -9,10 +9,7 @@ pub mod norm;
 pub mod pool;
 pub mod resize;
 
-pub use basic::{
-    add, gelu, linear, normalize_input, relu, reshape, scale, softmax_channels, try_gelu, try_relu,
-    try_scale, try_softmax_channels,
-};
+pub use basic::{add, gelu, linear, normalize_input, relu, reshape, scale, softmax_channels, Act};
 pub use conv::{conv2d, conv_bn_act_eval, Conv2dParams};
 pub use loss::{cross_entropy_smooth, focal_loss, soft_cross_entropy};
 pub use norm::{batch_norm, batch_norm_act, BatchNormMode};

@@ -1,9 +1,9 @@
 //! Batch normalisation over the channel (last) axis: BatchNorm2d on NHWC `[N,H,W,C]` and
 //! BatchNorm1d on `[N, C]` are the same op here.
 
+use super::Act;
 use crate::autograd::{Tape, Var};
 use crate::cpu::batch_norm as k;
-use crate::nn::Act;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -61,8 +61,8 @@ pub fn batch_norm_act(
         let y = batch_norm_cpu(t, x, gamma, beta, running_mean, running_var, mode, eps)?;
         return match act {
             None => Ok(y),
-            Some(Act::Gelu) => super::try_gelu(t, y),
-            Some(Act::Relu) => super::try_relu(t, y),
+            Some(Act::Gelu) => super::gelu(t, y),
+            Some(Act::Relu) => super::relu(t, y),
         };
     }
     let code = match act {

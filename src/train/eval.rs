@@ -1,11 +1,13 @@
 //! Evaluation during training and in the demo: clean accuracy, PGD accuracy (the reference's
 //! validation attack: l-inf, `steps` iterations of `eps / 4`, random start, plain CE, last
 //! iterate) at one or more radii, and part pixel accuracy / mIoU of the highest-resolution
-//! head against the nearest-resized label map (images with parts only).
+//! head, upsampled to the label map's resolution and scored on every pixel of the map
+//! (images with parts only; `part_metrics`).
 
+use super::part_metrics::PartScores;
 use super::pgd::{pgd_linf, PgdConfig};
 use super::source::{Batch, BatchSource};
-use super::trainer::{argmax, count_correct, step_rng};
+use super::trainer::{count_correct, step_rng};
 use crate::autograd::GradMode;
 use crate::device::Device;
 use crate::nn::{Ctx, ModelSpec, ParamStore};
@@ -55,9 +57,7 @@ pub fn evaluate(
     let mut clean = 0usize;
     let mut adv = vec![0usize; opts.eps.len()];
     let mut seen = 0usize;
-    let (mut pix_ok, mut pix_n) = (0u64, 0u64);
-    let mut inter = vec![0u64; s];
-    let mut union = vec![0u64; s];
+    let mut parts = PartScores::new(s);
     for b in 0..nb {
         let mut batch = src.batch(0, b, bs, false)?;
         let keep = (total - seen).min(batch.len());
@@ -72,37 +72,18 @@ pub fn evaluate(
             let out = spec.forward(&mut ctx, x)?;
             clean += count_correct(ctx.tape.value(out.logits), &batch.labels);
             if let Some(seg) = out.segs.first() {
+                // Scored at the label map's resolution (`part_metrics`).
                 let z = ctx.tape.value(*seg);
                 let [_, h, w, c] = [z.shape()[0], z.shape()[1], z.shape()[2], z.shape()[3]];
                 let maps = (opts.maps)(&batch);
                 let side = batch.side();
                 for i in 0..n {
-                    if !batch.has_parts[i] {
-                        continue;
-                    }
-                    for y in 0..h {
-                        for xx in 0..w {
-                            let sy = nearest(y, side, h);
-                            let sx = nearest(xx, side, w);
-                            let t = maps[i * side * side + sy * side + sx] as usize;
-                            let px = &z.data()[((i * h + y) * w + xx) * c..][..c];
-                            let p = argmax(px);
-                            pix_n += 1;
-                            if p == t {
-                                pix_ok += 1;
-                                if t < s {
-                                    inter[t] += 1;
-                                    union[t] += 1;
-                                }
-                            } else {
-                                if t < s {
-                                    union[t] += 1;
-                                }
-                                if p < s {
-                                    union[p] += 1;
-                                }
-                            }
-                        }
+                    if batch.has_parts[i] {
+                        parts.add_image(
+                            &z.data()[i * h * w * c..(i + 1) * h * w * c],
+                            (h, w, c),
+                            &maps[i * side * side..(i + 1) * side * side],
+                        );
                     }
                 }
             }
@@ -134,10 +115,6 @@ pub fn evaluate(
         progress(seen, total);
     }
     let frac = |k: usize| k as f64 / seen.max(1) as f64;
-    let classes: Vec<f64> = (0..s)
-        .filter(|&c| union[c] > 0)
-        .map(|c| inter[c] as f64 / union[c] as f64)
-        .collect();
     Ok(EvalResult {
         images: seen,
         clean_acc: frac(clean),
@@ -148,18 +125,9 @@ pub fn evaluate(
             .map(|(&e, &a)| (e, frac(a)))
             .collect(),
         pgd_steps: opts.steps,
-        pixel_acc: (pix_n > 0).then(|| pix_ok as f64 / pix_n as f64),
-        miou: (!classes.is_empty()).then(|| classes.iter().sum::<f64>() / classes.len() as f64),
+        pixel_acc: parts.pixel_acc(),
+        miou: parts.miou(),
     })
-}
-
-/// PyTorch `nearest` source index.
-fn nearest(d: usize, input: usize, output: usize) -> usize {
-    if input == output {
-        d
-    } else {
-        ((d as f32 * (input as f32 / output as f32)).floor() as usize).min(input - 1)
-    }
 }
 
 fn truncate(b: &mut Batch, n: usize) -> Result<()> {

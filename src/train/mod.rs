@@ -23,6 +23,7 @@ pub mod folder;
 pub mod ghost_bn;
 pub mod init;
 pub mod optim;
+pub mod part_metrics;
 pub mod pgd;
 pub mod plot;
 pub mod run;

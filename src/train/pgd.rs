@@ -4,13 +4,17 @@
 //! - each of `steps` iterations: loss and input gradient of the classifier only (the inference
 //!   path: for an MPM the bypass layers do not run) in eval mode (BN running statistics, no
 //!   weight gradients); remember `x` if its batch-mean loss beats the best so far (strictly);
-//!   `x = clamp(x0 + clamp(x + step * sign(grad) - x0, -eps, eps), 0, 1)`;
+//!   `x = clamp(clamp(x + step * sign(grad), x0 - eps, x0 + eps), 0, 1)`, sign(0) = 0
+//!   (`attack::norms::linf_step`, the one copy of the step that the GPU kernel also does; the
+//!   reference's `x0 + clamp(x + step * sign(grad) - x0, -eps, eps)` is the same point up to
+//!   one rounding);
 //! - with `keep_best`, the last iterate is scored too and the best of all is returned;
 //!   without it (the evaluation attack), the last iterate.
 //!
 //! Training uses the smoothed-label CE (`smoothing` = the training smoothing); evaluation uses
 //! plain CE, 10 steps of `eps / 4` (the reference's `validate`).
 
+use crate::attack::norms::linf_step_slice;
 use crate::autograd::GradMode;
 use crate::device::Device;
 use crate::nn::{Ctx, ModelSpec, ParamStore};
@@ -104,18 +108,7 @@ pub fn pgd_linf(
         if cfg.keep_best && best.as_ref().is_none_or(|(b, _)| *b < loss) {
             best = Some((loss, x.clone()));
         }
-        let g = grad.data();
-        for ((xi, &oi), &gi) in x.data_mut().iter_mut().zip(orig).zip(g) {
-            let s = if gi > 0.0 {
-                1.0
-            } else if gi < 0.0 {
-                -1.0
-            } else {
-                0.0
-            };
-            let stepped = *xi + cfg.step * s;
-            *xi = ((stepped - oi).clamp(-eps, eps) + oi).clamp(0.0, 1.0);
-        }
+        linf_step_slice(x.data_mut(), orig, grad.data(), cfg.step, eps);
     }
     if !cfg.keep_best {
         return Ok(x);

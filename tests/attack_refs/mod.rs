@@ -10,9 +10,10 @@ pub fn pgd_ref(x: &[f32], x0: &[f32], g: &[f32], eps: &[f32], step: &[f32], l2: 
     for n in 0..eps.len() {
         let r = n * d..(n + 1) * d;
         if !l2 {
+            // The library's one copy of the l-inf step (sign(0) = 0), which the kernels must
+            // reproduce bit for bit.
             for i in r {
-                let v = x[i] + step[n] * g[i].signum() * (g[i] != 0.0) as i32 as f32;
-                out[i] = v.clamp(x0[i] - eps[n], x0[i] + eps[n]).clamp(0.0, 1.0);
+                out[i] = mpm::attack::norms::linf_step(x[i], x0[i], g[i], step[n], eps[n]);
             }
         } else {
             let gn = g[r.clone()].iter().map(|v| v * v).sum::<f32>().sqrt() + 1e-12;

@@ -569,7 +569,7 @@ mod tests {
                         127
                     }
                 }
-                _ => (rnd() % 16) as i32 + (trial % 200) as i32 - 128,
+                _ => (rnd() % 16) as i32 + (trial % 200) - 128,
             });
             let mut reference = blk;
             fdct(&mut reference);

@@ -1,0 +1,432 @@
+//! `mpm-eval table`: JSON reports of several models side by side in the paper's tables.
+//!
+//! - Table 2 (adversarial robustness) from `mpm-attack` reports (`--threats paper`, or single
+//!   threat reports, one column each): Clean, each threat, Avg.
+//! - Table 3 (ImageNet-C) from `mpm-eval corruptions`: the 15 corruptions, Avg, mCE.
+//! - Table 4 (OOD) from `mpm-eval ood` (one column per dataset) and the DIN column = the
+//!   model-vs-human OOD accuracy (`mpm-eval human`, or `human-metrics`' mean).
+//! - Table S4 from `mpm-eval human-metrics` (every model of each report, plus the humans as a
+//!   reference row, never marked best).
+//!
+//! Rows are models (reports of one model merge into one row); the best value of each column is
+//! in bold (the lowest for mCE and accuracy difference). Written as `tableN.md`, `tableN.csv`
+//! and `tableN.png` (a grouped bar chart, `charts::grouped_bar_chart`), plus `tables.md`.
+
+use super::report::{csv_table, markdown_table};
+use super::runs::corruption_label;
+use crate::charts::{grouped_bar_chart, BarGroup};
+use crate::data::corrupt::Corruption;
+use crate::data::imageio::{mkdirs, write_atomic};
+use crate::{Error, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// One table: columns, and per model a value per column (None = not measured).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Table {
+    pub title: String,
+    pub columns: Vec<String>,
+    /// Columns where lower is better.
+    pub lower_better: Vec<String>,
+    pub rows: Vec<(String, Vec<Option<f64>>)>,
+    /// Values are fractions shown as percentages (else three decimals).
+    pub percent: bool,
+    /// Rows shown for reference but never marked best (the human observers in Table S4, as
+    /// the benchmark's own tables leave them out of the ranking).
+    pub reference_rows: Vec<String>,
+}
+
+impl Table {
+    fn new(title: &str, percent: bool) -> Table {
+        Table {
+            title: title.into(),
+            percent,
+            ..Default::default()
+        }
+    }
+
+    /// Sets `model`'s value of `column` (adding either when new).
+    pub fn set(&mut self, model: &str, column: &str, v: f64) {
+        let c = match self.columns.iter().position(|x| x == column) {
+            Some(c) => c,
+            None => {
+                self.columns.push(column.to_string());
+                for r in &mut self.rows {
+                    r.1.push(None);
+                }
+                self.columns.len() - 1
+            }
+        };
+        let n = self.columns.len();
+        let row = match self.rows.iter().position(|r| r.0 == model) {
+            Some(r) => r,
+            None => {
+                self.rows.push((model.to_string(), vec![None; n]));
+                self.rows.len() - 1
+            }
+        };
+        self.rows[row].1[c] = Some(v);
+    }
+
+    fn fmt(&self, v: f64) -> String {
+        if self.percent {
+            format!("{:.1}", 100.0 * v)
+        } else {
+            format!("{v:.3}")
+        }
+    }
+
+    /// The best row index of each column (None when the column has no value).
+    pub fn best(&self) -> Vec<Option<usize>> {
+        (0..self.columns.len())
+            .map(|c| {
+                let lower = self.lower_better.contains(&self.columns[c]);
+                let mut best: Option<(usize, f64)> = None;
+                for (r, row) in self.rows.iter().enumerate() {
+                    if self.reference_rows.contains(&row.0) {
+                        continue;
+                    }
+                    if let Some(v) = row.1[c] {
+                        // Compare at the printed precision: equal printed values are all best.
+                        let better = match best {
+                            None => true,
+                            Some((_, b)) => (lower && v < b) || (!lower && v > b),
+                        };
+                        if better {
+                            best = Some((r, v));
+                        }
+                    }
+                }
+                best.map(|b| b.0)
+            })
+            .collect()
+    }
+
+    fn cells(&self, bold: bool) -> (Vec<String>, Vec<Vec<String>>) {
+        let best = self.best();
+        let mut header = vec!["Model".to_string()];
+        header.extend(self.columns.iter().map(|c| {
+            if self.lower_better.contains(c) {
+                format!("{c} ↓")
+            } else {
+                c.clone()
+            }
+        }));
+        let rows = self
+            .rows
+            .iter()
+            .map(|(m, vals)| {
+                let mut r = vec![m.clone()];
+                for (c, v) in vals.iter().enumerate() {
+                    r.push(match v {
+                        None => "-".into(),
+                        Some(v) => {
+                            let s = self.fmt(*v);
+                            let top = !self.reference_rows.contains(m)
+                                && best[c].is_some_and(|b| {
+                                    self.rows[b].1[c].map(|x| self.fmt(x)) == Some(s.clone())
+                                });
+                            if bold && top {
+                                format!("**{s}**")
+                            } else {
+                                s
+                            }
+                        }
+                    });
+                }
+                r
+            })
+            .collect();
+        (header, rows)
+    }
+
+    pub fn markdown(&self) -> String {
+        let (h, r) = self.cells(true);
+        format!(
+            "### {}\n\n{}\n\nBest per column in bold.",
+            self.title,
+            markdown_table(&h, &r)
+        )
+    }
+
+    /// CSV: plain numbers, plus a `best` column naming the columns each row wins.
+    pub fn csv(&self) -> String {
+        let (mut h, mut r) = self.cells(false);
+        let best = self.best();
+        h.push("best_in".into());
+        for (i, row) in r.iter_mut().enumerate() {
+            let wins: Vec<&str> = best
+                .iter()
+                .enumerate()
+                .filter(|_| !self.reference_rows.contains(&self.rows[i].0))
+                .filter(|(c, b)| {
+                    b.is_some_and(|b| {
+                        self.rows[b].1[*c].map(|x| self.fmt(x))
+                            == self.rows[i].1[*c].map(|x| self.fmt(x))
+                    })
+                })
+                .map(|(c, _)| self.columns[c].as_str())
+                .collect();
+            row.push(wins.join(";"));
+        }
+        csv_table(&h, &r)
+    }
+
+    fn chart(&self, path: &Path) -> Result<()> {
+        let series: Vec<String> = self.rows.iter().map(|r| r.0.clone()).collect();
+        let scale = if self.percent { 100.0 } else { 1.0 };
+        let groups: Vec<BarGroup> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(c, name)| BarGroup {
+                label: name.clone(),
+                values: self
+                    .rows
+                    .iter()
+                    .map(|r| r.1[c].map(|v| v * scale).unwrap_or(f64::NAN))
+                    .collect(),
+            })
+            .collect();
+        let y = if self.percent {
+            "accuracy (%)"
+        } else {
+            "value"
+        };
+        grouped_bar_chart(path, &self.title, y, &series, &groups)
+    }
+}
+
+fn name_of(v: &Value, path: &Path) -> String {
+    v.get("model")
+        .and_then(|m| m.as_str())
+        .filter(|m| !m.is_empty())
+        .map(String::from)
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
+/// Reports named by `--runs`: files, or folders (every `*.json` in them).
+pub fn report_files(runs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for r in runs {
+        if r.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(r)
+                .map_err(|e| Error::io(r, e))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else if r.is_file() {
+            out.push(r.clone());
+        } else {
+            return Err(Error::format(r, "--runs: no such report file or folder"));
+        }
+    }
+    Ok(out)
+}
+
+fn threat_column(r: &Value) -> String {
+    match (
+        r.get("norm").and_then(|n| n.as_str()),
+        r.get("eps").and_then(|e| e.as_f64()),
+    ) {
+        (Some("Linf"), Some(e)) if (e * 255.0 - (e * 255.0).round()).abs() < 1e-3 => {
+            format!("Linf {}/255", (e * 255.0).round())
+        }
+        (Some(n), Some(e)) => format!("{n} {e}"),
+        _ => "robust".into(),
+    }
+}
+
+/// Builds the four tables from the reports (`names`: optional model names, one per file).
+pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'static str, Table)>> {
+    let mut t2 = Table::new(
+        "Table 2: adversarial robustness (AutoAttack accuracy, %)",
+        true,
+    );
+    let mut t3 = Table::new(
+        "Table 3: ImageNet-C accuracy (%, mean over severities)",
+        true,
+    );
+    t3.lower_better.push("mCE".into());
+    let mut t4 = Table::new("Table 4: OOD accuracy (%)", true);
+    let mut s4 = Table::new("Table S4: model-vs-human consistency", false);
+    s4.lower_better.push("Accuracy difference".into());
+    if let Some(n) = names {
+        if n.len() != files.len() {
+            return Err(Error::flag(
+                "--names",
+                format!("{} names for {} report files", n.len(), files.len()),
+            ));
+        }
+    }
+    for (k, f) in files.iter().enumerate() {
+        let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(f, format!("not a JSON report: {e}")))?;
+        let model = names
+            .map(|n| n[k].clone())
+            .unwrap_or_else(|| name_of(&v, f));
+        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let num = |x: &Value| x.as_f64();
+        match kind {
+            "clean" => {
+                if let Some(a) = num(&v["clean_accuracy"]) {
+                    t2.set(&model, "Clean", a);
+                }
+            }
+            "corruptions" => {
+                for c in Corruption::ALL {
+                    if let Some(a) = num(&v["corruptions"][c.name()]["accuracy"]) {
+                        t3.set(&model, corruption_label(c), a);
+                    }
+                }
+                if let Some(a) = num(&v["average_accuracy"]) {
+                    t3.set(&model, "Avg", a);
+                }
+                if let Some(a) = num(&v["mce"]) {
+                    t3.set(&model, "mCE", a);
+                }
+            }
+            "ood" => {
+                let col = v["column"].as_str().unwrap_or("OOD").to_string();
+                if let Some(a) = num(&v["accuracy"]) {
+                    t4.set(&model, &col, a);
+                }
+            }
+            "human" => {
+                if let Some(a) = num(&v["ood_accuracy"]) {
+                    t4.set(&model, "DIN (model-vs-human OOD accuracy)", a);
+                }
+            }
+            _ if v.get("models").is_some_and(|m| m.is_object()) => {
+                // human-metrics (contract E): every model it holds, by its own name.
+                let humans = v.get("humans").map(|h| ("humans".to_string(), h.clone()));
+                if humans.is_some() && !s4.reference_rows.iter().any(|r| r == "humans") {
+                    s4.reference_rows.push("humans".into());
+                }
+                let models = v["models"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(m, r)| (m.clone(), r.clone()));
+                for (m, r) in models.chain(humans) {
+                    let m = &m;
+                    let mean = &r["mean"];
+                    for (key, col) in [
+                        ("ood_accuracy", "OOD accuracy"),
+                        ("accuracy_difference", "Accuracy difference"),
+                        ("observed_consistency", "Observed consistency"),
+                        ("error_consistency", "Error consistency"),
+                    ] {
+                        if let Some(a) = num(&mean[key]) {
+                            s4.set(m, col, a);
+                        }
+                    }
+                }
+            }
+            _ if v.get("threats").is_some_and(|t| t.is_object()) => {
+                // mpm-attack --threats paper
+                if let Some(a) = num(&v["clean_accuracy"]) {
+                    t2.set(&model, "Clean", a);
+                }
+                for (_, r) in v["threats"].as_object().into_iter().flatten() {
+                    if let Some(a) = num(&r["robust_accuracy"]) {
+                        t2.set(&model, &threat_column(r), a);
+                    }
+                }
+            }
+            _ if v.get("robust_accuracy").is_some() => {
+                if let Some(a) = num(&v["clean_accuracy"]) {
+                    t2.set(&model, "Clean", a);
+                }
+                if let Some(a) = num(&v["robust_accuracy"]) {
+                    t2.set(&model, &threat_column(&v), a);
+                }
+            }
+            _ => {
+                return Err(Error::format(
+                    f,
+                    "not a report of mpm-eval or mpm-attack (no 'kind', 'models', 'threats' or \
+                     'robust_accuracy')",
+                ))
+            }
+        }
+    }
+    // Table 2's Avg: the paper's mean over the clean and robust columns of each row.
+    let t2_cols = t2.columns.clone();
+    let avgs: Vec<(String, f64)> = t2
+        .rows
+        .iter()
+        .filter(|r| r.1.iter().all(|v| v.is_some()) && t2_cols.len() > 1)
+        .map(|r| {
+            (
+                r.0.clone(),
+                r.1.iter().flatten().sum::<f64>() / r.1.len() as f64,
+            )
+        })
+        .collect();
+    for (m, a) in avgs {
+        t2.set(&m, "Avg", a);
+    }
+    Ok([
+        ("table2", t2),
+        ("table3", t3),
+        ("table4", t4),
+        ("tableS4", s4),
+    ]
+    .into_iter()
+    .filter(|(_, t)| !t.rows.is_empty())
+    .collect())
+}
+
+/// Writes `tableN.{md,csv,png}` and `tables.md` into `out`; returns the Markdown.
+pub fn write(out: &Path, tables: &[(&'static str, Table)]) -> Result<String> {
+    if tables.is_empty() {
+        return Err(Error::flag("--runs", "no report held a table's values"));
+    }
+    mkdirs(out)?;
+    let mut all = Vec::new();
+    for (name, t) in tables {
+        let md = t.markdown();
+        write_atomic(
+            &out.join(format!("{name}.md")),
+            format!("{md}\n").as_bytes(),
+        )?;
+        write_atomic(&out.join(format!("{name}.csv")), t.csv().as_bytes())?;
+        t.chart(&out.join(format!("{name}.png")))?;
+        all.push(md);
+    }
+    let text = all.join("\n\n");
+    write_atomic(&out.join("tables.md"), format!("{text}\n").as_bytes())?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_marks_follow_the_direction() {
+        let mut t = Table::new("t", true);
+        t.lower_better.push("mCE".into());
+        t.set("a", "Avg", 0.5);
+        t.set("b", "Avg", 0.6);
+        t.set("a", "mCE", 0.7);
+        t.set("b", "mCE", 0.8);
+        t.set("c", "mCE", 0.9);
+        assert_eq!(t.best(), vec![Some(1), Some(0)]);
+        let md = t.markdown();
+        assert!(md.contains("| b | **60.0** | 80.0 |"), "{md}");
+        assert!(md.contains("| a | 50.0 | **70.0** |"), "{md}");
+        assert!(md.contains("| c | - | 90.0 |"), "{md}");
+        assert!(md.contains("mCE ↓"));
+        assert!(t.csv().contains("b,60.0,80.0,Avg"), "{}", t.csv());
+    }
+}
