@@ -25,6 +25,16 @@ pub trait EvalSet {
     fn class_names(&self) -> Vec<String>;
     /// One line saying what was loaded.
     fn describe(&self) -> String;
+    /// Feeds what identifies sample `i` (its content, or where it comes from and its size)
+    /// and its label to `h`: the journal is keyed by these, in order. The default hashes
+    /// the decoded image, which is exact but decodes; file-backed sets override it.
+    fn item_key(&self, i: usize, h: &mut io::ContentHasher) -> Result<()> {
+        for v in self.image(i)? {
+            h.update(&v.to_le_bytes());
+        }
+        h.update_u64(self.label(i) as u64);
+        Ok(())
+    }
 }
 
 /// Contract B's X file.
@@ -114,6 +124,12 @@ impl EvalSet for TensorSet {
     fn image(&self, i: usize) -> Result<Vec<f32>> {
         let d = self.dims.len();
         Ok(self.x[i * d..(i + 1) * d].to_vec())
+    }
+    fn item_key(&self, i: usize, h: &mut io::ContentHasher) -> Result<()> {
+        let d = self.dims.len();
+        h.update(bytemuck::cast_slice(&self.x[i * d..(i + 1) * d]));
+        h.update_u64(self.y[i] as u64);
+        Ok(())
     }
     fn class_names(&self) -> Vec<String> {
         Vec::new()
@@ -291,6 +307,24 @@ impl EvalSet for ImageFolder {
             return Err(Error::format(p, "empty image"));
         }
         eval_transform(&img, self.resize, self.crop).map_err(|e| Error::format(p, e.to_string()))
+    }
+    /// Path (relative to the root), file size and modification time, and label: replacing
+    /// or reordering files changes the key without decoding anything.
+    fn item_key(&self, i: usize, h: &mut io::ContentHasher) -> Result<()> {
+        let (p, label) = &self.items[i];
+        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        let rel = p.strip_prefix(&self.root).unwrap_or(p);
+        h.update_str(&rel.to_string_lossy());
+        h.update_u64(meta.len());
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        h.update_u64(mtime);
+        h.update_u64(*label as u64);
+        Ok(())
     }
     fn class_names(&self) -> Vec<String> {
         self.classes.clone()

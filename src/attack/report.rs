@@ -90,18 +90,37 @@ pub fn build_report(
     v
 }
 
-/// Writes `v` as pretty JSON, atomically (temp file + rename).
+/// Writes `v` as pretty JSON through the atomic writer (temp file, checked write, fsync,
+/// rename).
 pub fn write_json_atomic(path: &Path, v: &Value) -> Result<()> {
-    let tmp = tmp_path(path);
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::Msg(e.to_string()))?;
-    std::fs::write(&tmp, text + "\n").map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::io::write_bytes_atomic(path, (text + "\n").as_bytes(), crate::io::Durability::Fsync)
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
+/// What differs between two fingerprints, for the journal's refusal: `weights_hash changed
+/// (0123.. -> 4567..), data_hash changed (...)`.
+pub fn fingerprint_changes(old: &Value, new: &Value) -> String {
+    let (Value::Object(a), Value::Object(b)) = (old, new) else {
+        return "its header has no fingerprint".into();
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&Value>| match v {
+        None => "absent".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    let changes: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k} changed ({} -> {})", show(a.get(k)), show(b.get(k))))
+        .collect();
+    if changes.is_empty() {
+        "its fingerprint differs".into()
+    } else {
+        changes.join(", ")
+    }
 }
 
 /// Append-only journal of finished samples.
@@ -143,13 +162,13 @@ impl Journal {
                 )
             })?;
             if h.get("fingerprint") != Some(fingerprint) {
+                let old = h.get("fingerprint").cloned().unwrap_or(Value::Null);
                 return Err(Error::format(
                     path,
                     format!(
-                        "this journal belongs to another run (its fingerprint {} differs from \
-                         this run's {}); delete it, pass --journal elsewhere, or --no-resume",
-                        h.get("fingerprint").cloned().unwrap_or(Value::Null),
-                        fingerprint
+                        "this journal belongs to another run: {}; delete it, pass --journal \
+                         elsewhere, or --no-resume to start afresh",
+                        fingerprint_changes(&old, fingerprint)
                     ),
                 ));
             }

@@ -24,6 +24,39 @@ pub fn join_global_pool() -> bool {
         .is_ok()
 }
 
+/// Content key of the first `set.len()` samples, in order (see [`EvalSet::item_key`]).
+pub fn data_digest(set: &dyn EvalSet) -> Result<String> {
+    let mut h = crate::io::ContentHasher::new();
+    h.update_u64(set.len() as u64);
+    for i in 0..set.len() {
+        set.item_key(i, &mut h)?;
+    }
+    Ok(h.hex())
+}
+
+/// What a run's results depend on besides the attack settings, keyed by content: the
+/// weights file's hash, the ordered data list's hash, the model flags (which include the
+/// input normalisation), the eval transform and the precision. Two runs with equal keys
+/// compute the same numbers; the journal refuses to mix runs whose keys differ.
+pub fn content_key(
+    weights: &Path,
+    set: &dyn EvalSet,
+    model: &str,
+    transform: &str,
+    precision: &str,
+) -> Result<serde_json::Map<String, Value>> {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "weights_hash".into(),
+        Value::from(crate::io::hash_file(weights)?),
+    );
+    m.insert("data_hash".into(), Value::from(data_digest(set)?));
+    m.insert("model".into(), Value::from(model));
+    m.insert("transform".into(), Value::from(transform));
+    m.insert("precision".into(), Value::from(precision));
+    Ok(m)
+}
+
 /// Timing of one evaluation (this process only; resumed samples excluded).
 #[derive(Clone, Debug, Default)]
 pub struct Timing {
@@ -69,8 +102,19 @@ pub fn evaluate(
     resume: bool,
     label: &str,
 ) -> Result<(Vec<SampleResult>, Timing)> {
+    if set.is_empty() {
+        return Err(crate::Error::Msg(format!(
+            "{label}: the data holds no sample to attack (an accuracy over 0 images means \
+             nothing)"
+        )));
+    }
     let dims = set.dims();
     let d = dims.len();
+    // One run per journal: two processes appending to it would interleave their samples.
+    let lock = crate::io::RunLock::acquire(&with_suffix(journal, ".lock"), "journal")?;
+    if let Some(note) = lock.takeover_note() {
+        eprintln!("{label}: {note}");
+    }
     let (mut jr, done) = Journal::open(journal, fingerprint, d, &cfg.attacks, resume)?;
     let n = set.len();
     let todo: Vec<usize> = (0..n)
@@ -152,6 +196,12 @@ pub fn evaluate(
     timing.attacked = attacked;
     timing.seconds = start.elapsed().as_secs_f64();
     Ok((results, timing))
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    s.into()
 }
 
 pub fn fmt_secs(s: f64) -> String {

@@ -95,8 +95,8 @@ struct Cli {
     /// Per-sample journal (default: `<report>.journal`); a rerun resumes from it.
     #[arg(long)]
     journal: Option<PathBuf>,
-    /// Ignore an existing journal and start afresh.
-    #[arg(long)]
+    /// Ignore an existing journal and start afresh (alias: --restart).
+    #[arg(long, alias = "restart")]
     no_resume: bool,
     /// auto | cpu | cuda[:N]
     #[arg(long, default_value = "auto")]
@@ -198,6 +198,9 @@ impl EvalSet for Limited<'_> {
     fn describe(&self) -> String {
         format!("{} (first {})", self.inner.describe(), self.len())
     }
+    fn item_key(&self, i: usize, h: &mut io::ContentHasher) -> Result<()> {
+        self.inner.item_key(i, h)
+    }
 }
 
 fn write_adv(path: &Path, set: &dyn EvalSet, results: &[SampleResult]) -> Result<()> {
@@ -226,6 +229,21 @@ fn run(cli: Cli) -> Result<()> {
     }
     if cli.batch_size == 0 {
         return Err(Error::flag("--batch-size", "must be at least 1"));
+    }
+    // Fail before the evaluation, not after it, when the report cannot be written there.
+    if cli.report.is_dir() {
+        return Err(Error::flag(
+            "--report",
+            format!("{} is a directory; give a file path", cli.report.display()),
+        ));
+    }
+    if let Some(parent) = cli.report.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::flag(
+                "--report",
+                format!("{}: no such directory", parent.display()),
+            ));
+        }
     }
     let pass_batch = match cli.pass_batch {
         Some(0) => return Err(Error::flag("--pass-batch", "must be at least 1")),
@@ -278,9 +296,15 @@ fn run(cli: Cli) -> Result<()> {
             .validate_eps(t.eps, dims.len())
             .map_err(|e| Error::flag("--eps", format!("{} ({}): {e}", t.name, t.norm)))?;
     }
-    let weights_len = std::fs::metadata(&cli.weights)
-        .map(|m| m.len())
-        .unwrap_or(0);
+    // Keyed by content: another model of the same size, a replaced or reordered data file,
+    // or another transform or precision must not resume this journal.
+    let content = mpm::attack::run::content_key(
+        &cli.weights,
+        &set,
+        &spec.describe(),
+        &format!("resize {} crop {}", cli.resize, cli.crop),
+        &cli.precision,
+    )?;
     let mut model = EngineClassifier::new(spec, store).on_device(dev)?;
     let mut outputs = Vec::new();
     for t in &threats {
@@ -295,14 +319,15 @@ fn run(cli: Cli) -> Result<()> {
                 "standard fixes --n-iter 100 and --square-queries 5000: pass --version custom",
             ));
         }
-        let fingerprint = json!({
+        let mut fingerprint = json!({
             "norm": t.norm.to_string(), "eps": t.eps, "seed": cli.seed,
             "attacks": attacks.iter().map(|a| a.name()).collect::<Vec<_>>(),
             "n_iter": cfg.n_iter, "square_queries": cfg.square_queries,
             "n": set.len(), "dims": [dims.c, dims.h, dims.w],
-            "data": set.describe(), "weights": cli.weights.display().to_string(),
-            "weights_bytes": weights_len, "model": spec.describe(),
         });
+        if let Value::Object(m) = &mut fingerprint {
+            m.extend(content.clone());
+        }
         let base = cli
             .journal
             .clone()

@@ -221,8 +221,8 @@ fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
         .parse::<mpm::device::DeviceRequest>()?
         .resolve()?;
     eprintln!("device: {why}");
-    let precision = mpm::device::parse_precision_flag(&cfg.precision)
-        .map_err(|e| mpm::Error::flag("--precision", e.to_string()))?;
+    // The parser's error already names --precision.
+    let precision = mpm::device::parse_precision_flag(&cfg.precision)?;
     if !why.starts_with("cpu") {
         eprintln!("precision: {precision:?}");
     }

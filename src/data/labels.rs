@@ -77,6 +77,8 @@ struct ClassResult {
     empty_masks: usize,
     skipped: Vec<Skip>,
     warnings: Vec<Skip>,
+    /// Writing an output failed: the run stops with this error.
+    write_error: Option<String>,
 }
 
 /// Paints one image's label map. Errors are reasons to skip the image.
@@ -134,6 +136,7 @@ fn run_class(
         empty_masks: 0,
         skipped: Vec::new(),
         warnings: Vec::new(),
+        write_error: None,
     };
     let seg_dir = cfg.out.join("seg").join(&c.wnid);
     let img_dir = cfg.out.join("img").join(&c.wnid);
@@ -185,10 +188,10 @@ fn run_class(
         let placed = imageio::write_label_map(&dst, &map)
             .and_then(|_| place_image(&src, &img_dir.join(img.base_name()), cfg.image_mode));
         if let Err(e) = placed {
-            let s = Skip::new(&dst, format!("cannot write: {e}"));
-            pb.suspend(|| eprintln!("skip {s}"));
-            res.skipped.push(s);
-            continue;
+            // An output that cannot be written (full disk, permissions) is not a bad input
+            // to skip: the run fails instead of reporting success over missing maps.
+            res.write_error = Some(e.to_string());
+            return res;
         }
         if empty > 0 {
             res.empty_masks += empty;
@@ -345,6 +348,18 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
         .map(|j| run_class(j, cfg, &discarded, &pb))
         .collect();
     pb.finish_and_clear();
+    if let Some(e) = results.iter().find_map(|r| r.write_error.clone()) {
+        return Err(Error::Msg(format!("labels: cannot write an output: {e}")));
+    }
+    // Label maps are written without per-file fsync; persist them once, per directory.
+    for j in &jobs {
+        for sub in ["seg", "img"] {
+            let d = cfg.out.join(sub).join(&j.class.wnid);
+            if d.is_dir() {
+                crate::io::sync_dir(&d)?;
+            }
+        }
+    }
 
     let mut train_txt = String::new();
     let mut val_txt = String::new();

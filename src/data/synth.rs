@@ -509,8 +509,7 @@ fn write_class(t: &ClassTemplate, c: usize, first_id: u32, cfg: &SynthConfig) ->
         let r = render(t, first_id, &mut rng, cfg);
         let file = format!("{}_{}.JPEG", t.wnid, 1000 + k);
         let image_id = 1 + k as i64;
-        std::fs::write(img_dir.join(&file), jpeg_bytes(&r.rgb, cfg.jpeg_quality)?)
-            .map_err(|e| Error::io(img_dir.join(&file), e))?;
+        imageio::write_bulk(&img_dir.join(&file), &jpeg_bytes(&r.rgb, cfg.jpeg_quality)?)?;
         images.push(
             json!({"id": image_id, "file_name": format!("{}/{file}", t.wnid),
                            "height": r.rgb.height(), "width": r.rgb.width()}),
@@ -579,8 +578,7 @@ fn add_faults(
     let tri = json!([[5.0, 5.0, 50.0, 8.0, 30.0, 50.0]]);
     let mut add = |name: &str, bytes: &[u8], w: u32, h: u32, seg: Option<Value>| -> Result<()> {
         let file = format!("{}_{name}.JPEG", t.wnid);
-        std::fs::write(img_dir.join(&file), bytes)
-            .map_err(|e| Error::io(img_dir.join(&file), e))?;
+        imageio::write_bulk(&img_dir.join(&file), bytes)?;
         let id = 900_000 + images.len() as i64;
         // One entry deviates from the release format: its file name has no wnid folder.
         let listed = if name == "no_wnid_folder" {

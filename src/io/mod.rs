@@ -4,18 +4,27 @@
 //! Everything here is host-side and in PyTorch layout; the engine converts at the edge.
 //! Writers are atomic: a temp file in the target directory, fsync, rename.
 
+mod atomic;
+mod digest;
 pub mod elements;
 mod host;
 mod pickle;
 mod pth;
+mod run_lock;
 mod safetensors;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+pub(crate) use atomic::process_alive;
+pub use atomic::{
+    remove_stale_temps, sync_dir, write_atomic, write_atomic_with, write_bytes_atomic, Durability,
+};
+pub use digest::{hash_file, ContentHasher};
 pub use host::{HostData, HostTensor, NamedTensors};
 pub use pth::{load_pth, save_pth};
+pub use run_lock::{host_name, RunLock, RUN_LOCK_NAME};
 pub use safetensors::{load_safetensors, save_safetensors};
 
 use crate::{Error, Result};
@@ -51,6 +60,11 @@ pub fn load_state_dict(path: &Path, pick: StateDictPick) -> Result<NamedTensors>
     strip_module_prefix(path, tensors)
 }
 
+/// Does `path` start like a PyTorch checkpoint (zip or legacy pickle)? False when unreadable.
+pub fn is_pytorch_file(path: &Path) -> bool {
+    matches!(sniff(path), Ok(Sniff::Pth))
+}
+
 enum Sniff {
     Pth,
     Safetensors,
@@ -76,9 +90,13 @@ fn sniff(path: &Path) -> Result<Sniff> {
     Err(Error::format(
         path,
         format!(
-            "unrecognised checkpoint format (first bytes {:02x?}): expected a PyTorch zip, a \
+            "unrecognised checkpoint format (first bytes {}): expected a PyTorch zip, a \
              legacy torch.save file or safetensors",
-            &head[..n.min(8)]
+            head[..n.min(8)]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         ),
     ))
 }
@@ -161,44 +179,6 @@ fn strip_module_prefix(path: &Path, tensors: NamedTensors) -> Result<NamedTensor
         out.insert(name, v);
     }
     Ok(out)
-}
-
-/// Writes a file atomically: `write` fills a fresh temp file next to `path`, which is then
-/// renamed over `path` (and the directory fsynced on Unix). On error the temp file is removed
-/// and `path` is untouched. `write` should fsync the file itself before returning.
-pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::format(path, "not a file path"))?
-        .to_string_lossy();
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(".{file_name}.tmp.{}.{nonce}", std::process::id()));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
-    let res = write(&mut f).and_then(|()| {
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    });
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return res;
-    }
-    #[cfg(unix)]
-    if let Ok(d) = File::open(&dir) {
-        // Best effort: persists the rename; some filesystems refuse fsync on directories.
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// An empty metadata map, for `save_safetensors` calls that have none to write.

@@ -13,9 +13,20 @@
 //! dtype, offset, shape, strides) that `pth.rs` resolves against the zip records, so tensors
 //! that are never asked for (optimizer state) are never read.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+
+/// Deepest nesting of containers (lists, tuples, dicts) and MARKs a pickle may build. Python's
+/// own pickler stops near its recursion limit (1,000), so real checkpoints stay far below;
+/// the bound keeps any later walk over the tree, and the tensor-rebuild chains
+/// (`_rebuild_from_type_v2` inside itself), short.
+pub(crate) const MAX_NESTING_DEPTH: u32 = 4_096;
+/// Most memo entries (PUT/MEMOIZE) one pickle may create.
+pub(crate) const MAX_MEMO_ENTRIES: usize = 1 << 21;
+/// Most opcodes one pickle may execute: bounds the values held on the stack, in containers
+/// and in the memo (a real state dict needs tens of thousands).
+pub(crate) const MAX_OPCODES: u64 = 1 << 24;
 
 /// Element type of a torch storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,14 +157,51 @@ pub(crate) struct TensorRef {
 }
 
 /// A shared, mutable container (list, tuple or dict). Dicts are stored flat as
-/// `[k0, v0, k1, v1, ...]`; a repeated key is resolved by the last occurrence.
+/// `[k0, v0, k1, v1, ...]`; a repeated key is resolved by the last occurrence. The second
+/// field is the container's nesting depth (1 + the deepest item's, as recorded when items
+/// were added), shared by all clones.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Seq(pub Rc<RefCell<Vec<Value>>>);
+pub(crate) struct Seq(pub Rc<RefCell<Vec<Value>>>, Rc<Cell<u32>>);
 
 impl Seq {
     fn new(items: Vec<Value>) -> Self {
-        Seq(Rc::new(RefCell::new(items)))
+        let depth = 1 + items.iter().map(depth_of).max().unwrap_or(0);
+        Seq(Rc::new(RefCell::new(items)), Rc::new(Cell::new(depth)))
     }
+
+    /// Appends items, raising the recorded depth; errors past [`MAX_NESTING_DEPTH`].
+    fn extend(&self, items: Vec<Value>) -> Result<(), String> {
+        let depth = 1 + items.iter().map(depth_of).max().unwrap_or(0);
+        check_depth(depth)?;
+        self.1.set(self.1.get().max(depth));
+        self.0.borrow_mut().extend(items);
+        Ok(())
+    }
+}
+
+/// Nesting depth of a value: 0 for scalars, the recorded depth for containers.
+fn depth_of(v: &Value) -> u32 {
+    match v {
+        Value::List(s) | Value::Tuple(s) | Value::Dict(s) => s.1.get(),
+        _ => 0,
+    }
+}
+
+fn check_depth(depth: u32) -> Result<(), String> {
+    if depth > MAX_NESTING_DEPTH {
+        return Err(format!(
+            "nesting depth limit exceeded: containers nested deeper than {MAX_NESTING_DEPTH} \
+             levels (a real checkpoint needs a few)"
+        ));
+    }
+    Ok(())
+}
+
+/// A new container of `items`, refused past the nesting depth limit.
+fn container(items: Vec<Value>) -> Result<Seq, String> {
+    let s = Seq::new(items);
+    check_depth(s.1.get())?;
+    Ok(s)
 }
 
 impl Drop for Seq {
@@ -520,6 +568,11 @@ impl<'a> Unpickler<'a> {
 
     fn memo_put(&mut self, i: u64) -> Result<(), String> {
         let v = self.top()?.clone();
+        if self.memo.len() >= MAX_MEMO_ENTRIES && !self.memo.contains_key(&i) {
+            return Err(format!(
+                "memo size limit exceeded: more than {MAX_MEMO_ENTRIES} memo entries"
+            ));
+        }
         self.memo.insert(i, v);
         Ok(())
     }
@@ -537,8 +590,15 @@ impl<'a> Unpickler<'a> {
     }
 
     fn run(&mut self, persistent: &mut dyn PersistentLoad) -> Result<Value, String> {
+        let mut ops = 0u64;
         loop {
             let at = self.pos;
+            ops += 1;
+            if ops > MAX_OPCODES {
+                return Err(format!(
+                    "opcode limit exceeded: more than {MAX_OPCODES} opcodes in one pickle"
+                ));
+            }
             let op = self.u8()?;
             match op {
                 0x80 => {
@@ -554,7 +614,15 @@ impl<'a> Unpickler<'a> {
                     let v = self.pop()?;
                     return Ok(v);
                 }
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    if self.marks.len() >= MAX_NESTING_DEPTH as usize {
+                        return Err(format!(
+                            "nesting depth limit exceeded: more than {MAX_NESTING_DEPTH} open \
+                             MARKs at offset {at}"
+                        ));
+                    }
+                    self.marks.push(self.stack.len())
+                }
                 b'0' => {
                     if self.marks.last().is_some_and(|&m| m == self.stack.len()) {
                         self.marks.pop();
@@ -658,15 +726,15 @@ impl<'a> Unpickler<'a> {
                     if items.len() % 2 != 0 {
                         return Err("DICT with an odd number of items".into());
                     }
-                    self.stack.push(Value::Dict(Seq::new(items)));
+                    self.stack.push(Value::Dict(container(items)?));
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Seq::new(items)));
+                    self.stack.push(Value::List(container(items)?));
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(Seq::new(items)));
+                    self.stack.push(Value::Tuple(container(items)?));
                 }
                 0x85..=0x87 => {
                     let n = usize::from(op - 0x84);
@@ -675,7 +743,7 @@ impl<'a> Unpickler<'a> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    self.stack.push(Value::Tuple(Seq::new(items)));
+                    self.stack.push(Value::Tuple(container(items)?));
                 }
                 b'a' | b'e' => {
                     let items = if op == b'a' {
@@ -684,7 +752,7 @@ impl<'a> Unpickler<'a> {
                         self.pop_mark()?
                     };
                     match self.top()? {
-                        Value::List(s) => s.0.borrow_mut().extend(items),
+                        Value::List(s) => s.extend(items)?,
                         Value::Opaque(_) => {}
                         other => return Err(format!("APPEND to {}", other.describe())),
                     }
@@ -701,7 +769,7 @@ impl<'a> Unpickler<'a> {
                         return Err("SETITEMS with an odd number of items".into());
                     }
                     match self.top()? {
-                        Value::Dict(s) => s.0.borrow_mut().extend(items),
+                        Value::Dict(s) => s.extend(items)?,
                         Value::Opaque(_) => {}
                         other => return Err(format!("SETITEM on {}", other.describe())),
                     }
@@ -758,7 +826,7 @@ impl<'a> Unpickler<'a> {
                     let name = self.line()?;
                     let g = resolve_global(module, name)?;
                     let args = self.pop_mark()?;
-                    let v = call(Value::Global(g), Value::Tuple(Seq::new(args)))?;
+                    let v = call(Value::Global(g), Value::Tuple(container(args)?))?;
                     self.stack.push(v);
                 }
                 b'o' => {
@@ -864,6 +932,23 @@ fn int_list(v: &Value, what: &str) -> Result<Vec<u64>, String> {
 
 /// REDUCE: `func(*args)` for the globals we interpret.
 fn call(func: Value, args: Value) -> Result<Value, String> {
+    // `_rebuild_from_type_v2(func, type, args, state)` calls `func(*args)`, and `func` may be
+    // `_rebuild_from_type_v2` again: unwrap such chains in a loop, never by recursion (a small
+    // file can hold tens of thousands of links).
+    let (mut func, mut args) = (func, args);
+    while let Value::Global(Global::RebuildFromType) = func {
+        let a = tuple_items(&args, "_rebuild_from_type_v2")?;
+        let (Some(inner_func), Some(inner_args)) = (a.first(), a.get(2)) else {
+            return Err("_rebuild_from_type_v2: expected (func, type, args, state)".into());
+        };
+        if !matches!(inner_func, Value::Global(_)) {
+            return Err(format!(
+                "_rebuild_from_type_v2: func is {}",
+                inner_func.describe()
+            ));
+        }
+        (func, args) = (inner_func.clone(), inner_args.clone());
+    }
     let g = match func {
         Value::Global(g) => g,
         Value::Opaque(name) => return Ok(Value::Opaque(Rc::from(format!("result of {name}")))),
@@ -889,7 +974,7 @@ fn call(func: Value, args: Value) -> Result<Value, String> {
                     }
                 }
             }
-            Ok(Value::Dict(Seq::new(flat)))
+            Ok(Value::Dict(container(flat)?))
         }
         Global::RebuildTensor(version) => {
             let a = tuple_items(&args, "_rebuild_tensor")?;
@@ -959,19 +1044,8 @@ fn call(func: Value, args: Value) -> Result<Value, String> {
                 None => Err("_rebuild_parameter without arguments".into()),
             }
         }
-        Global::RebuildFromType => {
-            let a = tuple_items(&args, "_rebuild_from_type_v2")?;
-            let (Some(func), Some(inner)) = (a.first(), a.get(2)) else {
-                return Err("_rebuild_from_type_v2: expected (func, type, args, state)".into());
-            };
-            if !matches!(func, Value::Global(_)) {
-                return Err(format!(
-                    "_rebuild_from_type_v2: func is {}",
-                    func.describe()
-                ));
-            }
-            call(func.clone(), inner.clone())
-        }
+        // Unwrapped by the loop above; kept as an error rather than a panic.
+        Global::RebuildFromType => Err("_rebuild_from_type_v2 chain not unwrapped".into()),
         Global::UnsupportedTensor(name) => Ok(Value::BadTensor(name)),
         Global::Storage(e) => Ok(Value::Opaque(Rc::from(format!(
             "{}Storage object",
@@ -1150,15 +1224,94 @@ mod tests {
         }
     }
 
-    #[test]
-    fn deep_nesting_drops_without_overflow() {
-        let depth = 200_000;
+    fn nested_lists(depth: usize) -> Vec<u8> {
         let mut b = vec![0x80, 2];
         b.extend(std::iter::repeat_n(b']', depth));
         b.extend(std::iter::repeat_n(b'a', depth - 1));
         b.push(b'.');
-        let v = run(&b).expect("parses");
+        b
+    }
+
+    #[test]
+    fn deep_nesting_drops_without_overflow() {
+        let v = run(&nested_lists(MAX_NESTING_DEPTH as usize)).expect("parses");
         drop(v);
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused() {
+        let e = run(&nested_lists(200_000)).expect_err("too deep");
+        assert!(e.contains("nesting depth limit"), "{e}");
+        let mut b = vec![0x80, 2];
+        b.extend(std::iter::repeat_n(b'(', 100_000));
+        b.push(b'.');
+        let e = run(&b).expect_err("too many marks");
+        assert!(e.contains("nesting depth limit"), "{e}");
+    }
+
+    /// `_rebuild_from_type_v2(_rebuild_from_type_v2, T, (_rebuild_from_type_v2, T, (...)),
+    /// state)`, `links` deep, around one `_rebuild_parameter(None)`; built inside out with
+    /// `depth` tuple levels per link.
+    fn rebuild_chain(links: usize) -> Vec<u8> {
+        let mut w = PickleWriter::default();
+        w.proto();
+        w.global("torch._tensor", "_rebuild_from_type_v2");
+        w.buf.push(b'q');
+        w.buf.push(0);
+        w.global("torch", "Tensor");
+        w.buf.push(b'q');
+        w.buf.push(1);
+        w.buf.push(0x30); // POP
+        w.buf.push(0x30);
+        // Outermost call first: func, then args = (func, type, <inner args>, state).
+        w.buf.extend([b'h', 0]);
+        for _ in 0..links {
+            w.mark();
+            w.buf.extend([b'h', 0, b'h', 1]);
+        }
+        // Innermost args: (_rebuild_parameter, T, (None,), None) -> calls _rebuild_parameter(None).
+        w.mark();
+        w.global("torch._utils", "_rebuild_parameter");
+        w.buf.extend([b'h', 1]);
+        w.buf.push(b'N');
+        w.buf.push(0x85);
+        w.buf.push(b'N');
+        w.tuple();
+        for _ in 0..links {
+            w.buf.push(b'N');
+            w.tuple();
+        }
+        w.reduce();
+        w.stop();
+        w.buf
+    }
+
+    #[test]
+    fn rebuild_from_type_chains_never_recurse() {
+        // Within the depth limit: unwrapped in a loop down to the parameter call.
+        let v = run(&rebuild_chain(1_000)).expect("short chain");
+        assert!(matches!(v, Value::BadTensor(_)), "{}", v.describe());
+        // The reported attack: ~50,000 links. A clean error, not a stack overflow.
+        let e = run(&rebuild_chain(50_000)).expect_err("long chain");
+        assert!(e.contains("nesting depth limit"), "{e}");
+    }
+
+    #[test]
+    fn memo_and_opcode_limits_name_themselves() {
+        let mut b = vec![0x80, 4, b'N'];
+        for _ in 0..=MAX_MEMO_ENTRIES {
+            b.push(0x94); // MEMOIZE
+        }
+        b.push(b'.');
+        let e = run(&b).expect_err("memo");
+        assert!(e.contains("memo size limit"), "{e}");
+        let mut b = vec![0x80, 2, b'N'];
+        for _ in 0..MAX_OPCODES / 2 {
+            b.extend([b'0', b'N']); // POP, NONE: constant memory
+        }
+        b.push(b'.');
+        let e = run(&b).expect_err("ops");
+        assert!(e.contains("opcode limit"), "{e}");
     }
 
     #[test]

@@ -23,9 +23,21 @@ use crate::{Error, Result};
 /// First bytes of a legacy-format file: PROTO 2, LONG1 of the magic number 0x1950a86a20f9469cfc6c.
 pub(crate) const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
 
-/// Largest tensor we will expand from a smaller storage (stride-0 views from `expand`), in
-/// elements; guards against a 4-byte storage claiming a terabyte-sized broadcast view.
-const MAX_EXPANDED_NUMEL: u64 = 1 << 28;
+/// Budget of one load, beyond the bytes the file itself holds: views may expand (stride-0
+/// broadcasts from `expand`, overlapping views of one storage) to at most this many elements
+/// more than the storages they read, summed over the tensors loaded. Guards against a 4-byte
+/// storage claiming a terabyte-sized broadcast view.
+pub(crate) const MAX_BROADCAST_EXTRA_NUMEL: u64 = 1 << 24;
+
+/// Largest `data.pkl` record (decompressed) we read: a state dict's pickle is kilobytes to a
+/// few megabytes; the bound stops a small deflated record expanding to gigabytes.
+pub(crate) const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// A compressed storage record may expand at most this many times (torch.save stores
+/// storages uncompressed; a re-zipped file of weights compresses by a few percent) once it is
+/// larger than [`RATIO_FREE_BYTES`].
+pub(crate) const MAX_DECOMPRESSION_RATIO: u64 = 64;
+pub(crate) const RATIO_FREE_BYTES: u64 = 16 << 20;
 
 /// Where the raw bytes of storages come from.
 enum Storages {
@@ -84,7 +96,20 @@ impl Checkpoint {
                 Error::format(path, "zip archive has no data.pkl: not a torch.save file")
             })?;
         let prefix = pkl[..pkl.len() - "data.pkl".len()].to_string();
-        let data = read_record(&mut archive, &pkl, None, path)?;
+        let pkl_size = archive
+            .by_name(&pkl)
+            .map(|e| e.size())
+            .map_err(|e| Error::format(path, format!("record '{pkl}': {e}")))?;
+        if pkl_size > MAX_PICKLE_BYTES {
+            return Err(Error::format(
+                path,
+                format!(
+                    "pickle size limit exceeded: '{pkl}' is {pkl_size} bytes decompressed, the \
+                     limit is {MAX_PICKLE_BYTES}"
+                ),
+            ));
+        }
+        let data = read_record(&mut archive, &pkl, Some(MAX_PICKLE_BYTES as usize), path)?;
         let big_endian = match archive.index_for_name(&format!("{prefix}byteorder")) {
             Some(_) => {
                 let b = read_record(&mut archive, &format!("{prefix}byteorder"), Some(16), path)?;
@@ -195,6 +220,153 @@ impl Checkpoint {
         })
     }
 
+    /// Checks, without reading it, that a storage's data is in the file: the record exists,
+    /// holds at least `numel * elem size` bytes, and (when compressed) does not expand past
+    /// the decompression-ratio limit. Returns its size in bytes.
+    fn check_storage(&mut self, s: &StorageRef) -> Result<u64> {
+        let path = self.path.clone();
+        let esize = s.elem.size().ok_or_else(|| {
+            Error::format(
+                &path,
+                format!(
+                    "storage '{}': dtype {} is not supported",
+                    s.key,
+                    s.elem.name()
+                ),
+            )
+        })?;
+        let len = s
+            .numel
+            .checked_mul(esize as u64)
+            .ok_or_else(|| Error::format(&path, format!("storage '{}' is too large", s.key)))?;
+        match &mut self.storages {
+            Storages::Zip {
+                archive, prefix, ..
+            } => {
+                let name = format!("{prefix}data/{}", s.key);
+                let entry = archive
+                    .by_name(&name)
+                    .map_err(|e| Error::format(&path, format!("record '{name}': {e}")))?;
+                if entry.size() < len {
+                    return Err(Error::format(
+                        &path,
+                        format!(
+                            "storage record '{name}' has {} bytes, expected {len} ({} x {})",
+                            entry.size(),
+                            s.numel,
+                            s.elem.name()
+                        ),
+                    ));
+                }
+                let packed = entry.compressed_size().max(1);
+                if entry.compression() != zip::CompressionMethod::Stored
+                    && len > RATIO_FREE_BYTES
+                    && len / packed > MAX_DECOMPRESSION_RATIO
+                {
+                    return Err(Error::format(
+                        &path,
+                        format!(
+                            "decompression ratio limit exceeded: record '{name}' expands from \
+                             {packed} to {len} bytes (more than {MAX_DECOMPRESSION_RATIO}x)"
+                        ),
+                    ));
+                }
+            }
+            Storages::Legacy { ranges, .. } => {
+                // Ranges were checked against the file's length when it was opened.
+                if !ranges.contains_key(&s.key) {
+                    return Err(Error::format(
+                        &path,
+                        format!("storage '{}' has no data in the file", s.key),
+                    ));
+                }
+            }
+        }
+        Ok(len)
+    }
+
+    /// Checks a view against its storage without reading it; returns its element count.
+    fn check_view(&self, t: &TensorRef, name: &str) -> Result<u64> {
+        let err = |msg: String| Error::format(&self.path, format!("tensor '{name}': {msg}"));
+        t.elem
+            .size()
+            .ok_or_else(|| err(format!("dtype {} is not supported", t.elem.name())))?;
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| err(format!("shape {} overflows", dims_text(&t.shape))))?;
+        if numel == 0 {
+            return Ok(0);
+        }
+        let last = t
+            .shape
+            .iter()
+            .zip(&t.stride)
+            .try_fold(t.offset, |a, (&d, &s)| {
+                (d - 1).checked_mul(s).and_then(|x| a.checked_add(x))
+            })
+            .ok_or_else(|| err("offset/strides overflow".into()))?;
+        // An untyped (byte) storage holds `numel` bytes; in the tensor's elements that is less.
+        let esize = t.elem.size().unwrap_or(1) as u64;
+        let ssize = t.storage.elem.size().unwrap_or(1) as u64;
+        let avail = t.storage.numel.saturating_mul(ssize) / esize;
+        if last >= avail {
+            return Err(err(format!(
+                "storage '{}' is too short: shape {}, strides {} and offset {} reach element \
+                 {last} but the storage holds {avail} {} elements",
+                t.storage.key,
+                dims_text(&t.shape),
+                dims_text(&t.stride),
+                t.offset,
+                t.elem.name()
+            )));
+        }
+        Ok(numel)
+    }
+
+    /// Reads the given views, after checking all of them and the load's budget: every
+    /// storage present and not a decompression bomb, and the elements materialised at most
+    /// the storages' own plus [`MAX_BROADCAST_EXTRA_NUMEL`]. Nothing is read before all
+    /// checks pass.
+    pub(crate) fn materialize_all(
+        &mut self,
+        views: Vec<(String, Rc<TensorRef>)>,
+    ) -> Result<NamedTensors> {
+        let mut storages: HashMap<String, u64> = HashMap::new();
+        let mut view_numel = 0u64;
+        for (name, t) in &views {
+            view_numel = view_numel.saturating_add(self.check_view(t, name)?);
+            if !storages.contains_key(&t.storage.key) {
+                self.check_storage(&t.storage)?;
+                let elems = t
+                    .storage
+                    .numel
+                    .saturating_mul(t.storage.elem.size().unwrap_or(1) as u64)
+                    / t.elem.size().unwrap_or(1) as u64;
+                storages.insert(t.storage.key.clone(), elems);
+            }
+        }
+        let storage_numel: u64 = storages.values().fold(0u64, |a, &b| a.saturating_add(b));
+        if view_numel > storage_numel.saturating_add(MAX_BROADCAST_EXTRA_NUMEL) {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "materialised size limit exceeded: the {} tensors expand to {view_numel} \
+                     elements from storages of {storage_numel} (broadcast or overlapping views \
+                     may add at most {MAX_BROADCAST_EXTRA_NUMEL})",
+                    views.len()
+                ),
+            ));
+        }
+        let mut out = NamedTensors::new();
+        for (name, t) in views {
+            let host = self.materialize(&t, &name)?;
+            out.insert(name, host);
+        }
+        Ok(out)
+    }
+
     /// Raw bytes of a storage (exactly `numel * elem size`), read once and cached.
     fn storage_bytes(&mut self, s: &StorageRef) -> Result<(Rc<Vec<u8>>, bool)> {
         let path = self.path.clone();
@@ -269,7 +441,7 @@ impl Checkpoint {
             .shape
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| err(format!("shape {:?} overflows", t.shape)))?;
+            .ok_or_else(|| err(format!("shape {} overflows", dims_text(&t.shape))))?;
         if numel == 0 {
             let data = match to_host_kind(&t.elem) {
                 Kind::F32 => HostData::F32(Vec::new()),
@@ -290,18 +462,19 @@ impl Checkpoint {
         let avail = (bytes.len() / esize) as u64;
         if last >= avail {
             return Err(err(format!(
-                "storage '{}' is too short: shape {:?}, strides {:?} and offset {} reach element \
+                "storage '{}' is too short: shape {}, strides {} and offset {} reach element \
                  {last} but the storage holds {avail} {} elements",
                 t.storage.key,
-                t.shape,
-                t.stride,
+                dims_text(&t.shape),
+                dims_text(&t.stride),
                 t.offset,
                 t.elem.name()
             )));
         }
-        if numel > avail && numel > MAX_EXPANDED_NUMEL {
+        if numel > avail && numel > MAX_BROADCAST_EXTRA_NUMEL {
             return Err(err(format!(
-                "broadcast view of {numel} elements over a storage of {avail}: refusing to expand"
+                "materialised size limit exceeded: broadcast view of {numel} elements over a \
+                 storage of {avail} (at most {MAX_BROADCAST_EXTRA_NUMEL})"
             )));
         }
         let numel = numel as usize;
@@ -462,13 +635,11 @@ fn read_record(
 pub fn load_pth(path: &Path) -> Result<NamedTensors> {
     let mut ck = Checkpoint::open(path)?;
     let root = ck.root.clone();
-    let mut out = NamedTensors::new();
+    let mut views = Vec::new();
     match &root {
-        Value::Dict(_) => flatten(&mut ck, &root, "", 0, &mut Default::default(), &mut out)?,
-        Value::Tensor(t) => {
-            // torch.save(tensor): a single unnamed tensor.
-            out.insert(String::new(), ck.materialize(t, "")?);
-        }
+        Value::Dict(_) => flatten(&ck, &root, &mut views)?,
+        // torch.save(tensor): a single unnamed tensor.
+        Value::Tensor(t) => views.push((String::new(), t.clone())),
         other => {
             return Err(Error::format(
                 path,
@@ -479,69 +650,69 @@ pub fn load_pth(path: &Path) -> Result<NamedTensors> {
             ))
         }
     }
-    Ok(out)
+    ck.materialize_all(views)
 }
 
-/// A dict reachable twice (or through a cycle) is flattened once, under its first name.
-fn flatten(
-    ck: &mut Checkpoint,
-    dict: &Value,
-    prefix: &str,
-    depth: usize,
-    seen: &mut std::collections::HashSet<*const ()>,
-    out: &mut NamedTensors,
-) -> Result<()> {
-    if let Value::Dict(s) = dict {
-        if !seen.insert(Rc::as_ptr(&s.0) as *const ()) {
-            return Ok(());
-        }
-    }
-    if depth > 64 {
-        return Err(Error::format(
-            &ck.path,
-            format!("dicts nested deeper than 64 at '{prefix}'"),
-        ));
-    }
-    let items = dict.dict_items().unwrap_or_default();
-    for (k, v) in items {
-        let key = match &k {
-            Value::Str(s) => s.to_string(),
-            Value::Int(i) => i.to_string(),
-            _ => continue,
-        };
-        let name = if prefix.is_empty() {
-            key
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match &v {
-            Value::Tensor(t) => {
-                let t = ck.materialize(t, &name)?;
-                out.insert(name, t);
+/// Deepest nesting of dicts [`load_pth`] walks.
+const MAX_DICT_DEPTH: usize = 64;
+
+/// Collects the tensor views of nested dicts, iteratively (an explicit work list, never
+/// recursion on the file's depth). A dict reachable twice (or through a cycle) is walked
+/// once, under its first name.
+fn flatten(ck: &Checkpoint, root: &Value, out: &mut Vec<(String, Rc<TensorRef>)>) -> Result<()> {
+    let mut seen: std::collections::HashSet<*const ()> = Default::default();
+    let mut work: Vec<(Value, String, usize)> = vec![(root.clone(), String::new(), 0)];
+    while let Some((dict, prefix, depth)) = work.pop() {
+        if let Value::Dict(s) = &dict {
+            if !seen.insert(Rc::as_ptr(&s.0) as *const ()) {
+                continue;
             }
-            Value::BadTensor(what) => {
-                return Err(Error::format(
-                    &ck.path,
-                    format!("tensor '{name}': unsupported ({what})"),
-                ))
-            }
-            Value::Dict(_) => flatten(ck, &v, &name, depth + 1, seen, out)?,
-            _ => {}
         }
+        if depth > MAX_DICT_DEPTH {
+            return Err(Error::format(
+                &ck.path,
+                format!("dicts nested deeper than {MAX_DICT_DEPTH} at '{prefix}'"),
+            ));
+        }
+        let mut nested = Vec::new();
+        for (k, v) in dict.dict_items().unwrap_or_default() {
+            let key = match &k {
+                Value::Str(s) => s.to_string(),
+                Value::Int(i) => i.to_string(),
+                _ => continue,
+            };
+            let name = if prefix.is_empty() {
+                key
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match &v {
+                Value::Tensor(t) => out.push((name, t.clone())),
+                Value::BadTensor(what) => {
+                    return Err(Error::format(
+                        &ck.path,
+                        format!("tensor '{name}': unsupported ({what})"),
+                    ))
+                }
+                Value::Dict(_) => nested.push((v.clone(), name, depth + 1)),
+                _ => {}
+            }
+        }
+        // Walk nested dicts in file order.
+        work.extend(nested.into_iter().rev());
     }
     Ok(())
 }
 
-/// The tensors of one dict value (non-tensor entries are skipped), names as stored.
+/// The tensors of one dict value (non-tensor entries are skipped), names as stored. Every
+/// view is checked and the load budgeted before any storage is read; other entries of the
+/// file (optimiser state, ...) are never touched.
 pub(crate) fn dict_tensors(ck: &mut Checkpoint, dict: &Value, what: &str) -> Result<NamedTensors> {
-    let mut out = NamedTensors::new();
+    let mut views = Vec::new();
     for (k, v) in dict.dict_items().unwrap_or_default() {
         let Value::Str(name) = &k else { continue };
         match &v {
-            Value::Tensor(t) => {
-                let t = ck.materialize(t, name)?;
-                out.insert(name.to_string(), t);
-            }
+            Value::Tensor(t) => views.push((name.to_string(), t.clone())),
             Value::BadTensor(kind) => {
                 return Err(Error::format(
                     &ck.path,
@@ -551,7 +722,13 @@ pub(crate) fn dict_tensors(ck: &mut Checkpoint, dict: &Value, what: &str) -> Res
             _ => {}
         }
     }
-    Ok(out)
+    ck.materialize_all(views)
+}
+
+/// `[2, 3, 4]` for messages.
+fn dims_text(d: &[u64]) -> String {
+    let parts: Vec<String> = d.iter().map(u64::to_string).collect();
+    format!("[{}]", parts.join(", "))
 }
 
 /// Does this dict hold at least one tensor directly?

@@ -100,8 +100,9 @@ fn config_from_meta(path: &Path, meta: &BTreeMap<String, String>) -> Result<Trai
         return Err(Error::format(
             path,
             format!(
-                "not an mpm-train checkpoint (metadata 'format' is {:?}, expected '{FORMAT}')",
+                "not an mpm-train checkpoint (metadata 'format' is {}, expected '{FORMAT}')",
                 meta.get("format")
+                    .map_or_else(|| "absent".to_string(), |f| format!("'{f}'"))
             ),
         ));
     }
@@ -114,6 +115,14 @@ fn config_from_meta(path: &Path, meta: &BTreeMap<String, String>) -> Result<Trai
 /// Rebuilds a trainer from a checkpoint. `cfg` overrides the stored configuration only in
 /// the keys of `config::RUNTIME_KEYS` (and must otherwise agree).
 pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
+    if io::is_pytorch_file(path) {
+        return Err(Error::format(
+            path,
+            "this is a PyTorch .pth file (model weights), not a training checkpoint of \
+             mpm-train (a .safetensors file in the run's checkpoints/); to start from these \
+             weights use --init-checkpoint",
+        ));
+    }
     let (tensors, meta) = io::load_safetensors(path)?;
     let mut cfg = config_from_meta(path, &meta)?;
     if let Some(o) = overrides {

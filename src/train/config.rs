@@ -285,6 +285,7 @@ impl TrainConfig {
 
     /// Checks values that do not depend on the data.
     pub fn validate(&self) -> Result<()> {
+        super::validate::check(self)?;
         let f = |k: &str, m: String| Err(Error::flag(format!("--{}", k.replace('_', "-")), m));
         self.arch()?;
         self.activation()?;

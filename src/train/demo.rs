@@ -279,8 +279,7 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
     let total = t0.elapsed().as_secs_f64();
     println!("demo wall time: {total:.0}s");
     let p = o.out.join("results.md");
-    std::fs::write(&p, format!("{table}\nwall time {total:.0}s\n"))
-        .map_err(|e| Error::io(&p, e))?;
+    crate::data::imageio::write_atomic(&p, format!("{table}\nwall time {total:.0}s\n").as_bytes())?;
     Ok(rows)
 }
 

@@ -203,6 +203,9 @@ fn read_parts(p: &Path) -> Option<usize> {
         .map(|m| m + 1)
 }
 
+/// How many following samples a batch whose images all failed may try instead.
+const MAX_REPLACEMENT_TRIES: usize = 64;
+
 impl BatchSource for FolderSource {
     fn len(&self) -> usize {
         self.samples.len()
@@ -217,9 +220,38 @@ impl BatchSource for FolderSource {
         epoch_order(self.samples.len(), self.seed, epoch, train)
     }
     fn load(&self, epoch: usize, indices: &[usize], train: bool) -> Result<Batch> {
-        let (b, skips) = load_batch(&self.samples, indices, epoch as u64, &self.loader)?;
+        let (mut b, skips) = load_batch(&self.samples, indices, epoch as u64, &self.loader)?;
         for s in &skips {
-            eprintln!("{}: skipped: {s:?}", self.origin.display());
+            eprintln!("{}: skipped: {s}", self.origin.display());
+        }
+        if b.n == 0 && !indices.is_empty() {
+            // Every image of this batch is bad (often a batch of one): drop them and take
+            // the next loadable samples of the list instead, so that one undecodable file
+            // cannot stop a run (nor a resume, which meets the same batch). Deterministic:
+            // the replacements depend only on the indices.
+            let n = self.samples.len();
+            let start = indices.iter().copied().max().unwrap_or(0);
+            let mut tried = 0;
+            let mut next = start;
+            while b.n == 0 && tried < n.min(MAX_REPLACEMENT_TRIES) {
+                next = (next + 1) % n.max(1);
+                tried += 1;
+                if indices.contains(&next) {
+                    continue;
+                }
+                let (r, skips) = load_batch(&self.samples, &[next], epoch as u64, &self.loader)?;
+                for s in &skips {
+                    eprintln!("{}: skipped: {s}", self.origin.display());
+                }
+                if r.n > 0 {
+                    eprintln!(
+                        "{}: epoch {epoch}: no image of the batch could be loaded; sample \
+                         {next} takes its place",
+                        self.origin.display()
+                    );
+                    b = r;
+                }
+            }
         }
         if b.n == 0 {
             return Err(Error::Msg(format!(

@@ -31,6 +31,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod source;
 pub mod trainer;
+pub mod validate;
 
 pub use config::TrainConfig;
 pub use run::{run, RunOptions, RunSummary};

@@ -212,6 +212,16 @@ pub fn run(
     }
     let dir = &opts.run_dir;
     std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| Error::io(dir, e))?;
+    // One run per directory; then temp files of killed writers are cleared (reliability).
+    let run_lock = crate::io::RunLock::run_dir(dir, "--output-dir")?;
+    if let Some(note) = run_lock.takeover_note() {
+        eprintln!("{note}");
+    }
+    let stale = crate::io::remove_stale_temps(dir)?
+        + crate::io::remove_stale_temps(&dir.join("checkpoints"))?;
+    if stale > 0 {
+        eprintln!("removed {stale} temp file(s) left by interrupted writes");
+    }
     let (mut trainer, layout_note) = open_trainer(cfg, opts, nb)?;
     let (device, why) = trainer
         .cfg
@@ -220,7 +230,11 @@ pub fn run(
         .resolve()?;
     trainer.to_device(device)?;
     let config_path = dir.join("config.toml");
-    std::fs::write(&config_path, trainer.cfg.to_toml()).map_err(|e| Error::io(&config_path, e))?;
+    crate::io::write_bytes_atomic(
+        &config_path,
+        trainer.cfg.to_toml().as_bytes(),
+        crate::io::Durability::Fsync,
+    )?;
     let mut log = Log::open(dir)?;
     log.line(&format!(
         "{} {}: {} | {} train images, {nb} updates/epoch, batch {} (micro-batch {} x {} \

@@ -282,7 +282,8 @@ pub fn write_image(path: &Path, img: &RgbImage, f: OutFormat) -> Result<()> {
         }
     };
     enc.map_err(|e| Error::format(path, format!("cannot encode: {e}")))?;
-    crate::data::imageio::write_atomic(path, &bytes)
+    // A bulk output: atomic and checked, without a per-file fsync.
+    crate::data::imageio::write_bulk(path, &bytes)
 }
 
 /// Loads and prepares one input image.
