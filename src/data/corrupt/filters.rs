@@ -502,6 +502,8 @@ mod tests {
 
 /// Row primitives of the blurs, compiled for the build's baseline and, chosen at run time, for
 /// AVX2 (same IEEE operations, no FMA contraction: identical results, wider vectors).
+// Fixed-size lane arrays are indexed in plain loops on purpose (they vectorise).
+#[allow(clippy::needless_range_loop)]
 pub mod simd {
     #[inline(always)]
     fn axpy_body(out: &mut [f32], src: &[f32], k: f32) {
@@ -537,6 +539,83 @@ pub mod simd {
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
+    }
+
+    /// Defocus blur's last stage for one output row (interleaved values): per value
+    /// `v = sum_a g[a] * rows[a][i]` (in order), `v *= d`, then `v += e * padded[off + i]` per
+    /// correction tap in order, truncated to u8. Eight values at a time stay in registers.
+    #[inline(always)]
+    fn defocus_finish_body(
+        out: &mut [u8],
+        rows: &[&[f32]],
+        g: &[f32],
+        d: f32,
+        padded: &[f32],
+        taps: &[(usize, f32)],
+    ) {
+        let n = out.len();
+        let full = n / 8 * 8;
+        for x0 in (0..full).step_by(8) {
+            let mut acc = [0f32; 8];
+            for (r, &ga) in rows.iter().zip(g) {
+                let s = &r[x0..x0 + 8];
+                for i in 0..8 {
+                    acc[i] += ga * s[i];
+                }
+            }
+            for v in acc.iter_mut() {
+                *v *= d;
+            }
+            for &(off, e) in taps {
+                let p = &padded[off + x0..off + x0 + 8];
+                for i in 0..8 {
+                    acc[i] += e * p[i];
+                }
+            }
+            for (o, &v) in out[x0..x0 + 8].iter_mut().zip(&acc) {
+                *o = super::super::to_u8_f32(v);
+            }
+        }
+        for x in full..n {
+            let mut v = 0f32;
+            for (r, &ga) in rows.iter().zip(g) {
+                v += ga * r[x];
+            }
+            v *= d;
+            for &(off, e) in taps {
+                v += e * padded[off + x];
+            }
+            out[x] = super::super::to_u8_f32(v);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn defocus_finish_avx2(
+        out: &mut [u8],
+        rows: &[&[f32]],
+        g: &[f32],
+        d: f32,
+        padded: &[f32],
+        taps: &[(usize, f32)],
+    ) {
+        defocus_finish_body(out, rows, g, d, padded, taps)
+    }
+
+    pub fn defocus_finish(
+        out: &mut [u8],
+        rows: &[&[f32]],
+        g: &[f32],
+        d: f32,
+        padded: &[f32],
+        taps: &[(usize, f32)],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: AVX2 was detected on this CPU.
+            return unsafe { defocus_finish_avx2(out, rows, g, d, padded, taps) };
+        }
+        defocus_finish_body(out, rows, g, d, padded, taps)
     }
 
     /// `out[i] += k * src[i]`.
