@@ -15,10 +15,11 @@
 //! Every step is integer arithmetic, so the result is the same bits as libjpeg-turbo's when
 //! its steps are the ones above (its SIMD paths are bit-exact with its C code).
 
+// The lane helpers index fixed-size arrays in plain loops on purpose (they vectorise).
+#![allow(clippy::needless_range_loop)]
+
 use image::RgbImage;
 use rayon::prelude::*;
-
-use super::par_rows;
 
 const QUALITY: [u32; 5] = [25, 18, 15, 10, 7];
 
@@ -199,29 +200,57 @@ fn idct(coef: &[i32; 64], out: &mut [u8; 64]) {
 // Lane-parallel versions: the same integer operations on 8 rows or columns at once (so they
 // vectorise), checked equal to the scalar versions above in the unit tests.
 type V8 = [i32; 8];
+// Plain indexed loops (not `array::from_fn` / `map`, which perf showed left as out-of-line
+// calls): LLVM turns each into one vector instruction.
 #[inline(always)]
 fn vadd(a: V8, b: V8) -> V8 {
-    std::array::from_fn(|i| a[i] + b[i])
+    let mut r = [0; 8];
+    for i in 0..8 {
+        r[i] = a[i] + b[i];
+    }
+    r
 }
 #[inline(always)]
 fn vsub(a: V8, b: V8) -> V8 {
-    std::array::from_fn(|i| a[i] - b[i])
+    let mut r = [0; 8];
+    for i in 0..8 {
+        r[i] = a[i] - b[i];
+    }
+    r
 }
 #[inline(always)]
 fn vmul(a: V8, c: i32) -> V8 {
-    std::array::from_fn(|i| a[i] * c)
+    let mut r = [0; 8];
+    for i in 0..8 {
+        r[i] = a[i] * c;
+    }
+    r
 }
 #[inline(always)]
 fn vshl(a: V8, n: i32) -> V8 {
-    std::array::from_fn(|i| a[i] << n)
+    let mut r = [0; 8];
+    for i in 0..8 {
+        r[i] = a[i] << n;
+    }
+    r
 }
 #[inline(always)]
 fn vdescale(a: V8, n: i32) -> V8 {
-    std::array::from_fn(|i| (a[i] + (1 << (n - 1))) >> n)
+    let mut r = [0; 8];
+    for i in 0..8 {
+        r[i] = (a[i] + (1 << (n - 1))) >> n;
+    }
+    r
 }
 #[inline(always)]
 fn transpose(m: &[V8; 8]) -> [V8; 8] {
-    std::array::from_fn(|r| std::array::from_fn(|c| m[c][r]))
+    let mut t = [[0; 8]; 8];
+    for r in 0..8 {
+        for c in 0..8 {
+            t[r][c] = m[c][r];
+        }
+    }
+    t
 }
 
 /// The 1-D forward DCT along the vector index, for 8 lanes at once.
@@ -318,29 +347,40 @@ fn fdct_v(b: &[V8; 8]) -> [V8; 8] {
 /// (libjpeg's all-zero-AC shortcuts give the same values as the full computation.)
 #[inline(always)]
 fn idct_v(c: &[V8; 8]) -> [V8; 8] {
-    let w = idct_lanes(c).map(|v| vdescale(v, CONST_BITS - PASS1_BITS));
+    let mut w = idct_lanes(c);
+    for v in w.iter_mut() {
+        *v = vdescale(*v, CONST_BITS - PASS1_BITS);
+    }
     let wt = transpose(&w);
-    let o = idct_lanes(&wt).map(|v| vdescale(v, CONST_BITS + PASS1_BITS + 3));
-    transpose(&o).map(|v| v.map(|x| (x + 128).clamp(0, 255)))
+    let mut o = idct_lanes(&wt);
+    for v in o.iter_mut() {
+        *v = vdescale(*v, CONST_BITS + PASS1_BITS + 3);
+        for x in v.iter_mut() {
+            *x = (*x + 128).clamp(0, 255);
+        }
+    }
+    transpose(&o)
 }
 
-/// Exact `(x + d / 2) / d` for 0 <= x < 2^16, 8 <= d < 2^12 by multiply-shift.
+/// Exact `(x + d / 2) / d` for 0 <= x < 2^16, 8 <= d < 2^12 by multiply-shift (the magic
+/// number fits 32 bits, so the product is one 32x32->64 multiply per lane).
 #[derive(Clone, Copy)]
 struct Divisor {
     half: u32,
-    magic: u64,
+    magic: u32,
 }
 
 impl Divisor {
     fn new(d: u32) -> Self {
         Divisor {
             half: d / 2,
-            magic: (1u64 << 32) / d as u64 + 1,
+            magic: ((1u64 << 32) / d as u64 + 1) as u32,
         }
     }
+    #[cfg(test)]
     #[inline(always)]
     fn quantise(self, x: i32) -> i32 {
-        let q = (((x.unsigned_abs() + self.half) as u64 * self.magic) >> 32) as i32;
+        let q = (((x.unsigned_abs() + self.half) as u64 * self.magic as u64) >> 32) as i32;
         if x < 0 {
             -q
         } else {
@@ -349,20 +389,64 @@ impl Divisor {
     }
 }
 
+/// Per coefficient row: the quantiser's halves, magic numbers and the table (dequantisation).
+struct QuantRows {
+    half: [[u32; 8]; 8],
+    magic: [[u32; 8]; 8],
+    table: [V8; 8],
+}
+
+impl QuantRows {
+    fn new(table: &[i32; 64]) -> Self {
+        let mut q = QuantRows {
+            half: [[0; 8]; 8],
+            magic: [[0; 8]; 8],
+            table: [[0; 8]; 8],
+        };
+        for i in 0..64 {
+            let d = Divisor::new(8 * table[i] as u32);
+            q.half[i / 8][i % 8] = d.half;
+            q.magic[i / 8][i % 8] = d.magic;
+            q.table[i / 8][i % 8] = table[i];
+        }
+        q
+    }
+
+    /// Quantise then dequantise one row of coefficients: `round(c / 8q) * q`, sign kept.
+    #[inline(always)]
+    fn requantise(&self, r: usize, f: V8) -> V8 {
+        let mut out = [0; 8];
+        for i in 0..8 {
+            let a = f[i].unsigned_abs() + self.half[r][i];
+            let q = ((a as u64 * self.magic[r][i] as u64) >> 32) as i32;
+            let q = if f[i] < 0 { -q } else { q };
+            out[i] = q * self.table[r][i];
+        }
+        out
+    }
+}
+
 /// Encodes and decodes the 8-row band of blocks `band` (`w` wide) in place.
 #[inline(always)]
-fn round_trip_band(band: &mut [u8], w: usize, table: &[i32; 64], div: &[Divisor; 64]) {
+fn round_trip_band(band: &mut [u8], w: usize, q: &QuantRows) {
     for bx in 0..w / 8 {
-        let b: [V8; 8] =
-            std::array::from_fn(|r| std::array::from_fn(|c| band[r * w + bx * 8 + c] as i32 - 128));
+        let mut b = [[0i32; 8]; 8];
+        for (r, br) in b.iter_mut().enumerate() {
+            let px = &band[r * w + bx * 8..r * w + bx * 8 + 8];
+            for c in 0..8 {
+                br[c] = px[c] as i32 - 128;
+            }
+        }
         let f = fdct_v(&b);
-        let coef: [V8; 8] = std::array::from_fn(|r| {
-            std::array::from_fn(|c| div[r * 8 + c].quantise(f[r][c]) * table[r * 8 + c])
-        });
+        let mut coef = [[0i32; 8]; 8];
+        for r in 0..8 {
+            coef[r] = q.requantise(r, f[r]);
+        }
         let px = idct_v(&coef);
         for (r, row) in px.iter().enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                band[r * w + bx * 8 + c] = v as u8;
+            let o = &mut band[r * w + bx * 8..r * w + bx * 8 + 8];
+            for c in 0..8 {
+                o[c] = row[c] as u8;
             }
         }
     }
@@ -370,8 +454,8 @@ fn round_trip_band(band: &mut [u8], w: usize, table: &[i32; 64], div: &[Divisor;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn round_trip_band_avx2(band: &mut [u8], w: usize, table: &[i32; 64], div: &[Divisor; 64]) {
-    round_trip_band(band, w, table, div)
+fn round_trip_band_avx2(band: &mut [u8], w: usize, q: &QuantRows) {
+    round_trip_band(band, w, q)
 }
 
 fn has_avx2() -> bool {
@@ -386,14 +470,14 @@ fn has_avx2() -> bool {
 
 /// Encodes and decodes one component plane (`w` a multiple of 8, whole 8-row bands) in place.
 fn round_trip_plane(plane: &mut [u8], w: usize, table: &[i32; 64]) {
-    let div: [Divisor; 64] = std::array::from_fn(|i| Divisor::new(8 * table[i] as u32));
+    let q = QuantRows::new(table);
     plane.par_chunks_mut(8 * w).for_each(|band| {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: AVX2 was detected on this CPU (same integer operations, wider vectors).
-            return unsafe { round_trip_band_avx2(band, w, table, &div) };
+            return unsafe { round_trip_band_avx2(band, w, &q) };
         }
-        round_trip_band(band, w, table, &div)
+        round_trip_band(band, w, &q)
     });
 }
 
@@ -440,78 +524,101 @@ pub fn jpeg_compression(img: &RgbImage, s: usize) -> RgbImage {
     // Chroma: ceil(w / 2) x ceil(h / 2) samples, blocks of the 16x16 MCU grid.
     let (cw_real, ch_real) = (wu.div_ceil(2), hu.div_ceil(2));
     let (cw, ch) = (wu.div_ceil(16) * 8, ch_real.div_ceil(8) * 8);
+    // Full-resolution chroma rows are 2 * cw wide (>= yw), the image replicated to the right.
+    let fw = 2 * cw;
     let mut yp = vec![0u8; yw * yh];
+    let mut cb_full = vec![0u8; fw * hu];
+    let mut cr_full = vec![0u8; fw * hu];
+    yp[..yw * hu]
+        .par_chunks_mut(yw)
+        .zip(cb_full.par_chunks_mut(fw))
+        .zip(cr_full.par_chunks_mut(fw))
+        .enumerate()
+        .for_each(|(y, ((yr, cbr), crr))| {
+            let sr = &src[y * wu * 3..(y + 1) * wu * 3];
+            for (((p, yv), cbv), crv) in sr
+                .chunks_exact(3)
+                .zip(yr.iter_mut())
+                .zip(cbr.iter_mut())
+                .zip(crr.iter_mut())
+            {
+                (*yv, *cbv, *crv) = rgb_to_ycc(p[0] as i32, p[1] as i32, p[2] as i32);
+            }
+            let (ly, lcb, lcr) = (yr[wu - 1], cbr[wu - 1], crr[wu - 1]);
+            yr[wu..].fill(ly);
+            cbr[wu..].fill(lcb);
+            crr[wu..].fill(lcr);
+        });
+    // Rows below the image repeat its last row.
+    let (done, pad) = yp.split_at_mut(yw * hu);
+    for r in pad.chunks_exact_mut(yw) {
+        r.copy_from_slice(&done[(hu - 1) * yw..]);
+    }
+    // 2x2 averages with libjpeg's alternating bias; chroma rows past the last real one repeat
+    // it (libjpeg pads the iMCU that way); an odd last image row pairs with itself.
     let mut cbp = vec![0u8; cw * ch];
     let mut crp = vec![0u8; cw * ch];
-    // Colour conversion of the image padded by replication to 2 * cw columns, even rows.
-    let padded_w = (2 * cw).max(yw);
-    let padded_h = (2 * ch_real).max(yh);
-    let mut ycc = vec![(0u8, 0u8, 0u8); padded_w * padded_h];
-    ycc.par_chunks_mut(padded_w)
-        .enumerate()
-        .for_each(|(y, row)| {
-            let sy = y.min(hu - 1);
-            for (x, o) in row.iter_mut().enumerate() {
-                let sx = x.min(wu - 1);
-                let p = &src[(sy * wu + sx) * 3..(sy * wu + sx) * 3 + 3];
-                *o = rgb_to_ycc(p[0] as i32, p[1] as i32, p[2] as i32);
-            }
-        });
-    yp.par_chunks_mut(yw).enumerate().for_each(|(y, row)| {
-        for (x, o) in row.iter_mut().enumerate() {
-            *o = ycc[y * padded_w + x].0;
-        }
-    });
     cbp.par_chunks_mut(cw)
         .zip(crp.par_chunks_mut(cw))
         .enumerate()
         .for_each(|(cy, (cb_row, cr_row))| {
-            // Rows past the last real chroma row repeat it (libjpeg pads the iMCU that way).
-            let y0 = 2 * cy.min(ch_real - 1);
-            for cx in 0..cw {
-                let bias = if cx % 2 == 0 { 1 } else { 2 };
-                let at = |dy: usize, dx: usize| ycc[(y0 + dy) * padded_w + 2 * cx + dx];
-                let (a, b, c, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
-                cb_row[cx] =
-                    ((a.1 as u32 + b.1 as u32 + c.1 as u32 + d.1 as u32 + bias) >> 2) as u8;
-                cr_row[cx] =
-                    ((a.2 as u32 + b.2 as u32 + c.2 as u32 + d.2 as u32 + bias) >> 2) as u8;
+            let r0 = 2 * cy.min(ch_real - 1);
+            let r1 = (r0 + 1).min(hu - 1);
+            for (plane, out) in [(&cb_full, cb_row), (&cr_full, cr_row)] {
+                let (a, b) = (
+                    &plane[r0 * fw..(r0 + 1) * fw],
+                    &plane[r1 * fw..(r1 + 1) * fw],
+                );
+                for (cx, ((o, pa), pb)) in out
+                    .iter_mut()
+                    .zip(a.chunks_exact(2))
+                    .zip(b.chunks_exact(2))
+                    .enumerate()
+                {
+                    let bias = 1 + (cx as u32 & 1);
+                    let sum = pa[0] as u32 + pa[1] as u32 + pb[0] as u32 + pb[1] as u32;
+                    *o = ((sum + bias) >> 2) as u8;
+                }
             }
         });
     round_trip_plane(&mut yp, yw, &lq);
     round_trip_plane(&mut cbp, cw, &cq);
     round_trip_plane(&mut crp, cw, &cq);
     // Triangle upsampling: column sums 3 * nearer row + farther row, then 3:1 across columns.
-    let colsum = |plane: &[u8], near: usize, far: usize, j: usize| -> i32 {
-        3 * plane[near * cw + j] as i32 + plane[far * cw + j] as i32
-    };
-    par_rows(w, h, |y, out| {
-        let i = y / 2;
-        let far = if y % 2 == 0 {
-            i.saturating_sub(1)
-        } else {
-            (i + 1).min(ch_real - 1)
-        };
-        for j in 0..cw_real {
-            let jl = j.saturating_sub(1);
-            let jr = (j + 1).min(cw_real - 1);
-            let up = |plane: &[u8]| -> (i32, i32) {
-                let this = colsum(plane, i, far, j);
-                let left = colsum(plane, i, far, jl);
-                let right = colsum(plane, i, far, jr);
-                ((this * 3 + left + 8) >> 4, (this * 3 + right + 7) >> 4)
+    let row = wu * 3;
+    let mut out = vec![0u8; hu * row];
+    out.par_chunks_mut(row).enumerate().for_each_init(
+        || (vec![0i32; cw_real], vec![0i32; cw_real]),
+        |(cb_sum, cr_sum), (y, o)| {
+            let i = y / 2;
+            let far = if y % 2 == 0 {
+                i.saturating_sub(1)
+            } else {
+                (i + 1).min(ch_real - 1)
             };
-            let (cb0, cb1) = up(&cbp);
-            let (cr0, cr1) = up(&crp);
-            for (k, (cb, cr)) in [(cb0, cr0), (cb1, cr1)].into_iter().enumerate() {
-                let x = 2 * j + k;
-                if x < wu {
-                    let rgb = ycc_to_rgb(yp[y * yw + x] as i32, cb, cr);
-                    out[x * 3..x * 3 + 3].copy_from_slice(&rgb);
+            for (plane, sums) in [(&cbp, &mut *cb_sum), (&crp, &mut *cr_sum)] {
+                let (near_r, far_r) = (&plane[i * cw..i * cw + cw_real], &plane[far * cw..]);
+                for ((sv, &n), &f) in sums.iter_mut().zip(near_r).zip(far_r) {
+                    *sv = 3 * n as i32 + f as i32;
                 }
             }
-        }
-    })
+            let yr = &yp[y * yw..y * yw + wu];
+            for (x, (px, &yv)) in o.chunks_exact_mut(3).zip(yr).enumerate() {
+                let j = x / 2;
+                // Even columns lean on the left neighbour, odd ones on the right.
+                let (k, bias) = if x % 2 == 0 {
+                    (j.saturating_sub(1), 8)
+                } else {
+                    ((j + 1).min(cw_real - 1), 7)
+                };
+                let cb = (cb_sum[j] * 3 + cb_sum[k] + bias) >> 4;
+                let cr = (cr_sum[j] * 3 + cr_sum[k] + bias) >> 4;
+                px.copy_from_slice(&ycc_to_rgb(yv as i32, cb, cr));
+            }
+        },
+    );
+    // The buffer has exactly w * h * 3 bytes.
+    RgbImage::from_raw(w, h, out).unwrap_or_else(|| RgbImage::new(w, h))
 }
 
 #[cfg(test)]
