@@ -267,7 +267,23 @@ pub fn plasma_fractal(size: usize, decay: f64, draws: &Draws) -> Vec<f64> {
 /// points of earlier levels), one row of cells at a time, each row's noise from its own
 /// stream keyed by (level, sub-grid, row), consumed left to right.
 fn plasma_raw(size: usize, decay: f64, draws: &Draws) -> Vec<f64> {
-    let mut m = vec![0f64; size * size];
+    plasma_raw_into(Vec::new(), size, decay, draws)
+}
+
+thread_local! {
+    /// The plasma map of the last fog call on this thread, reused (a fresh 0.5 MB map costs
+    /// page faults on every image). A nested call finds the slot empty and allocates.
+    static PLASMA_SCRATCH: std::cell::Cell<Option<Vec<f64>>> = const { std::cell::Cell::new(None) };
+}
+
+/// `plasma_raw` into a reused buffer (every point is overwritten, the corner first).
+fn plasma_raw_into(mut m: Vec<f64>, size: usize, decay: f64, draws: &Draws) -> Vec<f64> {
+    if m.len() == size * size {
+        m[0] = 0.0; // the only point read before it is written
+    } else {
+        m.clear();
+        m.resize(size * size, 0.0);
+    }
     let mut step = size;
     let mut wibble = 100.0f64;
     let mut level = 0u64;
@@ -342,7 +358,8 @@ pub fn fog(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
     let (w, h) = img.dimensions();
     let (wu, hu) = (w as usize, h as usize);
     let size = hu.max(wu).max(3).next_power_of_two();
-    let plasma = plasma_raw(size, decay, draws);
+    let plasma = PLASMA_SCRATCH.with(|c| c.take()).unwrap_or_default();
+    let plasma = plasma_raw_into(plasma, size, decay, draws);
     // Normalised only where the image reads it: `(v - lo) / hi` as plasma_fractal.
     let (lo, hi) = plasma_range(&plasma);
     let src = img.as_raw();
@@ -351,19 +368,23 @@ pub fn fog(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
     // (x * max) / (max + strength), as one factor (a last-bit difference on a random field).
     let k = (max_val / (max_val + strength)) as f32;
     let inv = 1.0f32 / 255.0;
-    par_rows(w, h, |y, out| {
+    let out = par_rows(w, h, |y, out| {
         let sr = &src[y * row..(y + 1) * row];
         let pr = &plasma[y * size..y * size + wu];
-        for ((o, p), &pv) in out.chunks_exact_mut(3).zip(sr.chunks_exact(3)).zip(pr) {
+        // The plasma term per pixel, then per value (plain loops that vectorise).
+        let mut pf3 = vec![0f32; row];
+        for (t, &pv) in pf3.chunks_exact_mut(3).zip(pr) {
             let v = pv - lo;
             let v = if hi > 0.0 { v / hi } else { v };
-            let pf = (strength * v) as f32;
-            for (oc, &pc) in o.iter_mut().zip(p) {
-                let x = pc as f32 * inv + pf;
-                *oc = to_u8_f32((x * k).clamp(0.0, 1.0) * 255.0);
-            }
+            t.fill((strength * v) as f32);
         }
-    })
+        for ((o, &p), &t) in out.iter_mut().zip(sr).zip(&pf3) {
+            let x = p as f32 * inv + t;
+            *o = to_u8_f32((x * k).clamp(0.0, 1.0) * 255.0);
+        }
+    });
+    PLASMA_SCRATCH.with(|c| c.set(Some(plasma)));
+    out
 }
 
 #[cfg(test)]
