@@ -244,7 +244,7 @@ pub fn defocus_blur(img: &RgbImage, s: usize) -> RgbImage {
             },
         );
     let sums = &sums[..rows_s * row3];
-    // Vertical Gaussian, the disk value, then the corrections, per 8 values held in
+    // Vertical Gaussian, the disk value, then the corrections, per 32 values held in
     // registers (one pass over the output instead of one per tap).
     let taps: Vec<(usize, f32)> = plan
         .taps

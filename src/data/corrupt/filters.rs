@@ -543,7 +543,7 @@ pub mod simd {
 
     /// Defocus blur's last stage for one output row (interleaved values): per value
     /// `v = sum_a g[a] * rows[a][i]` (in order), `v *= d`, then `v += e * padded[off + i]` per
-    /// correction tap in order, truncated to u8. Eight values at a time stay in registers.
+    /// correction tap in order, truncated to u8. 32 values at a time stay in registers.
     #[inline(always)]
     fn defocus_finish_body(
         out: &mut [u8],
@@ -553,13 +553,16 @@ pub mod simd {
         padded: &[f32],
         taps: &[(usize, f32)],
     ) {
+        // 32 values per block: four independent 8-lane chains, so the long chain of tap
+        // additions overlaps instead of waiting on one add's latency per tap.
+        const B: usize = 32;
         let n = out.len();
-        let full = n / 8 * 8;
-        for x0 in (0..full).step_by(8) {
-            let mut acc = [0f32; 8];
+        let full = n / B * B;
+        for x0 in (0..full).step_by(B) {
+            let mut acc = [0f32; B];
             for (r, &ga) in rows.iter().zip(g) {
-                let s = &r[x0..x0 + 8];
-                for i in 0..8 {
+                let s = &r[x0..x0 + B];
+                for i in 0..B {
                     acc[i] += ga * s[i];
                 }
             }
@@ -567,13 +570,14 @@ pub mod simd {
                 *v *= d;
             }
             for &(off, e) in taps {
-                let p = &padded[off + x0..off + x0 + 8];
-                for i in 0..8 {
+                let p = &padded[off + x0..off + x0 + B];
+                for i in 0..B {
                     acc[i] += e * p[i];
                 }
             }
-            for (o, &v) in out[x0..x0 + 8].iter_mut().zip(&acc) {
-                *o = super::super::to_u8_f32(v);
+            // `to_u8_f32` through i32 (same values for 0..=255 and NaN; it vectorises).
+            for (o, &v) in out[x0..x0 + B].iter_mut().zip(&acc) {
+                *o = v.clamp(0.0, 255.0) as i32 as u8;
             }
         }
         for x in full..n {
