@@ -8,6 +8,11 @@
 //! read + written per second against a plain copy of as many bytes measured in the same run;
 //! the loads report the time to read the file alone next to them.
 //!
+//! Before / after in one run: the hand-written conversions and the per-element
+//! `from_le_bytes` loader that `half` and `bytemuck` replaced (issue #22) are kept below as
+//! the reference, checked to give the same bits, and timed alternately with the current code
+//! (old, new, old, new, ...), so a busy machine slows both alike; the ratio is old / new time.
+//!
 //! Run: `cargo bench --bench host_io` (`-- --elements N --repeats R` to change the sizes).
 
 use std::time::Instant;
@@ -22,6 +27,20 @@ fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Best wall times of `repeats` alternating calls of `old` and `new`, in seconds.
+fn best_pair<A, B>(
+    repeats: usize,
+    mut old: impl FnMut() -> A,
+    mut new: impl FnMut() -> B,
+) -> (f64, f64) {
+    let (mut a, mut b) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..repeats {
+        a = a.min(best(1, &mut old));
+        b = b.min(best(1, &mut new));
+    }
+    (a, b)
 }
 
 /// Best wall time of `repeats` calls of `f`, in seconds.
@@ -68,18 +87,70 @@ fn values(n: usize) -> Vec<f32> {
         .collect()
 }
 
-// ---- the conversions under test -------------------------------------------------------
+// ---- before: the hand-written code that half / bytemuck replaced (the reference) -----------
 
-fn encode_bf16(src: &[f32]) -> Vec<u16> {
+/// f32 -> bf16 bits, round to nearest even (NaN stays NaN): was `cuda::storage::f32_to_bf16`.
+fn f32_to_bf16_old(v: f32) -> u16 {
+    let u = v.to_bits();
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    let r = u.wrapping_add(0x7fff + ((u >> 16) & 1));
+    (r >> 16) as u16
+}
+
+fn encode_bf16_old(src: &[f32]) -> Vec<u16> {
+    src.iter().map(|&v| f32_to_bf16_old(v)).collect()
+}
+
+fn decode_bf16_old(src: &[u16]) -> Vec<f32> {
     src.iter()
-        .map(|&v| mpm::cuda::storage::f32_to_bf16(v))
+        .map(|&b| f32::from_bits((b as u32) << 16))
         .collect()
 }
 
-fn decode_bf16(src: &[u16]) -> Vec<f32> {
-    src.iter()
-        .map(|&b| mpm::cuda::storage::bf16_to_f32(b))
-        .collect()
+/// The old `load_safetensors` for the two dtypes measured here: the file read whole, then
+/// every element assembled from its bytes with `from_le_bytes`.
+fn load_safetensors_old(path: &std::path::Path) -> NamedTensors {
+    fn chunks<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+        b.chunks_exact(N)
+            .map(|c| {
+                let mut a = [0u8; N];
+                a.copy_from_slice(c);
+                f(a)
+            })
+            .collect()
+    }
+    let bytes = std::fs::read(path).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
+    let mut out = NamedTensors::new();
+    for (name, v) in st.iter() {
+        let b = v.data();
+        let shape = v.shape().to_vec();
+        let t = match v.dtype() {
+            safetensors::Dtype::F32 => HostTensor::f32(shape, chunks(b, f32::from_le_bytes)),
+            safetensors::Dtype::BF16 => HostTensor::f32(
+                shape,
+                chunks(b, |a| {
+                    f32::from_bits(u32::from(u16::from_le_bytes(a)) << 16)
+                }),
+            ),
+            safetensors::Dtype::I64 => HostTensor::i64(shape, chunks(b, i64::from_le_bytes)),
+            other => panic!("reference loader: dtype {other:?} not in this bench"),
+        };
+        out.insert(name.to_string(), t);
+    }
+    out
+}
+
+// ---- after: the project's code --------------------------------------------------------------
+
+fn encode_bf16(src: &[f32]) -> Vec<half::bf16> {
+    mpm::io::elements::to_bf16(src)
+}
+
+fn decode_bf16(src: &[half::bf16]) -> Vec<f32> {
+    mpm::io::elements::from_bf16(src)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -117,15 +188,12 @@ fn write_bf16_copy(state: &NamedTensors, path: &std::path::Path) {
         .iter()
         .map(|(k, t)| match t.as_f32() {
             Some(v) => {
-                let bytes = encode_bf16(v)
-                    .iter()
-                    .flat_map(|b| b.to_le_bytes())
-                    .collect();
+                let bytes = mpm::io::elements::le_bytes(&encode_bf16(v)).to_vec();
                 (k.clone(), t.shape.clone(), bytes, true)
             }
             None => {
                 let v = t.as_i64().unwrap_or(&[]);
-                let bytes = v.iter().flat_map(|b| b.to_le_bytes()).collect();
+                let bytes = mpm::io::elements::le_bytes(v).to_vec();
                 (k.clone(), t.shape.clone(), bytes, false)
             }
         })
@@ -156,22 +224,46 @@ fn main() {
     let x = values(n);
     let copy_f32 = best(repeats, || x.clone());
     let bits = encode_bf16(&x);
-    let copy_u16 = best(repeats, || bits.clone());
+    let bits_old = encode_bf16_old(&x);
+    assert!(
+        bits.iter().zip(&bits_old).all(|(a, b)| a.to_bits() == *b),
+        "half and the old conversion round differently"
+    );
+    let copy_u16 = best(repeats, || bits_old.clone());
 
-    let enc = best(repeats, || encode_bf16(&x));
-    report(
-        "bf16 encode (f32 -> bf16), 100M",
-        enc,
-        n * 6,
-        copy_f32 * 6.0 / 8.0,
+    let (enc_old, enc) = best_pair(repeats, || encode_bf16_old(&x), || encode_bf16(&x));
+    let ceiling = copy_f32 * 6.0 / 8.0;
+    report("bf16 encode (f32 -> bf16), before", enc_old, n * 6, ceiling);
+    report("bf16 encode (f32 -> bf16), half", enc, n * 6, ceiling);
+    println!(
+        "{:<44} {:>9.2}x",
+        "  encode speed-up (before / after time)",
+        enc_old / enc
     );
-    let dec = best(repeats, || decode_bf16(&bits));
-    report(
-        "bf16 decode (bf16 -> f32), 100M",
-        dec,
-        n * 6,
-        copy_u16 * 6.0 / 4.0,
+    let (dec_old, dec) = best_pair(
+        repeats,
+        || decode_bf16_old(&bits_old),
+        || decode_bf16(&bits),
     );
+    assert_eq!(
+        decode_bf16(&bits)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>(),
+        decode_bf16_old(&bits_old)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    );
+    let ceiling = copy_u16 * 6.0 / 4.0;
+    report("bf16 decode (bf16 -> f32), before", dec_old, n * 6, ceiling);
+    report("bf16 decode (bf16 -> f32), half", dec, n * 6, ceiling);
+    println!(
+        "{:<44} {:>9.2}x",
+        "  decode speed-up (before / after time)",
+        dec_old / dec
+    );
+    drop((x, bits, bits_old));
 
     let dir = tempfile::tempdir().expect("temp dir");
     let state = resnet50_state();
@@ -188,13 +280,28 @@ fn main() {
         let file_bytes = std::fs::metadata(path).expect("stat").len() as usize;
         // Page-cache read of the same file: the ceiling for a loader that reads it whole.
         let read = best(repeats, || std::fs::read(path).expect("read"));
-        let load = best(repeats, || load_safetensors(path).expect("load"));
+        let (new_state, _) = load_safetensors(path).expect("load");
+        assert!(
+            new_state == load_safetensors_old(path),
+            "{label}: the loaders disagree"
+        );
+        let (old, new) = best_pair(
+            repeats,
+            || load_safetensors_old(path),
+            || load_safetensors(path).expect("load"),
+        );
         println!(
             "{:<44} {:>9.1} ms  ({:.1} MB file; reading it alone: {:.1} ms)",
-            format!("load_safetensors ResNet-50 {label}"),
-            load * 1e3,
+            format!("load_safetensors ResNet-50 {label}, before"),
+            old * 1e3,
             file_bytes as f64 / 1e6,
             read * 1e3
+        );
+        println!(
+            "{:<44} {:>9.1} ms  ({:.2}x)",
+            format!("load_safetensors ResNet-50 {label}, bytemuck"),
+            new * 1e3,
+            old / new
         );
     }
 }

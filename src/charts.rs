@@ -688,6 +688,39 @@ fn render(
     write_png(path, &buf, w, h)
 }
 
+/// A text label for [`draw_labels`]: top-left corner in pixels, size in pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    pub x: i32,
+    pub y: i32,
+    pub text: String,
+    pub px: f64,
+    pub bold: bool,
+}
+
+/// Writes `labels` in black onto an RGB8 image (`w` x `h`) in the bundled font: the text of
+/// the image overlays, whose pixels are drawn by hand.
+pub fn draw_labels(rgb: &mut [u8], w: u32, h: u32, labels: &[Label]) -> Result<()> {
+    fonts()?;
+    let root = BitMapBackend::with_buffer(rgb, (w, h)).into_drawing_area();
+    for l in labels {
+        let style = if l.bold {
+            FontStyle::Bold
+        } else {
+            FontStyle::Normal
+        };
+        let font: TextStyle<'_> = (FONT, l.px).into_font().style(style).color(&BLACK);
+        root.draw(&Text::new(l.text.as_str(), (l.x, l.y), font))
+            .map_err(draw_err)?;
+    }
+    root.present().map_err(draw_err)
+}
+
+/// Width in pixels of `text` at `px` in the bundled font (layout of [`draw_labels`] text).
+pub fn label_width(text: &str, px: f64) -> u32 {
+    text_width(text, px)
+}
+
 /// Encodes an RGB8 buffer as PNG and writes it atomically (temp file + fsync + rename),
 /// creating the parent folder. Shared by the charts and the image overlays.
 pub fn write_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {

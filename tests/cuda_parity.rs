@@ -45,8 +45,7 @@ fn rand_tensor(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
 }
 
 fn round_bf16(v: f32) -> f32 {
-    use mpm::cuda::storage::{bf16_to_f32, f32_to_bf16};
-    bf16_to_f32(f32_to_bf16(v))
+    half::bf16::from_f32(v).to_f32()
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {

@@ -62,7 +62,13 @@ fn all_subcommands_on_synthetic_data() {
         "--copy",
         "--quiet",
     ]);
-    assert!(log.contains("skipped 5"), "{log}");
+    // 5 faulty images (one a file name without its wnid folder) + the broken class file.
+    assert!(log.contains("skipped 6"), "{log}");
+    assert!(
+        log.contains("file_name = \"n90000000_no_wnid_folder.JPEG\": no '<wnid>/' folder"),
+        "{log}"
+    );
+    assert!(log.contains("(list: a list of "), "{log}");
     assert!(
         log.contains("n90000000_corrupt.JPEG"),
         "skips are logged with their path:\n{log}"
@@ -73,6 +79,7 @@ fn all_subcommands_on_synthetic_data() {
         "train.txt",
         "val.txt",
         "labels_report.json",
+        "whether_pseudo/n90000000.txt",
     ] {
         assert!(out.join(f).exists(), "{f}");
     }

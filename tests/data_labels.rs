@@ -45,8 +45,19 @@ fn synth_roundtrips_through_labels() {
     let s = synth(&src, true);
     let r = run_labels(&labels_cfg(&src, &out)).unwrap();
     assert_eq!(r.classes, 6);
-    // 4 faulty images + the broken class file.
+    // 5 faulty images (one of them a file name without its wnid folder) + the broken class file.
     assert_eq!(r.skipped.len(), s.faulty_images + 1, "{:#?}", r.skipped);
+    assert!(r.skipped.iter().any(|k| k
+        .reason
+        .contains("file_name = \"n90000000_no_wnid_folder.JPEG\"")));
+    assert_eq!(
+        r.discarded_format,
+        format!("a list of {} image names", s.discarded.len())
+    );
+    // The authors' layout: a whether_pseudo flag file per class, 0 for every written image.
+    let flags =
+        std::fs::read_to_string(out.join(format!("whether_pseudo/{}.txt", wnid(1)))).unwrap();
+    assert!(!flags.is_empty() && flags.lines().all(|l| l.ends_with(" 0")));
     assert_eq!(r.discarded, s.discarded.len());
     assert_eq!(r.written, s.truth.len() + 1); // + the "outside" fault image (blank map)
     assert!(r
@@ -139,8 +150,8 @@ fn nothing_usable_is_an_error() {
 }
 
 /// Contract C on a hand-made two-class set, expectations worked out by hand:
-/// class nA (ids 7, 3 listed out of order -> ranks: 3 -> 0, 7 -> 1; global ids 1, 2) and
-/// class nB (ids 50, 10, 20 -> global 3 (id 10), 4 (id 20), 5 (id 50)).
+/// class n00000001 (ids 7, 3 listed out of order -> ranks: 3 -> 0, 7 -> 1; global ids 1, 2) and
+/// class n00000002 (ids 50, 10, 20 -> global 3 (id 10), 4 (id 20), 5 (id 50)).
 /// Image a1 (8x6): "head" (id 7) square, "horn" (id 3, inside head) listed first -> horn painted
 /// over head. Image b1: two overlapping boxes, later annotation wins; third part as compressed RLE.
 #[test]
@@ -148,7 +159,7 @@ fn contract_c_hand_checked() {
     use serde_json::json;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    for sub in ["json", "including", "images/nA", "images/nB"] {
+    for sub in ["json", "including", "images/n00000001", "images/n00000002"] {
         std::fs::create_dir_all(d.join(sub)).unwrap();
     }
     let jpg = |w: u32, h: u32, p: &str| {
@@ -156,17 +167,17 @@ fn contract_c_hand_checked() {
             .save(d.join(p))
             .unwrap()
     };
-    jpg(8, 6, "images/nA/a1.JPEG");
-    jpg(8, 6, "images/nA/a2.JPEG");
-    jpg(5, 4, "images/nB/b1.JPEG");
+    jpg(8, 6, "images/n00000001/a1.JPEG");
+    jpg(8, 6, "images/n00000001/a2.JPEG");
+    jpg(5, 4, "images/n00000002/b1.JPEG");
     // Square x in [1,5), y in [1,5): pycocotools covers pixels 1..=4 (see rasterise tests).
     let head = json!([[1, 1, 5, 1, 5, 5, 1, 5]]);
     let horn = json!([[2, 2, 4, 2, 4, 4, 2, 4]]);
     std::fs::write(
-        d.join("json/nA.json"),
+        d.join("json/n00000001.json"),
         json!({"categories": [{"id": 7, "name": "head"}, {"id": 3, "name": "horn"}],
-               "images": [{"id": 1, "file_name": "a1.JPEG", "height": 6, "width": 8},
-                          {"id": 2, "file_name": "a2.JPEG", "height": 6, "width": 8}],
+               "images": [{"id": 1, "file_name": "n00000001/a1.JPEG", "height": 6, "width": 8},
+                          {"id": 2, "file_name": "n00000001/a2.JPEG", "height": 6, "width": 8}],
                "annotations": [
                    {"image_id": 1, "category_id": 3, "segmentation": horn, "iscrowd": 0},
                    {"image_id": 1, "category_id": 7, "segmentation": head, "iscrowd": 0},
@@ -174,7 +185,7 @@ fn contract_c_hand_checked() {
         .to_string(),
     )
     .unwrap();
-    std::fs::write(d.join("including/nA.json"), r#"{"horn": "head"}"#).unwrap();
+    std::fs::write(d.join("including/n00000001.txt"), "horn:head\n").unwrap();
     // b1: 5 wide, 4 high. Box A x 0..3, box B x 2..5 (both all rows); B later -> wins on x = 2.
     // Part id 20 as compressed RLE covering column 4 only: column-major runs [16, 4].
     let rle = mpm::data::rasterise::rle_to_string(&mpm::data::rasterise::Rle {
@@ -183,10 +194,10 @@ fn contract_c_hand_checked() {
         counts: vec![16, 4],
     });
     std::fs::write(
-        d.join("json/nB.json"),
+        d.join("json/n00000002.json"),
         json!({"categories": [{"id": 50, "name": "c"}, {"id": 10, "name": "a"},
                               {"id": 20, "name": "b"}],
-               "images": [{"id": 9, "file_name": "b1.JPEG", "height": 4, "width": 5}],
+               "images": [{"id": 9, "file_name": "n00000002/b1.JPEG", "height": 4, "width": 5}],
                "annotations": [
                    {"image_id": 9, "category_id": 10, "segmentation": [[0, 0, 3, 0, 3, 4, 0, 4]]},
                    {"image_id": 9, "category_id": 50, "segmentation": [[2, 0, 5, 0, 5, 4, 2, 4]]},
@@ -195,7 +206,7 @@ fn contract_c_hand_checked() {
         .to_string(),
     )
     .unwrap();
-    std::fs::write(d.join("discarded.json"), r#"{"nA": ["a2.JPEG"]}"#).unwrap();
+    std::fs::write(d.join("discarded.json"), r#"{"n00000001": ["a2.JPEG"]}"#).unwrap();
     let out = d.join("out");
     let r = run_labels(&LabelsConfig {
         json_dir: d.join("json"),
@@ -213,9 +224,9 @@ fn contract_c_hand_checked() {
     assert_eq!((r.written, r.discarded, r.skipped.len()), (2, 1, 0));
     assert_eq!(
         std::fs::read_to_string(out.join("parts.tsv")).unwrap(),
-        "1\tnA\thorn\n2\tnA\thead\n3\tnB\ta\n4\tnB\tb\n5\tnB\tc\n"
+        "1\tn00000001\thorn\n2\tn00000001\thead\n3\tn00000002\ta\n4\tn00000002\tb\n5\tn00000002\tc\n"
     );
-    let a1 = read_label_map(&out.join("seg/nA/a1.png")).unwrap();
+    let a1 = read_label_map(&out.join("seg/n00000001/a1.png")).unwrap();
     #[rustfmt::skip]
     let want_a1: Vec<u16> = vec![
         0, 0, 0, 0, 0, 0, 0, 0,
@@ -227,8 +238,8 @@ fn contract_c_hand_checked() {
     ];
     // pycocotools: the square (1,1)-(5,5) covers x, y in 1..=4; the horn (2,2)-(4,4) 2..=3.
     assert_eq!(a1.data, want_a1);
-    let b1 = read_label_map(&out.join("seg/nB/b1.png")).unwrap();
+    let b1 = read_label_map(&out.join("seg/n00000002/b1.png")).unwrap();
     let row: Vec<u16> = vec![3, 3, 5, 5, 4];
     assert_eq!(b1.data, row.repeat(4));
-    assert!(!out.join("seg/nA/a2.png").exists());
+    assert!(!out.join("seg/n00000001/a2.png").exists());
 }

@@ -162,6 +162,63 @@ fn pseudo_labels_end_to_end() {
             .iter()
             .all(|&v| v == 0 || (lo..hi).contains(&(v as u32))));
     }
+    // Into the labels root itself (the authors' layout): annotated images (flag 0) keep their
+    // maps and flags; an image made unannotated (map and flag removed) gets a pseudo map,
+    // flag 1 and keeps its img/ entry; a map without a flag is kept (origin unknown).
+    let w0 = &idx.classes[0];
+    let flags_path = d.join("lab/whether_pseudo").join(format!("{w0}.txt"));
+    let flags = std::fs::read_to_string(&flags_path).unwrap();
+    let names: Vec<&str> = flags
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert!(names.len() >= 3 && flags.lines().all(|l| l.ends_with(" 0")));
+    let stem = |n: &str| n.trim_end_matches(".JPEG").to_string();
+    let seg = |n: &str| d.join("lab/seg").join(w0).join(format!("{}.png", stem(n)));
+    let (freed, unflagged, kept) = (names[0], names[1], names[2]);
+    std::fs::remove_file(seg(freed)).unwrap();
+    let rest: String = flags
+        .lines()
+        .filter(|l| !l.starts_with(freed) && !l.starts_with(unflagged))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&flags_path, rest).unwrap();
+    let before_kept = std::fs::read(seg(kept)).unwrap();
+    let before_unflagged = std::fs::read(seg(unflagged)).unwrap();
+    assert!(data_bin(
+        &[
+            "index",
+            "--root",
+            "syn/images",
+            "--seg",
+            "lab/seg",
+            "--out",
+            "syn.idx"
+        ],
+        d
+    )
+    .status
+    .success());
+    let mut a: Vec<&str> = common.to_vec();
+    let at = a.iter().position(|x| *x == "all.idx").unwrap();
+    a[at] = "syn.idx";
+    a.extend_from_slice(&["--out", "lab"]);
+    let o = data_bin(&a, d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("lab/pseudo_report.json")).unwrap())
+            .unwrap();
+    let annotated = idx.samples.len() as u64 - 1; // all labelled images but the freed one
+    assert_eq!(rep["kept_annotated"].as_u64().unwrap(), annotated);
+    assert_eq!(std::fs::read(seg(kept)).unwrap(), before_kept);
+    assert_eq!(std::fs::read(seg(unflagged)).unwrap(), before_unflagged);
+    assert!(seg(freed).exists());
+    let after = std::fs::read_to_string(&flags_path).unwrap();
+    assert!(after.contains(&format!("{freed} 1\n")), "{after}");
+    assert!(after.contains(&format!("{kept} 0\n")), "{after}");
+    assert!(!after.contains(unflagged), "{after}");
+    assert!(d.join("lab/img").join(w0).join(freed).exists());
+
     // A model without part heads cannot pseudo-label.
     let o = data_bin(
         &[

@@ -21,6 +21,60 @@ fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| r.random_range(lo..hi)).collect()
 }
 
+/// bf16 bits through `half`, the host's one conversion path (round to nearest even).
+fn f32_to_bf16(v: f32) -> u16 {
+    half::bf16::from_f32(v).to_bits()
+}
+
+fn bf16_to_f32(b: u16) -> f32 {
+    half::bf16::from_bits(b).to_f32()
+}
+
+/// The kernels' bf16 `store` (kernels/common.cuh, through `cast_f32_bf16`) against the bit
+/// table PyTorch's `.to(torch.bfloat16)` made (tests/fixtures/io/half_rounding.tsv: ties,
+/// subnormals, infinities, overflow, NaNs) and against the host path: the two sides of every
+/// upload / download round to the same bits.
+#[test]
+fn bf16_store_matches_pytorch_and_host() {
+    let Some(lib) = kernels("elementwise.cu") else {
+        return;
+    };
+    let text = include_str!("fixtures/io/half_rounding.tsv");
+    let rows: Vec<(u32, u16)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            let f = u32::from_str_radix(c[0], 16).expect("f32 bits");
+            (f, u16::from_str_radix(c[1], 16).expect("bf16 bits"))
+        })
+        .collect();
+    assert!(rows.len() > 100, "fixture has {} rows", rows.len());
+    let x: Vec<f32> = rows.iter().map(|r| f32::from_bits(r.0)).collect();
+    let mut bx = Buf::new(&x, GUARD);
+    let mut by = Buf::filled(x.len(), 0x1234u16, 0x7f7f);
+    let args = Args::new()
+        .push(bx.ptr())
+        .push(by.ptr())
+        .push(x.len() as u64);
+    let blocks = mpm::cuda::launch::grid_for(x.len());
+    lib.launch("cast_f32_bf16", (blocks, 1, 1), 256, 0, args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    bx.get("x");
+    let host = mpm::io::elements::to_bf16(&x);
+    let nan = |b: u16| b & 0x7f80 == 0x7f80 && b & 0x7f != 0;
+    for ((r, &k), h) in rows.iter().zip(by.get("y")).zip(&host) {
+        if nan(r.1) {
+            // PyTorch's CPU cast writes 0xffff for every NaN; a NaN is all that counts.
+            assert!(nan(k), "{:08x}: kernel {k:04x} is not a NaN", r.0);
+        } else {
+            assert_eq!(k, r.1, "kernel store of f32 bits {:08x}", r.0);
+        }
+        // Kernel and host agree bit for bit, NaN payloads included.
+        assert_eq!(k, h.to_bits(), "kernel vs host for f32 bits {:08x}", r.0);
+    }
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -580,7 +634,6 @@ fn square_l2l1_candidate_kernels_emulated() {
 /// loads and the tail both run) and a small S, zero-weight image included.
 #[test]
 fn focal_loss_kernels_emulated() {
-    use mpm::cuda::storage::{bf16_to_f32, f32_to_bf16};
     for (s, ppi, seed) in [(3311usize, 3usize, 90u64), (37, 4, 91)] {
         let weights = [1.0f32, 0.0, 0.5];
         let pixels = weights.len() * ppi;
@@ -776,7 +829,6 @@ fn cpu_forward(
 /// channels that are not a multiple of the 64-wide tile, strides, 1x1 and 7x7 pads).
 #[test]
 fn conv_bn_act_kernels_emulated() {
-    use mpm::cuda::storage::{bf16_to_f32, f32_to_bf16};
     use mpm::ops::{self, BatchNormMode, Conv2dParams};
     let (n, h, w, c) = (2usize, 9usize, 9usize, 8usize);
     let x = rand_vec(n * h * w * c, 45, -1.0, 1.0);
@@ -1087,7 +1139,6 @@ fn batch_norm_act_kernels_emulated() {
 /// engine's bilinear resize); labels >= S are counted.
 #[test]
 fn mask_target_kernels_emulated() {
-    use mpm::cuda::storage::bf16_to_f32;
     use mpm::ops;
     let (n, h, w, s, base) = (2usize, 37usize, 45usize, 13usize, 28usize);
     let mut labels: Vec<u16> = rand_vec(n * h * w, 22, 0.0, s as f32)

@@ -100,13 +100,16 @@ fn plain_resnet_checkpoint_initialises_the_mpm_backbone() {
         .data();
     assert_eq!(a, b);
 
-    // The same file as a whole MPM model does not fit: every problem is listed.
+    // The same file as a whole MPM model does not fit: the error says what the file is and
+    // what the configuration expects (init::check_expected).
     c.set("full_pretrain", "true").unwrap();
     let e = mpm::train::Trainer::new(c.clone(), 3)
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("--init-checkpoint") && e.contains("missing"),
+        e.contains("--init-checkpoint")
+            && e.contains("a safetensors state dict holding a plain ResNet")
+            && e.contains("expects the whole of an MPM"),
         "{e}"
     );
 

@@ -31,6 +31,12 @@ fn shipped_configs_are_all_there_and_parse() {
         "mpm_notd_at_in1k",
         "mpm_object_at_in1k",
         "standard_in1k",
+        "mpm_ori_in1k",
+        "mpm_at_eps8_in1k",
+        "vanilla_at_eps8_in1k",
+        "mpm_real_only_at_in1k",
+        "mpm_nocf_at_in1k",
+        "mpm_object_init_in1k",
     ] {
         assert!(
             names.iter().any(|n| n == want),
@@ -57,6 +63,12 @@ fn shipped_configs_are_all_there_and_parse() {
     assert_eq!(mpm.bn_groups(1), 8);
     assert_eq!(mpm.micro_batch(), 64);
     assert_eq!(mpm.precision, "bf16");
+    assert_eq!(mpm.reprob, 0.0);
+    // The head warm-ups erase as the reference YAML does (timm reprob 0.25, pixel mode).
+    for name in ["mpm_init_in1k.toml", "mpm_object_init_in1k.toml"] {
+        let c = TrainConfig::from_file(&configs()[0].with_file_name(name)).unwrap();
+        assert_eq!((c.reprob, c.remode.as_str()), (0.25, "pixel"), "{name}");
+    }
 }
 
 #[test]
@@ -104,5 +116,66 @@ fn two_step_smoke_run_of_every_config() {
         assert_eq!(s.trainer.pos.global_step, 2, "{}", p.display());
         assert!(dir.join("checkpoints/last.safetensors").exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// No config may start from a file that nothing produces: `init_checkpoint` is torchvision's
+/// documented download or the checkpoint of another shipped config's run, of a model the
+/// consumer can load; every data folder a config reads is named in docs/reproduce.md.
+#[test]
+fn every_init_checkpoint_and_data_folder_has_a_producer() {
+    let all: Vec<(String, TrainConfig)> = configs()
+        .iter()
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                TrainConfig::from_file(p).unwrap(),
+            )
+        })
+        .collect();
+    let reproduce = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/reproduce.md"),
+    )
+    .unwrap();
+    for (name, c) in &all {
+        assert_eq!(
+            c.output_dir,
+            format!("runs/{name}"),
+            "{name}: output_dir must be runs/<config name> (error messages rely on it)"
+        );
+        for dir in [&c.train_dir, &c.eval_dir] {
+            assert!(
+                reproduce.contains(dir.as_str()),
+                "{name}: {dir} is not produced in docs/reproduce.md"
+            );
+        }
+        let init = &c.init_checkpoint;
+        if init.is_empty() {
+            continue;
+        }
+        if init == "pretrained/resnet50-11ad3fa6.pth" {
+            assert!(reproduce.contains("download.pytorch.org/models/resnet50-11ad3fa6.pth"));
+            continue;
+        }
+        let producer = all
+            .iter()
+            .find(|(_, p)| *init == format!("{}/checkpoints/last.safetensors", p.output_dir))
+            .unwrap_or_else(|| {
+                panic!("{name}: init_checkpoint {init}: no shipped config writes it")
+            });
+        assert_ne!(&producer.0, name, "{name} starts from itself");
+        let (a, b) = (producer.1.spec().unwrap(), c.spec().unwrap());
+        assert_eq!(
+            (a.backbone, a.num_classes, a.seg_classes),
+            (b.backbone, b.num_classes, b.seg_classes),
+            "{name} cannot load the model of {}",
+            producer.0
+        );
+        assert_eq!(
+            std::mem::discriminant(&a.head),
+            std::mem::discriminant(&b.head),
+            "{name} and {}: different model kinds",
+            producer.0
+        );
     }
 }

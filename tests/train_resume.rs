@@ -135,8 +135,16 @@ fn interrupted_and_resumed_run_is_bit_exact() {
     )
     .unwrap();
     assert_eq!(pth, exp);
-    // The exported weights are the EMA's, renamed (segmenter.X -> X, classifer.2 -> fc).
-    let ema = a.trainer.ema.as_ref().unwrap();
+    // The exported weights are the best epoch's EMA, renamed (segmenter.X -> X, classifer.2
+    // -> fc); the resumed run chose the same epoch.
+    let best = mpm::train::run::read_best(&a_dir).unwrap().unwrap();
+    assert_eq!(
+        Some(&best),
+        mpm::train::run::read_best(&b_dir).unwrap().as_ref()
+    );
+    let t = checkpoint::load(&mpm::train::run::best_checkpoint(&a_dir), None).unwrap();
+    assert_eq!(t.pos.epoch, best.epoch);
+    let ema = t.ema.as_ref().unwrap();
     let w = ema.export("classifer.2.weight").unwrap();
     assert_eq!(exp["fc.weight"].as_f32().unwrap(), &w.data[..]);
     let _ = std::fs::remove_dir_all(&a_dir);

@@ -217,10 +217,11 @@ impl Journal {
         for r in results {
             let adv_rec = match &r.adv {
                 Some(a) if a.len() == self.d => {
-                    let bytes: Vec<u8> = a.iter().flat_map(|v| v.to_le_bytes()).collect();
                     // Records are fixed-size: a torn record from a crash is overwritten.
+                    // Little-endian f32s: the cast is that layout (io::elements builds only
+                    // for little-endian hosts).
                     self.adv
-                        .write_all(&bytes)
+                        .write_all(crate::io::elements::le_bytes(a))
                         .map_err(|e| Error::io(&self.path, e))?;
                     self.adv_records += 1;
                     Some(self.adv_records - 1)
@@ -281,14 +282,10 @@ fn parse_entry(
         (Value::Null, _) => None,
         (Value::Number(k), Some(f)) => {
             let k = k.as_u64()?;
-            let mut buf = vec![0u8; 4 * d];
+            let mut rec = vec![0f32; d];
             f.seek(SeekFrom::Start(k * 4 * d as u64)).ok()?;
-            f.read_exact(&mut buf).ok()?;
-            Some(
-                buf.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            )
+            f.read_exact(bytemuck::cast_slice_mut(&mut rec)).ok()?;
+            Some(rec)
         }
         _ => return None,
     };

@@ -96,7 +96,9 @@ struct PseudoArgs {
     /// label map, when present, is used for scoring).
     #[arg(long)]
     index: PathBuf,
-    /// Output: OUT/seg/<wnid>/<stem>.png, OUT/pseudo.jsonl, OUT/pseudo_report.json.
+    /// Output (the reference's training layout; may be the `labels` output root): OUT/seg/<wnid>/<stem>.png,
+    /// OUT/img/<wnid>/<file> (symlinks), OUT/whether_pseudo/<wnid>.txt (flag 1; images flagged 0,
+    /// i.e. annotated, are never overwritten), OUT/pseudo.jsonl, OUT/pseudo_report.json.
     #[arg(long)]
     out: PathBuf,
     /// Model input size (the whole image is resized to it).
@@ -186,7 +188,8 @@ struct ShowArgs {
 
 #[derive(clap::Args)]
 struct SynthArgs {
-    /// Output directory (json/, images/, including/, discarded_data.json, category_name.json).
+    /// Output directory: json/, including/, discarded_data.json, category_name.json (the PIN++
+    /// release format) and images/<wnid>/ (standing for the IN-1K train folder).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value_t = 10)]
@@ -199,7 +202,8 @@ struct SynthArgs {
     max_size: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Add known-bad items (corrupt JPEG, size mismatch, broken annotations, a non-JSON class).
+    /// Add known-bad items (corrupt JPEG, size mismatch, broken annotations, a file name without
+    /// its wnid folder, a non-JSON class).
     #[arg(long)]
     faults: bool,
     #[arg(long, default_value_t = 92)]
@@ -211,10 +215,11 @@ struct LabelsArgs {
     /// Directory of per-class `<wnid>.json` files.
     #[arg(long)]
     json_dir: PathBuf,
-    /// Directory of `including/<wnid>.json` inclusion relations (inner part -> container).
+    /// Directory of `including/<wnid>.txt` inclusion relations (`child:parent` part names).
     #[arg(long)]
     including: Option<PathBuf>,
-    /// `discarded_data.json`: images to leave out.
+    /// `discarded_data.json`: images to leave out (a list of names, a list of objects with
+    /// `file_name`, or a map wnid -> names).
     #[arg(long)]
     discarded: Option<PathBuf>,
     /// `category_name.json` (wnid -> class name), written to OUT/classes.tsv.
@@ -223,7 +228,8 @@ struct LabelsArgs {
     /// Image root: images are IMG_ROOT/<wnid>/<file_name>.
     #[arg(long)]
     images: PathBuf,
-    /// Output root (seg/, img/, parts.tsv, classes.tsv, train.txt, val.txt, labels_report.json).
+    /// Output root (img/, seg/, whether_pseudo/, parts.tsv, classes.tsv, train.txt, val.txt,
+    /// labels_report.json).
     #[arg(long)]
     out: PathBuf,
     /// Copy images into OUT/img instead of symlinking them.
@@ -407,14 +413,16 @@ fn run_pseudo(a: PseudoArgs) -> mpm::Result<()> {
     report_skips(&sum.skipped);
     let mut report = serde_json::json!({
         "written": sum.written,
+        "kept_annotated": sum.kept_annotated,
         "scored": sum.scored,
         "skipped": sum.skipped.len(),
         "category_filter": cfg.category_filter,
     });
     eprintln!(
-        "pseudo: {} label maps -> {}",
+        "pseudo: {} label maps -> {} (flag 1 in whether_pseudo/); {} annotated image(s) kept as they were",
         sum.written,
-        a.out.join("seg").display()
+        a.out.join("seg").display(),
+        sum.kept_annotated
     );
     if let (Some(f), Some(p)) = (&sum.with_filter, &sum.without_filter) {
         println!("scored on {} annotated images:", sum.scored);

@@ -4,7 +4,7 @@
 //! ```text
 //! mpm-train --config configs/mpm_at_in1k.toml [--KEY VALUE ...] [--resume RUN|CKPT]
 //! mpm-train demo [--out DIR]
-//! mpm-train export --checkpoint RUN/checkpoints/last.safetensors --out DIR
+//! mpm-train export --checkpoint RUN_DIR [--which best|last] --out DIR   (or one checkpoint file)
 //! ```
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -71,8 +71,23 @@ fn cli() -> Command {
     }
     cmd.subcommand(train::demo::command()).subcommand(
         Command::new("export")
-            .about("Write the inference model (EMA, bypass dropped) of a checkpoint")
-            .arg(Arg::new("checkpoint").long("checkpoint").required(true))
+            .about("Write the inference model (EMA, bypass dropped) of a run or a checkpoint")
+            .arg(
+                Arg::new("checkpoint")
+                    .long("checkpoint")
+                    .value_name("RUN_DIR|CHECKPOINT")
+                    .required(true)
+                    .help("A run directory (see --which) or one checkpoint file"),
+            )
+            .arg(
+                Arg::new("which")
+                    .long("which")
+                    .value_parser(["best", "last"])
+                    .help(
+                        "With a run directory: its best epoch (by EMA PGD accuracy, the \
+                         default) or its last checkpoint",
+                    ),
+            )
             .arg(Arg::new("out").long("out").required(true)),
     )
 }
@@ -109,8 +124,54 @@ fn main() -> ExitCode {
 fn export(m: &ArgMatches) -> mpm::Result<()> {
     let ck = PathBuf::from(m.get_one::<String>("checkpoint").map_or("", |s| s.as_str()));
     let out = PathBuf::from(m.get_one::<String>("out").map_or("", |s| s.as_str()));
-    let t = checkpoint::load(&ck, None)?;
-    for p in checkpoint::export_inference(&t, &out)? {
+    let which = m.get_one::<String>("which").map(String::as_str);
+    let (file, label, epoch) = if ck.is_dir() {
+        let best = train::run::read_best(&ck)?;
+        match (which, best) {
+            (Some("last"), _) => (train::run::last_checkpoint(&ck), "last", None),
+            (_, Some(b)) => {
+                println!(
+                    "best: epoch {} ({} {:.4} on {})",
+                    b.epoch, b.metric, b.value, b.selected_on
+                );
+                (train::run::best_checkpoint(&ck), "best", Some(b.epoch))
+            }
+            (Some(_), None) => {
+                return Err(mpm::Error::flag(
+                    "--which",
+                    format!(
+                        "best: {} has no best checkpoint (no evaluation ran: set eval_dir); \
+                         use --which last",
+                        ck.display()
+                    ),
+                ))
+            }
+            (None, None) => {
+                eprintln!(
+                    "note: {} has no best checkpoint (no evaluation ran); exporting the last",
+                    ck.display()
+                );
+                (train::run::last_checkpoint(&ck), "last", None)
+            }
+        }
+    } else {
+        if which.is_some() {
+            return Err(mpm::Error::flag(
+                "--which",
+                "applies to a run directory; --checkpoint names one file",
+            ));
+        }
+        (ck.clone(), "checkpoint", None)
+    };
+    if !file.exists() {
+        return Err(mpm::Error::flag(
+            "--checkpoint",
+            format!("{}: no such checkpoint", file.display()),
+        ));
+    }
+    let t = checkpoint::load(&file, None)?;
+    let epoch = epoch.or(Some(t.pos.epoch));
+    for p in checkpoint::export_inference_as(&t, &out, label, epoch)? {
         println!("wrote {}", p.display());
     }
     Ok(())
@@ -149,6 +210,11 @@ fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
     if m.get_flag("print-config") {
         print!("{}", cfg.to_toml());
         return Ok(());
+    }
+    // Before the (long) scan of the data: a missing starting checkpoint names what makes it.
+    let init = PathBuf::from(&cfg.init_checkpoint);
+    if resume.is_none() && !cfg.init_checkpoint.is_empty() && !init.exists() {
+        return Err(train::init::missing(&init));
     }
     let (_, why) = cfg
         .device

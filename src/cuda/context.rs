@@ -332,7 +332,7 @@ impl Gpu {
     }
 
     /// Copies host floats/bytes to a new device buffer.
-    pub fn upload<T: Copy>(self: &Arc<Self>, data: &[T]) -> Result<DevBuf> {
+    pub fn upload<T: bytemuck::Pod>(self: &Arc<Self>, data: &[T]) -> Result<DevBuf> {
         let bytes = std::mem::size_of_val(data);
         let buf = self.alloc(bytes.max(1))?;
         if bytes > 0 {
@@ -356,8 +356,8 @@ impl Gpu {
     }
 
     /// Copies a device buffer back to the host (waits for the stream first).
-    pub fn download<T: Copy + Default>(&self, buf: &DevBuf, len: usize) -> Result<Vec<T>> {
-        let mut out = vec![T::default(); len];
+    pub fn download<T: bytemuck::Pod>(&self, buf: &DevBuf, len: usize) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); len];
         if len == 0 {
             return Ok(out);
         }

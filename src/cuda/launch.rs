@@ -13,13 +13,13 @@ impl Args {
     pub fn new() -> Self {
         Args::default()
     }
-    /// Pushes one argument by value (a `u64` device pointer, `u32`, `f32`, a `#[repr(C)]` struct).
-    pub fn push<T: Copy>(mut self, v: T) -> Self {
-        let words = std::mem::size_of::<T>().div_ceil(8).max(1);
-        let mut slot = vec![0u64; words];
-        // SAFETY: the slot has room for size_of::<T>() bytes and is 8-byte aligned, which
-        // satisfies the alignment of every kernel argument type used here.
-        unsafe { std::ptr::write_unaligned(slot.as_mut_ptr() as *mut T, v) };
+    /// Pushes one argument by value (a `u64` device pointer, `u32`, `f32`, a `#[repr(C)]`
+    /// struct). `Pod` guarantees the value is plain bytes without padding, so copying those
+    /// bytes is exactly what the kernel's by-value parameter expects.
+    pub fn push<T: bytemuck::Pod>(mut self, v: T) -> Self {
+        let bytes = bytemuck::bytes_of(&v);
+        let mut slot = vec![0u64; bytes.len().div_ceil(8).max(1)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut slot)[..bytes.len()].copy_from_slice(bytes);
         self.slots.push(slot);
         self
     }

@@ -205,12 +205,14 @@ pub fn act_bwd(kind: &str, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_cuda(x.shape(), dx))
 }
 
+/// Mirrors `struct Norm3` of kernels/elementwise.cu (passed by value).
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Norm3 {
     mean: [f32; 3],
     inv_std: [f32; 3],
 }
+const _: () = assert!(std::mem::size_of::<Norm3>() == 6 * 4);
 
 /// `(x - mean_c) / std_c` over 3 channels; `x` f32, output in `out` dtype.
 pub fn normalize3(x: &Tensor, mean: [f32; 3], std: [f32; 3], out: DType) -> Result<Tensor> {
@@ -867,9 +869,9 @@ pub fn bilinear(
 
 // ---------------------------------------------------------------- conv_gelu.cu
 
-/// Mirrors `struct ConvParams` of kernels/conv_gelu.cu (12 x u32).
+/// Mirrors `struct ConvParams` of kernels/conv_gelu.cu (12 x u32, passed by value).
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct ConvParams {
     n: u32,
     h: u32,
@@ -884,6 +886,7 @@ struct ConvParams {
     oh: u32,
     ow: u32,
 }
+const _: () = assert!(std::mem::size_of::<ConvParams>() == 12 * 4);
 
 /// BN folded into conv weights: `wf` (O, K) f32 = w * scale, `shift` (O) f32. `w` is the
 /// (O, KH, KW, C) f32 weight on the GPU; BN tensors f32 (C = O) on the same GPU.
@@ -1495,7 +1498,8 @@ pub fn square_linf_candidates(
     meta.extend_from_slice(rows);
     meta.extend_from_slice(vh);
     meta.extend_from_slice(vw);
-    meta.extend(signs.iter().map(|v| v.to_bits()));
+    // The kernel reads the f32 signs as raw words of the same u32 array.
+    meta.extend_from_slice(bytemuck::cast_slice(signs));
     let m = g.upload(&meta)?;
     let total = na * h * w * c;
     let y = empty(&g, total, DType::F32)?;
@@ -1750,8 +1754,9 @@ pub fn square_l2l1_meta(
         meta.extend_from_slice(v);
     }
     meta.extend(transpose.iter().map(|&t| t as u32));
-    meta.extend(signs.iter().map(|v| v.to_bits()));
-    meta.extend(profile.iter().map(|v| v.to_bits()));
+    // f32 values travel as their bit patterns inside the u32 array (`SqRow` reads them back).
+    meta.extend_from_slice(bytemuck::cast_slice(signs));
+    meta.extend_from_slice(bytemuck::cast_slice(profile));
     meta
 }
 

@@ -79,10 +79,7 @@ impl CudaStorage {
         let g = gpu(ordinal)?;
         let buf = match dtype {
             DType::F32 => g.upload(data)?,
-            DType::Bf16 => {
-                let bits: Vec<u16> = data.iter().map(|v| f32_to_bf16(*v)).collect();
-                g.upload(&bits)?
-            }
+            DType::Bf16 => g.upload(&crate::io::elements::to_bf16(data))?,
         };
         Ok(CudaStorage::new(buf, dtype, data.len()))
     }
@@ -95,11 +92,9 @@ impl CudaStorage {
         let g = self.gpu();
         let v = match self.dtype {
             DType::F32 => g.download::<f32>(&self.buf, self.len)?,
-            DType::Bf16 => g
-                .download::<u16>(&self.buf, self.len)?
-                .into_iter()
-                .map(bf16_to_f32)
-                .collect(),
+            DType::Bf16 => {
+                crate::io::elements::from_bf16(&g.download::<half::bf16>(&self.buf, self.len)?)
+            }
         };
         Ok(self.host.get_or_init(|| v))
     }
@@ -122,18 +117,4 @@ impl CudaStorage {
         }
         Ok(CudaStorage::new(buf, self.dtype, self.len))
     }
-}
-
-/// f32 -> bf16 bits, round to nearest even (NaN stays NaN), as the kernels' `store`.
-pub fn f32_to_bf16(v: f32) -> u16 {
-    let u = v.to_bits();
-    if (u & 0x7fff_ffff) > 0x7f80_0000 {
-        return ((u >> 16) | 0x40) as u16;
-    }
-    let r = u.wrapping_add(0x7fff + ((u >> 16) & 1));
-    (r >> 16) as u16
-}
-
-pub fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
 }

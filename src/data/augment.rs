@@ -369,6 +369,58 @@ pub fn apply(
     })
 }
 
+/// timm's `RandomErasing(probability, mode='pixel', max_count=1)` on one image, NHWC f32 in
+/// [0, 1] (`h * w * 3` values): with probability `p`, up to 10 tries of a rectangle of area
+/// `U(0.02, 1/3)` of the image and aspect ratio `exp(U(ln 0.3, ln 1/0.3))` (sides rounded);
+/// the first that fits is filled with per-pixel, per-channel normal noise. timm draws N(0, 1)
+/// on the normalised tensor; the model here normalises inside, so the noise is
+/// `mean_c + std_c * N(0, 1)` (not clamped), which normalises to the same N(0, 1). The label
+/// map is not erased (the reference's aligned transforms do not include erasing). Returns the
+/// erased box, if any. Uses its own generator (the caller derives it from the sample's).
+pub fn random_erase_pixel(
+    img: &mut [f32],
+    h: usize,
+    w: usize,
+    p: f64,
+    rng: &mut ChaCha8Rng,
+) -> Option<CropBox> {
+    use crate::ops::basic::{IMAGENET_MEAN, IMAGENET_STD};
+    if p <= 0.0 || rng.random_range(0.0..1.0) >= p {
+        return None;
+    }
+    let area = (h * w) as f64;
+    let (lo, hi) = (0.3f64.ln(), (1.0f64 / 0.3).ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(0.02..1.0 / 3.0);
+        let aspect = rng.random_range(lo..hi).exp();
+        let eh = (target * aspect).sqrt().round() as usize;
+        let ew = (target / aspect).sqrt().round() as usize;
+        if eh == 0 || ew == 0 || eh >= h || ew >= w {
+            continue;
+        }
+        let top = rng.random_range(0..=h - eh);
+        let left = rng.random_range(0..=w - ew);
+        for y in top..top + eh {
+            for x in left..left + ew {
+                for c in 0..3 {
+                    // Box-Muller: one standard normal per value.
+                    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+                    let u2: f64 = rng.random_range(0.0..1.0);
+                    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                    img[(y * w + x) * 3 + c] = IMAGENET_MEAN[c] + IMAGENET_STD[c] * z as f32;
+                }
+            }
+        }
+        return Some(CropBox {
+            top,
+            left,
+            h: eh,
+            w: ew,
+        });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,5 +515,62 @@ mod tests {
         assert!(
             (p[0] - 0.2).abs() < 1e-6 && (p[1] - 0.7).abs() < 1e-6 && (p[2] - 0.4).abs() < 1e-6
         );
+    }
+
+    #[test]
+    fn random_erasing_fills_one_box_with_normalised_noise() {
+        use crate::ops::basic::{IMAGENET_MEAN, IMAGENET_STD};
+        let (h, w) = (64, 48);
+        let mut erased = 0;
+        let mut pooled = (0f64, 0f64, 0f64);
+        for i in 0..200u64 {
+            let mut img = vec![0.5f32; h * w * 3];
+            let mut rng = sample_rng(1, 2, i);
+            match random_erase_pixel(&mut img, h, w, 0.25, &mut rng) {
+                None => assert!(img.iter().all(|&v| v == 0.5)),
+                Some(b) => {
+                    erased += 1;
+                    let frac = (b.h * b.w) as f64 / (h * w) as f64;
+                    assert!((0.015..0.36).contains(&frac), "{b:?}");
+                    let ar = b.h as f64 / b.w as f64;
+                    assert!((0.25..4.0).contains(&ar), "{b:?}");
+                    let mut sums = [0f64; 3];
+                    let mut sq = [0f64; 3];
+                    for y in 0..h {
+                        for x in 0..w {
+                            let inside = (b.top..b.top + b.h).contains(&y)
+                                && (b.left..b.left + b.w).contains(&x);
+                            for c in 0..3 {
+                                let v = img[(y * w + x) * 3 + c];
+                                if inside {
+                                    let z = ((v - IMAGENET_MEAN[c]) / IMAGENET_STD[c]) as f64;
+                                    sums[c] += z;
+                                    sq[c] += z * z;
+                                } else {
+                                    assert_eq!(v, 0.5, "outside the box at {y},{x}");
+                                }
+                            }
+                        }
+                    }
+                    for c in 0..3 {
+                        pooled.0 += sums[c];
+                        pooled.1 += sq[c];
+                        pooled.2 += (b.h * b.w) as f64;
+                    }
+                }
+            }
+        }
+        // Pooled over every erased value: N(0, 1) after normalisation.
+        let mean = pooled.0 / pooled.2;
+        let var = pooled.1 / pooled.2 - mean * mean;
+        assert!(pooled.2 > 10_000.0, "{pooled:?}");
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+            "{mean} {var}"
+        );
+        // p = 0.25 over 200 images: 50 expected (binomial sd ~6).
+        assert!((25..=75).contains(&erased), "{erased}");
+        let mut img = vec![0.5f32; 16 * 16 * 3];
+        assert!(random_erase_pixel(&mut img, 16, 16, 0.0, &mut sample_rng(0, 0, 0)).is_none());
     }
 }

@@ -4,6 +4,8 @@
 //! Output under `OUT`:
 //! - `seg/<wnid>/<stem>.png`  label map of the image's size, value = global part id, 0 background
 //! - `img/<wnid>/<file>`      the image (symlink to the source, or a copy with `--copy`)
+//! - `whether_pseudo/<wnid>.txt`  `<file> 0` per written image (annotated; merged into an
+//!   existing file, whose pseudo-label entries are kept): the reference's training layout
 //! - `parts.tsv`              `global_id<TAB>wnid<TAB>part name`, no header
 //! - `classes.tsv`            `class index<TAB>wnid<TAB>class name` (name from category_name.json)
 //! - `train.txt`, `val.txt`   `<wnid>/<file> <class index>` (the format of the paper's 10K list);
@@ -13,7 +15,7 @@
 //! Paint order per image: annotations sorted by (inclusion depth of their part, JSON index),
 //! stably; so an inner part is painted over its container, other overlaps: later wins.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -21,18 +23,11 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::imageio::{self, LabelMap};
+pub use super::layout::ImageMode;
+use super::layout::{self, place_image};
 use super::pin_json::{self, Discarded, PartTable, PinClass, PinImage};
 use super::report::{summarise, Skip};
 use crate::{Error, Result};
-
-/// How images reach `OUT/img`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageMode {
-    Symlink,
-    Copy,
-    /// Do not create `OUT/img` at all.
-    None,
-}
 
 #[derive(Clone, Debug)]
 pub struct LabelsConfig {
@@ -56,6 +51,10 @@ pub struct LabelsSummary {
     pub written: usize,
     pub blank_maps: usize,
     pub discarded: usize,
+    /// What `discarded_data.json` was understood as ("a list of 12 image names").
+    pub discarded_format: String,
+    /// Entries of `discarded_data.json` that name no image of the class files.
+    pub discarded_unmatched: usize,
     pub train: usize,
     pub val: usize,
     pub empty_masks: usize,
@@ -121,33 +120,6 @@ pub fn paint_image(
     Ok((map, empty))
 }
 
-fn place_image(src: &Path, dst: &Path, mode: ImageMode) -> Result<()> {
-    match mode {
-        ImageMode::None => Ok(()),
-        ImageMode::Copy => {
-            let tmp = dst.with_extension("tmp");
-            std::fs::copy(src, &tmp).map_err(|e| Error::io(src, e))?;
-            std::fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))
-        }
-        ImageMode::Symlink => {
-            let abs = std::fs::canonicalize(src).map_err(|e| Error::io(src, e))?;
-            if std::fs::symlink_metadata(dst).is_ok() {
-                std::fs::remove_file(dst).map_err(|e| Error::io(dst, e))?;
-            }
-            #[cfg(unix)]
-            {
-                std::os::unix::fs::symlink(&abs, dst).map_err(|e| Error::io(dst, e))
-            }
-            #[cfg(not(unix))]
-            {
-                std::fs::copy(&abs, dst)
-                    .map(|_| ())
-                    .map_err(|e| Error::io(dst, e))
-            }
-        }
-    }
-}
-
 fn run_class(
     job: &ClassJob,
     cfg: &LabelsConfig,
@@ -161,7 +133,7 @@ fn run_class(
         discarded: 0,
         empty_masks: 0,
         skipped: Vec::new(),
-        warnings: c.warnings.clone(),
+        warnings: Vec::new(),
     };
     let seg_dir = cfg.out.join("seg").join(&c.wnid);
     let img_dir = cfg.out.join("img").join(&c.wnid);
@@ -230,6 +202,13 @@ fn run_class(
         }
         res.written.push(img.base_name().to_string());
     }
+    if let Err(e) = layout::mark_annotated(&cfg.out, &c.wnid, &res.written) {
+        let p = layout::flags_path(&cfg.out, &c.wnid);
+        res.skipped.push(Skip::new(
+            &p,
+            format!("whether_pseudo flags of {} not written: {e}", c.wnid),
+        ));
+    }
     res
 }
 
@@ -269,6 +248,7 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
         Some(p) => Discarded::read(p)?,
         None => Discarded::default(),
     };
+    summary.discarded_format = discarded.describe();
     let class_names = match &cfg.category_names {
         Some(p) => match pin_json::read_category_names(p) {
             Ok(m) => m,
@@ -302,6 +282,30 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
     }
     let refs: Vec<&PinClass> = classes.iter().collect();
     let table = PartTable::from_classes(&refs);
+    for w in pin_json::compare_with_release(&table) {
+        summary.warnings.push(Skip::new(&cfg.json_dir, w));
+    }
+    for c in &classes {
+        summary.warnings.extend(c.warnings.iter().cloned());
+        for s in &c.dropped {
+            eprintln!("skip {s}");
+            summary.skipped.push(s.clone());
+        }
+    }
+    if let Some(p) = &cfg.discarded {
+        let (n, examples) = discarded.unmatched(&classes);
+        summary.discarded_unmatched = n;
+        if n > 0 {
+            summary.warnings.push(Skip::new(
+                p,
+                format!(
+                    "{n} of its {} entries name no image of the class files (e.g. {})",
+                    discarded.len(),
+                    examples.join(", ")
+                ),
+            ));
+        }
+    }
     summary.classes = classes.len();
     summary.parts = table.num_parts();
     imageio::mkdirs(&cfg.out)?;
@@ -315,25 +319,17 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
 
     let mut jobs = Vec::new();
     for (i, c) in classes.iter().enumerate() {
-        let names: Vec<String> = c.categories.iter().map(|x| x.1.clone()).collect();
-        let mut depths = vec![0; names.len()];
-        if let Some(dir) = &cfg.including {
-            let p = dir.join(format!("{}.json", c.wnid));
-            if p.exists() {
-                match pin_json::read_including(&p) {
-                    Ok(pairs) => {
-                        let (d, warns) = pin_json::paint_depths(&names, &pairs);
-                        depths = d;
-                        summary
-                            .warnings
-                            .extend(warns.into_iter().map(|w| Skip::new(&p, w)));
-                    }
-                    Err(e) => summary
-                        .warnings
-                        .push(Skip::new(&p, format!("ignored: {e}"))),
-                }
+        let depths = match pin_json::class_depths(cfg.including.as_deref(), c) {
+            Ok(d) => d,
+            Err(e) => {
+                // Painting without the inclusion rule would put containers over their inner
+                // parts: the class is left out rather than labelled wrongly.
+                let s = Skip::new(&c.path, format!("class {} left out: {e}", c.wnid));
+                eprintln!("skip {s}");
+                summary.skipped.push(s);
+                continue;
             }
-        }
+        };
         jobs.push(ClassJob {
             index: i,
             class: c,
@@ -390,13 +386,15 @@ impl LabelsSummary {
     pub fn text(&self) -> String {
         let mut s = format!(
             "classes {}  parts {}  images in JSON {}  label maps written {} (all background {})  \
-             discarded {}  skipped {}  train {}  val {}\n",
+             discarded {} (list: {}, {} entries match no image)  skipped {}  train {}  val {}\n",
             self.classes,
             self.parts,
             self.images_in_json,
             self.written,
             self.blank_maps,
             self.discarded,
+            self.discarded_format,
+            self.discarded_unmatched,
             self.skipped.len(),
             self.train,
             self.val

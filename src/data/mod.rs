@@ -3,6 +3,7 @@
 //! - [`rasterise`]: COCO polygons / RLE -> binary masks, bit-exact with pycocotools.
 //! - [`pin_json`]: the PIN++ files (class JSON, inclusion, discarded list, names), part ids.
 //! - [`labels`]: `mpm-data labels` (DESIGN.md contract C).
+//! - [`layout`]: the reference training layout (img/, seg/, whether_pseudo/ flags).
 //! - [`synth`]: `mpm-data synth`, a deterministic synthetic dataset in PIN++ format.
 //! - [`index`]: ImageFolder / list-file indexes joined with label maps, balanced subsets.
 //! - [`augment`]: aligned train/eval transforms (RandomResizedCrop, flip, jitter; resize+crop).
@@ -18,6 +19,7 @@ pub mod corrupt;
 pub mod imageio;
 pub mod index;
 pub mod labels;
+pub mod layout;
 pub mod loader;
 pub mod pin_json;
 pub mod pseudo;

@@ -1,10 +1,13 @@
-//! Reading the PIN++ distribution: `json/<wnid>.json` (COCO style, one file per class),
-//! `including/<wnid>.json`, `discarded_data.json`, `category_name.json`, and the global part-id
-//! table of DESIGN.md contract C.
+//! Reading the PIN++ release: `json/<wnid>.json` (COCO style, one file per class, file names
+//! `<wnid>/<file>.JPEG` of the IN-1K train set, category ids 1-based within the file),
+//! `including/<wnid>.txt` (`child:parent` part names per line), `discarded_data.json` (three
+//! known shapes), `category_name.json`, and the global part-id table of DESIGN.md contract C
+//! (checked against the release's own part counts, `assets/pinpp/part_counts.tsv`).
 //!
-//! Parsing is lenient per item: a broken image or annotation entry marks that one image as bad
-//! (with a reason) and the rest of the class is kept; only a file that is not JSON, or has no
-//! readable `categories`/`images`, loses the whole class.
+//! A deviation from the format is an error that names the file and the field. Its scope is the
+//! smallest that keeps the rest correct: a broken image entry loses that image, a broken
+//! annotation loses its image, a broken category list or top level loses the class file (a
+//! category we cannot place would shift every later global id).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -59,7 +62,10 @@ pub struct PinClass {
     /// `(category id, part name)`, sorted by id: the index is the part's rank in its class.
     pub categories: Vec<(i64, String)>,
     pub images: Vec<PinImage>,
-    /// Entries that could not be attached to an image (counted and logged, not fatal).
+    /// Image entries left out and annotations that belong to no image, each with the field
+    /// that is wrong (skipped items: counted and logged, not fatal).
+    pub dropped: Vec<Skip>,
+    /// Oddities that change nothing by themselves (a part name used twice).
     pub warnings: Vec<Skip>,
 }
 
@@ -72,22 +78,50 @@ impl PinClass {
     }
 }
 
-fn field<'a>(o: &'a Value, key: &str) -> std::result::Result<&'a Value, String> {
-    o.get(key).ok_or_else(|| format!("missing field '{key}'"))
+fn field<'a>(o: &'a Value, at: &str, key: &str) -> std::result::Result<&'a Value, String> {
+    o.get(key).ok_or_else(|| format!("{at}.{key} is missing"))
 }
 
-fn as_i64(v: &Value, key: &str) -> std::result::Result<i64, String> {
+fn as_i64(v: &Value, at: &str, key: &str) -> std::result::Result<i64, String> {
     v.as_i64()
         .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-        .ok_or_else(|| format!("field '{key}' is not an integer"))
+        .ok_or_else(|| format!("{at}.{key} = {v} is not an integer"))
 }
 
-fn as_dim(v: &Value, key: &str) -> std::result::Result<usize, String> {
-    let d = as_i64(v, key)?;
+fn as_dim(v: &Value, at: &str, key: &str) -> std::result::Result<usize, String> {
+    let d = as_i64(v, at, key)?;
     if d <= 0 || d > 1 << 16 {
-        return Err(format!("field '{key}' = {d} out of range 1..=65536"));
+        return Err(format!("{at}.{key} = {d} is out of range 1..=65536"));
     }
     Ok(d as usize)
+}
+
+/// `n` followed by 8 digits: the WordNet ids that name ImageNet classes (`n01440764`).
+pub fn is_wnid(s: &str) -> bool {
+    s.len() == 9 && s.starts_with('n') && s[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Checks an image's `file_name` against the release format `<wnid>/<file>.JPEG` (the IN-1K
+/// train set's own path below its root).
+fn check_file_name(wnid: &str, at: &str, v: &Value) -> std::result::Result<String, String> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| format!("{at}.file_name = {v} is not a string"))?;
+    let bad =
+        |why: &str| format!("{at}.file_name = \"{s}\": {why}; expected \"{wnid}/<file>.JPEG\"");
+    let Some((dir, base)) = s.split_once('/') else {
+        return Err(bad("no '<wnid>/' folder"));
+    };
+    if dir != wnid {
+        return Err(bad(&format!("folder '{dir}' is not this class's wnid")));
+    }
+    if base.is_empty() || base.contains('/') || base.contains('\\') || base.starts_with('.') {
+        return Err(bad("not a plain file name"));
+    }
+    if !base.ends_with(".JPEG") || base.len() == ".JPEG".len() {
+        return Err(bad("not a .JPEG file"));
+    }
+    Ok(s.to_string())
 }
 
 /// Reads `json/<wnid>.json`.
@@ -95,7 +129,13 @@ pub fn read_class(path: &Path) -> Result<PinClass> {
     let wnid = path
         .file_stem()
         .and_then(|s| s.to_str())
-        .ok_or_else(|| Error::format(path, "file name is not a wnid"))?
+        .filter(|s| is_wnid(s))
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                "file name is not <wnid>.json (a wnid is n + 8 digits, e.g. n01440764.json)",
+            )
+        })?
         .to_string();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let v: Value =
@@ -103,55 +143,96 @@ pub fn read_class(path: &Path) -> Result<PinClass> {
     parse_class(&wnid, path, &v)
 }
 
+fn top_list<'a>(v: &'a Value, path: &Path, key: &str) -> Result<&'a [Value]> {
+    match v.get(key) {
+        Some(Value::Array(a)) => Ok(a.as_slice()),
+        Some(other) => Err(Error::format(
+            path,
+            format!("field '{key}' is not a list (found {})", kind_of(other)),
+        )),
+        None => Err(Error::format(path, format!("field '{key}' is missing"))),
+    }
+}
+
+/// "a string", "a number", ... for messages about a JSON value of the wrong kind.
+pub fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Parses a class JSON value (see [`read_class`]).
+///
+/// The file itself must be a COCO-style object with `images`, `annotations` and `categories`
+/// lists, and every category must have a 1-based integer `id` (unique) and a non-empty `name`:
+/// otherwise the whole file is an error, because a category we cannot place would shift every
+/// later global id. A bad image entry is left out, a bad annotation marks its image bad; both
+/// are reported with the field that is wrong (`images[3].file_name = ...`).
 pub fn parse_class(wnid: &str, path: &Path, v: &Value) -> Result<PinClass> {
-    let cats = v
-        .get("categories")
-        .and_then(|c| c.as_array())
-        .ok_or_else(|| Error::format(path, "missing 'categories' list"))?;
+    if !v.is_object() {
+        return Err(Error::format(
+            path,
+            format!(
+                "expected a COCO-style object with images, annotations, categories (found {})",
+                kind_of(v)
+            ),
+        ));
+    }
+    let cats = top_list(v, path, "categories")?;
+    let imgs = top_list(v, path, "images")?;
+    let anns = top_list(v, path, "annotations")?;
+    if cats.is_empty() {
+        return Err(Error::format(path, "field 'categories' is empty"));
+    }
     let mut warnings = Vec::new();
     let mut categories: Vec<(i64, String)> = Vec::new();
     let mut seen = HashSet::new();
     for (i, c) in cats.iter().enumerate() {
-        let id = field(c, "id").and_then(|x| as_i64(x, "id"));
-        let name = field(c, "name").and_then(|x| {
-            x.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| "field 'name' is not a string".to_string())
-        });
-        match (id, name) {
-            (Ok(id), Ok(name)) => {
-                if seen.insert(id) {
-                    categories.push((id, name));
-                } else {
-                    warnings.push(Skip::new(path, format!("category id {id} listed twice")));
-                }
+        let at = format!("categories[{i}]");
+        let parsed = (|| -> std::result::Result<(i64, String), String> {
+            let id = as_i64(field(c, &at, "id")?, &at, "id")?;
+            if id < 1 {
+                return Err(format!("{at}.id = {id}: category ids are 1-based"));
             }
-            (Err(e), _) | (_, Err(e)) => {
-                // A category we cannot identify would shift every later global id: fatal.
-                return Err(Error::format(path, format!("categories[{i}]: {e}")));
+            let name = field(c, &at, "name")?
+                .as_str()
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| format!("{at}.name is not a non-empty string"))?;
+            if !seen.insert(id) {
+                return Err(format!("{at}.id = {id} is listed twice"));
             }
-        }
+            Ok((id, name.to_string()))
+        })();
+        categories.push(parsed.map_err(|e| Error::format(path, e))?);
     }
     categories.sort_by_key(|c| c.0);
+    let mut names = HashSet::new();
+    for (id, n) in &categories {
+        if !names.insert(n.as_str()) {
+            warnings.push(Skip::new(
+                path,
+                format!("category name '{n}' (id {id}) is used twice: including/ cannot tell them apart"),
+            ));
+        }
+    }
 
-    let imgs = v
-        .get("images")
-        .and_then(|c| c.as_array())
-        .ok_or_else(|| Error::format(path, "missing 'images' list"))?;
+    let mut dropped = Vec::new();
+    let mut left_out: HashSet<i64> = HashSet::new();
     let mut images: Vec<PinImage> = Vec::with_capacity(imgs.len());
     let mut by_id: HashMap<i64, usize> = HashMap::new();
     for (i, im) in imgs.iter().enumerate() {
+        let at = format!("images[{i}]");
         let parsed = (|| -> std::result::Result<PinImage, String> {
             Ok(PinImage {
-                id: as_i64(field(im, "id")?, "id")?,
-                file_name: field(im, "file_name")?
-                    .as_str()
-                    .filter(|s| !s.is_empty() && !s.contains(".."))
-                    .ok_or("field 'file_name' is not a usable file name")?
-                    .to_string(),
-                height: as_dim(field(im, "height")?, "height")?,
-                width: as_dim(field(im, "width")?, "width")?,
+                id: as_i64(field(im, &at, "id")?, &at, "id")?,
+                file_name: check_file_name(wnid, &at, field(im, &at, "file_name")?)?,
+                height: as_dim(field(im, &at, "height")?, &at, "height")?,
+                width: as_dim(field(im, &at, "width")?, &at, "width")?,
                 anns: Vec::new(),
                 problem: None,
             })
@@ -159,48 +240,65 @@ pub fn parse_class(wnid: &str, path: &Path, v: &Value) -> Result<PinClass> {
         match parsed {
             Ok(p) => {
                 if by_id.contains_key(&p.id) {
-                    warnings.push(Skip::new(
+                    dropped.push(Skip::new(
                         path,
-                        format!("images[{i}]: duplicate id {}", p.id),
+                        format!("{at}.id = {} is used by an earlier image", p.id),
                     ));
                     continue;
                 }
                 by_id.insert(p.id, images.len());
                 images.push(p);
             }
-            Err(e) => warnings.push(Skip::new(path, format!("images[{i}]: {e}"))),
+            Err(e) => {
+                // Its annotations are not reported again: the image is.
+                if let Some(id) = im.get("id").and_then(Value::as_i64) {
+                    left_out.insert(id);
+                }
+                dropped.push(Skip::new(path, e))
+            }
         }
     }
 
-    let anns = match v.get("annotations") {
-        Some(Value::Array(a)) => a.as_slice(),
-        None => &[],
-        Some(_) => return Err(Error::format(path, "'annotations' is not a list")),
-    };
     for (i, a) in anns.iter().enumerate() {
-        let image_id = match field(a, "image_id").and_then(|x| as_i64(x, "image_id")) {
+        let at = format!("annotations[{i}]");
+        let image_id = match field(a, &at, "image_id").and_then(|x| as_i64(x, &at, "image_id")) {
             Ok(id) => id,
             Err(e) => {
-                warnings.push(Skip::new(path, format!("annotations[{i}]: {e}")));
+                dropped.push(Skip::new(path, e));
                 continue;
             }
         };
         let Some(&idx) = by_id.get(&image_id) else {
-            warnings.push(Skip::new(
+            if left_out.contains(&image_id) {
+                continue;
+            }
+            dropped.push(Skip::new(
                 path,
-                format!("annotations[{i}]: image_id {image_id} is not in 'images'"),
+                format!("{at}.image_id = {image_id} is not an id in 'images'"),
             ));
             continue;
         };
         let parsed = (|| -> std::result::Result<PinAnn, String> {
-            let category_id = as_i64(field(a, "category_id")?, "category_id")?;
+            let category_id = as_i64(field(a, &at, "category_id")?, &at, "category_id")?;
             if !seen.contains(&category_id) {
-                return Err(format!("category_id {category_id} is not in 'categories'"));
+                return Err(format!(
+                    "{at}.category_id = {category_id} is not an id in 'categories'"
+                ));
             }
+            let iscrowd = match a.get("iscrowd") {
+                None => false,
+                Some(x) => match as_i64(x, &at, "iscrowd")? {
+                    0 => false,
+                    1 => true,
+                    k => return Err(format!("{at}.iscrowd = {k}: expected 0 or 1")),
+                },
+            };
+            let segmentation = Segmentation::from_json(field(a, &at, "segmentation")?)
+                .map_err(|e| format!("{at}.segmentation: {e}"))?;
             Ok(PinAnn {
                 category_id,
-                segmentation: Segmentation::from_json(field(a, "segmentation")?)?,
-                iscrowd: a.get("iscrowd").and_then(|x| x.as_i64()).unwrap_or(0) != 0,
+                segmentation,
+                iscrowd,
             })
         })();
         let img = &mut images[idx];
@@ -208,7 +306,7 @@ pub fn parse_class(wnid: &str, path: &Path, v: &Value) -> Result<PinClass> {
             Ok(p) => img.anns.push(p),
             Err(e) => {
                 if img.problem.is_none() {
-                    img.problem = Some(format!("annotations[{i}]: {e}"));
+                    img.problem = Some(e);
                 }
             }
         }
@@ -218,6 +316,7 @@ pub fn parse_class(wnid: &str, path: &Path, v: &Value) -> Result<PinClass> {
         path: path.to_path_buf(),
         categories,
         images,
+        dropped,
         warnings,
     })
 }
@@ -250,6 +349,19 @@ pub struct PartTable {
 }
 
 impl PartTable {
+    /// Contract C offsets from part counts in wnid order: `first_id[c] = 1 + sum(counts[..c])`.
+    /// Part names are left empty strings (only the counts are known).
+    pub fn from_counts(counts: &[(String, usize)]) -> Self {
+        let mut t = PartTable::default();
+        let mut next = 1u32;
+        for (w, n) in counts {
+            t.wnids.push(w.clone());
+            t.first_id.push(next);
+            t.names.push(vec![String::new(); *n]);
+            next += *n as u32;
+        }
+        t
+    }
     pub fn from_classes(classes: &[&PinClass]) -> Self {
         let mut t = PartTable::default();
         let mut next = 1u32;
@@ -332,154 +444,364 @@ impl PartTable {
     }
 }
 
-/// `including/<wnid>.json`: inner part name -> container part name(s). Accepted shapes:
-/// `{"horn": "head"}`, `{"horn": ["head"]}`, `[["horn", "head"], ...]`,
-/// `[{"inner": "horn", "container": "head"}, ...]`.
-pub fn read_including(path: &Path) -> Result<Vec<(String, String)>> {
+/// One line of `including/<wnid>.txt`: `child:parent` by part name (the child lies inside the
+/// parent, e.g. `nose:head`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inclusion {
+    /// 1-based line number, for messages.
+    pub line: usize,
+    pub child: String,
+    pub parent: String,
+}
+
+/// Reads `including/<wnid>.txt`: one `child:parent` line per inclusion (blank lines allowed;
+/// names are trimmed). Anything else is an error naming the file and the line.
+pub fn read_including(path: &Path) -> Result<Vec<Inclusion>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
-    let bad = || {
-        Error::format(
+    parse_including(path, &text)
+}
+
+/// Parses the text of an `including/<wnid>.txt` file (see [`read_including`]).
+pub fn parse_including(path: &Path, text: &str) -> Result<Vec<Inclusion>> {
+    if text.trim_start().starts_with(['{', '[']) {
+        return Err(Error::format(
             path,
-            "expected {inner: container} or [[inner, container], ...]",
-        )
-    };
+            "line 1: expected 'child:parent' part names (e.g. nose:head), found JSON",
+        ));
+    }
     let mut out = Vec::new();
-    match &v {
-        Value::Object(o) => {
-            for (k, val) in o {
-                match val {
-                    Value::String(s) => out.push((k.clone(), s.clone())),
-                    Value::Array(a) => {
-                        for x in a {
-                            out.push((k.clone(), x.as_str().ok_or_else(bad)?.to_string()));
-                        }
-                    }
-                    _ => return Err(bad()),
-                }
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parts: Vec<&str> = line.split(':').map(str::trim).collect();
+        match parts.as_slice() {
+            [child, parent] if !child.is_empty() && !parent.is_empty() => out.push(Inclusion {
+                line: i + 1,
+                child: child.to_string(),
+                parent: parent.to_string(),
+            }),
+            _ => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "line {}: expected 'child:parent' part names (e.g. nose:head), found \"{line}\"",
+                        i + 1
+                    ),
+                ))
             }
         }
-        Value::Array(a) => {
-            for x in a {
-                match x {
-                    Value::Array(p) if p.len() == 2 => out.push((
-                        p[0].as_str().ok_or_else(bad)?.to_string(),
-                        p[1].as_str().ok_or_else(bad)?.to_string(),
-                    )),
-                    Value::Object(o) => out.push((
-                        o.get("inner")
-                            .and_then(|s| s.as_str())
-                            .ok_or_else(bad)?
-                            .to_string(),
-                        o.get("container")
-                            .and_then(|s| s.as_str())
-                            .ok_or_else(bad)?
-                            .to_string(),
-                    )),
-                    _ => return Err(bad()),
-                }
-            }
-        }
-        _ => return Err(bad()),
     }
     Ok(out)
 }
 
-/// Paint depth per part rank: 0 for parts inside nothing, 1 + depth(container) otherwise. An
+/// Paint depth per part rank: 0 for parts inside nothing, 1 + depth(parent) otherwise. An
 /// annotation is painted after every annotation of smaller depth, so inner parts end up over
 /// their containers at any nesting level; equal depths keep JSON order (later wins).
-/// Unknown names and cycles are reported in the returned warnings.
-pub fn paint_depths(names: &[String], pairs: &[(String, String)]) -> (Vec<u32>, Vec<String>) {
+/// A name that is not one of `names`, a part inside itself and a cycle are errors (the message
+/// names the line).
+pub fn paint_depths(
+    names: &[String],
+    pairs: &[Inclusion],
+) -> std::result::Result<Vec<u32>, String> {
     let idx: HashMap<&str, usize> = names
         .iter()
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
     let mut parent: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
-    let mut warnings = Vec::new();
-    for (inner, cont) in pairs {
-        match (idx.get(inner.as_str()), idx.get(cont.as_str())) {
-            (Some(&i), Some(&c)) if i != c => parent[i].push(c),
-            _ => warnings.push(format!("inclusion {inner} -> {cont}: unknown part name")),
+    for p in pairs {
+        let find = |n: &str| {
+            idx.get(n).copied().ok_or_else(|| {
+                format!(
+                    "line {}: '{n}' is not a part of this class (its parts: {})",
+                    p.line,
+                    names.join(", ")
+                )
+            })
+        };
+        let (c, q) = (find(&p.child)?, find(&p.parent)?);
+        if c == q {
+            return Err(format!("line {}: part '{}' inside itself", p.line, p.child));
+        }
+        parent[c].push(q);
+    }
+    // Depth by repeated relaxation: a chain of n parts settles within n rounds; still
+    // changing after that means a cycle.
+    let mut d = vec![0u32; names.len()];
+    for _ in 0..=names.len() {
+        let mut changed = false;
+        for c in 0..names.len() {
+            let want = parent[c].iter().map(|&q| d[q] + 1).max().unwrap_or(0);
+            if want != d[c] {
+                d[c] = want;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(d);
         }
     }
-    fn depth(
-        i: usize,
-        parent: &[Vec<usize>],
-        memo: &mut [Option<u32>],
-        stack: &mut Vec<usize>,
-    ) -> u32 {
-        if let Some(d) = memo[i] {
-            return d;
-        }
-        if stack.contains(&i) {
-            return 0; // cycle: broken here
-        }
-        stack.push(i);
-        let d = parent[i]
-            .iter()
-            .map(|&p| 1 + depth(p, parent, memo, stack))
-            .max()
-            .unwrap_or(0);
-        stack.pop();
-        memo[i] = Some(d);
-        d
-    }
-    let mut memo = vec![None; names.len()];
-    let mut d = Vec::with_capacity(names.len());
-    for i in 0..names.len() {
-        let mut stack = Vec::new();
-        d.push(depth(i, &parent, &mut memo, &mut stack));
-    }
-    if d.iter().any(|&x| x as usize >= names.len().max(1)) {
-        warnings.push("inclusion relations contain a cycle".into());
-    }
-    (d, warnings)
+    Err("the inclusion relations contain a cycle".into())
 }
 
-/// `discarded_data.json`: every string in the file (at any depth) names a discarded image, as a
-/// file name (`n01440764_123.JPEG`), a stem, or `<wnid>/<file name>`; object keys that are
-/// wnids with list values are read as `<wnid>/<entry>` too.
+/// The inclusion file of a class in the release format: `dir/<wnid>.txt`.
+pub fn including_path(dir: &Path, wnid: &str) -> PathBuf {
+    dir.join(format!("{wnid}.txt"))
+}
+
+/// Paint depths of a class's parts from `including_dir/<wnid>.txt` (all 0 when the directory
+/// is not given or the class has no file: the release has files only for classes with an
+/// inclusion). An error names the file and line. A `<wnid>.json` in its place (the format an
+/// older `mpm-data synth` wrote) is an error rather than silently ignored.
+pub fn class_depths(including_dir: Option<&Path>, class: &PinClass) -> Result<Vec<u32>> {
+    let names: Vec<String> = class.categories.iter().map(|x| x.1.clone()).collect();
+    let Some(dir) = including_dir else {
+        return Ok(vec![0; names.len()]);
+    };
+    let p = including_path(dir, &class.wnid);
+    if !p.exists() {
+        let old = dir.join(format!("{}.json", class.wnid));
+        if old.exists() {
+            return Err(Error::format(
+                &old,
+                format!(
+                    "inclusion relations are read from {}.txt ('child:parent' lines, the PIN++ \
+                     release format); this JSON file is not read",
+                    class.wnid
+                ),
+            ));
+        }
+        return Ok(vec![0; names.len()]);
+    }
+    let pairs = read_including(&p)?;
+    paint_depths(&names, &pairs).map_err(|e| Error::format(&p, e))
+}
+
+/// Which of the known shapes a `discarded_data.json` had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscardedShape {
+    /// `["n01440764_123.JPEG", "n01440764/n01440764_9.JPEG", ...]`
+    Names,
+    /// `[{"file_name": "n01440764/n01440764_123.JPEG", ...}, ...]`
+    FileNameObjects,
+    /// `{"n01440764": ["n01440764_123.JPEG", ...], ...}` (entries: names or objects with
+    /// `file_name`)
+    ByWnid,
+}
+
+/// `discarded_data.json`: the images to leave out. Three shapes are accepted (see
+/// [`DiscardedShape`]); an entry names an image by its file name (`n01440764_123.JPEG`), its
+/// stem, or `<wnid>/<file name>` (the JSON's `file_name`). Any other shape is an error naming
+/// the file and the offending element.
 #[derive(Clone, Debug, Default)]
-pub struct Discarded(HashSet<String>);
+pub struct Discarded {
+    /// The entries as keys: `name`, or `<wnid>/<name>` when the shape gives the wnid.
+    keys: HashSet<String>,
+    /// The entries in file order (for the unmatched count).
+    entries: Vec<String>,
+    shape: Option<DiscardedShape>,
+    wnids: usize,
+}
 
 impl Discarded {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
-        let mut set = HashSet::new();
-        fn walk(v: &Value, prefix: Option<&str>, set: &mut HashSet<String>) {
-            match v {
-                Value::String(s) => {
-                    set.insert(s.clone());
-                    if let Some(p) = prefix {
-                        set.insert(format!("{p}/{s}"));
+        Self::parse(path, &v)
+    }
+
+    /// Parses a `discarded_data.json` value (see [`Discarded`]).
+    pub fn parse(path: &Path, v: &Value) -> Result<Self> {
+        let err = |m: String| Error::format(path, m);
+        // One entry: a name, or an object with a `file_name` string.
+        let entry = |x: &Value, at: &str| -> std::result::Result<(String, bool), String> {
+            match x {
+                Value::String(s) if !s.trim().is_empty() => Ok((s.trim().to_string(), false)),
+                Value::Object(o) => match o.get("file_name") {
+                    Some(Value::String(s)) if !s.trim().is_empty() => {
+                        Ok((s.trim().to_string(), true))
+                    }
+                    Some(other) => Err(format!(
+                        "{at}.file_name is {}, expected a non-empty string",
+                        kind_of(other)
+                    )),
+                    None => Err(format!("{at} is an object without 'file_name'")),
+                },
+                other => Err(format!(
+                    "{at} is {}; expected an image name or an object with 'file_name'",
+                    kind_of(other)
+                )),
+            }
+        };
+        let mut d = Discarded::default();
+        match v {
+            Value::Array(a) => {
+                let mut objects = None;
+                for (i, x) in a.iter().enumerate() {
+                    let (name, is_obj) = entry(x, &format!("[{i}]")).map_err(err)?;
+                    if *objects.get_or_insert(is_obj) != is_obj {
+                        return Err(err(format!(
+                            "[{i}] mixes names and objects with 'file_name' in one list"
+                        )));
+                    }
+                    d.keys.insert(name.clone());
+                    d.entries.push(name);
+                }
+                d.shape = Some(if objects == Some(true) {
+                    DiscardedShape::FileNameObjects
+                } else {
+                    DiscardedShape::Names
+                });
+            }
+            Value::Object(o) => {
+                for (k, x) in o {
+                    if !is_wnid(k) {
+                        return Err(err(format!(
+                            "key \"{k}\" is not a wnid (n + 8 digits): expected a map wnid -> \
+                             list of image names"
+                        )));
+                    }
+                    let Value::Array(a) = x else {
+                        return Err(err(format!(
+                            "[\"{k}\"] is {}, expected a list of image names",
+                            kind_of(x)
+                        )));
+                    };
+                    for (i, y) in a.iter().enumerate() {
+                        let (name, _) = entry(y, &format!("[\"{k}\"][{i}]")).map_err(err)?;
+                        // `<wnid>/<file>` already carries the wnid; a bare name gets it.
+                        let key = if name.starts_with(&format!("{k}/")) {
+                            name
+                        } else {
+                            format!("{k}/{name}")
+                        };
+                        d.keys.insert(key.clone());
+                        d.entries.push(key);
                     }
                 }
-                Value::Array(a) => a.iter().for_each(|x| walk(x, prefix, set)),
-                Value::Object(o) => o.iter().for_each(|(k, x)| walk(x, Some(k), set)),
-                _ => {}
+                d.wnids = o.len();
+                d.shape = Some(DiscardedShape::ByWnid);
+            }
+            other => {
+                return Err(err(format!(
+                    "top level is {}; expected a list of image names, a list of objects with \
+                     'file_name', or a map wnid -> list of image names",
+                    kind_of(other)
+                )))
             }
         }
-        walk(&v, None, &mut set);
-        Ok(Discarded(set))
+        Ok(d)
     }
+
+    /// Keys under which an image may be listed.
+    fn image_keys(wnid: &str, img: &PinImage) -> [String; 5] {
+        let (b, s) = (img.base_name(), img.stem());
+        [
+            img.file_name.clone(),
+            b.to_string(),
+            s.to_string(),
+            format!("{wnid}/{b}"),
+            format!("{wnid}/{s}"),
+        ]
+    }
+
     pub fn contains(&self, wnid: &str, img: &PinImage) -> bool {
-        let b = img.base_name();
-        self.0.contains(&img.file_name)
-            || self.0.contains(b)
-            || self.0.contains(img.stem())
-            || self.0.contains(&format!("{wnid}/{b}"))
-            || self.0.contains(&format!("{wnid}/{}", img.stem()))
+        !self.keys.is_empty()
+            && Self::image_keys(wnid, img)
+                .iter()
+                .any(|k| self.keys.contains(k))
     }
+
+    /// Number of entries that name no image of `classes` (a sign of a naming mismatch), with
+    /// up to 3 examples.
+    pub fn unmatched(&self, classes: &[PinClass]) -> (usize, Vec<String>) {
+        let mut all = HashSet::new();
+        for c in classes {
+            for img in &c.images {
+                all.extend(Self::image_keys(&c.wnid, img));
+            }
+        }
+        let missing: Vec<&String> = self.entries.iter().filter(|e| !all.contains(*e)).collect();
+        (
+            missing.len(),
+            missing.iter().take(3).map(|s| s.to_string()).collect(),
+        )
+    }
+
+    pub fn shape(&self) -> Option<DiscardedShape> {
+        self.shape
+    }
+
+    /// What was understood, e.g. "a list of 12 image names".
+    pub fn describe(&self) -> String {
+        let n = self.entries.len();
+        match self.shape {
+            None => "no discarded list".into(),
+            Some(DiscardedShape::Names) => format!("a list of {n} image names"),
+            Some(DiscardedShape::FileNameObjects) => {
+                format!("a list of {n} objects with 'file_name'")
+            }
+            Some(DiscardedShape::ByWnid) => {
+                format!("a map of {} wnids -> {n} image names", self.wnids)
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries.is_empty()
     }
+}
+
+/// Part categories per class in the public PIN++ release, `(wnid, count)` sorted by wnid
+/// (`assets/pinpp/part_counts.tsv`: 1,000 classes, 3,310 parts).
+pub fn release_part_counts() -> Vec<(String, usize)> {
+    static TSV: &str = include_str!("../../assets/pinpp/part_counts.tsv");
+    TSV.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (w, n) = l.split_once('\t')?;
+            Some((w.to_string(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Compares the classes read against the release's part counts: a class whose count differs
+/// shifts every later global id, and a subset of the release's classes numbers its parts
+/// differently from the full release. Classes unknown to the release (synthetic wnids) are
+/// not compared. Returns one message per finding.
+pub fn compare_with_release(table: &PartTable) -> Vec<String> {
+    let release: HashMap<String, usize> = release_part_counts().into_iter().collect();
+    let mut out = Vec::new();
+    let mut known = 0;
+    for (w, names) in table.wnids.iter().zip(&table.names) {
+        if let Some(&n) = release.get(w) {
+            known += 1;
+            if n != names.len() {
+                out.push(format!(
+                    "{w}: {} part categories, the PIN++ release has {n}: global ids of every \
+                     later class differ from the release's",
+                    names.len()
+                ));
+            }
+        }
+    }
+    if known > 0 && known < release.len() {
+        out.push(format!(
+            "{known} of the release's {} classes are present: global part ids are numbered over \
+             these classes only (S = {}), not over the full release (S = {})",
+            release.len(),
+            table.num_parts() + 1,
+            release.values().sum::<usize>() + 1
+        ));
+    }
+    out
 }
 
 /// `category_name.json`: wnid -> human-readable class name (a string, or a list whose first
@@ -512,12 +834,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const W: &str = "n01440764";
+
+    fn cats(ids: &[(i64, &str)]) -> Value {
+        Value::Array(
+            ids.iter()
+                .map(|(i, n)| json!({"id": i, "name": n}))
+                .collect(),
+        )
+    }
+
     #[test]
     fn ranks_follow_sorted_ids_not_listing_order() {
-        let v = json!({"categories": [{"id": 30, "name": "tail"}, {"id": 4, "name": "head"},
-                                      {"id": 11, "name": "body"}],
+        let v = json!({"categories": cats(&[(30, "tail"), (4, "head"), (11, "body")]),
                        "images": [], "annotations": []});
-        let c = parse_class("n1", Path::new("n1.json"), &v).unwrap();
+        let c = parse_class(W, Path::new("n1.json"), &v).unwrap();
         assert_eq!(c.rank(4), Some(0));
         assert_eq!(c.rank(11), Some(1));
         assert_eq!(c.rank(30), Some(2));
@@ -528,38 +859,222 @@ mod tests {
         assert_eq!(t.locate(7), None);
         assert!(t
             .to_tsv()
-            .starts_with("1\tn1\thead\n2\tn1\tbody\n3\tn1\ttail\n"));
+            .starts_with("1\tn01440764\thead\n2\tn01440764\tbody\n3\tn01440764\ttail\n"));
     }
 
     #[test]
-    fn bad_annotation_marks_only_its_image() {
-        let v = json!({"categories": [{"id": 1, "name": "a"}],
-            "images": [{"id": 1, "file_name": "x.JPEG", "height": 4, "width": 4},
-                       {"id": 2, "file_name": "y.JPEG", "height": 4, "width": 4},
-                       {"id": 3, "file_name": "z.JPEG"}],
+    fn bad_entries_name_their_field() {
+        let v = json!({"categories": cats(&[(1, "a")]),
+            "images": [{"id": 1, "file_name": "n01440764/x.JPEG", "height": 4, "width": 4},
+                       {"id": 2, "file_name": "n01440764/y.JPEG", "height": 4, "width": 4},
+                       {"id": 3, "file_name": "n01440764/z.JPEG"},
+                       {"id": 4, "file_name": "w.JPEG", "height": 4, "width": 4},
+                       {"id": 5, "file_name": "n01443537/v.JPEG", "height": 4, "width": 4},
+                       {"id": 6, "file_name": "n01440764/u.png", "height": 4, "width": 4}],
             "annotations": [{"image_id": 1, "category_id": 1},
                             {"image_id": 2, "category_id": 1,
                              "segmentation": [[0, 0, 3, 0, 3, 3]]},
                             {"image_id": 9, "category_id": 1, "segmentation": []}]});
-        let c = parse_class("n1", Path::new("n1.json"), &v).unwrap();
+        let c = parse_class(W, Path::new("n1.json"), &v).unwrap();
         assert_eq!(c.images.len(), 2);
-        assert!(c.images[0].problem.is_some());
+        assert_eq!(
+            c.images[0].problem.as_deref(),
+            Some("annotations[0].segmentation is missing")
+        );
         assert!(c.images[1].problem.is_none());
-        assert_eq!(c.warnings.len(), 2); // image 3 (no size), annotation of image 9
+        assert!(c.warnings.is_empty());
+        let w: Vec<&str> = c.dropped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(w.len(), 5, "{w:?}");
+        assert_eq!(w[0], "images[2].height is missing");
+        assert!(w[1].starts_with("images[3].file_name = \"w.JPEG\": no '<wnid>/' folder"));
+        assert!(w[2].contains("images[4].file_name") && w[2].contains("not this class's wnid"));
+        assert!(w[3].contains("images[5].file_name") && w[3].contains("not a .JPEG file"));
+        assert_eq!(w[4], "annotations[2].image_id = 9 is not an id in 'images'");
     }
 
     #[test]
-    fn depths_nest() {
-        let names: Vec<String> = ["head", "horn", "tip", "body"]
+    fn file_level_deviations_are_errors() {
+        let p = Path::new("json/n01440764.json");
+        let msg = |v: Value| parse_class(W, p, &v).unwrap_err().to_string();
+        let ok_imgs = json!([]);
+        assert!(msg(json!([])).contains("expected a COCO-style object"));
+        assert!(msg(json!({"images": ok_imgs, "annotations": []}))
+            .contains("field 'categories' is missing"));
+        assert!(msg(json!({"categories": cats(&[(1, "a")]), "images": []}))
+            .contains("field 'annotations' is missing"));
+        assert!(
+            msg(json!({"categories": cats(&[(1, "a")]), "images": {}, "annotations": []}))
+                .contains("field 'images' is not a list (found an object)")
+        );
+        let e = msg(json!({"categories": cats(&[(0, "a")]), "images": [], "annotations": []}));
+        assert!(e.starts_with("json/n01440764.json"), "{e}");
+        assert!(
+            e.contains("categories[0].id = 0: category ids are 1-based"),
+            "{e}"
+        );
+        let e = msg(
+            json!({"categories": cats(&[(2, "a"), (2, "b")]), "images": [], "annotations": []}),
+        );
+        assert!(e.contains("categories[1].id = 2 is listed twice"), "{e}");
+        let e = msg(json!({"categories": [{"id": 1}], "images": [], "annotations": []}));
+        assert!(e.contains("categories[0].name is missing"), "{e}");
+        let e = msg(
+            json!({"categories": [{"id": "1", "name": "a"}], "images": [],
+                           "annotations": []}),
+        );
+        assert!(
+            e.contains("categories[0].id = \"1\" is not an integer"),
+            "{e}"
+        );
+        // The file name must be a wnid.
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("fish.json");
+        std::fs::write(&f, "{}").unwrap();
+        assert!(read_class(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("file name is not <wnid>.json"));
+    }
+
+    #[test]
+    fn iscrowd_must_be_0_or_1() {
+        let v = json!({"categories": cats(&[(1, "a")]),
+            "images": [{"id": 1, "file_name": "n01440764/x.JPEG", "height": 4, "width": 4}],
+            "annotations": [{"image_id": 1, "category_id": 1, "iscrowd": 2,
+                             "segmentation": [[0, 0, 3, 0, 3, 3]]}]});
+        let c = parse_class(W, Path::new("n1.json"), &v).unwrap();
+        assert_eq!(
+            c.images[0].problem.as_deref(),
+            Some("annotations[0].iscrowd = 2: expected 0 or 1")
+        );
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn including_txt_and_depths() {
+        let p = Path::new("including/n01440764.txt");
+        let pairs = parse_including(p, "horn:head\n\n tip : horn \n").unwrap();
+        assert_eq!(
+            pairs[1],
+            Inclusion {
+                line: 3,
+                child: "tip".into(),
+                parent: "horn".into()
+            }
+        );
+        let n = names(&["head", "horn", "tip", "body"]);
+        assert_eq!(paint_depths(&n, &pairs).unwrap(), vec![0, 1, 2, 0]);
+        // Malformed lines, unknown names, self-inclusion and cycles are errors with the line.
+        for (text, want) in [
+            ("horn-head\n", "line 1: expected 'child:parent'"),
+            ("horn:head:x\n", "line 1: expected 'child:parent'"),
+            ("horn:\n", "line 1: expected 'child:parent'"),
+            ("{\"horn\": \"head\"}", "line 1: expected 'child:parent'"),
+        ] {
+            let e = parse_including(p, text).unwrap_err().to_string();
+            assert!(e.starts_with("including/n01440764.txt"), "{e}");
+            assert!(e.contains(want), "{e}");
+        }
+        let bad = |t: &str| paint_depths(&n, &parse_including(p, t).unwrap()).unwrap_err();
+        assert!(bad("horn:head\nnose:head\n").starts_with("line 2: 'nose' is not a part"));
+        assert!(bad("horn:horn\n").contains("inside itself"));
+        assert!(bad("horn:head\nhead:tip\ntip:horn\n").contains("cycle"));
+    }
+
+    #[test]
+    fn discarded_shapes() {
+        let p = Path::new("discarded_data.json");
+        let img = |f: &str| PinImage {
+            id: 1,
+            file_name: f.into(),
+            height: 1,
+            width: 1,
+            anns: vec![],
+            problem: None,
+        };
+        let a = img("n01440764/n01440764_1.JPEG");
+        let b = img("n01440764/n01440764_2.JPEG");
+        let names = Discarded::parse(p, &json!(["n01440764_1.JPEG"])).unwrap();
+        assert_eq!(names.shape(), Some(DiscardedShape::Names));
+        assert_eq!(names.describe(), "a list of 1 image names");
+        assert!(names.contains(W, &a) && !names.contains(W, &b));
+        let objs = Discarded::parse(
+            p,
+            &json!([{"file_name": "n01440764/n01440764_2.JPEG", "id": 7}]),
+        )
+        .unwrap();
+        assert_eq!(objs.shape(), Some(DiscardedShape::FileNameObjects));
+        assert!(objs.contains(W, &b) && !objs.contains(W, &a));
+        let map = Discarded::parse(
+            p,
+            &json!({"n01440764": ["n01440764_1", "n01440764/n01440764_2.JPEG"],
+                    "n01443537": []}),
+        )
+        .unwrap();
+        assert_eq!(map.describe(), "a map of 2 wnids -> 2 image names");
+        assert!(map.contains(W, &a) && map.contains(W, &b));
+        // The wnid of the map restricts the match.
+        assert!(!map.contains("n01443537", &img("n01443537/n01440764_1.JPEG")));
+        for (v, want) in [
+            (json!(3), "top level is a number"),
+            (json!([1]), "[0] is a number"),
+            (
+                json!([{"name": "x"}]),
+                "[0] is an object without 'file_name'",
+            ),
+            (
+                json!(["a.JPEG", {"file_name": "b"}]),
+                "[1] mixes names and objects",
+            ),
+            (json!({"fish": ["a"]}), "key \"fish\" is not a wnid"),
+            (json!({"n01440764": "a"}), "[\"n01440764\"] is a string"),
+            (json!({"n01440764": [null]}), "[\"n01440764\"][0] is null"),
+        ] {
+            let e = Discarded::parse(p, &v).unwrap_err().to_string();
+            assert!(
+                e.starts_with("discarded_data.json") && e.contains(want),
+                "{e}"
+            );
+        }
+    }
+
+    /// Contract C on the release's own counts (a committed copy, assets/pinpp): 1,000 classes,
+    /// 3,310 parts, S = 3,311; offsets are running sums over the sorted wnids.
+    #[test]
+    fn release_counts_give_s_3311() {
+        let counts = release_part_counts();
+        assert_eq!(counts.len(), 1000);
+        assert!(counts.windows(2).all(|w| w[0].0 < w[1].0), "sorted wnids");
+        assert!(counts
             .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let pairs = vec![
-            ("horn".to_string(), "head".to_string()),
-            ("tip".to_string(), "horn".to_string()),
-        ];
-        let (d, w) = paint_depths(&names, &pairs);
-        assert_eq!(d, vec![0, 1, 2, 0]);
-        assert!(w.is_empty());
+            .all(|(w, n)| is_wnid(w) && (1..=9).contains(n)));
+        let t = PartTable::from_counts(&counts);
+        assert_eq!(t.num_parts(), 3310);
+        assert_eq!(t.num_parts() + 1, 3311);
+        assert_eq!(t.first_id[0], 1);
+        // n01440764 (tench) has 4 parts, so n01443537 starts at 5; the last class ends at 3310.
+        assert_eq!((t.wnids[1].as_str(), t.first_id[1]), ("n01443537", 5));
+        let last = t.ranges()[999];
+        assert_eq!(last.1, 3311);
+        let mut next = 1;
+        for (c, (_, n)) in counts.iter().enumerate() {
+            assert_eq!(t.first_id[c], next);
+            next += *n as u32;
+        }
+        assert_eq!(t.locate(3310).map(|x| x.0), Some(999));
+        assert_eq!(t.locate(3311), None);
+        assert!(compare_with_release(&t).is_empty());
+        // A subset or a class with another count is reported.
+        let sub = PartTable::from_counts(&counts[..2]);
+        let m = compare_with_release(&sub);
+        assert_eq!(m.len(), 1);
+        assert!(m[0].contains("2 of the release's 1000 classes") && m[0].contains("S = 9"));
+        let mut off = counts.clone();
+        off[0].1 = 3;
+        let m = compare_with_release(&PartTable::from_counts(&off));
+        assert!(m[0].starts_with("n01440764: 3 part categories, the PIN++ release has 4"));
     }
 }

@@ -9,10 +9,17 @@
 //! their logits out). Upsampling streams one pixel at a time, so no `H x W x S` buffer exists.
 //! Images whose index entry has a label map are also scored: pixel accuracy and part mIoU
 //! with and without the filter.
+//!
+//! Output in the reference's training layout (`super::layout`): `OUT/seg/<wnid>/<stem>.png`,
+//! `OUT/img/<wnid>/<file>` (a symlink, unless an entry is already there) and flag 1 in
+//! `OUT/whether_pseudo/<wnid>.txt`. An image flagged 0 there (annotated, written by
+//! `mpm-data labels`) keeps its map and flag; so does a map that exists without a flag (its
+//! origin is unknown). Flags are merged into the existing files every 64 batches and at the end.
 
 use super::augment::{resize_bicubic, CropBox};
 use super::imageio::{self, LabelMap};
 use super::index::Index;
+use super::layout::{self, Flags, ImageMode};
 use super::pin_json::PartTable;
 use super::report::Skip;
 use crate::autograd::GradMode;
@@ -90,6 +97,8 @@ impl SegScore {
 #[derive(Debug, Default)]
 pub struct PseudoSummary {
     pub written: usize,
+    /// Images left as they were: flagged annotated, or a map without a flag.
+    pub kept_annotated: usize,
     pub scored: usize,
     pub with_filter: Option<SegScore>,
     pub without_filter: Option<SegScore>,
@@ -187,7 +196,21 @@ pub fn run(
     let mut records = String::new();
     let pb = super::labels::progress_bar(index.samples.len() as u64, cfg.progress, "pseudo");
     let size = cfg.input_size;
-    for chunk in index.samples.chunks(cfg.batch_size.max(1)) {
+    // Per class: the flags as on disk plus this run's, and whether they changed since written.
+    let mut flags: std::collections::HashMap<String, (Flags, bool)> = Default::default();
+    let flush = |flags: &mut std::collections::HashMap<String, (Flags, bool)>| -> Result<()> {
+        for (wnid, (f, dirty)) in flags.iter_mut() {
+            if *dirty {
+                layout::write_flags(&layout::flags_path(&cfg.out, wnid), f)?;
+                *dirty = false;
+            }
+        }
+        Ok(())
+    };
+    for (chunk_no, chunk) in index.samples.chunks(cfg.batch_size.max(1)).enumerate() {
+        if chunk_no % 64 == 63 {
+            flush(&mut flags)?;
+        }
         // Decode and resize the batch.
         let mut imgs = Vec::new();
         for smp in chunk {
@@ -280,8 +303,33 @@ pub fn run(
                 .file_stem()
                 .and_then(|x| x.to_str())
                 .unwrap_or("image");
+            let file = smp
+                .image
+                .file_name()
+                .and_then(|x| x.to_str())
+                .unwrap_or("image")
+                .to_string();
             let dst = cfg.out.join("seg").join(&wnid).join(format!("{stem}.png"));
+            if !flags.contains_key(&wnid) {
+                let f = layout::read_flags(&layout::flags_path(&cfg.out, &wnid))?;
+                flags.insert(wnid.clone(), (f, false));
+            }
+            let (class_flags, dirty) = flags.get_mut(&wnid).expect("inserted above");
+            let annotated = match class_flags.get(&file) {
+                Some(&pseudo) => !pseudo,
+                None => dst.exists(),
+            };
+            if annotated {
+                summary.kept_annotated += 1;
+                continue;
+            }
             imageio::mkdirs(dst.parent().unwrap_or(Path::new(".")))?;
+            let img_dir = cfg.out.join("img").join(&wnid);
+            imageio::mkdirs(&img_dir)?;
+            let img_dst = img_dir.join(&file);
+            if std::fs::symlink_metadata(&img_dst).is_err() {
+                layout::place_image(&smp.image, &img_dst, ImageMode::Symlink)?;
+            }
             imageio::write_label_map(
                 &dst,
                 &LabelMap {
@@ -290,6 +338,8 @@ pub fn run(
                     data: pred,
                 },
             )?;
+            class_flags.insert(file, true);
+            *dirty = true;
             summary.written += 1;
             records.push_str(
                 &serde_json::json!({
@@ -307,6 +357,7 @@ pub fn run(
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
+    flush(&mut flags)?;
     imageio::write_atomic(&cfg.out.join("pseudo.jsonl"), records.as_bytes())?;
     if summary.scored > 0 {
         summary.with_filter = Some(with_f);

@@ -38,38 +38,6 @@ pub fn part_color(id: u32) -> [u8; 3] {
     ]
 }
 
-/// Draws `text` with the 8x8 bitmap font at `(x, y)`, `scale` pixels per font pixel.
-pub fn draw_text(img: &mut RgbImage, x: i64, y: i64, text: &str, color: [u8; 3], scale: i64) {
-    use font8x8::UnicodeFonts;
-    let mut cx = x;
-    for ch in text.chars() {
-        let glyph = font8x8::BASIC_FONTS
-            .get(ch)
-            .or_else(|| font8x8::BASIC_FONTS.get('?'));
-        if let Some(g) = glyph {
-            for (row, bits) in g.iter().enumerate() {
-                for col in 0..8 {
-                    if bits & (1 << col) != 0 {
-                        for dy in 0..scale {
-                            for dx in 0..scale {
-                                let (px, py) = (cx + col * scale + dx, y + row as i64 * scale + dy);
-                                if px >= 0
-                                    && py >= 0
-                                    && (px as u32) < img.width()
-                                    && (py as u32) < img.height()
-                                {
-                                    img.put_pixel(px as u32, py as u32, Rgb(color));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        cx += 8 * scale;
-    }
-}
-
 fn fill(img: &mut RgbImage, x: u32, y: u32, w: u32, h: u32, c: [u8; 3]) {
     for yy in y..(y + h).min(img.height()) {
         for xx in x..(x + w).min(img.width()) {
@@ -179,13 +147,13 @@ pub fn run_show(cfg: &ShowConfig) -> Result<(usize, Vec<Skip>)> {
             let table = PartTable::from_classes(&classes.iter().collect::<Vec<_>>());
             for (ci, c) in classes.iter().enumerate().take(cfg.max_classes) {
                 let names: Vec<String> = c.categories.iter().map(|x| x.1.clone()).collect();
-                let mut depths = vec![0; names.len()];
-                if let Some(dir) = including {
-                    let p = dir.join(format!("{}.json", c.wnid));
-                    if let Ok(pairs) = pin_json::read_including(&p) {
-                        depths = pin_json::paint_depths(&names, &pairs).0;
+                let depths = match pin_json::class_depths(including.as_deref(), c) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        skips.push(Skip::from_error(&c.path, &e));
+                        vec![0; names.len()]
                     }
-                }
+                };
                 let legend = names
                     .iter()
                     .enumerate()
@@ -266,9 +234,11 @@ pub fn run_show(cfg: &ShowConfig) -> Result<(usize, Vec<Skip>)> {
     if drawn == 0 {
         return Err(Error::Msg("show: nothing to draw".into()));
     }
-    let grid = compose(&rows, cfg);
-    grid.save_with_format(&cfg.out, image::ImageFormat::Png)
-        .map_err(|e| Error::format(&cfg.out, format!("cannot write PNG: {e}")))?;
+    let mut grid = compose(&rows, cfg);
+    let (w, h) = grid.dimensions();
+    crate::charts::draw_labels(&mut grid, w, h, &labels(&rows, cfg))?;
+    // Through the atomic writer: an interrupted run leaves no half-written PNG.
+    crate::charts::write_png(&cfg.out, &grid, w, h)?;
     Ok((drawn, skips))
 }
 
@@ -282,33 +252,82 @@ fn find_image(dir: &Path, stem: &str) -> Option<PathBuf> {
     None
 }
 
+const PAD: u32 = 4;
+/// Height of the class-name line above each row of tiles.
+const HEAD: u32 = 18;
+const TEXT_PX: f64 = 13.0;
+const LEGEND_ROW: u32 = 15;
+const SWATCH: u32 = 11;
+
+/// Legend text of a part: "id name".
+fn legend_text(id: u32, name: &str) -> String {
+    format!("{id} {name}")
+}
+
+fn legend_width(rows: &[Row]) -> u32 {
+    rows.iter()
+        .flat_map(|r| r.1.iter())
+        .map(|(id, name)| crate::charts::label_width(&legend_text(*id, name), TEXT_PX))
+        .max()
+        .unwrap_or(0)
+        + SWATCH
+        + 12
+}
+
+fn row_height(rows: &[Row], cfg: &ShowConfig) -> u32 {
+    let most_parts = rows.iter().map(|r| r.1.len() as u32).max().unwrap_or(1);
+    (cfg.tile as u32 + HEAD).max(HEAD + LEGEND_ROW * most_parts)
+}
+
+/// The pixels: tiles and legend swatches (the text is drawn by [`labels`]).
 fn compose(rows: &[Row], cfg: &ShowConfig) -> RgbImage {
-    let pad = 4u32;
     let tile = cfg.tile as u32;
-    let head = 12u32;
-    let legend_w = 8 * 18 + 16;
-    let row_h =
-        (tile + head).max(head + 10 * rows.iter().map(|r| r.1.len() as u32).max().unwrap_or(1));
+    let row_h = row_height(rows, cfg);
     let tw = 2 * tile + 2;
-    let width = pad + cfg.per_class as u32 * (tw + pad) + legend_w;
-    let height = pad + rows.len() as u32 * (row_h + pad);
+    let width = PAD + cfg.per_class as u32 * (tw + PAD) + legend_width(rows);
+    let height = PAD + rows.len() as u32 * (row_h + PAD);
     let mut g = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    for (ri, (wnid, legend, tiles)) in rows.iter().enumerate() {
-        let y0 = pad + ri as u32 * (row_h + pad);
-        draw_text(&mut g, pad as i64, y0 as i64, wnid, [0, 0, 0], 1);
+    for (ri, (_, legend, tiles)) in rows.iter().enumerate() {
+        let y0 = PAD + ri as u32 * (row_h + PAD);
         for (ti, t) in tiles.iter().enumerate() {
-            let x0 = pad + ti as u32 * (tw + pad);
-            image::imageops::replace(&mut g, t, x0 as i64, (y0 + head) as i64);
+            let x0 = PAD + ti as u32 * (tw + PAD);
+            image::imageops::replace(&mut g, t, x0 as i64, (y0 + HEAD) as i64);
         }
-        let lx = pad + cfg.per_class as u32 * (tw + pad);
-        for (li, (id, name)) in legend.iter().enumerate() {
-            let ly = y0 + head + li as u32 * 10;
-            fill(&mut g, lx, ly, 8, 8, part_color(*id));
-            let label: String = format!("{id} {name}").chars().take(17).collect();
-            draw_text(&mut g, lx as i64 + 11, ly as i64, &label, [0, 0, 0], 1);
+        let lx = PAD + cfg.per_class as u32 * (tw + PAD);
+        for (li, (id, _)) in legend.iter().enumerate() {
+            let ly = y0 + HEAD + li as u32 * LEGEND_ROW;
+            fill(&mut g, lx, ly + 1, SWATCH, SWATCH, part_color(*id));
         }
     }
     g
+}
+
+/// The text of the grid, in the bundled font: each row's class, and its legend of parts.
+fn labels(rows: &[Row], cfg: &ShowConfig) -> Vec<crate::charts::Label> {
+    let tile = cfg.tile as u32;
+    let row_h = row_height(rows, cfg);
+    let lx = PAD + cfg.per_class as u32 * (2 * tile + 2 + PAD);
+    let mut out = Vec::new();
+    for (ri, (wnid, legend, _)) in rows.iter().enumerate() {
+        let y0 = PAD + ri as u32 * (row_h + PAD);
+        out.push(crate::charts::Label {
+            x: PAD as i32,
+            y: y0 as i32 + 1,
+            text: wnid.clone(),
+            px: TEXT_PX,
+            bold: true,
+        });
+        for (li, (id, name)) in legend.iter().enumerate() {
+            out.push(crate::charts::Label {
+                x: (lx + SWATCH + 5) as i32,
+                y: (y0 + HEAD + li as u32 * LEGEND_ROW) as i32,
+                text: legend_text(*id, name),
+                px: TEXT_PX,
+                bold: false,
+            });
+        }
+    }
+    out
 }
 
 /// Makes sure the output's folder exists.

@@ -87,7 +87,7 @@ pub fn compute(
     st.classes = classes.len();
     st.parts = table.num_parts();
     for (ci, c) in classes.iter().enumerate() {
-        st.skipped.extend(c.warnings.iter().cloned());
+        st.skipped.extend(c.dropped.iter().cloned());
         let mut cs = ClassStats {
             wnid: c.wnid.clone(),
             name: names.get(&c.wnid).cloned().unwrap_or_default(),

@@ -7,11 +7,12 @@
 //! Written as PIN++ is distributed:
 //!
 //! ```text
-//! OUT/json/<wnid>.json          COCO style: images, annotations (polygons, compressed RLE,
-//!                               uncompressed RLE with iscrowd=1), categories (ids not contiguous,
-//!                               listed out of order)
-//! OUT/images/<wnid>/<wnid>_<k>.JPEG
-//! OUT/including/<wnid>.json     {"horn": "head"} for classes with a part inside another
+//! OUT/json/<wnid>.json          COCO style: images (file_name "<wnid>/<wnid>_<k>.JPEG"),
+//!                               annotations (polygons, compressed RLE, uncompressed RLE with
+//!                               iscrowd=1), categories (1-based ids, not contiguous, listed out
+//!                               of order)
+//! OUT/images/<wnid>/<wnid>_<k>.JPEG   the images (stands for the IN-1K train folder)
+//! OUT/including/<wnid>.txt      "horn:head" for classes with a part inside another
 //! OUT/discarded_data.json       ["<file name>", ...] (about 1 image in 40)
 //! OUT/category_name.json        {"<wnid>": "synthetic <shape> ..."}
 //! ```
@@ -511,8 +512,8 @@ fn write_class(t: &ClassTemplate, c: usize, first_id: u32, cfg: &SynthConfig) ->
         std::fs::write(img_dir.join(&file), jpeg_bytes(&r.rgb, cfg.jpeg_quality)?)
             .map_err(|e| Error::io(img_dir.join(&file), e))?;
         images.push(
-            json!({"id": image_id, "file_name": file, "height": r.rgb.height(),
-                           "width": r.rgb.width()}),
+            json!({"id": image_id, "file_name": format!("{}/{file}", t.wnid),
+                           "height": r.rgb.height(), "width": r.rgb.width()}),
         );
         for (cat, seg, crowd) in r.anns {
             annotations.push(
@@ -548,17 +549,18 @@ fn write_class(t: &ClassTemplate, c: usize, first_id: u32, cfg: &SynthConfig) ->
                      "images": images, "annotations": annotations, "categories": cats});
     let p = cfg.out.join("json").join(format!("{}.json", t.wnid));
     imageio::write_atomic(&p, doc.to_string().as_bytes())?;
-    let inner: serde_json::Map<String, Value> = t
+    // including/<wnid>.txt: one "child:parent" line per inclusion, as the release has them.
+    let inner: String = t
         .parts
         .iter()
         .filter_map(|p| {
             p.inner_of
-                .map(|c| (p.name.to_string(), json!(t.parts[c].name)))
+                .map(|c| format!("{}:{}\n", p.name, t.parts[c].name))
         })
         .collect();
     if !inner.is_empty() {
-        let p = cfg.out.join("including").join(format!("{}.json", t.wnid));
-        imageio::write_atomic(&p, Value::Object(inner).to_string().as_bytes())?;
+        let p = cfg.out.join("including").join(format!("{}.txt", t.wnid));
+        imageio::write_atomic(&p, inner.as_bytes())?;
     }
     Ok(out)
 }
@@ -580,7 +582,13 @@ fn add_faults(
         std::fs::write(img_dir.join(&file), bytes)
             .map_err(|e| Error::io(img_dir.join(&file), e))?;
         let id = 900_000 + images.len() as i64;
-        images.push(json!({"id": id, "file_name": file, "height": h, "width": w}));
+        // One entry deviates from the release format: its file name has no wnid folder.
+        let listed = if name == "no_wnid_folder" {
+            file.clone()
+        } else {
+            format!("{}/{file}", t.wnid)
+        };
+        images.push(json!({"id": id, "file_name": listed, "height": h, "width": w}));
         let mut a = json!({"id": 9_000_000 + anns.len() as i64, "image_id": id,
                            "category_id": cat, "iscrowd": 0});
         if let Some(s) = seg {
@@ -593,6 +601,7 @@ fn add_faults(
     add("size_mismatch", &jpg, 71, 60, Some(tri.clone()))?;
     add("no_segmentation", &jpg, 70, 60, None)?;
     add("short_ring", &jpg, 70, 60, Some(json!([[1.0, 2.0]])))?;
+    add("no_wnid_folder", &jpg, 70, 60, Some(tri.clone()))?;
     // Written, with an "annotation paints no pixel" warning:
     add(
         "outside",
@@ -607,7 +616,7 @@ fn add_faults(
         .join("json")
         .join(format!("{}.json", wnid(cfg.classes)));
     imageio::write_atomic(&broken, b"{\"images\": [truncated")?;
-    Ok(4)
+    Ok(5)
 }
 
 /// Writes the synthetic dataset. Parallel over classes; output is a function of the config.

@@ -93,11 +93,11 @@ impl HostTensor {
         }
     }
 
-    /// Little-endian bytes of the buffer, as both file formats store them.
-    pub(crate) fn to_le_bytes(&self) -> Vec<u8> {
+    /// The buffer as little-endian bytes, as both file formats store them (no copy).
+    pub(crate) fn le_bytes(&self) -> &[u8] {
         match &self.data {
-            HostData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            HostData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            HostData::F32(v) => super::elements::le_bytes(v),
+            HostData::I64(v) => super::elements::le_bytes(v),
         }
     }
 
@@ -120,40 +120,9 @@ impl HostTensor {
     }
 }
 
-/// IEEE binary16 -> f32 (exact).
-pub(crate) fn f16_to_f32(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    match exp {
-        // Zero and subnormals: man * 2^-24.
-        0 => sign * (man as f32) * (1.0 / 16_777_216.0),
-        0x1f => f32::from_bits((u32::from(h & 0x8000) << 16) | 0x7f80_0000 | (man << 13)),
-        _ => f32::from_bits((u32::from(h & 0x8000) << 16) | ((exp + 112) << 23) | (man << 13)),
-    }
-}
-
-/// bfloat16 -> f32 (exact: bf16 is the top half of an f32).
-pub(crate) fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits(u32::from(b) << 16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn half_conversions() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
-        assert!(f16_to_f32(0x7c00).is_infinite());
-        assert!(f16_to_f32(0x7e00).is_nan());
-        assert_eq!(bf16_to_f32(0x3f80), 1.0);
-        assert_eq!(bf16_to_f32(0xc0a0), -5.0);
-    }
 
     #[test]
     fn numel_and_views() {

@@ -4,6 +4,7 @@
 //! Everything here is host-side and in PyTorch layout; the engine converts at the edge.
 //! Writers are atomic: a temp file in the target directory, fsync, rename.
 
+pub mod elements;
 mod host;
 mod pickle;
 mod pth;

@@ -13,7 +13,8 @@ use std::io::{BufReader, Read, Write};
 use std::path::Path;
 use std::rc::Rc;
 
-use super::host::{bf16_to_f32, f16_to_f32, HostData, HostTensor, NamedTensors};
+use super::elements::{decode, Stored};
+use super::host::{HostData, HostTensor, NamedTensors};
 use super::pickle::{
     unpickle, Elem, PickleWriter, StorageRef, TensorRef, TorchPersistentLoad, Value,
 };
@@ -310,39 +311,44 @@ impl Checkpoint {
             .zip(&t.stride)
             .map(|(&d, &s)| if d == 1 { 0 } else { s })
             .collect();
-        let idx = element_indices(&shape, &stride, t.offset, numel);
-        let rd = |i: usize| -> [u8; 8] {
-            let mut b = [0u8; 8];
-            let src = &bytes[i * esize..(i + 1) * esize];
-            if big_endian {
-                for (d, s) in b.iter_mut().zip(src.iter().rev()) {
-                    *d = *s;
-                }
-            } else {
-                b[..esize].copy_from_slice(src);
-            }
-            b
-        };
-        let data = match &t.elem {
-            Elem::F32 => HostData::F32(map_idx(idx, numel, |i| f32::from_le_bytes(head4(rd(i))))),
-            Elem::F64 => HostData::F32(map_idx(idx, numel, |i| f64::from_le_bytes(rd(i)) as f32)),
-            Elem::F16 => HostData::F32(map_idx(idx, numel, |i| {
-                f16_to_f32(u16::from_le_bytes(head2(rd(i))))
-            })),
-            Elem::BF16 => HostData::F32(map_idx(idx, numel, |i| {
-                bf16_to_f32(u16::from_le_bytes(head2(rd(i))))
-            })),
-            Elem::I64 => HostData::I64(map_idx(idx, numel, |i| i64::from_le_bytes(rd(i)))),
-            Elem::I32 => HostData::I64(map_idx(idx, numel, |i| {
-                i64::from(i32::from_le_bytes(head4(rd(i))))
-            })),
-            Elem::I16 => HostData::I64(map_idx(idx, numel, |i| {
-                i64::from(i16::from_le_bytes(head2(rd(i))))
-            })),
-            Elem::I8 => HostData::I64(map_idx(idx, numel, |i| i64::from(rd(i)[0] as i8))),
-            Elem::U8 => HostData::I64(map_idx(idx, numel, |i| i64::from(rd(i)[0]))),
-            Elem::Bool => HostData::I64(map_idx(idx, numel, |i| i64::from(rd(i)[0] != 0))),
+        let stored = match &t.elem {
+            Elem::F32 => Stored::F32,
+            Elem::F64 => Stored::F64,
+            Elem::F16 => Stored::F16,
+            Elem::BF16 => Stored::BF16,
+            Elem::I64 => Stored::I64,
+            Elem::I32 => Stored::I32,
+            Elem::I16 => Stored::I16,
+            Elem::I8 => Stored::I8,
+            Elem::U8 => Stored::U8,
+            Elem::Bool => Stored::Bool,
             Elem::Other(n) => return Err(err(format!("dtype {n} is not supported"))),
+        };
+        let data = match element_indices(&shape, &stride, t.offset, numel) {
+            // A contiguous little-endian view (what `torch.save` writes on every current
+            // machine) is a byte range of the storage: decoded by a cast, no per-element work.
+            Indices::Range(start) if !big_endian => {
+                decode(stored, &bytes[start * esize..(start + numel) * esize])
+            }
+            // Strided views gather their elements, and legacy files saved on a big-endian
+            // machine (sys-info `little_endian: False`) need each element's bytes reversed:
+            // both are per-element by nature. Gather into little-endian order, then decode.
+            idx => {
+                let mut le = Vec::with_capacity(numel * esize);
+                let mut put = |i: usize| {
+                    let src = &bytes[i * esize..(i + 1) * esize];
+                    if big_endian {
+                        le.extend(src.iter().rev());
+                    } else {
+                        le.extend_from_slice(src);
+                    }
+                };
+                match idx {
+                    Indices::Range(start) => (start..start + numel).for_each(&mut put),
+                    Indices::Strided(v) => v.into_iter().for_each(&mut put),
+                }
+                decode(stored, &le)
+            }
         };
         Ok(HostTensor { shape, data })
     }
@@ -358,14 +364,6 @@ fn to_host_kind(e: &Elem) -> Kind {
         Elem::F32 | Elem::F64 | Elem::F16 | Elem::BF16 | Elem::Other(_) => Kind::F32,
         _ => Kind::I64,
     }
-}
-
-fn head4(b: [u8; 8]) -> [u8; 4] {
-    [b[0], b[1], b[2], b[3]]
-}
-
-fn head2(b: [u8; 8]) -> [u8; 2] {
-    [b[0], b[1]]
 }
 
 /// Storage element indices in row-major order: a range when contiguous, else an odometer walk.
@@ -406,13 +404,6 @@ fn element_indices(shape: &[usize], stride: &[u64], offset: u64, numel: usize) -
         }
     }
     Indices::Strided(out)
-}
-
-fn map_idx<T>(idx: Indices, numel: usize, f: impl Fn(usize) -> T) -> Vec<T> {
-    match idx {
-        Indices::Range(start) => (start..start + numel).map(f).collect(),
-        Indices::Strided(v) => v.into_iter().map(f).collect(),
-    }
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -641,10 +632,10 @@ pub fn save_pth(path: &Path, tensors: &NamedTensors) -> Result<()> {
             z.write_all(body.as_bytes()).map_err(ioerr)?;
         }
         for (key, t) in storages {
-            let bytes = t.to_le_bytes();
+            let bytes = t.le_bytes();
             z.start_file(format!("{a}/data/{key}"), opts(bytes.len()))
                 .map_err(zerr)?;
-            z.write_all(&bytes).map_err(ioerr)?;
+            z.write_all(bytes).map_err(ioerr)?;
         }
         z.start_file(format!("{a}/version"), opts(2))
             .map_err(zerr)?;

@@ -9,7 +9,8 @@ use std::path::Path;
 use ::safetensors::tensor::TensorView;
 use ::safetensors::{Dtype, SafeTensors};
 
-use super::host::{bf16_to_f32, f16_to_f32, HostData, HostTensor, NamedTensors};
+use super::elements::{decode, Stored};
+use super::host::{HostData, HostTensor, NamedTensors};
 use crate::{Error, Result};
 
 /// Reads every tensor and the `__metadata__` map. f16/bf16/f64 become f32; bool, u8, i8, i16,
@@ -34,36 +35,27 @@ pub fn load_safetensors(path: &Path) -> Result<(NamedTensors, BTreeMap<String, S
 }
 
 fn convert(v: &TensorView<'_>) -> std::result::Result<HostTensor, String> {
-    let b = v.data();
-    let shape = v.shape().to_vec();
-    fn chunks<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-        b.chunks_exact(N)
-            .map(|c| {
-                let mut a = [0u8; N];
-                a.copy_from_slice(c);
-                f(a)
-            })
-            .collect()
-    }
-    let data = match v.dtype() {
-        Dtype::F32 => HostData::F32(chunks(b, f32::from_le_bytes)),
-        Dtype::F64 => HostData::F32(chunks(b, |a| f64::from_le_bytes(a) as f32)),
-        Dtype::F16 => HostData::F32(chunks(b, |a| f16_to_f32(u16::from_le_bytes(a)))),
-        Dtype::BF16 => HostData::F32(chunks(b, |a| bf16_to_f32(u16::from_le_bytes(a)))),
-        Dtype::I64 => HostData::I64(chunks(b, i64::from_le_bytes)),
-        Dtype::I32 => HostData::I64(chunks(b, |a| i64::from(i32::from_le_bytes(a)))),
-        Dtype::U32 => HostData::I64(chunks(b, |a| i64::from(u32::from_le_bytes(a)))),
-        Dtype::I16 => HostData::I64(chunks(b, |a| i64::from(i16::from_le_bytes(a)))),
-        Dtype::U16 => HostData::I64(chunks(b, |a| i64::from(u16::from_le_bytes(a)))),
-        Dtype::I8 => HostData::I64(b.iter().map(|&x| i64::from(x as i8)).collect()),
-        Dtype::U8 => HostData::I64(b.iter().map(|&x| i64::from(x)).collect()),
-        Dtype::BOOL => HostData::I64(b.iter().map(|&x| i64::from(x != 0)).collect()),
+    let stored = match v.dtype() {
+        Dtype::F32 => Stored::F32,
+        Dtype::F64 => Stored::F64,
+        Dtype::F16 => Stored::F16,
+        Dtype::BF16 => Stored::BF16,
+        Dtype::I64 => Stored::I64,
+        Dtype::I32 => Stored::I32,
+        Dtype::U32 => Stored::U32,
+        Dtype::I16 => Stored::I16,
+        Dtype::U16 => Stored::U16,
+        Dtype::I8 => Stored::I8,
+        Dtype::U8 => Stored::U8,
+        Dtype::BOOL => Stored::Bool,
         other => {
             return Err(format!(
                 "dtype {other:?} is not supported (use f32/f16/bf16/f64 or an integer type)"
             ))
         }
     };
+    let shape = v.shape().to_vec();
+    let data = decode(stored, v.data());
     let t = HostTensor { shape, data };
     t.checked_numel("")?;
     Ok(t)
@@ -83,7 +75,7 @@ pub fn save_safetensors(
             HostData::F32(_) => Dtype::F32,
             HostData::I64(_) => Dtype::I64,
         };
-        buffers.push((name, dtype, t.shape.clone(), t.to_le_bytes()));
+        buffers.push((name, dtype, t.shape.clone(), t.le_bytes()));
     }
     let views = buffers
         .iter()

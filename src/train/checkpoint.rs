@@ -229,6 +229,18 @@ pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
 /// The inference model (EMA when present; MPM bypass dropped; torchvision names) as
 /// `model.safetensors` and `model.pth` in `dir`. Returns the two paths.
 pub fn export_inference(trainer: &Trainer, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    export_inference_as(trainer, dir, "checkpoint", Some(trainer.pos.epoch))
+}
+
+/// `export_inference`, recording in the safetensors metadata (`init::EXPORT_META`) the model,
+/// which checkpoint it came from (`best`, `last`) and its epoch, so `init_checkpoint` and
+/// readers can tell an export from a bare state dict.
+pub fn export_inference_as(
+    trainer: &Trainer,
+    dir: &Path,
+    which: &str,
+    epoch: Option<usize>,
+) -> Result<Vec<std::path::PathBuf>> {
     let store = trainer.eval_model();
     let state = match trainer.spec.inference_export(store) {
         Ok(s) => s,
@@ -249,6 +261,13 @@ pub fn export_inference(trainer: &Trainer, dir: &Path) -> Result<Vec<std::path::
     let pth = dir.join("model.pth");
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
+    let what = serde_json::json!({
+        "model": trainer.spec.describe(),
+        "weights": if trainer.ema.is_some() { "ema" } else { "model" },
+        "which": which,
+        "epoch": epoch,
+    });
+    meta.insert(super::init::EXPORT_META.to_string(), what.to_string());
     io::save_safetensors(&st, &t, &meta)?;
     io::save_pth(&pth, &t)?;
     Ok(vec![st, pth])

@@ -2,7 +2,7 @@
 //! PGD adversarial training on a synthetic part dataset, in a few minutes on a CPU.
 
 use super::config::TrainConfig;
-use super::plot::{self, Panel, Series, PALETTE};
+use super::plot;
 use super::run::{eval_trainer, run, RunOptions};
 use super::source::BatchSource;
 use super::trainer::{argmax, Trainer};
@@ -240,7 +240,9 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
         }
         curves.push((name, plot::read_curves(&dir.join("metrics.jsonl"))?));
         if kind == "mpm" {
-            part_overlays(&s.trainer, val, 6, &o.out.join("parts.png"))?;
+            // Part names label the overlay's legend; without them it shows ids.
+            let names = plot::part_names(&o.out.join("data/pin/parts.tsv")).unwrap_or_default();
+            part_overlays(&s.trainer, val, 6, &names, &o.out.join("parts.png"))?;
         }
         rows.push(DemoRow {
             name: name.to_string(),
@@ -253,7 +255,25 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
             seconds: train_secs,
         });
     }
-    compare_chart(&curves, &o.out.join("curves.png"))?;
+    let results: Vec<plot::RunResult<'_>> = curves
+        .iter()
+        .zip(&rows)
+        .map(|((name, c), row)| plot::RunResult {
+            name,
+            curves: c,
+            autoattack: row.autoattack.map(|a| a.1),
+        })
+        .collect();
+    plot::compare_runs(
+        &results,
+        &format!(
+            "AutoAttack APGD-CE+T ({} images)",
+            rows.iter()
+                .find_map(|r| r.autoattack.map(|a| a.0))
+                .unwrap_or(0)
+        ),
+        &o.out.join("curves.png"),
+    )?;
     let table = format_table(&rows);
     println!("{table}");
     let total = t0.elapsed().as_secs_f64();
@@ -303,49 +323,13 @@ pub fn format_table(rows: &[DemoRow]) -> String {
     s
 }
 
-/// Side-by-side curves of the demo's runs: training loss, EMA clean and PGD accuracy.
-fn compare_chart(runs: &[(&str, plot::RunCurves)], path: &Path) -> Result<()> {
-    let series = |f: &dyn Fn(&plot::RunCurves) -> Vec<(f64, f64)>| -> Vec<Series> {
-        runs.iter()
-            .enumerate()
-            .map(|(k, (name, c))| Series {
-                label: name.to_string(),
-                colour: PALETTE[k],
-                points: f(c),
-            })
-            .collect()
-    };
-    plot::chart(
-        &[
-            Panel {
-                title: "training loss (adv. batches)".into(),
-                x_label: "epoch".into(),
-                series: series(&|c| c.loss.clone()),
-                y_range: None,
-            },
-            Panel {
-                title: "EMA clean accuracy".into(),
-                x_label: "epoch".into(),
-                series: series(&|c| c.clean.clone()),
-                y_range: Some((0.0, 1.0)),
-            },
-            Panel {
-                title: "EMA PGD-10 accuracy (4/255)".into(),
-                x_label: "epoch".into(),
-                series: series(&|c| c.pgd.clone()),
-                y_range: Some((0.0, 1.0)),
-            },
-        ],
-        path,
-    )
-}
-
 /// Image | label map | predicted parts (highest-resolution head of the EMA model) for the
 /// first `n` validation images that have parts.
 pub fn part_overlays(
     trainer: &Trainer,
     src: &dyn BatchSource,
     n: usize,
+    names: &[String],
     path: &Path,
 ) -> Result<()> {
     let b = src.batch(0, 0, src.len().min(64), false)?;
@@ -374,7 +358,7 @@ pub fn part_overlays(
             ));
         }
     }
-    plot::overlays(&imgs, &gts, &preds, keep.len(), side, h, path)
+    plot::overlays(&imgs, &gts, &preds, keep.len(), side, h, names, path)
 }
 
 /// Where the demo's data went.

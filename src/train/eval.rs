@@ -169,5 +169,6 @@ fn truncate(b: &mut Batch, n: usize) -> Result<()> {
     b.labels.truncate(n);
     b.label_maps.truncate(n * side * side);
     b.has_parts.truncate(n);
+    b.pseudo.truncate(n);
     Ok(())
 }

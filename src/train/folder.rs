@@ -13,7 +13,7 @@
 
 use super::config::TrainConfig;
 use super::source::{epoch_order, Batch, BatchSource};
-use crate::data::augment::{TrainAug, Transform};
+use crate::data::augment::{random_erase_pixel, sample_rng, TrainAug, Transform};
 use crate::data::index::{read_list, scan_image_folder, Sample};
 use crate::data::loader::{load_batch, LoaderConfig};
 use crate::tensor::Tensor;
@@ -27,7 +27,15 @@ pub struct FolderSource {
     pub loader: LoaderConfig,
     pub seed: u64,
     pub origin: PathBuf,
+    /// Per sample: its map is a pseudo label (`whether_pseudo`); empty unless
+    /// `use_whether_pseudo` (training data only, as the reference's loader).
+    pub pseudo: Vec<bool>,
+    /// Random erasing probability of training images (0 for evaluation sets).
+    pub reprob: f64,
 }
+
+/// Keeps the erasing draws apart from the augmentation's (same sample, another stream).
+const ERASE_STREAM: u64 = 0xE4A5_E000_0000_0001;
 
 /// Opens `dir` (see the module doc) as a batch source; `train` picks the augmentation.
 pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<dyn BatchSource>> {
@@ -72,6 +80,11 @@ pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<
         return Err(Error::flag(flag, format!("{dir}: no images found")));
     }
     let seg_classes = read_parts(&base.join("parts.tsv"));
+    let pseudo = if train && cfg.use_whether_pseudo {
+        read_whether_pseudo(&base.join("whether_pseudo"), &samples)?
+    } else {
+        Vec::new()
+    };
     let transform = if train {
         Transform::Train(TrainAug {
             size: cfg.input_size,
@@ -100,7 +113,85 @@ pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<
         },
         seed: cfg.seed,
         origin: path,
+        pseudo,
+        reprob: if train { cfg.reprob } else { 0.0 },
     }))
+}
+
+/// The reference's `whether_pseudo/<wnid>.txt` flags (`<name> 0|1` per line; a path in `<name>`
+/// counts by its last component), one per sample, looked up by the image's class folder and
+/// file name. A missing file, a malformed line or an image without a line is an error naming
+/// the file: the reference's loader fails on them too, and guessing would silently change the
+/// loss weights.
+pub fn read_whether_pseudo(dir: &Path, samples: &[Sample]) -> Result<Vec<bool>> {
+    use std::collections::HashMap;
+    let mut by_class: HashMap<String, (PathBuf, HashMap<String, bool>)> = HashMap::new();
+    let mut out = Vec::with_capacity(samples.len());
+    for s in samples {
+        let wnid = s
+            .image
+            .parent()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = s
+            .image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !by_class.contains_key(&wnid) {
+            let file = dir.join(format!("{wnid}.txt"));
+            let flags = parse_whether_pseudo(&file)?;
+            by_class.insert(wnid.clone(), (file, flags));
+        }
+        let (file, flags) = &by_class[&wnid];
+        match flags.get(&name) {
+            Some(&f) => out.push(f),
+            None => {
+                return Err(Error::format(
+                    file,
+                    format!(
+                        "no line for image '{name}' (use_whether_pseudo needs a '<name> 0|1' line                          for every training image of the class)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_whether_pseudo(file: &Path) -> Result<std::collections::HashMap<String, bool>> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Error::format(
+            file,
+            format!(
+                "cannot read the pseudo-label flags ({e}); use_whether_pseudo = true needs                  whether_pseudo/<wnid>.txt for every class (`mpm-data labels` writes them)"
+            ),
+        )
+    })?;
+    let mut flags = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || {
+            Error::format(
+                file,
+                format!("line {}: '{line}': expected '<name> 0|1'", n + 1),
+            )
+        };
+        let (name, flag) = line.rsplit_once(char::is_whitespace).ok_or_else(bad)?;
+        let flag = match flag {
+            "0" => false,
+            "1" => true,
+            _ => return Err(bad()),
+        };
+        let name = name.trim();
+        let name = name.rsplit('/').next().unwrap_or(name);
+        flags.insert(name.to_string(), flag);
+    }
+    Ok(flags)
 }
 
 /// `max id + 1` from a `parts.tsv` (`global_id<TAB>wnid<TAB>name`), when present.
@@ -125,7 +216,7 @@ impl BatchSource for FolderSource {
     fn order(&self, epoch: usize, train: bool) -> Vec<usize> {
         epoch_order(self.samples.len(), self.seed, epoch, train)
     }
-    fn load(&self, epoch: usize, indices: &[usize], _train: bool) -> Result<Batch> {
+    fn load(&self, epoch: usize, indices: &[usize], train: bool) -> Result<Batch> {
         let (b, skips) = load_batch(&self.samples, indices, epoch as u64, &self.loader)?;
         for s in &skips {
             eprintln!("{}: skipped: {s:?}", self.origin.display());
@@ -137,11 +228,32 @@ impl BatchSource for FolderSource {
                 indices.len()
             )));
         }
+        let mut images = b.images;
+        if train && self.reprob > 0.0 {
+            // Per image, from its own (seed, epoch, index) stream: a batch stays a pure
+            // function of its position.
+            let per = b.h * b.w * 3;
+            for (k, &i) in b.indices.iter().enumerate() {
+                let mut rng = sample_rng(self.seed ^ ERASE_STREAM, epoch as u64, i as u64);
+                random_erase_pixel(
+                    &mut images[k * per..(k + 1) * per],
+                    b.h,
+                    b.w,
+                    self.reprob,
+                    &mut rng,
+                );
+            }
+        }
         Ok(Batch {
-            images: Tensor::from_vec(&[b.n, b.h, b.w, 3], b.images)?,
+            images: Tensor::from_vec(&[b.n, b.h, b.w, 3], images)?,
             labels: b.labels.iter().map(|&l| l as usize).collect(),
             label_maps: b.label_maps,
             has_parts: b.seg_weight.iter().map(|&w| w > 0.0).collect(),
+            pseudo: if self.pseudo.is_empty() {
+                Vec::new()
+            } else {
+                b.indices.iter().map(|&i| self.pseudo[i]).collect()
+            },
         })
     }
 }

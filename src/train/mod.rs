@@ -10,6 +10,7 @@
 //! - [`trainer`]: one training step and the resumable state.
 //! - [`ghost_bn`], [`sampler`]: batch-norm groups as the reference's DDP ranks (`bn_group`).
 //! - [`checkpoint`]: atomic checkpoints, exact resume, inference export.
+//! - [`init`]: what `init_checkpoint` may name (checkpoint, export, torchvision/timm `.pth`).
 //! - [`eval`]: clean / PGD accuracy, part pixel accuracy and mIoU.
 //! - [`run`]: the loop, run directory, logs, metrics.
 //! - [`plot`]: PNG curves and part overlays.
@@ -20,6 +21,7 @@ pub mod ema;
 pub mod eval;
 pub mod folder;
 pub mod ghost_bn;
+pub mod init;
 pub mod optim;
 pub mod pgd;
 pub mod plot;

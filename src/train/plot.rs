@@ -1,299 +1,250 @@
-//! PNG pictures without a plotting library: line charts of the training curves (from
-//! `metrics.jsonl`) and part-prediction overlays (image | label map | prediction).
+//! Pictures of a training run: the curves from `metrics.jsonl` (drawn by `crate::charts`, like
+//! every chart the project writes) and the part-prediction overlays (image | true parts |
+//! predicted parts, drawn pixel by pixel here; the text in the bundled font through
+//! `charts::draw_labels`).
 
-use crate::{Error, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-/// An RGB canvas.
-pub struct Canvas {
-    pub w: usize,
-    pub h: usize,
-    pub px: Vec<u8>,
-}
+use crate::charts::{self, Label, Markers, Panel, Series};
+use crate::data::show::part_color;
+use crate::{Error, Result};
 
-pub const PALETTE: [[u8; 3]; 8] = [
-    [31, 119, 180],
-    [214, 39, 40],
-    [44, 160, 44],
-    [255, 127, 14],
-    [148, 103, 189],
-    [140, 86, 75],
-    [227, 119, 194],
-    [23, 190, 207],
-];
-
-impl Canvas {
-    pub fn new(w: usize, h: usize) -> Canvas {
-        Canvas {
-            w,
-            h,
-            px: vec![255; w * h * 3],
-        }
-    }
-
-    pub fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
-        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
-            let i = (y as usize * self.w + x as usize) * 3;
-            self.px[i..i + 3].copy_from_slice(&c);
-        }
-    }
-
-    pub fn rect(&mut self, x0: i64, y0: i64, w: i64, h: i64, c: [u8; 3]) {
-        for y in y0..y0 + h {
-            for x in x0..x0 + w {
-                self.set(x, y, c);
-            }
-        }
-    }
-
-    /// A 2-pixel-wide line (Bresenham).
-    pub fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: [u8; 3]) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-        loop {
-            self.set(x, y, c);
-            self.set(x, y + 1, c);
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    /// 8x8 bitmap text (ASCII).
-    pub fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3]) {
-        for (k, ch) in s.chars().enumerate() {
-            let code = ch as usize;
-            let glyph = font8x8::legacy::BASIC_LEGACY
-                .get(code)
-                .copied()
-                .unwrap_or(font8x8::legacy::BASIC_LEGACY[b'?' as usize]);
-            for (row, bits) in glyph.iter().enumerate() {
-                for col in 0..8 {
-                    if bits & (1 << col) != 0 {
-                        self.set(x + 8 * k as i64 + col, y + row as i64, c);
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn save(&self, path: &Path) -> Result<()> {
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-        }
-        image::save_buffer(
-            path,
-            &self.px,
-            self.w as u32,
-            self.h as u32,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| Error::format(path, format!("writing PNG: {e}")))
-    }
-}
-
-/// One line of a chart.
-pub struct Series {
-    pub label: String,
-    pub colour: [u8; 3],
-    pub points: Vec<(f64, f64)>,
-}
-
-/// One chart panel.
-pub struct Panel {
-    pub title: String,
-    pub x_label: String,
-    pub series: Vec<Series>,
-    /// Fixed y range (e.g. 0..1 for accuracies); auto when None.
-    pub y_range: Option<(f64, f64)>,
-}
-
-fn nice(v: f64) -> String {
-    if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-/// Draws panels side by side into one PNG.
-pub fn chart(panels: &[Panel], path: &Path) -> Result<()> {
-    let (pw, ph) = (420i64, 300i64);
-    let mut c = Canvas::new((pw as usize) * panels.len().max(1), ph as usize);
-    for (k, p) in panels.iter().enumerate() {
-        let ox = k as i64 * pw;
-        let (l, r, t, b) = (ox + 48, ox + pw - 12, 24i64, ph - 60);
-        c.text(ox + 48, 6, &p.title, [0, 0, 0]);
-        let pts: Vec<(f64, f64)> = p.series.iter().flat_map(|s| s.points.clone()).collect();
-        if pts.is_empty() {
-            c.text(l + 10, (t + b) / 2, "no data", [120, 120, 120]);
-            continue;
-        }
-        let (mut x0, mut x1) = (f64::MAX, f64::MIN);
-        let (mut y0, mut y1) = (f64::MAX, f64::MIN);
-        for &(x, y) in &pts {
-            x0 = x0.min(x);
-            x1 = x1.max(x);
-            y0 = y0.min(y);
-            y1 = y1.max(y);
-        }
-        if let Some((a, bb)) = p.y_range {
-            y0 = a;
-            y1 = bb;
-        }
-        if x1 <= x0 {
-            x1 = x0 + 1.0;
-        }
-        if y1 <= y0 {
-            y1 = y0 + 1.0;
-        }
-        let sx = |x: f64| l + ((x - x0) / (x1 - x0) * (r - l) as f64).round() as i64;
-        let sy = |y: f64| b - ((y - y0) / (y1 - y0) * (b - t) as f64).round() as i64;
-        for i in 0..=4 {
-            let yv = y0 + (y1 - y0) * i as f64 / 4.0;
-            let yy = sy(yv);
-            for x in l..=r {
-                if x % 4 == 0 {
-                    c.set(x, yy, [220, 220, 220]);
-                }
-            }
-            c.text(ox + 2, yy - 4, &nice(yv), [60, 60, 60]);
-            let xv = x0 + (x1 - x0) * i as f64 / 4.0;
-            c.text(sx(xv) - 8, b + 6, &nice(xv), [60, 60, 60]);
-        }
-        c.line((l, b), (r, b), [0, 0, 0]);
-        c.line((l, t), (l, b), [0, 0, 0]);
-        c.text(
-            (l + r) / 2 - 4 * p.x_label.len() as i64,
-            b + 18,
-            &p.x_label,
-            [0, 0, 0],
-        );
-        for (j, s) in p.series.iter().enumerate() {
-            for w in s.points.windows(2) {
-                c.line((sx(w[0].0), sy(w[0].1)), (sx(w[1].0), sy(w[1].1)), s.colour);
-            }
-            for &(x, y) in &s.points {
-                c.rect(sx(x) - 2, sy(y) - 2, 5, 5, s.colour);
-            }
-            let ly = ph - 28 + 10 * (j as i64 % 3);
-            let lx = l + (j as i64 / 3) * 180;
-            c.rect(lx, ly + 2, 10, 4, s.colour);
-            c.text(lx + 14, ly, &s.label, [0, 0, 0]);
-        }
-    }
-    c.save(path)
-}
-
-/// Per-run curves from a metrics file: (train loss, train acc, eval clean, eval PGD).
+/// Curves of one run, by epoch (1-based, whole numbers), accuracies as fractions.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunCurves {
     pub loss: Vec<(f64, f64)>,
     pub train_acc: Vec<(f64, f64)>,
     pub clean: Vec<(f64, f64)>,
     pub pgd: Vec<(f64, f64)>,
     pub pixel: Vec<(f64, f64)>,
+    /// What the PGD curve measures, e.g. "PGD-10, eps 4/255" (from the first eval record).
+    pub pgd_desc: Option<String>,
 }
 
+/// Reads `metrics.jsonl`. Lines that are not JSON are skipped; when a resumed run wrote an
+/// epoch twice, its last record wins.
 pub fn read_curves(metrics: &Path) -> Result<RunCurves> {
     let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
-    let mut r = RunCurves {
-        loss: vec![],
-        train_acc: vec![],
-        clean: vec![],
-        pgd: vec![],
-        pixel: vec![],
-    };
+    let mut train: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
+    let mut eval: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let e = v["epoch"].as_f64().unwrap_or(0.0);
+        let Some(e) = v["epoch"].as_i64() else {
+            continue;
+        };
         match v["kind"].as_str() {
             Some("train") => {
-                if let Some(l) = v["loss"].as_f64() {
-                    r.loss.push((e, l));
-                }
-                if let Some(a) = v["acc"].as_f64() {
-                    r.train_acc.push((e, a));
-                }
+                train.insert(e, v);
             }
             Some("eval") => {
-                if let Some(a) = v["clean_acc"].as_f64() {
-                    r.clean.push((e, a));
-                }
-                if let Some(a) = v["pgd"][0]["acc"].as_f64() {
-                    r.pgd.push((e, a));
-                }
-                if let Some(a) = v["pixel_acc"].as_f64() {
-                    r.pixel.push((e, a));
-                }
+                eval.insert(e, v);
             }
             _ => {}
+        }
+    }
+    let mut r = RunCurves::default();
+    for (&e, v) in &train {
+        let e = e as f64;
+        if let Some(l) = v["loss"].as_f64() {
+            r.loss.push((e, l));
+        }
+        if let Some(a) = v["acc"].as_f64() {
+            r.train_acc.push((e, a));
+        }
+    }
+    for (&e, v) in &eval {
+        let e = e as f64;
+        if let Some(a) = v["clean_acc"].as_f64() {
+            r.clean.push((e, a));
+        }
+        if let Some(a) = v["pgd"][0]["acc"].as_f64() {
+            r.pgd.push((e, a));
+            if r.pgd_desc.is_none() {
+                r.pgd_desc = pgd_desc(&v["pgd"][0]);
+            }
+        }
+        if let Some(a) = v["pixel_acc"].as_f64() {
+            r.pixel.push((e, a));
         }
     }
     Ok(r)
 }
 
-/// `dir/curves.png` for one run: loss, and accuracies (adversarial train, EMA clean, EMA PGD).
+/// "PGD-10, eps 4/255" from `{"eps": 0.0157, "steps": 10}`.
+fn pgd_desc(p: &serde_json::Value) -> Option<String> {
+    let eps = p["eps"].as_f64()?;
+    let steps = p["steps"].as_u64();
+    let k = eps * 255.0;
+    let eps = if (k - k.round()).abs() < 1e-3 {
+        format!("{}/255", k.round())
+    } else {
+        format!("{eps:.4}")
+    };
+    Some(match steps {
+        Some(s) => format!("PGD-{s}, eps {eps}"),
+        None => format!("PGD, eps {eps}"),
+    })
+}
+
+fn pct(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    points.iter().map(|&(x, y)| (x, 100.0 * y)).collect()
+}
+
+fn series(name: &str, points: Vec<(f64, f64)>) -> Series {
+    Series {
+        name: name.into(),
+        points,
+    }
+}
+
+const EPOCH: &str = "epoch";
+const ACC: &str = "accuracy (%)";
+
+/// `dir/curves.png` for one run: the training loss, and the accuracies (adversarial training
+/// batches, EMA clean, EMA PGD, part pixel accuracy) in %.
 pub fn curves_from_metrics(metrics: &Path, dir: &Path) -> Result<()> {
     let r = read_curves(metrics)?;
-    let s = |label: &str, k: usize, points: Vec<(f64, f64)>| Series {
-        label: label.into(),
-        colour: PALETTE[k],
-        points,
-    };
-    chart(
+    let pgd = format!("eval {}", r.pgd_desc.as_deref().unwrap_or("PGD"));
+    charts::figure(
+        &dir.join("curves.png"),
         &[
             Panel {
-                title: "training loss".into(),
-                x_label: "epoch".into(),
-                series: vec![s("loss (adv. batch)", 0, r.loss)],
-                y_range: None,
+                title: "training loss (adversarial batches)".into(),
+                x_label: EPOCH.into(),
+                y_label: "loss (CE + lambda x part loss)".into(),
+                lines: vec![series("training loss", r.loss)],
+                ..Panel::default()
             },
             Panel {
                 title: "accuracy".into(),
-                x_label: "epoch".into(),
-                series: vec![
-                    s("train (adv.)", 0, r.train_acc),
-                    s("eval clean", 1, r.clean),
-                    s("eval PGD", 2, r.pgd),
-                    s("part pixel acc", 3, r.pixel),
+                x_label: EPOCH.into(),
+                y_label: ACC.into(),
+                lines: vec![
+                    series("train (adversarial)", pct(&r.train_acc)),
+                    series("eval clean", pct(&r.clean)),
+                    series(&pgd, pct(&r.pgd)),
+                    series("part pixel acc", pct(&r.pixel)),
                 ],
-                y_range: Some((0.0, 1.0)),
+                y_range: Some((0.0, 100.0)),
+                ..Panel::default()
             },
         ],
-        &dir.join("curves.png"),
     )
 }
 
-/// Colour of part id `v` in overlays (0 = background: dark grey).
-pub fn part_colour(v: usize) -> [u8; 3] {
-    if v == 0 {
-        return [40, 40, 40];
-    }
-    let c = PALETTE[(v - 1) % PALETTE.len()];
-    let shade = 1.0 - 0.35 * (((v - 1) / PALETTE.len()) % 3) as f32;
-    [
-        (c[0] as f32 * shade) as u8,
-        (c[1] as f32 * shade) as u8,
-        (c[2] as f32 * shade) as u8,
-    ]
+/// One run of a comparison: its name, its curves, and its AutoAttack robust accuracy
+/// (fraction) when measured; `aa_desc` says which attacks and budget, for the legend.
+pub struct RunResult<'a> {
+    pub name: &'a str,
+    pub curves: &'a RunCurves,
+    pub autoattack: Option<f64>,
 }
 
-/// A grid of rows `image | label map | predicted parts`, each tile `scale` x the input.
-/// `images`: `(N, H, W, 3)` in [0, 1]; `maps`: `(N, H, W)`; `preds`: `(N, h, w)` part ids.
+/// Side-by-side curves of several runs (the demo's vanilla and MPM): training loss, EMA clean
+/// accuracy and EMA PGD accuracy per epoch, run `i` in colour `i`; a run's AutoAttack result is
+/// a diamond of its colour at its last epoch on the PGD panel, its value written next to it.
+pub fn compare_runs(runs: &[RunResult<'_>], aa_desc: &str, path: &Path) -> Result<()> {
+    let lines = |f: &dyn Fn(&RunCurves) -> Vec<(f64, f64)>| -> Vec<Series> {
+        runs.iter().map(|r| series(r.name, f(r.curves))).collect()
+    };
+    let pgd_desc = runs
+        .iter()
+        .find_map(|r| r.curves.pgd_desc.clone())
+        .unwrap_or_else(|| "PGD".into());
+    let markers = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let aa = r.autoattack?;
+            let last = r
+                .curves
+                .pgd
+                .iter()
+                .chain(&r.curves.loss)
+                .map(|p| p.0)
+                .fold(f64::NAN, f64::max);
+            Some(Markers {
+                series: series(
+                    &format!("{}: {aa_desc}", r.name),
+                    vec![(if last.is_finite() { last } else { 0.0 }, 100.0 * aa)],
+                ),
+                colour: i,
+                value_labels: true,
+            })
+        })
+        .collect();
+    charts::figure(
+        path,
+        &[
+            Panel {
+                title: "training loss (adversarial batches)".into(),
+                x_label: EPOCH.into(),
+                y_label: "loss (CE + lambda x part loss)".into(),
+                lines: lines(&|c| c.loss.clone()),
+                ..Panel::default()
+            },
+            Panel {
+                title: "EMA clean accuracy".into(),
+                x_label: EPOCH.into(),
+                y_label: ACC.into(),
+                lines: lines(&|c| pct(&c.clean)),
+                y_range: Some((0.0, 100.0)),
+                ..Panel::default()
+            },
+            Panel {
+                title: format!("EMA robust accuracy ({pgd_desc})"),
+                x_label: EPOCH.into(),
+                y_label: ACC.into(),
+                lines: lines(&|c| pct(&c.pgd)),
+                markers,
+                y_range: Some((0.0, 100.0)),
+            },
+        ],
+    )
+}
+
+/// Part names by global part id (index 0 = background) from a `parts.tsv`
+/// (`global_id<TAB>wnid<TAB>name`, as `mpm-data labels` writes it). Unreadable lines are
+/// skipped: the names only label a picture.
+pub fn part_names(parts_tsv: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(parts_tsv).map_err(|e| Error::io(parts_tsv, e))?;
+    let mut names = vec!["background".to_string()];
+    for line in text.lines() {
+        let mut f = line.split('\t');
+        let (Some(id), Some(_wnid), Some(name)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let Ok(id) = id.trim().parse::<usize>() else {
+            continue;
+        };
+        if id >= names.len() {
+            names.resize(id + 1, String::new());
+        }
+        names[id] = name.trim().to_string();
+    }
+    Ok(names)
+}
+
+/// Each tile is at least this many pixels wide: a 64-px input at 3x, where parts of a few
+/// pixels (legs, tails) are visible.
+const MIN_TILE: usize = 192;
+const GAP: usize = 8;
+const HEAD: usize = 30;
+const LABEL_PX: f64 = 16.0;
+const LEGEND_PX: f64 = 15.0;
+const SWATCH: usize = 16;
+
+/// A grid of rows `image | true parts | predicted parts`, tiles at least [`MIN_TILE`] px
+/// (nearest-neighbour upscaling, so every label pixel stays a visible block), and a legend of
+/// the parts that occur. In the part columns the image is greyed and darkened and every part
+/// painted in its colour (the one `mpm-data show` uses), with darker borders between parts, so
+/// a prediction reads as a map and cannot be mistaken for the input.
+/// `images`: `(N, side, side, 3)` in [0, 1]; `maps`: `(N, side, side)` part ids;
+/// `preds`: `(N, pred_side, pred_side)` part ids; `names`: part names by id (may be empty).
+#[allow(clippy::too_many_arguments)]
 pub fn overlays(
     images: &[f32],
     maps: &[u16],
@@ -301,53 +252,145 @@ pub fn overlays(
     n: usize,
     side: usize,
     pred_side: usize,
+    names: &[String],
     path: &Path,
 ) -> Result<()> {
-    let scale = (96 / side.max(1)).max(1);
+    let (side, pred_side) = (side.max(1), pred_side.max(1));
+    if images.len() < n * side * side * 3
+        || maps.len() < n * side * side
+        || preds.len() < n * pred_side * pred_side
+    {
+        return Err(Error::format(
+            path,
+            format!(
+                "overlays: {n} rows of {side}x{side} need {} image values, {} label values and \
+                 {} predictions; got {}, {}, {}",
+                n * side * side * 3,
+                n * side * side,
+                n * pred_side * pred_side,
+                images.len(),
+                maps.len(),
+                preds.len()
+            ),
+        ));
+    }
+    let scale = MIN_TILE.div_ceil(side).max(1);
     let tile = side * scale;
-    let gap = 4;
-    let mut c = Canvas::new(3 * tile + 4 * gap, n * (tile + gap) + gap + 14);
-    c.text(gap as i64, 3, "image", [0, 0, 0]);
-    c.text((tile + 2 * gap) as i64, 3, "parts", [0, 0, 0]);
-    c.text((2 * tile + 3 * gap) as i64, 3, "predicted", [0, 0, 0]);
+    let name_of = |id: usize| -> String {
+        match names.get(id).filter(|s| !s.is_empty()) {
+            Some(s) => format!("{id} {s}"),
+            None => format!("part {id}"),
+        }
+    };
+    // Parts present in the true or predicted maps, in id order, for the legend.
+    let mut present: Vec<usize> = maps
+        .iter()
+        .take(n * side * side)
+        .map(|&m| m as usize)
+        .chain(preds.iter().take(n * pred_side * pred_side).copied())
+        .filter(|&id| id != 0)
+        .collect();
+    present.sort_unstable();
+    present.dedup();
+    let legend_w = present
+        .iter()
+        .map(|&id| charts::label_width(&name_of(id), LEGEND_PX) as usize)
+        .max()
+        .unwrap_or(0)
+        + SWATCH
+        + 3 * GAP;
+    let w = 3 * tile + 4 * GAP + legend_w;
+    let legend_h = HEAD + GAP + present.len() * (SWATCH + 6);
+    let h = (HEAD + n * (tile + GAP) + GAP).max(legend_h);
+    let mut px = vec![255u8; w * h * 3];
+    let mut put = |x: usize, y: usize, c: [u8; 3]| {
+        let i = (y * w + x) * 3;
+        px[i..i + 3].copy_from_slice(&c);
+    };
     for i in 0..n {
-        let oy = 14 + gap + i * (tile + gap);
+        let oy = HEAD + i * (tile + GAP);
+        let rgb_at = |sy: usize, sx: usize| -> [u8; 3] {
+            let p = ((i * side + sy) * side + sx) * 3;
+            std::array::from_fn(|k| (images[p + k] * 255.0).clamp(0.0, 255.0) as u8)
+        };
+        let truth = |sy: usize, sx: usize| maps[(i * side + sy) * side + sx] as usize;
+        let pred = |sy: usize, sx: usize| {
+            let (py, pxx) = (sy * pred_side / side, sx * pred_side / side);
+            preds[(i * pred_side + py) * pred_side + pxx]
+        };
         for y in 0..tile {
             for x in 0..tile {
                 let (sy, sx) = (y / scale, x / scale);
-                let p = (i * side + sy) * side + sx;
-                let rgb = [
-                    (images[p * 3] * 255.0).clamp(0.0, 255.0) as u8,
-                    (images[p * 3 + 1] * 255.0).clamp(0.0, 255.0) as u8,
-                    (images[p * 3 + 2] * 255.0).clamp(0.0, 255.0) as u8,
-                ];
-                c.set((gap + x) as i64, (oy + y) as i64, rgb);
-                let m = maps[p] as usize;
-                let blend = |a: [u8; 3], b: [u8; 3]| {
-                    [
-                        ((a[0] as u16 + b[0] as u16) / 2) as u8,
-                        ((a[1] as u16 + b[1] as u16) / 2) as u8,
-                        ((a[2] as u16 + b[2] as u16) / 2) as u8,
-                    ]
-                };
-                let gt = if m == 0 {
-                    rgb
-                } else {
-                    blend(rgb, part_colour(m))
-                };
-                c.set((2 * gap + tile + x) as i64, (oy + y) as i64, gt);
-                let (py, px) = (y * pred_side / tile, x * pred_side / tile);
-                let pv = preds[(i * pred_side + py) * pred_side + px];
-                let pr = if pv == 0 {
-                    rgb
-                } else {
-                    blend(rgb, part_colour(pv))
-                };
-                c.set((3 * gap + 2 * tile + x) as i64, (oy + y) as i64, pr);
+                let rgb = rgb_at(sy, sx);
+                put(GAP + x, oy + y, rgb);
+                for (col, label) in [
+                    (1usize, &truth as &dyn Fn(usize, usize) -> usize),
+                    (2, &pred),
+                ] {
+                    let id = label(sy, sx);
+                    // A border pixel: the last screen pixel of a label cell whose right or
+                    // lower neighbour has another part.
+                    let edge = (x % scale == scale - 1 && sx + 1 < side && label(sy, sx + 1) != id)
+                        || (y % scale == scale - 1 && sy + 1 < side && label(sy + 1, sx) != id);
+                    let c = paint(rgb, id, edge);
+                    put(GAP + col * (tile + GAP) + x, oy + y, c);
+                }
             }
         }
     }
-    c.save(path)
+    let lx = 3 * tile + 4 * GAP + GAP;
+    for (k, &id) in present.iter().enumerate() {
+        let ly = HEAD + GAP + k * (SWATCH + 6);
+        for y in ly..ly + SWATCH {
+            for x in lx..lx + SWATCH {
+                put(x, y, part_color(id as u32));
+            }
+        }
+    }
+    let mut labels = vec![
+        head_label(GAP, "image"),
+        head_label(2 * GAP + tile, "true parts"),
+        head_label(
+            3 * GAP + 2 * tile,
+            &format!("predicted ({pred_side}x{pred_side} head)"),
+        ),
+    ];
+    if !present.is_empty() {
+        labels.push(head_label(lx, "parts"));
+    }
+    for (k, &id) in present.iter().enumerate() {
+        labels.push(Label {
+            x: (lx + SWATCH + 6) as i32,
+            y: (HEAD + GAP + k * (SWATCH + 6)) as i32,
+            text: name_of(id),
+            px: LEGEND_PX,
+            bold: false,
+        });
+    }
+    charts::draw_labels(&mut px, w as u32, h as u32, &labels)?;
+    charts::write_png(path, &px, w as u32, h as u32)
+}
+
+fn head_label(x: usize, text: &str) -> Label {
+    Label {
+        x: x as i32,
+        y: 6,
+        text: text.into(),
+        px: LABEL_PX,
+        bold: true,
+    }
+}
+
+/// A part-column pixel: background = the image greyed and darkened (context without colour
+/// that could be taken for a part); a part = its colour over 25% of the grey; borders darker.
+fn paint(rgb: [u8; 3], id: usize, edge: bool) -> [u8; 3] {
+    let grey = (0.299 * rgb[0] as f32 + 0.587 * rgb[1] as f32 + 0.114 * rgb[2] as f32) * 0.55;
+    if id == 0 {
+        return [grey as u8; 3];
+    }
+    let c = part_color(id as u32);
+    let k = if edge { 0.55 } else { 1.0 };
+    std::array::from_fn(|i| ((0.75 * c[i] as f32 + 0.25 * grey) * k) as u8)
 }
 
 #[cfg(test)]
@@ -355,25 +398,92 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chart_writes_a_png() {
-        let dir = std::env::temp_dir().join(format!("mpm-plot-{}", std::process::id()));
-        let p = dir.join("c.png");
-        chart(
-            &[Panel {
-                title: "t".into(),
-                x_label: "epoch".into(),
-                series: vec![Series {
-                    label: "a".into(),
-                    colour: PALETTE[0],
-                    points: vec![(1.0, 0.5), (2.0, 0.7)],
-                }],
-                y_range: Some((0.0, 1.0)),
-            }],
-            &p,
+    fn curves_read_whole_epochs_and_the_last_record_of_a_repeated_epoch() {
+        let dir = tempfile_dir("curves");
+        let m = dir.join("metrics.jsonl");
+        std::fs::write(
+            &m,
+            "{\"kind\":\"train\",\"epoch\":1,\"loss\":2.5,\"acc\":0.25}\n\
+             not json\n\
+             {\"kind\":\"train\",\"epoch\":2,\"loss\":9.0,\"acc\":0.1}\n\
+             {\"kind\":\"train\",\"epoch\":2,\"loss\":2.0,\"acc\":0.5}\n\
+             {\"kind\":\"eval\",\"epoch\":2,\"clean_acc\":0.6,\"pgd\":[{\"eps\":0.01568627450980392,\"steps\":10,\"acc\":0.3}]}\n",
         )
         .unwrap();
-        let bytes = std::fs::read(&p).unwrap();
-        assert_eq!(&bytes[1..4], b"PNG");
+        let r = read_curves(&m).unwrap();
+        assert_eq!(r.loss, vec![(1.0, 2.5), (2.0, 2.0)]);
+        assert_eq!(r.train_acc, vec![(1.0, 0.25), (2.0, 0.5)]);
+        assert_eq!(r.pgd, vec![(2.0, 0.3)]);
+        assert_eq!(r.pgd_desc.as_deref(), Some("PGD-10, eps 4/255"));
+        curves_from_metrics(&m, &dir).unwrap();
+        let png = image::open(dir.join("curves.png")).unwrap().to_rgb8();
+        // Two charts::figure panels side by side.
+        assert_eq!(png.width(), 2 * 520);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn overlays_paint_parts_not_the_input_and_list_their_names() {
+        let dir = tempfile_dir("overlays");
+        let side = 8;
+        // A mid-grey image with part 2 in the top half (truth) and part 3 predicted everywhere.
+        let images = vec![0.5f32; side * side * 3];
+        let maps: Vec<u16> = (0..side * side)
+            .map(|p| if p < side * side / 2 { 2 } else { 0 })
+            .collect();
+        let preds = vec![3usize; 4];
+        let names: Vec<String> = ["background", "body", "leg", "tail"]
+            .map(String::from)
+            .to_vec();
+        let p = dir.join("parts.png");
+        overlays(&images, &maps, &preds, 1, side, 2, &names, &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        let tile = 192;
+        assert!(img.width() as usize > 3 * tile && img.height() as usize >= tile + HEAD);
+        let at = |col: usize, x: usize, y: usize| {
+            img.get_pixel((GAP + col * (tile + GAP) + x) as u32, (HEAD + y) as u32)
+                .0
+        };
+        // The predicted column shows part 3's colour, far from the grey input.
+        let c3 = part_color(3);
+        let got = at(2, tile / 2, tile / 2);
+        let input = at(0, tile / 2, tile / 2);
+        assert_eq!(input, [127, 127, 127]);
+        for k in 0..3 {
+            assert!(
+                (got[k] as i32 - (0.75 * c3[k] as f32) as i32).abs() <= 20,
+                "{got:?} vs {c3:?}"
+            );
+        }
+        let dist: i32 = (0..3)
+            .map(|k| (got[k] as i32 - input[k] as i32).abs())
+            .sum();
+        assert!(
+            dist > 60,
+            "prediction {got:?} too close to the input {input:?}"
+        );
+        // Truth: part 2 on top, darkened grey background below.
+        assert_ne!(at(1, 10, 10), at(1, 10, tile - 10));
+        assert_eq!(at(1, 10, tile - 10), [69, 69, 69]);
+        // Size mismatch is an error naming what was expected.
+        let e = overlays(&images, &maps, &preds[..3], 1, side, 2, &names, &p).unwrap_err();
+        assert!(e.to_string().contains("need"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn part_names_by_global_id() {
+        let dir = tempfile_dir("names");
+        let p = dir.join("parts.tsv");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&p, "1\tn01\tbody\n3\tn01\ttail\nbad line\n").unwrap();
+        assert_eq!(part_names(&p).unwrap(), ["background", "body", "", "tail"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir(what: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("mpm-plot-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 }

@@ -8,7 +8,10 @@
 //! RUN/metrics.jsonl                {"kind":"train",...} per epoch, {"kind":"eval",...}
 //! RUN/checkpoints/last.safetensors every epoch and every `checkpoint_every` steps
 //! RUN/checkpoints/epoch-NNN.safetensors  the last `keep_checkpoints` epochs
-//! RUN/export/model.{safetensors,pth}     inference model (EMA, bypass dropped)
+//! RUN/checkpoints/best.safetensors       the epoch whose EMA scored best (PGD accuracy on
+//!                                        eval_dir, or on select_dir), with best.json
+//! RUN/export/model.{safetensors,pth}     inference model of `best` (else of the last epoch;
+//!                                        EMA, bypass dropped)
 //! RUN/plots/curves.png             loss / accuracy curves
 //! ```
 
@@ -115,6 +118,65 @@ impl Log {
     }
 }
 
+/// The epoch whose EMA scored highest on the selection metric: the evaluation set's PGD
+/// accuracy at `attack_eps` (clean accuracy when there is no attack), or the same on
+/// `select_dir`. Kept as `checkpoints/best.safetensors` with `checkpoints/best.json`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Best {
+    pub epoch: usize,
+    pub metric: String,
+    pub value: f64,
+    /// `eval_dir` or `select_dir`: the set the metric was measured on.
+    pub selected_on: String,
+}
+
+pub fn best_checkpoint(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints").join("best.safetensors")
+}
+
+fn best_record(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints").join("best.json")
+}
+
+/// The best epoch recorded in a run directory, if any.
+pub fn read_best(run_dir: &Path) -> Result<Option<Best>> {
+    let p = best_record(run_dir);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::format(&p, format!("best record: {e}")))
+}
+
+/// The selection metric of an evaluation: (name, value).
+pub fn selection_metric(r: &EvalResult) -> (String, f64) {
+    match r.pgd_acc.first() {
+        Some((eps, acc)) => (format!("pgd{}_acc_eps{eps:.5}", r.pgd_steps), *acc),
+        None => ("clean_acc".to_string(), r.clean_acc),
+    }
+}
+
+/// Everything the loop carries from epoch to epoch besides the trainer.
+struct Loop<'a> {
+    cfg: &'a TrainConfig,
+    opts: &'a RunOptions,
+    dir: &'a Path,
+    train: &'a dyn BatchSource,
+    eval: Option<&'a dyn BatchSource>,
+    select: Option<Box<dyn BatchSource>>,
+    nb: usize,
+    log: Log,
+    bar: ProgressBar,
+    last: PathBuf,
+    last_good: Option<String>,
+    last_eval: Option<EvalResult>,
+    best: Option<Best>,
+    eval_bs: usize,
+    start: Instant,
+}
+
 /// Trains (or resumes) a run to the end of `cfg.epochs` or `stop_after_steps`.
 pub fn run(
     cfg: &TrainConfig,
@@ -127,6 +189,13 @@ pub fn run(
     if let Some(e) = eval {
         check_data(cfg, e, "eval_dir")?;
     }
+    let select = if cfg.select_dir.is_empty() {
+        None
+    } else {
+        let s = super::folder::open(cfg, &cfg.select_dir, "select_dir", false)?;
+        check_data(cfg, s.as_ref(), "select_dir")?;
+        Some(s)
+    };
     // With batch-norm groups the training order is DistributedSampler's (`sampler`).
     let grouped = super::sampler::single_process(cfg, train);
     let train: &dyn BatchSource = grouped.as_ref().map_or(train, |g| g as &dyn BatchSource);
@@ -143,36 +212,7 @@ pub fn run(
     }
     let dir = &opts.run_dir;
     std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| Error::io(dir, e))?;
-    let mut layout_note = None;
-    let mut trainer = match &opts.resume {
-        Some(p) => {
-            let file = if p.is_dir() {
-                last_checkpoint(p)
-            } else {
-                p.clone()
-            };
-            if !file.exists() {
-                return Err(Error::flag(
-                    "--resume",
-                    format!("{}: no checkpoint there", file.display()),
-                ));
-            }
-            let mut t = checkpoint::load(&file, Some(cfg))?;
-            let g = t.cfg.bn_groups(1);
-            layout_note = t.set_group_layout(g, 0, g)?;
-            if t.updates_per_epoch != nb {
-                return Err(Error::flag(
-                    "--resume",
-                    format!(
-                        "the checkpoint ran {} steps per epoch, this data gives {nb}",
-                        t.updates_per_epoch
-                    ),
-                ));
-            }
-            t
-        }
-        None => Trainer::new(cfg.clone(), nb)?,
-    };
+    let (mut trainer, layout_note) = open_trainer(cfg, opts, nb)?;
     let (device, why) = trainer
         .cfg
         .device
@@ -205,46 +245,129 @@ pub fn run(
         log.line(&format!("note: {note}"))?;
     }
     let last = last_checkpoint(dir);
-    let mut last_good: Option<String> = last.exists().then(|| last.display().to_string());
-    let mut last_eval = None;
-    let epochs = trainer.cfg.epochs;
-    let total_steps = (epochs * nb) as u64;
-    let bar = if opts.progress {
-        let b = ProgressBar::new(total_steps);
-        b.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b.set_position(trainer.pos.global_step);
-        b
-    } else {
-        ProgressBar::hidden()
+    let total_steps = (trainer.cfg.epochs * nb) as u64;
+    let bar = progress_bar(opts.progress, total_steps, trainer.pos.global_step);
+    let mut l = Loop {
+        cfg,
+        opts,
+        dir,
+        train,
+        eval,
+        select,
+        nb,
+        log,
+        bar,
+        last_good: last.exists().then(|| last.display().to_string()),
+        last,
+        last_eval: None,
+        // A fresh run in a used folder must not inherit (or later export) an old best.
+        best: if opts.resume.is_some() {
+            read_best(dir)?
+        } else {
+            let _ = std::fs::remove_file(best_record(dir));
+            let _ = std::fs::remove_file(best_checkpoint(dir));
+            None
+        },
+        eval_bs: if opts.eval_batch_size > 0 {
+            opts.eval_batch_size
+        } else {
+            cfg.micro_batch()
+        },
+        start,
     };
-    let eval_bs = if opts.eval_batch_size > 0 {
-        opts.eval_batch_size
-    } else {
-        cfg.micro_batch()
-    };
-    let fail = |e: Error, last_good: &Option<String>| -> Error {
-        match e {
-            Error::NonFinite(m) => Error::NonFinite(format!(
-                "{m}; stopped without saving. Last good checkpoint: {}",
-                last_good.as_deref().unwrap_or("none written yet")
-            )),
-            other => other,
-        }
-    };
-    while trainer.pos.epoch < epochs {
+    while trainer.pos.epoch < trainer.cfg.epochs {
         let epoch = trainer.pos.epoch;
-        bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+        let t0 = Instant::now();
+        let (stopped, io) = l.train_epoch(&mut trainer)?;
+        if stopped {
+            return Ok(l.stopped(trainer));
+        }
+        l.end_of_epoch(&mut trainer, epoch, t0.elapsed().as_secs_f64(), io)?;
+        if opts
+            .stop_after_steps
+            .is_some_and(|s| trainer.pos.global_step >= s)
+            && trainer.pos.epoch < trainer.cfg.epochs
+        {
+            return Ok(l.stopped(trainer));
+        }
+    }
+    l.finish(trainer)
+}
+
+/// A fresh trainer, or the one a `--resume` checkpoint holds (with its batch-norm group layout
+/// set for this process and a note when it changed).
+fn open_trainer(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    nb: usize,
+) -> Result<(Trainer, Option<String>)> {
+    let Some(p) = &opts.resume else {
+        return Ok((Trainer::new(cfg.clone(), nb)?, None));
+    };
+    let file = if p.is_dir() {
+        last_checkpoint(p)
+    } else {
+        p.clone()
+    };
+    if !file.exists() {
+        return Err(Error::flag(
+            "--resume",
+            format!("{}: no checkpoint there", file.display()),
+        ));
+    }
+    let mut t = checkpoint::load(&file, Some(cfg))?;
+    let g = t.cfg.bn_groups(1);
+    let note = t.set_group_layout(g, 0, g)?;
+    if t.updates_per_epoch != nb {
+        return Err(Error::flag(
+            "--resume",
+            format!(
+                "the checkpoint ran {} steps per epoch, this data gives {nb}",
+                t.updates_per_epoch
+            ),
+        ));
+    }
+    Ok((t, note))
+}
+
+fn progress_bar(show: bool, total_steps: u64, position: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(total_steps);
+    b.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b.set_position(position);
+    b
+}
+
+/// A non-finite loss names the last checkpoint that is still good.
+fn with_last_good(e: Error, last_good: &Option<String>) -> Error {
+    match e {
+        Error::NonFinite(m) => Error::NonFinite(format!(
+            "{m}; stopped without saving. Last good checkpoint: {}",
+            last_good.as_deref().unwrap_or("none written yet")
+        )),
+        other => other,
+    }
+}
+
+impl Loop<'_> {
+    /// The steps of one epoch from the trainer's position. The loader runs on its own thread
+    /// `prefetch_batches` batches ahead (a batch is a pure function of its position, so results
+    /// do not change); 0 loads in line. Returns whether `stop_after_steps` stopped it.
+    fn train_epoch(&mut self, trainer: &mut Trainer) -> Result<(bool, Throughput)> {
+        let epoch = trainer.pos.epoch;
+        let epochs = trainer.cfg.epochs;
+        self.bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
         let t0 = Instant::now();
         let mut io = Throughput::default();
         let prefetch = trainer.cfg.prefetch_batches;
-        let bs = cfg.batch_size;
+        let (bs, nb, train) = (self.cfg.batch_size, self.nb, self.train);
         let first = trainer.pos.step;
-        // The loader runs on its own thread `prefetch` batches ahead of the step (a batch is a
-        // pure function of its position, so results do not change); 0 loads in line.
         let stopped = std::thread::scope(|scope| -> Result<bool> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(Result<Batch>, f64)>(prefetch.max(1));
             if prefetch > 0 {
@@ -274,11 +397,13 @@ pub fn run(
                 let ts = Instant::now();
                 io.wait_s += (ts - tw).as_secs_f64();
                 io.load_s += busy;
-                let st = trainer.step(&batch).map_err(|e| fail(e, &last_good))?;
+                let st = trainer
+                    .step(&batch)
+                    .map_err(|e| with_last_good(e, &self.last_good))?;
                 io.step_s += ts.elapsed().as_secs_f64();
                 io.images += st.n;
-                bar.inc(1);
-                bar.set_message(format!(
+                self.bar.inc(1);
+                self.bar.set_message(format!(
                     "loss {:.3} acc {:.1}% lr {:.2e} {:.0} img/s (loader {:.0}, step {:.0}, waited {:.0}%)",
                     st.loss,
                     100.0 * trainer.sums.accuracy(),
@@ -289,12 +414,14 @@ pub fn run(
                     100.0 * io.wait_fraction(t0.elapsed().as_secs_f64()),
                 ));
                 let g = trainer.pos.global_step;
-                let stop = opts.stop_after_steps.is_some_and(|s| g >= s);
+                let stop = self.opts.stop_after_steps.is_some_and(|s| g >= s);
                 let every = trainer.cfg.checkpoint_every;
                 if trainer.pos.step < nb && (stop || (every > 0 && g % every as u64 == 0)) {
-                    checkpoint::save(&trainer, &last).map_err(|e| fail(e, &last_good))?;
-                    last_good = Some(last.display().to_string());
-                    log.line(&format!("checkpoint {} at global step {g}", last.display()))?;
+                    self.save_last(trainer)?;
+                    self.log.line(&format!(
+                        "checkpoint {} at global step {g}",
+                        self.last.display()
+                    ))?;
                 }
                 if stop && trainer.pos.step < nb {
                     return Ok(true);
@@ -302,21 +429,108 @@ pub fn run(
             }
             Ok(false)
         })?;
-        if stopped {
-            let g = trainer.pos.global_step;
-            bar.abandon_with_message(format!("stopped after {g} steps"));
-            return Ok(RunSummary {
-                trainer,
-                finished: false,
-                last_eval,
-                checkpoint: last,
-                seconds: start.elapsed().as_secs_f64(),
-            });
+        Ok((stopped, io))
+    }
+
+    fn save_last(&mut self, trainer: &Trainer) -> Result<()> {
+        checkpoint::save(trainer, &self.last).map_err(|e| with_last_good(e, &self.last_good))?;
+        self.last_good = Some(self.last.display().to_string());
+        Ok(())
+    }
+
+    /// The epoch's metrics and log line, the evaluation when due, the checkpoint (`last`, the
+    /// kept epoch file, `best` when this epoch is the best so far).
+    fn end_of_epoch(
+        &mut self,
+        trainer: &mut Trainer,
+        epoch: usize,
+        secs: f64,
+        io: Throughput,
+    ) -> Result<()> {
+        self.log_epoch(trainer, epoch, secs, &io)?;
+        let epochs = trainer.cfg.epochs;
+        let k = trainer.cfg.eval_every;
+        let due = epoch + 1 == epochs || (k > 0 && (epoch + 1) % k == 0);
+        let mut improved = None;
+        if let (true, Some(src)) = (due, self.eval) {
+            self.bar.set_message("evaluating");
+            let r = eval_trainer(trainer, src, self.eval_bs, &[trainer.cfg.attack_eps as f32])?;
+            self.log
+                .metric(eval_json(epoch + 1, trainer.pos.global_step, &r))?;
+            self.log
+                .line(&format!("eval epoch {}: {}", epoch + 1, describe_eval(&r)))?;
+            let scored = match &self.select {
+                None => Some((selection_metric(&r), "eval_dir")),
+                Some(sel) => {
+                    let s = eval_trainer(
+                        trainer,
+                        sel.as_ref(),
+                        self.eval_bs,
+                        &[trainer.cfg.attack_eps as f32],
+                    )?;
+                    let mut j = eval_json(epoch + 1, trainer.pos.global_step, &s);
+                    j["kind"] = json!("select");
+                    self.log.metric(j)?;
+                    self.log.line(&format!(
+                        "select epoch {}: {}",
+                        epoch + 1,
+                        describe_eval(&s)
+                    ))?;
+                    Some((selection_metric(&s), "select_dir"))
+                }
+            };
+            if let Some(((metric, value), on)) = scored {
+                if self.best.as_ref().is_none_or(|b| value > b.value) {
+                    improved = Some(Best {
+                        epoch: epoch + 1,
+                        metric,
+                        value,
+                        selected_on: on.to_string(),
+                    });
+                }
+            }
+            self.last_eval = Some(r);
         }
-        let secs = t0.elapsed().as_secs_f64();
+        trainer.next_epoch();
+        self.save_last(trainer)?;
+        let kept = self
+            .dir
+            .join("checkpoints")
+            .join(format!("epoch-{:03}.safetensors", epoch + 1));
+        copy_atomic(&self.last, &kept)?;
+        prune(self.dir, trainer.cfg.keep_checkpoints, epoch + 1);
+        if let Some(b) = improved {
+            copy_atomic(&self.last, &best_checkpoint(self.dir))?;
+            let text = serde_json::to_string_pretty(&b).map_err(|e| Error::Msg(e.to_string()))?;
+            let rec = best_record(self.dir);
+            crate::io::write_atomic(&rec, |f| {
+                f.write_all(text.as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| Error::io(&rec, e))
+            })?;
+            self.log.metric(json!({
+                "kind": "best", "epoch": b.epoch, "metric": b.metric, "value": b.value,
+                "selected_on": b.selected_on,
+            }))?;
+            self.log.line(&format!(
+                "best so far: epoch {} ({} {:.4} on {})",
+                b.epoch, b.metric, b.value, b.selected_on
+            ))?;
+            self.best = Some(b);
+        }
+        Ok(())
+    }
+
+    fn log_epoch(
+        &mut self,
+        trainer: &Trainer,
+        epoch: usize,
+        secs: f64,
+        io: &Throughput,
+    ) -> Result<()> {
         let sums = trainer.sums;
         let wait = io.wait_fraction(secs);
-        log.metric(json!({
+        self.log.metric(json!({
             "kind": "train", "epoch": epoch + 1, "step": trainer.pos.global_step,
             "updates": sums.steps, "images": sums.seen,
             "accum_steps": trainer.cfg.accum_steps, "micro_batch": trainer.cfg.micro_batch(),
@@ -327,10 +541,11 @@ pub fn run(
             "step_images_per_s": io.step_rate(),
             "data_wait_fraction": wait,
         }))?;
-        log.line(&format!(
-            "epoch {}/{epochs}: loss {:.4} adv-train acc {:.2}% ({:.1} img/s; loader {:.1} img/s, \
+        self.log.line(&format!(
+            "epoch {}/{}: loss {:.4} adv-train acc {:.2}% ({:.1} img/s; loader {:.1} img/s, \
              step {:.1} img/s, waited for data {:.1}% of the epoch)",
             epoch + 1,
+            trainer.cfg.epochs,
             sums.mean_loss(),
             100.0 * sums.accuracy(),
             sums.seen as f64 / secs.max(1e-9),
@@ -347,73 +562,85 @@ pub fn run(
                 epoch + 1,
                 100.0 * wait,
                 io.loader_rate(),
-                prefetch,
+                trainer.cfg.prefetch_batches,
                 io.step_rate()
             );
-            log.line(&msg)?;
-            if opts.progress {
-                bar.println(&msg);
+            self.log.line(&msg)?;
+            if self.opts.progress {
+                self.bar.println(&msg);
             }
         }
-        let k = trainer.cfg.eval_every;
-        let due = epoch + 1 == epochs || (k > 0 && (epoch + 1) % k == 0);
-        if let (true, Some(src)) = (due, eval) {
-            bar.set_message("evaluating");
-            let r = eval_trainer(&trainer, src, eval_bs, &[trainer.cfg.attack_eps as f32])?;
-            log.metric(eval_json(epoch + 1, trainer.pos.global_step, &r))?;
-            log.line(&format!("eval epoch {}: {}", epoch + 1, describe_eval(&r)))?;
-            last_eval = Some(r);
-        }
-        trainer.next_epoch();
-        checkpoint::save(&trainer, &last).map_err(|e| fail(e, &last_good))?;
-        last_good = Some(last.display().to_string());
-        let kept = dir
-            .join("checkpoints")
-            .join(format!("epoch-{:03}.safetensors", epoch + 1));
-        // Copy then rename: a failed copy (disk full) never leaves a truncated epoch file.
-        let part = kept.with_extension("safetensors.part");
-        std::fs::copy(&last, &part)
-            .and_then(|_| std::fs::rename(&part, &kept))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&part);
-                Error::io(&kept, e)
-            })?;
-        prune(dir, trainer.cfg.keep_checkpoints, epoch + 1);
-        if opts
-            .stop_after_steps
-            .is_some_and(|s| trainer.pos.global_step >= s)
-            && trainer.pos.epoch < epochs
-        {
-            bar.abandon_with_message(format!("stopped after {} steps", trainer.pos.global_step));
-            return Ok(RunSummary {
-                trainer,
-                finished: false,
-                last_eval,
-                checkpoint: last,
-                seconds: start.elapsed().as_secs_f64(),
-            });
+        Ok(())
+    }
+
+    fn stopped(self, trainer: Trainer) -> RunSummary {
+        let g = trainer.pos.global_step;
+        self.bar
+            .abandon_with_message(format!("stopped after {g} steps"));
+        RunSummary {
+            trainer,
+            finished: false,
+            last_eval: self.last_eval,
+            checkpoint: self.last,
+            seconds: self.start.elapsed().as_secs_f64(),
         }
     }
-    bar.finish_and_clear();
-    let files = checkpoint::export_inference(&trainer, &dir.join("export"))?;
-    log.line(&format!(
-        "exported {}",
-        files
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))?;
-    if opts.plots {
-        super::plot::curves_from_metrics(&dir.join("metrics.jsonl"), &dir.join("plots"))?;
+
+    /// The end of the run: the export (the best epoch's EMA when one was chosen, else the last)
+    /// and the plots.
+    fn finish(mut self, trainer: Trainer) -> Result<RunSummary> {
+        self.bar.finish_and_clear();
+        let out = self.dir.join("export");
+        let files = match &self.best {
+            Some(b) if b.epoch != trainer.pos.epoch => {
+                let t = checkpoint::load(&best_checkpoint(self.dir), None)?;
+                checkpoint::export_inference_as(&t, &out, "best", Some(b.epoch))?
+            }
+            Some(_) => {
+                checkpoint::export_inference_as(&trainer, &out, "best", Some(trainer.pos.epoch))?
+            }
+            None => {
+                checkpoint::export_inference_as(&trainer, &out, "last", Some(trainer.pos.epoch))?
+            }
+        };
+        self.log.line(&format!(
+            "exported {} ({})",
+            files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            match &self.best {
+                Some(b) => format!("best: epoch {}", b.epoch),
+                None => "last epoch: no evaluation set to choose a best one".into(),
+            }
+        ))?;
+        if self.opts.plots {
+            super::plot::curves_from_metrics(
+                &self.dir.join("metrics.jsonl"),
+                &self.dir.join("plots"),
+            )?;
+        }
+        Ok(RunSummary {
+            trainer,
+            finished: true,
+            last_eval: self.last_eval,
+            checkpoint: self.last,
+            seconds: self.start.elapsed().as_secs_f64(),
+        })
     }
-    Ok(RunSummary {
-        trainer,
-        finished: true,
-        last_eval,
-        checkpoint: last,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+}
+
+/// Copies `from` to `to` through a temp file and a rename: a failed copy (disk full) never
+/// leaves a truncated file.
+fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let part = to.with_extension("safetensors.part");
+    std::fs::copy(from, &part)
+        .and_then(|_| std::fs::rename(&part, to))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&part);
+            Error::io(to, e)
+        })
 }
 
 /// Evaluates the trainer's EMA (or model) at the given radii.

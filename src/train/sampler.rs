@@ -167,6 +167,11 @@ impl Batch {
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             label_maps: maps,
             has_parts: idx.iter().map(|&i| self.has_parts[i]).collect(),
+            pseudo: if self.pseudo.is_empty() {
+                Vec::new()
+            } else {
+                idx.iter().map(|&i| self.is_pseudo(i)).collect()
+            },
         })
     }
 
@@ -185,7 +190,9 @@ impl Batch {
             labels: Vec::new(),
             label_maps: Vec::new(),
             has_parts: Vec::new(),
+            pseudo: Vec::new(),
         };
+        let flagged = parts.iter().any(|p| !p.pseudo.is_empty());
         for p in parts {
             if p.images.shape()[1..] != shape[1..] {
                 return Err(Error::shape(
@@ -201,6 +208,9 @@ impl Batch {
             out.labels.extend_from_slice(&p.labels);
             out.label_maps.extend_from_slice(&p.label_maps);
             out.has_parts.extend_from_slice(&p.has_parts);
+            if flagged {
+                out.pseudo.extend((0..p.len()).map(|i| p.is_pseudo(i)));
+            }
         }
         shape[0] = out.labels.len();
         out.images = Tensor::from_vec(&shape, images)?;

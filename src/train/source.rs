@@ -20,6 +20,9 @@ pub struct Batch {
     pub label_maps: Vec<u16>,
     /// `(N,)` 1 for images with a usable, non-blank map, else 0.
     pub has_parts: Vec<bool>,
+    /// `(N,)` true for an image whose map is a pseudo label (`whether_pseudo` flag 1, read only
+    /// with `use_whether_pseudo`); empty when the source has no flags (all real).
+    pub pseudo: Vec<bool>,
 }
 
 impl Batch {
@@ -31,6 +34,11 @@ impl Batch {
     }
     pub fn side(&self) -> usize {
         self.images.shape().get(1).copied().unwrap_or(0)
+    }
+
+    /// Whether image `i` carries a pseudo label (false when the source has no flags).
+    pub fn is_pseudo(&self, i: usize) -> bool {
+        self.pseudo.get(i).copied().unwrap_or(false)
     }
 
     /// Images `lo..hi` as a batch of their own (a micro-batch of gradient accumulation).
@@ -51,6 +59,11 @@ impl Batch {
             labels: self.labels[lo..hi].to_vec(),
             label_maps: self.label_maps[lo * hw..hi * hw].to_vec(),
             has_parts: self.has_parts[lo..hi].to_vec(),
+            pseudo: self
+                .pseudo
+                .get(lo..hi)
+                .map(<[bool]>::to_vec)
+                .unwrap_or_default(),
         })
     }
 }
@@ -221,6 +234,7 @@ impl BatchSource for MemorySource {
             labels,
             label_maps: maps,
             has_parts: has,
+            pseudo: Vec::new(),
         })
     }
 }

@@ -12,7 +12,6 @@ use super::schedule::{attack_step, CosineSchedule};
 use super::source::{soft_targets, Batch};
 use crate::autograd::GradMode;
 use crate::device::Device;
-use crate::io::{self, StateDictPick};
 use crate::nn::{Ctx, Head, ModelSpec, ParamStore, StateValue};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -444,17 +443,7 @@ impl Trainer {
             batch.images.clone()
         };
         let targets = self.targets(batch)?;
-        let weights: Vec<f32> = batch
-            .has_parts
-            .iter()
-            .map(|&h| {
-                if h || !self.cfg.ignore_blank {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let weights = seg_weights(&self.cfg, batch);
         let mut ctx = Ctx::new(&mut self.model, GradMode::Full, true);
         if self.cfg.freeze_backbone {
             for p in backbone_prefixes(&self.spec) {
@@ -531,11 +520,13 @@ impl Trainer {
         }
     }
 
-    /// Soft targets at input/8, /16, /32 (highest resolution first). For a CUDA run they are
+    /// Soft targets at the sizes the heads use (`TrainConfig::target_sizes`: SV3 input/8, /16,
+    /// /32; SV2 /16, /32; SV1 and two-stage /32 directly), highest resolution first: nearest
+    /// resize to the first, bilinear to the others, as the reference. For a CUDA run they are
     /// built on the GPU from the u16 label maps (`cuda::ops::mask_targets`, the same rule),
     /// so only the maps cross the bus (2 bytes per pixel instead of ~13.6 MB of f32 targets
     /// per image at S = 3,311 and 224 px).
-    fn targets(&self, batch: &Batch) -> Result<Vec<Tensor>> {
+    pub fn targets(&self, batch: &Batch) -> Result<Vec<Tensor>> {
         if self.spec.head == Head::None {
             return Ok(Vec::new());
         }
@@ -760,6 +751,24 @@ pub fn schedule(cfg: &TrainConfig, updates_per_epoch: usize) -> CosineSchedule {
     }
 }
 
+/// Per-image weights of the segmentation loss, as the reference's loader sets them: 0 for an
+/// image without a usable, non-blank map when `ignore_blank` or `use_whether_pseudo` is on;
+/// `pseudo_weight` for a pseudo-labelled image (flag 1) with `use_whether_pseudo`; else 1.
+pub fn seg_weights(cfg: &TrainConfig, batch: &Batch) -> Vec<f32> {
+    let blank_is_ignored = cfg.ignore_blank || cfg.use_whether_pseudo;
+    (0..batch.len())
+        .map(|i| {
+            if !batch.has_parts[i] && blank_is_ignored {
+                0.0
+            } else if batch.has_parts[i] && cfg.use_whether_pseudo && batch.is_pseudo(i) {
+                cfg.pseudo_weight as f32
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
 /// The generator of step `global_step` (PGD random start).
 pub fn step_rng(seed: u64, global_step: u64) -> ChaCha8Rng {
     let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0xA77A_C4ED);
@@ -787,20 +796,28 @@ pub fn argmax(v: &[f32]) -> usize {
     best
 }
 
-/// The starting weights: random (torchvision init rules) or from `init_checkpoint`.
+/// The starting weights: random (torchvision init rules) or from `init_checkpoint` (any kind
+/// `init::read` accepts; the kind found is printed on stderr).
 fn init_model(cfg: &TrainConfig, spec: &ModelSpec) -> Result<ParamStore> {
     if cfg.init_checkpoint.is_empty() {
         return spec.init(cfg.seed);
     }
     let path = Path::new(&cfg.init_checkpoint);
-    if !path.exists() {
-        return Err(Error::flag(
-            "--init-checkpoint",
-            format!("{}: no such file", path.display()),
-        ));
-    }
-    let state = crate::audit::files::to_state(io::load_state_dict(path, StateDictPick::Auto)?);
-    let wrap = |e: Error| Error::Msg(format!("--init-checkpoint {}: {e}", path.display()));
+    let weights = super::init::read(path)?;
+    let found = weights.describe(path);
+    eprintln!("{found}");
+    let state = super::init::check_expected(weights, cfg, spec, path)?;
+    let wrap = |e: Error| {
+        Error::Msg(format!(
+            "--init-checkpoint {found}\ncannot initialise {}{}: {e}",
+            if cfg.full_pretrain {
+                "the whole model "
+            } else {
+                "the backbone of "
+            },
+            spec.describe()
+        ))
+    };
     if cfg.full_pretrain {
         return spec.load(&state).map_err(wrap);
     }

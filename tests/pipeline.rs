@@ -1,0 +1,388 @@
+//! The paper's pipeline end to end, at toy scale, with the shipped configuration files.
+//!
+//! Everything runs in one temporary folder laid out as `docs/reproduce.md` lays out the real
+//! run: `configs/` (a copy of the shipped files), `pretrained/resnet50-11ad3fa6.pth`,
+//! `data/partimagenetpp/{train,train_nocf,val_1w}`, `runs/<config>/`. So the configs' own paths
+//! (`init_checkpoint`, `train_dir`, `eval_dir`, `output_dir`) are used as shipped; the command
+//! line overrides only sizes (ResNet-18 width 8, 32 px, 3 classes, batch 4 in 2 batch-norm
+//! groups, one epoch), and the device. Order:
+//!
+//! ```text
+//! torchvision-layout backbone -> mpm_init -> mpm_at, sv1, sv2, notd, ori, eps8, real_only, nocf
+//!                             -> mpm_object_init -> mpm_object_at
+//!                             -> twostage_at, vanilla_at, vanilla_at_eps8
+//! standard (from scratch); then export and mpm-attack on the exported MPM.
+//! ```
+//! A stage that cannot consume the previous stage's output fails the test; so does a shipped
+//! config the test does not run.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CLASSES: usize = 3;
+
+fn run(bin: &str, dir: &Path, args: &[&str]) -> String {
+    let o = Command::new(bin)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{bin} {args:?} failed:\n{text}");
+    text
+}
+
+fn data(dir: &Path, args: &[&str]) -> String {
+    run(env!("CARGO_BIN_EXE_mpm-data"), dir, args)
+}
+
+/// `mpm-train --config configs/<name>.toml` with size overrides only.
+fn train(dir: &Path, name: &str, seg_classes: usize) -> String {
+    let config = format!("configs/{name}.toml");
+    let s = seg_classes.to_string();
+    let c = CLASSES.to_string();
+    let text = run(
+        env!("CARGO_BIN_EXE_mpm-train"),
+        dir,
+        &[
+            "--config",
+            &config,
+            "--model",
+            "resnet18",
+            "--width",
+            "8",
+            "--num-classes",
+            &c,
+            "--seg-classes",
+            &s,
+            "--twostage-hidden",
+            "8",
+            "--twostage-fc-hidden",
+            "16",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--bn-group",
+            "2",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    );
+    let run_dir = dir.join("runs").join(name);
+    for f in ["checkpoints/last.safetensors", "export/model.safetensors"] {
+        assert!(run_dir.join(f).exists(), "{name}: no {f}\n{text}");
+    }
+    text
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let meta = std::fs::metadata(&p).unwrap();
+        if meta.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn images_of(class_dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(class_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The data: synthetic PIN++ -> `mpm-data labels` -> the training layout; a small eval folder;
+/// `whether_pseudo/` flags (every other image marked pseudo) when `labels` did not write them;
+/// the no-Category-Filter training set (a copy here: the real one is built by
+/// `mpm-data pseudo --no-category-filter`, docs/reproduce.md).
+fn prepare_data(d: &Path) -> usize {
+    data(
+        d,
+        &[
+            "synth",
+            "--out",
+            "syn",
+            "--classes",
+            &CLASSES.to_string(),
+            "--images-per-class",
+            "6",
+            "--min-size",
+            "40",
+            "--max-size",
+            "56",
+        ],
+    );
+    let train = d.join("data/partimagenetpp/train");
+    data(
+        d,
+        &[
+            "labels",
+            "--json-dir",
+            "syn/json",
+            "--including",
+            "syn/including",
+            "--discarded",
+            "syn/discarded_data.json",
+            "--images",
+            "syn/images",
+            "--out",
+            "data/partimagenetpp/train",
+            "--copy",
+            "--quiet",
+        ],
+    );
+    let parts = std::fs::read_to_string(train.join("parts.tsv")).unwrap();
+    let seg_classes = parts.lines().count() + 1;
+    let flags = train.join("whether_pseudo");
+    let mut wnids: Vec<String> = std::fs::read_dir(train.join("img"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    wnids.sort();
+    assert_eq!(wnids.len(), CLASSES);
+    if !flags.exists() {
+        std::fs::create_dir_all(&flags).unwrap();
+        for w in &wnids {
+            let lines: String = images_of(&train.join("img").join(w))
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    format!(
+                        "{}/{} {}\n",
+                        w,
+                        p.file_name().unwrap().to_string_lossy(),
+                        i % 2
+                    )
+                })
+                .collect();
+            std::fs::write(flags.join(format!("{w}.txt")), lines).unwrap();
+        }
+    }
+    copy_dir(&train, &d.join("data/partimagenetpp/train_nocf"));
+    // The evaluation set: two images per class, in the ImageFolder layout (no part maps).
+    let val = d.join("data/partimagenetpp/val_1w/img");
+    for w in &wnids {
+        std::fs::create_dir_all(val.join(w)).unwrap();
+        for p in images_of(&train.join("img").join(w)).iter().take(2) {
+            std::fs::copy(p, val.join(w).join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    seg_classes
+}
+
+/// torchvision's ResNet-50 file, at toy size: a plain ResNet-18 (width 8, 3 classes) state dict
+/// in torchvision's names and layouts, `num_batches_tracked` included, as a PyTorch zip.
+fn write_backbone(d: &Path) {
+    use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec};
+    let spec = ModelSpec {
+        backbone: Backbone {
+            arch: Arch::ResNet18,
+            width: 8,
+            act: Act::Gelu,
+        },
+        num_classes: CLASSES,
+        seg_classes: 0,
+        head: Head::None,
+    };
+    let store = spec.init(11).unwrap();
+    std::fs::create_dir_all(d.join("pretrained")).unwrap();
+    mpm::nn::checkpoint::save_state(
+        &d.join("pretrained/resnet50-11ad3fa6.pth"),
+        &spec.state_dict(&store).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn every_shipped_config_runs_in_the_readme_order_and_chains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    copy_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs"),
+        &d.join("configs"),
+    );
+    let s = prepare_data(d);
+    write_backbone(d);
+    let object_s = CLASSES + 1;
+    let mut ran = BTreeSet::new();
+    let mut stage = |name: &str, seg: usize, expect_init: &str| {
+        let text = train(d, name, seg);
+        assert!(
+            text.contains(expect_init),
+            "{name}: expected the init line '{expect_init}':\n{text}"
+        );
+        ran.insert(name.to_string());
+        text
+    };
+    let torchvision = "init_checkpoint pretrained/resnet50-11ad3fa6.pth: a PyTorch state dict";
+    let from_warmup =
+        "init_checkpoint runs/mpm_init_in1k/checkpoints/last.safetensors: an mpm-train checkpoint";
+    stage("mpm_init_in1k", s, torchvision);
+    for name in [
+        "mpm_at_in1k",
+        "mpm_sv1_at_in1k",
+        "mpm_sv2_at_in1k",
+        "mpm_notd_at_in1k",
+        "mpm_at_eps8_in1k",
+        "mpm_real_only_at_in1k",
+        "mpm_nocf_at_in1k",
+    ] {
+        let text = stage(name, s, from_warmup);
+        assert!(
+            text.contains("taking its raw model weights (model.*)"),
+            "{text}"
+        );
+    }
+    stage("mpm_object_init_in1k", object_s, torchvision);
+    stage(
+        "mpm_object_at_in1k",
+        object_s,
+        "init_checkpoint runs/mpm_object_init_in1k/checkpoints/last.safetensors: an mpm-train \
+         checkpoint",
+    );
+    for name in [
+        "twostage_at_in1k",
+        "vanilla_at_in1k",
+        "vanilla_at_eps8_in1k",
+    ] {
+        stage(name, s, torchvision);
+    }
+    stage("mpm_ori_in1k", s, "");
+    stage("standard_in1k", s, "");
+
+    // Every shipped config ran.
+    let shipped: BTreeSet<String> = std::fs::read_dir(d.join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        shipped, ran,
+        "the pipeline test must run every shipped config"
+    );
+
+    // The real-only ablation read the flags (half the images are pseudo-labelled here).
+    let cfg = std::fs::read_to_string(d.join("runs/mpm_real_only_at_in1k/config.toml")).unwrap();
+    assert!(
+        cfg.contains("use_whether_pseudo = true") && cfg.contains("pseudo_weight = 0.0"),
+        "{cfg}"
+    );
+
+    // Export the MPM run's model and attack it.
+    let text = run(
+        env!("CARGO_BIN_EXE_mpm-train"),
+        d,
+        &[
+            "export",
+            "--checkpoint",
+            "runs/mpm_at_in1k",
+            "--out",
+            "exported/mpm_at_in1k",
+        ],
+    );
+    // The default is the best epoch by EMA PGD accuracy, recorded in the metrics.
+    assert!(
+        text.contains("best: epoch 1") && text.contains("model.safetensors"),
+        "{text}"
+    );
+    let metrics = std::fs::read_to_string(d.join("runs/mpm_at_in1k/metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains("\"kind\":\"best\"") && metrics.contains("\"epoch\":1"),
+        "{metrics}"
+    );
+    let text = run(
+        env!("CARGO_BIN_EXE_mpm-train"),
+        d,
+        &[
+            "export",
+            "--checkpoint",
+            "runs/vanilla_at_in1k",
+            "--which",
+            "last",
+            "--out",
+            "exported/vanilla_at_in1k",
+        ],
+    );
+    assert!(!text.contains("best: epoch"), "{text}");
+    let (_, meta) =
+        mpm::io::load_safetensors(&d.join("exported/vanilla_at_in1k/model.safetensors")).unwrap();
+    assert!(
+        meta[mpm::train::init::EXPORT_META].contains("\"which\":\"last\""),
+        "{meta:?}"
+    );
+    // The 10K list's format: `<wnid>/<file> <class index>`.
+    let mut list = String::new();
+    let val = d.join("data/partimagenetpp/val_1w/img");
+    let mut wnids: Vec<String> = std::fs::read_dir(&val)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    wnids.sort();
+    for (label, w) in wnids.iter().enumerate() {
+        for p in images_of(&val.join(w)) {
+            let f = p.file_name().unwrap().to_string_lossy().into_owned();
+            list += &format!("{w}/{f} {label}\n");
+        }
+    }
+    std::fs::write(d.join("val_list.txt"), list).unwrap();
+    let text = run(
+        env!("CARGO_BIN_EXE_mpm-attack"),
+        d,
+        &[
+            "--weights",
+            "exported/mpm_at_in1k/model.safetensors",
+            "--arch",
+            "resnet18",
+            "--num-classes",
+            &CLASSES.to_string(),
+            "--data",
+            "data/partimagenetpp/val_1w/img",
+            "--list",
+            "val_list.txt",
+            "--resize",
+            "36",
+            "--crop",
+            "32",
+            "--threats",
+            "paper",
+            "--version",
+            "custom",
+            "--attacks",
+            "apgd-ce",
+            "--n-iter",
+            "2",
+            "--device",
+            "cpu",
+            "--report",
+            "report.json",
+        ],
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("report.json")).unwrap())
+            .unwrap_or_else(|e| panic!("report.json: {e}\n{text}"));
+    for threat in ["linf4", "linf8", "l1_75", "l2_2"] {
+        let r = &report["threats"][threat];
+        assert_eq!(r["n"], 2 * CLASSES, "{threat}: {report}");
+        let clean = r["clean_accuracy"].as_f64().unwrap();
+        let robust = r["robust_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&clean) && robust <= clean, "{report}");
+    }
+}
