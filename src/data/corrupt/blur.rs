@@ -147,7 +147,26 @@ fn defocus_plan(s: usize) -> &'static DefocusPlan {
     })
 }
 
+/// Scratch buffers of one defocus call, kept per thread between calls: the blur's planes
+/// are large enough that fresh allocations cost page faults on every image. A nested call
+/// (rayon can run another image's task on this thread while it waits) finds the slot empty
+/// and allocates its own.
+#[derive(Default)]
+struct DefocusScratch {
+    padded: Vec<f32>,
+    prefix: Vec<i32>,
+    sums: Vec<f32>,
+}
+
+thread_local! {
+    static DEFOCUS_SCRATCH: std::cell::Cell<Option<DefocusScratch>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// `cv2.filter2D(x / 255, -1, disk(radius, alias_blur))` per channel, reflect-101 border.
+/// The three channels run interleaved (rows three times longer, one pass per stage); every
+/// output value sees the same operations in the same order as a per-channel computation.
+#[allow(clippy::needless_range_loop)]
 pub fn defocus_blur(img: &RgbImage, s: usize) -> RgbImage {
     let plan = defocus_plan(s);
     let (w, h) = img.dimensions();
@@ -156,73 +175,94 @@ pub fn defocus_blur(img: &RgbImage, s: usize) -> RgbImage {
     let (pw, ph) = (wu + 2 * m, hu + 2 * m);
     let kr = plan.g.len() / 2;
     let src = img.as_raw();
-    let mut planes_out: Vec<Vec<f32>> = Vec::with_capacity(3);
-    for c in 0..3 {
-        // Padded plane (f32 for the correction taps) and per-row prefix sums (exact integers).
-        let mut padded = vec![0f32; pw * ph];
-        let mut prefix = vec![0i32; (pw + 1) * ph];
-        padded
-            .par_chunks_mut(pw)
-            .zip(prefix.par_chunks_mut(pw + 1))
-            .enumerate()
-            .for_each(|(py, (prow, pre))| {
-                let sy = reflect101(py as isize - m as isize, hu);
-                let mut acc = 0i32;
-                for px in 0..pw {
-                    let sx = reflect101(px as isize - m as isize, wu);
-                    let v = src[(sy * wu + sx) * 3 + c];
-                    prow[px] = v as f32;
-                    pre[px] = acc;
-                    acc += v as i32;
+    let cols: Vec<usize> = (0..pw)
+        .map(|px| reflect101(px as isize - m as isize, wu))
+        .collect();
+    let prow = pw * 3; // padded row (values)
+    let qrow = (pw + 1) * 3; // prefix-sum row
+    let row3 = wu * 3;
+    let sw = wu + 2 * kr; // S columns: image columns -kr..w+kr
+    let rows_s = hu + 2 * kr;
+    let mut scratch = DEFOCUS_SCRATCH.with(|c| c.take()).unwrap_or_default();
+    scratch.padded.resize(ph * prow, 0.0);
+    scratch.prefix.resize(ph * qrow, 0);
+    scratch.sums.resize(rows_s * row3, 0.0);
+    let DefocusScratch {
+        padded,
+        prefix,
+        sums,
+    } = &mut scratch;
+    // Padded image (f32, for the correction taps) and per-row prefix sums (exact integers).
+    padded[..ph * prow]
+        .par_chunks_mut(prow)
+        .zip(prefix[..ph * qrow].par_chunks_mut(qrow))
+        .enumerate()
+        .for_each(|(py, (prow_, pre))| {
+            let sy = reflect101(py as isize - m as isize, hu);
+            let sr = &src[sy * row3..(sy + 1) * row3];
+            let mut acc = [0i32; 3];
+            for ((o, q), &sx) in prow_
+                .chunks_exact_mut(3)
+                .zip(pre.chunks_exact_mut(3))
+                .zip(&cols)
+            {
+                let p = &sr[sx * 3..sx * 3 + 3];
+                for c in 0..3 {
+                    o[c] = p[c] as f32;
+                    q[c] = acc[c];
+                    acc[c] += p[c] as i32;
                 }
-                pre[pw] = acc;
-            });
-        // Disk sums S over rows -kr..h+kr, columns -kr..w+kr, then the horizontal Gaussian.
-        let sw = wu + 2 * kr;
-        let rows_s = hu + 2 * kr;
-        let mut sx_rows = vec![0f32; rows_s * wu];
-        sx_rows
-            .par_chunks_mut(wu)
-            .enumerate()
-            .for_each(|(ys, out)| {
+            }
+            pre[pw * 3..].copy_from_slice(&acc);
+        });
+    let (padded, prefix) = (&padded[..ph * prow], &prefix[..ph * qrow]);
+    // Disk sums S over rows -kr..h+kr, columns -kr..w+kr, then the horizontal Gaussian.
+    sums[..rows_s * row3]
+        .par_chunks_mut(row3)
+        .enumerate()
+        .for_each_init(
+            || (vec![0i32; sw * 3], vec![0f32; sw * 3]),
+            |(acc, accf), (ys, out)| {
                 let y = ys as isize - kr as isize; // image row of this S row
-                let mut acc = vec![0i32; sw];
+                acc.fill(0);
                 for (k, &hw) in plan.half.iter().enumerate() {
                     let dy = k as isize - plan.r as isize;
                     let py = (y + dy + m as isize) as usize;
-                    let pre = &prefix[py * (pw + 1)..(py + 1) * (pw + 1)];
+                    let pre = &prefix[py * qrow..(py + 1) * qrow];
                     // Column xs of S is image column xs - kr; its box spans [x - hw, x + hw].
-                    let lo0 = m - kr - hw;
-                    let hi0 = m - kr + hw + 1;
-                    simd::box_acc(&mut acc, &pre[lo0..lo0 + sw], &pre[hi0..hi0 + sw]);
+                    let lo0 = (m - kr - hw) * 3;
+                    let hi0 = (m - kr + hw + 1) * 3;
+                    simd::box_acc(acc, &pre[lo0..lo0 + sw * 3], &pre[hi0..hi0 + sw * 3]);
                 }
-                let accf: Vec<f32> = acc.iter().map(|&v| v as f32).collect();
+                for (f, &a) in accf.iter_mut().zip(acc.iter()) {
+                    *f = a as f32;
+                }
+                out.fill(0.0);
                 for (b, &gb) in plan.g.iter().enumerate() {
-                    simd::axpy(out, &accf[b..b + wu], gb);
+                    simd::axpy(out, &accf[b * 3..b * 3 + row3], gb);
                 }
-            });
-        // Vertical Gaussian, the disk value, then the corrections.
-        let mut out = vec![0f32; hu * wu];
-        out.par_chunks_mut(wu).enumerate().for_each(|(y, o)| {
-            for (a, &ga) in plan.g.iter().enumerate() {
-                simd::axpy(o, &sx_rows[(y + a) * wu..(y + a + 1) * wu], ga);
-            }
-            o.iter_mut().for_each(|v| *v *= plan.d);
-            for &(ty, tx, e) in &plan.taps {
-                let py = (y as isize + ty + m as isize) as usize;
-                let px = (tx + m as isize) as usize;
-                simd::axpy(o, &padded[py * pw + px..py * pw + px + wu], e);
-            }
-        });
-        planes_out.push(out);
-    }
-    par_rows(w, h, |y, row| {
-        for x in 0..wu {
-            for c in 0..3 {
-                row[x * 3 + c] = to_u8_f32(planes_out[c][y * wu + x]);
-            }
-        }
-    })
+            },
+        );
+    let sums = &sums[..rows_s * row3];
+    // Vertical Gaussian, the disk value, then the corrections, per 32 values held in
+    // registers (one pass over the output instead of one per tap).
+    let taps: Vec<(usize, f32)> = plan
+        .taps
+        .iter()
+        .map(|&(ty, tx, e)| {
+            let py = (ty + m as isize) as usize;
+            let px = (tx + m as isize) as usize;
+            (py * prow + px * 3, e)
+        })
+        .collect();
+    let out = par_rows(w, h, |y, o| {
+        let rows: Vec<&[f32]> = (0..plan.g.len())
+            .map(|a| &sums[(y + a) * row3..(y + a + 1) * row3])
+            .collect();
+        simd::defocus_finish(o, &rows, &plan.g, plan.d, &padded[y * prow..], &taps);
+    });
+    DEFOCUS_SCRATCH.with(|c| c.set(Some(scratch)));
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

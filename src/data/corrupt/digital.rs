@@ -157,12 +157,20 @@ pub fn pixelate(img: &RgbImage, s: usize) -> RgbImage {
     let (nw, nh) = (nw.max(1), nh.max(1));
     let xi = pil_nearest_index(nw, wu);
     let yi = pil_nearest_index(nh, hu);
-    par_rows(w, h, |y, out| {
-        let sr = &small[yi[y] * nw * 3..(yi[y] + 1) * nw * 3];
-        for (x, o) in out.chunks_exact_mut(3).enumerate() {
-            o.copy_from_slice(&sr[xi[x] * 3..xi[x] * 3 + 3]);
+    // Each small row enlarged once; output rows are copies of them (rows repeat ~1/c times).
+    let row = wu * 3;
+    let mut wide = vec![0u8; nh * row];
+    for (wr, sr) in wide.chunks_exact_mut(row).zip(small.chunks_exact(nw * 3)) {
+        for (o, &i) in wr.chunks_exact_mut(3).zip(&xi) {
+            o.copy_from_slice(&sr[i * 3..i * 3 + 3]);
         }
-    })
+    }
+    let mut out = Vec::with_capacity(hu * row);
+    for &i in &yi {
+        out.extend_from_slice(&wide[i * row..(i + 1) * row]);
+    }
+    // The buffer has exactly w * h * 3 bytes.
+    RgbImage::from_raw(w, h, out).unwrap_or_else(|| RgbImage::new(w, h))
 }
 
 #[cfg(test)]

@@ -328,38 +328,54 @@ impl PilFilter {
 }
 
 /// Pillow's resampling coefficients (`precompute_coeffs`), normalised to 22-bit fixed point:
-/// per output index the first input index and the weights. Downscaling widens the filter by
-/// the scale (Pillow's antialiasing).
-fn pil_coeffs(n_in: usize, n_out: usize, filter: PilFilter) -> Vec<(usize, Vec<i32>)> {
+/// per output index the first input index and `taps` weights (zero-padded past each window's
+/// length), flat so the passes read them without indirection. Downscaling widens the filter
+/// by the scale (Pillow's antialiasing).
+struct PilCoeffs {
+    first: Vec<usize>,
+    len: Vec<usize>,
+    taps: usize,
+    weights: Vec<i32>,
+}
+
+fn pil_coeffs(n_in: usize, n_out: usize, filter: PilFilter) -> PilCoeffs {
     const PRECISION_BITS: u32 = 32 - 8 - 2;
     let scale = n_in as f64 / n_out as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
-    (0..n_out)
+    let ss = 1.0 / filterscale;
+    let windows: Vec<(usize, usize, f64)> = (0..n_out)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
             let xmin = ((center - support + 0.5) as isize).max(0) as usize;
             let xmax = (((center + support + 0.5) as isize).min(n_in as isize) as usize) - xmin;
-            let w: Vec<f64> = (0..xmax)
-                .map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss))
-                .collect();
-            let ww: f64 = w.iter().sum();
-            let k = w
-                .iter()
-                .map(|&v| {
-                    let v = if ww != 0.0 { v / ww } else { v };
-                    let scaled = v * (1u32 << PRECISION_BITS) as f64;
-                    if v < 0.0 {
-                        (scaled - 0.5) as i32
-                    } else {
-                        (scaled + 0.5) as i32
-                    }
-                })
-                .collect();
-            (xmin, k)
+            (xmin, xmax, center)
         })
-        .collect()
+        .collect();
+    let taps = windows.iter().map(|w| w.1).max().unwrap_or(0).max(1);
+    let mut weights = vec![0i32; n_out * taps];
+    let mut w = vec![0.0f64; taps];
+    for (k, &(xmin, xmax, center)) in weights.chunks_exact_mut(taps).zip(&windows) {
+        for (x, wv) in w.iter_mut().take(xmax).enumerate() {
+            *wv = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
+        }
+        let ww: f64 = w[..xmax].iter().sum();
+        for (kv, &v) in k.iter_mut().zip(&w[..xmax]) {
+            let v = if ww != 0.0 { v / ww } else { v };
+            let scaled = v * (1u32 << PRECISION_BITS) as f64;
+            *kv = if v < 0.0 {
+                (scaled - 0.5) as i32
+            } else {
+                (scaled + 0.5) as i32
+            };
+        }
+    }
+    PilCoeffs {
+        first: windows.iter().map(|w| w.0).collect(),
+        len: windows.iter().map(|w| w.1).collect(),
+        taps,
+        weights,
+    }
 }
 
 #[inline(always)]
@@ -368,7 +384,8 @@ fn pil_clip8(ss: i32) -> u8 {
 }
 
 /// `Image.resize((nw, nh), filter)` for RGB: horizontal pass, then vertical, both through
-/// 8-bit intermediates, as Pillow (a pass whose size does not change is skipped).
+/// 8-bit intermediates, as Pillow (a pass whose size does not change is skipped). Sums are
+/// exact integers, so the order in which they are accumulated does not matter.
 pub fn pil_resize(
     src: &[u8],
     h: usize,
@@ -387,14 +404,18 @@ pub fn pil_resize(
     let mut tmp = vec![0u8; h * nw * 3];
     tmp.par_chunks_mut(nw * 3).enumerate().for_each(|(y, o)| {
         let s = &src[y * w * 3..(y + 1) * w * 3];
-        for (xx, (xmin, k)) in xc.iter().enumerate() {
-            for c in 0..3 {
-                let mut ss = 1i32 << 21;
-                for (x, &kx) in k.iter().enumerate() {
-                    ss += s[(xmin + x) * 3 + c] as i32 * kx;
-                }
-                o[xx * 3 + c] = pil_clip8(ss);
+        for (xx, px) in o.chunks_exact_mut(3).enumerate() {
+            let (x0, n) = (xc.first[xx], xc.len[xx]);
+            let k = &xc.weights[xx * xc.taps..xx * xc.taps + n];
+            let (mut s0, mut s1, mut s2) = (1i32 << 21, 1i32 << 21, 1i32 << 21);
+            for (p, &kx) in s[x0 * 3..(x0 + n) * 3].chunks_exact(3).zip(k) {
+                s0 += p[0] as i32 * kx;
+                s1 += p[1] as i32 * kx;
+                s2 += p[2] as i32 * kx;
             }
+            px[0] = pil_clip8(s0);
+            px[1] = pil_clip8(s1);
+            px[2] = pil_clip8(s2);
         }
     });
     if nh == h {
@@ -405,17 +426,25 @@ pub fn pil_resize(
 
 fn pil_vertical(src: &[u8], h: usize, w: usize, nh: usize, filter: PilFilter) -> Vec<u8> {
     let yc = pil_coeffs(h, nh, filter);
-    let mut out = vec![0u8; nh * w * 3];
-    out.par_chunks_mut(w * 3).enumerate().for_each(|(yy, o)| {
-        let (ymin, k) = &yc[yy];
-        for (i, ov) in o.iter_mut().enumerate() {
-            let mut ss = 1i32 << 21;
-            for (y, &ky) in k.iter().enumerate() {
-                ss += src[(ymin + y) * w * 3 + i] as i32 * ky;
+    let row = w * 3;
+    let mut out = vec![0u8; nh * row];
+    out.par_chunks_mut(row).enumerate().for_each_init(
+        || vec![0i32; row],
+        |acc, (yy, o)| {
+            let (y0, n) = (yc.first[yy], yc.len[yy]);
+            let k = &yc.weights[yy * yc.taps..yy * yc.taps + n];
+            acc.fill(1 << 21);
+            for (j, &ky) in k.iter().enumerate() {
+                let s = &src[(y0 + j) * row..(y0 + j + 1) * row];
+                for (a, &v) in acc.iter_mut().zip(s) {
+                    *a += v as i32 * ky;
+                }
             }
-            *ov = pil_clip8(ss);
-        }
-    });
+            for (ov, &a) in o.iter_mut().zip(acc.iter()) {
+                *ov = pil_clip8(a);
+            }
+        },
+    );
     out
 }
 
@@ -473,6 +502,8 @@ mod tests {
 
 /// Row primitives of the blurs, compiled for the build's baseline and, chosen at run time, for
 /// AVX2 (same IEEE operations, no FMA contraction: identical results, wider vectors).
+// Fixed-size lane arrays are indexed in plain loops on purpose (they vectorise).
+#[allow(clippy::needless_range_loop)]
 pub mod simd {
     #[inline(always)]
     fn axpy_body(out: &mut [f32], src: &[f32], k: f32) {
@@ -508,6 +539,87 @@ pub mod simd {
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
+    }
+
+    /// Defocus blur's last stage for one output row (interleaved values): per value
+    /// `v = sum_a g[a] * rows[a][i]` (in order), `v *= d`, then `v += e * padded[off + i]` per
+    /// correction tap in order, truncated to u8. 32 values at a time stay in registers.
+    #[inline(always)]
+    fn defocus_finish_body(
+        out: &mut [u8],
+        rows: &[&[f32]],
+        g: &[f32],
+        d: f32,
+        padded: &[f32],
+        taps: &[(usize, f32)],
+    ) {
+        // 32 values per block: four independent 8-lane chains, so the long chain of tap
+        // additions overlaps instead of waiting on one add's latency per tap.
+        const B: usize = 32;
+        let n = out.len();
+        let full = n / B * B;
+        for x0 in (0..full).step_by(B) {
+            let mut acc = [0f32; B];
+            for (r, &ga) in rows.iter().zip(g) {
+                let s = &r[x0..x0 + B];
+                for i in 0..B {
+                    acc[i] += ga * s[i];
+                }
+            }
+            for v in acc.iter_mut() {
+                *v *= d;
+            }
+            for &(off, e) in taps {
+                let p = &padded[off + x0..off + x0 + B];
+                for i in 0..B {
+                    acc[i] += e * p[i];
+                }
+            }
+            // `to_u8_f32` through i32 (same values for 0..=255 and NaN; it vectorises).
+            for (o, &v) in out[x0..x0 + B].iter_mut().zip(&acc) {
+                *o = v.clamp(0.0, 255.0) as i32 as u8;
+            }
+        }
+        for x in full..n {
+            let mut v = 0f32;
+            for (r, &ga) in rows.iter().zip(g) {
+                v += ga * r[x];
+            }
+            v *= d;
+            for &(off, e) in taps {
+                v += e * padded[off + x];
+            }
+            out[x] = super::super::to_u8_f32(v);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn defocus_finish_avx2(
+        out: &mut [u8],
+        rows: &[&[f32]],
+        g: &[f32],
+        d: f32,
+        padded: &[f32],
+        taps: &[(usize, f32)],
+    ) {
+        defocus_finish_body(out, rows, g, d, padded, taps)
+    }
+
+    pub fn defocus_finish(
+        out: &mut [u8],
+        rows: &[&[f32]],
+        g: &[f32],
+        d: f32,
+        padded: &[f32],
+        taps: &[(usize, f32)],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: AVX2 was detected on this CPU.
+            return unsafe { defocus_finish_avx2(out, rows, g, d, padded, taps) };
+        }
+        defocus_finish_body(out, rows, g, d, padded, taps)
     }
 
     /// `out[i] += k * src[i]`.

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::blur::shift_blur;
 use super::draws::{below, fill_normal, stream, uniform, uniform_in, Draws};
-use super::filters::{clipped_zoom_taps, resize_cubic_u8};
+use super::filters::{clipped_zoom_taps, resize_cubic_u8, Tap};
 use super::{par_rows, to_u8, to_u8_f32};
 use crate::{Error, Result};
 
@@ -31,20 +31,36 @@ pub fn snow(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
     let (mean, std, zoom, thr, radius, sigma, blend) = SNOW[s];
     let (w, h) = img.dimensions();
     let (wu, hu) = (w as usize, h as usize);
-    let mut layer = vec![0f64; hu * wu];
-    layer.par_chunks_mut(wu).enumerate().for_each(|(y, r)| {
-        let mut g = draws.stream(stream::SNOW_LAYER + y as u64);
+    let (ty, tx) = clipped_zoom_taps(hu, wu, zoom);
+    let (zh, zw) = (ty.len(), tx.len());
+    // The zoom reads only the layer's centre crop (rows y0..=y1, columns x0..=x1): only that
+    // part is drawn, row by row from streams keyed by the image row.
+    let span = |t: &[Tap]| {
+        let lo = t.iter().map(|t| t.i0).min().unwrap_or(0);
+        let hi = t.iter().map(|t| t.i1).max().unwrap_or(0);
+        (lo, hi + 1 - lo)
+    };
+    let ((y0, lh), (x0, lw)) = (span(&ty), span(&tx));
+    let mut layer = vec![0f64; lh * lw];
+    layer.par_chunks_mut(lw).enumerate().for_each(|(i, r)| {
+        let mut g = draws.stream(stream::SNOW_LAYER + (y0 + i) as u64);
         fill_normal(&mut g, r);
         r.iter_mut().for_each(|v| *v = mean + std * *v);
     });
-    let (ty, tx) = clipped_zoom_taps(hu, wu, zoom);
-    let (zh, zw) = (ty.len(), tx.len());
+    let tx: Vec<Tap> = tx
+        .iter()
+        .map(|t| Tap {
+            i0: t.i0 - x0,
+            i1: t.i1 - x0,
+            t: t.t,
+        })
+        .collect();
     let mut zoomed = vec![0f32; zh * zw];
     zoomed.par_chunks_mut(zw).enumerate().for_each(|(y, o)| {
         let t = ty[y];
         let (r0, r1) = (
-            &layer[t.i0 * wu..(t.i0 + 1) * wu],
-            &layer[t.i1 * wu..(t.i1 + 1) * wu],
+            &layer[(t.i0 - y0) * lw..(t.i0 - y0 + 1) * lw],
+            &layer[(t.i1 - y0) * lw..(t.i1 - y0 + 1) * lw],
         );
         for (ov, tap) in o.iter_mut().zip(&tx) {
             let top = r0[tap.i0] + (r0[tap.i1] - r0[tap.i0]) * tap.t;
@@ -59,20 +75,30 @@ pub fn snow(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
     });
     let angle = uniform_in(&mut draws.stream(stream::ANGLE), -135.0, -45.0);
     let blurred = shift_blur(&zoomed, zh, zw, 1, radius, sigma, angle);
-    // np.round(layer * 255).astype(np.uint8) / 255, cropped to the image.
+    // np.round(layer * 255).astype(np.uint8) / 255, cropped to the image. The blur's values
+    // are >= 0, and adding then subtracting 2^23 rounds such f32 values half to even (as
+    // `round_ties_even`, without the library call).
+    const ROUND: f32 = 8_388_608.0;
     let mut flakes = vec![0f32; hu * wu];
     flakes.par_chunks_mut(wu).enumerate().for_each(|(y, o)| {
         for (ov, &b) in o.iter_mut().zip(&blurred[y * zw..y * zw + wu]) {
-            *ov = (b * 255.0).round_ties_even().clamp(0.0, 255.0) / 255.0;
+            let r = ((b * 255.0).max(0.0) + ROUND) - ROUND;
+            *ov = r.min(255.0) / 255.0;
         }
     });
-    let flake = |y: usize, x: usize| -> f64 { flakes[y * wu + x] as f64 };
     let src = img.as_raw();
     let row = wu * 3;
     par_rows(w, h, |y, out| {
         let sr = &src[y * row..(y + 1) * row];
-        for x in 0..wu {
-            let p = &sr[x * 3..x * 3 + 3];
+        let fr = &flakes[y * wu..(y + 1) * wu];
+        // The flakes rotated by 180 degrees: row h - 1 - y read backwards.
+        let rot = &flakes[(hu - 1 - y) * wu..(hu - y) * wu];
+        for (((o, p), &f), &fb) in out
+            .chunks_exact_mut(3)
+            .zip(sr.chunks_exact(3))
+            .zip(fr)
+            .zip(rot.iter().rev())
+        {
             let v = [
                 p[0] as f32 / 255.0,
                 p[1] as f32 / 255.0,
@@ -81,10 +107,10 @@ pub fn snow(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
             // cv2.cvtColor(float32 RGB -> GRAY)
             let gray = 0.299f32 * v[0] + 0.587f32 * v[1] + 0.114f32 * v[2];
             let lift = gray * 1.5 + 0.5;
-            let snowflakes = flake(y, x) + flake(hu - 1 - y, wu - 1 - x);
-            for c in 0..3 {
-                let base = blend * v[c] + (1.0 - blend) * v[c].max(lift);
-                out[x * 3 + c] = to_u8((base as f64 + snowflakes).clamp(0.0, 1.0) * 255.0);
+            let snowflakes = f as f64 + fb as f64;
+            for (oc, &vc) in o.iter_mut().zip(&v) {
+                let base = blend * vc + (1.0 - blend) * vc.max(lift);
+                *oc = to_u8((base as f64 + snowflakes).clamp(0.0, 1.0) * 255.0);
             }
         }
     })
@@ -228,82 +254,101 @@ const FOG: [(f64, f64); 5] = [(1.5, 2.0), (2.0, 2.0), (2.5, 1.7), (2.5, 1.5), (3
 /// of two), normalised to [0, 1]. Its noise at each level is `wibble * U(-wibble, wibble)`,
 /// i.e. of scale wibble squared, with wibble starting at 100 and divided by `decay` per level.
 pub fn plasma_fractal(size: usize, decay: f64, draws: &Draws) -> Vec<f64> {
-    let mut m = vec![0f64; size * size];
+    let mut m = plasma_raw(size, decay, draws);
+    let (lo, hi) = plasma_range(&m);
+    m.iter_mut().for_each(|v| *v -= lo);
+    if hi > 0.0 {
+        m.iter_mut().for_each(|v| *v /= hi);
+    }
+    m
+}
+
+/// The unnormalised map. Each level writes its new points in place (a level reads only
+/// points of earlier levels), one row of cells at a time, each row's noise from its own
+/// stream keyed by (level, sub-grid, row), consumed left to right.
+fn plasma_raw(size: usize, decay: f64, draws: &Draws) -> Vec<f64> {
+    plasma_raw_into(Vec::new(), size, decay, draws)
+}
+
+thread_local! {
+    /// The plasma map of the last fog call on this thread, reused (a fresh 0.5 MB map costs
+    /// page faults on every image). A nested call finds the slot empty and allocates.
+    static PLASMA_SCRATCH: std::cell::Cell<Option<Vec<f64>>> = const { std::cell::Cell::new(None) };
+}
+
+/// `plasma_raw` into a reused buffer (every point is overwritten, the corner first).
+fn plasma_raw_into(mut m: Vec<f64>, size: usize, decay: f64, draws: &Draws) -> Vec<f64> {
+    if m.len() == size * size {
+        m[0] = 0.0; // the only point read before it is written
+    } else {
+        m.clear();
+        m.resize(size * size, 0.0);
+    }
     let mut step = size;
     let mut wibble = 100.0f64;
     let mut level = 0u64;
-    // New values for one of the three sub-grids of a level, rows in parallel, each row from its
-    // own stream: value = mean / 4 + wibble * U(-wibble, wibble).
-    let noisy = |sums: Vec<f64>, n: usize, kind: u64, level: u64, wibble: f64| -> Vec<f64> {
-        let mut out = sums;
-        out.par_chunks_mut(n).enumerate().for_each(|(i, r)| {
-            let mut g = draws.stream(stream::PLASMA | (level << 24) | (kind << 22) | i as u64);
-            for v in r.iter_mut() {
-                *v = *v / 4.0 + wibble * (-wibble + 2.0 * wibble * uniform(&mut g));
-            }
-        });
-        out
+    let rng = |kind: u64, level: u64, i: usize| {
+        draws.stream(stream::PLASMA | (level << 24) | (kind << 22) | i as u64)
     };
     while step >= 2 {
         let half = step / 2;
         let n = size / step;
         let mask = n - 1; // n is a power of two: wrap-around by masking
-        let at = |m: &[f64], i: usize, j: usize, oi: usize, oj: usize| {
-            m[(oi + i * step) * size + oj + j * step]
-        };
+        let noise =
+            |g: &mut rand_chacha::ChaCha8Rng| wibble * (-wibble + 2.0 * wibble * uniform(g));
         // Squares: centre = mean of the four corners.
-        let mut sums: Vec<f64> = Vec::with_capacity(n * n);
         for i in 0..n {
+            let mut g = rng(0, level, i);
+            let (r0, r1) = (i * step * size, ((i + 1) & mask) * step * size);
+            let rc = (half + i * step) * size + half;
             for j in 0..n {
-                let (i1, j1) = ((i + 1) & mask, (j + 1) & mask);
-                sums.push(
-                    (at(&m, i, j, 0, 0) + at(&m, i1, j, 0, 0))
-                        + (at(&m, i, j1, 0, 0) + at(&m, i1, j1, 0, 0)),
-                );
+                let (c0, c1) = (j * step, ((j + 1) & mask) * step);
+                let sum = (m[r0 + c0] + m[r1 + c0]) + (m[r0 + c1] + m[r1 + c1]);
+                m[rc + j * step] = sum / 4.0 + noise(&mut g);
             }
         }
-        let centres = noisy(sums, n, 0, level, wibble);
+        // Diamonds: the two edge midpoints of each cell, from the adjacent centres and corners
+        // (neither reads the other's points, so both are written in place).
         for i in 0..n {
+            let (im, i1) = ((i + mask) & mask, (i + 1) & mask);
+            let corner = i * step * size; // row of the cell's top corners
+            let centre = (half + i * step) * size + half; // row of its centre (+ half)
+            let centre_up = (half + im * step) * size + half;
+            let corner_down = i1 * step * size;
+            // Top edge midpoints: centres of this cell and the one above, top corners.
+            let mut g = rng(1, level, i);
             for j in 0..n {
-                m[(half + i * step) * size + half + j * step] = centres[i * n + j];
+                let j1 = (j + 1) & mask;
+                let sum = (m[centre + j * step] + m[centre_up + j * step])
+                    + (m[corner + j * step] + m[corner + j1 * step]);
+                m[corner + half + j * step] = sum / 4.0 + noise(&mut g);
             }
-        }
-        // Diamonds: the two edge midpoints of each cell, from the adjacent centres and corners.
-        let mut left: Vec<f64> = Vec::with_capacity(n * n);
-        let mut top: Vec<f64> = Vec::with_capacity(n * n);
-        for i in 0..n {
+            // Left edge midpoints: centres of this cell and the one to the left, left corners.
+            let mut g = rng(2, level, i);
+            let left_row = (half + i * step) * size;
             for j in 0..n {
-                let (im, i1) = ((i + mask) & mask, (i + 1) & mask);
-                let (jm, j1) = ((j + mask) & mask, (j + 1) & mask);
-                left.push(
-                    (at(&m, i, j, half, half) + at(&m, im, j, half, half))
-                        + (at(&m, i, j, 0, 0) + at(&m, i, j1, 0, 0)),
-                );
-                top.push(
-                    (at(&m, i, j, half, half) + at(&m, i, jm, half, half))
-                        + (at(&m, i, j, 0, 0) + at(&m, i1, j, 0, 0)),
-                );
-            }
-        }
-        let left = noisy(left, n, 1, level, wibble);
-        let top = noisy(top, n, 2, level, wibble);
-        for i in 0..n {
-            for j in 0..n {
-                m[(i * step) * size + half + j * step] = left[i * n + j];
-                m[(half + i * step) * size + j * step] = top[i * n + j];
+                let jm = (j + mask) & mask;
+                let sum = (m[centre + j * step] + m[centre + jm * step])
+                    + (m[corner + j * step] + m[corner_down + j * step]);
+                m[left_row + j * step] = sum / 4.0 + noise(&mut g);
             }
         }
         step /= 2;
         wibble /= decay;
         level += 1;
     }
-    let lo = m.iter().cloned().fold(f64::INFINITY, f64::min);
-    m.iter_mut().for_each(|v| *v -= lo);
-    let hi = m.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    if hi > 0.0 {
-        m.iter_mut().for_each(|v| *v /= hi);
-    }
     m
+}
+
+/// The normalisation's offset and scale: `lo = min`, `hi = max(v - lo)` (= `max - lo`:
+/// subtracting a constant keeps the order, rounding included).
+fn plasma_range(m: &[f64]) -> (f64, f64) {
+    let (lo, max) = m
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    (lo, max - lo)
 }
 
 /// Add a plasma fractal (cropped from a power-of-two map covering the image), then rescale by
@@ -313,23 +358,33 @@ pub fn fog(img: &RgbImage, s: usize, draws: &Draws) -> RgbImage {
     let (w, h) = img.dimensions();
     let (wu, hu) = (w as usize, h as usize);
     let size = hu.max(wu).max(3).next_power_of_two();
-    let plasma = plasma_fractal(size, decay, draws);
+    let plasma = PLASMA_SCRATCH.with(|c| c.take()).unwrap_or_default();
+    let plasma = plasma_raw_into(plasma, size, decay, draws);
+    // Normalised only where the image reads it: `(v - lo) / hi` as plasma_fractal.
+    let (lo, hi) = plasma_range(&plasma);
     let src = img.as_raw();
     let max_val = src.iter().copied().max().unwrap_or(0) as f64 / 255.0;
     let row = wu * 3;
     // (x * max) / (max + strength), as one factor (a last-bit difference on a random field).
     let k = (max_val / (max_val + strength)) as f32;
     let inv = 1.0f32 / 255.0;
-    par_rows(w, h, |y, out| {
+    let out = par_rows(w, h, |y, out| {
         let sr = &src[y * row..(y + 1) * row];
-        for x in 0..wu {
-            let p = (strength * plasma[y * size + x]) as f32;
-            for c in 0..3 {
-                let v = sr[x * 3 + c] as f32 * inv + p;
-                out[x * 3 + c] = to_u8_f32((v * k).clamp(0.0, 1.0) * 255.0);
-            }
+        let pr = &plasma[y * size..y * size + wu];
+        // The plasma term per pixel, then per value (plain loops that vectorise).
+        let mut pf3 = vec![0f32; row];
+        for (t, &pv) in pf3.chunks_exact_mut(3).zip(pr) {
+            let v = pv - lo;
+            let v = if hi > 0.0 { v / hi } else { v };
+            t.fill((strength * v) as f32);
         }
-    })
+        for ((o, &p), &t) in out.iter_mut().zip(sr).zip(&pf3) {
+            let x = p as f32 * inv + t;
+            *o = to_u8_f32((x * k).clamp(0.0, 1.0) * 255.0);
+        }
+    });
+    PLASMA_SCRATCH.with(|c| c.set(Some(plasma)));
+    out
 }
 
 #[cfg(test)]
