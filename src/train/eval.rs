@@ -5,9 +5,9 @@
 //! (images with parts only; `part_metrics`).
 
 use super::part_metrics::PartScores;
-use super::pgd::{pgd_linf, PgdConfig};
+use super::pgd::{pgd_linf, step_rng, PgdConfig};
 use super::source::{Batch, BatchSource};
-use super::trainer::{count_correct, step_rng};
+use super::trainer::count_correct;
 use crate::autograd::GradMode;
 use crate::device::Device;
 use crate::nn::{Ctx, ModelSpec, ParamStore};

@@ -339,15 +339,15 @@ fn chain_from_flat(template: &Chain, vals: &[f32], div: f32) -> Result<Chain> {
     Ok(out)
 }
 
-/// The seed whose `trainer::step_rng` is group `group`'s PGD generator (group 0: `seed`).
+/// The seed whose `pgd::step_rng` is group `group`'s PGD generator (group 0: `seed`).
 pub fn group_seed(seed: u64, group: usize) -> u64 {
     seed ^ (group as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The PGD generator of group `group` at `global_step`: group 0's is `trainer::step_rng`, so a
+/// The PGD generator of group `group` at `global_step`: group 0's is `pgd::step_rng`, so a
 /// one-group run draws exactly what a run without groups draws.
 pub fn group_rng(seed: u64, global_step: u64, group: usize) -> rand_chacha::ChaCha8Rng {
-    super::trainer::step_rng(group_seed(seed, group), global_step)
+    super::pgd::step_rng(group_seed(seed, group), global_step)
 }
 
 /// `ema = decay * ema + (1 - decay) * model` over a chain, with the arithmetic of

@@ -180,3 +180,12 @@ fn pgd_linf_device(
         _ => Ok(x),
     }
 }
+
+/// The generator of step `global_step` (PGD random start). One stream per step of one seed,
+/// so a resumed run draws what the uninterrupted run drew.
+pub fn step_rng(seed: u64, global_step: u64) -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xA77A_C4ED);
+    r.set_stream(global_step);
+    r
+}

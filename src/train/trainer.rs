@@ -8,6 +8,9 @@ use super::ema;
 use super::ghost_bn::{self, BnGroups};
 use super::optim::{Sgd, SgdConfig};
 use super::pgd::{pgd_linf, PgdConfig};
+// Re-exported: the step generator lives with the PGD it seeds, so `ghost_bn` needs no
+// arrow back to the trainer.
+pub use super::pgd::step_rng;
 use super::schedule::{attack_step, CosineSchedule};
 use super::source::{soft_targets, Batch};
 use crate::autograd::GradMode;
@@ -15,7 +18,6 @@ use crate::device::Device;
 use crate::nn::{Ctx, Head, ModelSpec, ParamStore, StateValue};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -767,13 +769,6 @@ pub fn seg_weights(cfg: &TrainConfig, batch: &Batch) -> Vec<f32> {
             }
         })
         .collect()
-}
-
-/// The generator of step `global_step` (PGD random start).
-pub fn step_rng(seed: u64, global_step: u64) -> ChaCha8Rng {
-    let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0xA77A_C4ED);
-    r.set_stream(global_step);
-    r
 }
 
 pub fn count_correct(logits: &Tensor, labels: &[usize]) -> usize {
