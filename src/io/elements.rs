@@ -24,15 +24,19 @@ use super::host::HostData;
 compile_error!("mpm casts little-endian tensor bytes directly; big-endian hosts are not supported");
 
 /// f32 -> bf16, round to nearest even (NaN stays NaN), as the kernels' `store`.
+///
+/// Element by element through `bf16::from_f32` into a collected vector: one pass that the
+/// compiler vectorises. The slice conversion (`convert_from_f32_slice`) needs a zeroed output
+/// first, a second pass over 2 bytes an element, and measured 0.93x the hand-written code it
+/// replaced (`cargo bench --bench host_io`, 100M values, 2026-12-02).
 pub fn to_bf16(src: &[f32]) -> Vec<bf16> {
-    let mut out = vec![bf16::ZERO; src.len()];
-    out.convert_from_f32_slice(src);
-    out
+    src.iter().map(|&v| bf16::from_f32(v)).collect()
 }
 
-/// bf16 -> f32 (exact: a bf16 is the top half of an f32).
+/// bf16 -> f32 (exact: a bf16 is the top half of an f32). Mapped and collected for the same
+/// reason as [`to_bf16`] (`to_f32_vec` measured 0.75x).
 pub fn from_bf16(src: &[bf16]) -> Vec<f32> {
-    src.to_f32_vec()
+    src.iter().map(|b| b.to_f32()).collect()
 }
 
 /// f32 -> IEEE binary16, round to nearest even (overflow to infinity, NaN stays NaN).

@@ -339,9 +339,11 @@ fn chain_from_flat(template: &Chain, vals: &[f32], div: f32) -> Result<Chain> {
     Ok(out)
 }
 
-/// The seed whose `pgd::step_rng` is group `group`'s PGD generator (group 0: `seed`).
+/// The seed whose `pgd::step_rng` is group `group`'s PGD generator (group 0: `seed`). Kept
+/// below 2^63, like every seed a config accepts (TOML integers are signed 64-bit), so the
+/// rank of a DDP run this group stands for has a valid config of its own.
 pub fn group_seed(seed: u64, group: usize) -> u64 {
-    seed ^ (group as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    (seed ^ (group as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) & (i64::MAX as u64)
 }
 
 /// The PGD generator of group `group` at `global_step`: group 0's is `pgd::step_rng`, so a

@@ -104,6 +104,13 @@ fn range_text(lo: Bound, hi: Bound) -> String {
 
 /// Checks every numeric key of `cfg`; the first problem is an error naming its flag.
 pub fn check(cfg: &TrainConfig) -> Result<()> {
+    // config.toml stores the seed as a TOML integer, which is signed 64-bit.
+    if cfg.seed > i64::MAX as u64 {
+        return Err(Error::flag(
+            "--seed",
+            format!("{} is above the largest seed, {}", cfg.seed, i64::MAX),
+        ));
+    }
     let table = match toml::Value::try_from(cfg) {
         Ok(toml::Value::Table(t)) => t,
         _ => return Err(Error::Msg("config: cannot serialise".into())),
@@ -230,6 +237,21 @@ mod tests {
             assert!(e.contains(want), "{k}={v}: {e}");
         }
         assert!(err(&[("lr", "nan")]).contains("not a finite number"));
+    }
+
+    #[test]
+    fn a_seed_that_config_toml_cannot_hold_is_refused_by_name() {
+        let mut c = TrainConfig::default();
+        c.seed = u64::MAX;
+        let e = check(&c).unwrap_err().to_string();
+        assert!(e.contains("--seed") && e.contains("largest seed"), "{e}");
+        c.seed = i64::MAX as u64;
+        check(&c).expect("the largest seed is valid");
+        // Every group's seed of a ghost-BN run is one a rank's own config can hold.
+        for g in 0..64 {
+            assert!(crate::train::ghost_bn::group_seed(u64::MAX >> 1, g) <= i64::MAX as u64);
+        }
+        assert_eq!(crate::train::ghost_bn::group_seed(12345, 0), 12345);
     }
 
     #[test]
