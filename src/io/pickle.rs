@@ -1299,9 +1299,7 @@ mod tests {
     #[test]
     fn memo_and_opcode_limits_name_themselves() {
         let mut b = vec![0x80, 4, b'N'];
-        for _ in 0..=MAX_MEMO_ENTRIES {
-            b.push(0x94); // MEMOIZE
-        }
+        b.extend(std::iter::repeat_n(0x94, MAX_MEMO_ENTRIES + 1)); // MEMOIZE
         b.push(b'.');
         let e = run(&b).expect_err("memo");
         assert!(e.contains("memo size limit"), "{e}");

@@ -241,8 +241,10 @@ mod tests {
 
     #[test]
     fn a_seed_that_config_toml_cannot_hold_is_refused_by_name() {
-        let mut c = TrainConfig::default();
-        c.seed = u64::MAX;
+        let mut c = TrainConfig {
+            seed: u64::MAX,
+            ..TrainConfig::default()
+        };
         let e = check(&c).unwrap_err().to_string();
         assert!(e.contains("--seed") && e.contains("largest seed"), "{e}");
         c.seed = i64::MAX as u64;
