@@ -62,10 +62,10 @@ fn all_subcommands_on_synthetic_data() {
         "--copy",
         "--quiet",
     ]);
-    // 5 faulty images (one a file name without its wnid folder) + the broken class file.
+    // 5 faulty images (one filed under another class's wnid folder) + the broken class file.
     assert!(log.contains("skipped 6"), "{log}");
     assert!(
-        log.contains("file_name = \"n90000000_no_wnid_folder.JPEG\": no '<wnid>/' folder"),
+        log.contains("file_name = \"n99999999/n90000000_other_wnid_folder.JPEG\": folder 'n99999999' is not this class's wnid"),
         "{log}"
     );
     assert!(log.contains("(list: a list of "), "{log}");

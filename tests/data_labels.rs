@@ -45,11 +45,11 @@ fn synth_roundtrips_through_labels() {
     let s = synth(&src, true);
     let r = run_labels(&labels_cfg(&src, &out)).unwrap();
     assert_eq!(r.classes, 6);
-    // 5 faulty images (one of them a file name without its wnid folder) + the broken class file.
+    // 5 faulty images (one filed under another class's wnid folder) + the broken class file.
     assert_eq!(r.skipped.len(), s.faulty_images + 1, "{:#?}", r.skipped);
     assert!(r.skipped.iter().any(|k| k
         .reason
-        .contains("file_name = \"n90000000_no_wnid_folder.JPEG\"")));
+        .contains("file_name = \"n99999999/n90000000_other_wnid_folder.JPEG\"")));
     assert_eq!(
         r.discarded_format,
         format!("a list of {} image names", s.discarded.len())

@@ -249,18 +249,25 @@ fn deviations_name_the_file_and_the_field() {
         "categories[0].id = 0: category ids are 1-based",
     );
     assert_eq!(r.written, 2);
-    // A file name without its wnid folder: that image is left out.
+    // A file name under another class's wnid folder: that image is left out.
     let r = run("fname", &|rel| {
         edit_json(&rel.join(format!("json/{GOLDFISH}.json")), |v| {
-            v["images"][0]["file_name"] = json!("n01443537_1021.JPEG")
+            v["images"][0]["file_name"] = json!("n01440764/n01443537_1021.JPEG")
         })
     });
     has(
         &r,
         "n01443537.json",
-        "images[0].file_name = \"n01443537_1021.JPEG\": no '<wnid>/' folder",
+        "images[0].file_name = \"n01440764/n01443537_1021.JPEG\": folder 'n01440764' is not this class's wnid",
     );
     assert_eq!(r.written, 2);
+    // A bare file name is the same image (contract C: `IMG_ROOT/<wnid>/<file_name>`).
+    let r = run("bare", &|rel| {
+        edit_json(&rel.join(format!("json/{GOLDFISH}.json")), |v| {
+            v["images"][0]["file_name"] = json!("n01443537_1021.JPEG")
+        })
+    });
+    assert_eq!(r.written, 3);
     // An annotation without a segmentation: its image is left out.
     let r = run("seg", &|rel| {
         edit_json(&rel.join(format!("json/{TENCH}.json")), |v| {

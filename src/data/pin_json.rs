@@ -101,25 +101,26 @@ pub fn is_wnid(s: &str) -> bool {
     s.len() == 9 && s.starts_with('n') && s[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Checks an image's `file_name` against the release format `<wnid>/<file>.JPEG` (the IN-1K
-/// train set's own path below its root).
+/// Checks an image's `file_name`: the image is `IMG_ROOT/<wnid>/<file name>` (DESIGN.md
+/// contract C). The release writes the IN-1K train set's own relative path,
+/// `<wnid>/<file>.JPEG`; a bare file name is the same image. A folder other than the class's
+/// own wnid, or anything that is not a plain file name, is an error.
 fn check_file_name(wnid: &str, at: &str, v: &Value) -> std::result::Result<String, String> {
     let s = v
         .as_str()
         .ok_or_else(|| format!("{at}.file_name = {v} is not a string"))?;
-    let bad =
-        |why: &str| format!("{at}.file_name = \"{s}\": {why}; expected \"{wnid}/<file>.JPEG\"");
-    let Some((dir, base)) = s.split_once('/') else {
-        return Err(bad("no '<wnid>/' folder"));
+    let bad = |why: &str| {
+        format!("{at}.file_name = \"{s}\": {why}; expected \"{wnid}/<file>\" or \"<file>\"")
     };
-    if dir != wnid {
-        return Err(bad(&format!("folder '{dir}' is not this class's wnid")));
-    }
+    let base = match s.split_once('/') {
+        Some((dir, base)) if dir != wnid => {
+            return Err(bad(&format!("folder '{dir}' is not this class's wnid")))
+        }
+        Some((_, base)) => base,
+        None => s,
+    };
     if base.is_empty() || base.contains('/') || base.contains('\\') || base.starts_with('.') {
         return Err(bad("not a plain file name"));
-    }
-    if !base.ends_with(".JPEG") || base.len() == ".JPEG".len() {
-        return Err(bad("not a .JPEG file"));
     }
     Ok(s.to_string())
 }
@@ -876,7 +877,8 @@ mod tests {
                              "segmentation": [[0, 0, 3, 0, 3, 3]]},
                             {"image_id": 9, "category_id": 1, "segmentation": []}]});
         let c = parse_class(W, Path::new("n1.json"), &v).unwrap();
-        assert_eq!(c.images.len(), 2);
+        // A bare file name (id 4) and a non-JPEG name (id 6) are images like the release's.
+        assert_eq!(c.images.len(), 4);
         assert_eq!(
             c.images[0].problem.as_deref(),
             Some("annotations[0].segmentation is missing")
@@ -884,12 +886,10 @@ mod tests {
         assert!(c.images[1].problem.is_none());
         assert!(c.warnings.is_empty());
         let w: Vec<&str> = c.dropped.iter().map(|s| s.reason.as_str()).collect();
-        assert_eq!(w.len(), 5, "{w:?}");
+        assert_eq!(w.len(), 3, "{w:?}");
         assert_eq!(w[0], "images[2].height is missing");
-        assert!(w[1].starts_with("images[3].file_name = \"w.JPEG\": no '<wnid>/' folder"));
-        assert!(w[2].contains("images[4].file_name") && w[2].contains("not this class's wnid"));
-        assert!(w[3].contains("images[5].file_name") && w[3].contains("not a .JPEG file"));
-        assert_eq!(w[4], "annotations[2].image_id = 9 is not an id in 'images'");
+        assert!(w[1].contains("images[4].file_name") && w[1].contains("not this class's wnid"));
+        assert_eq!(w[2], "annotations[2].image_id = 9 is not an id in 'images'");
     }
 
     #[test]

@@ -580,9 +580,9 @@ fn add_faults(
         let file = format!("{}_{name}.JPEG", t.wnid);
         imageio::write_bulk(&img_dir.join(&file), bytes)?;
         let id = 900_000 + images.len() as i64;
-        // One entry deviates from the release format: its file name has no wnid folder.
-        let listed = if name == "no_wnid_folder" {
-            file.clone()
+        // One entry deviates from the release format: its folder is another class's wnid.
+        let listed = if name == "other_wnid_folder" {
+            format!("n99999999/{file}")
         } else {
             format!("{}/{file}", t.wnid)
         };
@@ -599,7 +599,7 @@ fn add_faults(
     add("size_mismatch", &jpg, 71, 60, Some(tri.clone()))?;
     add("no_segmentation", &jpg, 70, 60, None)?;
     add("short_ring", &jpg, 70, 60, Some(json!([[1.0, 2.0]])))?;
-    add("no_wnid_folder", &jpg, 70, 60, Some(tri.clone()))?;
+    add("other_wnid_folder", &jpg, 70, 60, Some(tri.clone()))?;
     // Written, with an "annotation paints no pixel" warning:
     add(
         "outside",
