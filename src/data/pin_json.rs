@@ -113,7 +113,7 @@ fn check_file_name(wnid: &str, at: &str, v: &Value) -> std::result::Result<Strin
         format!("{at}.file_name = \"{s}\": {why}; expected \"{wnid}/<file>\" or \"<file>\"")
     };
     let base = match s.split_once('/') {
-        Some((dir, base)) if dir != wnid => {
+        Some((dir, _)) if dir != wnid => {
             return Err(bad(&format!("folder '{dir}' is not this class's wnid")))
         }
         Some((_, base)) => base,
