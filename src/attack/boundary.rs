@@ -31,6 +31,31 @@ fn refill(v: &mut Vec<f32>, it: impl Iterator<Item = f32>) {
     v.extend(it);
 }
 
+/// Orients the hyperplane so that `t` lies on its non-negative side, as the reference does:
+/// `w = sign * w0` with `sign` the sign of `w0.t - b0` (+1 at zero). Returns `(sign, w0.t - b0)`.
+fn orient(t: &[f32], w0: &[f32], b0: f32, w: &mut Vec<f32>) -> (f32, f32) {
+    let c0 = dot(w0, t) - b0;
+    let sign = if c0 >= 0.0 { 1.0 } else { -1.0 };
+    refill(w, w0.iter().map(|v| v * sign));
+    (sign, c0)
+}
+
+/// The reference's bisection over sorted break points: `ceil(log2 n)` halvings of `[0, ub]`
+/// at `floor((lb + ub) / 2)`, moving the lower end up while `above(mid)` holds. Returns the
+/// final lower end (the reference keeps the midpoints as floats; so does this).
+fn bisect(n: usize, ub: f32, mut above: impl FnMut(usize) -> bool) -> usize {
+    let (mut lb, mut ub) = (0f32, ub);
+    for _ in 0..(n as f32).log2().ceil() as usize {
+        let mid = ((lb + ub) / 2.0).floor();
+        if above(mid as usize) {
+            lb = mid;
+        } else {
+            ub = mid;
+        }
+    }
+    lb as usize
+}
+
 /// Minimum l-inf step `d` taking `t` onto `{z: w.z = b}` within [0,1]^n.
 pub fn projection_linf(t: &[f32], w0: &[f32], b0: f32) -> Vec<f32> {
     let mut out = vec![0f32; t.len()];
@@ -51,8 +76,7 @@ pub fn projection_linf_into(t: &[f32], w0: &[f32], b0: f32, out: &mut [f32], sc:
         sort,
         ..
     } = sc;
-    let sign = if dot(w0, t) - b0 >= 0.0 { 1.0 } else { -1.0 };
-    refill(w, w0.iter().map(|v| v * sign));
+    let (sign, _) = orient(t, w0, b0, w);
     let b = b0 * sign;
     refill(a, w.iter().map(|&v| (v < 0.0) as u8 as f32));
     let nz = |i: usize| (w[i] != 0.0) as u8 as f32;
@@ -81,20 +105,10 @@ pub fn projection_linf_into(t: &[f32], w0: &[f32], b0: f32, out: &mut [f32], sc:
             d[i] = (2.0 * a[i] - 1.0) * l;
         }
     } else if c2 {
-        let (mut lb, mut ub) = (0f32, (n - 1) as f32);
-        let nitermax = (n as f32).log2().ceil() as usize;
-        for _ in 0..nitermax {
-            let c4 = ((lb + ub) / 2.0).floor();
-            let ci = c4 as usize;
+        let lb = bisect(n, (n - 1) as f32, |ci| {
             let ind = indp[n - 1 - ci] as usize;
-            let b2 = sb[ci] - s[ci] * p[ind];
-            if b - b2 > 0.0 {
-                lb = c4;
-            } else {
-                ub = c4;
-            }
-        }
-        let lb = lb as usize;
+            b - (sb[ci] - s[ci] * p[ind]) > 0.0
+        });
         let l = finite_or_zero(((b - sb[lb]) / (-s[lb])).max(0.0));
         for i in 0..n {
             d[i] = l.min(d[i]) * a[i] + (-l).max(d[i]) * (1.0 - a[i]);
@@ -127,9 +141,7 @@ pub fn projection_l2_into(t: &[f32], w0: &[f32], b0: f32, out: &mut [f32], sc: &
         sort,
         ..
     } = sc;
-    let c0 = dot(w0, t) - b0;
-    let sign = if c0 >= 0.0 { 1.0 } else { -1.0 };
-    refill(w, w0.iter().map(|v| v * sign));
+    let (sign, c0) = orient(t, w0, b0, w);
     let c = c0 * sign;
     let big = 1e12f32;
     refill(
@@ -184,17 +196,7 @@ pub fn projection_l2_into(t: &[f32], w0: &[f32], b0: f32, out: &mut [f32], sc: &
             d[i] = -alpha * w[i];
         }
     } else if !c3 {
-        let (mut lb, mut ub) = (0f32, (n - 1) as f32);
-        let nitermax = (n as f32).log2().ceil() as usize;
-        for _ in 0..nitermax {
-            let m = ((lb + ub) / 2.0).floor();
-            if s[m as usize] + c > 0.0 {
-                lb = m;
-            } else {
-                ub = m;
-            }
-        }
-        let lb = lb as usize;
+        let lb = bisect(n, (n - 1) as f32, |m| s[m] + c > 0.0);
         let mut alpha = (s[lb] + c) / ws[lb] + rs[lb];
         if ws[lb] == 0.0 {
             alpha = 0.0;
@@ -229,9 +231,7 @@ pub fn projection_l1_into(t: &[f32], w0: &[f32], b0: f32, out: &mut [f32], sc: &
         sort,
         ..
     } = sc;
-    let c0 = dot(w0, t) - b0;
-    let sign = if c0 >= 0.0 { 1.0 } else { -1.0 };
-    refill(w, w0.iter().map(|v| v * sign));
+    let (sign, c0) = orient(t, w0, b0, w);
     let c = c0 * sign;
     refill(r, w.iter().map(|v| (1.0 / v).abs().min(1e12)));
     let indr = sort.by_f32(r);
@@ -250,17 +250,7 @@ pub fn projection_l1_into(t: &[f32], w0: &[f32], b0: f32, out: &mut [f32], sc: &
         s[j + 1] = s[j] + (-w[i] * t[i]).min(w[i] * (1.0 - t[i]));
     }
     if s[n] < 0.0 {
-        let (mut lb, mut ub) = (0f32, (n + 1) as f32);
-        let nitermax = (n as f32).log2().ceil() as usize;
-        for _ in 0..nitermax {
-            let m = ((lb + ub) / 2.0).floor();
-            if s[m as usize] > 0.0 {
-                lb = m;
-            } else {
-                ub = m;
-            }
-        }
-        let lb2 = (lb as usize).min(n - 1);
+        let lb2 = bisect(n, (n + 1) as f32, |m| s[m] > 0.0).min(n - 1);
         let ind = indr[lb2] as usize;
         let alpha = -s[lb2] / w[ind];
         for i in 0..n {
