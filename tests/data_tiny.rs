@@ -170,7 +170,9 @@ fn builds_the_training_layout_and_the_val_list() {
     let val_list = lines(&out.join("val/val.txt"));
     assert_eq!(val_list.len(), 6);
     assert!(val_list.contains(&"n02000000/ILSVRC2012_val_20.JPEG 1".to_string()));
-    assert!(out.join("val/img/n03000000/ILSVRC2012_val_01.JPEG").exists());
+    assert!(out
+        .join("val/img/n03000000/ILSVRC2012_val_01.JPEG")
+        .exists());
     // The list parses as the trainer's list files do.
     let (idx, skips) = mpm::data::index::read_list(
         &out.join("train/train.txt"),
@@ -195,7 +197,10 @@ fn builds_the_training_layout_and_the_val_list() {
     assert!(reasons.iter().any(|r| r.contains("does not decode")));
     assert!(reasons.iter().any(|r| r.contains("no label map")));
     assert_eq!(report["short"][0]["wnid"], "n02000000");
-    assert!(err.contains("skip") && err.contains("n01000000_bad.JPEG"), "{err}");
+    assert!(
+        err.contains("skip") && err.contains("n01000000_bad.JPEG"),
+        "{err}"
+    );
 
     // Same seed: the same images, run after run (and rerunning over OUT is harmless).
     let again = args(&out, "42");

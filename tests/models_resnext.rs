@@ -37,7 +37,13 @@ fn names_parse_and_print_back() {
     );
     let b: Arch = "resnext50_4x32d".parse().unwrap();
     assert_eq!(b.to_string(), "resnext50_4x32d");
-    for bad in ["resnext50", "resnext50_32x4", "resnext50_0x4d", "resnext101_32x8d", "resnet"] {
+    for bad in [
+        "resnext50",
+        "resnext50_32x4",
+        "resnext50_0x4d",
+        "resnext101_32x8d",
+        "resnet",
+    ] {
         let e = bad.parse::<Arch>().unwrap_err();
         assert!(e.contains(bad) && e.contains("resnext50_32x4d"), "{e}");
     }

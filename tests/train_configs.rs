@@ -52,8 +52,15 @@ fn shipped_configs_are_all_there_and_parse() {
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert_eq!(c.batch_size, 512, "{}", p.display());
         // Tiny-PartImageNet++ (issue #21) has Tiny-ImageNet's 200 classes.
-        let tiny = p.file_stem().is_some_and(|n| n.to_string_lossy().starts_with("tpinpp_"));
-        assert_eq!(c.num_classes, if tiny { 200 } else { 1000 }, "{}", p.display());
+        let tiny = p
+            .file_stem()
+            .is_some_and(|n| n.to_string_lossy().starts_with("tpinpp_"));
+        assert_eq!(
+            c.num_classes,
+            if tiny { 200 } else { 1000 },
+            "{}",
+            p.display()
+        );
         // Batch norm as one GPU of the reference's 8 x 64 DDP run (ghost batch norm).
         assert_eq!(c.bn_group, 64, "{}", p.display());
         assert!(c.broadcast_buffers, "{}", p.display());

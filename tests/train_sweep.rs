@@ -45,8 +45,7 @@ fn data(root: &Path) -> (String, String, usize) {
 }
 
 fn sweep(out: &Path, train: &str, val: &str, seg: usize, values: &str) -> Output {
-    let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tpinpp_mpm_resnet50.toml");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tpinpp_mpm_resnet50.toml");
     let mut c = Command::new(env!("CARGO_BIN_EXE_mpm-train"));
     c.arg("sweep")
         .arg("--config")
@@ -95,7 +94,10 @@ fn sweep_trains_evaluates_tabulates_plots_and_resumes() {
     assert!(!o.status.success());
     let t = text(&o);
     assert!(t.contains("--lambdas") && t.contains("heavy"), "{t}");
-    assert!(!out.join("lambdas_0").exists(), "nothing may run before every value is checked");
+    assert!(
+        !out.join("lambdas_0").exists(),
+        "nothing may run before every value is checked"
+    );
 
     let o = sweep(&out, &train, &val, seg, "0,1");
     let t = text(&o);
@@ -107,8 +109,8 @@ fn sweep_trains_evaluates_tabulates_plots_and_resumes() {
     for (row, value) in rows.iter().zip(["0", "1"]) {
         assert_eq!(row["value"], value);
         // Each variant trained with its own value.
-        let cfg = std::fs::read_to_string(out.join(format!("lambdas_{value}/config.toml")))
-            .unwrap();
+        let cfg =
+            std::fs::read_to_string(out.join(format!("lambdas_{value}/config.toml"))).unwrap();
         assert!(
             cfg.contains(&format!("lambdas = {value}.0")),
             "lambdas_{value}: {cfg}"
@@ -127,7 +129,10 @@ fn sweep_trains_evaluates_tabulates_plots_and_resumes() {
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
     assert!(md.contains("| lambdas | clean acc %"), "{md}");
     assert!(md.contains("| 0 |") && md.contains("| 1 |"), "{md}");
-    assert!(md.contains("AutoAttack (APGD-CE + APGD-T) acc % (4 images)"), "{md}");
+    assert!(
+        md.contains("AutoAttack (APGD-CE + APGD-T) acc % (4 images)"),
+        "{md}"
+    );
     let png = std::fs::read(out.join("sweep.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 2000);
     let img = image::load_from_memory(&png).unwrap();
@@ -139,7 +144,10 @@ fn sweep_trains_evaluates_tabulates_plots_and_resumes() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert_eq!(t.matches("done before").count(), 2, "{t}");
-    assert_eq!(std::fs::read_to_string(out.join("sweep.json")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(out.join("sweep.json")).unwrap(),
+        before
+    );
 
     // A variant whose result is gone is resumed from its finished run and evaluated again,
     // with the same clean accuracy (the evaluation is deterministic).

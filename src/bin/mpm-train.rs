@@ -70,9 +70,8 @@ fn cli() -> Command {
                 .help(leak(format!("`{key}` (default {default})"))),
         );
     }
-    cmd.subcommand(train::demo::command())
-        .subcommand(sweep_command())
-        .subcommand(
+    let cmd = cmd.subcommand(sweep_command());
+    cmd.subcommand(train::demo::command()).subcommand(
         Command::new("export")
             .about("Write the inference model (EMA, bypass dropped) of a run or a checkpoint")
             .arg(
@@ -189,7 +188,12 @@ fn sweep_command() -> Command {
              are skipped, interrupted ones resume), evaluate each (clean, PGD, AutoAttack) and \
              write a table (sweep.md, sweep.json) and a plot (sweep.png)",
         )
-        .arg(Arg::new("config").long("config").required(true).value_name("FILE.toml"))
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .required(true)
+                .value_name("FILE.toml"),
+        )
         .arg(
             Arg::new("key")
                 .long("key")
@@ -247,9 +251,9 @@ fn sweep(m: &ArgMatches) -> mpm::Result<()> {
     let s = |k: &str| m.get_one::<String>(k).cloned().unwrap_or_default();
     let mut cfg = TrainConfig::from_file(&PathBuf::from(s("config")))?;
     for kv in m.get_many::<String>("set").into_iter().flatten() {
-        let (k, v) = kv.split_once('=').ok_or_else(|| {
-            mpm::Error::flag("--set", format!("'{kv}': expected KEY=VALUE"))
-        })?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| mpm::Error::flag("--set", format!("'{kv}': expected KEY=VALUE")))?;
         cfg.set(k.trim(), v.trim())?;
     }
     let key = s("key").replace('-', "_");

@@ -485,7 +485,9 @@ mod tests {
     #[test]
     fn class_lists_reject_duplicates_and_empty_files() {
         assert!(parse_wnids("# only a comment\n", "x").is_err());
-        let e = parse_wnids("n1\nn2\nn1\n", "list.txt").unwrap_err().to_string();
+        let e = parse_wnids("n1\nn2\nn1\n", "list.txt")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("list.txt") && e.contains("line 3"), "{e}");
     }
 }

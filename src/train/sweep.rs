@@ -163,7 +163,10 @@ pub fn sweep(
         let dir = PathBuf::from(&cfg.output_dir);
         let tag = format!("[{}/{}] {} = {value}", i + 1, o.values.len(), o.key);
         if let Some(r) = read_result(&dir, &o.key, value) {
-            eprintln!("{tag}: done before ({}), skipped", dir.join(RESULT).display());
+            eprintln!(
+                "{tag}: done before ({}), skipped",
+                dir.join(RESULT).display()
+            );
             rows.push(r);
             continue;
         }
@@ -210,7 +213,11 @@ fn describe(r: &SweepRow) -> String {
         100.0 * r.pgd_accuracy
     );
     if let (Some(name), Some(a)) = (&r.autoattack, r.autoattack_accuracy) {
-        s += &format!(", {name} {:.2}% ({} images)", 100.0 * a, r.autoattack_images);
+        s += &format!(
+            ", {name} {:.2}% ({} images)",
+            100.0 * a,
+            r.autoattack_images
+        );
     }
     s
 }
@@ -304,7 +311,9 @@ pub fn table(rows: &[SweepRow]) -> String {
     let Some(first) = rows.first() else {
         return String::new();
     };
-    let aa = rows.iter().find_map(|r| r.autoattack.clone().map(|n| (n, r.autoattack_images)));
+    let aa = rows
+        .iter()
+        .find_map(|r| r.autoattack.clone().map(|n| (n, r.autoattack_images)));
     let mut s = format!(
         "| {} | clean acc % | PGD-{} acc % (l-inf {:.4}) |",
         first.key, first.pgd_steps, first.eps
@@ -404,7 +413,10 @@ mod tests {
     fn values_and_folders() {
         assert_eq!(parse_values("0, 0.25,1").unwrap(), ["0", "0.25", "1"]);
         assert!(parse_values(" , ").is_err());
-        assert!(parse_values("1,1").unwrap_err().to_string().contains("twice"));
+        assert!(parse_values("1,1")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         assert_eq!(
             variant_dir(Path::new("o"), "lambdas", "0.25"),
             Path::new("o/lambdas_0.25")
@@ -428,7 +440,10 @@ mod tests {
         };
         let c = variant_config(&TrainConfig::default(), &o, "0.5").unwrap();
         assert_eq!(c.lambdas, 0.5);
-        assert_eq!(c.output_dir, Path::new("sw/lambdas_0.5").display().to_string());
+        assert_eq!(
+            c.output_dir,
+            Path::new("sw/lambdas_0.5").display().to_string()
+        );
         let e = variant_config(&TrainConfig::default(), &o, "heavy")
             .unwrap_err()
             .to_string();
