@@ -3,7 +3,8 @@
 //!
 //! The variants run one after another, each a whole `mpm-train` run in its own folder
 //! `OUT/<key>_<value>/` (config, log, metrics, checkpoints as usual). After training, each is
-//! evaluated on `eval_dir` with its EMA model: clean accuracy, PGD accuracy (the config's
+//! evaluated on `eval_dir` with the EMA model the run exports (its best epoch by EMA PGD
+//! accuracy, else the last): clean accuracy, PGD accuracy (the config's
 //! `eval_attack_it` steps at `attack_eps`, as the training run's own evaluations) and
 //! AutoAttack at `attack_eps` (l-inf, the attack library's AutoAttack; `standard` = APGD-CE,
 //! APGD-T, FAB-T, Square, each on the points the previous left robust) on `aa_images` evenly
@@ -20,7 +21,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
-use super::run::{eval_trainer, last_checkpoint, run, RunOptions};
+use super::run::{best_checkpoint, eval_trainer, last_checkpoint, read_best, run, RunOptions};
 use super::source::BatchSource;
 use super::trainer::Trainer;
 use crate::charts::{self, Panel, Series};
@@ -67,6 +68,8 @@ pub struct SweepRow {
     pub key: String,
     pub value: String,
     pub run_dir: String,
+    /// Which checkpoint of the run was evaluated: "best (epoch E)" or "last (epoch E)".
+    pub evaluated: String,
     pub images: usize,
     pub clean_accuracy: f64,
     pub pgd_steps: usize,
@@ -195,7 +198,20 @@ pub fn sweep(
             },
         )?;
         let train_seconds = t.elapsed().as_secs_f64();
-        let row = evaluate_variant(&s.trainer, eval, o, value, &dir, train_seconds)?;
+        // The model the run exports, as the paper reports it: the best epoch by EMA PGD
+        // accuracy on eval_dir (the reference's model_best), else the last.
+        let last_epoch = s.trainer.pos.epoch;
+        let (trainer, evaluated) = match read_best(&dir)? {
+            Some(b) if b.epoch != last_epoch => {
+                let mut t = super::checkpoint::load(&best_checkpoint(&dir), None)?;
+                t.to_device(s.trainer.device)?;
+                (t, format!("best (epoch {})", b.epoch))
+            }
+            Some(b) => (s.trainer, format!("best (epoch {})", b.epoch)),
+            None => (s.trainer, format!("last (epoch {last_epoch})")),
+        };
+        let mut row = evaluate_variant(&trainer, eval, o, value, &dir, train_seconds)?;
+        row.evaluated = evaluated;
         eprintln!("{tag}: {}", describe(&row));
         write_json(&dir.join(RESULT), &row)?;
         rows.push(row);
@@ -253,6 +269,7 @@ fn evaluate_variant(
         key: o.key.clone(),
         value: value.to_string(),
         run_dir: dir.display().to_string(),
+        evaluated: String::new(),
         images: r.images,
         clean_accuracy: r.clean_acc,
         pgd_steps: r.pgd_steps,
@@ -321,11 +338,11 @@ pub fn table(rows: &[SweepRow]) -> String {
     if let Some((name, n)) = &aa {
         s += &format!(" {name} acc % ({n} images) |");
     }
-    s += " images | train s |\n|---|---|---|";
+    s += " images | evaluated | train s |\n|---|---|---|";
     if aa.is_some() {
         s += "---|";
     }
-    s += "---|---|\n";
+    s += "---|---|---|\n";
     for r in rows {
         s += &format!(
             "| {} | {:.2} | {:.2} |",
@@ -339,7 +356,10 @@ pub fn table(rows: &[SweepRow]) -> String {
                 None => " - |".to_string(),
             };
         }
-        s += &format!(" {} | {:.0} |\n", r.images, r.train_seconds);
+        s += &format!(
+            " {} | {} | {:.0} |\n",
+            r.images, r.evaluated, r.train_seconds
+        );
     }
     s
 }
