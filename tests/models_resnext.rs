@@ -181,3 +181,31 @@ fn training_configs_accept_the_arch() {
     c.set("model", "resnext").unwrap();
     assert!(c.validate().unwrap_err().to_string().contains("--model"));
 }
+
+#[test]
+fn an_mpm_resnext_exports_to_a_plain_resnext() {
+    // `mpm-train export` of an MPM ResNeXt: the bypass layers dropped, torchvision names; the
+    // result loads as the plain model of the same arch (what mpm-attack / mpm-eval then read).
+    let arch: Arch = "resnext50_4x32d".parse().unwrap();
+    let mpm = spec(
+        arch,
+        4,
+        Head::Mpm {
+            levels: 3,
+            top_down: true,
+        },
+    );
+    let exported = mpm.inference_export(&mpm.init(3).unwrap()).unwrap();
+    assert!(exported
+        .keys()
+        .all(|k| !k.starts_with("segmenter") && !k.starts_with("cp")));
+    let plain = spec(arch, 4, Head::None).load(&exported).unwrap();
+    assert_eq!(
+        plain.tensor("layer2.0.conv2.weight").unwrap().shape(),
+        mpm.init(3)
+            .unwrap()
+            .tensor("segmenter.layer2.0.conv2.weight")
+            .unwrap()
+            .shape()
+    );
+}
