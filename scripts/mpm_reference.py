@@ -4,7 +4,7 @@ This module is the ground truth that the Rust `mpm` engine is tested against
 (`tests/fixtures/make_fixtures.py` writes parity cases with it).  It follows
 /work/shared/DESIGN.md sections 1 and 3A:
 
-* ResNet-18/34/50, torchvision v1.5 structure and parameter names (stride on the 3x3
+* ResNet-18/34/50 and ResNeXt-50 (``resnext50_<G>x<W>d``), torchvision v1.5 structure and parameter names (stride on the 3x3
   conv of the bottleneck), configurable base width (64 = standard), activation exact
   GELU (``nn.GELU()``, erf form) or ReLU.  Input is in [0, 1]; the model normalises
   with the ImageNet mean/std itself (non-persistent buffers, not in the state_dict).
@@ -36,6 +36,19 @@ ARCH_BLOCKS = {
     "resnet34": ("basic", (3, 4, 6, 3)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
 }
+
+
+def arch_blocks(arch: str):
+    """(block kind, blocks per stage, groups, width per group).  ``resnext50_<G>x<W>d`` is
+    torchvision's ResNeXt-50 (32x4d: groups 32, width per group 4): the ResNet-50 bottleneck
+    with a grouped 3x3 of inner width ``int(planes * W / 64) * G``."""
+    if arch in ARCH_BLOCKS:
+        kind, blocks = ARCH_BLOCKS[arch]
+        return kind, blocks, 1, 64
+    if arch.startswith("resnext50_") and arch.endswith("d") and "x" in arch:
+        g, w = arch[len("resnext50_"):-1].split("x")
+        return "bottleneck", (3, 4, 6, 3), int(g), int(w)
+    raise ValueError(f"unknown architecture {arch!r}")
 
 
 def make_act(act: str) -> nn.Module:
@@ -76,16 +89,19 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int, act: str):
+    def __init__(self, inplanes: int, planes: int, stride: int, act: str,
+                 groups: int = 1, base_width: int = 64):
         super().__init__()
         out = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, 1, 0, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        width = int(planes * (base_width / 64.0)) * groups  # torchvision's rule
+        self.conv1 = nn.Conv2d(inplanes, width, 1, 1, 0, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.act1 = make_act(act)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # v1.5: stride here
-        self.bn2 = nn.BatchNorm2d(planes)
+        # v1.5: stride here; ResNeXt: grouped
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
         self.act2 = make_act(act)
-        self.conv3 = nn.Conv2d(planes, out, 1, 1, 0, bias=False)
+        self.conv3 = nn.Conv2d(width, out, 1, 1, 0, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
         self.act3 = make_act(act)
         self.downsample = None
@@ -109,8 +125,9 @@ class ResNet(nn.Module):
     def __init__(self, arch: str = "resnet50", width: int = 64, act: str = "gelu",
                  num_classes: int = 1000, with_fc: bool = True):
         super().__init__()
-        kind, blocks = ARCH_BLOCKS[arch]
+        kind, blocks, groups, base_width = arch_blocks(arch)
         block = BasicBlock if kind == "basic" else Bottleneck
+        extra = {} if kind == "basic" else dict(groups=groups, base_width=base_width)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
@@ -123,7 +140,7 @@ class ResNet(nn.Module):
             stride = 1 if i == 0 else 2
             layers = []
             for j in range(n):
-                layers.append(block(inplanes, planes, stride if j == 0 else 1, act))
+                layers.append(block(inplanes, planes, stride if j == 0 else 1, act, **extra))
                 inplanes = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
         self.num_features = inplanes  # width * 8 * expansion

@@ -267,6 +267,40 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
     stage("mpm_ori_in1k", s, "");
     stage("standard_in1k", s, "");
 
+    // The small track (issue #21): Tiny-PartImageNet++ built by `mpm-data tiny` from the
+    // training layout (the toy classes stand for T-IN's 200), then its three configs.
+    let wnids: Vec<String> = std::fs::read_dir(d.join("data/partimagenetpp/train/img"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    std::fs::write(d.join("tiny_wnids.txt"), wnids.join("\n")).unwrap();
+    data(
+        d,
+        &[
+            "tiny",
+            "--train",
+            "data/partimagenetpp/train",
+            "--val",
+            "data/partimagenetpp/val_1w",
+            "--wnids",
+            "tiny_wnids.txt",
+            "--images-per-class",
+            "4",
+            "--val-per-class",
+            "2",
+            "--out",
+            "data/tpinpp",
+            "--quiet",
+        ],
+    );
+    for name in [
+        "tpinpp_vanilla_resnext50",
+        "tpinpp_mpm_resnext50",
+        "tpinpp_mpm_resnet50",
+    ] {
+        stage(name, s, "");
+    }
+
     // Every shipped config ran.
     let shipped: BTreeSet<String> = std::fs::read_dir(d.join("configs"))
         .unwrap()

@@ -37,6 +37,9 @@ fn shipped_configs_are_all_there_and_parse() {
         "mpm_real_only_at_in1k",
         "mpm_nocf_at_in1k",
         "mpm_object_init_in1k",
+        "tpinpp_vanilla_resnext50",
+        "tpinpp_mpm_resnext50",
+        "tpinpp_mpm_resnet50",
     ] {
         assert!(
             names.iter().any(|n| n == want),
@@ -48,7 +51,16 @@ fn shipped_configs_are_all_there_and_parse() {
         c.validate()
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert_eq!(c.batch_size, 512, "{}", p.display());
-        assert_eq!(c.num_classes, 1000);
+        // Tiny-PartImageNet++ (issue #21) has Tiny-ImageNet's 200 classes.
+        let tiny = p
+            .file_stem()
+            .is_some_and(|n| n.to_string_lossy().starts_with("tpinpp_"));
+        assert_eq!(
+            c.num_classes,
+            if tiny { 200 } else { 1000 },
+            "{}",
+            p.display()
+        );
         // Batch norm as one GPU of the reference's 8 x 64 DDP run (ghost batch norm).
         assert_eq!(c.bn_group, 64, "{}", p.display());
         assert!(c.broadcast_buffers, "{}", p.display());

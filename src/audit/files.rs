@@ -10,8 +10,9 @@ use std::path::Path;
 /// Model flags shared by `mpm-audit parity` and `mpm-attack` (contract A).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Backbone architecture.
-    #[arg(long, value_parser = ["resnet18", "resnet34", "resnet50"])]
+    /// Backbone architecture: resnet18, resnet34, resnet50 or resnext50_32x4d (any
+    /// resnext50_<G>x<W>d).
+    #[arg(long, value_parser = parse_arch_name)]
     pub arch: String,
     /// Backbone activation.
     #[arg(long, default_value = "gelu", value_parser = ["gelu", "relu"])]
@@ -31,6 +32,11 @@ pub struct ModelArgs {
     /// MPM heads act on the compact features directly, without the top-down path.
     #[arg(long)]
     pub no_top_down: bool,
+}
+
+/// `--arch` values: the names `Arch` parses, checked when the flags are read.
+fn parse_arch_name(s: &str) -> std::result::Result<String, String> {
+    s.parse::<Arch>().map(|_| s.to_string())
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -112,6 +118,8 @@ pub fn spec_from_args(
         ));
     }
     let width = shape_of(state, &format!("{prefix}conv1.weight"), path)?[0];
+    arch.check_width(width)
+        .map_err(|e| Error::format(path, format!("--arch: {e}")))?;
     Ok(ModelSpec {
         backbone: Backbone { arch, width, act },
         num_classes: a.num_classes,

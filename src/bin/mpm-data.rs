@@ -11,6 +11,8 @@
 //!                 --images IMG_ROOT --out grid.png [--per-class 4] [--max-classes 10]
 //! mpm-data corrupt --images DIR|LIST --out OUT [--corruptions all|NAME,...] [--severities 1-5]
 //!                 [--size 224|0] [--format png|jpeg] [--seed N]      (docs/corruptions.md)
+//! mpm-data tiny   --train IN1K_TRAIN [--seg SEG | --no-seg] [--val IN1K_VAL] --out OUT
+//!                 [--wnids FILE] [--images-per-class 500] [--seed 42]   (docs/tracks.md)
 //! ```
 
 use std::path::PathBuf;
@@ -52,6 +54,83 @@ enum Cmd {
     Pseudo(PseudoArgs),
     /// ImageNet-C: the 15 common corruptions x 5 severities (DESIGN.md contract D).
     Corrupt(CorruptArgs),
+    /// Tiny-PartImageNet++: Tiny-ImageNet's 200 classes and 500 training images per class from
+    /// an IN-1K train tree with label maps, unresized, plus the classes' IN-1K val images.
+    Tiny(TinyArgs),
+}
+
+#[derive(clap::Args)]
+struct TinyArgs {
+    /// IN-1K training images: TRAIN/img/<wnid>/<file> (training layout, label maps in
+    /// TRAIN/seg) or TRAIN/<wnid>/<file>.
+    #[arg(long)]
+    train: PathBuf,
+    /// Label maps SEG/<wnid>/<stem>.png (default TRAIN/seg).
+    #[arg(long)]
+    seg: Option<PathBuf>,
+    /// No part labels: plain Tiny-ImageNet classes and images at full resolution.
+    #[arg(long, conflicts_with = "seg")]
+    no_seg: bool,
+    /// ILSVRC train bounding boxes BOXES/<wnid>/<stem>.xml: only boxed images are candidates,
+    /// as in Tiny-ImageNet's generation script.
+    #[arg(long)]
+    boxes: Option<PathBuf>,
+    /// IN-1K val images sorted into VAL/<wnid>/ folders: the evaluation set (50 per class).
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Output root (OUT/train, OUT/val, OUT/wnids.txt, OUT/tiny_report.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Class list, one wnid per line (default: Tiny-ImageNet's 200, assets/tiny/wnids.txt).
+    #[arg(long)]
+    wnids: Option<PathBuf>,
+    /// Training images per class (Tiny-ImageNet: 500).
+    #[arg(long, default_value_t = 500)]
+    images_per_class: usize,
+    /// IN-1K val images per class (the val set has 50).
+    #[arg(long, default_value_t = 50)]
+    val_per_class: usize,
+    /// Also K Tiny-ImageNet-style validation images per class from the *train* set (T-IN's
+    /// own rule, which leaks near-duplicates of training images; default none).
+    #[arg(long, default_value_t = 0)]
+    leaky_val: usize,
+    /// Seed of the per-class draw (42: the generation script's default).
+    #[arg(long, default_value_t = mpm::data::tiny::TIN_SEED)]
+    seed: u64,
+    /// Copy images and maps instead of symlinking them.
+    #[arg(long)]
+    copy: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn run_tiny(a: TinyArgs) -> mpm::Result<()> {
+    use mpm::data::tiny::{self, TinyConfig};
+    let cfg = TinyConfig {
+        train: a.train,
+        seg: a.seg,
+        no_seg: a.no_seg,
+        boxes: a.boxes,
+        val: a.val,
+        out: a.out.clone(),
+        wnids: a.wnids,
+        images_per_class: a.images_per_class,
+        val_per_class: a.val_per_class,
+        leaky_val: a.leaky_val,
+        seed: a.seed,
+        image_mode: if a.copy {
+            ImageMode::Copy
+        } else {
+            ImageMode::Symlink
+        },
+        progress: !a.quiet,
+    };
+    let s = tiny::run_tiny(&cfg)?;
+    report_skips(&s.skipped);
+    eprint!("{}", s.text());
+    eprintln!("-> {}", a.out.display());
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -302,6 +381,7 @@ fn run(cli: Cli) -> mpm::Result<()> {
             Ok(())
         }
         Cmd::Index(a) => run_index(a),
+        Cmd::Tiny(a) => run_tiny(a),
         Cmd::Stats(a) => {
             let st = stats::compute(
                 &a.json_dir,

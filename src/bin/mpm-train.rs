@@ -5,6 +5,7 @@
 //! mpm-train --config configs/mpm_at_in1k.toml [--KEY VALUE ...] [--resume RUN|CKPT]
 //! mpm-train demo [--out DIR]
 //! mpm-train export --checkpoint RUN_DIR [--which best|last] --out DIR   (or one checkpoint file)
+//! mpm-train sweep --config C --key lambdas --values 0,0.25,0.5,1,2 [--set KEY=VALUE ...]
 //! ```
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -69,6 +70,7 @@ fn cli() -> Command {
                 .help(leak(format!("`{key}` (default {default})"))),
         );
     }
+    let cmd = cmd.subcommand(sweep_command());
     cmd.subcommand(train::demo::command()).subcommand(
         Command::new("export")
             .about("Write the inference model (EMA, bypass dropped) of a run or a checkpoint")
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
     let res = match m.subcommand() {
         Some(("demo", sm)) => train::demo::run_cli(sm),
         Some(("export", sm)) => export(sm),
+        Some(("sweep", sm)) => sweep(sm),
         _ => train_cmd(&m),
     };
     match res {
@@ -174,6 +177,121 @@ fn export(m: &ArgMatches) -> mpm::Result<()> {
     for p in checkpoint::export_inference_as(&t, &out, label, epoch)? {
         println!("wrote {}", p.display());
     }
+    Ok(())
+}
+
+/// `mpm-train sweep` (Figure S3; docs/tracks.md).
+fn sweep_command() -> Command {
+    Command::new("sweep")
+        .about(
+            "Train one run per value of a configuration key, one after another (finished ones \
+             are skipped, interrupted ones resume), evaluate each (clean, PGD, AutoAttack) and \
+             write a table (sweep.md, sweep.json) and a plot (sweep.png)",
+        )
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .required(true)
+                .value_name("FILE.toml"),
+        )
+        .arg(
+            Arg::new("key")
+                .long("key")
+                .required(true)
+                .help("The configuration key varied, e.g. lambdas"),
+        )
+        .arg(
+            Arg::new("values")
+                .long("values")
+                .required(true)
+                .help("Comma-separated values, e.g. 0,0.25,0.5,1,2"),
+        )
+        .arg(
+            Arg::new("set")
+                .long("set")
+                .value_name("KEY=VALUE")
+                .action(ArgAction::Append)
+                .help("Override a configuration key for every variant (repeatable)"),
+        )
+        .arg(
+            Arg::new("out")
+                .long("out")
+                .help("Output folder (default: <output_dir>/sweep_<key>)"),
+        )
+        .arg(
+            Arg::new("aa-images")
+                .long("aa-images")
+                .value_parser(clap::value_parser!(usize))
+                .default_value("1000")
+                .help("Evaluation images attacked with AutoAttack per variant (0 = none)"),
+        )
+        .arg(
+            Arg::new("aa-version")
+                .long("aa-version")
+                .value_parser(["standard", "apgd"])
+                .default_value("standard")
+                .help("standard: APGD-CE, APGD-T, FAB-T, Square; apgd: the first two only"),
+        )
+        .arg(
+            Arg::new("eval-batch-size")
+                .long("eval-batch-size")
+                .value_parser(clap::value_parser!(usize))
+                .default_value("0")
+                .help("Images per evaluation pass (0: the config's micro-batch)"),
+        )
+        .arg(
+            Arg::new("no-progress")
+                .long("no-progress")
+                .action(ArgAction::SetTrue),
+        )
+}
+
+fn sweep(m: &ArgMatches) -> mpm::Result<()> {
+    use train::sweep::{self, SweepOptions};
+    let s = |k: &str| m.get_one::<String>(k).cloned().unwrap_or_default();
+    let mut cfg = TrainConfig::from_file(&PathBuf::from(s("config")))?;
+    for kv in m.get_many::<String>("set").into_iter().flatten() {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| mpm::Error::flag("--set", format!("'{kv}': expected KEY=VALUE")))?;
+        cfg.set(k.trim(), v.trim())?;
+    }
+    let key = s("key").replace('-', "_");
+    let out = match m.get_one::<String>("out") {
+        Some(o) => PathBuf::from(o),
+        None => PathBuf::from(&cfg.output_dir).join(format!("sweep_{key}")),
+    };
+    let o = SweepOptions {
+        key,
+        values: sweep::parse_values(&s("values"))?,
+        out: out.clone(),
+        aa_images: m.get_one::<usize>("aa-images").copied().unwrap_or(0),
+        aa_version: s("aa-version")
+            .parse()
+            .map_err(|e: String| mpm::Error::flag("--aa-version", e))?,
+        eval_batch_size: m.get_one::<usize>("eval-batch-size").copied().unwrap_or(0),
+        progress: !m.get_flag("no-progress"),
+    };
+    // Every variant's configuration is checked before the data is scanned.
+    for v in &o.values {
+        sweep::variant_config(&cfg, &o, v)?;
+    }
+    if cfg.eval_dir.is_empty() {
+        return Err(mpm::Error::flag(
+            "--eval-dir",
+            "the sweep evaluates every variant on eval_dir: set it in the config or with --set",
+        ));
+    }
+    let train_src = train::folder::open(&cfg, &cfg.train_dir, "train_dir", true)?;
+    let eval_src = train::folder::open(&cfg, &cfg.eval_dir, "eval_dir", false)?;
+    let rows = sweep::sweep(&cfg, train_src.as_ref(), eval_src.as_ref(), &o)?;
+    print!("{}", sweep::table(&rows));
+    println!(
+        "wrote {}, {} and {}",
+        out.join("sweep.md").display(),
+        out.join("sweep.json").display(),
+        out.join("sweep.png").display()
+    );
     Ok(())
 }
 

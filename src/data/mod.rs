@@ -14,6 +14,7 @@
 //! - [`imageio`]: image decode, 16-bit PNG label maps, atomic writes.
 //! - [`report`]: skipped items (path + reason) and their summary.
 //! - [`corrupt`]: the 15 ImageNet-C corruptions and `mpm-data corrupt` (docs/corruptions.md).
+//! - [`tiny`]: `mpm-data tiny`, Tiny-PartImageNet++ from an IN-1K tree (docs/tracks.md).
 pub mod augment;
 pub mod corrupt;
 pub mod imageio;
@@ -30,3 +31,4 @@ pub mod show;
 pub mod stats;
 pub mod synth;
 pub mod targets;
+pub mod tiny;

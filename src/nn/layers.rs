@@ -190,9 +190,26 @@ pub fn conv_bn_act(
     padding: usize,
     a: Act,
 ) -> Result<Var> {
+    conv_bn_act_grouped(ctx, x, conv_prefix, bn_prefix, stride, padding, 1, a)
+}
+
+/// [`conv_bn_act`] with a grouped convolution (ResNeXt's 3x3). The folded eval path keeps
+/// the groups: BN folding is per output channel, and `cuda::fused` sends grouped shapes to
+/// cuDNN.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_act_grouped(
+    ctx: &mut Ctx,
+    x: Var,
+    conv_prefix: &str,
+    bn_prefix: &str,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    a: Act,
+) -> Result<Var> {
     // A tap (per-layer audit) needs the conv and BN outputs by name: the plain composition.
     if !ctx.tape.value(x).is_cuda() || ctx.tap.is_some() {
-        let y = conv(ctx, x, conv_prefix, stride, padding, 1)?;
+        let y = conv(ctx, x, conv_prefix, stride, padding, groups)?;
         let y = bn(ctx, y, bn_prefix)?;
         return act(ctx, y, a);
     }
@@ -220,12 +237,12 @@ pub fn conv_bn_act(
                 &rv,
                 BN_EPS,
                 a,
-                Conv2dParams::new(stride, padding),
+                Conv2dParams::new(stride, padding).groups(groups),
                 conv_prefix,
             );
         }
     }
-    let y = conv(ctx, x, conv_prefix, stride, padding, 1)?;
+    let y = conv(ctx, x, conv_prefix, stride, padding, groups)?;
     bn_act(ctx, y, bn_prefix, Some(a))
 }
 

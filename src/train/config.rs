@@ -11,7 +11,7 @@ use std::path::Path;
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     // -- model
-    /// resnet18 | resnet34 | resnet50.
+    /// resnet18 | resnet34 | resnet50 | resnext50_32x4d.
     pub model: String,
     /// Backbone activation: gelu (the paper's ResNet-50-GELU) or relu.
     pub act: String,
@@ -287,7 +287,9 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         super::validate::check(self)?;
         let f = |k: &str, m: String| Err(Error::flag(format!("--{}", k.replace('_', "-")), m));
-        self.arch()?;
+        self.arch()?
+            .check_width(self.width)
+            .map_err(|e| Error::flag("--width", e))?;
         self.activation()?;
         self.head()?;
         if self.opt != "sgd" {

@@ -339,9 +339,13 @@ fn describe_state(state: &BTreeMap<String, StateValue>, layout: &Layout) -> Stri
         })
         .collect();
     let bottleneck = state.contains_key(&format!("{prefix}layer1.0.conv3.weight"));
+    // A ResNeXt's grouped 3x3 has fewer input channels per filter than filters.
+    let grouped = shape(&format!("{prefix}layer1.0.conv2.weight"))
+        .is_some_and(|s| s.len() == 4 && s[1] != s[0]);
     let arch = match (blocks.as_slice(), bottleneck) {
         ([2, 2, 2, 2], false) => "resnet18".to_string(),
         ([3, 4, 6, 3], false) => "resnet34".to_string(),
+        ([3, 4, 6, 3], true) if grouped => "resnext50 (grouped 3x3)".to_string(),
         ([3, 4, 6, 3], true) => "resnet50".to_string(),
         (b, true) => format!("bottleneck ResNet with blocks {b:?}"),
         (b, false) => format!("basic-block ResNet with blocks {b:?}"),

@@ -14,6 +14,7 @@
 //! - [`eval`]: clean / PGD accuracy, part pixel accuracy and mIoU.
 //! - [`run`]: the loop, run directory, logs, metrics.
 //! - [`plot`]: PNG curves and part overlays.
+//! - [`sweep`]: `mpm-train sweep`, one key over a list of values (Figure S3).
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
@@ -30,6 +31,7 @@ pub mod run;
 pub mod sampler;
 pub mod schedule;
 pub mod source;
+pub mod sweep;
 pub mod trainer;
 pub mod validate;
 
