@@ -268,14 +268,19 @@ impl ImageFolder {
 
 /// The eval transform of the data pipeline (resize the shorter side to `resize` with
 /// Pillow-matching bicubic, centre crop `crop`), returned as CHW values in [0, 1].
+/// `resize` 0: no resize, the centre crop of the image as it is (RobustBench's `Crop288`).
 pub fn eval_transform(img: &image::RgbImage, resize: u32, crop: u32) -> Result<Vec<f32>> {
     use crate::data::augment::{apply, sample_rng, Transform};
-    let t = Transform::Eval {
-        resize: resize as usize,
-        crop: crop as usize,
+    let hwc = if resize == 0 {
+        centre_crop(img, crop)?
+    } else {
+        let t = Transform::Eval {
+            resize: resize as usize,
+            crop: crop as usize,
+        };
+        // The eval transform draws no random numbers; the RNG only fills the signature.
+        apply(img, None, &t, &mut sample_rng(0, 0, 0))?.pixels
     };
-    // The eval transform draws no random numbers; the RNG only fills the signature.
-    let hwc = apply(img, None, &t, &mut sample_rng(0, 0, 0))?.pixels;
     let c = crop as usize;
     let mut out = vec![0f32; 3 * c * c];
     for (p, px) in hwc.chunks(3).enumerate() {
@@ -284,6 +289,22 @@ pub fn eval_transform(img: &image::RgbImage, resize: u32, crop: u32) -> Result<V
         }
     }
     Ok(out)
+}
+
+/// torchvision's `CenterCrop(crop)` of an image at least `crop` on each side, as HWC values
+/// in [0, 1] (offsets rounded half to even, as Python's `round`).
+fn centre_crop(img: &image::RgbImage, crop: u32) -> Result<Vec<f32>> {
+    let (w, h) = (img.width(), img.height());
+    if w < crop || h < crop {
+        return Err(Error::flag(
+            "--crop",
+            format!("{w}x{h} image is smaller than the centre crop {crop} (with --resize 0)"),
+        ));
+    }
+    let top = ((h - crop) as f64 / 2.0).round_ties_even() as u32;
+    let left = ((w - crop) as f64 / 2.0).round_ties_even() as u32;
+    let c = image::imageops::crop_imm(img, left, top, crop, crop).to_image();
+    Ok(c.as_raw().iter().map(|&v| v as f32 / 255.0).collect())
 }
 
 impl EvalSet for ImageFolder {
