@@ -32,6 +32,9 @@ family's own input normalisation. The layouts were learnt from each project's pu
   depthwise 1x1 conv with bias. In eval mode only `bn0` runs, with the first C entries of its
   running statistics (`sync_stats=False`), then `aff`. Inputs are normalised with mean = std =
   0.5. Saved as `{'model': state_dict, 'args': Namespace, 'epoch'}`.
+* `transform_*.png` - torchvision's eval transforms on a 90x70 image: `Resize(64)` (Pillow
+  bilinear) + `CenterCrop(56)`, and `CenterCrop(48)` alone (RobustBench's Res256Crop224 and
+  Crop288 at small sizes).
 * `mpm_release.pth` - the paper's own released MPM checkpoints (timm training checkpoints of
   the MPM; `eval.py` evaluates `state_dict_ema`), ImageNet normalisation.
 
@@ -247,6 +250,22 @@ def main() -> None:
         "mpm_release", ckpt, x, ema.classify(x),
         dict(layout="mpm", act="gelu", mean=IMAGENET[0], std=IMAGENET[1], head="mpm",
              seg_classes=seg), "mpm_release.pth")
+
+    # Eval transforms: torchvision's Resize (Pillow bilinear, RobustBench's Res256Crop224 at a
+    # small size) + CenterCrop, and CenterCrop alone (Crop288 at a small size), on a 90x70
+    # image with edges and noise (so antialiasing and rounding show).
+    import numpy as np
+    from PIL import Image
+    import torchvision.transforms as T
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:70, 0:90]
+    img = np.stack([(xx * 2.8) % 256, (yy * 3.6) % 256, ((xx + yy) * 7) % 256], -1)
+    img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+    src = Image.fromarray(img)
+    src.save(os.path.join(OUT, "transform_src.png"))
+    T.Compose([T.Resize(64), T.CenterCrop(56)])(src).save(
+        os.path.join(OUT, "transform_bilinear_64_56.png"))
+    T.CenterCrop(48)(src).save(os.path.join(OUT, "transform_crop_48.png"))
 
     meta = {"torch": torch.__version__, "width": WIDTH, "num_classes": CLASSES,
             "input": [2, 3, 32, 32], "cases": cases}

@@ -398,3 +398,42 @@ fn attack_reports_preprocessing_and_table_shows_published_rows() {
         "{md}"
     );
 }
+
+// ---------------------------------------------------------------- eval transforms
+
+fn png(name: &str) -> image::RgbImage {
+    mpm::data::imageio::read_rgb(&fixture(name)).unwrap()
+}
+
+/// CHW values in [0, 1] vs an 8-bit HWC picture: the largest difference in grey levels.
+fn max_grey_diff(chw: &[f32], want: &image::RgbImage) -> f32 {
+    let (w, h) = (want.width() as usize, want.height() as usize);
+    assert_eq!(chw.len(), 3 * w * h);
+    let mut worst = 0f32;
+    for (p, px) in want.pixels().enumerate() {
+        for c in 0..3 {
+            let d = (chw[c * w * h + p] * 255.0 - px[c] as f32).abs();
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+#[test]
+fn res256crop224_and_crop288_transforms_match_torchvision() {
+    use mpm::attack::imagefolder::{eval_transform, eval_transform_bilinear};
+    let src = png("transform_src.png");
+    // Resize(64) (Pillow bilinear, antialiased) + CenterCrop(56).
+    let got = eval_transform_bilinear(&src, 64, 56).unwrap();
+    let d = max_grey_diff(&got, &png("transform_bilinear_64_56.png"));
+    assert!(
+        d <= 1.0 + 1e-3,
+        "bilinear resize + crop: {d} grey levels off torchvision"
+    );
+    // The bicubic transform is another transform: it must not pass as the bilinear one.
+    let bicubic = eval_transform(&src, 64, 56).unwrap();
+    assert!(max_grey_diff(&bicubic, &png("transform_bilinear_64_56.png")) > 2.0);
+    // CenterCrop(48) alone (--resize 0): exact.
+    let got = eval_transform(&src, 0, 48).unwrap();
+    assert_eq!(max_grey_diff(&got, &png("transform_crop_48.png")), 0.0);
+}

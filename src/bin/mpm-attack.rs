@@ -67,6 +67,10 @@ struct Cli {
     /// ... then a centre crop of this size.
     #[arg(long, default_value_t = 224)]
     crop: u32,
+    /// ImageFolder resize filter: bicubic (the paper's and timm's eval transform) or bilinear
+    /// (torchvision's default `Resize`: RobustBench's Res256Crop224, Bai et al.).
+    #[arg(long, default_value = "bicubic", value_parser = ["bicubic", "bilinear"])]
+    interpolation: String,
     /// Threat model norm.
     #[arg(long, value_parser = ["Linf", "L2", "L1", "linf", "l2", "l1"])]
     norm: Option<String>,
@@ -283,21 +287,25 @@ fn run(cli: Cli) -> Result<()> {
     let (spec, store, prep) = (loaded.spec, loaded.store, loaded.preprocessing);
     eprintln!("model: {}", spec.describe());
     eprintln!("model: {}", prep.describe());
-    let transform = zoo::transform_name(cli.resize, cli.crop);
+    let bilinear = cli.interpolation == "bilinear";
+    let transform = zoo::transform_name(cli.resize, cli.crop, bilinear);
     if let Some(name) = &cli.zoo {
         check_zoo_entry(name, &prep, &cli)?;
     }
     // The report's row name: the zoo name when given, else the model's description.
     let row_name = cli.zoo.clone().unwrap_or_else(|| spec.describe());
     let full: Box<dyn EvalSet> = if cli.data.is_dir() {
-        Box::new(ImageFolder::open(
-            &cli.data,
-            cli.list.as_deref(),
-            cli.per_class,
-            spec.num_classes,
-            cli.resize,
-            cli.crop,
-        )?)
+        Box::new(
+            ImageFolder::open(
+                &cli.data,
+                cli.list.as_deref(),
+                cli.per_class,
+                spec.num_classes,
+                cli.resize,
+                cli.crop,
+            )?
+            .with_bilinear(cli.interpolation == "bilinear"),
+        )
     } else {
         if cli.list.is_some() || cli.per_class.is_some() {
             return Err(Error::flag(
@@ -326,16 +334,17 @@ fn run(cli: Cli) -> Result<()> {
         &spec.describe(),
         // The normalisation is part of the key only when it is not ImageNet's, so journals
         // written before per-model normalisation existed still resume.
-        &if prep.norm.same(&zoo::InputNorm::IMAGENET) {
-            format!("resize {} crop {}", cli.resize, cli.crop)
-        } else {
-            format!(
-                "resize {} crop {} {}",
-                cli.resize,
-                cli.crop,
-                prep.norm.describe()
-            )
-        },
+        &format!(
+            "resize {} crop {}{}{}",
+            cli.resize,
+            cli.crop,
+            if bilinear { " bilinear" } else { "" },
+            if prep.norm.same(&zoo::InputNorm::IMAGENET) {
+                String::new()
+            } else {
+                format!(" {}", prep.norm.describe())
+            }
+        ),
         &cli.precision,
     )?;
     let mut model = EngineClassifier::new(spec, store)
@@ -442,16 +451,21 @@ fn run(cli: Cli) -> Result<()> {
             per.insert(t.slug.clone(), r);
         }
         let (lo, hi) = wilson95(clean_k, n);
-        json!({
+        let mut out = json!({
             "threats": per,
             "clean_accuracy": clean_k as f64 / n.max(1) as f64,
             "ci95_clean": [lo, hi],
             "n": n,
             "table": table,
-            "model": row_name,
             "model_spec": spec.describe(),
             "preprocessing": preprocessing,
-        })
+        });
+        // Only a zoo name names the row: without it `mpm-eval table` keeps naming a paper
+        // report by its file, as before (two models of one architecture stay two rows).
+        if let (Some(z), Value::Object(m)) = (&cli.zoo, &mut out) {
+            m.insert("model".into(), json!(z));
+        }
+        out
     };
     write_json_atomic(&cli.report, &out)?;
     eprintln!("wrote {}", cli.report.display());
@@ -503,21 +517,16 @@ fn check_zoo_entry(name: &str, prep: &zoo::Preprocessing, cli: &Cli) -> Result<(
     }
     if cli.data.is_dir() {
         let wanted = match e.transform.as_str() {
-            "Crop288" => (0, 288),
-            _ => (256, 224),
+            "Crop288" => (0, 288, "bicubic"),
+            "Res256Crop224" => (256, 224, "bilinear"),
+            _ => (256, 224, "bicubic"),
         };
-        if (cli.resize, cli.crop) != wanted {
+        let given = (cli.resize, cli.crop, cli.interpolation.as_str());
+        if given != wanted && !(wanted.0 == 0 && given.0 == 0 && given.1 == wanted.1) {
             eprintln!(
-                "note: {} is evaluated with {} (--resize {} --crop {}); this run uses --resize \
-                 {} --crop {}",
-                e.name, e.transform, wanted.0, wanted.1, cli.resize, cli.crop
-            );
-        }
-        if e.transform == "Res256Crop224" {
-            eprintln!(
-                "note: {}'s own transform resizes bilinearly; the engine resizes bicubically \
-                 (docs/zoo.md)",
-                e.name
+                "note: {} is evaluated with {} (--resize {} --crop {} --interpolation {}); this \
+                 run uses --resize {} --crop {} --interpolation {}",
+                e.name, e.transform, wanted.0, wanted.1, wanted.2, given.0, given.1, given.2
             );
         }
     }

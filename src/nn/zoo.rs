@@ -618,11 +618,13 @@ pub fn resolve_norm(
 }
 
 /// The eval transform of an ImageFolder evaluation, by its RobustBench-style name.
-pub fn transform_name(resize: u32, crop: u32) -> String {
-    match (resize, crop) {
-        (256, 224) => "Res256Crop224 (bicubic resize 256, centre crop 224)".into(),
-        (0, c) => format!("Crop{c} (centre crop {c}, no resize)"),
-        (r, c) => format!("resize {r} (bicubic), centre crop {c}"),
+pub fn transform_name(resize: u32, crop: u32, bilinear: bool) -> String {
+    let filter = if bilinear { "bilinear" } else { "bicubic" };
+    match (resize, crop, bilinear) {
+        (256, 224, true) => "Res256Crop224 (bilinear resize 256, centre crop 224)".into(),
+        (256, 224, false) => "BicubicRes256Crop224 (bicubic resize 256, centre crop 224)".into(),
+        (0, c, _) => format!("Crop{c} (centre crop {c}, no resize)"),
+        (r, c, _) => format!("resize {r} ({filter}), centre crop {c}"),
     }
 }
 
