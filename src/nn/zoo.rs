@@ -369,8 +369,14 @@ fn fold_ghost_bn(
     let mut ratios = BTreeSet::new();
     for proxy in &proxies {
         // `P.bn0` inside a multi-BN wrapper, or `P` itself for a GhostBN2D.
+        // A wrapper is told by its affine (`P.aff.bnconv`): a GhostBN2D may itself be named
+        // `bn1` inside a block.
         let (bn, wrapper) = match proxy.rsplit_once('.') {
-            Some((p, last)) if last.starts_with("bn") && last[2..].parse::<u32>().is_ok() => {
+            Some((p, last))
+                if last.starts_with("bn")
+                    && last[2..].parse::<u32>().is_ok()
+                    && state.contains_key(&format!("{p}.aff.bnconv.weight")) =>
+            {
                 if last != "bn0" {
                     continue; // bn1..bnK: training-time branches, unused in eval
                 }
@@ -720,18 +726,22 @@ mod tests {
     fn ghost_bn2d_folds_first_channels_and_own_affine() {
         let mut n = NamedTensors::new();
         n.insert("conv1.weight".into(), t(&[2, 3, 1, 1], vec![0.0; 6]));
-        n.insert(
-            "bn1.proxy_bn.running_mean".into(),
-            t(&[8], (0..8).map(|v| v as f32).collect()),
-        );
-        n.insert("bn1.proxy_bn.running_var".into(), t(&[8], vec![2.0; 8]));
-        n.insert("bn1.weight".into(), t(&[2], vec![3.0, 4.0]));
-        n.insert("bn1.bias".into(), t(&[2], vec![5.0, 6.0]));
+        // `layer1.0.bn1` is a GhostBN2D named like a wrapper's branch: told apart by the
+        // absence of `aff.bnconv`.
+        for p in ["bn1", "layer1.0.bn1"] {
+            let rm = (0..8).map(|v| v as f32).collect();
+            n.insert(format!("{p}.proxy_bn.running_mean"), t(&[8], rm));
+            n.insert(format!("{p}.proxy_bn.running_var"), t(&[8], vec![2.0; 8]));
+            n.insert(format!("{p}.weight"), t(&[2], vec![3.0, 4.0]));
+            n.insert(format!("{p}.bias"), t(&[2], vec![5.0, 6.0]));
+        }
         let c = convert(n, Path::new("x.pth")).unwrap();
         assert_eq!(c.layout, Layout::Bai2021GhostBn);
-        match c.state.get("bn1.running_mean") {
-            Some(StateValue::Float(t)) => assert_eq!(t.data, vec![0.0, 1.0]),
-            other => panic!("{other:?}"),
+        for p in ["bn1", "layer1.0.bn1"] {
+            match c.state.get(&format!("{p}.running_mean")) {
+                Some(StateValue::Float(t)) => assert_eq!(t.data, vec![0.0, 1.0]),
+                other => panic!("{p}: {other:?}"),
+            }
         }
         assert!(
             c.state.keys().all(|k| !k.contains("proxy")),
