@@ -152,6 +152,9 @@ pub struct ImageFolder {
     pub items: Vec<(PathBuf, usize)>,
     pub resize: u32,
     pub crop: u32,
+    /// Resize with Pillow's bilinear filter instead of bicubic: torchvision's default
+    /// `Resize`, so RobustBench's `Res256Crop224` and Bai et al.'s evaluation (`nn::zoo`).
+    pub bilinear: bool,
 }
 
 fn is_image(p: &Path) -> bool {
@@ -262,20 +265,32 @@ impl ImageFolder {
             items,
             resize,
             crop,
+            bilinear: false,
         })
+    }
+
+    /// Resizes bilinearly (see `bilinear`).
+    pub fn with_bilinear(mut self, bilinear: bool) -> Self {
+        self.bilinear = bilinear;
+        self
     }
 }
 
 /// The eval transform of the data pipeline (resize the shorter side to `resize` with
 /// Pillow-matching bicubic, centre crop `crop`), returned as CHW values in [0, 1].
+/// `resize` 0: no resize, the centre crop of the image as it is (RobustBench's `Crop288`).
 pub fn eval_transform(img: &image::RgbImage, resize: u32, crop: u32) -> Result<Vec<f32>> {
     use crate::data::augment::{apply, sample_rng, Transform};
-    let t = Transform::Eval {
-        resize: resize as usize,
-        crop: crop as usize,
+    let hwc = if resize == 0 {
+        centre_crop(img, crop)?
+    } else {
+        let t = Transform::Eval {
+            resize: resize as usize,
+            crop: crop as usize,
+        };
+        // The eval transform draws no random numbers; the RNG only fills the signature.
+        apply(img, None, &t, &mut sample_rng(0, 0, 0))?.pixels
     };
-    // The eval transform draws no random numbers; the RNG only fills the signature.
-    let hwc = apply(img, None, &t, &mut sample_rng(0, 0, 0))?.pixels;
     let c = crop as usize;
     let mut out = vec![0f32; 3 * c * c];
     for (p, px) in hwc.chunks(3).enumerate() {
@@ -284,6 +299,57 @@ pub fn eval_transform(img: &image::RgbImage, resize: u32, crop: u32) -> Result<V
         }
     }
     Ok(out)
+}
+
+/// torchvision's `Resize(resize)` (shorter side to `resize`, the other truncated, Pillow's
+/// bilinear filter, antialiased when shrinking) then `CenterCrop(crop)`, as CHW values in
+/// [0, 1]. Two single-axis passes, horizontal first with a u8 intermediate, as Pillow runs
+/// them (see `augment::resize_bicubic`).
+pub fn eval_transform_bilinear(img: &image::RgbImage, resize: u32, crop: u32) -> Result<Vec<f32>> {
+    use fast_image_resize as fr;
+    let (w, h) = (img.width(), img.height());
+    let (ow, oh) = if w <= h {
+        (resize, (resize as f64 * h as f64 / w as f64) as u32)
+    } else {
+        ((resize as f64 * w as f64 / h as f64) as u32, resize)
+    };
+    let err = |e: &dyn std::fmt::Display| Error::Msg(format!("resize: {e}"));
+    let alg = fr::ResizeAlg::Convolution(fr::FilterType::Bilinear);
+    let src =
+        fr::images::ImageRef::new(w, h, img.as_raw(), fr::PixelType::U8x3).map_err(|e| err(&e))?;
+    let mut resizer = fr::Resizer::new();
+    let mut tmp = fr::images::Image::new(ow, h, fr::PixelType::U8x3);
+    let opts = fr::ResizeOptions::new().resize_alg(alg);
+    resizer.resize(&src, &mut tmp, &opts).map_err(|e| err(&e))?;
+    let mut dst = fr::images::Image::new(ow, oh, fr::PixelType::U8x3);
+    resizer.resize(&tmp, &mut dst, &opts).map_err(|e| err(&e))?;
+    let big = image::RgbImage::from_raw(ow, oh, dst.into_vec())
+        .ok_or_else(|| Error::Msg("resize: buffer size".into()))?;
+    let hwc = centre_crop(&big, crop)?;
+    let c = crop as usize;
+    let mut out = vec![0f32; 3 * c * c];
+    for (p, px) in hwc.chunks(3).enumerate() {
+        for ch in 0..3 {
+            out[ch * c * c + p] = px[ch];
+        }
+    }
+    Ok(out)
+}
+
+/// torchvision's `CenterCrop(crop)` of an image at least `crop` on each side, as HWC values
+/// in [0, 1] (offsets rounded half to even, as Python's `round`).
+fn centre_crop(img: &image::RgbImage, crop: u32) -> Result<Vec<f32>> {
+    let (w, h) = (img.width(), img.height());
+    if w < crop || h < crop {
+        return Err(Error::flag(
+            "--crop",
+            format!("{w}x{h} image is smaller than the centre crop {crop} (with --resize 0)"),
+        ));
+    }
+    let top = ((h - crop) as f64 / 2.0).round_ties_even() as u32;
+    let left = ((w - crop) as f64 / 2.0).round_ties_even() as u32;
+    let c = image::imageops::crop_imm(img, left, top, crop, crop).to_image();
+    Ok(c.as_raw().iter().map(|&v| v as f32 / 255.0).collect())
 }
 
 impl EvalSet for ImageFolder {
@@ -306,7 +372,12 @@ impl EvalSet for ImageFolder {
         if img.width().min(img.height()) == 0 {
             return Err(Error::format(p, "empty image"));
         }
-        eval_transform(&img, self.resize, self.crop).map_err(|e| Error::format(p, e.to_string()))
+        let out = if self.bilinear && self.resize > 0 {
+            eval_transform_bilinear(&img, self.resize, self.crop)
+        } else {
+            eval_transform(&img, self.resize, self.crop)
+        };
+        out.map_err(|e| Error::format(p, e.to_string()))
     }
     /// Path (relative to the root), file size and modification time, and label: replacing
     /// or reordering files changes the key without decoding anything.

@@ -7,6 +7,7 @@ use crate::autograd::GradMode;
 use crate::cuda::DType;
 use crate::device::Device;
 use crate::nn::layout::{nchw_to_nhwc, nhwc_to_nchw};
+use crate::nn::zoo::InputNorm;
 use crate::nn::{Ctx, ModelSpec, ParamStore};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -92,11 +93,13 @@ pub trait Classifier {
 }
 
 /// Any model of the engine, in eval mode (BN running statistics), input gradient only.
-/// On a GPU (`on_device`) the weights stay resident there; each pass uploads the batch and
+/// Inputs are normalised with `norm` (ImageNet's unless `with_input_norm` says otherwise: a
+/// published model's own, `nn::zoo`). On a GPU (`on_device`) the weights stay resident there; each pass uploads the batch and
 /// reads back the logits and the input gradient (the attacks' per-sample logic is host code).
 pub struct EngineClassifier {
     pub spec: ModelSpec,
     pub store: ParamStore,
+    norm: InputNorm,
     device: Device,
     forwards: u64,
     backwards: u64,
@@ -108,11 +111,23 @@ impl EngineClassifier {
         EngineClassifier {
             spec,
             store,
+            norm: InputNorm::IMAGENET,
             device: Device::Cpu,
             forwards: 0,
             backwards: 0,
             seconds: 0.0,
         }
+    }
+
+    /// Normalises inputs with `norm` instead of ImageNet's mean/std.
+    pub fn with_input_norm(mut self, norm: InputNorm) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    /// The input normalisation in use.
+    pub fn input_norm(&self) -> InputNorm {
+        self.norm
     }
 
     /// Runs the model on `device` (moves the weights there once).
@@ -259,9 +274,10 @@ impl EngineClassifier {
         }
         let xt = xt.to_device(self.device)?;
         let spec = self.spec;
+        let norm = self.norm;
         let mut ctx = Ctx::new(&mut self.store, GradMode::NoGrad, false);
         let xin = ctx.tape.input(xt, false);
-        let z = spec.forward_logits(&mut ctx, xin)?;
+        let z = spec.forward_logits_normalized(&mut ctx, xin, norm.mean, norm.std)?;
         let zt = ctx.tape.value(z).clone();
         self.forwards += n as u64;
         self.check(&zt, n)
@@ -295,9 +311,10 @@ impl EngineClassifier {
     ) -> Result<(Vec<f32>, Option<Tensor>)> {
         let xt = xt.to_device(self.device)?;
         let spec = self.spec;
+        let norm = self.norm;
         let mut ctx = Ctx::new(&mut self.store, GradMode::InputGradOnly, false);
         let xin = ctx.tape.input(xt, true);
-        let z = spec.forward_logits(&mut ctx, xin)?;
+        let z = spec.forward_logits_normalized(&mut ctx, xin, norm.mean, norm.std)?;
         let zt = ctx.tape.value(z).clone();
         let logits = {
             let zz = zt.data();

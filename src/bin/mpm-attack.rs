@@ -5,7 +5,12 @@
 //!   [--version standard] [--attacks apgd-ce,apgd-t,fab-t,square] [--seed S] [--batch-size B]
 //!   --report R.json [--adv-out A.safetensors] [--device auto]
 //! mpm-attack ... --data IMAGENET/val [--list balanced_10k.txt | --per-class K] --threats paper --report R.json
+//! mpm-attack zoo [NAME]        # the known Table 2 models (docs/zoo.md)
 //! ```
+//!
+//! Checkpoints of the published AT ResNet-50s load as published (`nn::zoo`: robustness
+//! library, RobustBench, timm/ARES, Bai et al. 2021, the paper's MPM); the layout and the input
+//! normalisation are detected, printed and recorded in the report.
 
 use clap::Parser;
 use mpm::attack::autoattack::{AttackKind, AutoAttackConfig, SampleResult};
@@ -13,9 +18,11 @@ use mpm::attack::imagefolder::{EvalSet, ImageFolder, TensorSet};
 use mpm::attack::report::{build_report, paper_table, wilson95, write_json_atomic};
 use mpm::attack::run::{evaluate, Timing};
 use mpm::attack::{Classifier, EngineClassifier, Norm};
-use mpm::audit::files::{self, ModelArgs};
+use mpm::audit::files::ModelArgs;
 use mpm::device::DeviceRequest;
 use mpm::io::{self, HostTensor, NamedTensors};
+use mpm::nn::zoo::{self, NormArgs};
+use mpm::nn::zoo_list;
 use mpm::{Error, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -34,6 +41,12 @@ struct Cli {
     weights: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    input_norm: NormArgs,
+    /// A model of `mpm-attack zoo`: checks the checkpoint's normalisation, activation and the
+    /// eval transform against its entry, and names the report's rows after it.
+    #[arg(long)]
+    zoo: Option<String>,
     /// Data: a safetensors file (`input` [N,3,H,W] in [0,1], `target` [N]) or an ImageFolder
     /// directory (`<class>/<image>`, classes = sorted sub-directories).
     #[arg(long)]
@@ -47,12 +60,17 @@ struct Cli {
     /// Evaluate only the first N samples.
     #[arg(long)]
     limit: Option<usize>,
-    /// ImageFolder eval transform: shorter side resized to this (bicubic) ...
+    /// ImageFolder eval transform: shorter side resized to this (bicubic; 0 = no resize, as
+    /// RobustBench's Crop288) ...
     #[arg(long, default_value_t = 256)]
     resize: u32,
     /// ... then a centre crop of this size.
     #[arg(long, default_value_t = 224)]
     crop: u32,
+    /// ImageFolder resize filter: bicubic (the paper's and timm's eval transform) or bilinear
+    /// (torchvision's default `Resize`: RobustBench's Res256Crop224, Bai et al.).
+    #[arg(long, default_value = "bicubic", value_parser = ["bicubic", "bilinear"])]
+    interpolation: String,
     /// Threat model norm.
     #[arg(long, value_parser = ["Linf", "L2", "L1", "linf", "l2", "l1"])]
     norm: Option<String>,
@@ -265,17 +283,29 @@ fn run(cli: Cli) -> Result<()> {
         return Err(Error::flag("--n-iter", "must be at least 1"));
     }
     let threats = threats(&cli)?;
-    let (spec, store) = files::load_model(&cli.weights, &cli.model)?;
+    let loaded = zoo::load_for_eval(&cli.weights, &cli.model, &cli.input_norm)?;
+    let (spec, store, prep) = (loaded.spec, loaded.store, loaded.preprocessing);
     eprintln!("model: {}", spec.describe());
+    eprintln!("model: {}", prep.describe());
+    let bilinear = cli.interpolation == "bilinear";
+    let transform = zoo::transform_name(cli.resize, cli.crop, bilinear);
+    if let Some(name) = &cli.zoo {
+        check_zoo_entry(name, &prep, &cli)?;
+    }
+    // The report's row name: the zoo name when given, else the model's description.
+    let row_name = cli.zoo.clone().unwrap_or_else(|| spec.describe());
     let full: Box<dyn EvalSet> = if cli.data.is_dir() {
-        Box::new(ImageFolder::open(
-            &cli.data,
-            cli.list.as_deref(),
-            cli.per_class,
-            spec.num_classes,
-            cli.resize,
-            cli.crop,
-        )?)
+        Box::new(
+            ImageFolder::open(
+                &cli.data,
+                cli.list.as_deref(),
+                cli.per_class,
+                spec.num_classes,
+                cli.resize,
+                cli.crop,
+            )?
+            .with_bilinear(cli.interpolation == "bilinear"),
+        )
     } else {
         if cli.list.is_some() || cli.per_class.is_some() {
             return Err(Error::flag(
@@ -302,10 +332,33 @@ fn run(cli: Cli) -> Result<()> {
         &cli.weights,
         &set,
         &spec.describe(),
-        &format!("resize {} crop {}", cli.resize, cli.crop),
+        // The normalisation is part of the key only when it is not ImageNet's, so journals
+        // written before per-model normalisation existed still resume.
+        &format!(
+            "resize {} crop {}{}{}",
+            cli.resize,
+            cli.crop,
+            if bilinear { " bilinear" } else { "" },
+            if prep.norm.same(&zoo::InputNorm::IMAGENET) {
+                String::new()
+            } else {
+                format!(" {}", prep.norm.describe())
+            }
+        ),
         &cli.precision,
     )?;
-    let mut model = EngineClassifier::new(spec, store).on_device(dev)?;
+    let mut model = EngineClassifier::new(spec, store)
+        .with_input_norm(prep.norm)
+        .on_device(dev)?;
+    let mut preprocessing = prep.to_json();
+    if let Value::Object(m) = &mut preprocessing {
+        let t = if cli.data.is_dir() {
+            transform.clone()
+        } else {
+            "none (safetensors images as given)".to_string()
+        };
+        m.insert("transform".into(), json!(t));
+    }
     let mut outputs = Vec::new();
     for t in &threats {
         let mut cfg = AutoAttackConfig::standard(t.norm, t.eps, cli.seed);
@@ -352,7 +405,9 @@ fn run(cli: Cli) -> Result<()> {
         let extra = json!({
             "norm": t.norm.to_string(), "eps": t.eps, "version": cfg.version(), "seed": cli.seed,
             "n_iter": cfg.n_iter, "square_queries": cfg.square_queries,
-            "model": spec.describe(), "weights": cli.weights.display().to_string(),
+            "model": row_name, "model_spec": spec.describe(),
+            "preprocessing": preprocessing,
+            "weights": cli.weights.display().to_string(),
             "data": set.describe(),
             "timing": {"attacked_this_run": timing.attacked, "seconds": timing.seconds,
                        "images_per_s": timing.images_per_s(), "forward_images": fw, "backward_images": bw,
@@ -396,16 +451,104 @@ fn run(cli: Cli) -> Result<()> {
             per.insert(t.slug.clone(), r);
         }
         let (lo, hi) = wilson95(clean_k, n);
-        json!({
+        let mut out = json!({
             "threats": per,
             "clean_accuracy": clean_k as f64 / n.max(1) as f64,
             "ci95_clean": [lo, hi],
             "n": n,
             "table": table,
-        })
+            "model_spec": spec.describe(),
+            "preprocessing": preprocessing,
+        });
+        // Only a zoo name names the row: without it `mpm-eval table` keeps naming a paper
+        // report by its file, as before (two models of one architecture stay two rows).
+        if let (Some(z), Value::Object(m)) = (&cli.zoo, &mut out) {
+            m.insert("model".into(), json!(z));
+        }
+        out
     };
     write_json_atomic(&cli.report, &out)?;
     eprintln!("wrote {}", cli.report.display());
+    Ok(())
+}
+
+/// `--zoo NAME`: the checkpoint and flags must be the model the zoo list describes. The
+/// normalisation and activation are checked (a mismatch is a different model, not a detail);
+/// a different layout or transform is reported (the same weights ship in several layouts).
+fn check_zoo_entry(name: &str, prep: &zoo::Preprocessing, cli: &Cli) -> Result<()> {
+    let list = zoo_list::table2()?;
+    let e = zoo_list::find(&list, name)?;
+    if !e.identified {
+        return Err(Error::flag(
+            "--zoo",
+            format!("'{}' ({}) has no identified checkpoint", e.name, e.row),
+        ));
+    }
+    if let Some(n) = e.norm() {
+        if !n.same(&prep.norm) {
+            return Err(Error::flag(
+                "--zoo",
+                format!(
+                    "{} was trained with {}, but this run normalises with {} ({})",
+                    e.name,
+                    n.describe(),
+                    prep.norm.describe(),
+                    prep.norm_source
+                ),
+            ));
+        }
+    }
+    if !e.act.is_empty() && e.act != cli.model.act {
+        return Err(Error::flag(
+            "--act",
+            format!(
+                "{} uses {} activations; got --act {}",
+                e.name, e.act, cli.model.act
+            ),
+        ));
+    }
+    if e.layout != prep.layout.name() {
+        eprintln!(
+            "note: {} is listed in the {} layout; this file is {}",
+            e.name,
+            e.layout,
+            prep.layout.name()
+        );
+    }
+    if cli.data.is_dir() {
+        let wanted = match e.transform.as_str() {
+            "Crop288" => (0, 288, "bicubic"),
+            "Res256Crop224" => (256, 224, "bilinear"),
+            _ => (256, 224, "bicubic"),
+        };
+        let given = (cli.resize, cli.crop, cli.interpolation.as_str());
+        if given != wanted && !(wanted.0 == 0 && given.0 == 0 && given.1 == wanted.1) {
+            eprintln!(
+                "note: {} is evaluated with {} (--resize {} --crop {} --interpolation {}); this \
+                 run uses --resize {} --crop {} --interpolation {}",
+                e.name, e.transform, wanted.0, wanted.1, wanted.2, given.0, given.1, given.2
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `mpm-attack zoo [NAME]`: the known Table 2 models.
+fn zoo_command(args: &[String]) -> Result<()> {
+    let list = zoo_list::table2()?;
+    match args {
+        [] => print!("{}", zoo_list::listing(&list)),
+        [name] => print!(
+            "{}",
+            zoo_list::listing(std::slice::from_ref(zoo_list::find(&list, name)?))
+        ),
+        _ => {
+            return Err(Error::flag(
+                "zoo",
+                "usage: mpm-attack zoo [NAME] (the list is assets/zoo/table2.toml)",
+            ))
+        }
+    }
     Ok(())
 }
 
@@ -458,6 +601,17 @@ fn print_summary(name: &str, r: &Value) {
 }
 
 fn main() -> ExitCode {
+    // `zoo` is a listing, not an evaluation: handled before the contract-B flags are parsed.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("zoo") {
+        return match zoo_command(&argv[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     mpm::attack::run::join_global_pool();
     let cli = Cli::parse();
     match run(cli) {

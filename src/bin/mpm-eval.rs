@@ -12,7 +12,7 @@
 use clap::{Args, Parser, Subcommand};
 use mpm::attack::imagefolder::ImageFolder;
 use mpm::attack::EngineClassifier;
-use mpm::audit::files::{self, ModelArgs};
+use mpm::audit::files::ModelArgs;
 use mpm::data::corrupt::job::{parse_corruptions, parse_severities};
 use mpm::device::DeviceRequest;
 use mpm::eval::assets::HUMAN_DATASETS;
@@ -44,6 +44,8 @@ struct ModelOpts {
     weights: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    norm: mpm::nn::zoo::NormArgs,
     /// The model's name in reports, tables and CSV files (default: the weights' file stem).
     #[arg(long)]
     name: Option<String>,
@@ -150,6 +152,10 @@ enum Cmd {
         names: Option<Vec<String>>,
         #[arg(long)]
         out: PathBuf,
+        /// Put the paper's published Table 2 numbers (assets/zoo/table2.toml, `mpm-attack zoo`)
+        /// beside the measured rows, as `NAME (paper)` rows.
+        #[arg(long)]
+        published: bool,
     },
 }
 
@@ -197,8 +203,11 @@ fn with_model(
     let (dev, why) = m.device.resolve()?;
     eprintln!("device: {why}");
     mpm::device::parse_precision_flag(&m.precision)?;
-    let (spec, store) = files::load_model(&m.weights, &m.model)?;
+    // Published checkpoints load as published, with their own normalisation (nn::zoo).
+    let loaded = mpm::nn::zoo::load_for_eval(&m.weights, &m.model, &m.norm)?;
+    let (spec, store, prep) = (loaded.spec, loaded.store, loaded.preprocessing);
     eprintln!("model: {}", spec.describe());
+    eprintln!("model: {}", prep.describe());
     let name = m.name.clone().unwrap_or_else(|| {
         m.weights
             .file_stem()
@@ -210,12 +219,23 @@ fn with_model(
         "command": command, "run": fingerprint, "weights": m.weights.display().to_string(),
         "weights_bytes": weights_bytes, "model": spec.describe(), "crop": m.crop,
     });
+    // Another normalisation is another model: part of the journal key, except ImageNet's (the
+    // only one before per-model normalisation, so older journals still resume).
+    let fp = if prep.norm.same(&mpm::nn::zoo::InputNorm::IMAGENET) {
+        fp
+    } else {
+        let mut fp = fp;
+        fp["normalisation"] = json!(prep.norm.describe());
+        fp
+    };
     let jpath = m
         .journal
         .clone()
         .unwrap_or_else(|| with_suffix(&m.json, ".journal"));
     let journal = PredictionJournal::open(&jpath, &fp, heads, !m.no_resume)?;
-    let mut model = EngineClassifier::new(spec, store).on_device(dev)?;
+    let mut model = EngineClassifier::new(spec, store)
+        .with_input_norm(prep.norm)
+        .on_device(dev)?;
     let mut r = Runner {
         model: &mut model,
         batch_size: m.batch_size,
@@ -229,6 +249,7 @@ fn with_model(
         o.insert("device".into(), json!(dev.to_string()));
         o.insert("weights".into(), json!(m.weights.display().to_string()));
         o.insert("architecture".into(), json!(spec.describe()));
+        o.insert("preprocessing".into(), prep.to_json());
         o.insert("timing".into(), r.throughput.to_json());
         o.insert("journal".into(), json!(jpath.display().to_string()));
     }
@@ -328,9 +349,17 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {}", json.display());
             Ok(())
         }
-        Cmd::Table { runs, names, out } => {
+        Cmd::Table {
+            runs,
+            names,
+            out,
+            published,
+        } => {
             let files = table::report_files(&runs)?;
-            let tables = table::build(&files, names.as_deref())?;
+            let mut tables = table::build(&files, names.as_deref())?;
+            if published {
+                table::add_published(&mut tables, &mpm::nn::zoo_list::table2()?);
+            }
             let md = table::write(&out, &tables)?;
             println!("{md}");
             eprintln!(

@@ -386,6 +386,86 @@ pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'stati
     .collect())
 }
 
+/// Table 2 with the published numbers (`assets/zoo/table2.toml`) beside the measured ones:
+/// a row `NAME (paper)` for every listed model that has Table 2 numbers, right under the
+/// measured row of the same name (`mpm-attack --zoo NAME` names its report's row so, or
+/// `--names`), else at the end. Published rows are reference rows (never marked best); the
+/// columns are put in the paper's order and Avg recomputed for every complete row.
+pub fn add_published(
+    tables: &mut Vec<(&'static str, Table)>,
+    list: &[crate::nn::zoo_list::ZooEntry],
+) {
+    use crate::nn::zoo_list::TABLE2_COLUMNS;
+    let t2 = match tables.iter().position(|(n, _)| *n == "table2") {
+        Some(i) => &mut tables[i].1,
+        None => {
+            tables.insert(
+                0,
+                (
+                    "table2",
+                    Table::new(
+                        "Table 2: adversarial robustness (AutoAttack accuracy, %)",
+                        true,
+                    ),
+                ),
+            );
+            &mut tables[0].1
+        }
+    };
+    // Avg is recomputed below over the final columns.
+    if let Some(a) = t2.columns.iter().position(|c| c == "Avg") {
+        t2.columns.remove(a);
+        for r in &mut t2.rows {
+            r.1.remove(a);
+        }
+    }
+    for e in list.iter().filter(|e| !e.table2.is_empty()) {
+        let row = format!("{} (paper)", e.name);
+        for (key, col) in TABLE2_COLUMNS {
+            if let Some(v) = e.table2.get(key) {
+                t2.set(&row, col, v / 100.0);
+            }
+        }
+        if !t2.reference_rows.contains(&row) {
+            t2.reference_rows.push(row.clone());
+        }
+        // Move the published row under its measured twin.
+        let from = t2.rows.iter().position(|r| r.0 == row);
+        let twin = t2
+            .rows
+            .iter()
+            .position(|r| r.0.eq_ignore_ascii_case(&e.name));
+        if let (Some(f), Some(t)) = (from, twin) {
+            let r = t2.rows.remove(f);
+            let at = if t < f { t + 1 } else { t };
+            t2.rows.insert(at, r);
+        }
+    }
+    // The paper's column order, then any other measured column.
+    let mut order: Vec<usize> = TABLE2_COLUMNS
+        .iter()
+        .filter_map(|(_, c)| t2.columns.iter().position(|x| x == c))
+        .collect();
+    let rest: Vec<usize> = (0..t2.columns.len())
+        .filter(|i| !order.contains(i))
+        .collect();
+    order.extend(rest);
+    t2.columns = order.iter().map(|&i| t2.columns[i].clone()).collect();
+    for r in &mut t2.rows {
+        r.1 = order.iter().map(|&i| r.1[i]).collect();
+    }
+    let cols = t2.columns.len();
+    let avgs: Vec<(String, f64)> = t2
+        .rows
+        .iter()
+        .filter(|r| cols > 1 && r.1.iter().all(|v| v.is_some()))
+        .map(|r| (r.0.clone(), r.1.iter().flatten().sum::<f64>() / cols as f64))
+        .collect();
+    for (m, a) in avgs {
+        t2.set(&m, "Avg", a);
+    }
+}
+
 /// Writes `tableN.{md,csv,png}` and `tables.md` into `out`; returns the Markdown.
 pub fn write(out: &Path, tables: &[(&'static str, Table)]) -> Result<String> {
     if tables.is_empty() {
@@ -428,5 +508,34 @@ mod tests {
         assert!(md.contains("| c | - | 90.0 |"), "{md}");
         assert!(md.contains("mCE ↓"));
         assert!(t.csv().contains("b,60.0,80.0,Avg"), "{}", t.csv());
+    }
+
+    #[test]
+    fn published_rows_sit_under_their_measured_twin() {
+        let mut t = Table::new("Table 2", true);
+        t.set("other", "Clean", 0.5);
+        t.set("MPM_R50_GELU", "Linf 4/255", 0.4);
+        t.set("MPM_R50_GELU", "Clean", 0.7);
+        let mut tables = vec![("table2", t)];
+        let list = crate::nn::zoo_list::table2().unwrap();
+        add_published(&mut tables, &list);
+        let t2 = &tables[0].1;
+        let names: Vec<&str> = t2.rows.iter().map(|r| r.0.as_str()).collect();
+        let i = names.iter().position(|n| *n == "MPM_R50_GELU").unwrap();
+        assert_eq!(names[i + 1], "MPM_R50_GELU (paper)", "{names:?}");
+        assert_eq!(
+            &t2.columns[..5],
+            ["Clean", "Linf 4/255", "Linf 8/255", "L1 75", "L2 2"]
+        );
+        let md = t2.markdown();
+        // The paper's row: 67.8 / 39.1 / 13.6 / 6.2 / 24.3, Avg 30.2; never bold.
+        assert!(
+            md.contains("| MPM_R50_GELU (paper) | 67.8 | 39.1 | 13.6 | 6.2 | 24.3 | 30.2 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| MPM_R50_GELU | **70.0** | **40.0** | - | - | - | - |"),
+            "{md}"
+        );
     }
 }

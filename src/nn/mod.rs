@@ -5,6 +5,8 @@ pub mod layout;
 pub mod model;
 pub mod params;
 pub mod resnet;
+pub mod zoo;
+pub mod zoo_list;
 
 pub use layers::{Act, Ctx};
 pub use model::{Head, LossConfig, ModelSpec, Output, StateValue};

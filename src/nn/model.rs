@@ -113,11 +113,28 @@ impl ModelSpec {
 
     /// Forward from NHWC images in [0, 1] (normalised inside the model).
     pub fn forward(&self, ctx: &mut Ctx, images: Var) -> Result<Output> {
-        let x = ops::basic::normalize_input_as(
-            &mut ctx.tape,
+        self.forward_normalized(
+            ctx,
             images,
             ops::basic::IMAGENET_MEAN,
             ops::basic::IMAGENET_STD,
+        )
+    }
+
+    /// `forward` with another input normalisation (published models that were trained with
+    /// their own, `nn::zoo`).
+    pub fn forward_normalized(
+        &self,
+        ctx: &mut Ctx,
+        images: Var,
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> Result<Output> {
+        let x = ops::basic::normalize_input_as(
+            &mut ctx.tape,
+            images,
+            mean,
+            std,
             ctx.precision.activation_dtype(),
         )?;
         let [_, l2, l3, l4] = self.backbone.forward(ctx, x, self.prefix())?;
@@ -141,14 +158,30 @@ impl ModelSpec {
     /// Logits only, for evaluation and attacks: an MPM is then the plain ResNet (the bypass
     /// layers are not run); the two-stage model has no shortcut and runs whole.
     pub fn forward_logits(&self, ctx: &mut Ctx, images: Var) -> Result<Var> {
+        self.forward_logits_normalized(
+            ctx,
+            images,
+            ops::basic::IMAGENET_MEAN,
+            ops::basic::IMAGENET_STD,
+        )
+    }
+
+    /// `forward_logits` with another input normalisation (`nn::zoo`).
+    pub fn forward_logits_normalized(
+        &self,
+        ctx: &mut Ctx,
+        images: Var,
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> Result<Var> {
         match self.head {
-            Head::TwoStage { .. } => Ok(self.forward(ctx, images)?.logits),
+            Head::TwoStage { .. } => Ok(self.forward_normalized(ctx, images, mean, std)?.logits),
             Head::None | Head::Mpm { .. } => {
                 let x = ops::basic::normalize_input_as(
                     &mut ctx.tape,
                     images,
-                    ops::basic::IMAGENET_MEAN,
-                    ops::basic::IMAGENET_STD,
+                    mean,
+                    std,
                     ctx.precision.activation_dtype(),
                 )?;
                 let [_, _, _, l4] = self.backbone.forward(ctx, x, self.prefix())?;
