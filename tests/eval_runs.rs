@@ -1,10 +1,11 @@
 //! `mpm-eval clean | corruptions | ood | human | table` end to end on a width-8 ResNet-18 and a
 //! few images made here: ImageNet-C from a pre-generated tree and on the fly agree image for
 //! image, resume keeps every finished image, bad images are counted skips, ImageNet-A-Plus
-//! restricts to its 200 classes, the model-vs-human CSVs follow the benchmark's format, and the
-//! table command puts the reports side by side.
+//! restricts to its 200 classes, ImageNet-V2's class-index folders are read as numbers, `clean
+//! --list` scores exactly the listed images, the model-vs-human CSVs follow the benchmark's
+//! format, and the table command puts the reports side by side.
 
-use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec};
+use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec, StateValue, TorchTensor};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -28,6 +29,40 @@ fn model(dir: &Path, name: &str, classes: usize, seed: u64) {
         &Default::default(),
     )
     .unwrap();
+}
+
+/// A plain ResNet-18 that answers `class` for every image (fc weights 0, a one-hot bias), so
+/// an accuracy says which labels the images got.
+fn constant_model(dir: &Path, name: &str, classes: usize, class: usize) {
+    let spec = ModelSpec {
+        backbone: Backbone {
+            arch: Arch::ResNet18,
+            width: 8,
+            act: Act::Gelu,
+        },
+        num_classes: classes,
+        seg_classes: 0,
+        head: Head::None,
+    };
+    let mut state = spec.state_dict(&spec.init(5).unwrap()).unwrap();
+    let features = spec.backbone.final_channels();
+    state.insert(
+        "fc.weight".into(),
+        StateValue::Float(TorchTensor {
+            shape: vec![classes, features],
+            data: vec![0.0; classes * features],
+        }),
+    );
+    let mut bias = vec![0.0; classes];
+    bias[class] = 10.0;
+    state.insert(
+        "fc.bias".into(),
+        StateValue::Float(TorchTensor {
+            shape: vec![classes],
+            data: bias,
+        }),
+    );
+    mpm::nn::checkpoint::save_state(&dir.join(name), &state, &Default::default()).unwrap();
 }
 
 /// A smooth random-ish image (so that corruptions and resizes do something visible).
@@ -441,4 +476,115 @@ fn ood_human_and_table() {
         t2.contains("| other_attack | **60.0** | **20.0** | **30.0** | **36.7** |"),
         "{t2}"
     );
+}
+
+#[test]
+fn imagenet_v2_labels_are_the_folder_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 12 classes: sorted as text the folders are 0, 1, 10, 11, 2, ...; as numbers 10 is class 10.
+    constant_model(d, "m12.safetensors", 12, 10);
+    for c in 0..12 {
+        std::fs::create_dir_all(d.join(format!("v2/{c}"))).unwrap();
+    }
+    image(&d.join("v2/10/a.png"), 40, 36, 1);
+    image(&d.join("v2/10/b.png"), 36, 40, 2);
+    image(&d.join("v2/2/c.png"), 40, 40, 3);
+    let args = |json: &'static str| -> Vec<&'static str> {
+        vec![
+            "ood",
+            "--weights",
+            "m12.safetensors",
+            "--arch",
+            "resnet18",
+            "--num-classes",
+            "12",
+            "--crop",
+            "32",
+            "--dataset",
+            "imagenet-v2",
+            "--data",
+            "v2",
+            "--json",
+            json,
+        ]
+    };
+    ok(&eval(d, &args("v2.json")));
+    let r = json(&d.join("v2.json"));
+    assert_eq!(r["result"]["n"], 3, "{r}");
+    assert_eq!(r["column"], "IN-V2");
+    // Folder "10" is label 10 (right twice), folder "2" label 2 (wrong once).
+    let acc = r["accuracy"].as_f64().unwrap();
+    assert!((acc - 2.0 / 3.0).abs() < 1e-9, "{r}");
+    // A folder that is not a class index is named.
+    std::fs::create_dir_all(d.join("v2/x")).unwrap();
+    std::fs::remove_dir_all(d.join("v2/11")).unwrap();
+    let o = eval(d, &[&args("v2b.json")[..], &["--no-resume"]].concat());
+    let s = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && s.contains("folder 'x' is not a class index"),
+        "{s}"
+    );
+}
+
+#[test]
+fn clean_list_scores_exactly_the_listed_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    constant_model(d, "m3.safetensors", 3, 1);
+    for (c, class) in ["a", "b", "c"].iter().enumerate() {
+        for k in 0..2 {
+            image(
+                &d.join(format!("val/{class}/{k}.png")),
+                40,
+                40,
+                (3 * c + k) as u32,
+            );
+        }
+    }
+    // The balanced-10K list's format, `<class>/<file> <label>`; a comment and a blank line.
+    std::fs::write(
+        d.join("list.txt"),
+        "# three of six\na/0.png 0\n\nb/1.png 1\nb/0.png\n",
+    )
+    .unwrap();
+    let mut a: Vec<&str> = vec!["clean"];
+    a.extend(MODEL3);
+    a.extend([
+        "--data",
+        "val",
+        "--list",
+        "list.txt",
+        "--crop",
+        "32",
+        "--json",
+        "clean.json",
+    ]);
+    ok(&eval(d, &a));
+    let r = json(&d.join("clean.json"));
+    assert_eq!(r["result"]["n"], 3, "{r}");
+    // The model answers class 1 ('b'): the two listed 'b' images are right.
+    let acc = r["clean_accuracy"].as_f64().unwrap();
+    assert!((acc - 2.0 / 3.0).abs() < 1e-9, "{r}");
+    assert_eq!(answers(&d.join("clean.json.journal")).len(), 3);
+    // A label that contradicts the folder, and a listed file that does not exist, are named.
+    for (text, want) in [
+        ("a/0.png 1\n", "label 1 but 'a' is class 0"),
+        ("c/5.png 2\n", "does not exist"),
+        ("d/0.png\n", "class 'd' is not a directory"),
+    ] {
+        std::fs::write(d.join("bad.txt"), text).unwrap();
+        let mut b: Vec<&str> = a
+            .iter()
+            .map(|&x| match x {
+                "list.txt" => "bad.txt",
+                "clean.json" => "bad.json",
+                x => x,
+            })
+            .collect();
+        b.push("--no-resume");
+        let o = eval(d, &b);
+        let s = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && s.contains(want), "{text}: {s}");
+    }
 }

@@ -8,7 +8,9 @@
 //! groups, one epoch), and the device. Order:
 //!
 //! ```text
-//! torchvision-layout backbone -> mpm_init -> mpm_at, sv1, sv2, notd, ori, eps8, real_only, nocf
+//! torchvision-layout backbone -> mpm_init -> mpm-data pseudo (the warm-up as the part labeller:
+//!                                            train with the Category Filter, train_nocf without)
+//!                             -> mpm_at, sv1, sv2, notd, ori, eps8, real_only, nocf
 //!                             -> mpm_object_init -> mpm_object_at
 //!                             -> twostage_at, vanilla_at, vanilla_at_eps8
 //! standard (from scratch); then export and mpm-attack on the exported MPM.
@@ -21,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const CLASSES: usize = 3;
+/// Train images per class without real annotations (pseudo-labelled by the pipeline).
+const UNLABELLED_PER_CLASS: usize = 2;
 
 fn run(bin: &str, dir: &Path, args: &[&str]) -> String {
     let o = Command::new(bin)
@@ -107,10 +111,11 @@ fn images_of(class_dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// The data: synthetic PIN++ -> `mpm-data labels` -> the training layout; a small eval folder;
-/// `whether_pseudo/` flags (every other image marked pseudo) when `labels` did not write them;
-/// the no-Category-Filter training set (a copy here: the real one is built by
-/// `mpm-data pseudo --no-category-filter`, docs/reproduce.md).
+/// The data: synthetic PIN++ -> `mpm-data labels` -> the training layout (flag 0 in
+/// `whether_pseudo/`); the same for the no-Category-Filter set (`train_nocf`, as
+/// docs/reproduce.md builds it); a small eval folder; and the train images without real
+/// annotations (IN-1K's other images): a second synthetic set's images, renamed so that no name
+/// collides, in `data/imagenet/train_unlabelled/<wnid>/`.
 fn prepare_data(d: &Path) -> usize {
     data(
         d,
@@ -149,29 +154,44 @@ fn prepare_data(d: &Path) -> usize {
     );
     let parts = std::fs::read_to_string(train.join("parts.tsv")).unwrap();
     let seg_classes = parts.lines().count() + 1;
-    let flags = train.join("whether_pseudo");
     let mut wnids: Vec<String> = std::fs::read_dir(train.join("img"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     wnids.sort();
     assert_eq!(wnids.len(), CLASSES);
-    if !flags.exists() {
-        std::fs::create_dir_all(&flags).unwrap();
-        for w in &wnids {
-            let lines: String = images_of(&train.join("img").join(w))
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    format!(
-                        "{}/{} {}\n",
-                        w,
-                        p.file_name().unwrap().to_string_lossy(),
-                        i % 2
-                    )
-                })
-                .collect();
-            std::fs::write(flags.join(format!("{w}.txt")), lines).unwrap();
+    for w in &wnids {
+        let flags = std::fs::read_to_string(train.join(format!("whether_pseudo/{w}.txt")))
+            .unwrap_or_else(|e| panic!("labels wrote no whether_pseudo/{w}.txt: {e}"));
+        assert!(
+            !flags.is_empty() && flags.lines().all(|l| l.ends_with(" 0")),
+            "{w}: annotated images are flagged 0:\n{flags}"
+        );
+    }
+    data(
+        d,
+        &[
+            "synth",
+            "--out",
+            "syn_more",
+            "--classes",
+            &CLASSES.to_string(),
+            "--images-per-class",
+            &UNLABELLED_PER_CLASS.to_string(),
+            "--min-size",
+            "40",
+            "--max-size",
+            "56",
+            "--seed",
+            "1",
+        ],
+    );
+    for w in &wnids {
+        let to = d.join("data/imagenet/train_unlabelled").join(w);
+        std::fs::create_dir_all(&to).unwrap();
+        for p in images_of(&d.join("syn_more/images").join(w)) {
+            let name = format!("more_{}", p.file_name().unwrap().to_string_lossy());
+            std::fs::copy(&p, to.join(name)).unwrap();
         }
     }
     copy_dir(&train, &d.join("data/partimagenetpp/train_nocf"));
@@ -184,6 +204,99 @@ fn prepare_data(d: &Path) -> usize {
         }
     }
     seg_classes
+}
+
+/// `mpm-data pseudo` as docs/reproduce.md runs it, with the head warm-up's checkpoint as the
+/// part labeller (its EMA weights): the unlabelled train images get maps in `train` (with the
+/// Category Filter) and in `train_nocf` (without), `img/` links and flag 1; the annotated
+/// images keep their maps and flag 0. The AT stages after it train on both.
+fn pseudo_label(d: &Path, seg_classes: usize) {
+    data(
+        d,
+        &[
+            "index",
+            "--root",
+            "data/imagenet/train_unlabelled",
+            "--out",
+            "data/train_unlabelled.tsv",
+        ],
+    );
+    let sc = seg_classes.to_string();
+    let c = CLASSES.to_string();
+    for (out, extra) in [
+        ("data/partimagenetpp/train", None),
+        (
+            "data/partimagenetpp/train_nocf",
+            Some("--no-category-filter"),
+        ),
+    ] {
+        let before =
+            std::fs::read_to_string(d.join(out).join("whether_pseudo/n90000000.txt")).unwrap();
+        let mut args = vec![
+            "pseudo",
+            "--weights",
+            "runs/mpm_init_in1k/checkpoints/last.safetensors",
+            "--arch",
+            "resnet18",
+            "--num-classes",
+            &c,
+            "--head",
+            "mpm",
+            "--seg-classes",
+            &sc,
+            "--parts",
+            "data/partimagenetpp/train/parts.tsv",
+            "--index",
+            "data/train_unlabelled.tsv",
+            "--input-size",
+            "32",
+            "--out",
+            out,
+        ];
+        args.extend(extra);
+        let text = data(d, &args);
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(d.join(out).join("pseudo_report.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            report["written"],
+            CLASSES * UNLABELLED_PER_CLASS,
+            "{out}: {report}\n{text}"
+        );
+        assert_eq!(report["category_filter"], extra.is_none(), "{report}");
+        let root = d.join(out);
+        for w in (0..CLASSES).map(|i| format!("n9000000{i}")) {
+            let flags =
+                std::fs::read_to_string(root.join(format!("whether_pseudo/{w}.txt"))).unwrap();
+            let mut pseudo = 0;
+            for p in images_of(&d.join("data/imagenet/train_unlabelled").join(&w)) {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+                assert!(
+                    root.join(format!("img/{w}/{name}")).exists(),
+                    "{out}: no img/{w}/{name}"
+                );
+                assert!(
+                    root.join(format!("seg/{w}/{stem}.png")).exists(),
+                    "{out}: no map"
+                );
+                let line = flags.lines().find(|l| l.contains(&name));
+                assert!(
+                    line.is_some_and(|l| l.ends_with(" 1")),
+                    "{out}/{w}: {flags}"
+                );
+                pseudo += 1;
+            }
+            assert_eq!(pseudo, UNLABELLED_PER_CLASS);
+            // The annotated images' flags are untouched.
+            let zeros = flags.lines().filter(|l| l.ends_with(" 0")).count();
+            if w == "n90000000" {
+                assert_eq!(zeros, before.lines().count(), "{out}: {flags}");
+            }
+            assert!(zeros > 0, "{out}/{w}: {flags}");
+        }
+    }
 }
 
 /// torchvision's ResNet-50 file, at toy size: a plain ResNet-18 (width 8, 3 classes) state dict
@@ -235,6 +348,7 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
     let from_warmup =
         "init_checkpoint runs/mpm_init_in1k/checkpoints/last.safetensors: an mpm-train checkpoint";
     stage("mpm_init_in1k", s, torchvision);
+    pseudo_label(d, s);
     for name in [
         "mpm_at_in1k",
         "mpm_sv1_at_in1k",
@@ -313,7 +427,7 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
         "the pipeline test must run every shipped config"
     );
 
-    // The real-only ablation read the flags (half the images are pseudo-labelled here).
+    // The real-only ablation read the flags (the pseudo-labelled images are flagged 1).
     let cfg = std::fs::read_to_string(d.join("runs/mpm_real_only_at_in1k/config.toml")).unwrap();
     assert!(
         cfg.contains("use_whether_pseudo = true") && cfg.contains("pseudo_weight = 0.0"),

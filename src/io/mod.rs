@@ -49,13 +49,24 @@ const MODEL_KEYS: &[&str] = &["state_dict", "model"];
 ///
 /// For `.pth` training checkpoints (timm style: `{'state_dict', 'state_dict_ema', 'epoch',
 /// 'optimizer', 'args', ...}`) `pick` selects the dict; a plain state dict is used as is.
-/// A safetensors file holds one state dict, so `pick` does not apply to it. A leading
+/// A safetensors state dict is used as is; an `mpm-train` checkpoint (metadata `format`
+/// `mpm-train/N`) gives its `ema.*` or `model.*` group by `pick`. A leading
 /// `module.` (DataParallel, timm's EMA wrapper) is stripped from every name; scalar tensors
 /// such as `num_batches_tracked` are kept. Non-tensor entries of the chosen dict are skipped.
 pub fn load_state_dict(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
     let tensors = match sniff(path)? {
         Sniff::Pth => pick_from_pth(path, pick)?,
-        Sniff::Safetensors => load_safetensors(path)?.0,
+        Sniff::Safetensors => {
+            let (tensors, meta) = load_safetensors(path)?;
+            if meta
+                .get("format")
+                .is_some_and(|f| f.starts_with(TRAIN_CHECKPOINT_FORMAT))
+            {
+                pick_from_train_checkpoint(path, tensors, pick)?
+            } else {
+                tensors
+            }
+        }
     };
     strip_module_prefix(path, tensors)
 }
@@ -99,6 +110,40 @@ fn sniff(path: &Path) -> Result<Sniff> {
                 .join(" ")
         ),
     ))
+}
+
+/// Metadata `format` prefix of an `mpm-train` checkpoint (`train::checkpoint::FORMAT`).
+const TRAIN_CHECKPOINT_FORMAT: &str = "mpm-train/";
+
+/// An `mpm-train` checkpoint holds `model.*`, `ema.*` and `momentum.*` groups: `pick` chooses
+/// one as it chooses `state_dict` / `state_dict_ema` in a timm `.pth` (Auto = EMA when stored),
+/// so every reader of weights (attacks, evaluations, the pseudo labeller) takes such a file.
+fn pick_from_train_checkpoint(
+    path: &Path,
+    tensors: NamedTensors,
+    pick: StateDictPick,
+) -> Result<NamedTensors> {
+    let (mut ema, mut model) = (NamedTensors::new(), NamedTensors::new());
+    for (k, v) in tensors {
+        if let Some(n) = k.strip_prefix("ema.") {
+            ema.insert(n.to_string(), v);
+        } else if let Some(n) = k.strip_prefix("model.") {
+            model.insert(n.to_string(), v);
+        }
+    }
+    match pick {
+        StateDictPick::Ema if ema.is_empty() => Err(Error::format(
+            path,
+            "EMA weights requested, but this mpm-train checkpoint has no 'ema.*' tensors (EMA off)",
+        )),
+        StateDictPick::Ema => Ok(ema),
+        StateDictPick::Auto if !ema.is_empty() => Ok(ema),
+        _ if model.is_empty() => Err(Error::format(
+            path,
+            "an mpm-train checkpoint without 'model.*' tensors",
+        )),
+        _ => Ok(model),
+    }
 }
 
 fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {

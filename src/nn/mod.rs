@@ -1,5 +1,6 @@
 //! Models: parameter store, layers, ResNet backbones, MPM and two-stage heads, losses.
 pub mod checkpoint;
+pub mod init;
 pub mod layers;
 pub mod layout;
 pub mod model;

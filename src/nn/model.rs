@@ -307,57 +307,16 @@ impl ModelSpec {
         ops::add(&mut ctx.tape, ce, seg)
     }
 
-    /// A freshly initialised model (torchvision's rules: Kaiming-normal fan-out convs, BN
-    /// weight 1 / bias 0, linear uniform(+-1/sqrt(in))).
+    /// A random model by the authors' distributions (timm's ResNet init, PyTorch's defaults for
+    /// the new layers; `super::init`), every BN weight 1 (tests, audits, benchmarks).
     pub fn init(&self, seed: u64) -> Result<ParamStore> {
-        use rand::{RngExt, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let d = self.declare();
-        let mut store = ParamStore::new();
-        for (name, shape, kind) in &d.entries {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = if name.ends_with("running_var") {
-                vec![1.0; n]
-            } else if name.ends_with("running_mean") {
-                vec![0.0; n]
-            } else if shape.len() == 4 {
-                let fan_out = (shape[0] * shape[2] * shape[3]) as f32;
-                let std = (2.0 / fan_out).sqrt();
-                (0..n)
-                    .map(|_| {
-                        // Box-Muller
-                        let u1: f32 = rng.random_range(f32::EPSILON..1.0);
-                        let u2: f32 = rng.random_range(0.0..1.0);
-                        std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                    })
-                    .collect()
-            } else if d.bn_prefixes.iter().any(|p| name == &format!("{p}.weight")) {
-                vec![1.0; n]
-            } else if d.bn_prefixes.iter().any(|p| name == &format!("{p}.bias")) {
-                vec![0.0; n]
-            } else {
-                let fan_in = d
-                    .entries
-                    .iter()
-                    .find(|e| e.0 == name.replace(".bias", ".weight"))
-                    .map(|e| e.1.get(1).copied().unwrap_or(1))
-                    .unwrap_or(1) as f32;
-                let b = 1.0 / fan_in.sqrt();
-                (0..n).map(|_| rng.random_range(-b..b)).collect()
-            };
-            store.insert(
-                name,
-                *kind,
-                TorchTensor {
-                    shape: shape.clone(),
-                    data,
-                },
-            )?;
-        }
-        for p in &d.bn_prefixes {
-            store.add_counter(p, 0);
-        }
-        Ok(store)
+        super::init::init(self, seed, super::init::Init::Random)
+    }
+
+    /// The model a training run from scratch starts from: [`Self::init`] with timm's
+    /// `zero_init_last` (the last BN of every residual block at weight 0).
+    pub fn init_from_scratch(&self, seed: u64) -> Result<ParamStore> {
+        super::init::init(self, seed, super::init::Init::FromScratch)
     }
 
     /// Builds the parameter store from a checkpoint, listing every missing, unexpected or

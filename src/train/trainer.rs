@@ -791,11 +791,11 @@ pub fn argmax(v: &[f32]) -> usize {
     best
 }
 
-/// The starting weights: random (torchvision init rules) or from `init_checkpoint` (any kind
-/// `init::read` accepts; the kind found is printed on stderr).
+/// The starting weights: from scratch (the authors' rules, `nn::init`) or from `init_checkpoint`
+/// (any kind `init::read` accepts; the kind found is printed on stderr).
 fn init_model(cfg: &TrainConfig, spec: &ModelSpec) -> Result<ParamStore> {
     if cfg.init_checkpoint.is_empty() {
-        return spec.init(cfg.seed);
+        return spec.init_from_scratch(cfg.seed);
     }
     let path = Path::new(&cfg.init_checkpoint);
     let weights = super::init::read(path)?;
