@@ -155,7 +155,7 @@ fn train_args(data: &Path, out: &Path, batch: &str, epochs: &str) -> Vec<String>
     .map(|s| s.to_string())
     .chain([
         "--train-dir".into(),
-        data.join("img").display().to_string(),
+        data.display().to_string(),
         "--output-dir".into(),
         out.display().to_string(),
     ])
