@@ -11,6 +11,8 @@
 #                                     # one machine start (carry device-out/bin, device-out/aa)
 #   scripts/device-check.sh session   # the parts in priority order under one deadline (below):
 #                                     # the command for a 15-minute GPU session
+#   scripts/device-check.sh ddp       # NCCL at world size 1 (issue #19): the dist_nccl test and
+#                                     # mpm-bench --ddp-overhead (also a part of gpu and session)
 #
 # GPU side: cuBLAS 13 and cuDNN 9 come from python's site-packages (nvidia/cublas/lib,
 # nvidia/cudnn/lib, nvidia/cu13/lib); they are put on LD_LIBRARY_PATH. Never touches the
@@ -29,7 +31,7 @@ build() {
   cp target/release/mpm-bench "$BIN/"
   # Test executables: cargo prints their paths as JSON "executable" fields.
   cargo test --release --no-run --message-format=json \
-      --test cuda_parity --test kernels_compile --test train_gpu 2>/dev/null |
+      --test cuda_parity --test kernels_compile --test train_gpu --test dist_nccl 2>/dev/null |
     python3 -c '
 import json, sys, shutil
 for line in sys.stdin:
@@ -61,7 +63,8 @@ setup_libs() {
   for d in $sp; do
     for f in "$d"/nvidia/cudnn/lib/libcudnn.so.9 "$d"/nvidia/cu13/lib/libcublas.so.13 \
              "$d"/nvidia/cu13/lib/libcublasLt.so.13 "$d"/nvidia/cublas/lib/libcublas.so.13 \
-             "$d"/nvidia/cublas/lib/libcublasLt.so.13; do
+             "$d"/nvidia/cublas/lib/libcublasLt.so.13 "$d"/nvidia/nccl/lib/libnccl.so.2 \
+             "$d"/nvidia/cu13/lib/libnccl.so.2; do
       [ -f "$f" ] && ln -sfn "$f" "$pin/$(basename "${f%.*}")"
     done
   done
@@ -96,6 +99,26 @@ gpu() {
   # TF32 (f32 tensors, TF32 tensor cores in cuBLAS/cuDNN: PyTorch's default for convolutions);
   # off unless T_TF32 is set.
   bench tf32 "${T_TF32:-0}" 2 --skip-kernels
+  [ "${T_DDP:-120}" != 0 ] && ddp
+}
+
+# NCCL at world size 1 on GPU 0 (issue #19): the one-GPU check (tests/dist_nccl.rs: the
+# data-parallel step through NCCL trains the plain step's model bit for bit) and the overhead
+# of the full MPM step through NCCL against the plain step (mpm-bench --ddp-overhead, target
+# < 3%). NCCL comes from the pip wheel (nvidia/nccl/lib/libnccl.so.2), linked as libnccl.so
+# (the name cudarc opens) by setup_libs. T_DDP_TEST / T_DDP limit the two parts (seconds).
+ddp() {
+  local out="${OUT:-device-out/results}"
+  mkdir -p "$out"
+  setup_libs
+  echo "== NCCL world size 1" | tee -a "$out/summary.txt"
+  timeout "${T_DDP_TEST:-60}" "$BIN/dist_nccl" --test-threads 1 --nocapture > "$out/dist_nccl.txt" 2>&1
+  echo "dist_nccl rc=$? (124 = timed out)" | tee -a "$out/summary.txt"
+  grep -E "^test |skipped|NCCL|panicked|test result" "$out/dist_nccl.txt" | tee -a "$out/summary.txt"
+  timeout "${T_DDP:-120}" "$BIN/mpm-bench" --device cuda:0 --precision bf16 --batch "${DDP_BATCH:-64}" \
+    --repeats 5 --ddp-overhead > "$out/bench_ddp.txt" 2>&1
+  echo "mpm-bench --ddp-overhead rc=$?" | tee -a "$out/summary.txt"
+  tee -a "$out/summary.txt" < "$out/bench_ddp.txt"
 }
 
 # bench PRECISION LIMIT REPEATS [FLAGS...]: one mpm-bench run at batch 128 (LIMIT 0 skips it).
@@ -257,6 +280,10 @@ session() {
   fi
   pack
   if part "mpm-bench tf32" 40 "${T_TF32:-60}" t; then bench tf32 "$t" 2 --skip-kernels; fi
+  pack
+  if part "NCCL world size 1" 45 "${T_DDP:-100}" t; then
+    T_DDP_TEST=$(( t / 3 )) T_DDP=$(( t * 2 / 3 )) ddp
+  fi
   echo "session: $(( $(date +%s) - t0 )) s of ${deadline}" | tee -a "$out/summary.txt"
   pack
 }
@@ -278,8 +305,9 @@ case "${1:-}" in
   session) session ;;
   all) all ;;
   gpu) gpu ;;
+  ddp) ddp ;;
   attack-build) attack_build ;;
   attack) attack ;;
   attack-r50) attack_r50 ;;
-  *) echo "usage: $0 build|session|gpu|attack-build|attack|attack-r50|all" >&2; exit 2 ;;
+  *) echo "usage: $0 build|session|gpu|ddp|attack-build|attack|attack-r50|all" >&2; exit 2 ;;
 esac

@@ -10,6 +10,7 @@
 //! - `nn`       : named parameter store, ResNet-18/34/50, MPM heads, two-stage part model, losses.
 //! - `io`       : safetensors and PyTorch `.pth` (restricted unpickler) checkpoints.
 //! - `data`     : PIN++ annotations, label maps, synthetic data, loader and augmentation.
+//! - `dist`     : data-parallel ranks (DDP semantics): communicators, NCCL, rendezvous, launcher.
 //! - `train`    : `mpm-train`: the AT recipe (schedule, SGD, EMA, PGD), checkpoints, eval, demo.
 //!
 //! Shape glossary: N batch, H/W spatial, C channels, K part classes, S = K + 1 segmentation
@@ -26,6 +27,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod io;

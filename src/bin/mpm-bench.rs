@@ -3,7 +3,9 @@
 //! training step (2 PGD steps + a training step) and of an attack gradient step.
 //!
 //! `mpm-bench [--device auto|cpu|cuda:N] [--precision bf16|f32] [--batch 128] [--size 224]
-//!            [--seg-classes 3311] [--repeats 5] [--tiny] [--skip-kernels]`
+//!            [--seg-classes 3311] [--repeats 5] [--tiny] [--skip-kernels] [--ddp-overhead]`
+//! `--ddp-overhead` times only the full training step through NCCL at world size 1 against the
+//! plain step (issue #19: target < 3%; docs/distributed.md).
 //! Without a GPU it says so and stops, unless `--tiny` (a CPU smoke run at small sizes).
 //! After the attack-step timing it prints, per ResNet-50 conv -> BN -> GELU shape at the
 //! benchmark batch, the time of the fused conv-GELU kernel and of cuDNN + epilogue, and which
@@ -43,6 +45,97 @@ struct Args {
     /// Small sizes (batch 2, 64x64, ResNet-18 width 16): a smoke run, CPU included.
     #[arg(long)]
     tiny: bool,
+    /// Only the data-parallel overhead: the full MPM training step (`Trainer`) through NCCL at
+    /// world size 1 (`dist::Dist::step`) against the plain step, alternating, medians.
+    #[arg(long)]
+    ddp_overhead: bool,
+}
+
+/// The data-parallel step at world size 1 on NCCL against the plain training step: the same
+/// trainer and batch, the two timed alternately (`repeats` each after a warm-up of each), so
+/// clock drift and caches hit both. Prints the medians and the overhead in percent.
+fn ddp_overhead(d: Device, a: &Args) -> mpm::Result<()> {
+    let Device::Cuda(ordinal) = d else {
+        return Err(mpm::Error::Msg(
+            "--ddp-overhead measures NCCL and needs a GPU".into(),
+        ));
+    };
+    if let Some(why) = mpm::dist::nccl::unavailable_reason() {
+        return Err(mpm::Error::Msg(format!("NCCL unavailable: {why}")));
+    }
+    let (arch, width, classes, seg, size) = if a.tiny {
+        ("resnet18", "16", "10", 7, 64)
+    } else {
+        ("resnet50", "64", "1000", a.seg_classes, a.size)
+    };
+    let batch = if a.tiny { 2 } else { a.batch };
+    let mut cfg = mpm::train::TrainConfig::default();
+    for (k, v) in [
+        ("model", arch),
+        ("width", width),
+        ("num_classes", classes),
+        ("partmodel_type", "mpm"),
+        ("precision", a.precision.as_str()),
+    ] {
+        cfg.set(k, v)?;
+    }
+    cfg.seg_classes = seg;
+    cfg.input_size = size;
+    cfg.batch_size = batch;
+    cfg.device = format!("cuda:{ordinal}");
+    let src = mpm::train::MemorySource::new(8, batch.div_ceil(8), size, 1);
+    let b = mpm::train::BatchSource::batch(&src, 0, 0, batch, true)?;
+    let mut t = mpm::train::Trainer::new(cfg, 1_000_000)?;
+    t.to_device(d)?;
+    let comm = mpm::dist::nccl::NcclComm::init(
+        &mpm::dist::RankEnv::single(),
+        ordinal,
+        b"mpm-bench",
+        mpm::dist::DEFAULT_TIMEOUT,
+    )?;
+    let dist = mpm::dist::Dist::new(Box::new(comm));
+    println!(
+        "data-parallel overhead: {arch}+MPM (S = {seg}), batch {batch}, {size} px, {} PGD steps, \
+         NCCL world size 1 ({} gradient values in buckets of {} MB)",
+        t.cfg.attack_it,
+        t.model
+            .iter()
+            .filter(|(_, e)| e.kind == mpm::nn::Kind::Param)
+            .map(|(_, e)| e.tensor.numel())
+            .sum::<usize>(),
+        mpm::dist::train::BUCKET_BYTES >> 20
+    );
+    let (mut plain, mut ddp) = (Vec::new(), Vec::new());
+    for i in 0..=a.repeats.max(1) {
+        let t0 = Instant::now();
+        t.step(&b)?;
+        sync(d)?;
+        let p = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        dist.step(&mut t, &b)?;
+        sync(d)?;
+        let q = t1.elapsed().as_secs_f64();
+        // The first pair warms both paths up.
+        if i > 0 {
+            plain.push(p);
+            ddp.push(q);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    let (p, q) = (med(&mut plain), med(&mut ddp));
+    println!(
+        "step: plain {:.1} ms ({:.0} img/s), NCCL ws=1 {:.1} ms ({:.0} img/s), overhead {:+.2}% \
+         (target < 3%)",
+        p * 1e3,
+        batch as f64 / p,
+        q * 1e3,
+        batch as f64 / q,
+        100.0 * (q / p - 1.0)
+    );
+    Ok(())
 }
 
 fn sync(d: Device) -> mpm::Result<()> {
@@ -442,6 +535,13 @@ fn main() {
         std::process::exit(2);
     }
     let batch = if a.tiny { 2 } else { a.batch };
+    if a.ddp_overhead {
+        if let Err(e) = ddp_overhead(d, &a) {
+            eprintln!("mpm-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let r = if a.skip_kernels {
         Ok(())
     } else {

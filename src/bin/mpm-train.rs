@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! mpm-train --config configs/mpm_at_in1k.toml [--KEY VALUE ...] [--resume RUN|CKPT]
+//! mpm-train --nproc-per-node N --config ...   (N local ranks; docs/distributed.md)
 //! mpm-train demo [--out DIR]
 //! mpm-train export --checkpoint RUN_DIR [--which best|last] --out DIR   (or one checkpoint file)
 //! mpm-train sweep --config C --key lambdas --values 0,0.25,0.5,1,2 [--set KEY=VALUE ...]
@@ -47,6 +48,25 @@ fn cli() -> Command {
                 .long("no-progress")
                 .action(ArgAction::SetTrue)
                 .help("No progress bar"),
+        )
+        .arg(
+            Arg::new("nproc-per-node")
+                .long("nproc-per-node")
+                .value_name("N")
+                .help(
+                    "Start N data-parallel ranks on this node (one per GPU), like torchrun; \
+                     with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (or Slurm's variables) set, \
+                     this process is one rank instead. docs/distributed.md",
+                ),
+        )
+        .arg(
+            Arg::new("dist-timeout")
+                .long("dist-timeout")
+                .value_name("SECONDS")
+                .help(
+                    "Data-parallel runs: how long a rank waits for the others before it stops, \
+                     naming the missing rank (default 600, or MPM_DIST_TIMEOUT_S)",
+                ),
         )
         .arg(
             Arg::new("print-config")
@@ -108,7 +128,27 @@ fn config_from(m: &ArgMatches) -> mpm::Result<TrainConfig> {
 }
 
 fn main() -> ExitCode {
-    let m = cli().get_matches();
+    // `--nproc-per-node N`: this process only launches the N ranks (each runs the same
+    // command without the flag).
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match mpm::dist::launch::take_nproc_flag(&mut args) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        Ok(Some(n)) => {
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&args[0]));
+            return match mpm::dist::launch::launch(&exe, &args[1..], n) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Ok(None) => {}
+    }
+    let m = cli().get_matches_from(args);
     let res = match m.subcommand() {
         Some(("demo", sm)) => train::demo::run_cli(sm),
         Some(("export", sm)) => export(sm),
@@ -334,11 +374,29 @@ fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
     if resume.is_none() && !cfg.init_checkpoint.is_empty() && !init.exists() {
         return Err(train::init::missing(&init));
     }
-    let (_, why) = cfg
+    // A rank of a data-parallel run joins the others (rendezvous) before the data scan.
+    let timeout = match m.get_one::<String>("dist-timeout") {
+        Some(v) => {
+            mpm::dist::parse_timeout(v).map_err(|e| mpm::Error::flag("--dist-timeout", e))?
+        }
+        None => mpm::dist::timeout_from_env()?,
+    };
+    let (dist, rank_device) = mpm::dist::train::from_env(&cfg, timeout)?;
+    if let Some(d) = rank_device {
+        cfg.device = d;
+    }
+    let (device, why) = cfg
         .device
         .parse::<mpm::device::DeviceRequest>()?
         .resolve()?;
     eprintln!("device: {why}");
+    if dist.world() > 1 {
+        eprintln!("distributed: {}", dist.describe());
+    } else if device != mpm::device::Device::Cpu {
+        if let Some(why) = mpm::dist::nccl::unavailable_reason() {
+            eprintln!("note: one GPU only; multi-GPU training is unavailable: {why}");
+        }
+    }
     // The parser's error already names --precision.
     let precision = mpm::device::parse_precision_flag(&cfg.precision)?;
     if !why.starts_with("cpu") {
@@ -358,7 +416,16 @@ fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
         plots: true,
         eval_batch_size: 0,
     };
-    let s = train::run(&cfg, train_src.as_ref(), eval_src.as_deref(), &opts)?;
+    let s = train::run::run_distributed(
+        &cfg,
+        train_src.as_ref(),
+        eval_src.as_deref(),
+        &opts,
+        &dist,
+    )?;
+    if !dist.is_root() {
+        return Ok(());
+    }
     if s.finished {
         println!(
             "done: {} epochs in {:.0}s; run directory {}",

@@ -24,6 +24,10 @@ pub struct EvalResult {
     /// Part pixel accuracy and mean IoU (None without a part head or without part maps).
     pub pixel_acc: Option<f64>,
     pub miou: Option<f64>,
+    /// The part counts behind `pixel_acc` and `miou` (sharded evaluation adds them over the
+    /// ranks: `dist::train`).
+    #[serde(skip)]
+    pub parts: Option<PartScores>,
 }
 
 pub struct EvalOptions<'a> {
@@ -127,6 +131,7 @@ pub fn evaluate(
         pgd_steps: opts.steps,
         pixel_acc: parts.pixel_acc(),
         miou: parts.miou(),
+        parts: Some(parts),
     })
 }
 

@@ -89,9 +89,11 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
+/// The run's log and metrics files; muted (writes nothing) on the ranks other than 0 of a
+/// data-parallel run.
 struct Log {
-    file: std::fs::File,
-    metrics: std::fs::File,
+    file: Option<std::fs::File>,
+    metrics: Option<std::fs::File>,
     path: PathBuf,
 }
 
@@ -105,16 +107,29 @@ impl Log {
                 .map_err(|e| Error::io(&p, e))
         };
         Ok(Log {
-            file: open(dir.join("train.log"))?,
-            metrics: open(dir.join("metrics.jsonl"))?,
+            file: Some(open(dir.join("train.log"))?),
+            metrics: Some(open(dir.join("metrics.jsonl"))?),
             path: dir.to_path_buf(),
         })
     }
+    fn muted(dir: &Path) -> Log {
+        Log {
+            file: None,
+            metrics: None,
+            path: dir.to_path_buf(),
+        }
+    }
     fn line(&mut self, s: &str) -> Result<()> {
-        writeln!(self.file, "{s}").map_err(|e| Error::io(self.path.join("train.log"), e))
+        let Some(f) = &mut self.file else {
+            return Ok(());
+        };
+        writeln!(f, "{s}").map_err(|e| Error::io(self.path.join("train.log"), e))
     }
     fn metric(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.metrics, "{v}").map_err(|e| Error::io(self.path.join("metrics.jsonl"), e))
+        let Some(f) = &mut self.metrics else {
+            return Ok(());
+        };
+        writeln!(f, "{v}").map_err(|e| Error::io(self.path.join("metrics.jsonl"), e))
     }
 }
 
@@ -175,6 +190,8 @@ struct Loop<'a> {
     best: Option<Best>,
     eval_bs: usize,
     start: Instant,
+    /// This process's place in a data-parallel run (`Dist::single()`: one process).
+    dist: &'a crate::dist::Dist,
 }
 
 /// Trains (or resumes) a run to the end of `cfg.epochs` or `stop_after_steps`.
@@ -183,6 +200,18 @@ pub fn run(
     train: &dyn BatchSource,
     eval: Option<&dyn BatchSource>,
     opts: &RunOptions,
+) -> Result<RunSummary> {
+    run_distributed(cfg, train, eval, opts, &crate::dist::Dist::single())
+}
+
+/// `run` as one rank of a data-parallel run (`dist`; docs/distributed.md): this rank's share
+/// of every batch and of the evaluation, and only rank 0 writes the run directory.
+pub fn run_distributed(
+    cfg: &TrainConfig,
+    train: &dyn BatchSource,
+    eval: Option<&dyn BatchSource>,
+    opts: &RunOptions,
+    dist: &crate::dist::Dist,
 ) -> Result<RunSummary> {
     let start = Instant::now();
     check_data(cfg, train, "train_dir")?;
@@ -197,7 +226,7 @@ pub fn run(
         Some(s)
     };
     // With batch-norm groups the training order is DistributedSampler's (`sampler`).
-    let grouped = super::sampler::single_process(cfg, train);
+    let grouped = dist.train_source(cfg, train)?;
     let train: &dyn BatchSource = grouped.as_ref().map_or(train, |g| g as &dyn BatchSource);
     let nb = train.num_batches(cfg.batch_size, true);
     if nb == 0 {
@@ -211,18 +240,25 @@ pub fn run(
         ));
     }
     let dir = &opts.run_dir;
-    std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| Error::io(dir, e))?;
-    // One run per directory; then temp files of killed writers are cleared (reliability).
-    let run_lock = crate::io::RunLock::run_dir(dir, "--output-dir")?;
-    if let Some(note) = run_lock.takeover_note() {
-        eprintln!("{note}");
-    }
-    let stale = crate::io::remove_stale_temps(dir)?
-        + crate::io::remove_stale_temps(&dir.join("checkpoints"))?;
-    if stale > 0 {
-        eprintln!("removed {stale} temp file(s) left by interrupted writes");
-    }
-    let (mut trainer, layout_note) = open_trainer(cfg, opts, nb)?;
+    // Only rank 0 of a data-parallel run touches the run directory.
+    let root = dist.is_root();
+    let _run_lock = if root {
+        std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| Error::io(dir, e))?;
+        // One run per directory; then temp files of killed writers are cleared (reliability).
+        let run_lock = crate::io::RunLock::run_dir(dir, "--output-dir")?;
+        if let Some(note) = run_lock.takeover_note() {
+            eprintln!("{note}");
+        }
+        let stale = crate::io::remove_stale_temps(dir)?
+            + crate::io::remove_stale_temps(&dir.join("checkpoints"))?;
+        if stale > 0 {
+            eprintln!("removed {stale} temp file(s) left by interrupted writes");
+        }
+        Some(run_lock)
+    } else {
+        None
+    };
+    let (mut trainer, layout_note) = open_trainer(cfg, opts, nb, dist)?;
     let (device, why) = trainer
         .cfg
         .device
@@ -230,12 +266,19 @@ pub fn run(
         .resolve()?;
     trainer.to_device(device)?;
     let config_path = dir.join("config.toml");
-    crate::io::write_bytes_atomic(
-        &config_path,
-        trainer.cfg.to_toml().as_bytes(),
-        crate::io::Durability::Fsync,
-    )?;
-    let mut log = Log::open(dir)?;
+    let mut log = if root {
+        crate::io::write_bytes_atomic(
+            &config_path,
+            trainer.cfg.to_toml().as_bytes(),
+            crate::io::Durability::Fsync,
+        )?;
+        if dist.world() > 1 {
+            crate::dist::train::write_world(dir, dist)?;
+        }
+        Log::open(dir)?
+    } else {
+        Log::muted(dir)
+    };
     log.line(&format!(
         "{} {}: {} | {} train images, {nb} updates/epoch, batch {} (micro-batch {} x {} \
          accumulated), peak lr {:.4}, {} batches prefetched",
@@ -254,13 +297,26 @@ pub fn run(
         trainer.cfg.prefetch_batches,
     ))?;
     log.line(&format!("device: {why}"))?;
+    if dist.world() > 1 {
+        let l = dist.layout(cfg)?;
+        log.line(&format!(
+            "distributed: {} ranks over {}, {} images per rank and step, {} batch-norm groups \
+             of {} (per rank {})",
+            dist.world(),
+            dist.comm().map_or("none", |c| c.backend()),
+            l.per_rank_batch,
+            l.total,
+            l.per_group,
+            l.local
+        ))?;
+    }
     if let Some(note) = layout_note {
         eprintln!("note: {note}");
         log.line(&format!("note: {note}"))?;
     }
     let last = last_checkpoint(dir);
     let total_steps = (trainer.cfg.epochs * nb) as u64;
-    let bar = progress_bar(opts.progress, total_steps, trainer.pos.global_step);
+    let bar = progress_bar(opts.progress && root, total_steps, trainer.pos.global_step);
     let mut l = Loop {
         cfg,
         opts,
@@ -275,7 +331,9 @@ pub fn run(
         last,
         last_eval: None,
         // A fresh run in a used folder must not inherit (or later export) an old best.
-        best: if opts.resume.is_some() {
+        best: if !root {
+            None
+        } else if opts.resume.is_some() {
             read_best(dir)?
         } else {
             let _ = std::fs::remove_file(best_record(dir));
@@ -284,10 +342,13 @@ pub fn run(
         },
         eval_bs: if opts.eval_batch_size > 0 {
             opts.eval_batch_size
+        } else if dist.world() > 1 {
+            dist.layout(cfg)?.per_rank_batch
         } else {
             cfg.micro_batch()
         },
         start,
+        dist,
     };
     while trainer.pos.epoch < trainer.cfg.epochs {
         let epoch = trainer.pos.epoch;
@@ -314,9 +375,12 @@ fn open_trainer(
     cfg: &TrainConfig,
     opts: &RunOptions,
     nb: usize,
+    dist: &crate::dist::Dist,
 ) -> Result<(Trainer, Option<String>)> {
     let Some(p) = &opts.resume else {
-        return Ok((Trainer::new(cfg.clone(), nb)?, None));
+        let mut t = Trainer::new(cfg.clone(), nb)?;
+        dist.lay_out_groups(&mut t, false, dist.world())?;
+        return Ok((t, None));
     };
     let file = if p.is_dir() {
         last_checkpoint(p)
@@ -330,8 +394,8 @@ fn open_trainer(
         ));
     }
     let mut t = checkpoint::load(&file, Some(cfg))?;
-    let g = t.cfg.bn_groups(1);
-    let note = t.set_group_layout(g, 0, g)?;
+    let saved_world = crate::dist::train::saved_world(&opts.run_dir);
+    let note = dist.lay_out_groups(&mut t, true, saved_world)?;
     if t.updates_per_epoch != nb {
         return Err(Error::flag(
             "--resume",
@@ -411,8 +475,9 @@ impl Loop<'_> {
                 let ts = Instant::now();
                 io.wait_s += (ts - tw).as_secs_f64();
                 io.load_s += busy;
-                let st = trainer
-                    .step(&batch)
+                let st = self
+                    .dist
+                    .step(trainer, &batch)
                     .map_err(|e| with_last_good(e, &self.last_good))?;
                 io.step_s += ts.elapsed().as_secs_f64();
                 io.images += st.n;
@@ -446,8 +511,11 @@ impl Loop<'_> {
         Ok((stopped, io))
     }
 
-    fn save_last(&mut self, trainer: &Trainer) -> Result<()> {
-        checkpoint::save(trainer, &self.last).map_err(|e| with_last_good(e, &self.last_good))?;
+    fn save_last(&mut self, trainer: &mut Trainer) -> Result<()> {
+        let last = &self.last;
+        self.dist
+            .write_on_root(trainer, |t| checkpoint::save(t, last))
+            .map_err(|e| with_last_good(e, &self.last_good))?;
         self.last_good = Some(self.last.display().to_string());
         Ok(())
     }
@@ -468,7 +536,8 @@ impl Loop<'_> {
         let mut improved = None;
         if let (true, Some(src)) = (due, self.eval) {
             self.bar.set_message("evaluating");
-            let r = eval_trainer(trainer, src, self.eval_bs, &[trainer.cfg.attack_eps as f32])?;
+            let eps = [trainer.cfg.attack_eps as f32];
+            let r = self.dist.evaluate(trainer, src, self.eval_bs, &eps)?;
             self.log
                 .metric(eval_json(epoch + 1, trainer.pos.global_step, &r))?;
             self.log
@@ -476,7 +545,7 @@ impl Loop<'_> {
             let scored = match &self.select {
                 None => Some((selection_metric(&r), "eval_dir")),
                 Some(sel) => {
-                    let s = eval_trainer(
+                    let s = self.dist.evaluate(
                         trainer,
                         sel.as_ref(),
                         self.eval_bs,
@@ -507,6 +576,10 @@ impl Loop<'_> {
         }
         trainer.next_epoch();
         self.save_last(trainer)?;
+        if !self.dist.is_root() {
+            self.best = improved.or(self.best.take());
+            return Ok(());
+        }
         let kept = self
             .dir
             .join("checkpoints")
@@ -604,6 +677,15 @@ impl Loop<'_> {
     /// and the plots.
     fn finish(mut self, trainer: Trainer) -> Result<RunSummary> {
         self.bar.finish_and_clear();
+        if !self.dist.is_root() {
+            return Ok(RunSummary {
+                trainer,
+                finished: true,
+                last_eval: self.last_eval,
+                checkpoint: self.last,
+                seconds: self.start.elapsed().as_secs_f64(),
+            });
+        }
         let out = self.dir.join("export");
         let files = match &self.best {
             Some(b) if b.epoch != trainer.pos.epoch => {
