@@ -12,8 +12,8 @@ use std::borrow::Cow;
 
 use bytemuck::Pod;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 pub use half::{bf16, f16};
+use rayon::prelude::*;
 
 use super::host::HostData;
 

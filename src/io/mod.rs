@@ -9,6 +9,7 @@ mod digest;
 pub mod elements;
 mod host;
 mod pickle;
+mod preview;
 mod pth;
 mod run_lock;
 mod safetensors;
@@ -23,6 +24,7 @@ pub use atomic::{
 };
 pub use digest::{hash_file, ContentHasher};
 pub use host::{HostData, HostTensor, NamedTensors};
+pub use preview::{StatePreview, TensorInfo};
 pub use pth::{load_pth, save_pth};
 pub use run_lock::{host_name, RunLock, RUN_LOCK_NAME};
 pub use safetensors::{load_safetensors, save_safetensors};
@@ -53,11 +55,51 @@ const MODEL_KEYS: &[&str] = &["state_dict", "model"];
 /// `module.` (DataParallel, timm's EMA wrapper) is stripped from every name; scalar tensors
 /// such as `num_batches_tracked` are kept. Non-tensor entries of the chosen dict are skipped.
 pub fn load_state_dict(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
-    let tensors = match sniff(path)? {
-        Sniff::Pth => pick_from_pth(path, pick)?,
-        Sniff::Safetensors => load_safetensors(path)?.0,
+    Ok(load_state_dict_checked(path, pick, |_| Ok(()))?.1)
+}
+
+/// [`load_state_dict`] in two steps: `check` first gets the chosen state dict's names, shapes
+/// and element types (a leading `module.` stripped), read without any tensor data (the
+/// safetensors header, or the `.pth` pickle); only when it returns `Ok` are the tensors read.
+/// A loader that knows its model refuses a file that does not fit it there, before a storage
+/// is decompressed or allocated, and then reads exactly the model's size. Entries of a
+/// training checkpoint other than the chosen dict (optimiser state, EMA when the model is
+/// picked, arguments) are neither read nor counted.
+pub fn load_state_dict_checked<T>(
+    path: &Path,
+    pick: StateDictPick,
+    check: impl FnOnce(&StatePreview) -> Result<T>,
+) -> Result<(T, NamedTensors)> {
+    let (checked, tensors) = match sniff(path)? {
+        Sniff::Pth => {
+            let mut ck = pth::Checkpoint::open(path)?;
+            let views = pick_from_pth(&ck, path, pick)?;
+            let checked = check(&preview::strip_module(preview::of_views(path, &views)?))?;
+            (checked, ck.materialize_all(views)?)
+        }
+        Sniff::Safetensors => {
+            let checked = check(&preview::strip_module(preview::of_safetensors(path)?))?;
+            (checked, load_safetensors(path)?.0)
+        }
     };
-    strip_module_prefix(path, tensors)
+    Ok((checked, strip_module_prefix(path, tensors)?))
+}
+
+/// The string keys of a `.pth` file's top-level dict that hold something (not `None`; empty
+/// when the top level is not a dict), read from its pickle alone: no tensor data is read.
+pub fn pth_top_level_keys(path: &Path) -> Result<Vec<String>> {
+    let ck = pth::Checkpoint::open(path)?;
+    Ok(ck
+        .root
+        .dict_items()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| match (k, v) {
+            (_, pickle::Value::None) => None,
+            (pickle::Value::Str(s), _) => Some(s.to_string()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Does `path` start like a PyTorch checkpoint (zip or legacy pickle)? False when unreadable.
@@ -101,8 +143,12 @@ fn sniff(path: &Path) -> Result<Sniff> {
     ))
 }
 
-fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
-    let mut ck = pth::Checkpoint::open(path)?;
+/// The tensor views of the state dict `pick` selects (nothing read yet).
+fn pick_from_pth(
+    ck: &pth::Checkpoint,
+    path: &Path,
+    pick: StateDictPick,
+) -> Result<Vec<(String, std::rc::Rc<pickle::TensorRef>)>> {
     let root = ck.root.clone();
     let Some(items) = root.dict_items() else {
         return Err(Error::format(
@@ -129,12 +175,12 @@ fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
                     ),
                 ));
             }
-            return pth::dict_tensors(&mut ck, &v, key);
+            return pth::dict_views(ck, &v, key);
         }
     }
     if pth::holds_tensors(&root) {
         if pick != StateDictPick::Ema {
-            return pth::dict_tensors(&mut ck, &root, "top-level dict");
+            return pth::dict_views(ck, &root, "top-level dict");
         }
         return Err(Error::format(
             path,

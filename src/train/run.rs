@@ -93,6 +93,8 @@ struct Log {
     file: std::fs::File,
     metrics: std::fs::File,
     path: PathBuf,
+    /// Lines held back until the epoch's checkpoint is written (`Some` while deferring).
+    held: Option<Vec<(bool, String)>>,
 }
 
 impl Log {
@@ -108,13 +110,40 @@ impl Log {
             file: open(dir.join("train.log"))?,
             metrics: open(dir.join("metrics.jsonl"))?,
             path: dir.to_path_buf(),
+            held: None,
         })
     }
     fn line(&mut self, s: &str) -> Result<()> {
+        if let Some(h) = &mut self.held {
+            h.push((false, s.to_string()));
+            return Ok(());
+        }
         writeln!(self.file, "{s}").map_err(|e| Error::io(self.path.join("train.log"), e))
     }
     fn metric(&mut self, v: serde_json::Value) -> Result<()> {
+        if let Some(h) = &mut self.held {
+            h.push((true, v.to_string()));
+            return Ok(());
+        }
         writeln!(self.metrics, "{v}").map_err(|e| Error::io(self.path.join("metrics.jsonl"), e))
+    }
+    /// Holds the following lines back until [`Log::release`]: an epoch's records are written
+    /// only once its checkpoint is, so a crash in between (after which the resumed run
+    /// redoes the epoch's end) does not leave them twice.
+    fn hold(&mut self) {
+        self.held = Some(Vec::new());
+    }
+    fn release(&mut self) -> Result<()> {
+        for (is_metric, text) in self.held.take().unwrap_or_default() {
+            if is_metric {
+                writeln!(self.metrics, "{text}")
+                    .map_err(|e| Error::io(self.path.join("metrics.jsonl"), e))?;
+            } else {
+                writeln!(self.file, "{text}")
+                    .map_err(|e| Error::io(self.path.join("train.log"), e))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -455,6 +484,22 @@ impl Loop<'_> {
     /// The epoch's metrics and log line, the evaluation when due, the checkpoint (`last`, the
     /// kept epoch file, `best` when this epoch is the best so far).
     fn end_of_epoch(
+        &mut self,
+        trainer: &mut Trainer,
+        epoch: usize,
+        secs: f64,
+        io: Throughput,
+    ) -> Result<()> {
+        self.log.hold();
+        if let Err(e) = self.end_of_epoch_held(trainer, epoch, secs, io) {
+            // Written only once the checkpoint is: on an error the held lines are dropped.
+            self.log.held = None;
+            return Err(e);
+        }
+        self.log.release()
+    }
+
+    fn end_of_epoch_held(
         &mut self,
         trainer: &mut Trainer,
         epoch: usize,
