@@ -145,6 +145,28 @@ def main():
               state_dict([("fc.weight", tensor("0", 4, [4], [1], offset=100))]),
               [("0", b"\0" * 16)])
 
+    # A state dict that does not fit the model (ResNet-18 width 4 has no 'fc.weight' of 2^24
+    # values) whose misfit tensor is a deflated 64 MiB storage: the model check, made on the
+    # names and shapes alone, must refuse it before that storage is opened.
+    torch_zip(p("misfit_bomb.pth"),
+              state_dict([("conv1.weight", tensor("0", 4 * 3 * 7 * 7, [4, 3, 7, 7], [147, 49, 7, 1])),
+                          ("fc.weight", tensor("1", n, [n], [1]))]),
+              [("0", b"\0" * (4 * 4 * 3 * 7 * 7)), ("1", b"\0" * (4 * n))],
+              deflate_storages=True)
+    # A timm-style training checkpoint whose optimiser state is a storage bomb: loading the
+    # model's 'state_dict' must not open, read or count it.
+    def pdict(entries):
+        return EMPTY_DICT + MARK + b"".join(k + v for k, v in entries) + SETITEMS
+    momentum = pdict([(s("momentum_buffer"), tensor("1", n, [n], [1]))])
+    ckpt = (PROTO2 + pdict([
+        (s("epoch"), i(3)),
+        (s("state_dict"), state_dict([("fc.bias", tensor("0", 2, [2], [1]))])[2:-1]),
+        (s("optimizer"), pdict([(s("state"), pdict([(i(0), momentum)]))])),
+    ]) + STOP)
+    torch_zip(p("optimizer_bomb.pth"), ckpt,
+              [("0", struct.pack("<2f", 0.5, -0.5)), ("1", b"\0" * (4 * n))],
+              deflate_storages=True)
+
     # --- broken files ---------------------------------------------------------------------
     good = state_dict([("fc.weight", tensor("0", 4, [2, 2], [2, 1]))])
     buf = io.BytesIO()

@@ -539,18 +539,32 @@ struct LegendEntry {
     kind: EntryKind,
 }
 
+/// One entry per named series that has something to draw: a series without a finite point
+/// (e.g. the part pixel accuracy of a run without a part head, or PGD of a run not yet
+/// evaluated) draws nothing, so it gets no entry either; colours stay those of the series'
+/// positions.
 fn legend_entries(p: &Panel) -> Vec<LegendEntry> {
-    let lines = p.lines.iter().enumerate().map(|(i, s)| LegendEntry {
-        name: s.name.clone(),
-        colour: colour(i),
-        kind: EntryKind::Line,
-    });
-    let marks = p.markers.iter().map(|m| LegendEntry {
-        name: m.series.name.clone(),
-        colour: colour(m.colour),
-        kind: EntryKind::Marker,
-    });
-    lines.chain(marks).filter(|e| !e.name.is_empty()).collect()
+    let drawn = |s: &Series| !s.name.is_empty() && !finite(&s.points).is_empty();
+    let lines = p
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| drawn(s))
+        .map(|(i, s)| LegendEntry {
+            name: s.name.clone(),
+            colour: colour(i),
+            kind: EntryKind::Line,
+        });
+    let marks = p
+        .markers
+        .iter()
+        .filter(|m| drawn(&m.series))
+        .map(|m| LegendEntry {
+            name: m.series.name.clone(),
+            colour: colour(m.colour),
+            kind: EntryKind::Marker,
+        });
+    lines.chain(marks).collect()
 }
 
 const SWATCH_W: u32 = 26;
@@ -742,6 +756,35 @@ pub fn write_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A single run's accuracy panel has four series; a run without a part head and without
+    /// evaluations has data for one of them: only that one is in the legend, in its colour.
+    #[test]
+    fn series_without_points_have_no_legend_entry() {
+        let s = |name: &str, points: Vec<(f64, f64)>| Series {
+            name: name.into(),
+            points,
+        };
+        let panel = Panel {
+            lines: vec![
+                s("train (adversarial)", vec![(1.0, 40.0), (2.0, 55.0)]),
+                s("eval clean", Vec::new()),
+                s("eval PGD", vec![(1.0, f64::NAN)]),
+                s("part pixel acc", Vec::new()),
+            ],
+            markers: vec![Markers {
+                series: s("AutoAttack", Vec::new()),
+                colour: 1,
+                value_labels: true,
+            }],
+            ..Panel::default()
+        };
+        let entries = legend_entries(&panel);
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["train (adversarial)"]);
+        assert_eq!(entries[0].colour, colour(0));
+        assert_eq!(legend_layout(&entries, PANEL_W).len(), 1);
+    }
 
     #[test]
     fn ticks_are_nice() {

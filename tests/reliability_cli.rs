@@ -415,3 +415,351 @@ fn an_undecodable_image_alone_in_its_batch_does_not_stop_training() {
     );
     assert!(!t.contains("Skip {"), "debug formatting: {t}");
 }
+
+/// Runs `c` with writes limited to `bytes` per file (as a full disk does: past it a write
+/// fails with EFBIG instead of killing the process).
+fn with_file_size_limit(c: &mut Command, bytes: u64) -> Output {
+    // SAFETY: signal and setrlimit are async-signal-safe.
+    unsafe {
+        c.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.output().unwrap()
+}
+
+/// `mpm-data corrupt` on a full disk: a failed write is the job's error (exit 1, naming the
+/// output), not a skipped image with exit 0; no partial output or temp file stays.
+#[test]
+fn corrupt_on_a_full_disk_fails_loudly() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("syn");
+    let o = mpm_data(&[
+        "synth",
+        "--out",
+        src.to_str().unwrap(),
+        "--classes",
+        "1",
+        "--images-per-class",
+        "2",
+        "--min-size",
+        "64",
+        "--max-size",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = d.path().join("c");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mpm-data"));
+    c.args([
+        "corrupt",
+        "--images",
+        src.join("images").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--corruptions",
+        "gaussian_noise",
+        "--severities",
+        "1",
+        "--quiet",
+    ]);
+    let o = with_file_size_limit(&mut c, 400);
+    let t = text(&o);
+    assert!(failed_cleanly(&o), "{t}");
+    assert!(t.contains("cannot write an output"), "{t}");
+    let mut stack = vec![out];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(!name.contains(".tmp."), "temp file left: {name}");
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                assert!(image::open(e.path()).is_ok(), "partial output {name}");
+            }
+        }
+    }
+}
+
+/// `mpm-audit parity` whose outputs hold NaN (a NaN weight) exits non-zero and names them.
+#[test]
+fn parity_with_nan_outputs_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let w = d.path().join("w.safetensors");
+    tiny_model(3, &w);
+    let (mut t, meta) = io::load_safetensors(&w).unwrap();
+    let mut bias = t["fc.bias"].as_f32().unwrap().to_vec();
+    bias[0] = f32::NAN;
+    t.insert("fc.bias".into(), HostTensor::f32(vec![bias.len()], bias));
+    io::save_safetensors(&w, &t, &meta).unwrap();
+    let x = d.path().join("x.safetensors");
+    data(&x, false);
+    let y = d.path().join("y.safetensors");
+    let o = Command::new(env!("CARGO_BIN_EXE_mpm-audit"))
+        .args(["parity", "--weights", w.to_str().unwrap(), "--input"])
+        .args([x.to_str().unwrap(), "--out", y.to_str().unwrap()])
+        .args(["--arch", "resnet18", "--act", "gelu", "--num-classes", "10"])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(failed_cleanly(&o), "{t}");
+    assert!(
+        t.contains("NaN or infinity") && t.contains("eval.logits"),
+        "{t}"
+    );
+}
+
+/// The flags of a tiny vanilla training run (ResNet-18 width 4, 64 px, 2 classes).
+fn tiny_run_args<'a>(run: &'a Path, train_txt: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--model",
+        "resnet18",
+        "--width",
+        "4",
+        "--num-classes",
+        "2",
+        "--partmodel-type",
+        "vanilla",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--output-dir",
+        run.to_str().unwrap(),
+        "--train-dir",
+        train_txt.to_str().unwrap(),
+    ]
+}
+
+/// A training checkpoint edited by `edit` (tensors, metadata) into `path`.
+fn edited_checkpoint(
+    from: &Path,
+    path: &Path,
+    edit: impl FnOnce(&mut NamedTensors, &mut std::collections::BTreeMap<String, String>),
+) {
+    let (mut t, mut meta) = io::load_safetensors(from).unwrap();
+    edit(&mut t, &mut meta);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    io::save_safetensors(path, &t, &meta).unwrap();
+}
+
+/// Resume refuses a checkpoint that lost a momentum buffer or whose position is
+/// inconsistent, and export refuses a negative running variance; each names the problem.
+#[test]
+fn resume_and_export_refuse_inconsistent_checkpoints() {
+    let d = tempfile::tempdir().unwrap();
+    let train_txt = tiny_dataset(d.path());
+    let run = d.path().join("run");
+    let o = train()
+        .args(tiny_run_args(&run, &train_txt))
+        .args(["--epochs", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let last = run.join("checkpoints").join("last.safetensors");
+    let resume = |ck: &Path| {
+        train()
+            .args([
+                "--resume",
+                ck.to_str().unwrap(),
+                "--epochs",
+                "2",
+                "--no-progress",
+            ])
+            .output()
+            .unwrap()
+    };
+
+    let ck = d
+        .path()
+        .join("a")
+        .join("checkpoints")
+        .join("last.safetensors");
+    edited_checkpoint(&last, &ck, |t, _| {
+        let k = t
+            .keys()
+            .find(|k| k.starts_with("momentum."))
+            .unwrap()
+            .clone();
+        t.remove(&k);
+    });
+    let o = resume(&ck);
+    let t = text(&o);
+    assert!(failed_cleanly(&o), "{t}");
+    assert!(
+        t.contains("momentum buffer") && t.contains("cannot resume"),
+        "{t}"
+    );
+
+    let ck = d
+        .path()
+        .join("b")
+        .join("checkpoints")
+        .join("last.safetensors");
+    edited_checkpoint(&last, &ck, |_, meta| {
+        let mut s: serde_json::Value = serde_json::from_str(&meta["state"]).unwrap();
+        let g = s["position"]["global_step"].as_u64().unwrap();
+        s["position"]["global_step"] = serde_json::json!(g + 3);
+        meta.insert("state".into(), s.to_string());
+    });
+    let o = resume(&ck);
+    let t = text(&o);
+    assert!(failed_cleanly(&o), "{t}");
+    assert!(t.contains("inconsistent position"), "{t}");
+
+    let ck = d.path().join("c.safetensors");
+    edited_checkpoint(&last, &ck, |t, _| {
+        for (k, v) in t.iter_mut() {
+            if k.ends_with("bn1.running_var") && (k.starts_with("model.") || k.starts_with("ema."))
+            {
+                let mut x = v.as_f32().unwrap().to_vec();
+                x[0] = -0.25;
+                *v = HostTensor::f32(v.shape.clone(), x);
+            }
+        }
+    });
+    let out = d.path().join("export");
+    let o = train()
+        .args(["export", "--checkpoint", ck.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(failed_cleanly(&o), "{t}");
+    assert!(
+        t.contains("negative variance") && t.contains("bn1.running_var"),
+        "{t}"
+    );
+    assert!(!out.join("model.safetensors").exists());
+}
+
+/// An epoch's log lines are written after its checkpoint: when the checkpoint cannot be
+/// written, train.log and metrics.jsonl hold no record of the epoch (a resumed run, which
+/// redoes the epoch's end, would otherwise write them twice).
+#[test]
+fn epoch_records_follow_the_epoch_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let train_txt = tiny_dataset(d.path());
+    let run = d.path().join("run");
+    // A directory where the checkpoint goes: its rename fails.
+    std::fs::create_dir_all(run.join("checkpoints").join("last.safetensors").join("x")).unwrap();
+    let o = train()
+        .args(tiny_run_args(&run, &train_txt))
+        .args(["--epochs", "1"])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(failed_cleanly(&o), "{t}");
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert!(log.contains("start"), "{log}");
+    assert!(
+        !log.contains("epoch 1/1"),
+        "epoch line before its checkpoint:\n{log}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    assert!(!metrics.contains("\"train\""), "{metrics}");
+}
+
+/// With batch-norm groups of one image, an undecodable image alone in its group is dropped
+/// and counted (another sample takes its place): the run ends normally.
+#[test]
+fn an_undecodable_image_alone_in_its_bn_group_is_dropped_and_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let train_txt = tiny_dataset(d.path());
+    let list = std::fs::read_to_string(&train_txt).unwrap();
+    let first = list
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let img = train_txt.parent().unwrap().join("img").join(first);
+    std::fs::write(std::fs::canonicalize(&img).unwrap(), b"\xff\xd8 not a jpeg").unwrap();
+    let run = d.path().join("run");
+    let o = train()
+        .args(tiny_run_args(&run, &train_txt))
+        .args(["--bn-group", "1", "--epochs", "1"])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("takes its place") && t.contains("dropped so far"),
+        "{t}"
+    );
+}
+
+/// A list file whose label is past --num-classes names the line, the label and the range.
+#[test]
+fn a_label_out_of_range_names_its_line_and_the_valid_range() {
+    let d = tempfile::tempdir().unwrap();
+    let train_txt = tiny_dataset(d.path());
+    let mut list = std::fs::read_to_string(&train_txt).unwrap();
+    let second = list.lines().nth(1).unwrap().to_string();
+    let (name, _) = second.rsplit_once(' ').unwrap();
+    list = list.replacen(&second, &format!("{name} 7"), 1);
+    std::fs::write(&train_txt, list).unwrap();
+    let run = d.path().join("run");
+    let o = train()
+        .args(tiny_run_args(&run, &train_txt))
+        .args(["--epochs", "1"])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(failed_cleanly(&o), "{t}");
+    assert!(
+        t.contains("line 2: label 7 is out of range")
+            && t.contains("allows labels 0 to 1")
+            && t.contains("train.txt"),
+        "{t}"
+    );
+    assert!(!t.contains("has 8 classes"), "{t}");
+}
+
+/// Images of a part model's training set without a label map are counted aloud (they train
+/// with segmentation weight 0), not silently.
+#[test]
+fn missing_label_maps_are_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let train_txt = tiny_dataset(d.path());
+    let list = std::fs::read_to_string(&train_txt).unwrap();
+    let first = list
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let (wnid, file) = first.split_once('/').unwrap();
+    let stem = Path::new(file).file_stem().unwrap().to_str().unwrap();
+    let map = train_txt
+        .parent()
+        .unwrap()
+        .join("seg")
+        .join(wnid)
+        .join(format!("{stem}.png"));
+    std::fs::remove_file(&map).unwrap();
+    let run = d.path().join("run");
+    let mut args = tiny_run_args(&run, &train_txt);
+    let at = args.iter().position(|a| *a == "vanilla").unwrap();
+    args[at] = "mpm";
+    let o = train()
+        .args(args)
+        .args(["--epochs", "1", "--stop-after-steps", "1"])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(
+        t.contains("images have no label map") && t.contains("segmentation weight 0"),
+        "{t}"
+    );
+}

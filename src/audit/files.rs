@@ -2,7 +2,7 @@
 
 use super::parity::ParityInput;
 use crate::io::{self, HostData, HostTensor, NamedTensors};
-use crate::nn::{Act, Arch, Backbone, Head, LossConfig, ModelSpec, StateValue, TorchTensor};
+use crate::nn::{Act, Arch, Backbone, Head, LossConfig, ModelSpec, TorchTensor};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -64,13 +64,9 @@ impl LossArgs {
 
 pub use crate::nn::checkpoint::to_state;
 
-fn shape_of<'a>(
-    state: &'a BTreeMap<String, StateValue>,
-    name: &str,
-    path: &Path,
-) -> Result<&'a [usize]> {
+fn shape_of<'a>(state: &'a io::StatePreview, name: &str, path: &Path) -> Result<&'a [usize]> {
     match state.get(name) {
-        Some(StateValue::Float(t)) => Ok(&t.shape),
+        Some(t) if !t.shape.is_empty() => Ok(&t.shape),
         _ => Err(Error::format(
             path,
             format!("expected tensor '{name}' (the flags describe a model that has it)"),
@@ -79,12 +75,8 @@ fn shape_of<'a>(
 }
 
 /// The model the flags describe; widths that the flags do not give (base width, two-stage
-/// hidden sizes) are read from the checkpoint.
-pub fn spec_from_args(
-    a: &ModelArgs,
-    state: &BTreeMap<String, StateValue>,
-    path: &Path,
-) -> Result<ModelSpec> {
+/// hidden sizes) are read from the checkpoint's shapes (its preview: no data needed).
+pub fn spec_from_args(a: &ModelArgs, state: &io::StatePreview, path: &Path) -> Result<ModelSpec> {
     let arch: Arch = a
         .arch
         .parse()
@@ -209,11 +201,17 @@ pub fn read_input(path: &Path, spec: &ModelSpec) -> Result<ParityInput> {
     })
 }
 
-/// Loads W, builds the model the flags describe.
+/// Loads W, builds the model the flags describe. The file's names and shapes are checked
+/// against that model before any tensor data is read (a mis-fitting or hostile file is
+/// refused without decompressing or allocating its storages).
 pub fn load_model(weights: &Path, args: &ModelArgs) -> Result<(ModelSpec, crate::nn::ParamStore)> {
-    let t = io::load_state_dict(weights, io::StateDictPick::Auto)?;
-    let state = to_state(t);
-    let spec = spec_from_args(args, &state, weights)?;
+    let (spec, t) = io::load_state_dict_checked(weights, io::StateDictPick::Auto, |preview| {
+        let spec = spec_from_args(args, preview, weights)?;
+        spec.check_preview(preview)
+            .map_err(|e| Error::format(weights, e.to_string()))?;
+        Ok(spec)
+    })?;
+    let state = to_state(t, weights)?;
     let store = spec.load(&state)?;
     Ok((spec, store))
 }

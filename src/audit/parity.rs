@@ -144,6 +144,18 @@ pub fn run(
     Ok(out)
 }
 
+/// The outputs holding a NaN or an infinity, as "name (k of n values)": contract A's outputs
+/// are all finite for a sound model and input, so any is a failure of the run (exit 1), not a
+/// result to compare.
+pub fn non_finite_outputs(y: &BTreeMap<String, TorchTensor>) -> Vec<String> {
+    y.iter()
+        .filter_map(|(name, t)| {
+            let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+            (bad > 0).then(|| format!("{name} ({bad} of {} values)", t.data.len()))
+        })
+        .collect()
+}
+
 /// How one output compares with its reference.
 #[derive(Debug, Clone)]
 pub struct Comparison {

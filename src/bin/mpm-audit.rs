@@ -410,6 +410,15 @@ fn main() -> ExitCode {
             let y = run_parity(&weights, &input, &model, &loss)?;
             files::write_output(&out, &y)?;
             eprintln!("wrote {} tensors to {}", y.len(), out.display());
+            let bad = parity::non_finite_outputs(&y);
+            if !bad.is_empty() {
+                return Err(mpm::Error::NonFinite(format!(
+                    "{} output(s) hold NaN or infinity: {} (written to {} for inspection)",
+                    bad.len(),
+                    bad.join(", "),
+                    out.display()
+                )));
+            }
             Ok(true)
         }),
         Cmd::Grad {

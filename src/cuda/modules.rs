@@ -150,11 +150,53 @@ pub fn image(k: &KernelSource, arch: &str) -> Result<Vec<u8>, String> {
         }
     }
     let bin = compile(k, arch, Output::Cubin)?;
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &bin).is_ok() {
-            let _ = std::fs::rename(&tmp, &file);
-        }
+    // The cache only saves compile time: a failure to store it is said, not fatal.
+    if let Err(e) = store_cubin(&dir, &file, &bin) {
+        eprintln!(
+            "note: kernel cache not written ({e}); {} will be compiled again next run",
+            k.name
+        );
     }
     Ok(bin)
+}
+
+/// Stores a compiled module in the cache through the project's atomic writer (a reader never
+/// sees a partial CUBIN; a full disk is an error, not a truncated file), after removing temp
+/// files that killed processes left there. Rename-only durability: a cache entry lost to a
+/// power cut is compiled again.
+fn store_cubin(dir: &std::path::Path, file: &std::path::Path, bin: &[u8]) -> crate::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    crate::io::remove_stale_temps(dir)?;
+    crate::io::write_bytes_atomic(file, bin, crate::io::Durability::Bulk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache goes through the atomic writer: the entry is whole, no temp file stays, a
+    /// stale temp of a dead process is cleared, and an unwritable cache is an error (that
+    /// `image` reports) rather than a silently missing or partial entry.
+    #[test]
+    fn cubins_are_cached_atomically_and_failures_are_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("kernels");
+        std::fs::create_dir_all(&dir).unwrap();
+        // pid 0x7fff_fff0 is never alive (pid_max is at most 2^22).
+        let stale = dir.join(".k-0-sm_90-nvrtc13.0.cubin.tmp.2147483632.7");
+        std::fs::write(&stale, b"partial").unwrap();
+        let file = dir.join("k-0-sm_90-nvrtc13.0.cubin");
+        store_cubin(&dir, &file, b"\x7fELF cubin").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"\x7fELF cubin");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["k-0-sm_90-nvrtc13.0.cubin"], "temp files left");
+        // A cache path under a regular file cannot be created: an error, nothing written.
+        let blocked = d.path().join("not_a_dir");
+        std::fs::write(&blocked, b"x").unwrap();
+        let e = store_cubin(&blocked.join("k"), &blocked.join("k").join("a.cubin"), b"x");
+        assert!(e.is_err());
+    }
 }

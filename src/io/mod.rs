@@ -9,6 +9,7 @@ mod digest;
 pub mod elements;
 mod host;
 mod pickle;
+mod preview;
 mod pth;
 mod run_lock;
 mod safetensors;
@@ -23,6 +24,7 @@ pub use atomic::{
 };
 pub use digest::{hash_file, ContentHasher};
 pub use host::{HostData, HostTensor, NamedTensors};
+pub use preview::{StatePreview, TensorInfo};
 pub use pth::{load_pth, save_pth};
 pub use run_lock::{host_name, RunLock, RUN_LOCK_NAME};
 pub use safetensors::{load_safetensors, save_safetensors};
@@ -54,21 +56,70 @@ const MODEL_KEYS: &[&str] = &["state_dict", "model"];
 /// `module.` (DataParallel, timm's EMA wrapper) is stripped from every name; scalar tensors
 /// such as `num_batches_tracked` are kept. Non-tensor entries of the chosen dict are skipped.
 pub fn load_state_dict(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
-    let tensors = match sniff(path)? {
-        Sniff::Pth => pick_from_pth(path, pick)?,
+    Ok(load_state_dict_checked(path, pick, |_| Ok(()))?.1)
+}
+
+/// [`load_state_dict`] in two steps: `check` first gets the chosen state dict's names, shapes
+/// and element types (a leading `module.` stripped), read without any tensor data (the
+/// safetensors header, or the `.pth` pickle); only when it returns `Ok` are the tensors read.
+/// A loader that knows its model refuses a file that does not fit it there, before a storage
+/// is decompressed or allocated, and then reads exactly the model's size. Entries of a
+/// training checkpoint other than the chosen dict (optimiser state, EMA when the model is
+/// picked, arguments) are neither read nor counted.
+pub fn load_state_dict_checked<T>(
+    path: &Path,
+    pick: StateDictPick,
+    check: impl FnOnce(&StatePreview) -> Result<T>,
+) -> Result<(T, NamedTensors)> {
+    let (checked, tensors) = match sniff(path)? {
+        Sniff::Pth => {
+            let mut ck = pth::Checkpoint::open(path)?;
+            let views = pick_from_pth(&ck, path, pick)?;
+            let checked = check(&preview::strip_module(preview::of_views(path, &views)?))?;
+            (checked, ck.materialize_all(views)?)
+        }
         Sniff::Safetensors => {
-            let (tensors, meta) = load_safetensors(path)?;
-            if meta
+            let (preview, meta) = preview::of_safetensors_with_metadata(path)?;
+            let is_train_checkpoint = meta
                 .get("format")
-                .is_some_and(|f| f.starts_with(TRAIN_CHECKPOINT_FORMAT))
-            {
-                pick_from_train_checkpoint(path, tensors, pick)?
+                .is_some_and(|f| f.starts_with(TRAIN_CHECKPOINT_FORMAT));
+            if is_train_checkpoint {
+                let group = train_checkpoint_group(path, preview.keys(), pick)?;
+                let chosen: StatePreview = preview
+                    .into_iter()
+                    .filter_map(|(k, v)| k.strip_prefix(group).map(|n| (n.to_string(), v)))
+                    .collect();
+                let checked = check(&preview::strip_module(chosen))?;
+                let tensors = load_safetensors(path)?
+                    .0
+                    .into_iter()
+                    .filter_map(|(k, v)| k.strip_prefix(group).map(|n| (n.to_string(), v)))
+                    .collect();
+                (checked, tensors)
             } else {
-                tensors
+                let checked = check(&preview::strip_module(preview))?;
+                (checked, load_safetensors(path)?.0)
             }
         }
     };
-    strip_module_prefix(path, tensors)
+    Ok((checked, strip_module_prefix(path, tensors)?))
+}
+
+/// The string keys of a `.pth` file's top-level dict that hold something (not `None`; empty
+/// when the top level is not a dict), read from its pickle alone: no tensor data is read.
+pub fn pth_top_level_keys(path: &Path) -> Result<Vec<String>> {
+    let ck = pth::Checkpoint::open(path)?;
+    Ok(ck
+        .root
+        .dict_items()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| match (k, v) {
+            (_, pickle::Value::None) => None,
+            (pickle::Value::Str(s), _) => Some(s.to_string()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Does `path` start like a PyTorch checkpoint (zip or legacy pickle)? False when unreadable.
@@ -116,38 +167,40 @@ fn sniff(path: &Path) -> Result<Sniff> {
 const TRAIN_CHECKPOINT_FORMAT: &str = "mpm-train/";
 
 /// An `mpm-train` checkpoint holds `model.*`, `ema.*` and `momentum.*` groups: `pick` chooses
-/// one as it chooses `state_dict` / `state_dict_ema` in a timm `.pth` (Auto = EMA when stored),
-/// so every reader of weights (attacks, evaluations, the pseudo labeller) takes such a file.
-fn pick_from_train_checkpoint(
+/// the group's prefix as it chooses `state_dict` / `state_dict_ema` in a timm `.pth` (Auto =
+/// EMA when stored), so every reader of weights (attacks, evaluations, the pseudo labeller)
+/// takes such a file.
+fn train_checkpoint_group<'a>(
     path: &Path,
-    tensors: NamedTensors,
+    names: impl Iterator<Item = &'a String>,
     pick: StateDictPick,
-) -> Result<NamedTensors> {
-    let (mut ema, mut model) = (NamedTensors::new(), NamedTensors::new());
-    for (k, v) in tensors {
-        if let Some(n) = k.strip_prefix("ema.") {
-            ema.insert(n.to_string(), v);
-        } else if let Some(n) = k.strip_prefix("model.") {
-            model.insert(n.to_string(), v);
-        }
+) -> Result<&'static str> {
+    let (mut has_ema, mut has_model) = (false, false);
+    for n in names {
+        has_ema |= n.starts_with("ema.");
+        has_model |= n.starts_with("model.");
     }
     match pick {
-        StateDictPick::Ema if ema.is_empty() => Err(Error::format(
+        StateDictPick::Ema if !has_ema => Err(Error::format(
             path,
             "EMA weights requested, but this mpm-train checkpoint has no 'ema.*' tensors (EMA off)",
         )),
-        StateDictPick::Ema => Ok(ema),
-        StateDictPick::Auto if !ema.is_empty() => Ok(ema),
-        _ if model.is_empty() => Err(Error::format(
+        StateDictPick::Ema => Ok("ema."),
+        StateDictPick::Auto if has_ema => Ok("ema."),
+        _ if !has_model => Err(Error::format(
             path,
             "an mpm-train checkpoint without 'model.*' tensors",
         )),
-        _ => Ok(model),
+        _ => Ok("model."),
     }
 }
 
-fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
-    let mut ck = pth::Checkpoint::open(path)?;
+/// The tensor views of the state dict `pick` selects (nothing read yet).
+fn pick_from_pth(
+    ck: &pth::Checkpoint,
+    path: &Path,
+    pick: StateDictPick,
+) -> Result<Vec<(String, std::rc::Rc<pickle::TensorRef>)>> {
     let root = ck.root.clone();
     let Some(items) = root.dict_items() else {
         return Err(Error::format(
@@ -174,12 +227,12 @@ fn pick_from_pth(path: &Path, pick: StateDictPick) -> Result<NamedTensors> {
                     ),
                 ));
             }
-            return pth::dict_tensors(&mut ck, &v, key);
+            return pth::dict_views(ck, &v, key);
         }
     }
     if pth::holds_tensors(&root) {
         if pick != StateDictPick::Ema {
-            return pth::dict_tensors(&mut ck, &root, "top-level dict");
+            return pth::dict_views(ck, &root, "top-level dict");
         }
         return Err(Error::format(
             path,

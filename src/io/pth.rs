@@ -704,10 +704,15 @@ fn flatten(ck: &Checkpoint, root: &Value, out: &mut Vec<(String, Rc<TensorRef>)>
     Ok(())
 }
 
-/// The tensors of one dict value (non-tensor entries are skipped), names as stored. Every
-/// view is checked and the load budgeted before any storage is read; other entries of the
-/// file (optimiser state, ...) are never touched.
-pub(crate) fn dict_tensors(ck: &mut Checkpoint, dict: &Value, what: &str) -> Result<NamedTensors> {
+/// The tensor views of one dict value (non-tensor entries are skipped), names as stored,
+/// nothing read yet. [`Checkpoint::materialize_all`] checks every view and budgets the load
+/// before reading any storage; other entries of the file (optimiser state, ...) are never
+/// touched.
+pub(crate) fn dict_views(
+    ck: &Checkpoint,
+    dict: &Value,
+    what: &str,
+) -> Result<Vec<(String, Rc<TensorRef>)>> {
     let mut views = Vec::new();
     for (k, v) in dict.dict_items().unwrap_or_default() {
         let Value::Str(name) = &k else { continue };
@@ -722,7 +727,7 @@ pub(crate) fn dict_tensors(ck: &mut Checkpoint, dict: &Value, what: &str) -> Res
             _ => {}
         }
     }
-    ck.materialize_all(views)
+    Ok(views)
 }
 
 /// `[2, 3, 4]` for messages.

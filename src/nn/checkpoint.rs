@@ -9,23 +9,32 @@ use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Checkpoint tensors -> model state (integer scalars become counters such as
-/// `num_batches_tracked`).
-pub fn to_state(t: NamedTensors) -> BTreeMap<String, StateValue> {
+/// Checkpoint tensors -> model state. An integer tensor of one element becomes a counter
+/// (`num_batches_tracked`, stored as a scalar or as `[1]`); a larger integer tensor is refused,
+/// naming it: model weights are floating point, and an int32 `conv1.weight` read as floats
+/// gives logits of 1e10 instead of an error.
+pub fn to_state(t: NamedTensors, path: &Path) -> Result<BTreeMap<String, StateValue>> {
     t.into_iter()
         .map(|(k, v)| {
             let sv = match v.data {
-                HostData::I64(d) if d.len() == 1 && v.shape.is_empty() => StateValue::Int(d[0]),
-                HostData::I64(d) => StateValue::Float(TorchTensor {
-                    shape: v.shape,
-                    data: d.into_iter().map(|x| x as f32).collect(),
-                }),
+                HostData::I64(d) if d.len() == 1 => StateValue::Int(d[0]),
+                HostData::I64(d) => {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "tensor '{k}' holds integers (shape {:?}, {} values); weights must \
+                             be floating point (f32, f16, bf16 or f64)",
+                            v.shape,
+                            d.len()
+                        ),
+                    ))
+                }
                 HostData::F32(d) => StateValue::Float(TorchTensor {
                     shape: v.shape,
                     data: d,
                 }),
             };
-            (k, sv)
+            Ok((k, sv))
         })
         .collect()
 }
@@ -47,7 +56,7 @@ pub fn to_named(state: &BTreeMap<String, StateValue>) -> NamedTensors {
 /// Loads a state dict from safetensors or `.pth` (timm-style wrappers and `module.`
 /// prefixes handled by `io::load_state_dict`).
 pub fn load_state(path: &Path, pick: StateDictPick) -> Result<BTreeMap<String, StateValue>> {
-    Ok(to_state(io::load_state_dict(path, pick)?))
+    to_state(io::load_state_dict(path, pick)?, path)
 }
 
 /// Saves atomically; `.pth`/`.pt` -> PyTorch zip, `.safetensors` -> safetensors.

@@ -319,6 +319,57 @@ impl ModelSpec {
         super::init::init(self, seed, super::init::Init::FromScratch)
     }
 
+    /// Checks a checkpoint's names, shapes and element types, read before its data
+    /// (`io::load_state_dict_checked`), against this model, listing every missing,
+    /// unexpected, mis-shaped or non-float tensor in one error: what [`ModelSpec::load`]
+    /// checks, before anything is read.
+    pub fn check_preview(&self, preview: &crate::io::StatePreview) -> Result<()> {
+        let d = self.declare();
+        let mut problems = Vec::new();
+        let mut known = std::collections::HashSet::new();
+        for (name, shape, _) in &d.entries {
+            known.insert(name.clone());
+            match preview.get(name) {
+                None => problems.push(format!("  missing: {name} (expected shape {shape:?})")),
+                Some(t) if !t.is_float() => problems.push(format!(
+                    "  {name}: expected a float tensor {shape:?}, got {} {:?}",
+                    t.dtype, t.shape
+                )),
+                Some(t) if &t.shape != shape => problems.push(format!(
+                    "  mis-shaped: {name}: checkpoint {:?}, model {shape:?}",
+                    t.shape
+                )),
+                Some(_) => {}
+            }
+        }
+        for p in &d.bn_prefixes {
+            let name = format!("{p}.num_batches_tracked");
+            if let Some(t) = preview.get(&name) {
+                if t.numel() != 1 {
+                    problems.push(format!(
+                        "  mis-shaped: {name}: expected a scalar, got {:?}",
+                        t.shape
+                    ));
+                }
+            }
+            known.insert(name);
+        }
+        for name in preview.keys() {
+            if !known.contains(name) {
+                problems.push(format!("  unexpected: {name}"));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Checkpoint(format!(
+            "{} problem(s) for a {} model:\n{}",
+            problems.len(),
+            self.describe(),
+            problems.join("\n")
+        )))
+    }
+
     /// Builds the parameter store from a checkpoint, listing every missing, unexpected or
     /// mis-shaped tensor in one error.
     pub fn load(&self, state: &BTreeMap<String, StateValue>) -> Result<ParamStore> {

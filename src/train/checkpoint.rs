@@ -32,6 +32,48 @@ struct SavedState {
     position: Position,
     sums: EpochSums,
     updates_per_epoch: usize,
+    /// How many `momentum.*` tensors the file holds: a resume refuses a file that lost one.
+    /// Absent in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    momentum_buffers: Option<usize>,
+}
+
+impl SavedState {
+    /// Refuses a position that training cannot have reached: a step past the epoch's
+    /// updates, or a global step that is not `epoch * updates_per_epoch + step` (each update
+    /// advances both; an epoch ends after exactly `updates_per_epoch`). A hand-edited or
+    /// mixed-up file would otherwise resume with another learning rate and data order.
+    fn check(&self, momentum_found: usize, momentum: f64) -> std::result::Result<(), String> {
+        let (p, upe) = (self.position, self.updates_per_epoch);
+        if upe == 0 {
+            return Err("the saved state has 0 updates per epoch".into());
+        }
+        let expected = (p.epoch as u64)
+            .checked_mul(upe as u64)
+            .and_then(|g| g.checked_add(p.step as u64));
+        if p.step > upe || expected != Some(p.global_step) {
+            return Err(format!(
+                "inconsistent position: epoch {}, step {} of {upe} updates per epoch, global \
+                 step {} (expected {})",
+                p.epoch,
+                p.step,
+                p.global_step,
+                expected.map_or_else(|| "an overflow".to_string(), |g| g.to_string())
+            ));
+        }
+        match self.momentum_buffers {
+            Some(n) if n != momentum_found => Err(format!(
+                "{n} momentum buffer(s) were saved but the file holds {momentum_found}: the \
+                 optimiser state is incomplete"
+            )),
+            None if momentum > 0.0 && p.global_step > 0 && momentum_found == 0 => Err(format!(
+                "no momentum buffer after {} updates with momentum {momentum}: the optimiser \
+                 state is missing",
+                p.global_step
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn put_store(out: &mut NamedTensors, prefix: &str, state: BTreeMap<String, StateValue>) {
@@ -75,6 +117,7 @@ pub fn save(trainer: &Trainer, path: &Path) -> Result<()> {
         position: trainer.pos,
         sums: trainer.sums,
         updates_per_epoch: trainer.updates_per_epoch,
+        momentum_buffers: Some(trainer.opt.buffers.len()),
     };
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
@@ -171,12 +214,16 @@ pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
         };
         groups.entry(group).or_default().insert(name.to_string(), v);
     }
+    let momentum_found = groups.get("momentum").map_or(0, |g| g.len());
+    state
+        .check(momentum_found, cfg.momentum)
+        .map_err(|m| Error::format(path, format!("cannot resume: {m}")))?;
     let wrap = |what: &str, e: Error| Error::format(path, format!("{what}: {e}"));
     let model = spec
-        .load(&to_state(groups.remove("model").unwrap_or_default()))
+        .load(&to_state(groups.remove("model").unwrap_or_default(), path)?)
         .map_err(|e| wrap("model", e))?;
     let ema: Option<ParamStore> = match groups.remove("ema") {
-        Some(t) => Some(spec.load(&to_state(t)).map_err(|e| wrap("ema", e))?),
+        Some(t) => Some(spec.load(&to_state(t, path)?).map_err(|e| wrap("ema", e))?),
         None if cfg.model_ema => {
             return Err(Error::format(
                 path,
@@ -235,6 +282,27 @@ pub fn load(path: &Path, overrides: Option<&TrainConfig>) -> Result<Trainer> {
     })
 }
 
+/// What an inference model must satisfy before it is written: every value finite, and every
+/// batch-norm `running_var` non-negative (a variance below zero makes eval-mode BN take the
+/// square root of a negative number: NaN logits in whoever loads the export).
+fn check_exportable(t: &NamedTensors) -> Result<()> {
+    for (k, v) in t {
+        let Some(d) = v.as_f32() else { continue };
+        if d.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFinite(format!("export: '{k}' is not finite")));
+        }
+        if k.ends_with(".running_var") {
+            if let Some((i, x)) = d.iter().enumerate().find(|(_, x)| **x < 0.0) {
+                return Err(Error::Msg(format!(
+                    "export: '{k}' holds a negative variance ({x} at index {i}); the \
+                     checkpoint is corrupt, nothing was written"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The inference model (EMA when present; MPM bypass dropped; torchvision names) as
 /// `model.safetensors` and `model.pth` in `dir`. Returns the two paths.
 pub fn export_inference(trainer: &Trainer, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
@@ -258,13 +326,7 @@ pub fn export_inference_as(
     };
     let mut t = NamedTensors::new();
     put_store(&mut t, "", state);
-    for (k, v) in &t {
-        if let Some(d) = v.as_f32() {
-            if d.iter().any(|x| !x.is_finite()) {
-                return Err(Error::NonFinite(format!("export: '{k}' is not finite")));
-            }
-        }
-    }
+    check_exportable(&t)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let st = dir.join("model.safetensors");
     let pth = dir.join("model.pth");

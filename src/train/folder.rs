@@ -32,6 +32,17 @@ pub struct FolderSource {
     pub pseudo: Vec<bool>,
     /// Random erasing probability of training images (0 for evaluation sets).
     pub reprob: f64,
+    /// Images dropped so far because they could not be loaded (each is also named once per
+    /// load in a "skipped:" line).
+    pub dropped: std::sync::atomic::AtomicUsize,
+}
+
+impl FolderSource {
+    /// Counts `n` dropped images; returns the total so far.
+    fn count_dropped(&self, n: usize) -> usize {
+        use std::sync::atomic::Ordering;
+        self.dropped.fetch_add(n, Ordering::Relaxed) + n
+    }
 }
 
 /// Keeps the erasing draws apart from the augmentation's (same sample, another stream).
@@ -71,13 +82,33 @@ pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<
             seg.is_dir().then_some(seg.as_path()),
         )?;
         if !skips.is_empty() {
+            // Each with its line number (the reason says it), the first few in full.
+            for s in skips.iter().take(MAX_LISTED_SKIPS) {
+                eprintln!("{dir}: skipped: {s}");
+            }
             eprintln!("{dir}: {} malformed line(s) skipped", skips.len());
+        }
+        if idx.classes.len() > cfg.num_classes {
+            return Err(label_out_of_range(&path, cfg.num_classes));
         }
         let n = idx.classes.len();
         (idx.samples, n, base)
     };
     if samples.is_empty() {
         return Err(Error::flag(flag, format!("{dir}: no images found")));
+    }
+    if cfg.partmodel_type != "vanilla" && !cfg.use_object_seg && base.join("seg").is_dir() {
+        let without = samples.iter().filter(|s| s.seg.is_none()).count();
+        if without > 0 {
+            // Not an error (PIN++ annotates a part of the images), but never silent: these
+            // images train the classifier only (segmentation weight 0).
+            eprintln!(
+                "{dir}: {without} of {} images have no label map in {}; they get \
+                 segmentation weight 0",
+                samples.len(),
+                base.join("seg").display()
+            );
+        }
     }
     let seg_classes = read_parts(&base.join("parts.tsv"));
     let pseudo = if train && cfg.use_whether_pseudo {
@@ -115,7 +146,33 @@ pub fn open(cfg: &TrainConfig, dir: &str, key: &str, train: bool) -> Result<Box<
         origin: path,
         pseudo,
         reprob: if train { cfg.reprob } else { 0.0 },
+        dropped: Default::default(),
     }))
+}
+
+/// How many malformed list lines are printed one by one (all are counted).
+const MAX_LISTED_SKIPS: usize = 5;
+
+/// The first line of list file `list` whose class index is `num_classes` or more, as an error
+/// naming the file, the line, the label and the valid range.
+fn label_out_of_range(list: &Path, num_classes: usize) -> Error {
+    let text = std::fs::read_to_string(list).unwrap_or_default();
+    let found = text.lines().enumerate().find_map(|(i, line)| {
+        let label = line.split_whitespace().nth(1)?.parse::<usize>().ok()?;
+        (label >= num_classes && !line.trim_start().starts_with('#'))
+            .then(|| (i + 1, label, line.trim().to_string()))
+    });
+    let range = format!(
+        "--num-classes {num_classes} allows labels 0 to {}",
+        num_classes.saturating_sub(1)
+    );
+    match found {
+        Some((n, label, line)) => Error::format(
+            list,
+            format!("line {n}: label {label} is out of range ('{line}'): {range}"),
+        ),
+        None => Error::format(list, format!("a label is out of range: {range}")),
+    }
 }
 
 /// The reference's `whether_pseudo/<wnid>.txt` flags (`<name> 0|1` per line; a path in `<name>`
@@ -224,6 +281,16 @@ impl BatchSource for FolderSource {
         for s in &skips {
             eprintln!("{}: skipped: {s}", self.origin.display());
         }
+        if b.n < indices.len() {
+            let total = self.count_dropped(indices.len() - b.n);
+            eprintln!(
+                "{}: epoch {epoch}: {} of {} images dropped from this batch ({total} dropped \
+                 so far)",
+                self.origin.display(),
+                indices.len() - b.n,
+                indices.len()
+            );
+        }
         if b.n == 0 && !indices.is_empty() {
             // Every image of this batch is bad (often a batch of one): drop them and take
             // the next loadable samples of the list instead, so that one undecodable file
@@ -242,6 +309,9 @@ impl BatchSource for FolderSource {
                 let (r, skips) = load_batch(&self.samples, &[next], epoch as u64, &self.loader)?;
                 for s in &skips {
                     eprintln!("{}: skipped: {s}", self.origin.display());
+                }
+                if r.n == 0 {
+                    self.count_dropped(1);
                 }
                 if r.n > 0 {
                     eprintln!(

@@ -131,7 +131,7 @@ impl InitWeights {
 /// Reads `path` and tells what it is. The model is not checked here (see `check_expected`).
 pub fn read(path: &Path) -> Result<InitWeights> {
     let (kind, tensors) = read_tensors(path)?;
-    let state = to_state(tensors);
+    let state = to_state(tensors, path)?;
     let layout = Layout::of(&state).ok_or_else(|| {
         let keys: Vec<&str> = state.keys().take(8).map(String::as_str).collect();
         Error::format(
@@ -182,23 +182,16 @@ pub fn read_tensors(path: &Path) -> Result<(InitKind, NamedTensors)> {
             (InitKind::SafetensorsStateDict, tensors)
         }
     } else {
-        // `.pth` (zip or legacy): every tensor under its dotted path.
-        let all = io::load_pth(path)?;
-        let group = |p: &str| -> NamedTensors {
-            all.iter()
-                .filter_map(|(k, v)| {
-                    k.strip_prefix(p)
-                        .and_then(|r| r.strip_prefix('.'))
-                        .map(|n| (n.to_string(), v.clone()))
-                })
-                .collect()
-        };
-        let sd = group("state_dict");
-        if !sd.is_empty() {
-            let has_ema = !group("state_dict_ema").is_empty();
-            (InitKind::TimmCheckpoint { has_ema }, sd)
+        // `.pth` (zip or legacy): the raw model's dict only ('state_dict', else 'model', else
+        // the top-level tensors). The EMA, optimiser state and other entries are neither read
+        // nor counted against the load's limits.
+        let keys = io::pth_top_level_keys(path)?;
+        let tensors = io::load_state_dict(path, io::StateDictPick::Model)?;
+        if keys.iter().any(|k| k == "state_dict") {
+            let has_ema = keys.iter().any(|k| k == "state_dict_ema");
+            (InitKind::TimmCheckpoint { has_ema }, tensors)
         } else {
-            (InitKind::PthStateDict, all)
+            (InitKind::PthStateDict, tensors)
         }
     };
     Ok((kind, strip_module(tensors)))

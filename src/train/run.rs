@@ -95,6 +95,8 @@ struct Log {
     file: Option<std::fs::File>,
     metrics: Option<std::fs::File>,
     path: PathBuf,
+    /// Lines held back until the epoch's checkpoint is written (`Some` while deferring).
+    held: Option<Vec<(bool, String)>>,
 }
 
 impl Log {
@@ -110,6 +112,7 @@ impl Log {
             file: Some(open(dir.join("train.log"))?),
             metrics: Some(open(dir.join("metrics.jsonl"))?),
             path: dir.to_path_buf(),
+            held: None,
         })
     }
     fn muted(dir: &Path) -> Log {
@@ -117,19 +120,46 @@ impl Log {
             file: None,
             metrics: None,
             path: dir.to_path_buf(),
+            held: None,
         }
     }
     fn line(&mut self, s: &str) -> Result<()> {
-        let Some(f) = &mut self.file else {
+        if let Some(h) = &mut self.held {
+            h.push((false, s.to_string()));
             return Ok(());
-        };
-        writeln!(f, "{s}").map_err(|e| Error::io(self.path.join("train.log"), e))
+        }
+        self.write(false, s)
     }
     fn metric(&mut self, v: serde_json::Value) -> Result<()> {
-        let Some(f) = &mut self.metrics else {
+        if let Some(h) = &mut self.held {
+            h.push((true, v.to_string()));
+            return Ok(());
+        }
+        self.write(true, &v.to_string())
+    }
+    /// Appends one line to the log (or the metrics file); nothing on a muted log.
+    fn write(&mut self, is_metric: bool, text: &str) -> Result<()> {
+        let (file, name) = if is_metric {
+            (&mut self.metrics, "metrics.jsonl")
+        } else {
+            (&mut self.file, "train.log")
+        };
+        let Some(f) = file else {
             return Ok(());
         };
-        writeln!(f, "{v}").map_err(|e| Error::io(self.path.join("metrics.jsonl"), e))
+        writeln!(f, "{text}").map_err(|e| Error::io(self.path.join(name), e))
+    }
+    /// Holds the following lines back until [`Log::release`]: an epoch's records are written
+    /// only once its checkpoint is, so a crash in between (after which the resumed run
+    /// redoes the epoch's end) does not leave them twice.
+    fn hold(&mut self) {
+        self.held = Some(Vec::new());
+    }
+    fn release(&mut self) -> Result<()> {
+        for (is_metric, text) in self.held.take().unwrap_or_default() {
+            self.write(is_metric, &text)?;
+        }
+        Ok(())
     }
 }
 
@@ -523,6 +553,22 @@ impl Loop<'_> {
     /// The epoch's metrics and log line, the evaluation when due, the checkpoint (`last`, the
     /// kept epoch file, `best` when this epoch is the best so far).
     fn end_of_epoch(
+        &mut self,
+        trainer: &mut Trainer,
+        epoch: usize,
+        secs: f64,
+        io: Throughput,
+    ) -> Result<()> {
+        self.log.hold();
+        if let Err(e) = self.end_of_epoch_held(trainer, epoch, secs, io) {
+            // Written only once the checkpoint is: on an error the held lines are dropped.
+            self.log.held = None;
+            return Err(e);
+        }
+        self.log.release()
+    }
+
+    fn end_of_epoch_held(
         &mut self,
         trainer: &mut Trainer,
         epoch: usize,

@@ -7,8 +7,11 @@
 //! - Resumable: outputs are written atomically (temp file + rename) and an existing output
 //!   whose file ends with its format's trailer (PNG `IEND`, JPEG `EOI`) is kept.
 //! - Bad images (unreadable, undecodable, smaller than 32 px after the resize) are skipped,
-//!   counted and reported with their reason.
+//!   counted and reported with their reason. A failed write (full disk, read-only folder) is
+//!   not a skip: it stops the job with its error (exit 1); the outputs already written stay
+//!   and a rerun keeps them. Written directories are fsynced once, at the end.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -309,6 +312,24 @@ pub fn load_input(path: &Path, size: u32) -> Result<RgbImage> {
     Ok(img)
 }
 
+/// fsyncs every directory that received an output, and the directories above them up to
+/// `out` (their new entries), once, at the end of the job: the one durability point of a
+/// bulk output.
+fn sync_output_dirs(out: &Path, dirs: BTreeSet<PathBuf>) -> Result<()> {
+    let mut all = BTreeSet::new();
+    for d in dirs {
+        for a in d.ancestors() {
+            if !all.insert(a.to_path_buf()) || a == out || !a.starts_with(out) {
+                break;
+            }
+        }
+    }
+    for d in all.iter().rev() {
+        crate::io::sync_dir(d)?;
+    }
+    Ok(())
+}
+
 pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
     if cfg.size != 0 && cfg.size != 224 {
         return Err(Error::flag(
@@ -342,7 +363,13 @@ pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
             v.push(s);
         }
     };
-    rels.par_iter().for_each(|rel| {
+    // Directories that received an output: synced once at the end (the images themselves are
+    // written without a per-file fsync).
+    let written_dirs: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    // An image that cannot be read or corrupted is skipped and counted; a failed write (a
+    // full disk, a read-only folder) stops the job with its error: it is not the image's
+    // fault, and counting it as a skip would report success over missing outputs.
+    let res = rels.par_iter().try_for_each(|rel| -> Result<()> {
         let todo: Vec<(Corruption, u8, PathBuf)> = tasks
             .iter()
             .map(|&(c, s)| (c, s, output_path(&cfg.out, c, s, rel, cfg.format)))
@@ -356,7 +383,7 @@ pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
             })
             .collect();
         if todo.is_empty() {
-            return;
+            return Ok(());
         }
         let src = root.join(rel);
         let img = match load_input(&src, cfg.size) {
@@ -364,22 +391,29 @@ pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
             Err(e) => {
                 skip(Skip::from_error(&src, &e));
                 pb.inc(todo.len() as u64);
-                return;
+                return Ok(());
             }
         };
         let seed = image_seed(cfg.seed, rel);
         for (c, s, path) in todo {
-            let r = corrupt(&img, c, s, seed).and_then(|o| write_image(&path, &o, cfg.format));
-            match r {
-                Ok(()) => {
+            match corrupt(&img, c, s, seed) {
+                Ok(o) => {
+                    write_image(&path, &o, cfg.format)
+                        .map_err(|e| Error::Msg(format!("corrupt: cannot write an output: {e}")))?;
                     written.fetch_add(1, Ordering::Relaxed);
+                    if let (Some(dir), Ok(mut dirs)) = (path.parent(), written_dirs.lock()) {
+                        dirs.insert(dir.to_path_buf());
+                    }
                 }
                 Err(e) => skip(Skip::new(&src, format!("{c} severity {s}: {e}"))),
             }
             pb.inc(1);
         }
+        Ok(())
     });
     pb.finish_and_clear();
+    res?;
+    sync_output_dirs(&cfg.out, written_dirs.into_inner().unwrap_or_default())?;
     Ok(CorruptSummary {
         images: rels.len(),
         written: written.into_inner(),
