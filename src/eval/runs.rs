@@ -32,6 +32,11 @@ pub struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// The indices of a set of `n` images this run evaluates (all, or its shard's block).
+    pub fn indices(&self, n: usize) -> std::ops::Range<usize> {
+        crate::attack::shard::indices(self.shard, n)
+    }
+
     /// Predicts one subset (numbered `subset` in the journal), adds to the throughput.
     pub fn run(
         &mut self,
