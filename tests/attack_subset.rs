@@ -72,7 +72,7 @@ fn attacks_run_on_the_masked_model() {
     let x: Vec<f32> = (0..n * DIMS.len())
         .map(|_| rng.random_range(0.0..1.0))
         .collect();
-    let mut model = EngineClassifier::new(sp.clone(), sp.init(5).unwrap());
+    let mut model = EngineClassifier::new(sp, sp.init(5).unwrap());
     let z = model.logits(&x, DIMS).unwrap();
     // The subset leaves out image 0's (unmasked) prediction.
     let top0 = mpm::attack::model::argmax(&z[..10]);

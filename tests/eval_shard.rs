@@ -44,7 +44,7 @@ fn data(path: &Path, spec: &ModelSpec, seed: u64, n: usize) {
     let x: Vec<f32> = (0..n * 3 * 32 * 32)
         .map(|_| rng.random_range(0.0..1.0))
         .collect();
-    let mut m = mpm::attack::EngineClassifier::new(spec.clone(), store);
+    let mut m = mpm::attack::EngineClassifier::new(*spec, store);
     use mpm::attack::Classifier;
     let k = spec.num_classes;
     let z = m

@@ -482,8 +482,9 @@ mod tests {
             let mut g = vec![0f32; x.len()];
             for (r, gi) in g.chunks_mut(d).enumerate() {
                 for c in 0..self.k {
-                    for j in 0..d {
-                        gi[j] += dz[r * self.k + c] * self.w[c * d + j];
+                    let row = &self.w[c * d..(c + 1) * d];
+                    for (gj, wj) in gi.iter_mut().zip(row) {
+                        *gj += dz[r * self.k + c] * wj;
                     }
                 }
             }
