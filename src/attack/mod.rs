@@ -20,6 +20,9 @@
 //! - `autoattack` : the "standard" sequence on the points still robust, every example verified.
 //! - `report`     : R.json, the resumable journal, confidence intervals, the paper's table.
 //! - `imagefolder`: ImageFolder / list-file datasets with the eval transform.
+//! - `shard`      : `--shard I/N` (contiguous blocks of the sample list) and the merge checks.
+//! - `subset`     : `--class-subset` / `--super-classes`: the model's logits regrouped, so
+//!   that every attack runs on the masked model.
 //!
 //! Images are NCHW `f32` in [0, 1] here (as in the files and the reference implementation);
 //! [`EngineClassifier`] converts to the engine's NHWC at its edge.
@@ -39,7 +42,9 @@ pub mod rng;
 pub mod row_steps;
 pub mod run;
 pub mod schedule;
+pub mod shard;
 pub mod square;
+pub mod subset;
 
 pub use autoattack::{AttackKind, AutoAttack, AutoAttackConfig, SampleResult};
 pub use model::{Classifier, Dims, EngineClassifier, LossKind};

@@ -123,6 +123,70 @@ pub fn fingerprint_changes(old: &Value, new: &Value) -> String {
     }
 }
 
+/// Opens a journal written by this engine (the attack's or `mpm-eval`'s), reads its header
+/// line and checks that it belongs to the run with `fingerprint` (journals are keyed by
+/// content: the refusal names each fingerprint entry that changed). Returns the reader,
+/// positioned on the first entry, and the header's length in bytes.
+pub fn read_journal_header(path: &Path, fingerprint: &Value) -> Result<(BufReader<File>, u64)> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut rd = BufReader::new(f);
+    let mut header = String::new();
+    rd.read_line(&mut header).map_err(|e| Error::io(path, e))?;
+    let h: Value = serde_json::from_str(header.trim_end()).map_err(|e| {
+        Error::format(
+            path,
+            format!("journal header is not JSON ({e}); delete the file to start afresh"),
+        )
+    })?;
+    if h.get("fingerprint") != Some(fingerprint) {
+        let old = h.get("fingerprint").cloned().unwrap_or(Value::Null);
+        return Err(Error::format(
+            path,
+            format!(
+                "this journal belongs to another run: {}; delete it, pass --journal \
+                 elsewhere, or --no-resume to start afresh",
+                fingerprint_changes(&old, fingerprint)
+            ),
+        ));
+    }
+    Ok((rd, header.len() as u64))
+}
+
+/// One finished sample as a JSON object (a journal line, or an entry of a shard report's
+/// `samples`); `adv` is the record number of its adversarial example, if any.
+pub fn sample_json(r: &SampleResult, adv: Option<u64>) -> Value {
+    json!({
+        "i": r.index,
+        "y": r.label,
+        "clean": r.clean_correct,
+        "robust_after": r.robust_after,
+        "fooled_by": r.fooled_by.map(|a| a.name()),
+        "rejected": r.rejected.iter().map(|a| a.name()).collect::<Vec<_>>(),
+        "adv": adv,
+    })
+}
+
+/// A sample back from [`sample_json`] (without its adversarial example); `None` when the
+/// entry does not fit `attacks`.
+pub fn parse_sample(v: &Value, attacks: &[AttackKind]) -> Option<SampleResult> {
+    parse_entry(v, attacks, 0, None)
+}
+
+/// The keys [`build_report`] writes (a merge recomputes them; the rest is carried over).
+pub const COMPUTED_KEYS: [&str; 11] = [
+    "clean_accuracy",
+    "robust_accuracy",
+    "n",
+    "per_attack",
+    "robust",
+    "attacks",
+    "clean",
+    "fooled_by",
+    "rejected_claims",
+    "ci95",
+    "per_class",
+];
+
 /// Append-only journal of finished samples.
 pub struct Journal {
     path: PathBuf,
@@ -151,28 +215,8 @@ impl Journal {
         let mut valid_len = 0u64;
         let exists = path.exists();
         if resume && exists {
-            let f = File::open(path).map_err(|e| Error::io(path, e))?;
-            let mut rd = BufReader::new(f);
-            let mut header = String::new();
-            rd.read_line(&mut header).map_err(|e| Error::io(path, e))?;
-            let h: Value = serde_json::from_str(header.trim_end()).map_err(|e| {
-                Error::format(
-                    path,
-                    format!("journal header is not JSON ({e}); delete the file to start afresh"),
-                )
-            })?;
-            if h.get("fingerprint") != Some(fingerprint) {
-                let old = h.get("fingerprint").cloned().unwrap_or(Value::Null);
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "this journal belongs to another run: {}; delete it, pass --journal \
-                         elsewhere, or --no-resume to start afresh",
-                        fingerprint_changes(&old, fingerprint)
-                    ),
-                ));
-            }
-            valid_len = header.len() as u64;
+            let (mut rd, header_len) = read_journal_header(path, fingerprint)?;
+            valid_len = header_len;
             let mut adv_file = File::open(&adv_path).ok();
             loop {
                 let mut line = String::new();
@@ -247,15 +291,7 @@ impl Journal {
                 }
                 _ => None,
             };
-            let v = json!({
-                "i": r.index,
-                "y": r.label,
-                "clean": r.clean_correct,
-                "robust_after": r.robust_after,
-                "fooled_by": r.fooled_by.map(|a| a.name()),
-                "rejected": r.rejected.iter().map(|a| a.name()).collect::<Vec<_>>(),
-                "adv": adv_rec,
-            });
+            let v = sample_json(r, adv_rec);
             text.push_str(&v.to_string());
             text.push('\n');
         }

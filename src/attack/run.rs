@@ -89,14 +89,16 @@ impl Timing {
     }
 }
 
-/// Runs `cfg` over `set`, resuming from / appending to the journal at `journal`.
-/// Returns every sample's result, sorted by index.
+/// Runs `cfg` over the samples `range` of `set` (all of it, or a shard's block), resuming
+/// from / appending to the journal at `journal`. Returns those samples' results, sorted by
+/// index (indices are the set's, so a shard's samples keep their random streams).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &mut dyn Classifier,
     set: &dyn EvalSet,
     cfg: &AutoAttackConfig,
     batch_size: usize,
+    range: std::ops::Range<usize>,
     journal: &Path,
     fingerprint: &Value,
     resume: bool,
@@ -116,13 +118,20 @@ pub fn evaluate(
         eprintln!("{label}: {note}");
     }
     let (mut jr, done) = Journal::open(journal, fingerprint, d, &cfg.attacks, resume)?;
-    let n = set.len();
-    let todo: Vec<usize> = (0..n)
+    if range.end > set.len() {
+        return Err(crate::Error::Msg(format!(
+            "{label}: samples {range:?} asked of a set of {}",
+            set.len()
+        )));
+    }
+    let n = range.len();
+    let todo: Vec<usize> = range
+        .clone()
         .filter(|&i| !done.contains_key(&(i as u64)))
         .collect();
     let mut results: Vec<SampleResult> = done
         .into_values()
-        .filter(|r| (r.index as usize) < n)
+        .filter(|r| range.contains(&(r.index as usize)))
         .collect();
     if !results.is_empty() {
         eprintln!(

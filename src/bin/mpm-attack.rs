@@ -6,6 +6,9 @@
 //!   --report R.json [--adv-out A.safetensors] [--device auto]
 //! mpm-attack ... --data IMAGENET/val [--list balanced_10k.txt | --per-class K] --threats paper --report R.json
 //! mpm-attack zoo [NAME]        # the known Table 2 models (docs/zoo.md)
+//! mpm-attack ... --shard I/N --report shard_I.json        (one block of the samples; docs/evaluation.md)
+//! mpm-attack merge shard_0.json shard_1.json ... --report R.json
+//! mpm-attack ... --class-subset FILE | --super-classes FILE (the attacked model is the masked one)
 //! ```
 //!
 //! Checkpoints of the published AT ResNet-50s load as published (`nn::zoo`: robustness
@@ -15,8 +18,13 @@
 use clap::Parser;
 use mpm::attack::autoattack::{AttackKind, AutoAttackConfig, SampleResult};
 use mpm::attack::imagefolder::{EvalSet, ImageFolder, TensorSet};
-use mpm::attack::report::{build_report, paper_table, wilson95, write_json_atomic};
+use mpm::attack::report::{
+    build_report, paper_table, parse_sample, sample_json, wilson95, write_json_atomic,
+    COMPUTED_KEYS,
+};
 use mpm::attack::run::{evaluate, Timing};
+use mpm::attack::shard::{check_shards, merged_timing, Shard};
+use mpm::attack::subset::{ClassMap, GroupedClassifier, MappedSet};
 use mpm::attack::{Classifier, EngineClassifier, Norm};
 use mpm::audit::files::ModelArgs;
 use mpm::device::DeviceRequest;
@@ -124,6 +132,20 @@ struct Cli {
     /// bf16 (mixed precision, fastest; robust accuracy may differ slightly). Ignored on the CPU.
     #[arg(long, default_value = "f32")]
     precision: String,
+    // -- Sharding and class subsets (issues 19 and 21; docs/evaluation.md). --
+    /// Evaluate only shard I of N (0-based): the I-th of N contiguous blocks of the samples
+    /// (`env`: RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS). Combine the shard reports with
+    /// `mpm-attack merge`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Restrict the logits to these classes (one wnid, class folder name or logit index per
+    /// line) before the argmax and inside every attack; only samples of these classes count.
+    #[arg(long)]
+    class_subset: Option<PathBuf>,
+    /// `<class> <super-category>` per line: correct when the argmax over these classes falls
+    /// in the true super-category; the attacks use the matching max-pooled logits.
+    #[arg(long)]
+    super_classes: Option<PathBuf>,
 }
 
 struct Threat {
@@ -141,32 +163,7 @@ fn threats(cli: &Cli) -> Result<Vec<Threat>> {
                 "paper sets the norms and radii: drop --norm/--eps",
             ));
         }
-        return Ok(vec![
-            Threat {
-                name: "Linf 4/255".into(),
-                slug: "linf4".into(),
-                norm: Norm::Linf,
-                eps: 4.0 / 255.0,
-            },
-            Threat {
-                name: "Linf 8/255".into(),
-                slug: "linf8".into(),
-                norm: Norm::Linf,
-                eps: 8.0 / 255.0,
-            },
-            Threat {
-                name: "L1 75".into(),
-                slug: "l1_75".into(),
-                norm: Norm::L1,
-                eps: 75.0,
-            },
-            Threat {
-                name: "L2 2".into(),
-                slug: "l2_2".into(),
-                norm: Norm::L2,
-                eps: 2.0,
-            },
-        ]);
+        return Ok(paper_threats());
     }
     let norm: Norm = cli
         .norm
@@ -183,6 +180,36 @@ fn threats(cli: &Cli) -> Result<Vec<Threat>> {
         norm,
         eps,
     }])
+}
+
+/// The paper's four threats (Table 2), in its column order.
+fn paper_threats() -> Vec<Threat> {
+    vec![
+        Threat {
+            name: "Linf 4/255".into(),
+            slug: "linf4".into(),
+            norm: Norm::Linf,
+            eps: 4.0 / 255.0,
+        },
+        Threat {
+            name: "Linf 8/255".into(),
+            slug: "linf8".into(),
+            norm: Norm::Linf,
+            eps: 8.0 / 255.0,
+        },
+        Threat {
+            name: "L1 75".into(),
+            slug: "l1_75".into(),
+            norm: Norm::L1,
+            eps: 75.0,
+        },
+        Threat {
+            name: "L2 2".into(),
+            slug: "l2_2".into(),
+            norm: Norm::L2,
+            eps: 2.0,
+        },
+    ]
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
@@ -224,10 +251,11 @@ impl EvalSet for Limited<'_> {
 fn write_adv(path: &Path, set: &dyn EvalSet, results: &[SampleResult]) -> Result<()> {
     let dims = set.dims();
     let mut data = Vec::with_capacity(results.len() * dims.len());
-    for (i, r) in results.iter().enumerate() {
+    for r in results {
         match &r.adv {
             Some(a) => data.extend_from_slice(a),
-            None => data.extend(set.image(i)?),
+            // A shard's results start at its block: the index is the set's.
+            None => data.extend(set.image(r.index as usize)?),
         }
     }
     let mut t = NamedTensors::new();
@@ -315,10 +343,45 @@ fn run(cli: Cli) -> Result<()> {
         }
         Box::new(TensorSet::load(&cli.data, spec.num_classes)?)
     };
-    let set = Limited {
+    let limited = Limited {
         inner: full.as_ref(),
         n: cli.limit.unwrap_or(usize::MAX),
     };
+    // Class subsets: the samples of the listed classes, labelled by group (issue 21).
+    let class_map = ClassMap::from_flags(
+        cli.class_subset.as_deref(),
+        cli.super_classes.as_deref(),
+        spec.num_classes,
+        &limited.class_names(),
+    )?;
+    let mapped = match &class_map {
+        Some(m) => Some(MappedSet::new(&limited, m)?),
+        None => None,
+    };
+    let set: &dyn EvalSet = match &mapped {
+        Some(m) => m,
+        None => &limited,
+    };
+    if let Some(m) = &class_map {
+        eprintln!(
+            "classes: {} {} ({} groups over {} logits)",
+            m.flag(),
+            m.source,
+            m.len(),
+            spec.num_classes
+        );
+    }
+    let shard = cli.shard.as_deref().map(Shard::parse).transpose()?;
+    let range = mpm::attack::shard::indices(shard, set.len());
+    if let Some(s) = shard {
+        eprintln!(
+            "shard {}: samples {}..{} of {}",
+            s.label(),
+            range.start,
+            range.end,
+            set.len()
+        );
+    }
     eprintln!("data: {}", set.describe());
     let dims = set.dims();
     for t in &threats {
@@ -330,7 +393,7 @@ fn run(cli: Cli) -> Result<()> {
     // or another transform or precision must not resume this journal.
     let content = mpm::attack::run::content_key(
         &cli.weights,
-        &set,
+        set,
         &spec.describe(),
         // The normalisation is part of the key only when it is not ImageNet's, so journals
         // written before per-model normalisation existed still resume.
@@ -380,6 +443,15 @@ fn run(cli: Cli) -> Result<()> {
         });
         if let Value::Object(m) = &mut fingerprint {
             m.extend(content.clone());
+            // Only added when set: existing journals of plain runs stay valid.
+            if let Some(cm) = &class_map {
+                m.insert("class_map".into(), json!(cm.digest));
+            }
+        }
+        // What every shard of this run shares; the shard itself keys the journal too.
+        let run_fingerprint = fingerprint.clone();
+        if let (Some(s), Value::Object(m)) = (shard, &mut fingerprint) {
+            m.insert("shard".into(), json!(s.label()));
         }
         let base = cli
             .journal
@@ -390,16 +462,31 @@ fn run(cli: Cli) -> Result<()> {
         } else {
             with_suffix(&base, &format!(".{}", t.slug))
         };
-        let (results, timing) = evaluate(
-            &mut model,
-            &set,
-            &cfg,
-            cli.batch_size,
-            &journal,
-            &fingerprint,
-            !cli.no_resume,
-            &t.name,
-        )?;
+        let (results, timing) = {
+            // With a class map the attacks see the regrouped logits only.
+            let mut grouped;
+            let attacked: &mut dyn Classifier = match &class_map {
+                Some(map) => {
+                    grouped = GroupedClassifier {
+                        inner: &mut model,
+                        map,
+                    };
+                    &mut grouped
+                }
+                None => &mut model,
+            };
+            evaluate(
+                attacked,
+                set,
+                &cfg,
+                cli.batch_size,
+                range.clone(),
+                &journal,
+                &fingerprint,
+                !cli.no_resume,
+                &t.name,
+            )?
+        };
         let (fw, bw) = model.passes();
         print_timing(&t.name, &timing);
         let extra = json!({
@@ -417,14 +504,25 @@ fn run(cli: Cli) -> Result<()> {
                            "model_seconds": p.model_seconds,
                        })).collect::<Vec<_>>()},
         });
-        let report = build_report(&results, &attacks, &set.class_names(), extra);
+        let mut report = build_report(&results, &attacks, &set.class_names(), extra);
+        if let Value::Object(o) = &mut report {
+            if let Some(cm) = &class_map {
+                o.insert("classes".into(), cm.to_json());
+            }
+            if let Some(s) = shard {
+                o.insert(
+                    "shard".into(),
+                    shard_block(s, &range, set, &run_fingerprint, &results, &timing),
+                );
+            }
+        }
         if let Some(adv) = &cli.adv_out {
             let p = if t.slug.is_empty() {
                 adv.clone()
             } else {
                 with_suffix(adv, &format!(".{}", t.slug))
             };
-            write_adv(&p, &set, &results)?;
+            write_adv(&p, set, &results)?;
             eprintln!("wrote adversarial examples to {}", p.display());
         }
         print_summary(&t.name, &report);
@@ -433,39 +531,217 @@ fn run(cli: Cli) -> Result<()> {
     let out = if threats.len() == 1 {
         outputs.pop().map(|(_, r)| r).unwrap_or(Value::Null)
     } else {
-        let n = set.len();
-        let clean_k = outputs
-            .first()
-            .and_then(|(_, r)| r["clean_accuracy"].as_f64())
-            .map(|p| (p * n as f64).round() as usize)
-            .unwrap_or(0);
-        let mut rows = vec![("clean".to_string(), clean_k, n)];
-        for (t, r) in &outputs {
-            let k = (r["robust_accuracy"].as_f64().unwrap_or(0.0) * n as f64).round() as usize;
-            rows.push((t.name.clone(), k, n));
-        }
-        let table = paper_table(&rows);
-        println!("{table}");
-        let mut per = serde_json::Map::new();
-        for (t, r) in outputs {
-            per.insert(t.slug.clone(), r);
-        }
-        let (lo, hi) = wilson95(clean_k, n);
-        let mut out = json!({
-            "threats": per,
-            "clean_accuracy": clean_k as f64 / n.max(1) as f64,
-            "ci95_clean": [lo, hi],
-            "n": n,
-            "table": table,
-            "model_spec": spec.describe(),
-            "preprocessing": preprocessing,
-        });
-        // Only a zoo name names the row: without it `mpm-eval table` keeps naming a paper
-        // report by its file, as before (two models of one architecture stay two rows).
-        if let (Some(z), Value::Object(m)) = (&cli.zoo, &mut out) {
-            m.insert("model".into(), json!(z));
+        let outputs = outputs
+            .into_iter()
+            .map(|(t, r)| (t.name.clone(), t.slug.clone(), r))
+            .collect();
+        let mut out = paper_summary(outputs, range.len());
+        if let Value::Object(m) = &mut out {
+            m.insert("model_spec".into(), json!(spec.describe()));
+            m.insert("preprocessing".into(), preprocessing.clone());
+            // Only a zoo name names the row: without it `mpm-eval table` keeps naming a paper
+            // report by its file, as before (two models of one architecture stay two rows).
+            if let Some(z) = &cli.zoo {
+                m.insert("model".into(), json!(z));
+            }
         }
         out
+    };
+    write_json_atomic(&cli.report, &out)?;
+    eprintln!("wrote {}", cli.report.display());
+    Ok(())
+}
+
+/// The `--threats paper` report: each threat's report under its slug, clean accuracy and
+/// the paper's table. `outputs`: (threat name, slug, report) in the table's column order.
+fn paper_summary(outputs: Vec<(String, String, Value)>, n: usize) -> Value {
+    let clean_k = outputs
+        .first()
+        .and_then(|(_, _, r)| r["clean_accuracy"].as_f64())
+        .map(|p| (p * n as f64).round() as usize)
+        .unwrap_or(0);
+    let mut rows = vec![("clean".to_string(), clean_k, n)];
+    for (name, _, r) in &outputs {
+        let k = (r["robust_accuracy"].as_f64().unwrap_or(0.0) * n as f64).round() as usize;
+        rows.push((name.clone(), k, n));
+    }
+    let table = paper_table(&rows);
+    println!("{table}");
+    let mut per = serde_json::Map::new();
+    for (_, slug, r) in outputs {
+        per.insert(slug, r);
+    }
+    let (lo, hi) = wilson95(clean_k, n);
+    json!({
+        "threats": per,
+        "clean_accuracy": clean_k as f64 / n.max(1) as f64,
+        "ci95_clean": [lo, hi],
+        "n": n,
+        "table": table,
+    })
+}
+
+// ---- Sharded evaluation: the shard block and `mpm-attack merge` (issue 19). ----
+
+/// A shard report's `shard` block: what `merge` checks and combines.
+fn shard_block(
+    s: Shard,
+    range: &std::ops::Range<usize>,
+    set: &dyn EvalSet,
+    run_fingerprint: &Value,
+    results: &[SampleResult],
+    timing: &Timing,
+) -> Value {
+    json!({
+        "index": s.index, "count": s.count, "range": [range.start, range.end],
+        "n_total": set.len(), "fingerprint": run_fingerprint,
+        "class_names": set.class_names(),
+        "samples": results.iter().map(|r| sample_json(r, None)).collect::<Vec<_>>(),
+        "attacked_this_run": timing.attacked, "seconds": timing.seconds,
+        "images_per_s": timing.images_per_s(),
+    })
+}
+
+#[derive(Parser)]
+#[command(
+    name = "mpm-attack merge",
+    about = "Combines the reports of `mpm-attack --shard I/N` runs into the single run's report"
+)]
+struct MergeCli {
+    /// The shard reports, one per shard, in any order.
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    /// The merged report (contract B, plus each shard's throughput under `timing`).
+    #[arg(long)]
+    report: PathBuf,
+}
+
+fn read_report(p: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(p, format!("not JSON: {e}")))
+}
+
+/// Merges one threat's shard reports (`docs`: path and report).
+fn merge_threat(docs: &[(PathBuf, Value)]) -> Result<Value> {
+    let blocks: Vec<(PathBuf, Value)> = docs
+        .iter()
+        .map(|(p, r)| (p.clone(), r.get("shard").cloned().unwrap_or(Value::Null)))
+        .collect();
+    let order = check_shards(&blocks)?;
+    let (p0, first) = &docs[order[0]];
+    let names: Vec<&str> = first["attacks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let attacks = AttackKind::parse_list(&names.join(","))
+        .map_err(|e| Error::format(p0, format!("its attack list: {e}")))?;
+    let class_names: Vec<String> = first["shard"]["class_names"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut results = Vec::new();
+    let mut per_shard = Vec::new();
+    let mut next = 0usize;
+    for &k in &order {
+        let (p, r) = &docs[k];
+        let b = &r["shard"];
+        let range = (
+            b["range"][0].as_u64().unwrap_or(u64::MAX) as usize,
+            b["range"][1].as_u64().unwrap_or(0) as usize,
+        );
+        let samples = b["samples"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        if range.0 != next || range.1 < range.0 || samples.len() != range.1 - range.0 {
+            return Err(Error::format(
+                p,
+                format!(
+                    "shard {} should hold samples from {next} on; it holds {} for the range                      {:?} (an interrupted or edited report?)",
+                    b["index"],
+                    samples.len(),
+                    b["range"]
+                ),
+            ));
+        }
+        for (j, v) in samples.iter().enumerate() {
+            let s = parse_sample(v, &attacks)
+                .filter(|s| s.index as usize == range.0 + j)
+                .ok_or_else(|| {
+                    Error::format(
+                        p,
+                        format!("sample entry {j} of its shard block is not valid"),
+                    )
+                })?;
+            results.push(s);
+        }
+        next = range.1;
+        per_shard.push((
+            b["index"].as_u64().unwrap_or(0) as usize,
+            samples.len(),
+            b["seconds"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    let total = first["shard"]["n_total"].as_u64().unwrap_or(0) as usize;
+    if next != total {
+        return Err(Error::format(
+            p0,
+            format!("the shards hold {next} samples, the run has {total}"),
+        ));
+    }
+    let mut extra = first.as_object().cloned().unwrap_or_default();
+    for k in COMPUTED_KEYS.iter().chain(&["shard", "timing"]) {
+        extra.remove(*k);
+    }
+    extra.insert("timing".into(), merged_timing(&per_shard));
+    extra.insert(
+        "merged_from".into(),
+        json!(order
+            .iter()
+            .map(|&k| docs[k].0.display().to_string())
+            .collect::<Vec<_>>()),
+    );
+    let report = build_report(&results, &attacks, &class_names, Value::Object(extra));
+    Ok(report)
+}
+
+fn merge(cli: MergeCli) -> Result<()> {
+    let docs = cli
+        .reports
+        .iter()
+        .map(|p| -> Result<(PathBuf, Value)> { Ok((p.clone(), read_report(p)?)) })
+        .collect::<Result<Vec<_>>>()?;
+    let multi = docs[0].1.get("threats").is_some();
+    if let Some((p, _)) = docs
+        .iter()
+        .find(|(_, r)| r.get("threats").is_some() != multi)
+    {
+        return Err(Error::format(
+            p,
+            "mixes a --threats paper report with single-threat ones: shards of another run",
+        ));
+    }
+    let out = if !multi {
+        let r = merge_threat(&docs)?;
+        print_summary("merged", &r);
+        r
+    } else {
+        let mut outputs = Vec::new();
+        for t in paper_threats() {
+            let part: Vec<(PathBuf, Value)> = docs
+                .iter()
+                .map(|(p, r)| (p.clone(), r["threats"][&t.slug].clone()))
+                .collect();
+            if part.iter().all(|(_, r)| r.is_null()) {
+                continue;
+            }
+            let r = merge_threat(&part)?;
+            print_summary(&t.name, &r);
+            outputs.push((t.name.clone(), t.slug.clone(), r));
+        }
+        let n = outputs.first().and_then(|o| o.2["n"].as_u64()).unwrap_or(0) as usize;
+        paper_summary(outputs, n)
     };
     write_json_atomic(&cli.report, &out)?;
     eprintln!("wrote {}", cli.report.display());
@@ -613,6 +889,17 @@ fn main() -> ExitCode {
         };
     }
     mpm::attack::run::join_global_pool();
+    // `mpm-attack merge ...` (sharded evaluation); everything else is the attack itself.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "merge") {
+        let cli = MergeCli::parse_from(std::env::args_os().skip(1));
+        return match merge(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -631,5 +918,6 @@ mod tests {
     fn cli_definition_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+        super::MergeCli::command().debug_assert();
     }
 }

@@ -7,11 +7,16 @@
 //! mpm-eval human        --weights W <model flags> --data STIMULI --out CSV_DIR --json R.json
 //! mpm-eval human-metrics --model-csv DIR --human-data DIR --json OUT [--datasets all|NAME,...]
 //! mpm-eval table        --runs A.json,B.json,... --out DIR
+//! mpm-eval clean ... --shard I/N --json shard_I.json   (any command that evaluates images)
+//! mpm-eval merge shard_0.json shard_1.json ... --json R.json
+//! mpm-eval clean ... --class-subset FILE | --super-classes FILE
 //! ```
 
 use clap::{Args, Parser, Subcommand};
 use mpm::attack::imagefolder::ImageFolder;
-use mpm::attack::EngineClassifier;
+use mpm::attack::shard::{check_shards, merged_timing, Shard};
+use mpm::attack::subset::ClassMap;
+use mpm::attack::{Classifier, Dims, EngineClassifier};
 use mpm::audit::files::ModelArgs;
 use mpm::data::corrupt::job::{parse_corruptions, parse_severities};
 use mpm::device::DeviceRequest;
@@ -69,6 +74,22 @@ struct ModelOpts {
     /// Ignore an existing journal and start afresh.
     #[arg(long)]
     no_resume: bool,
+    // -- Sharding and class subsets (issues 19 and 21; docs/robustness.md). --
+    /// Evaluate only shard I of N (0-based) of every image set: its I-th contiguous block
+    /// (`env`: RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS). Combine with `mpm-eval merge`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Restrict the logits to these classes (wnid, class folder name or logit index per line)
+    /// before the argmax; only images of these classes count.
+    #[arg(long)]
+    class_subset: Option<PathBuf>,
+    /// `<class> <super-category>` per line: correct when the argmax over these classes falls
+    /// in the true super-category.
+    #[arg(long)]
+    super_classes: Option<PathBuf>,
+    /// Set by `merge`: the shards' combined timing; the run replays the merged journal.
+    #[arg(skip)]
+    merged: Option<Value>,
 }
 
 #[derive(Subcommand)]
@@ -142,6 +163,17 @@ enum Cmd {
         #[arg(long, default_value = "all")]
         datasets: String,
     },
+    /// Combines the reports of `--shard I/N` runs of one command into the single run's
+    /// report (replays the command on the shards' per-image results: no image is read and
+    /// no forward pass runs, but the weights and data paths the shards used must exist).
+    Merge {
+        /// The shard reports, one per shard, in any order.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// The merged report (its journal goes beside it, `<json>.journal`).
+        #[arg(long)]
+        json: PathBuf,
+    },
     /// Several reports side by side as Tables 2, 3, 4 and S4 (Markdown, CSV, PNG).
     Table {
         /// Report files or folders of reports, comma-separated.
@@ -200,7 +232,11 @@ fn with_model(
     if m.crop < 32 {
         return Err(Error::flag("--crop", "must be at least 32"));
     }
-    let (dev, why) = m.device.resolve()?;
+    let (dev, why) = if m.merged.is_some() {
+        (mpm::device::Device::Cpu, "merge: no model pass".to_string())
+    } else {
+        m.device.resolve()?
+    };
     eprintln!("device: {why}");
     mpm::device::parse_precision_flag(&m.precision)?;
     // Published checkpoints load as published, with their own normalisation (nn::zoo).
@@ -208,6 +244,14 @@ fn with_model(
     let (spec, store, prep) = (loaded.spec, loaded.store, loaded.preprocessing);
     eprintln!("model: {}", spec.describe());
     eprintln!("model: {}", prep.describe());
+    let arch = spec.describe();
+    let shard = m.shard.as_deref().map(Shard::parse).transpose()?;
+    let class_map = ClassMap::from_flags(
+        m.class_subset.as_deref(),
+        m.super_classes.as_deref(),
+        spec.num_classes,
+        &[],
+    )?;
     let name = m.name.clone().unwrap_or_else(|| {
         m.weights
             .file_stem()
@@ -215,43 +259,77 @@ fn with_model(
             .unwrap_or_else(|| "model".into())
     });
     let weights_bytes = std::fs::metadata(&m.weights).map(|x| x.len()).unwrap_or(0);
-    let fp = json!({
+    let mut fp = json!({
         "command": command, "run": fingerprint, "weights": m.weights.display().to_string(),
         "weights_bytes": weights_bytes, "model": spec.describe(), "crop": m.crop,
     });
     // Another normalisation is another model: part of the journal key, except ImageNet's (the
     // only one before per-model normalisation, so older journals still resume).
-    let fp = if prep.norm.same(&mpm::nn::zoo::InputNorm::IMAGENET) {
-        fp
-    } else {
-        let mut fp = fp;
+    if !prep.norm.same(&mpm::nn::zoo::InputNorm::IMAGENET) {
         fp["normalisation"] = json!(prep.norm.describe());
-        fp
-    };
+    }
+    if let (Some(cm), Value::Object(o)) = (&class_map, &mut fp) {
+        o.insert("class_map".into(), json!(cm.digest));
+    }
+    // Every shard of one run shares `run_fp`; the shard keys its own journal.
+    let run_fp = fp.clone();
+    if let (Some(s), Value::Object(o)) = (shard, &mut fp) {
+        o.insert("shard".into(), json!(s.label()));
+    }
     let jpath = m
         .journal
         .clone()
         .unwrap_or_else(|| with_suffix(&m.json, ".journal"));
     let journal = PredictionJournal::open(&jpath, &fp, heads, !m.no_resume)?;
-    let mut model = EngineClassifier::new(spec, store)
-        .with_input_norm(prep.norm)
-        .on_device(dev)?;
+    let num_classes = spec.num_classes;
+    let mut engine;
+    let mut replay;
+    let model: &mut dyn Classifier = if m.merged.is_some() {
+        replay = MergedResults { num_classes };
+        &mut replay
+    } else {
+        engine = EngineClassifier::new(spec, store)
+            .with_input_norm(prep.norm)
+            .on_device(dev)?;
+        &mut engine
+    };
+    let class_json = class_map.as_ref().map(|c| c.to_json());
     let mut r = Runner {
-        model: &mut model,
+        model,
         batch_size: m.batch_size,
         journal,
         throughput: Default::default(),
         name,
+        shard,
+        class_map,
     };
     let mut report = f(&mut r)?;
     eprintln!("total: {}", r.throughput.line());
     if let Value::Object(o) = &mut report {
         o.insert("device".into(), json!(dev.to_string()));
         o.insert("weights".into(), json!(m.weights.display().to_string()));
-        o.insert("architecture".into(), json!(spec.describe()));
+        o.insert("architecture".into(), json!(arch));
         o.insert("preprocessing".into(), prep.to_json());
         o.insert("timing".into(), r.throughput.to_json());
         o.insert("journal".into(), json!(jpath.display().to_string()));
+        if let Some(c) = class_json {
+            o.insert("classes".into(), c);
+        }
+        if let Some(s) = shard {
+            o.insert(
+                "shard".into(),
+                json!({
+                    "index": s.index, "count": s.count, "fingerprint": run_fp,
+                    "argv": std::env::args().collect::<Vec<_>>(),
+                    "entries": r.journal.entries(),
+                    "images_this_run": r.throughput.images, "seconds": r.throughput.seconds,
+                    "images_per_s": r.throughput.images_per_s(),
+                }),
+            );
+        }
+        if let Some(Value::Object(merged)) = &m.merged {
+            o.extend(merged.clone());
+        }
     }
     let md = report["table"].as_str().unwrap_or_default().to_string();
     write_report(&m.json, &report, &md)?;
@@ -349,6 +427,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {}", json.display());
             Ok(())
         }
+        Cmd::Merge { reports, json } => merge(&reports, &json),
         Cmd::Table {
             runs,
             names,
@@ -369,6 +448,120 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+// ---- Sharded evaluation: `mpm-eval merge` (issue 19). ----
+
+/// The model stand-in of a merge: every image's answer is in the merged journal, so a pass
+/// that is asked for means an image no shard evaluated.
+struct MergedResults {
+    num_classes: usize,
+}
+
+impl Classifier for MergedResults {
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn logits(&mut self, x: &[f32], dims: Dims) -> Result<Vec<f32>> {
+        Err(Error::Msg(format!(
+            "merge: {} images are in no shard's results (were the shards run on other data, \
+             or is a shard report incomplete?)",
+            x.len() / dims.len().max(1)
+        )))
+    }
+    fn logits_and_grad(
+        &mut self,
+        x: &[f32],
+        dims: Dims,
+        _seed: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.logits(x, dims).map(|z| (z, Vec::new()))
+    }
+}
+
+/// The shard's command line without what differs between shards or that a merge sets.
+fn replay_argv(argv: &[String], json: &Path, journal: &Path) -> Vec<String> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        let flag = a.split('=').next().unwrap_or(a);
+        let has_value = !a.contains('=');
+        match flag {
+            "--shard" | "--json" | "--journal" | "--device" => {
+                if has_value {
+                    it.next();
+                }
+            }
+            "--no-resume" => {}
+            _ => out.push(a.clone()),
+        }
+    }
+    out.extend([
+        "--json".to_string(),
+        json.display().to_string(),
+        "--journal".to_string(),
+        journal.display().to_string(),
+    ]);
+    out
+}
+
+fn merge(reports: &[PathBuf], out: &Path) -> Result<()> {
+    let mut docs = Vec::with_capacity(reports.len());
+    for p in reports {
+        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(p, format!("not JSON: {e}")))?;
+        docs.push((p.clone(), v.get("shard").cloned().unwrap_or(Value::Null)));
+    }
+    let order = check_shards(&docs)?;
+    let (p0, first) = &docs[order[0]];
+    let argv: Vec<String> = first["argv"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if argv.len() < 2 {
+        return Err(Error::format(p0, "its shard block has no command line"));
+    }
+    let jpath = with_suffix(out, ".journal");
+    // The merged journal: the shards' images under the unsharded run's fingerprint.
+    let mut journal = PredictionJournal::open(&jpath, &first["fingerprint"], 1, false)?;
+    let mut per_shard = Vec::new();
+    for &k in &order {
+        let (p, b) = &docs[k];
+        let lines = b["entries"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        journal.append_lines(lines, p)?;
+        per_shard.push((
+            b["index"].as_u64().unwrap_or(0) as usize,
+            b["images_this_run"].as_u64().unwrap_or(0) as usize,
+            b["seconds"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    drop(journal);
+    let mut cli = Cli::try_parse_from(replay_argv(&argv, out, &jpath))
+        .map_err(|e| Error::format(p0, format!("its command line does not parse: {e}")))?;
+    let merged = json!({
+        "timing": merged_timing(&per_shard),
+        "merged_from": order.iter().map(|&k| docs[k].0.display().to_string()).collect::<Vec<_>>(),
+    });
+    match &mut cli.cmd {
+        Cmd::Clean { m, .. }
+        | Cmd::Corruptions { m, .. }
+        | Cmd::Ood { m, .. }
+        | Cmd::Human { m, .. } => {
+            m.merged = Some(merged);
+        }
+        _ => {
+            return Err(Error::format(
+                p0,
+                "its command evaluates no images: nothing to merge",
+            ))
+        }
+    }
+    run(cli)
 }
 
 fn main() -> ExitCode {

@@ -143,7 +143,8 @@ pub fn run(
         let mut csv =
             String::from("subj,session,trial,rt,object_response,category,condition,imagename\n");
         let mut trial = 0usize;
-        for (o, (cond, img)) in outcomes.iter().zip(&info) {
+        // A shard's outcomes are its block of the images (`--shard`).
+        for (o, (cond, img)) in outcomes.iter().zip(&info[r.indices(info.len())]) {
             if let Outcome::Done { label, answers } = o {
                 trial += 1;
                 csv.push_str(&format!(

@@ -12,13 +12,15 @@
 
 use crate::attack::imagefolder::EvalSet;
 use crate::attack::model::{argmax, Classifier};
+use crate::attack::report::read_journal_header;
 use crate::attack::run::fmt_secs;
+use crate::attack::shard::Shard;
 use crate::{Error, Result};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, IsTerminal, Seek, SeekFrom, Write};
+use std::io::{BufRead, IsTerminal, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -33,6 +35,9 @@ pub enum Head {
     /// model-vs-human's decision: softmax over all classes, the mean probability of each
     /// category's classes, the best category (position in the list).
     Categories(Vec<Vec<usize>>),
+    /// `--class-subset` / `--super-classes` (`attack::subset`): the group holding the largest
+    /// logit among the groups' columns (position in the list).
+    Groups(Vec<Vec<usize>>),
 }
 
 impl Head {
@@ -41,7 +46,7 @@ impl Head {
         match self {
             Head::Top1 => 0,
             Head::Restricted(c) => c.iter().copied().max().unwrap_or(0),
-            Head::Categories(c) => c.iter().flatten().copied().max().unwrap_or(0),
+            Head::Categories(c) | Head::Groups(c) => c.iter().flatten().copied().max().unwrap_or(0),
         }
     }
 
@@ -65,6 +70,13 @@ impl Head {
                     })
                     .collect();
                 argmax(&scores) as u32
+            }
+            Head::Groups(groups) => {
+                let pooled: Vec<f32> = groups
+                    .iter()
+                    .map(|g| g.iter().map(|&c| z[c]).fold(f32::NEG_INFINITY, f32::max))
+                    .collect();
+                argmax(&pooled) as u32
             }
         }
     }
@@ -153,28 +165,9 @@ impl PredictionJournal {
         let mut valid_len = 0u64;
         let exists = path.exists();
         if resume && exists {
-            let f = File::open(path).map_err(|e| Error::io(path, e))?;
-            let mut rd = BufReader::new(f);
-            let mut header = String::new();
-            rd.read_line(&mut header).map_err(|e| Error::io(path, e))?;
-            let h: Value = serde_json::from_str(header.trim_end()).map_err(|e| {
-                Error::format(
-                    path,
-                    format!("journal header is not JSON ({e}); delete the file to start afresh"),
-                )
-            })?;
-            if h.get("fingerprint") != Some(fingerprint) {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "this journal belongs to another run (its fingerprint {} differs from \
-                         this run's {fingerprint}); delete it, pass --journal elsewhere, or \
-                         --no-resume",
-                        h.get("fingerprint").cloned().unwrap_or(Value::Null),
-                    ),
-                ));
-            }
-            valid_len = header.len() as u64;
+            // The attack's journal reader: one header format, one content-keyed refusal.
+            let (mut rd, header_len) = read_journal_header(path, fingerprint)?;
+            valid_len = header_len;
             loop {
                 let mut line = String::new();
                 let got = rd.read_line(&mut line).map_err(|e| Error::io(path, e))?;
@@ -225,17 +218,47 @@ impl PredictionJournal {
         self.done.get(&(subset, i))
     }
 
+    /// Every finished image as its journal line, in (subset, index) order (a shard report
+    /// carries these for `mpm-eval merge`).
+    pub fn entries(&self) -> Vec<Value> {
+        let mut keys: Vec<&(u32, u64)> = self.done.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|&(s, i)| line_json(s, i, &self.done[&(s, i)]))
+            .collect()
+    }
+
+    /// Appends journal lines written by [`entries`](Self::entries) (another process's
+    /// shard); an image already present is an error (two shards overlap).
+    pub fn append_lines(&mut self, lines: &[Value], what: &Path) -> Result<()> {
+        let mut by_subset: std::collections::BTreeMap<u32, Vec<(u64, Outcome)>> =
+            Default::default();
+        for (k, v) in lines.iter().enumerate() {
+            let ((s, i), o) = parse_line(v, self.heads).ok_or_else(|| {
+                Error::format(what, format!("entry {k} of its shard block is not valid"))
+            })?;
+            if self.done.contains_key(&(s, i)) {
+                return Err(Error::format(
+                    what,
+                    format!("image {i} of set {s} is also in another shard: overlapping shards"),
+                ));
+            }
+            by_subset.entry(s).or_default().push((i, o));
+        }
+        for (s, items) in by_subset {
+            self.append(s, &items)?;
+        }
+        Ok(())
+    }
+
     /// Appends finished images (one flushed write per batch).
     pub fn append(&mut self, subset: u32, items: &[(u64, Outcome)]) -> Result<()> {
         let mut text = String::new();
         for (i, o) in items {
-            let v = match o {
-                Outcome::Done { label, answers } => {
-                    debug_assert_eq!(answers.len(), self.heads);
-                    json!({"s": subset, "i": i, "y": label, "a": answers})
-                }
-                Outcome::Skipped(why) => json!({"s": subset, "i": i, "skip": why}),
-            };
+            if let Outcome::Done { answers, .. } = o {
+                debug_assert_eq!(answers.len(), self.heads);
+            }
+            let v = line_json(subset, *i, o);
             text.push_str(&v.to_string());
             text.push('\n');
         }
@@ -249,6 +272,13 @@ impl PredictionJournal {
             self.done.insert((subset, *i), o.clone());
         }
         Ok(())
+    }
+}
+
+fn line_json(subset: u32, i: u64, o: &Outcome) -> Value {
+    match o {
+        Outcome::Done { label, answers } => json!({"s": subset, "i": i, "y": label, "a": answers}),
+        Outcome::Skipped(why) => json!({"s": subset, "i": i, "skip": why}),
     }
 }
 
@@ -287,8 +317,8 @@ pub fn check_heads(model: &dyn Classifier, heads: &[Head], what: &str) -> Result
 }
 
 /// Runs the model over one subset (`subset` numbers it in the journal) and returns every
-/// image's outcome, in index order, with this run's throughput. `correct(label, answers)`
-/// only feeds the progress line.
+/// image's outcome, in index order, with this run's throughput; with a `shard`, only the
+/// shard's block of the subset's images (`attack::shard`), indices kept.
 #[allow(clippy::too_many_arguments)]
 pub fn predict(
     model: &mut dyn Classifier,
@@ -298,11 +328,14 @@ pub fn predict(
     batch_size: usize,
     journal: &mut PredictionJournal,
     label: &str,
+    shard: Option<Shard>,
 ) -> Result<(Vec<Outcome>, Throughput)> {
-    let n = set.len();
+    let range = crate::attack::shard::indices(shard, set.len());
+    let n = range.len();
     let dims = set.dims();
     let k = model.num_classes();
-    let todo: Vec<usize> = (0..n)
+    let todo: Vec<usize> = range
+        .clone()
         .filter(|&i| journal.get(subset, i as u64).is_none())
         .collect();
     let already = n - todo.len();
@@ -326,6 +359,7 @@ pub fn predict(
     let start = Instant::now();
     let mut last_line = Instant::now();
     let (mut right, mut seen) = (0usize, 0usize);
+    let mut finished = already;
     for chunk in todo.chunks(batch_size.max(1)) {
         let t0 = Instant::now();
         let images: Vec<Result<Vec<f32>>> = chunk.par_iter().map(|&i| set.image(i)).collect();
@@ -369,7 +403,8 @@ pub fn predict(
         out.sort_by_key(|o| o.0);
         journal.append(subset, &out)?;
         tp.images += ok.len();
-        let done = journal.done_in(subset);
+        finished += chunk.len();
+        let done = finished;
         let el = start.elapsed().as_secs_f64();
         let rate = (tp.images as f64 / el.max(1e-9)).max(1e-9);
         let msg = format!(
@@ -395,7 +430,7 @@ pub fn predict(
         pb.finish_and_clear();
     }
     tp.seconds = start.elapsed().as_secs_f64();
-    let outcomes = (0..n)
+    let outcomes = range
         .map(|i| {
             journal
                 .get(subset, i as u64)

@@ -9,6 +9,8 @@ use super::sets::{EvalTransform, Images};
 use crate::attack::imagefolder::EvalSet;
 use crate::attack::model::Classifier;
 use crate::attack::report::wilson95;
+use crate::attack::shard::Shard;
+use crate::attack::subset::{ClassMap, MappedSet};
 use crate::data::corrupt::Corruption;
 use crate::{Error, Result};
 use serde_json::{json, Value};
@@ -22,9 +24,19 @@ pub struct Runner<'a> {
     pub throughput: Throughput,
     /// The model's name in reports and tables.
     pub name: String,
+    /// `--shard I/N`: each set's block of images (`attack::shard`).
+    pub shard: Option<Shard>,
+    /// `--class-subset` / `--super-classes`: logits regrouped, images of the listed classes
+    /// only (`attack::subset`).
+    pub class_map: Option<ClassMap>,
 }
 
 impl Runner<'_> {
+    /// The indices of a set of `n` images this run evaluates (all, or its shard's block).
+    pub fn indices(&self, n: usize) -> std::ops::Range<usize> {
+        crate::attack::shard::indices(self.shard, n)
+    }
+
     /// Predicts one subset (numbered `subset` in the journal), adds to the throughput.
     pub fn run(
         &mut self,
@@ -34,6 +46,26 @@ impl Runner<'_> {
         label: &str,
     ) -> Result<Vec<Outcome>> {
         super::predict::check_heads(&*self.model, heads, label)?;
+        let mapped;
+        let grouped;
+        let (set, heads): (&(dyn EvalSet + Sync), &[Head]) = match &self.class_map {
+            None => (set, heads),
+            Some(map) => {
+                if heads != [Head::Top1] {
+                    return Err(Error::flag(
+                        map.flag(),
+                        format!(
+                            "{label} reads its own classes: a class subset applies to top-1 \
+                             evaluations over all logits (clean, corruptions, and the OOD sets \
+                             without a class restriction)"
+                        ),
+                    ));
+                }
+                mapped = MappedSet::new(set, map)?;
+                grouped = [Head::Groups(map.groups.clone())];
+                (&mapped, &grouped[..])
+            }
+        };
         let (out, tp) = predict(
             &mut *self.model,
             set,
@@ -42,6 +74,7 @@ impl Runner<'_> {
             self.batch_size,
             &mut self.journal,
             label,
+            self.shard,
         )?;
         if tp.images > 0 {
             eprintln!("{label}: {}", tp.line());

@@ -68,12 +68,7 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// The preview of a safetensors file from its header alone (8-byte length + JSON); the data
 /// after it is not read. The full load validates the offsets later.
-pub(crate) fn of_safetensors(path: &Path) -> Result<StatePreview> {
-    Ok(of_safetensors_with_metadata(path)?.0)
-}
-
-/// [`of_safetensors`] with the header's `__metadata__` strings (an `mpm-train` checkpoint says
-/// its format there).
+/// With it, the header's `__metadata__` strings (an `mpm-train` checkpoint says its format there).
 pub(crate) fn of_safetensors_with_metadata(
     path: &Path,
 ) -> Result<(StatePreview, BTreeMap<String, String>)> {

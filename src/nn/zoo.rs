@@ -191,7 +191,7 @@ pub struct Converted {
 /// Detects the layout of `tensors` (as `io::load_state_dict` returns them: the chosen dict,
 /// a leading `module.` stripped) and converts them to torchvision/mpm names.
 pub fn convert(tensors: NamedTensors, path: &Path) -> Result<Converted> {
-    let state = to_state(tensors);
+    let state = to_state(tensors, path)?;
     let has = |k: &str| state.contains_key(k);
     let any_prefix = |p: &str| state.keys().any(|k| k.starts_with(p));
     if has("normalizer.new_mean") && any_prefix("model.") {
@@ -691,7 +691,23 @@ pub fn load_for_eval(
     let tensors = io::load_state_dict(weights, io::StateDictPick::Auto)?;
     let c = convert(tensors, weights)?;
     let (n, src) = resolve_norm(&c, flags, weights)?;
-    let spec = crate::audit::files::spec_from_args(args, &c.state, weights)?;
+    // The layout is known only from the names, so this preview comes after the read (the
+    // loaders of the engine's own layouts check theirs before it).
+    let preview: io::StatePreview = c
+        .state
+        .iter()
+        .filter_map(|(k, v)| match v {
+            super::StateValue::Float(t) => Some((
+                k.clone(),
+                io::TensorInfo {
+                    shape: t.shape.clone(),
+                    dtype: "float32".into(),
+                },
+            )),
+            super::StateValue::Int(_) => None,
+        })
+        .collect();
+    let spec = crate::audit::files::spec_from_args(args, &preview, weights)?;
     let store = spec.load(&c.state).map_err(|e| match e {
         Error::Checkpoint(m) => Error::Checkpoint(format!(
             "{} ({} layout, {}): {m}",
