@@ -11,6 +11,11 @@
 //!                 --images IMG_ROOT --out grid.png [--per-class 4] [--max-classes 10]
 //! mpm-data corrupt --images DIR|LIST --out OUT [--corruptions all|NAME,...] [--severities 1-5]
 //!                 [--size 224|0] [--format png|jpeg] [--seed N]      (docs/corruptions.md)
+//! mpm-data coco-export --json-dir D/json [--discarded F] --out OUT [--infer-images IMG_ROOT]
+//! mpm-data pseudo --from-coco-results preds.json --images-json OUT/infer.json --parts parts.tsv
+//!                 --out ROOT [--including D/including] [--score-threshold 0.5]
+//! mpm-data part-ap --gt GT.json (--results preds.json | --label-maps SEG [--prob-maps PROB])
+//!                 [--category-filter] --json OUT.json                 (docs/part-labels.md)
 //! ```
 
 use std::path::PathBuf;
@@ -52,7 +57,231 @@ enum Cmd {
     Pseudo(PseudoArgs),
     /// ImageNet-C: the 15 common corruptions x 5 severities (DESIGN.md contract D).
     Corrupt(CorruptArgs),
+    // --- part labels from instance segmenters (issue 20, docs/part-labels.md) ---
+    /// PIN++ -> COCO instance segmentation (train/val, global part ids) for mmdetection or
+    /// detectron2.
+    CocoExport(CocoExportArgs),
+    /// COCO segm AP / AP50 / AP75 and per-part AP of results or label maps, with or without
+    /// the Category Filter (pycocotools' COCOeval semantics).
+    PartAp(PartApArgs),
+    // --- end part labels ---
 }
+
+// --- part labels from instance segmenters (issue 20, docs/part-labels.md) ---
+#[derive(clap::Args)]
+struct CocoExportArgs {
+    /// Directory of per-class `<wnid>.json` files (the PIN++ release).
+    #[arg(long)]
+    json_dir: PathBuf,
+    /// `discarded_data.json`: images left out.
+    #[arg(long)]
+    discarded: Option<PathBuf>,
+    /// Output: OUT/train.json, OUT/val.json, OUT/parts.tsv, OUT/export_report.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Fraction of each class's images in val (the split of `mpm-data labels`).
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+    /// Also write OUT/infer.json: the images of IMG_ROOT/<wnid>/ not in either split (the
+    /// images to pseudo-label), with their classes and sizes.
+    #[arg(long)]
+    infer_images: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct PartApArgs {
+    /// Ground truth: a COCO instance file (e.g. coco-export's val.json).
+    #[arg(long)]
+    gt: PathBuf,
+    /// A COCO results file (standard, or extended with a per-detection `scores` vector).
+    #[arg(long, conflicts_with = "label_maps", required_unless_present = "label_maps")]
+    results: Option<PathBuf>,
+    /// Label maps SEG/<wnid>/<stem>.png instead (e.g. `mpm-data pseudo --weights` output's
+    /// seg/): one instance per connected part region.
+    #[arg(long)]
+    label_maps: Option<PathBuf>,
+    /// The labeller's probability maps PROB/<wnid>/<stem>.png (its prob/ folder): region
+    /// score = mean probability (1.0 for every region without them).
+    #[arg(long, requires = "label_maps")]
+    prob_maps: Option<PathBuf>,
+    /// Apply the Category Filter with each image's known class.
+    #[arg(long)]
+    category_filter: bool,
+    /// Standard results with the filter: mask IoU at which two detections of different own
+    /// parts are one object (the better-scoring one is kept).
+    #[arg(long, default_value_t = 0.5)]
+    same_mask_iou: f64,
+    /// Report (AP, AP50, AP75, APs/m/l, AR, per-part AP, counts of unusable records).
+    #[arg(long)]
+    json: PathBuf,
+}
+
+fn run_coco_export(a: CocoExportArgs) -> mpm::Result<()> {
+    use mpm::data::coco::export::{run_export, ExportConfig};
+    let cfg = ExportConfig {
+        json_dir: a.json_dir,
+        discarded: a.discarded,
+        out: a.out.clone(),
+        val_fraction: a.val_fraction,
+        split_seed: a.split_seed,
+        infer_images: a.infer_images,
+        progress: !a.quiet,
+    };
+    let s = run_export(&cfg)?;
+    report_skips(&s.skipped);
+    eprintln!(
+        "coco-export: {} classes, {} parts; train {} images / {} masks, val {} images / {} \
+         masks, {} discarded{} -> {}",
+        s.classes,
+        s.parts,
+        s.train_images,
+        s.train_annotations,
+        s.val_images,
+        s.val_annotations,
+        s.discarded,
+        if cfg.infer_images.is_some() {
+            format!(", {} images to pseudo-label (infer.json)", s.infer_images)
+        } else {
+            String::new()
+        },
+        a.out.display()
+    );
+    if !s.warnings.is_empty() {
+        eprintln!("warnings: {} (e.g. {})", s.warnings.len(), s.warnings[0]);
+    }
+    Ok(())
+}
+
+fn run_part_ap(a: PartApArgs) -> mpm::Result<()> {
+    use mpm::data::coco::part_ap::{self, PartApConfig, Source};
+    let source = match (a.results, a.label_maps) {
+        (Some(r), None) => Source::Results(r),
+        (None, Some(seg)) => Source::LabelMaps {
+            seg,
+            prob: a.prob_maps,
+        },
+        _ => {
+            return Err(mpm::Error::flag(
+                "--results / --label-maps",
+                "give exactly one of them",
+            ))
+        }
+    };
+    if !(0.0..=1.0).contains(&a.same_mask_iou) {
+        return Err(mpm::Error::flag("--same-mask-iou", "must be in [0, 1]"));
+    }
+    let cfg = PartApConfig {
+        gt: a.gt,
+        source,
+        category_filter: a.category_filter,
+        same_mask_iou: a.same_mask_iou,
+    };
+    let out = part_ap::run(&cfg)?;
+    let c = &out.counts;
+    eprintln!(
+        "part-ap: {} records ({}), {} scored; unusable: {} unknown image, {} unknown category, \
+         {} malformed, {} of another size, {} missing maps{}",
+        c.records,
+        out.form,
+        c.scored,
+        c.unknown_image,
+        c.unknown_category,
+        c.malformed,
+        c.size_mismatch,
+        c.missing_maps,
+        if cfg.category_filter {
+            format!(
+                "; CF: {} relabelled, {} other-class dropped, {} background, {} same-mask \
+                 duplicates",
+                c.cf_relabelled,
+                c.cf_dropped_other_class,
+                c.cf_dropped_background,
+                c.cf_dropped_duplicate
+            )
+        } else {
+            String::new()
+        }
+    );
+    for e in &c.examples {
+        eprintln!("  e.g. {e}");
+    }
+    if c.records == 0 {
+        eprintln!("part-ap: no detections: every AP with ground truth is 0");
+    }
+    let st = out.eval.stats;
+    println!(
+        "{:<22} {:>6} {:>6} {:>6}",
+        if cfg.category_filter { "with CF" } else { "without CF" },
+        "AP",
+        "AP50",
+        "AP75"
+    );
+    println!(
+        "{:<22} {:>6.1} {:>6.1} {:>6.1}",
+        "segm (%)",
+        st[0] * 100.0,
+        st[1] * 100.0,
+        st[2] * 100.0
+    );
+    let text = serde_json::to_string_pretty(&out.json)
+        .map_err(|e| mpm::Error::Msg(format!("part-ap report: {e}")))?;
+    mpm::data::imageio::write_atomic(&a.json, text.as_bytes())
+}
+
+fn run_pseudo_coco(a: PseudoArgs, results: PathBuf) -> mpm::Result<()> {
+    use mpm::data::coco::pseudo::{run, CocoPseudoConfig};
+    let cfg = CocoPseudoConfig {
+        results,
+        images_json: a.images_json,
+        parts: a.parts,
+        including: a.including,
+        images_root: a.images,
+        out: a.out.clone(),
+        threshold: a.score_threshold,
+        category_filter: !a.no_category_filter,
+        same_mask_iou: a.same_mask_iou,
+        overwrite: a.overwrite,
+        batch: 256,
+        progress: true,
+    };
+    let s = run(&cfg)?;
+    report_skips(&s.skipped);
+    let c = &s.counts;
+    eprintln!(
+        "pseudo: {} label maps written ({} all background), {:.1} images/s; {} annotated and \
+         {} of unknown origin kept, {} already done; {} masks painted, {} below {}; records: \
+         {} unknown image, {} unknown category, {} malformed, {} of another size; CF: {} \
+         relabelled, {} other-class, {} background, {} same-mask duplicates -> {}",
+        s.written,
+        s.blank_maps,
+        s.images_per_second,
+        s.kept_annotated,
+        s.kept_unknown_origin,
+        s.already_done,
+        s.masks_painted,
+        s.masks_below_threshold,
+        cfg.threshold,
+        c.unknown_image,
+        c.unknown_category,
+        c.malformed,
+        c.size_mismatch,
+        c.cf_relabelled,
+        c.cf_dropped_other_class,
+        c.cf_dropped_background,
+        c.cf_dropped_duplicate,
+        a.out.join("seg").display()
+    );
+    for e in &c.examples {
+        eprintln!("  e.g. {e}");
+    }
+    Ok(())
+}
+// --- end part labels ---
 
 #[derive(clap::Args)]
 struct CorruptArgs {
@@ -85,17 +314,17 @@ struct CorruptArgs {
 #[derive(clap::Args)]
 struct PseudoArgs {
     /// MPM checkpoint (safetensors or .pth; its EMA weights when it holds both).
-    #[arg(long)]
-    weights: PathBuf,
+    #[arg(long, required_unless_present = "from_coco_results")]
+    weights: Option<PathBuf>,
     #[command(flatten)]
-    model: mpm::audit::files::ModelArgs,
+    model: Option<mpm::audit::files::ModelArgs>,
     /// `parts.tsv` of the label set the model was trained on (global part ids per class).
     #[arg(long)]
     parts: PathBuf,
     /// Images to label: an index file written by `mpm-data index` (class of each image; a
     /// label map, when present, is used for scoring).
-    #[arg(long)]
-    index: PathBuf,
+    #[arg(long, required_unless_present = "from_coco_results")]
+    index: Option<PathBuf>,
     /// Output (the reference's training layout; may be the `labels` output root): OUT/seg/<wnid>/<stem>.png,
     /// OUT/img/<wnid>/<file> (symlinks), OUT/whether_pseudo/<wnid>.txt (flag 1; images flagged 0,
     /// i.e. annotated, are never overwritten), OUT/pseudo.jsonl, OUT/pseudo_report.json.
@@ -112,6 +341,32 @@ struct PseudoArgs {
     /// Score images that already have a label map but do not write a pseudo map for them.
     #[arg(long)]
     skip_annotated: bool,
+    // --- part labels from instance segmenters (issue 20, docs/part-labels.md) ---
+    /// Label from an instance segmenter's COCO results instead of an MPM (standard records,
+    /// or extended ones with a `scores` vector per detection); streamed, resumable.
+    #[arg(long, conflicts_with_all = ["weights", "index", "skip_annotated"])]
+    from_coco_results: Option<PathBuf>,
+    /// COCO file(s) listing the results' images (ids, file names, sizes, classes), e.g.
+    /// coco-export's infer.json.
+    #[arg(long, requires = "from_coco_results")]
+    images_json: Vec<PathBuf>,
+    /// `including/` of the release: inner parts painted over their containers.
+    #[arg(long, requires = "from_coco_results")]
+    including: Option<PathBuf>,
+    /// IMG_ROOT the file names are relative to: OUT/img/<wnid>/<file> symlinks.
+    #[arg(long, requires = "from_coco_results")]
+    images: Option<PathBuf>,
+    /// Masks scoring below this are not painted.
+    #[arg(long, default_value_t = 0.5)]
+    score_threshold: f64,
+    /// Standard results with the filter: mask IoU at which detections of two different own
+    /// parts are one object (the better-scoring one is kept).
+    #[arg(long, default_value_t = 0.5)]
+    same_mask_iou: f64,
+    /// Repaint images this command already labelled (flag 1 and a map).
+    #[arg(long, requires = "from_coco_results")]
+    overwrite: bool,
+    // --- end part labels ---
 }
 
 #[derive(clap::Args)]
@@ -353,6 +608,9 @@ fn run(cli: Cli) -> mpm::Result<()> {
         }
         Cmd::Pseudo(a) => run_pseudo(a),
         Cmd::Corrupt(a) => run_corrupt(a),
+        // --- part labels (issue 20) ---
+        Cmd::CocoExport(a) => run_coco_export(a),
+        Cmd::PartAp(a) => run_part_ap(a),
     }
 }
 
@@ -389,11 +647,21 @@ fn run_corrupt(a: CorruptArgs) -> mpm::Result<()> {
 
 fn run_pseudo(a: PseudoArgs) -> mpm::Result<()> {
     use mpm::data::pseudo_label::{self, PseudoConfig};
-    let (spec, store) = mpm::audit::files::load_model(&a.weights, &a.model)?;
+    if let Some(results) = a.from_coco_results.clone() {
+        return run_pseudo_coco(a, results);
+    }
+    let (Some(weights), Some(model), Some(index_path)) = (&a.weights, &a.model, &a.index) else {
+        return Err(mpm::Error::flag(
+            "--weights / --arch / --num-classes / --index",
+            "label from a model (--weights with its model flags and --index) or from a \
+             segmenter's results (--from-coco-results)",
+        ));
+    };
+    let (spec, store) = mpm::audit::files::load_model(weights, model)?;
     let table = mpm::data::pin_json::PartTable::from_tsv(&a.parts)?;
-    let index = index::Index::read(&a.index)?;
+    let index = index::Index::read(index_path)?;
     if index.samples.is_empty() {
-        return Err(mpm::Error::format(&a.index, "the index lists no images"));
+        return Err(mpm::Error::format(index_path, "the index lists no images"));
     }
     if a.input_size < 32 || a.batch_size == 0 {
         return Err(mpm::Error::flag(
