@@ -57,7 +57,11 @@ fn assert_matches(report: &Value, want: &Value, what: &str) {
         let g = per.iter().find(|c| c["id"] == w["id"]).expect("category");
         for k in ["AP", "AP50", "AP75"] {
             let (a, b) = (g[k].as_f64().unwrap(), w[k].as_f64().unwrap());
-            assert!((a - b).abs() < 1e-9, "{what}: category {} {k} = {a}, pycocotools {b}", w["id"]);
+            assert!(
+                (a - b).abs() < 1e-9,
+                "{what}: category {} {k} = {a}, pycocotools {b}",
+                w["id"]
+            );
         }
     }
 }
@@ -76,12 +80,19 @@ fn part_ap_equals_pycocotools_with_and_without_category_filter() {
     let f = fixtures();
     let exp = expected();
     let gt = f.join("gt.json");
-    for (case, file) in [("standard", "preds.json"), ("extended", "preds_extended.json")] {
+    for (case, file) in [
+        ("standard", "preds.json"),
+        ("extended", "preds_extended.json"),
+    ] {
         let res = f.join(file);
         let r = res.to_str().unwrap();
         let plain = part_ap(&gt, &["--results", r], &dir.path().join("a.json"));
         assert_matches(&plain, &exp[case]["no_cf"], &format!("{case} without CF"));
-        let cf = part_ap(&gt, &["--results", r, "--category-filter"], &dir.path().join("b.json"));
+        let cf = part_ap(
+            &gt,
+            &["--results", r, "--category-filter"],
+            &dir.path().join("b.json"),
+        );
         assert_matches(&cf, &exp[case]["cf"], &format!("{case} with CF"));
         assert_eq!(cf["form"], case);
         assert_eq!(cf["category_filter"], true);
@@ -102,7 +113,10 @@ fn unruns(v: &Value) -> Vec<u16> {
     let a = v.as_array().unwrap();
     let mut out = Vec::new();
     for p in a.chunks(2) {
-        let (val, n) = (p[0].as_u64().unwrap() as u16, p[1].as_u64().unwrap() as usize);
+        let (val, n) = (
+            p[0].as_u64().unwrap() as u16,
+            p[1].as_u64().unwrap() as usize,
+        );
         out.extend(std::iter::repeat_n(val, n));
     }
     out
@@ -120,11 +134,19 @@ fn label_maps_scored_as_instances_equal_pycocotools() {
     let exp = expected();
     let lm = read_json(&fixtures().join("labelmaps.json"));
     for m in lm.as_array().unwrap() {
-        let (h, w) = (m["height"].as_u64().unwrap() as usize, m["width"].as_u64().unwrap() as usize);
+        let (h, w) = (
+            m["height"].as_u64().unwrap() as usize,
+            m["width"].as_u64().unwrap() as usize,
+        );
         let file = m["file_name"].as_str().unwrap();
         let (wnid, base) = file.split_once('/').unwrap();
         let stem = base.trim_end_matches(".JPEG");
-        write_map(&d.join("seg").join(wnid).join(format!("{stem}.png")), h, w, unruns(&m["labels"]));
+        write_map(
+            &d.join("seg").join(wnid).join(format!("{stem}.png")),
+            h,
+            w,
+            unruns(&m["labels"]),
+        );
         let blocks: Vec<u16> = m["prob_blocks"]
             .as_array()
             .unwrap()
@@ -132,21 +154,44 @@ fn label_maps_scored_as_instances_equal_pycocotools() {
             .map(|v| v.as_u64().unwrap() as u16)
             .collect();
         let bw = w.div_ceil(4);
-        let prob = (0..h * w).map(|i| blocks[(i / w / 4) * bw + (i % w) / 4]).collect();
-        write_map(&d.join("prob").join(wnid).join(format!("{stem}.png")), h, w, prob);
+        let prob = (0..h * w)
+            .map(|i| blocks[(i / w / 4) * bw + (i % w) / 4])
+            .collect();
+        write_map(
+            &d.join("prob").join(wnid).join(format!("{stem}.png")),
+            h,
+            w,
+            prob,
+        );
     }
     // The ground truth of the label-mapped images only.
     let mut gt = read_json(&fixtures().join("gt.json"));
     let keep: Vec<Value> = exp["label_maps"]["gt_images"].as_array().unwrap().clone();
-    let imgs: Vec<Value> = gt["images"].as_array().unwrap().iter().filter(|i| keep.contains(&i["id"])).cloned().collect();
-    let anns: Vec<Value> =
-        gt["annotations"].as_array().unwrap().iter().filter(|a| keep.contains(&a["image_id"])).cloned().collect();
+    let imgs: Vec<Value> = gt["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| keep.contains(&i["id"]))
+        .cloned()
+        .collect();
+    let anns: Vec<Value> = gt["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| keep.contains(&a["image_id"]))
+        .cloned()
+        .collect();
     gt["images"] = json!(imgs);
     gt["annotations"] = json!(anns);
     let gt_path = d.join("gt_lm.json");
     std::fs::write(&gt_path, gt.to_string()).unwrap();
     let (seg, prob) = (d.join("seg"), d.join("prob"));
-    let args = ["--label-maps", seg.to_str().unwrap(), "--prob-maps", prob.to_str().unwrap()];
+    let args = [
+        "--label-maps",
+        seg.to_str().unwrap(),
+        "--prob-maps",
+        prob.to_str().unwrap(),
+    ];
     let plain = part_ap(&gt_path, &args, &d.join("a.json"));
     assert_matches(&plain, &exp["label_maps"]["no_cf"], "label maps without CF");
     let mut with_cf = args.to_vec();
@@ -156,7 +201,10 @@ fn label_maps_scored_as_instances_equal_pycocotools() {
     assert!(cf["counts"]["cf_dropped_other_class"].as_u64().unwrap() > 0);
     // Without probabilities every region scores 1.0; still a valid report.
     let no_prob = part_ap(&gt_path, &args[..2], &d.join("c.json"));
-    assert!(no_prob["form"].as_str().unwrap().contains("no probabilities"));
+    assert!(no_prob["form"]
+        .as_str()
+        .unwrap()
+        .contains("no probabilities"));
 }
 
 /// Reads `OUT/seg/<wnid>/<stem>.png` of every image with an expected map and compares.
@@ -164,9 +212,14 @@ fn check_maps(out: &Path, want: &Value, what: &str) -> usize {
     let gt = read_json(&fixtures().join("gt.json"));
     let mut n = 0;
     for im in gt["images"].as_array().unwrap() {
-        let Some(runs) = want.get(im["id"].to_string()) else { continue };
+        let Some(runs) = want.get(im["id"].to_string()) else {
+            continue;
+        };
         let (wnid, base) = im["file_name"].as_str().unwrap().split_once('/').unwrap();
-        let p = out.join("seg").join(wnid).join(format!("{}.png", base.trim_end_matches(".JPEG")));
+        let p = out
+            .join("seg")
+            .join(wnid)
+            .join(format!("{}.png", base.trim_end_matches(".JPEG")));
         let m = mpm::data::imageio::read_label_map(&p).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(m.data, unruns(runs), "{what}: map of image {}", im["id"]);
         n += 1;
@@ -211,7 +264,10 @@ fn pseudo_from_coco_results_paints_the_filtered_masks() {
     check_maps(&d.join("ext"), &exp["paint"]["extended_cf"], "extended");
     // Flag 1 for every written image.
     let flags = std::fs::read_to_string(d.join("std/whether_pseudo/n01440764.txt")).unwrap();
-    assert!(!flags.is_empty() && flags.lines().all(|l| l.ends_with(" 1")), "{flags}");
+    assert!(
+        !flags.is_empty() && flags.lines().all(|l| l.ends_with(" 1")),
+        "{flags}"
+    );
 
     // Records not grouped by image (round-robin over the images, each image's records in
     // their order, so equal-score ties resolve as before): the same maps.
@@ -225,7 +281,10 @@ fn pseudo_from_coco_results_paints_the_filtered_masks() {
     }
     let mut rev = Vec::new();
     for i in 0.. {
-        let row: Vec<Value> = by_image.iter().filter_map(|(_, v)| v.get(i).cloned()).collect();
+        let row: Vec<Value> = by_image
+            .iter()
+            .filter_map(|(_, v)| v.get(i).cloned())
+            .collect();
         if row.is_empty() {
             break;
         }
@@ -244,15 +303,26 @@ fn pseudo_from_coco_results_paints_the_filtered_masks() {
     assert_eq!(s["already_done"].as_u64().unwrap() as usize, n_images);
     let gt = read_json(&f.join("gt.json"));
     let first = &gt["images"][0];
-    let (wnid, base) = first["file_name"].as_str().unwrap().split_once('/').unwrap();
-    let map0 = d.join("std/seg").join(wnid).join(format!("{}.png", base.trim_end_matches(".JPEG")));
+    let (wnid, base) = first["file_name"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let map0 = d
+        .join("std/seg")
+        .join(wnid)
+        .join(format!("{}.png", base.trim_end_matches(".JPEG")));
     std::fs::remove_file(&map0).unwrap();
     let s = pseudo(&f.join("preds.json"), &d.join("std"), &[]);
     assert_eq!(s["written"], 1);
     check_maps(&d.join("std"), want_std, "after resume");
     let flags_path = d.join("std/whether_pseudo").join(format!("{wnid}.txt"));
     let flags = std::fs::read_to_string(&flags_path).unwrap();
-    std::fs::write(&flags_path, flags.replace(&format!("{base} 1"), &format!("{base} 0"))).unwrap();
+    std::fs::write(
+        &flags_path,
+        flags.replace(&format!("{base} 1"), &format!("{base} 0")),
+    )
+    .unwrap();
     std::fs::write(&map0, b"annotated").unwrap();
     let s = pseudo(&f.join("preds.json"), &d.join("std"), &["--overwrite"]);
     assert_eq!(s["kept_annotated"], 1);
@@ -312,23 +382,45 @@ fn bad_results_are_counted_and_other_numberings_rejected() {
             .collect();
         let p = d.join(name);
         std::fs::write(&p, Value::Array(recs).to_string()).unwrap();
-        let o = data_bin(&["part-ap", "--gt", gt.to_str().unwrap(), "--results", p.to_str().unwrap(),
-                           "--json", d.join("x.json").to_str().unwrap()]);
+        let o = data_bin(&[
+            "part-ap",
+            "--gt",
+            gt.to_str().unwrap(),
+            "--results",
+            p.to_str().unwrap(),
+            "--json",
+            d.join("x.json").to_str().unwrap(),
+        ]);
         assert!(!o.status.success());
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("another category numbering"), "{err}");
         assert!(!d.join("x.json").exists());
         let out = d.join(format!("pseudo_{name}"));
-        let o = data_bin(&["pseudo", "--from-coco-results", p.to_str().unwrap(), "--images-json",
-                           gt.to_str().unwrap(), "--parts", f.join("parts.tsv").to_str().unwrap(),
-                           "--out", out.to_str().unwrap()]);
+        let o = data_bin(&[
+            "pseudo",
+            "--from-coco-results",
+            p.to_str().unwrap(),
+            "--images-json",
+            gt.to_str().unwrap(),
+            "--parts",
+            f.join("parts.tsv").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert!(!o.status.success());
         assert!(String::from_utf8_lossy(&o.stderr).contains("another category numbering"));
         assert!(!out.join("seg").exists());
     }
     // Not a results list at all.
-    let o = data_bin(&["part-ap", "--gt", gt.to_str().unwrap(), "--results", gt.to_str().unwrap(),
-                       "--json", d.join("y.json").to_str().unwrap()]);
+    let o = data_bin(&[
+        "part-ap",
+        "--gt",
+        gt.to_str().unwrap(),
+        "--results",
+        gt.to_str().unwrap(),
+        "--json",
+        d.join("y.json").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a COCO results file"));
 }
@@ -372,7 +464,10 @@ fn coco_export_keeps_masks_and_matches_pycocotools_areas() {
     let mut seen = 0;
     for split in [&train, &val] {
         for im in split["images"].as_array().unwrap() {
-            assert!(ids.insert(im["id"].as_i64().unwrap()), "image ids are global");
+            assert!(
+                ids.insert(im["id"].as_i64().unwrap()),
+                "image ids are global"
+            );
             let want = exp["export"]
                 .as_array()
                 .unwrap()
@@ -394,8 +489,11 @@ fn coco_export_keeps_masks_and_matches_pycocotools_areas() {
                 assert_eq!(a["area"].as_f64(), w["area"].as_f64());
                 assert_eq!(a["bbox"], w["bbox"]);
                 assert_eq!(a["iscrowd"], w["iscrowd"]);
-                assert!(a["segmentation"].is_array() || a["segmentation"]["counts"].is_string()
-                        || a["segmentation"]["counts"].is_array());
+                assert!(
+                    a["segmentation"].is_array()
+                        || a["segmentation"]["counts"].is_string()
+                        || a["segmentation"]["counts"].is_array()
+                );
             }
             seen += 1;
         }
@@ -407,11 +505,22 @@ fn coco_export_keeps_masks_and_matches_pycocotools_areas() {
         .unwrap()
         .iter()
         .filter(|a| a["iscrowd"] == 0)
-        .map(|a| json!({"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
-                        "segmentation": a["segmentation"]}))
+        .map(|a| {
+            json!({"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
+                        "segmentation": a["segmentation"]})
+        })
         .collect();
     let p = d.join("self.json");
     std::fs::write(&p, Value::Array(res).to_string()).unwrap();
-    let r = part_ap(&out.join("val.json"), &["--results", p.to_str().unwrap(), "--category-filter"], &d.join("s.json"));
-    assert_eq!(r["AP"], 1.0);
+    let r = part_ap(
+        &out.join("val.json"),
+        &["--results", p.to_str().unwrap(), "--category-filter"],
+        &d.join("s.json"),
+    );
+    // 1 / (1 + eps): pycocotools' precision carries np.spacing(1) in its denominator.
+    assert!(
+        (r["AP"].as_f64().unwrap() - 1.0).abs() < 1e-12,
+        "{}",
+        r["AP"]
+    );
 }

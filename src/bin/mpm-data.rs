@@ -54,6 +54,8 @@ enum Cmd {
     Show(ShowArgs),
     /// Pseudo part label maps from a trained MPM's part heads, with the Category Filter;
     /// images that have a label map are scored (pixel accuracy, part mIoU, with/without CF).
+    /// `pseudo --from-coco-results FILE` labels from an instance segmenter's results instead
+    /// (its own flags: `mpm-data pseudo --from-coco-results x --help`; docs/part-labels.md).
     Pseudo(PseudoArgs),
     /// ImageNet-C: the 15 common corruptions x 5 severities (DESIGN.md contract D).
     Corrupt(CorruptArgs),
@@ -99,7 +101,11 @@ struct PartApArgs {
     #[arg(long)]
     gt: PathBuf,
     /// A COCO results file (standard, or extended with a per-detection `scores` vector).
-    #[arg(long, conflicts_with = "label_maps", required_unless_present = "label_maps")]
+    #[arg(
+        long,
+        conflicts_with = "label_maps",
+        required_unless_present = "label_maps"
+    )]
     results: Option<PathBuf>,
     /// Label maps SEG/<wnid>/<stem>.png instead (e.g. `mpm-data pseudo --weights` output's
     /// seg/): one instance per connected part region.
@@ -216,7 +222,11 @@ fn run_part_ap(a: PartApArgs) -> mpm::Result<()> {
     let st = out.eval.stats;
     println!(
         "{:<22} {:>6} {:>6} {:>6}",
-        if cfg.category_filter { "with CF" } else { "without CF" },
+        if cfg.category_filter {
+            "with CF"
+        } else {
+            "without CF"
+        },
         "AP",
         "AP50",
         "AP75"
@@ -233,10 +243,78 @@ fn run_part_ap(a: PartApArgs) -> mpm::Result<()> {
     mpm::data::imageio::write_atomic(&a.json, text.as_bytes())
 }
 
-fn run_pseudo_coco(a: PseudoArgs, results: PathBuf) -> mpm::Result<()> {
+/// `mpm-data pseudo --from-coco-results`: flags of its own (no model), parsed before the main
+/// parser sees the command line (the model flags of `pseudo` are required there).
+#[derive(Parser)]
+#[command(
+    name = "mpm-data pseudo",
+    about = "Pseudo part label maps from an instance segmenter's COCO results, with the \
+             Category Filter (docs/part-labels.md)"
+)]
+struct PseudoCocoArgs {
+    /// The segmenter's results: standard COCO records, or extended ones with a `scores`
+    /// vector per detection; streamed, any size.
+    #[arg(long)]
+    from_coco_results: PathBuf,
+    /// COCO file(s) listing the results' images (ids, file names, sizes, classes), e.g.
+    /// coco-export's infer.json.
+    #[arg(long, required = true)]
+    images_json: Vec<PathBuf>,
+    /// `parts.tsv` (global part ids per class; coco-export and labels write it).
+    #[arg(long)]
+    parts: PathBuf,
+    /// Output root (the training layout; may be the `labels` root): seg/, whether_pseudo/,
+    /// pseudo_coco_report.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// `including/` of the release: inner parts painted over their containers.
+    #[arg(long)]
+    including: Option<PathBuf>,
+    /// IMG_ROOT the file names are relative to: OUT/img/<wnid>/<file> symlinks.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Masks scoring below this are not painted.
+    #[arg(long, default_value_t = 0.5)]
+    score_threshold: f64,
+    /// Keep every detection's own label (no Category Filter).
+    #[arg(long)]
+    no_category_filter: bool,
+    /// Standard results with the filter: mask IoU at which detections of two different own
+    /// parts are one object (the better-scoring one is kept).
+    #[arg(long, default_value_t = 0.5)]
+    same_mask_iou: f64,
+    /// Repaint images this command already labelled (flag 1 and a map).
+    #[arg(long)]
+    overwrite: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The command line, when it is `pseudo ... --from-coco-results ...`, as that command's own
+/// (its name first).
+fn pseudo_coco_argv() -> Option<Vec<std::ffi::OsString>> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let is = argv.get(1).is_some_and(|a| a == "pseudo")
+        && argv.iter().any(|a| {
+            a.to_str().is_some_and(|s| {
+                s == "--from-coco-results" || s.starts_with("--from-coco-results=")
+            })
+        });
+    is.then(|| {
+        std::iter::once(std::ffi::OsString::from("mpm-data pseudo"))
+            .chain(argv.into_iter().skip(2))
+            .collect()
+    })
+}
+
+fn run_pseudo_coco(a: PseudoCocoArgs) -> mpm::Result<()> {
     use mpm::data::coco::pseudo::{run, CocoPseudoConfig};
+    if !(0.0..=1.0).contains(&a.same_mask_iou) {
+        return Err(mpm::Error::flag("--same-mask-iou", "must be in [0, 1]"));
+    }
     let cfg = CocoPseudoConfig {
-        results,
+        results: a.from_coco_results,
         images_json: a.images_json,
         parts: a.parts,
         including: a.including,
@@ -247,7 +325,7 @@ fn run_pseudo_coco(a: PseudoArgs, results: PathBuf) -> mpm::Result<()> {
         same_mask_iou: a.same_mask_iou,
         overwrite: a.overwrite,
         batch: 256,
-        progress: true,
+        progress: !a.quiet,
     };
     let s = run(&cfg)?;
     report_skips(&s.skipped);
@@ -314,17 +392,17 @@ struct CorruptArgs {
 #[derive(clap::Args)]
 struct PseudoArgs {
     /// MPM checkpoint (safetensors or .pth; its EMA weights when it holds both).
-    #[arg(long, required_unless_present = "from_coco_results")]
-    weights: Option<PathBuf>,
+    #[arg(long)]
+    weights: PathBuf,
     #[command(flatten)]
-    model: Option<mpm::audit::files::ModelArgs>,
+    model: mpm::audit::files::ModelArgs,
     /// `parts.tsv` of the label set the model was trained on (global part ids per class).
     #[arg(long)]
     parts: PathBuf,
     /// Images to label: an index file written by `mpm-data index` (class of each image; a
     /// label map, when present, is used for scoring).
-    #[arg(long, required_unless_present = "from_coco_results")]
-    index: Option<PathBuf>,
+    #[arg(long)]
+    index: PathBuf,
     /// Output (the reference's training layout; may be the `labels` output root): OUT/seg/<wnid>/<stem>.png,
     /// OUT/img/<wnid>/<file> (symlinks), OUT/whether_pseudo/<wnid>.txt (flag 1; images flagged 0,
     /// i.e. annotated, are never overwritten), OUT/pseudo.jsonl, OUT/pseudo_report.json.
@@ -341,32 +419,6 @@ struct PseudoArgs {
     /// Score images that already have a label map but do not write a pseudo map for them.
     #[arg(long)]
     skip_annotated: bool,
-    // --- part labels from instance segmenters (issue 20, docs/part-labels.md) ---
-    /// Label from an instance segmenter's COCO results instead of an MPM (standard records,
-    /// or extended ones with a `scores` vector per detection); streamed, resumable.
-    #[arg(long, conflicts_with_all = ["weights", "index", "skip_annotated"])]
-    from_coco_results: Option<PathBuf>,
-    /// COCO file(s) listing the results' images (ids, file names, sizes, classes), e.g.
-    /// coco-export's infer.json.
-    #[arg(long, requires = "from_coco_results")]
-    images_json: Vec<PathBuf>,
-    /// `including/` of the release: inner parts painted over their containers.
-    #[arg(long, requires = "from_coco_results")]
-    including: Option<PathBuf>,
-    /// IMG_ROOT the file names are relative to: OUT/img/<wnid>/<file> symlinks.
-    #[arg(long, requires = "from_coco_results")]
-    images: Option<PathBuf>,
-    /// Masks scoring below this are not painted.
-    #[arg(long, default_value_t = 0.5)]
-    score_threshold: f64,
-    /// Standard results with the filter: mask IoU at which detections of two different own
-    /// parts are one object (the better-scoring one is kept).
-    #[arg(long, default_value_t = 0.5)]
-    same_mask_iou: f64,
-    /// Repaint images this command already labelled (flag 1 and a map).
-    #[arg(long, requires = "from_coco_results")]
-    overwrite: bool,
-    // --- end part labels ---
 }
 
 #[derive(clap::Args)]
@@ -647,21 +699,11 @@ fn run_corrupt(a: CorruptArgs) -> mpm::Result<()> {
 
 fn run_pseudo(a: PseudoArgs) -> mpm::Result<()> {
     use mpm::data::pseudo_label::{self, PseudoConfig};
-    if let Some(results) = a.from_coco_results.clone() {
-        return run_pseudo_coco(a, results);
-    }
-    let (Some(weights), Some(model), Some(index_path)) = (&a.weights, &a.model, &a.index) else {
-        return Err(mpm::Error::flag(
-            "--weights / --arch / --num-classes / --index",
-            "label from a model (--weights with its model flags and --index) or from a \
-             segmenter's results (--from-coco-results)",
-        ));
-    };
-    let (spec, store) = mpm::audit::files::load_model(weights, model)?;
+    let (spec, store) = mpm::audit::files::load_model(&a.weights, &a.model)?;
     let table = mpm::data::pin_json::PartTable::from_tsv(&a.parts)?;
-    let index = index::Index::read(index_path)?;
+    let index = index::Index::read(&a.index)?;
     if index.samples.is_empty() {
-        return Err(mpm::Error::format(index_path, "the index lists no images"));
+        return Err(mpm::Error::format(&a.index, "the index lists no images"));
     }
     if a.input_size < 32 || a.batch_size == 0 {
         return Err(mpm::Error::flag(
@@ -810,6 +852,17 @@ fn run_index(a: IndexArgs) -> mpm::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // --- part labels (issue 20) ---
+    if let Some(argv) = pseudo_coco_argv() {
+        return match run_pseudo_coco(PseudoCocoArgs::parse_from(argv)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mpm-data: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // --- end part labels ---
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -828,5 +881,6 @@ mod tests {
     fn cli_definition_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+        super::PseudoCocoArgs::command().debug_assert();
     }
 }

@@ -51,12 +51,7 @@ pub const T: usize = 10;
 pub const R: usize = 101;
 pub const MAX_DETS: [usize; 3] = [1, 10, 100];
 pub const AREA_NAMES: [&str; 4] = ["all", "small", "medium", "large"];
-const AREAS: [(f64, f64); 4] = [
-    (0.0, 1e10),
-    (0.0, 1024.0),
-    (1024.0, 9216.0),
-    (9216.0, 1e10),
-];
+const AREAS: [(f64, f64); 4] = [(0.0, 1e10), (0.0, 1024.0), (1024.0, 9216.0), (9216.0, 1e10)];
 
 /// One (image, category, area range) of `evaluateImg`.
 struct ImgEval {
@@ -272,7 +267,11 @@ pub fn evaluate(gt: &Dataset, dets: &[Det]) -> EvalResult {
                 n_dt += d.len();
                 let ious: Vec<Vec<f64>> = d
                     .iter()
-                    .map(|dt| g.iter().map(|gt| rle::iou(&dt.rle, &gt.rle, gt.crowd)).collect())
+                    .map(|dt| {
+                        g.iter()
+                            .map(|gt| rle::iou(&dt.rle, &gt.rle, gt.crowd))
+                            .collect()
+                    })
                     .collect();
                 for (a, &rng) in AREAS.iter().enumerate() {
                     evals[a].push(evaluate_img(g, d, &ious, rng, &iou_thrs));

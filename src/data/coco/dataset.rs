@@ -133,7 +133,10 @@ impl Dataset {
         };
         for (i, im) in d.images.iter().enumerate() {
             if d.image_index.insert(im.id, i).is_some() {
-                return Err(Error::format(path, format!("image id {} is listed twice", im.id)));
+                return Err(Error::format(
+                    path,
+                    format!("image id {} is listed twice", im.id),
+                ));
             }
             if im.height == 0 || im.width == 0 {
                 return Err(Error::format(

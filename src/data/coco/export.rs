@@ -157,7 +157,10 @@ fn export_class(
                 .push(Skip::new(&class.path, format!("{}: {e}", img.file_name))),
         }
     }
-    let names: Vec<String> = kept.iter().map(|(i, _)| i.base_name().to_string()).collect();
+    let names: Vec<String> = kept
+        .iter()
+        .map(|(i, _)| i.base_name().to_string())
+        .collect();
     let (_, val) = split_class(&names, cfg.val_fraction, cfg.split_seed, index);
     let val: std::collections::HashSet<String> = val.into_iter().collect();
     for (img, anns) in kept {
@@ -177,7 +180,13 @@ fn export_class(
 }
 
 /// Writes a COCO file from serialised parts, streaming (never one JSON tree of the whole file).
-fn write_coco(path: &Path, info: &Value, cats: &[Value], images: &[&Value], anns: &[&Value]) -> Result<()> {
+fn write_coco(
+    path: &Path,
+    info: &Value,
+    cats: &[Value],
+    images: &[&Value],
+    anns: &[&Value],
+) -> Result<()> {
     crate::io::write_atomic_with(path, crate::io::Durability::Fsync, |f| {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
         let io = |e: std::io::Error| Error::io(path, e);
@@ -357,7 +366,13 @@ pub fn run_export(cfg: &ExportConfig) -> Result<ExportSummary> {
         });
         let iv: Vec<&Value> = imgs.iter().collect();
         let av: Vec<&Value> = anns.iter().collect();
-        write_coco(&cfg.out.join(format!("{name}.json")), &info, &cats, &iv, &av)?;
+        write_coco(
+            &cfg.out.join(format!("{name}.json")),
+            &info,
+            &cats,
+            &iv,
+            &av,
+        )?;
     }
     crate::data::imageio::write_atomic(&cfg.out.join("parts.tsv"), table.to_tsv().as_bytes())?;
     if let Some(root) = &cfg.infer_images {

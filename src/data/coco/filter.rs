@@ -114,9 +114,9 @@ pub fn cf_standard<T>(
         if !own(d.category) {
             continue;
         }
-        let dup = kept.iter().any(|k| {
-            k.category != d.category && rle::iou(&d.rle, &k.rle, false) >= same_mask_iou
-        });
+        let dup = kept
+            .iter()
+            .any(|k| k.category != d.category && rle::iou(&d.rle, &k.rle, false) >= same_mask_iou);
         if dup {
             outcome[i] = CfOutcome::DroppedDuplicate;
         } else {
@@ -141,7 +141,10 @@ mod tests {
         let s = [0.1, 0.2, 0.6, 0.05, 0.3];
         assert_eq!(cf_extended(&s, 4, own).unwrap(), None);
         // Tie between parts: the first.
-        assert_eq!(cf_extended(&[0.3, 0.3, 0.0, 0.0], 4, own).unwrap(), Some((0, 0.3)));
+        assert_eq!(
+            cf_extended(&[0.3, 0.3, 0.0, 0.0], 4, own).unwrap(),
+            Some((0, 0.3))
+        );
         // All own parts zero: nothing of this class.
         assert_eq!(cf_extended(&[0.0, 0.0, 0.9, 0.1], 4, own).unwrap(), None);
         assert!(cf_extended(&[0.1; 3], 4, own).is_err());
@@ -169,8 +172,8 @@ mod tests {
         let dets = vec![
             c(1, 0.4, 0, block(0, 4)), // same mask as the next, lower score: duplicate
             c(2, 0.5, 1, block(0, 4)),
-            c(9, 0.9, 2, block(0, 4)), // another class's part
-            c(1, 0.3, 3, block(5, 8)), // another object
+            c(9, 0.9, 2, block(0, 4)),  // another class's part
+            c(1, 0.3, 3, block(5, 8)),  // another object
             c(2, 0.45, 4, block(0, 4)), // same category as a kept one: the toolkit's NMS decides
         ];
         let (kept, out) = cf_standard(dets, own, 0.5);
@@ -184,6 +187,9 @@ mod tests {
                 CfOutcome::Kept
             ]
         );
-        assert_eq!(kept.iter().map(|k| k.index).collect::<Vec<_>>(), vec![1, 4, 3]);
+        assert_eq!(
+            kept.iter().map(|k| k.index).collect::<Vec<_>>(),
+            vec![1, 4, 3]
+        );
     }
 }

@@ -29,7 +29,11 @@ pub fn paint(dets: &mut [PaintDet], h: usize, w: usize, threshold: f64) -> (Labe
     dets.sort_by(|a, b| {
         a.depth
             .cmp(&b.depth)
-            .then(a.score.partial_cmp(&b.score).unwrap_or(std::cmp::Ordering::Equal))
+            .then(
+                a.score
+                    .partial_cmp(&b.score)
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
             .then(a.index.cmp(&b.index))
     });
     let mut map = LabelMap::zeros(h, w);

@@ -116,14 +116,20 @@ pub struct PartApOutput {
 }
 
 fn image_classes(gt: &Dataset) -> Vec<Option<String>> {
-    gt.images.iter().map(|i| i.class_wnid().map(str::to_string)).collect()
+    gt.images
+        .iter()
+        .map(|i| i.class_wnid().map(str::to_string))
+        .collect()
 }
 
 /// Runs `part-ap` (no file written: the caller writes `json`).
 pub fn run(cfg: &PartApConfig) -> Result<PartApOutput> {
     let gt = Dataset::read(&cfg.gt, true)?;
     if gt.categories.is_empty() || gt.images.is_empty() {
-        return Err(Error::format(&cfg.gt, "the ground truth has no images or no categories"));
+        return Err(Error::format(
+            &cfg.gt,
+            "the ground truth has no images or no categories",
+        ));
     }
     let cat_wnid = gt.category_wnids();
     let img_wnid = image_classes(&gt);
@@ -181,12 +187,18 @@ pub fn run(cfg: &PartApConfig) -> Result<PartApOutput> {
                 }
                 let Some(&image) = gt.image_index.get(&d.image_id) else {
                     counts.unknown_image += 1;
-                    counts.note(format!("record {}: image_id {} is not in the ground truth", d.index, d.image_id));
+                    counts.note(format!(
+                        "record {}: image_id {} is not in the ground truth",
+                        d.index, d.image_id
+                    ));
                     return Ok(());
                 };
                 let Some(&category) = gt.category_index.get(&d.category_id) else {
                     counts.unknown_category += 1;
-                    counts.note(format!("record {}: category_id {} is not in the ground truth", d.index, d.category_id));
+                    counts.note(format!(
+                        "record {}: category_id {} is not in the ground truth",
+                        d.index, d.category_id
+                    ));
                     return Ok(());
                 };
                 let im = &gt.images[image];
@@ -244,7 +256,14 @@ pub fn run(cfg: &PartApConfig) -> Result<PartApOutput> {
                 });
                 Ok(())
             })?;
-            check_numbering(counts.out_of_range_category, saw_zero, total, (lo, hi), seen, path)?;
+            check_numbering(
+                counts.out_of_range_category,
+                saw_zero,
+                total,
+                (lo, hi),
+                seen,
+                path,
+            )?;
             counts.extended_records = extended;
             for (image, cands) in standard {
                 let (kept, outcomes) =
@@ -292,19 +311,32 @@ pub fn run(cfg: &PartApConfig) -> Result<PartApOutput> {
                 };
                 if (map.h, map.w) != (im.height, im.width) {
                     counts.size_mismatch += 1;
-                    counts.note(format!("{}: {}x{}, the image is {}x{}", p.display(), map.h, map.w, im.height, im.width));
+                    counts.note(format!(
+                        "{}: {}x{}, the image is {}x{}",
+                        p.display(),
+                        map.h,
+                        map.w,
+                        im.height,
+                        im.width
+                    ));
                     continue;
                 }
                 let probs = match prob {
                     Some(root) => {
                         let pp = root.join(w).join(format!("{}.png", im.stem()));
                         match imageio::read_label_map(&pp) {
-                            Ok(m) if (m.h, m.w) == (map.h, map.w) => {
-                                Some(m.data.iter().map(|&v| v as f32 / 65535.0).collect::<Vec<f32>>())
-                            }
+                            Ok(m) if (m.h, m.w) == (map.h, map.w) => Some(
+                                m.data
+                                    .iter()
+                                    .map(|&v| v as f32 / 65535.0)
+                                    .collect::<Vec<f32>>(),
+                            ),
                             Ok(_) | Err(_) => {
                                 counts.missing_maps += 1;
-                                counts.note(format!("{}: probability map missing or of another size", pp.display()));
+                                counts.note(format!(
+                                    "{}: probability map missing or of another size",
+                                    pp.display()
+                                ));
                                 continue;
                             }
                         }
@@ -315,7 +347,11 @@ pub fn run(cfg: &PartApConfig) -> Result<PartApOutput> {
                     counts.records += 1;
                     let Some(&category) = gt.category_index.get(&(r.id as i64)) else {
                         counts.unknown_category += 1;
-                        counts.note(format!("{}: part id {} is not a category", p.display(), r.id));
+                        counts.note(format!(
+                            "{}: part id {} is not a category",
+                            p.display(),
+                            r.id
+                        ));
                         continue;
                     };
                     if cfg.category_filter && !own(image, category) {
@@ -345,7 +381,13 @@ pub fn run(cfg: &PartApConfig) -> Result<PartApOutput> {
     })
 }
 
-fn report_json(cfg: &PartApConfig, gt: &Dataset, e: &EvalResult, counts: &Counts, form: &str) -> Value {
+fn report_json(
+    cfg: &PartApConfig,
+    gt: &Dataset,
+    e: &EvalResult,
+    counts: &Counts,
+    form: &str,
+) -> Value {
     let mut j = json!({
         "gt": cfg.gt.display().to_string(),
         "source": match &cfg.source {

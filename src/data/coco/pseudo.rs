@@ -107,7 +107,9 @@ struct Ctx<'a> {
 }
 
 fn seg_path(out: &Path, wnid: &str, im: &ImageEntry) -> PathBuf {
-    out.join("seg").join(wnid).join(format!("{}.png", im.stem()))
+    out.join("seg")
+        .join(wnid)
+        .join(format!("{}.png", im.stem()))
 }
 
 fn paint_image(ctx: &Ctx, job: Job) -> Painted {
@@ -197,7 +199,9 @@ fn paint_image(ctx: &Ctx, job: Job) -> Painted {
     let (map, masks) = paint::paint(&mut paint_dets, h, w, ctx.cfg.threshold);
     let wnid = &ctx.table.wnids[c];
     let dst = seg_path(&ctx.cfg.out, wnid, im);
-    let mut error = imageio::write_label_map(&dst, &map).err().map(|e| e.to_string());
+    let mut error = imageio::write_label_map(&dst, &map)
+        .err()
+        .map(|e| e.to_string());
     if error.is_none() {
         if let Some(root) = &ctx.cfg.images_root {
             let src = root.join(&im.file_name);
@@ -282,7 +286,10 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
     let table = PartTable::from_tsv(&cfg.parts)?;
     let k = table.num_parts();
     if k == 0 || k > u16::MAX as usize {
-        return Err(Error::format(&cfg.parts, format!("{k} parts: expected 1..=65535")));
+        return Err(Error::format(
+            &cfg.parts,
+            format!("{k} parts: expected 1..=65535"),
+        ));
     }
     let mut class_of = vec![usize::MAX; k + 1];
     let mut depth_of = vec![0u32; k + 1];
@@ -303,8 +310,12 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
             }
         }
     }
-    let class_index: HashMap<&str, usize> =
-        table.wnids.iter().enumerate().map(|(i, w)| (w.as_str(), i)).collect();
+    let class_index: HashMap<&str, usize> = table
+        .wnids
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.as_str(), i))
+        .collect();
     // The image table, over all files given.
     let mut images: Vec<ImageEntry> = Vec::new();
     let mut by_id: HashMap<i64, usize> = HashMap::new();
@@ -315,7 +326,10 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
             if by_id.insert(im.id, images.len()).is_some() {
                 return Err(Error::format(
                     p,
-                    format!("image id {} is also in an earlier --images-json file", im.id),
+                    format!(
+                        "image id {} is also in an earlier --images-json file",
+                        im.id
+                    ),
                 ));
             }
             images.push(im);
@@ -341,7 +355,14 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
         Ok(())
     })?;
     pb.finish_and_clear();
-    check_numbering(out_of_range, saw_zero, total, (1, k as i64), seen, &cfg.results)?;
+    check_numbering(
+        out_of_range,
+        saw_zero,
+        total,
+        (1, k as i64),
+        seen,
+        &cfg.results,
+    )?;
     summary.images_with_results = expected.len();
     imageio::mkdirs(&cfg.out.join("seg"))?;
     let ctx = Ctx {
@@ -430,7 +451,10 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
         };
         let Some(&image) = by_id.get(&d.image_id) else {
             counts.unknown_image += 1;
-            counts.note(format!("record {}: image_id {} is in no --images-json file", d.index, d.image_id));
+            counts.note(format!(
+                "record {}: image_id {} is in no --images-json file",
+                d.index, d.image_id
+            ));
             return Ok(());
         };
         let left = expected.get_mut(&image).ok_or_else(|| {

@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[1].index, 3);
         assert_eq!(ok[1].scores.as_deref(), Some(&[0.1f32, 0.2][..]));
-        assert_eq!(bad, vec!["'score' is missing", "record is a number, not an object"]);
+        assert_eq!(
+            bad,
+            vec!["'score' is missing", "record is a number, not an object"]
+        );
         std::fs::write(&p, r#"{"annotations": []}"#).unwrap();
         let e = stream(&p, |_| Ok(())).unwrap_err().to_string();
         assert!(e.contains("not a COCO results file"), "{e}");

@@ -125,7 +125,9 @@ fn push_run(counts: &mut Vec<u32>, len: u64, on: bool) {
 /// Union of two RLEs of the same size (`rleMerge` with `intersect = 0`).
 pub fn union(a: &Rle, b: &Rle) -> Rle {
     let mut counts = Vec::with_capacity(a.counts.len() + b.counts.len());
-    zip_runs(&a.counts, &b.counts, |c, x, y| push_run(&mut counts, c, x || y));
+    zip_runs(&a.counts, &b.counts, |c, x, y| {
+        push_run(&mut counts, c, x || y)
+    });
     if counts.is_empty() {
         counts.push(0);
     }
@@ -168,7 +170,12 @@ pub fn bbox(r: &Rle) -> [f64; 4] {
         ys = ys.min(y);
         ye = ye.max(y);
     }
-    [xs as f64, ys as f64, (xe - xs + 1) as f64, (ye - ys + 1) as f64]
+    [
+        xs as f64,
+        ys as f64,
+        (xe - xs + 1) as f64,
+        (ye - ys + 1) as f64,
+    ]
 }
 
 /// `rleIou` of a detection against a ground truth: intersection over union, or over the
@@ -270,7 +277,12 @@ mod tests {
         let want: Vec<u8> = a.data.iter().zip(&b.data).map(|(x, y)| x | y).collect();
         assert_eq!(decode(&u).unwrap().data, want);
         assert_eq!(u, encode(&decode(&u).unwrap()), "canonical runs");
-        let inter = a.data.iter().zip(&b.data).filter(|(x, y)| **x & **y == 1).count();
+        let inter = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .filter(|(x, y)| **x & **y == 1)
+            .count();
         let uni = want.iter().filter(|v| **v == 1).count();
         assert_eq!(area(&ra), a.area() as u64);
         assert!((iou(&ra, &rb, false) - inter as f64 / uni as f64).abs() < 1e-15);
@@ -281,7 +293,18 @@ mod tests {
         z.insert(2, 0);
         let rz = Rle { h, w, counts: z };
         assert_eq!(iou(&rz, &rb, false), iou(&ra, &rb, false));
-        assert_eq!(iou(&ra, &Rle { h: 9, w: 7, counts: vec![63] }, false), -1.0);
+        assert_eq!(
+            iou(
+                &ra,
+                &Rle {
+                    h: 9,
+                    w: 7,
+                    counts: vec![63]
+                },
+                false
+            ),
+            -1.0
+        );
         // Builder from column-major pixels.
         let mut bld = RunBuilder::default();
         for x in 0..w {
