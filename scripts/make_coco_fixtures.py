@@ -2,8 +2,12 @@
 """Fixtures for tests/data_coco.rs: COCO segm AP, the Category Filter and pseudo label maps,
 computed with pycocotools (the reference) on a small synthetic set.
 
-    pip install pycocotools==2.0.10 numpy scipy      # versions used: see tests/fixtures/coco/README.md
+    pip install pycocotools==2.0.11 numpy==2.4.6 scipy==1.17.1   # the versions used for the committed files
     python3 scripts/make_coco_fixtures.py            # rewrites tests/fixtures/coco/*
+    python3 scripts/make_coco_fixtures.py --bench-results COCO/train.json OUT.json
+        # benchmark input for `pseudo --from-coco-results` (docs/part-labels.md, "Measured"):
+        # per ground-truth mask, the mask itself (score 0.9) and 3 weaker detections of random
+        # categories (0.05-0.45), compressed RLE, grouped by image as detectron2 writes them
 
 Everything is a function of SEED. Written:
   gt.json              ground truth: 9 images of two classes (wnid per image), 6 part categories
@@ -35,6 +39,29 @@ from pycocotools import mask as mu
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
+
+import sys
+
+if len(sys.argv) == 4 and sys.argv[1] == "--bench-results":
+    g = json.load(open(sys.argv[2]))
+    r = np.random.default_rng(0)
+    k = len(g["categories"])
+    ims = {im["id"]: im for im in g["images"]}
+    out = []
+    for a in sorted(g["annotations"], key=lambda a: a["image_id"]):
+        im = ims[a["image_id"]]
+        seg = a["segmentation"]
+        rle = mu.merge(mu.frPyObjects(seg, im["height"], im["width"])) if isinstance(seg, list) else (
+            mu.frPyObjects(seg, im["height"], im["width"]) if isinstance(seg["counts"], list) else seg)
+        if isinstance(rle["counts"], bytes):
+            rle = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        out.append({"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9, "segmentation": rle})
+        for _ in range(3):
+            out.append({"image_id": a["image_id"], "category_id": int(r.integers(1, k + 1)),
+                        "score": float(round(r.uniform(0.05, 0.45), 3)), "segmentation": rle})
+    json.dump(out, open(sys.argv[3], "w"))
+    print(f"{len(out)} records for {len(ims)} images -> {sys.argv[3]}")
+    sys.exit(0)
 
 SEED = 20
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
