@@ -13,6 +13,11 @@
 //!                 [--size 224|0] [--format png|jpeg] [--seed N]      (docs/corruptions.md)
 //! mpm-data tiny   --train IN1K_TRAIN [--seg SEG | --no-seg] [--val IN1K_VAL] --out OUT
 //!                 [--wnids FILE] [--images-per-class 500] [--seed 42]   (docs/tracks.md)
+//! mpm-data coco-export --json-dir D/json [--discarded F] --out OUT [--infer-images IMG_ROOT]
+//! mpm-data pseudo --from-coco-results preds.json --images-json OUT/infer.json --parts parts.tsv
+//!                 --out ROOT [--including D/including] [--score-threshold 0.5]
+//! mpm-data part-ap --gt GT.json (--results preds.json | --label-maps SEG [--prob-maps PROB])
+//!                 [--category-filter] --json OUT.json                 (docs/part-labels.md)
 //! ```
 
 use std::path::PathBuf;
@@ -51,13 +56,315 @@ enum Cmd {
     Show(ShowArgs),
     /// Pseudo part label maps from a trained MPM's part heads, with the Category Filter;
     /// images that have a label map are scored (pixel accuracy, part mIoU, with/without CF).
+    /// `pseudo --from-coco-results FILE` labels from an instance segmenter's results instead
+    /// (its own flags: `mpm-data pseudo --from-coco-results x --help`; docs/part-labels.md).
     Pseudo(PseudoArgs),
     /// ImageNet-C: the 15 common corruptions x 5 severities (DESIGN.md contract D).
     Corrupt(CorruptArgs),
     /// Tiny-PartImageNet++: Tiny-ImageNet's 200 classes and 500 training images per class from
     /// an IN-1K train tree with label maps, unresized, plus the classes' IN-1K val images.
     Tiny(TinyArgs),
+    // --- part labels from instance segmenters (issue 20, docs/part-labels.md) ---
+    /// PIN++ -> COCO instance segmentation (train/val, global part ids) for mmdetection or
+    /// detectron2.
+    CocoExport(CocoExportArgs),
+    /// COCO segm AP / AP50 / AP75 and per-part AP of results or label maps, with or without
+    /// the Category Filter (pycocotools' COCOeval semantics).
+    PartAp(PartApArgs),
+    // --- end part labels ---
 }
+
+// --- part labels from instance segmenters (issue 20, docs/part-labels.md) ---
+#[derive(clap::Args)]
+struct CocoExportArgs {
+    /// Directory of per-class `<wnid>.json` files (the PIN++ release).
+    #[arg(long)]
+    json_dir: PathBuf,
+    /// `discarded_data.json`: images left out.
+    #[arg(long)]
+    discarded: Option<PathBuf>,
+    /// Output: OUT/train.json, OUT/val.json, OUT/parts.tsv, OUT/export_report.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Fraction of each class's images in val (the split of `mpm-data labels`).
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+    /// Also write OUT/infer.json: the images of IMG_ROOT/<wnid>/ not in either split (the
+    /// images to pseudo-label), with their classes and sizes.
+    #[arg(long)]
+    infer_images: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct PartApArgs {
+    /// Ground truth: a COCO instance file (e.g. coco-export's val.json).
+    #[arg(long)]
+    gt: PathBuf,
+    /// A COCO results file (standard, or extended with a per-detection `scores` vector).
+    #[arg(
+        long,
+        conflicts_with = "label_maps",
+        required_unless_present = "label_maps"
+    )]
+    results: Option<PathBuf>,
+    /// Label maps SEG/<wnid>/<stem>.png instead (e.g. `mpm-data pseudo --weights` output's
+    /// seg/): one instance per connected part region.
+    #[arg(long)]
+    label_maps: Option<PathBuf>,
+    /// The labeller's probability maps PROB/<wnid>/<stem>.png (its prob/ folder): region
+    /// score = mean probability (1.0 for every region without them).
+    #[arg(long, requires = "label_maps")]
+    prob_maps: Option<PathBuf>,
+    /// Apply the Category Filter with each image's known class.
+    #[arg(long)]
+    category_filter: bool,
+    /// Standard results with the filter: mask IoU at which two detections of different own
+    /// parts are one object (the better-scoring one is kept).
+    #[arg(long, default_value_t = 0.5)]
+    same_mask_iou: f64,
+    /// Report (AP, AP50, AP75, APs/m/l, AR, per-part AP, counts of unusable records).
+    #[arg(long)]
+    json: PathBuf,
+}
+
+fn run_coco_export(a: CocoExportArgs) -> mpm::Result<()> {
+    use mpm::data::coco::export::{run_export, ExportConfig};
+    let cfg = ExportConfig {
+        json_dir: a.json_dir,
+        discarded: a.discarded,
+        out: a.out.clone(),
+        val_fraction: a.val_fraction,
+        split_seed: a.split_seed,
+        infer_images: a.infer_images,
+        progress: !a.quiet,
+    };
+    let s = run_export(&cfg)?;
+    report_skips(&s.skipped);
+    eprintln!(
+        "coco-export: {} classes, {} parts; train {} images / {} masks, val {} images / {} \
+         masks, {} discarded{} -> {}",
+        s.classes,
+        s.parts,
+        s.train_images,
+        s.train_annotations,
+        s.val_images,
+        s.val_annotations,
+        s.discarded,
+        if cfg.infer_images.is_some() {
+            format!(", {} images to pseudo-label (infer.json)", s.infer_images)
+        } else {
+            String::new()
+        },
+        a.out.display()
+    );
+    if !s.warnings.is_empty() {
+        eprintln!("warnings: {} (e.g. {})", s.warnings.len(), s.warnings[0]);
+    }
+    Ok(())
+}
+
+fn run_part_ap(a: PartApArgs) -> mpm::Result<()> {
+    use mpm::data::coco::part_ap::{self, PartApConfig, Source};
+    let source = match (a.results, a.label_maps) {
+        (Some(r), None) => Source::Results(r),
+        (None, Some(seg)) => Source::LabelMaps {
+            seg,
+            prob: a.prob_maps,
+        },
+        _ => {
+            return Err(mpm::Error::flag(
+                "--results / --label-maps",
+                "give exactly one of them",
+            ))
+        }
+    };
+    if !(0.0..=1.0).contains(&a.same_mask_iou) {
+        return Err(mpm::Error::flag("--same-mask-iou", "must be in [0, 1]"));
+    }
+    let cfg = PartApConfig {
+        gt: a.gt,
+        source,
+        category_filter: a.category_filter,
+        same_mask_iou: a.same_mask_iou,
+    };
+    let out = part_ap::run(&cfg)?;
+    let c = &out.counts;
+    eprintln!(
+        "part-ap: {} records ({}), {} scored; unusable: {} unknown image, {} unknown category, \
+         {} malformed, {} of another size, {} missing maps{}",
+        c.records,
+        out.form,
+        c.scored,
+        c.unknown_image,
+        c.unknown_category,
+        c.malformed,
+        c.size_mismatch,
+        c.missing_maps,
+        if cfg.category_filter {
+            format!(
+                "; CF: {} relabelled, {} other-class dropped, {} background, {} same-mask \
+                 duplicates",
+                c.cf_relabelled,
+                c.cf_dropped_other_class,
+                c.cf_dropped_background,
+                c.cf_dropped_duplicate
+            )
+        } else {
+            String::new()
+        }
+    );
+    for e in &c.examples {
+        eprintln!("  e.g. {e}");
+    }
+    if c.records == 0 {
+        eprintln!("part-ap: no detections: every AP with ground truth is 0");
+    }
+    let st = out.eval.stats;
+    println!(
+        "{:<22} {:>6} {:>6} {:>6}",
+        if cfg.category_filter {
+            "with CF"
+        } else {
+            "without CF"
+        },
+        "AP",
+        "AP50",
+        "AP75"
+    );
+    println!(
+        "{:<22} {:>6.1} {:>6.1} {:>6.1}",
+        "segm (%)",
+        st[0] * 100.0,
+        st[1] * 100.0,
+        st[2] * 100.0
+    );
+    let text = serde_json::to_string_pretty(&out.json)
+        .map_err(|e| mpm::Error::Msg(format!("part-ap report: {e}")))?;
+    mpm::data::imageio::write_atomic(&a.json, text.as_bytes())
+}
+
+/// `mpm-data pseudo --from-coco-results`: flags of its own (no model), parsed before the main
+/// parser sees the command line (the model flags of `pseudo` are required there).
+#[derive(Parser)]
+#[command(
+    name = "mpm-data pseudo",
+    about = "Pseudo part label maps from an instance segmenter's COCO results, with the \
+             Category Filter (docs/part-labels.md)"
+)]
+struct PseudoCocoArgs {
+    /// The segmenter's results: standard COCO records, or extended ones with a `scores`
+    /// vector per detection; streamed, any size.
+    #[arg(long)]
+    from_coco_results: PathBuf,
+    /// COCO file(s) listing the results' images (ids, file names, sizes, classes), e.g.
+    /// coco-export's infer.json.
+    #[arg(long, required = true)]
+    images_json: Vec<PathBuf>,
+    /// `parts.tsv` (global part ids per class; coco-export and labels write it).
+    #[arg(long)]
+    parts: PathBuf,
+    /// Output root (the training layout; may be the `labels` root): seg/, whether_pseudo/,
+    /// pseudo_coco_report.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// `including/` of the release: inner parts painted over their containers.
+    #[arg(long)]
+    including: Option<PathBuf>,
+    /// IMG_ROOT the file names are relative to: OUT/img/<wnid>/<file> symlinks.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Masks scoring below this are not painted.
+    #[arg(long, default_value_t = 0.5)]
+    score_threshold: f64,
+    /// Keep every detection's own label (no Category Filter).
+    #[arg(long)]
+    no_category_filter: bool,
+    /// Standard results with the filter: mask IoU at which detections of two different own
+    /// parts are one object (the better-scoring one is kept).
+    #[arg(long, default_value_t = 0.5)]
+    same_mask_iou: f64,
+    /// Repaint images this command already labelled (flag 1 and a map).
+    #[arg(long)]
+    overwrite: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The command line, when it is `pseudo ... --from-coco-results ...`, as that command's own
+/// (its name first).
+fn pseudo_coco_argv() -> Option<Vec<std::ffi::OsString>> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let is = argv.get(1).is_some_and(|a| a == "pseudo")
+        && argv.iter().any(|a| {
+            a.to_str().is_some_and(|s| {
+                s == "--from-coco-results" || s.starts_with("--from-coco-results=")
+            })
+        });
+    is.then(|| {
+        std::iter::once(std::ffi::OsString::from("mpm-data pseudo"))
+            .chain(argv.into_iter().skip(2))
+            .collect()
+    })
+}
+
+fn run_pseudo_coco(a: PseudoCocoArgs) -> mpm::Result<()> {
+    use mpm::data::coco::pseudo::{run, CocoPseudoConfig};
+    if !(0.0..=1.0).contains(&a.same_mask_iou) {
+        return Err(mpm::Error::flag("--same-mask-iou", "must be in [0, 1]"));
+    }
+    let cfg = CocoPseudoConfig {
+        results: a.from_coco_results,
+        images_json: a.images_json,
+        parts: a.parts,
+        including: a.including,
+        images_root: a.images,
+        out: a.out.clone(),
+        threshold: a.score_threshold,
+        category_filter: !a.no_category_filter,
+        same_mask_iou: a.same_mask_iou,
+        overwrite: a.overwrite,
+        batch: 256,
+        progress: !a.quiet,
+    };
+    let s = run(&cfg)?;
+    report_skips(&s.skipped);
+    let c = &s.counts;
+    eprintln!(
+        "pseudo: {} label maps written ({} all background), {:.1} images/s; {} annotated and \
+         {} of unknown origin kept, {} already done; {} masks painted, {} below {}; records: \
+         {} unknown image, {} unknown category, {} malformed, {} of another size; CF: {} \
+         relabelled, {} other-class, {} background, {} same-mask duplicates -> {}",
+        s.written,
+        s.blank_maps,
+        s.images_per_second,
+        s.kept_annotated,
+        s.kept_unknown_origin,
+        s.already_done,
+        s.masks_painted,
+        s.masks_below_threshold,
+        cfg.threshold,
+        c.unknown_image,
+        c.unknown_category,
+        c.malformed,
+        c.size_mismatch,
+        c.cf_relabelled,
+        c.cf_dropped_other_class,
+        c.cf_dropped_background,
+        c.cf_dropped_duplicate,
+        a.out.join("seg").display()
+    );
+    for e in &c.examples {
+        eprintln!("  e.g. {e}");
+    }
+    Ok(())
+}
+// --- end part labels ---
 
 #[derive(clap::Args)]
 struct TinyArgs {
@@ -433,6 +740,9 @@ fn run(cli: Cli) -> mpm::Result<()> {
         }
         Cmd::Pseudo(a) => run_pseudo(a),
         Cmd::Corrupt(a) => run_corrupt(a),
+        // --- part labels (issue 20) ---
+        Cmd::CocoExport(a) => run_coco_export(a),
+        Cmd::PartAp(a) => run_part_ap(a),
     }
 }
 
@@ -622,6 +932,17 @@ fn run_index(a: IndexArgs) -> mpm::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // --- part labels (issue 20) ---
+    if let Some(argv) = pseudo_coco_argv() {
+        return match run_pseudo_coco(PseudoCocoArgs::parse_from(argv)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mpm-data: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // --- end part labels ---
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -640,5 +961,6 @@ mod tests {
     fn cli_definition_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+        super::PseudoCocoArgs::command().debug_assert();
     }
 }

@@ -13,9 +13,11 @@
 //! - [`stats`], [`show`]: dataset statistics (Table S1 bins) and overlay pictures.
 //! - [`imageio`]: image decode, 16-bit PNG label maps, atomic writes.
 //! - [`report`]: skipped items (path + reason) and their summary.
+//! - [`coco`]: COCO export, segmenter results + Category Filter -> pseudo labels, part AP.
 //! - [`corrupt`]: the 15 ImageNet-C corruptions and `mpm-data corrupt` (docs/corruptions.md).
 //! - [`tiny`]: `mpm-data tiny`, Tiny-PartImageNet++ from an IN-1K tree (docs/tracks.md).
 pub mod augment;
+pub mod coco;
 pub mod corrupt;
 pub mod imageio;
 pub mod index;

@@ -10,6 +10,10 @@
 //! Images whose index entry has a label map are also scored: pixel accuracy and part mIoU
 //! with and without the filter.
 //!
+//! Next to each map, `OUT/prob/<wnid>/<stem>.png` (16-bit, round(p * 65535)) holds the head's
+//! probability of each pixel's label, so `mpm-data part-ap --label-maps` can score the maps as
+//! instances (docs/part-labels.md).
+//!
 //! Output in the reference's training layout (`super::layout`): `OUT/seg/<wnid>/<stem>.png`,
 //! `OUT/img/<wnid>/<file>` (a symlink, unless an entry is already there) and flag 1 in
 //! `OUT/whether_pseudo/<wnid>.txt`. An image flagged 0 there (annotated, written by
@@ -149,6 +153,47 @@ pub fn upsampled_argmax(
                 }
             }
             *slot = arg as u16;
+        }
+    });
+    out
+}
+
+/// The head's probability (softmax over all S channels of the upsampled logits) of the label
+/// each pixel got, for `part-ap`'s instance scores (`OUT/prob/`). With the filter it is the
+/// label's unfiltered probability: zeroing the other classes does not renormalise.
+pub fn upsampled_label_prob(
+    logits: &[f32],
+    h: usize,
+    w: usize,
+    s: usize,
+    out_h: usize,
+    out_w: usize,
+    labels: &[u16],
+) -> Vec<f32> {
+    let ty = taps(h, out_h);
+    let tx = taps(w, out_w);
+    let mut out = vec![0f32; out_h * out_w];
+    out.par_chunks_mut(out_w).enumerate().for_each(|(y, row)| {
+        let t = ty[y];
+        let mut v = vec![0f32; s];
+        for (x, slot) in row.iter_mut().enumerate() {
+            let u = tx[x];
+            let at = |yy: usize, xx: usize| &logits[(yy * w + xx) * s..(yy * w + xx + 1) * s];
+            let (a, b, c, d) = (
+                at(t.i0, u.i0),
+                at(t.i0, u.i1),
+                at(t.i1, u.i0),
+                at(t.i1, u.i1),
+            );
+            let (h0, h1, w0, w1) = (1.0 - t.l1, t.l1, 1.0 - u.l1, u.l1);
+            let mut max = f32::NEG_INFINITY;
+            for (ch, slot) in v.iter_mut().enumerate() {
+                *slot = h0 * (w0 * a[ch] + w1 * b[ch]) + h1 * (w0 * c[ch] + w1 * d[ch]);
+                max = max.max(*slot);
+            }
+            let sum: f32 = v.iter().map(|&z| (z - max).exp()).sum();
+            let label = labels[y * out_w + x] as usize;
+            *slot = (v[label.min(s - 1)] - max).exp() / sum;
         }
     });
     out
@@ -330,6 +375,21 @@ pub fn run(
             if std::fs::symlink_metadata(&img_dst).is_err() {
                 layout::place_image(&smp.image, &img_dst, ImageMode::Symlink)?;
             }
+            // The probability of each pixel's label, for part-ap's instance scores.
+            let prob = upsampled_label_prob(logits, h, w, s, *ih, *iw, &pred);
+            let prob_dir = cfg.out.join("prob").join(&wnid);
+            imageio::mkdirs(&prob_dir)?;
+            imageio::write_label_map(
+                &prob_dir.join(format!("{stem}.png")),
+                &LabelMap {
+                    h: *ih,
+                    w: *iw,
+                    data: prob
+                        .iter()
+                        .map(|&p| (p.clamp(0.0, 1.0) * 65535.0).round() as u16)
+                        .collect(),
+                },
+            )?;
             imageio::write_label_map(
                 &dst,
                 &LabelMap {
