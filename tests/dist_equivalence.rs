@@ -72,7 +72,12 @@ fn ghost(cfg: &TrainConfig, src: &MemorySource, n: usize) -> Trainer {
 }
 
 /// The data-parallel run: one thread per communicator, `n` steps each; the ranks' trainers.
-fn ranks(cfg: &TrainConfig, src: &MemorySource, n: usize, comms: Vec<Box<dyn Communicator>>) -> Vec<Trainer> {
+fn ranks(
+    cfg: &TrainConfig,
+    src: &MemorySource,
+    n: usize,
+    comms: Vec<Box<dyn Communicator>>,
+) -> Vec<Trainer> {
     std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
@@ -184,8 +189,18 @@ fn compare(rs: &[Trainer], g: &Trainer, tol: Option<(f32, f32)>) {
         assert_eq!(tg.total, gg.total);
         for l in 0..tg.local() {
             let gi = tg.first + l;
-            same_chain(&format!("rank {r} model chain {gi}"), &tg.model[l], &gg.model[gi], tol);
-            same_chain(&format!("rank {r} EMA chain {gi}"), &tg.ema[l], &gg.ema[gi], tol);
+            same_chain(
+                &format!("rank {r} model chain {gi}"),
+                &tg.model[l],
+                &gg.model[gi],
+                tol,
+            );
+            same_chain(
+                &format!("rank {r} EMA chain {gi}"),
+                &tg.ema[l],
+                &gg.ema[gi],
+                tol,
+            );
         }
     }
 }
@@ -204,8 +219,13 @@ fn three_ranks_of_one_group_equal_ghost_bn_bit_for_bit_threads() {
         compare(&rs, &g, None);
         // Mid-epoch the groups' chains differ (else the comparison proves little).
         let gg = g.groups.as_ref().unwrap();
-        let differ = gg.ema[0].iter().any(|(n, t)| t.data() != gg.ema[1][n].data());
-        assert!(differ, "broadcast_buffers {broadcast}: EMA chains 0 and 1 are equal");
+        let differ = gg.ema[0]
+            .iter()
+            .any(|(n, t)| t.data() != gg.ema[1][n].data());
+        assert!(
+            differ,
+            "broadcast_buffers {broadcast}: EMA chains 0 and 1 are equal"
+        );
     }
 }
 
@@ -239,7 +259,10 @@ fn two_ranks_of_two_groups_match_ghost_bn_within_reassociation_tolerance() {
         .iter()
         .zip(b)
         .any(|(x, y)| (x - y).abs() > 1e-6 + 1e-5 * y.abs());
-    assert!(far, "another seed trains a model within the tolerance: the test is too loose");
+    assert!(
+        far,
+        "another seed trains a model within the tolerance: the test is too loose"
+    );
 }
 
 #[test]

@@ -278,11 +278,15 @@ fn a_dead_rank_stops_the_other_at_once_and_the_restart_resumes_exactly() {
     // A step is 3 collectives (rank 0's buffers, gradients, metrics), a mid-epoch checkpoint
     // 1 more, an epoch's end 3 more (BN average, evaluation counts, checkpoint): 3 steps make
     // 14, and rank 1 dies at the third collective of step 4.
-    let (rs, struck, times) = two_ranks(&dir, false, Fault::Die { at: 17 }, Duration::from_secs(60));
+    let (rs, struck, times) =
+        two_ranks(&dir, false, Fault::Die { at: 17 }, Duration::from_secs(60));
     let e = rs[0].as_ref().unwrap_err().to_string();
     assert!(e.contains("rank 1 is gone (killed by the test)"), "{e}");
     let after = times[0].duration_since(struck.unwrap());
-    assert!(after < Duration::from_secs(5), "rank 0 stopped {after:?} after rank 1 died");
+    assert!(
+        after < Duration::from_secs(5),
+        "rank 0 stopped {after:?} after rank 1 died"
+    );
     let done = checkpoint::load(&dir.join("checkpoints/last.safetensors"), None).unwrap();
     assert!(
         (2..=4).contains(&done.pos.global_step),

@@ -61,12 +61,16 @@ fn rendezvous_errors_name_the_rank_and_the_address() {
     let t = Duration::from_millis(800);
     // Rank 2 of 3 never comes.
     let port = free_port().unwrap();
-    let one = std::thread::spawn(move || join("127.0.0.1", port, 1, 3, b"job", Duration::from_secs(5)));
+    let one =
+        std::thread::spawn(move || join("127.0.0.1", port, 1, 3, b"job", Duration::from_secs(5)));
     let e = serve("127.0.0.1", port, 3, b"job", &[], t)
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("rank(s) [2] of 3 did not connect within 0.8 s"), "{e}");
+    assert!(
+        e.contains("rank(s) [2] of 3 did not connect within 0.8 s"),
+        "{e}"
+    );
     assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
     let e1 = one.join().unwrap().err().unwrap().to_string();
     assert!(e1.contains("rank 0 refused rank 1"), "{e1}");
@@ -76,10 +80,14 @@ fn rendezvous_errors_name_the_rank_and_the_address() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("rank 1 could not reach rank 0 at 127.0.0.1"), "{e}");
+    assert!(
+        e.contains("rank 1 could not reach rank 0 at 127.0.0.1"),
+        "{e}"
+    );
     // A rank started with another configuration.
     let port = free_port().unwrap();
-    let bad = std::thread::spawn(move || join("127.0.0.1", port, 1, 2, b"other", Duration::from_secs(5)));
+    let bad =
+        std::thread::spawn(move || join("127.0.0.1", port, 1, 2, b"other", Duration::from_secs(5)));
     let e = serve("127.0.0.1", port, 2, b"job", &[], Duration::from_secs(5))
         .err()
         .unwrap()
@@ -100,7 +108,11 @@ fn a_dead_tcp_rank_is_named_by_rank_0_and_reported_to_the_others() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(out[0].contains("rank 2 is gone"), "{}", out[0]);
-    assert!(out[1].contains("rank 0 reports: rank 2 is gone"), "{}", out[1]);
+    assert!(
+        out[1].contains("rank 0 reports: rank 2 is gone"),
+        "{}",
+        out[1]
+    );
 }
 
 /// A folder dataset: 3 classes x 4 PNG images of 32 px, the reference layout (`img/<wnid>/`).

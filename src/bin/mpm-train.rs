@@ -298,13 +298,8 @@ fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
         plots: true,
         eval_batch_size: 0,
     };
-    let s = train::run::run_distributed(
-        &cfg,
-        train_src.as_ref(),
-        eval_src.as_deref(),
-        &opts,
-        &dist,
-    )?;
+    let s =
+        train::run::run_distributed(&cfg, train_src.as_ref(), eval_src.as_deref(), &opts, &dist)?;
     if !dist.is_root() {
         return Ok(());
     }

@@ -53,14 +53,15 @@ impl RankEnv {
         } else {
             return Ok(RankEnv::single());
         };
-        let num = |k: &str| -> Result<Option<usize>> {
-            match get(k) {
-                None => Ok(None),
-                Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
-                    Error::flag(k, format!("'{v}' is not a non-negative integer"))
-                }),
-            }
-        };
+        let num =
+            |k: &str| -> Result<Option<usize>> {
+                match get(k) {
+                    None => Ok(None),
+                    Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
+                        Error::flag(k, format!("'{v}' is not a non-negative integer"))
+                    }),
+                }
+            };
         let need = |k: &str, other: &str| -> Result<usize> {
             num(k)?.ok_or_else(|| {
                 Error::flag(k, format!("not set, but {other} is: set both (or neither)"))
@@ -86,16 +87,18 @@ impl RankEnv {
                 ..RankEnv::single()
             });
         }
-        let master_addr = get("MASTER_ADDR").filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-            Error::flag(
-                "MASTER_ADDR",
-                format!(
-                    "not set: a job of {world} ranks needs the address of rank 0's host \
+        let master_addr = get("MASTER_ADDR")
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| {
+                Error::flag(
+                    "MASTER_ADDR",
+                    format!(
+                        "not set: a job of {world} ranks needs the address of rank 0's host \
                      (torchrun sets it; under srun export it from the batch script, e.g. the \
                      first host of $SLURM_JOB_NODELIST)"
-                ),
-            )
-        })?;
+                    ),
+                )
+            })?;
         let port = get("MASTER_PORT").ok_or_else(|| {
             Error::flag(
                 "MASTER_PORT",
@@ -158,7 +161,10 @@ mod tests {
             ("SLURM_PROCID", "5"),
         ])
         .unwrap();
-        assert_eq!((t.rank, t.world, t.local_rank, t.source), (3, 8, 1, "torchrun"));
+        assert_eq!(
+            (t.rank, t.world, t.local_rank, t.source),
+            (3, 8, 1, "torchrun")
+        );
         assert_eq!((t.master_addr.as_str(), t.master_port), ("node0", 29500));
         let s = env(&[
             ("SLURM_PROCID", "5"),
@@ -168,7 +174,10 @@ mod tests {
             ("MASTER_PORT", "29500"),
         ])
         .unwrap();
-        assert_eq!((s.rank, s.world, s.local_rank, s.source), (5, 16, 1, "slurm"));
+        assert_eq!(
+            (s.rank, s.world, s.local_rank, s.source),
+            (5, 16, 1, "slurm")
+        );
         let one = env(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap();
         assert!(!one.is_distributed());
     }

@@ -44,11 +44,9 @@ pub fn take_nproc_flag(args: &mut Vec<OsString>) -> Result<Option<usize>> {
             i += 1;
             continue;
         };
-        let n: usize = value
-            .parse()
-            .ok()
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| Error::flag(flag, format!("'{value}' is not a number of processes >= 1")))?;
+        let n: usize = value.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
+            Error::flag(flag, format!("'{value}' is not a number of processes >= 1"))
+        })?;
         found = Some(n);
     }
     Ok(found)
@@ -150,9 +148,7 @@ pub fn launch(program: &std::path::Path, args: &[OsString], n: usize) -> Result<
                     *slot = None;
                     if code != 0 && job_code == 0 {
                         job_code = code;
-                        eprintln!(
-                            "rank {rank} exited with code {code}; stopping the other ranks"
-                        );
+                        eprintln!("rank {rank} exited with code {code}; stopping the other ranks");
                         stopping_since = Some(Instant::now());
                     }
                 }

@@ -213,7 +213,9 @@ pub(crate) fn sum_f32(what: &str, all: &[Deposit]) -> Result<Vec<f32>> {
     let mut out: Option<Vec<f32>> = None;
     for d in all {
         let Deposit::F32(v) = d else {
-            return Err(Error::Msg(format!("distributed {what}: mixed element types")));
+            return Err(Error::Msg(format!(
+                "distributed {what}: mixed element types"
+            )));
         };
         match &mut out {
             None => out = Some(v.clone()),
@@ -229,7 +231,9 @@ pub(crate) fn sum_f64(what: &str, all: &[Deposit]) -> Result<Vec<f64>> {
     let mut out: Option<Vec<f64>> = None;
     for d in all {
         let Deposit::F64(v) = d else {
-            return Err(Error::Msg(format!("distributed {what}: mixed element types")));
+            return Err(Error::Msg(format!(
+                "distributed {what}: mixed element types"
+            )));
         };
         match &mut out {
             None => out = Some(v.clone()),
@@ -262,7 +266,9 @@ pub(crate) fn concat_f32(what: &str, all: &[Deposit]) -> Result<Vec<f32>> {
         match d {
             Deposit::F32(v) => out.extend_from_slice(v),
             Deposit::F64(_) => {
-                return Err(Error::Msg(format!("distributed {what}: mixed element types")))
+                return Err(Error::Msg(format!(
+                    "distributed {what}: mixed element types"
+                )))
             }
         }
     }
@@ -304,7 +310,8 @@ impl Communicator for LocalComm {
         concat_f32("all-gather", &all)
     }
     fn barrier(&self) -> Result<()> {
-        self.exchange("barrier", Deposit::F32(Vec::new())).map(|_| ())
+        self.exchange("barrier", Deposit::F32(Vec::new()))
+            .map(|_| ())
     }
 }
 

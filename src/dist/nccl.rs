@@ -80,7 +80,10 @@ impl NcclComm {
         let gpu = crate::cuda::gpu(ordinal)?;
         gpu.bind()?;
         let (id, host) = if env.world == 1 {
-            (nr::get_uniqueid().map_err(|e| nccl_err("ncclGetUniqueId", e))?, None)
+            (
+                nr::get_uniqueid().map_err(|e| nccl_err("ncclGetUniqueId", e))?,
+                None,
+            )
         } else if env.rank == 0 {
             let id = nr::get_uniqueid().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
             let bytes: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
@@ -143,7 +146,9 @@ impl NcclComm {
             {
                 return Err(Error::Device {
                     device: "nccl".into(),
-                    msg: format!("{what}: {async_err:?} (a rank failed; see the other ranks' errors)"),
+                    msg: format!(
+                        "{what}: {async_err:?} (a rank failed; see the other ranks' errors)"
+                    ),
                 });
             }
             if start.elapsed() > self.timeout {

@@ -166,8 +166,7 @@ pub fn serve(
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
-                    let missing: Vec<usize> =
-                        (1..world).filter(|&r| peers[r].is_none()).collect();
+                    let missing: Vec<usize> = (1..world).filter(|&r| peers[r].is_none()).collect();
                     return Err(abort_all(
                         &mut peers,
                         format!(
@@ -343,7 +342,8 @@ impl TcpComm {
             let frames: Vec<(u8, Vec<u8>)> = all.iter().map(encode).collect();
             for (i, s) in peers.iter_mut().enumerate() {
                 for (k, b) in &frames {
-                    write_frame(s, *k, b).map_err(|e| fail(peer_failure(i + 1, &e, self.timeout)))?;
+                    write_frame(s, *k, b)
+                        .map_err(|e| fail(peer_failure(i + 1, &e, self.timeout)))?;
                 }
             }
             return Ok(all);
@@ -395,7 +395,8 @@ impl Communicator for TcpComm {
         concat_f32("all-gather", &all)
     }
     fn barrier(&self) -> Result<()> {
-        self.exchange("barrier", Deposit::F32(Vec::new())).map(|_| ())
+        self.exchange("barrier", Deposit::F32(Vec::new()))
+            .map(|_| ())
     }
 }
 

@@ -21,6 +21,7 @@
 //! - checkpoints: every rank's chains are gathered and rank 0 alone writes.
 
 use super::Communicator;
+use crate::tensor::Tensor;
 use crate::train::eval::EvalResult;
 use crate::train::ghost_bn::{BnGroups, Chain};
 use crate::train::part_metrics::PartScores;
@@ -28,7 +29,6 @@ use crate::train::sampler::{GroupLayout, GroupedSource};
 use crate::train::source::{Batch, BatchSource};
 use crate::train::trainer::{StepStats, Trainer};
 use crate::train::TrainConfig;
-use crate::tensor::Tensor;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -394,7 +394,10 @@ impl Dist {
 
 /// Sums the gradients over the ranks in buckets of at most `BUCKET_BYTES` (a larger tensor is
 /// a bucket of its own), in name order, the same on every rank.
-pub fn reduce_gradients(comm: &dyn Communicator, grads: &mut BTreeMap<String, Tensor>) -> Result<()> {
+pub fn reduce_gradients(
+    comm: &dyn Communicator,
+    grads: &mut BTreeMap<String, Tensor>,
+) -> Result<()> {
     if comm.world() == 1 && comm.backend() != "nccl" {
         return Ok(());
     }
@@ -445,7 +448,10 @@ fn unflatten_host(template: &Chain, vals: &[f32]) -> Result<Chain> {
     for (n, t) in template {
         let len = t.numel();
         let v = vals.get(k..k + len).ok_or_else(|| {
-            Error::shape("bn chain", format!("{} values for a chain of more", vals.len()))
+            Error::shape(
+                "bn chain",
+                format!("{} values for a chain of more", vals.len()),
+            )
         })?;
         out.insert(n.clone(), Tensor::from_vec(t.shape(), v.to_vec())?);
         k += len;
