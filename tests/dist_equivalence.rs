@@ -12,11 +12,13 @@
 //!   running-statistics chain, BN counters).
 //! - Two groups per rank: each rank first adds its own two groups, then the ranks are added:
 //!   `(a + b) + (c + d)` instead of `((a + b) + c) + d`. One reassociation of a 4-term f32 sum
-//!   differs by at most ~2 ulp of the partial sums (about 2.4e-7 relative); over 3 steps
-//!   SGD with momentum, BN and the EMA carry such differences along without amplifying them
-//!   much, so the test allows 1e-5 absolute + 1e-4 relative (about 100x the first-step
-//!   rounding, and still far below any real difference: a wrongly assigned image or group
-//!   changes the weights at the 1e-2 level, as the last test checks).
+//!   differs by at most ~2 ulp of the partial sums (about 2.4e-7 relative), and one SGD step
+//!   carries that into the weights scaled by the learning rate. Later steps amplify it
+//!   without bound: the next PGD takes the sign of the input gradient, and a near-zero
+//!   component flips (measured: 2.6e-5 after 3 steps on a weight of 0.13, 1.8e-3 on a BN
+//!   bias). So this case is compared after one step, within 1e-6 absolute + 1e-5 relative
+//!   (~40x the rounding bound), far below a real difference (another data order changes
+//!   the weights at the 1e-2 level, as the test checks with another seed).
 //! - NCCL (ring/tree order, on the GPU) would need the same kind of tolerance; not run here.
 
 use mpm::dist::local;
@@ -138,8 +140,14 @@ fn close(what: &str, a: &[f32], b: &[f32], tol: Option<(f32, f32)>) {
     }
 }
 
+/// Weights (and, after an epoch's end, running statistics) of two stores. Mid-epoch a rank's
+/// store holds its own first group's chain, the ghost run's store group 0's: the chains are
+/// compared group by group instead (`same_chain`).
 fn same_store(what: &str, a: &ParamStore, b: &ParamStore, tol: Option<(f32, f32)>) {
     for (n, e) in a.iter() {
+        if mpm::train::ghost_bn::is_running_stat(n) {
+            continue;
+        }
         close(
             &format!("{what} {n}"),
             e.tensor.data(),
@@ -232,15 +240,15 @@ fn two_ranks_over_tcp_equal_ghost_bn_bit_for_bit() {
 #[test]
 fn two_ranks_of_two_groups_match_ghost_bn_within_reassociation_tolerance() {
     let src = MemorySource::new(3, 4, 32, 23);
-    let g = ghost(&tiny(8, 2, true), &src, STEPS);
-    let rs = ranks(&tiny(8, 2, true), &src, STEPS, thread_comms(2));
+    let g = ghost(&tiny(8, 2, true), &src, 1);
+    let rs = ranks(&tiny(8, 2, true), &src, 1, thread_comms(2));
     assert_eq!(rs[1].groups.as_ref().unwrap().first, 2);
-    compare(&rs, &g, Some((1e-5, 1e-4)));
+    compare(&rs, &g, Some((1e-6, 1e-5)));
     // The tolerance still sees a real difference: another data order (seed) is far off.
     let other = {
         let mut c = tiny(8, 2, true);
         c.seed = 6;
-        ghost(&c, &src, STEPS)
+        ghost(&c, &src, 1)
     };
     let w = "segmenter.layer1.0.conv1.weight";
     let (a, b) = (
@@ -250,7 +258,7 @@ fn two_ranks_of_two_groups_match_ghost_bn_within_reassociation_tolerance() {
     let far = a
         .iter()
         .zip(b)
-        .any(|(x, y)| (x - y).abs() > 1e-5 + 1e-4 * y.abs());
+        .any(|(x, y)| (x - y).abs() > 1e-6 + 1e-5 * y.abs());
     assert!(
         far,
         "another seed trains a model within the tolerance: the test is too loose"
