@@ -81,7 +81,16 @@ fn every_layer_of_a_sane_mpm_passes_heads_included() {
         levels: 3,
         top_down: true,
     });
-    let a = audit(&mut m, &cfg());
+    // A larger finite-difference step than the default 1e-3: the heads start at PyTorch's
+    // default init (as the authors' new layers), and the gradient at up_layer1's output is then
+    // so small that f32 rounding in the loss difference crosses the 1e-2 p95 bound at 1e-3.
+    let a = audit(
+        &mut m,
+        &LayerAuditConfig {
+            step: 1e-2,
+            ..cfg()
+        },
+    );
     eprint!("{}", a.table());
     let n = names(&a);
     for want in [
