@@ -93,8 +93,7 @@ fn tiny_state() -> NamedTensors {
 fn the_model_is_checked_before_any_storage_is_read() {
     let item = item("misfit_bomb.pth");
     let e = mpm::audit::files::load_model(&item, &resnet18_args())
-        .err()
-        .expect("a misfit is refused")
+        .expect_err("a misfit is refused")
         .to_string();
     assert!(
         e.contains("mis-shaped: fc.weight") && e.contains("missing: layer1.0.conv1.weight"),
@@ -127,8 +126,7 @@ fn safetensors_names_and_shapes_are_checked_from_the_header() {
     let bytes = std::fs::read(&cut).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() - 16]).unwrap();
     let e = mpm::audit::files::load_model(&cut, &resnet18_args())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("unexpected: head.extra"), "{e}");
 }
@@ -147,16 +145,14 @@ fn integer_tensors_for_float_weights_are_refused() {
     let p = d.path().join("int.safetensors");
     save_safetensors(&p, &state, &no_metadata()).unwrap();
     let e = mpm::audit::files::load_model(&p, &resnet18_args())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         e.contains("conv1.weight: expected a float tensor") && e.contains("int64"),
         "{e}"
     );
     let e = mpm::nn::checkpoint::load_state(&p, StateDictPick::Auto)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         e.contains("'conv1.weight' holds integers") && e.contains("int.safetensors"),
