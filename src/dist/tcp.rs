@@ -370,34 +370,7 @@ impl Communicator for TcpComm {
     fn backend(&self) -> &'static str {
         "tcp"
     }
-    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        let all = self.exchange("all-reduce", Deposit::F32(buf.to_vec()))?;
-        buf.copy_from_slice(&sum_f32("all-reduce", &all)?);
-        Ok(())
-    }
-    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let all = self.exchange("all-reduce", Deposit::F64(buf.to_vec()))?;
-        buf.copy_from_slice(&sum_f64("all-reduce", &all)?);
-        Ok(())
-    }
-    fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        let mine = if self.rank == root {
-            buf.to_vec()
-        } else {
-            Vec::new()
-        };
-        let all = self.exchange("broadcast", Deposit::F32(mine))?;
-        buf.copy_from_slice(&pick_f32("broadcast", &all, root, buf.len())?);
-        Ok(())
-    }
-    fn all_gather_f32(&self, mine: &[f32]) -> Result<Vec<f32>> {
-        let all = self.exchange("all-gather", Deposit::F32(mine.to_vec()))?;
-        concat_f32("all-gather", &all)
-    }
-    fn barrier(&self) -> Result<()> {
-        self.exchange("barrier", Deposit::F32(Vec::new()))
-            .map(|_| ())
-    }
+    super::local::exchange_collectives!();
 }
 
 /// The rendezvous of this process's rank (`serve` on rank 0, `join` elsewhere).
