@@ -76,8 +76,9 @@ pub fn cf_extended(
             return Ok(None);
         }
     }
-    // A zeroed entry winning means every own part scores <= 0: no part of this class.
-    if !own(p) {
+    // A zeroed entry winning, or an own part at 0, means every own part scores <= 0: no part
+    // of this class.
+    if !own(p) || v <= 0.0 {
         return Ok(None);
     }
     Ok(Some((p, v)))
