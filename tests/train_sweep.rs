@@ -1,8 +1,8 @@
 //! `mpm-train sweep` (Figure S3, issue #21) at toy scale: the shipped Figure S3 config with
 //! size overrides, two lambda values on the synthetic set (ResNet-18 width 4, 32 px, one
 //! epoch): each variant trained in its own folder with its value, evaluated (clean, PGD,
-//! AutoAttack APGD-CE + APGD-T), the table and the plot written; a second run skips the
-//! finished variants; a removed result is re-evaluated from the finished run; bad values fail
+//! AutoAttack APGD-CE + APGD-T, which with 3 classes is APGD-CE + APGD-DLR), the table and the
+//! plot written; a second run skips the finished variants; a removed result is re-evaluated from the finished run; bad values fail
 //! before any training.
 
 use std::path::Path;
@@ -130,7 +130,7 @@ fn sweep_trains_evaluates_tabulates_plots_and_resumes() {
     assert!(md.contains("| lambdas | clean acc %"), "{md}");
     assert!(md.contains("| 0 |") && md.contains("| 1 |"), "{md}");
     assert!(
-        md.contains("AutoAttack (APGD-CE + APGD-T) acc % (4 images)"),
+        md.contains("AutoAttack (APGD-CE + APGD-DLR) acc % (4 images)"),
         "{md}"
     );
     let png = std::fs::read(out.join("sweep.png")).unwrap();

@@ -36,6 +36,30 @@ impl AttackKind {
         AttackKind::Square,
     ];
 
+    /// `list` as a model of `num_classes` classes can run it: APGD-T's targeted DLR loss needs
+    /// 4 classes (it uses the 4 largest logits), so with 3 it becomes the untargeted APGD-DLR,
+    /// and DLR needs 3, so with 2 it is left out. Toy runs (the demo, the sweep's CI test) use
+    /// 2-3 classes; ImageNet models get `list` unchanged.
+    pub fn fit_to_classes(list: &[AttackKind], num_classes: usize) -> Vec<AttackKind> {
+        let mut out = Vec::new();
+        for &a in list {
+            let fitted = match a {
+                AttackKind::ApgdT if num_classes >= 4 => Some(a),
+                AttackKind::ApgdT | AttackKind::ApgdDlr if num_classes == 3 => {
+                    Some(AttackKind::ApgdDlr)
+                }
+                AttackKind::ApgdT | AttackKind::ApgdDlr if num_classes < 3 => None,
+                other => Some(other),
+            };
+            if let Some(f) = fitted {
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        }
+        out
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             AttackKind::ApgdCe => "apgd-ce",
@@ -350,5 +374,31 @@ impl AutoAttack<'_> {
                 && argmax(&z[j * k..(j + 1) * k]) != y[j];
         }
         Ok(ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttackKind::{self, *};
+
+    /// APGD-T needs 4 classes and DLR 3: smaller models get what they can run, in order,
+    /// without duplicates; ImageNet-sized models get the list unchanged.
+    #[test]
+    fn attacks_fit_the_number_of_classes() {
+        let std = AttackKind::STANDARD;
+        assert_eq!(AttackKind::fit_to_classes(&std, 1000), std.to_vec());
+        assert_eq!(AttackKind::fit_to_classes(&std, 4), std.to_vec());
+        assert_eq!(
+            AttackKind::fit_to_classes(&std, 3),
+            vec![ApgdCe, ApgdDlr, FabT, Square]
+        );
+        assert_eq!(
+            AttackKind::fit_to_classes(&[ApgdCe, ApgdDlr, ApgdT], 3),
+            vec![ApgdCe, ApgdDlr]
+        );
+        assert_eq!(
+            AttackKind::fit_to_classes(&std, 2),
+            vec![ApgdCe, FabT, Square]
+        );
     }
 }

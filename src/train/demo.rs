@@ -222,7 +222,12 @@ pub fn demo(o: &DemoOptions) -> Result<Vec<DemoRow>> {
             let ta = Instant::now();
             let (v, std) = autoattack(&s.trainer, val, o.aa_images, eps, o.aa_standard)?;
             eprintln!(
-                "{name}: AutoAttack (APGD-CE + APGD-T) robust accuracy {:.2}% on {} images ({:.0}s)",
+                "{name}: AutoAttack ({}) robust accuracy {:.2}% on {} images ({:.0}s)",
+                first_attacks(s.trainer.spec.num_classes)
+                    .iter()
+                    .map(|a| a.name().to_uppercase())
+                    .collect::<Vec<_>>()
+                    .join(" + "),
                 100.0 * v.1,
                 v.0,
                 ta.elapsed().as_secs_f64() - std.map_or(0.0, |s| s.2)
@@ -407,6 +412,13 @@ fn make_data(o: &DemoOptions) -> Result<DemoData> {
     })
 }
 
+/// The APGD attacks of the demo's first AutoAttack pass: APGD-CE + APGD-T, as far as the
+/// model's classes allow ([`AttackKind::fit_to_classes`]; the log names what ran).
+fn first_attacks(num_classes: usize) -> Vec<crate::attack::AttackKind> {
+    use crate::attack::AttackKind;
+    AttackKind::fit_to_classes(&[AttackKind::ApgdCe, AttackKind::ApgdT], num_classes)
+}
+
 /// Robust accuracy under AutoAttack's APGD-CE and APGD-T (l-inf, 100 iterations, 9 target
 /// classes at most, verified examples; `src/attack`) on `n` evenly spaced validation images.
 /// FAB-T and Square of the "standard" version are left out to keep the demo within minutes,
@@ -437,7 +449,7 @@ pub fn autoattack(
     let ids: Vec<u64> = pick.iter().map(|&i| i as u64).collect();
     let mut clf = EngineClassifier::new(trainer.spec, trainer.eval_model().clone());
     let mut cfg = AutoAttackConfig::standard(Norm::Linf, eps, trainer.cfg.seed);
-    cfg.attacks = vec![AttackKind::ApgdCe, AttackKind::ApgdT];
+    cfg.attacks = first_attacks(trainer.spec.num_classes);
     let mut aa = AutoAttack {
         cfg,
         model: &mut clf,

@@ -256,12 +256,21 @@ fn evaluate_variant(
     let r = eval_trainer(trainer, eval, bs, &[eps])?;
     let pgd = r.pgd_acc.first().map(|p| p.1).unwrap_or(f64::NAN);
     let (aa_name, aa_n, aa_acc) = if o.aa_images > 0 {
-        let (n, acc) = autoattack(trainer, eval, o.aa_images, eps, o.aa_version)?;
+        let (n, acc, attacks) = autoattack(trainer, eval, o.aa_images, eps, o.aa_version)?;
         let name = match o.aa_version {
-            AaVersion::Standard => "AutoAttack",
-            AaVersion::Apgd => "AutoAttack (APGD-CE + APGD-T)",
+            AaVersion::Standard if attacks == crate::attack::AttackKind::STANDARD => {
+                "AutoAttack".to_string()
+            }
+            _ => format!(
+                "AutoAttack ({})",
+                attacks
+                    .iter()
+                    .map(|a| a.name().to_uppercase())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            ),
         };
-        (Some(name.to_string()), n, Some(acc))
+        (Some(name), n, Some(acc))
     } else {
         (None, 0, None)
     };
@@ -292,12 +301,19 @@ fn autoattack(
     n: usize,
     eps: f32,
     version: AaVersion,
-) -> Result<(usize, f64)> {
+) -> Result<(usize, f64, Vec<crate::attack::AttackKind>)> {
     use crate::attack::{AttackKind, AutoAttack, AutoAttackConfig, Dims, EngineClassifier, Norm};
     let total = src.len();
     let n = n.min(total);
+    let attacks = AttackKind::fit_to_classes(
+        match version {
+            AaVersion::Standard => &AttackKind::STANDARD,
+            AaVersion::Apgd => &[AttackKind::ApgdCe, AttackKind::ApgdT],
+        },
+        trainer.spec.num_classes,
+    );
     if n == 0 {
-        return Ok((0, f64::NAN));
+        return Ok((0, f64::NAN, attacks));
     }
     let pick: Vec<usize> = (0..n).map(|i| i * total / n).collect();
     let b = src.load(0, &pick, false)?;
@@ -306,9 +322,7 @@ fn autoattack(
     let ids: Vec<u64> = pick.iter().map(|&i| i as u64).collect();
     let mut clf = EngineClassifier::new(trainer.spec, trainer.eval_model().clone());
     let mut cfg = AutoAttackConfig::standard(Norm::Linf, eps, trainer.cfg.seed);
-    if version == AaVersion::Apgd {
-        cfg.attacks = vec![AttackKind::ApgdCe, AttackKind::ApgdT];
-    }
+    cfg.attacks = attacks.clone();
     let mut aa = AutoAttack {
         cfg,
         model: &mut clf,
@@ -320,7 +334,7 @@ fn autoattack(
     };
     let res = aa.run_batch(&x, &b.labels, &ids, dims)?;
     let robust = res.iter().filter(|r| r.robust()).count();
-    Ok((res.len(), robust as f64 / res.len().max(1) as f64))
+    Ok((res.len(), robust as f64 / res.len().max(1) as f64, attacks))
 }
 
 /// The Markdown table of the rows (accuracies in %).
