@@ -38,6 +38,9 @@ struct State {
     readers_left: usize,
     /// Why a rank left (its communicator was dropped), by rank.
     gone: Vec<Option<String>>,
+    /// The ranks that left, in the order they left: an error names the first (the cause), not
+    /// a rank that stopped because of it.
+    left_in_order: Vec<usize>,
 }
 
 struct Shared {
@@ -62,6 +65,7 @@ pub fn group(world: usize, timeout: Duration) -> Vec<LocalComm> {
             results: None,
             readers_left: 0,
             gone: vec![None; world],
+            left_in_order: Vec::new(),
         }),
         changed: Condvar::new(),
         timeout,
@@ -82,6 +86,7 @@ impl LocalComm {
         let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.gone[self.rank].is_none() {
             s.gone[self.rank] = Some(why.to_string());
+            s.left_in_order.push(self.rank);
         }
         self.shared.changed.notify_all();
     }
@@ -92,7 +97,7 @@ impl LocalComm {
 
     /// The error for a round that `missing` ranks have not joined.
     fn failure(&self, s: &State, what: &str, missing: &[usize], waited: Duration) -> Error {
-        for &r in missing {
+        for &r in s.left_in_order.iter().filter(|r| missing.contains(r)) {
             if let Some(why) = &s.gone[r] {
                 return Error::Msg(format!(
                     "distributed {what} (collective #{}): rank {r} is gone ({why}); rank {} \
