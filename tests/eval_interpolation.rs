@@ -294,3 +294,47 @@ fn output_paths_fail_before_the_model_loads() {
     }
     assert!(!d.join("r.json").exists() && !d.join("r.json.journal").exists());
 }
+
+#[test]
+fn zoo_names_the_model_and_notes_another_transform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fixture(d);
+    // A listed model whose normalisation and activation match: it names the report's model,
+    // and a transform other than the listed one (BicubicRes256Crop224) is a note.
+    let err = ok(&clean(
+        d,
+        &[
+            "--act",
+            "gelu",
+            "--zoo",
+            "Vanilla_R50_GELU",
+            "--interpolation",
+            "bilinear",
+            "--json",
+            "z.json",
+        ],
+    ));
+    assert!(
+        err.contains("note: Vanilla_R50_GELU is evaluated with BicubicRes256Crop224")
+            && err.contains("this run uses --crop 32 --interpolation bilinear"),
+        "{err}"
+    );
+    let r = json(&d.join("z.json"));
+    assert_eq!(r["model"], "Vanilla_R50_GELU", "{r}");
+    // Another activation than the listed one is an error naming --act.
+    let o = clean(
+        d,
+        &[
+            "--act",
+            "relu",
+            "--zoo",
+            "Vanilla_R50_GELU",
+            "--json",
+            "z2.json",
+        ],
+    );
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("--act") && e.contains("gelu activations"), "{e}");
+}
