@@ -2,8 +2,9 @@
 //! size overrides, two lambda values on the synthetic set (ResNet-18 width 4, 32 px, one
 //! epoch): each variant trained in its own folder with its value, evaluated (clean, PGD,
 //! AutoAttack APGD-CE + APGD-T, which with 3 classes is APGD-CE + APGD-DLR), the table and the
-//! plot written; a second run skips the finished variants; a removed result is re-evaluated from the finished run; bad values fail
-//! before any training.
+//! plot written; the same sweep with `--jobs 2` (variants as parallel child processes) gives
+//! the same numbers; a second run skips the finished variants; a removed result is
+//! re-evaluated from the finished run; bad values fail before any training.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -45,6 +46,17 @@ fn data(root: &Path) -> (String, String, usize) {
 }
 
 fn sweep(out: &Path, train: &str, val: &str, seg: usize, values: &str) -> Output {
+    sweep_with(out, train, val, seg, values, &[])
+}
+
+fn sweep_with(
+    out: &Path,
+    train: &str,
+    val: &str,
+    seg: usize,
+    values: &str,
+    extra: &[&str],
+) -> Output {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tpinpp_mpm_resnet50.toml");
     let mut c = Command::new(env!("CARGO_BIN_EXE_mpm-train"));
     c.arg("sweep")
@@ -72,6 +84,7 @@ fn sweep(out: &Path, train: &str, val: &str, seg: usize, values: &str) -> Output
         c.arg("--set").arg(kv);
     }
     c.args(["--aa-images", "4", "--aa-version", "apgd", "--no-progress"]);
+    c.args(extra);
     c.output().expect("run mpm-train sweep")
 }
 
@@ -137,6 +150,50 @@ fn sweep_trains_evaluates_tabulates_plots_and_resumes() {
     assert!(png.starts_with(b"\x89PNG") && png.len() > 2000);
     let img = image::load_from_memory(&png).unwrap();
     assert!(img.width() >= 400 && img.height() >= 300);
+
+    // The same sweep with both variants side by side, each its own process (`--jobs 2`):
+    // the same numbers (training and evaluation are deterministic), the same table rows.
+    let par = tmp.path().join("sweep_par");
+    let o = sweep_with(&par, &train, &val, seg, "0,1", &["--jobs", "2"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for value in ["0", "1"] {
+        assert!(
+            t.contains(&format!("lambdas = {value}: training on cpu")),
+            "{t}"
+        );
+        let log = std::fs::read_to_string(par.join(format!("lambdas_{value}.log"))).unwrap();
+        assert!(log.contains("--variant"), "{log}");
+    }
+    let prow: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(par.join("sweep.json")).unwrap()).unwrap();
+    let prow = prow.as_array().unwrap();
+    assert_eq!(prow.len(), 2);
+    for (a, b) in rows.iter().zip(prow) {
+        for k in [
+            "value",
+            "evaluated",
+            "images",
+            "clean_accuracy",
+            "pgd_steps",
+            "eps",
+            "pgd_accuracy",
+            "autoattack",
+            "autoattack_images",
+            "autoattack_accuracy",
+        ] {
+            assert_eq!(a[k], b[k], "{k}: serial {a} vs --jobs 2 {b}");
+        }
+    }
+    let strip_seconds = |md: &str| -> Vec<String> {
+        md.lines()
+            .map(|l| l.rsplit_once(" | ").map_or(l, |x| x.0).to_string())
+            .collect()
+    };
+    assert_eq!(
+        strip_seconds(&std::fs::read_to_string(par.join("sweep.md")).unwrap()),
+        strip_seconds(&md)
+    );
 
     // Run again: both variants finished, nothing is retrained or re-evaluated.
     let before = std::fs::read_to_string(out.join("sweep.json")).unwrap();

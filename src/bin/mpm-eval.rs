@@ -10,7 +10,11 @@
 //! mpm-eval clean ... --shard I/N --json shard_I.json   (any command that evaluates images)
 //! mpm-eval merge shard_0.json shard_1.json ... --json R.json
 //! mpm-eval clean ... --class-subset FILE | --super-classes FILE
+//! mpm-eval clean ... --interpolation bilinear [--zoo NAME]   (RobustBench's Res256Crop224)
 //! ```
+//!
+//! Every path a command writes (`--json`, `--journal`, `--out`) is checked before the model
+//! loads, so a bad one fails at once, naming its flag.
 
 use clap::{Args, Parser, Subcommand};
 use mpm::attack::imagefolder::ImageFolder;
@@ -22,7 +26,7 @@ use mpm::data::corrupt::job::{parse_corruptions, parse_severities};
 use mpm::device::DeviceRequest;
 use mpm::eval::assets::HUMAN_DATASETS;
 use mpm::eval::predict::PredictionJournal;
-use mpm::eval::report::write_report;
+use mpm::eval::report::{check_output_dir, check_output_file, write_report};
 use mpm::eval::runs::{self, CorruptionPlan, OodDataset, Runner};
 use mpm::eval::sets::{EvalTransform, Images};
 use mpm::eval::{human, human_metrics, table};
@@ -51,12 +55,23 @@ struct ModelOpts {
     model: ModelArgs,
     #[command(flatten)]
     norm: mpm::nn::zoo::NormArgs,
-    /// The model's name in reports, tables and CSV files (default: the weights' file stem).
+    /// A model of `mpm-attack zoo`: checks the checkpoint's normalisation and activation
+    /// against its entry, notes a different eval transform, and names the model (as
+    /// `mpm-attack --zoo`).
+    #[arg(long)]
+    zoo: Option<String>,
+    /// The model's name in reports, tables and CSV files (default: the `--zoo` name, else the
+    /// weights' file stem).
     #[arg(long)]
     name: Option<String>,
     /// Model input size (the eval transform's centre crop; 256/224 of it is the resize).
     #[arg(long, default_value_t = 224)]
     crop: u32,
+    /// The eval transform's shorter-side resize filter: bicubic (the paper's and timm's) or
+    /// bilinear (torchvision's default `Resize`: RobustBench's Res256Crop224, Bai et al.).
+    /// ImageNet-A-Plus's squash stays bilinear and model-vs-human stimuli are not resized.
+    #[arg(long, default_value = "bicubic", value_parser = ["bicubic", "bilinear"])]
+    interpolation: String,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// auto | cpu | cuda[:N]
@@ -218,6 +233,91 @@ fn dataset_list(s: &str) -> Result<Option<Vec<String>>> {
     Ok(Some(v))
 }
 
+impl ModelOpts {
+    fn bilinear(&self) -> bool {
+        self.interpolation == "bilinear"
+    }
+
+    /// The files this command writes, checked before the model loads.
+    fn check_outputs(&self) -> Result<()> {
+        check_output_file("--json", &self.json)?;
+        if let Some(j) = &self.journal {
+            check_output_file("--journal", j)?;
+        }
+        Ok(())
+    }
+}
+
+/// `--zoo NAME`: the checkpoint must be the model the zoo list describes (mpm-attack's rules:
+/// another normalisation or activation is an error, another layout or eval transform a note).
+fn check_zoo_entry(
+    name: &str,
+    prep: &mpm::nn::zoo::Preprocessing,
+    m: &ModelOpts,
+) -> Result<String> {
+    let list = mpm::nn::zoo_list::table2()?;
+    let e = mpm::nn::zoo_list::find(&list, name)?;
+    if !e.identified {
+        return Err(Error::flag(
+            "--zoo",
+            format!("'{}' ({}) has no identified checkpoint", e.name, e.row),
+        ));
+    }
+    if let Some(n) = e.norm() {
+        if !n.same(&prep.norm) {
+            return Err(Error::flag(
+                "--zoo",
+                format!(
+                    "{} was trained with {}, but this run normalises with {} ({})",
+                    e.name,
+                    n.describe(),
+                    prep.norm.describe(),
+                    prep.norm_source
+                ),
+            ));
+        }
+    }
+    if !e.act.is_empty() && e.act != m.model.act {
+        return Err(Error::flag(
+            "--act",
+            format!(
+                "{} uses {} activations; got --act {}",
+                e.name, e.act, m.model.act
+            ),
+        ));
+    }
+    if e.layout != prep.layout.name() {
+        eprintln!(
+            "note: {} is listed in the {} layout; this file is {}",
+            e.name,
+            e.layout,
+            prep.layout.name()
+        );
+    }
+    // mpm-eval always resizes 256/224 of --crop; only the filter and the crop can differ.
+    let (crop, interp) = match e.transform.as_str() {
+        "Crop288" => (288, "bicubic"),
+        "Res256Crop224" => (224, "bilinear"),
+        _ => (224, "bicubic"),
+    };
+    if e.transform == "Crop288" || (m.crop, m.interpolation.as_str()) != (crop, interp) {
+        eprintln!(
+            "note: {} is evaluated with {} (mpm-eval: --crop {crop} --interpolation {interp}{}); \
+             this run uses --crop {} --interpolation {}",
+            e.name,
+            e.transform,
+            if e.transform == "Crop288" {
+                ", but without a resize: mpm-attack --resize 0 does that"
+            } else {
+                ""
+            },
+            m.crop,
+            m.interpolation
+        );
+    }
+    Ok(e.name.clone())
+}
+
 /// Loads the model, opens the journal, runs `f`, writes the report.
 fn with_model(
     m: &ModelOpts,
@@ -226,6 +326,8 @@ fn with_model(
     heads: usize,
     f: impl FnOnce(&mut Runner) -> Result<Value>,
 ) -> Result<()> {
+    // Fail before the model loads, not after the evaluation, when a report cannot be written.
+    m.check_outputs()?;
     if m.batch_size == 0 {
         return Err(Error::flag("--batch-size", "must be at least 1"));
     }
@@ -244,6 +346,10 @@ fn with_model(
     let (spec, store, prep) = (loaded.spec, loaded.store, loaded.preprocessing);
     eprintln!("model: {}", spec.describe());
     eprintln!("model: {}", prep.describe());
+    let zoo_name = match &m.zoo {
+        Some(z) => Some(check_zoo_entry(z, &prep, m)?),
+        None => None,
+    };
     let arch = spec.describe();
     let shard = m.shard.as_deref().map(Shard::parse).transpose()?;
     let class_map = ClassMap::from_flags(
@@ -252,7 +358,7 @@ fn with_model(
         spec.num_classes,
         &[],
     )?;
-    let name = m.name.clone().unwrap_or_else(|| {
+    let name = m.name.clone().or(zoo_name).unwrap_or_else(|| {
         m.weights
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -267,6 +373,10 @@ fn with_model(
     // only one before per-model normalisation, so older journals still resume).
     if !prep.norm.same(&mpm::nn::zoo::InputNorm::IMAGENET) {
         fp["normalisation"] = json!(prep.norm.describe());
+    }
+    // Likewise the bilinear filter: bicubic journals written before --interpolation resume.
+    if m.bilinear() {
+        fp["interpolation"] = json!("bilinear");
     }
     if let (Some(cm), Value::Object(o)) = (&class_map, &mut fp) {
         o.insert("class_map".into(), json!(cm.digest));
@@ -309,7 +419,11 @@ fn with_model(
         o.insert("device".into(), json!(dev.to_string()));
         o.insert("weights".into(), json!(m.weights.display().to_string()));
         o.insert("architecture".into(), json!(arch));
-        o.insert("preprocessing".into(), prep.to_json());
+        let mut p = prep.to_json();
+        if let Value::Object(po) = &mut p {
+            po.insert("interpolation".into(), json!(m.interpolation));
+        }
+        o.insert("preprocessing".into(), p);
         o.insert("timing".into(), r.throughput.to_json());
         o.insert("journal".into(), json!(jpath.display().to_string()));
         if let Some(c) = class_json {
@@ -346,7 +460,7 @@ fn run(cli: Cli) -> Result<()> {
             per_class,
         } => {
             let fp = json!({"data": data.display().to_string(), "list": list.as_ref().map(|l| l.display().to_string()), "per_class": per_class});
-            let crop = m.crop;
+            let (crop, bilinear) = (m.crop, m.bilinear());
             let num_classes = m.model.num_classes;
             with_model(&m, "clean", fp, 1, |r| {
                 let f =
@@ -355,7 +469,7 @@ fn run(cli: Cli) -> Result<()> {
                     root: f.root,
                     classes: f.classes,
                     items: f.items,
-                    transform: EvalTransform::standard(crop),
+                    transform: EvalTransform::standard(crop).with_bilinear(bilinear),
                     corruption: None,
                     what: "val set".into(),
                 };
@@ -378,6 +492,7 @@ fn run(cli: Cli) -> Result<()> {
                 severities: parse_severities(&severities)?,
                 seed,
                 crop: m.crop,
+                bilinear: m.bilinear(),
                 num_classes: m.model.num_classes,
                 per_class,
             };
@@ -393,9 +508,9 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let ds = OodDataset::parse(&dataset)?;
             let fp = json!({"dataset": ds.name(), "data": data.display().to_string(), "per_class": per_class});
-            let crop = m.crop;
+            let (crop, bilinear) = (m.crop, m.bilinear());
             with_model(&m, "ood", fp, 1, |r| {
-                runs::ood(r, ds, &data, crop, per_class)
+                runs::ood(r, ds, &data, crop, bilinear, per_class)
             })
         }
         Cmd::Human {
@@ -406,6 +521,8 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let list = dataset_list(&datasets)?
                 .unwrap_or_else(|| HUMAN_DATASETS.iter().map(|s| s.to_string()).collect());
+            m.check_outputs()?;
+            check_output_dir("--out", &out)?;
             let fp =
                 json!({"data": data.display().to_string(), "head": "sixteen categories (mean)"});
             let crop = m.crop;
@@ -420,6 +537,7 @@ fn run(cli: Cli) -> Result<()> {
             datasets,
         } => {
             let list = dataset_list(&datasets)?;
+            check_output_file("--json", &json)?;
             let hm = human_metrics::compute(&model_csv, &human_data, list.as_deref())?;
             let table = hm.table();
             println!("{table}");
@@ -506,6 +624,7 @@ fn replay_argv(argv: &[String], json: &Path, journal: &Path) -> Vec<String> {
 }
 
 fn merge(reports: &[PathBuf], out: &Path) -> Result<()> {
+    check_output_file("--json", out)?;
     let mut docs = Vec::with_capacity(reports.len());
     for p in reports {
         let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;

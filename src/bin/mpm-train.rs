@@ -7,6 +7,7 @@
 //! mpm-train demo [--out DIR]
 //! mpm-train export --checkpoint RUN_DIR [--which best|last] --out DIR   (or one checkpoint file)
 //! mpm-train sweep --config C --key lambdas --values 0,0.25,0.5,1,2 [--set KEY=VALUE ...]
+//!                  [--jobs N | --devices cuda:0,cuda:1,...]   (variants side by side)
 //! ```
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -224,9 +225,10 @@ fn export(m: &ArgMatches) -> mpm::Result<()> {
 fn sweep_command() -> Command {
     Command::new("sweep")
         .about(
-            "Train one run per value of a configuration key, one after another (finished ones \
-             are skipped, interrupted ones resume), evaluate each (clean, PGD, AutoAttack) and \
-             write a table (sweep.md, sweep.json) and a plot (sweep.png)",
+            "Train one run per value of a configuration key, one after another or side by side \
+             (--jobs, --devices; finished ones are skipped, interrupted ones resume), evaluate \
+             each (clean, PGD, AutoAttack) and write a table (sweep.md, sweep.json) and a plot \
+             (sweep.png)",
         )
         .arg(
             Arg::new("config")
@@ -284,6 +286,61 @@ fn sweep_command() -> Command {
                 .long("no-progress")
                 .action(ArgAction::SetTrue),
         )
+        .arg(
+            Arg::new("jobs")
+                .long("jobs")
+                .value_parser(clap::value_parser!(usize))
+                .conflicts_with("devices")
+                .help(
+                    "Run N variants at a time on the CPU, each its own mpm-train process \
+                     (output in OUT/<key>_<value>.log)",
+                ),
+        )
+        .arg(Arg::new("devices").long("devices").value_name("LIST").help(
+            "Run the variants side by side, at most one per listed device at a time \
+                     (e.g. cuda:0,cuda:1; list a device twice for two variants on it), each \
+                     its own mpm-train process (output in OUT/<key>_<value>.log)",
+        ))
+        .arg(
+            // A parallel sweep's child: runs this one value (its result, not the table).
+            Arg::new("variant")
+                .long("variant")
+                .hide(true)
+                .conflicts_with_all(["jobs", "devices"]),
+        )
+}
+
+/// The slots of a parallel sweep: `--jobs N` (N x cpu) or `--devices LIST`; None: serial.
+fn sweep_slots(m: &ArgMatches) -> mpm::Result<Option<Vec<String>>> {
+    if let Some(&n) = m.get_one::<usize>("jobs") {
+        if n == 0 {
+            return Err(mpm::Error::flag("--jobs", "must be at least 1"));
+        }
+        return Ok(Some(vec!["cpu".to_string(); n]));
+    }
+    let Some(list) = m.get_one::<String>("devices") else {
+        return Ok(None);
+    };
+    let slots: Vec<String> = list
+        .split(',')
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if slots.is_empty() {
+        return Err(mpm::Error::flag("--devices", "no device given"));
+    }
+    for d in &slots {
+        let r: mpm::device::DeviceRequest = d
+            .parse()
+            .map_err(|e| mpm::Error::flag("--devices", format!("'{d}': {e}")))?;
+        if matches!(r, mpm::device::DeviceRequest::Auto) {
+            return Err(mpm::Error::flag(
+                "--devices",
+                "name each device (cpu, cuda:N), not auto",
+            ));
+        }
+    }
+    Ok(Some(slots))
 }
 
 fn sweep(m: &ArgMatches) -> mpm::Result<()> {
@@ -322,8 +379,68 @@ fn sweep(m: &ArgMatches) -> mpm::Result<()> {
             "the sweep evaluates every variant on eval_dir: set it in the config or with --set",
         ));
     }
+    let slots = sweep_slots(m)?;
+    if let Some(slots) = slots {
+        // Each variant is this program with this sweep's flags and `--variant V`.
+        let mut args: Vec<String> = vec![
+            "sweep".into(),
+            "--config".into(),
+            s("config"),
+            "--key".into(),
+            o.key.clone(),
+            "--values".into(),
+            o.values.join(","),
+            "--out".into(),
+            out.display().to_string(),
+            "--aa-images".into(),
+            o.aa_images.to_string(),
+            "--aa-version".into(),
+            s("aa-version"),
+            "--eval-batch-size".into(),
+            o.eval_batch_size.to_string(),
+            "--no-progress".into(),
+        ];
+        for kv in m.get_many::<String>("set").into_iter().flatten() {
+            args.extend(["--set".to_string(), kv.clone()]);
+        }
+        let program = std::env::current_exe()
+            .map_err(|e| mpm::Error::Msg(format!("cannot find this program to start: {e}")))?;
+        let p = sweep::Parallel {
+            slots,
+            program,
+            args: args.into_iter().map(Into::into).collect(),
+            status_every: 60,
+        };
+        let rows = sweep::sweep_parallel(&cfg, &o, &p)?;
+        print!("{}", sweep::table(&rows));
+        println!(
+            "wrote {}, {} and {}",
+            out.join("sweep.md").display(),
+            out.join("sweep.json").display(),
+            out.join("sweep.png").display()
+        );
+        return Ok(());
+    }
     let train_src = train::folder::open(&cfg, &cfg.train_dir, "train_dir", true)?;
     let eval_src = train::folder::open(&cfg, &cfg.eval_dir, "eval_dir", false)?;
+    if let Some(value) = m.get_one::<String>("variant") {
+        // A parallel sweep's child: this value only; the parent writes the table.
+        let i = o.values.iter().position(|v| v == value).ok_or_else(|| {
+            mpm::Error::flag("--variant", format!("'{value}' is not one of --values"))
+        })?;
+        let vcfg = sweep::variant_config(&cfg, &o, value)?;
+        let tag = format!("[{}/{}] {} = {value}", i + 1, o.values.len(), o.key);
+        let row = sweep::run_variant(
+            &vcfg,
+            train_src.as_ref(),
+            eval_src.as_ref(),
+            &o,
+            value,
+            &tag,
+        )?;
+        println!("{}", serde_json::to_string(&row).unwrap_or_default());
+        return Ok(());
+    }
     let rows = sweep::sweep(&cfg, train_src.as_ref(), eval_src.as_ref(), &o)?;
     print!("{}", sweep::table(&rows));
     println!(

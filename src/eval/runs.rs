@@ -113,6 +113,7 @@ pub fn clean(r: &mut Runner, set: &Images) -> Result<Value> {
     println!("{table}");
     Ok(json!({
         "kind": "clean", "model": r.name, "data": set.describe(),
+        "transform": set.transform.describe(),
         "clean_accuracy": s["accuracy"], "result": s, "table": table,
     }))
 }
@@ -148,6 +149,9 @@ pub struct CorruptionPlan {
     pub severities: Vec<u8>,
     pub seed: u64,
     pub crop: u32,
+    /// The eval transform's shorter-side resize is bilinear instead of bicubic
+    /// (`--interpolation bilinear`; the on-the-fly generation pipeline keeps its own).
+    pub bilinear: bool,
     pub num_classes: usize,
     pub per_class: Option<usize>,
 }
@@ -155,7 +159,7 @@ pub struct CorruptionPlan {
 /// Table 3: accuracy per corruption (mean over the severities), per severity in the JSON, the
 /// mean over corruptions and mCE against AlexNet's errors.
 pub fn corruptions(r: &mut Runner, plan: &CorruptionPlan) -> Result<Value> {
-    let transform = EvalTransform::standard(plan.crop);
+    let transform = EvalTransform::standard(plan.crop).with_bilinear(plan.bilinear);
     let base = if plan.on_the_fly {
         let mut b = Images::folder(&plan.data, plan.num_classes, transform, "val set")?;
         limit_per_class(&mut b, plan.per_class);
@@ -334,7 +338,8 @@ impl OodDataset {
         }
     }
 
-    /// The authors' transform for this dataset at model input `crop`.
+    /// The authors' transform for this dataset at model input `crop` (see
+    /// [`EvalTransform::with_bilinear`] for `--interpolation bilinear`).
     pub fn transform(self, crop: u32) -> EvalTransform {
         match self {
             OodDataset::ImagenetAPlus => EvalTransform::Squash {
@@ -352,9 +357,10 @@ pub fn ood(
     ds: OodDataset,
     root: &Path,
     crop: u32,
+    bilinear: bool,
     per_class: Option<usize>,
 ) -> Result<Value> {
-    let transform = ds.transform(crop);
+    let transform = ds.transform(crop).with_bilinear(bilinear);
     let num_classes = r.model.num_classes();
     let (mut set, heads) = match ds.subset() {
         Some(_) if num_classes != 1000 => {

@@ -26,8 +26,13 @@ use std::path::{Path, PathBuf};
 /// How a decoded image becomes the model's input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EvalTransform {
-    /// Shorter side to `resize` (Pillow bicubic), centre crop `crop`.
-    ShorterSide { resize: u32, crop: u32 },
+    /// Shorter side to `resize` (Pillow bicubic, or bilinear: `mpm-eval --interpolation`),
+    /// centre crop `crop`.
+    ShorterSide {
+        resize: u32,
+        crop: u32,
+        bilinear: bool,
+    },
     /// Whole image to `size x size` (Pillow bilinear), centre crop `crop`.
     Squash { size: u32, crop: u32 },
     /// The image as it is; it must be `crop x crop`.
@@ -48,13 +53,34 @@ impl EvalTransform {
         EvalTransform::ShorterSide {
             resize: crop * 256 / 224,
             crop,
+            bilinear: false,
+        }
+    }
+
+    /// The same transform with the shorter-side resize done by Pillow's bilinear filter
+    /// (torchvision's default `Resize`: RobustBench's Res256Crop224) when `bilinear`. The
+    /// other transforms keep their own filter (ImageNet-A-Plus's squash is bilinear by
+    /// definition; model-vs-human stimuli are not resized).
+    pub fn with_bilinear(self, bilinear: bool) -> Self {
+        match self {
+            EvalTransform::ShorterSide { resize, crop, .. } => EvalTransform::ShorterSide {
+                resize,
+                crop,
+                bilinear,
+            },
+            other => other,
         }
     }
 
     pub fn describe(self) -> String {
         match self {
-            EvalTransform::ShorterSide { resize, crop } => {
-                format!("Resize({resize}, bicubic) + CenterCrop({crop})")
+            EvalTransform::ShorterSide {
+                resize,
+                crop,
+                bilinear,
+            } => {
+                let filter = if bilinear { "bilinear" } else { "bicubic" };
+                format!("Resize({resize}, {filter}) + CenterCrop({crop})")
             }
             EvalTransform::Squash { size, crop } => {
                 format!("Resize(({size}, {size}), bilinear) + CenterCrop({crop})")
@@ -66,9 +92,16 @@ impl EvalTransform {
     /// CHW values in [0, 1].
     pub fn apply(self, img: &RgbImage) -> Result<Vec<f32>> {
         match self {
-            EvalTransform::ShorterSide { resize, crop } => {
-                crate::attack::imagefolder::eval_transform(img, resize, crop)
-            }
+            EvalTransform::ShorterSide {
+                resize,
+                crop,
+                bilinear: false,
+            } => crate::attack::imagefolder::eval_transform(img, resize, crop),
+            EvalTransform::ShorterSide {
+                resize,
+                crop,
+                bilinear: true,
+            } => crate::attack::imagefolder::eval_transform_bilinear(img, resize, crop),
             EvalTransform::Squash { size, crop } => {
                 let (w, h) = img.dimensions();
                 if w == 0 || h == 0 {
@@ -321,5 +354,38 @@ mod tests {
         let sq = RgbImage::from_pixel(32, 32, image::Rgb([255, 0, 51]));
         let v = EvalTransform::AsIs { crop: 32 }.apply(&sq).unwrap();
         assert_eq!((v[0], v[1024], v[2048]), (1.0, 0.0, 0.2));
+    }
+
+    #[test]
+    fn bilinear_changes_only_the_shorter_side_resize() {
+        let img = RgbImage::from_fn(53, 41, |x, y| {
+            image::Rgb([
+                (x * 37 % 256) as u8,
+                (y * 59 % 256) as u8,
+                ((x * y) % 256) as u8,
+            ])
+        });
+        let bicubic = EvalTransform::standard(32);
+        let bilinear = bicubic.with_bilinear(true);
+        assert_eq!(bilinear.with_bilinear(false), bicubic);
+        assert!(
+            bilinear.describe().contains("bilinear"),
+            "{}",
+            bilinear.describe()
+        );
+        assert!(
+            bicubic.describe().contains("bicubic"),
+            "{}",
+            bicubic.describe()
+        );
+        let (a, b) = (bicubic.apply(&img).unwrap(), bilinear.apply(&img).unwrap());
+        assert_eq!((a.len(), b.len()), (3 * 32 * 32, 3 * 32 * 32));
+        assert!(a.iter().zip(&b).any(|(p, q)| (p - q).abs() > 1e-3));
+        // The same as the attack's ImageFolder transform with the same filter.
+        let want = crate::attack::imagefolder::eval_transform_bilinear(&img, 36, 32).unwrap();
+        assert_eq!(b, want);
+        // Transforms with a filter of their own keep it.
+        let sq = EvalTransform::Squash { size: 36, crop: 32 };
+        assert_eq!(sq.with_bilinear(true), sq);
     }
 }

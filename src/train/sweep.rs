@@ -1,7 +1,8 @@
 //! `mpm-train sweep`: one configuration key varied over a list of values (Figure S3: lambda,
 //! the weight of the part loss, for MPM ResNet-50 on Tiny-PartImageNet++).
 //!
-//! The variants run one after another, each a whole `mpm-train` run in its own folder
+//! The variants run one after another (or, with `--jobs N` / `--devices LIST`, side by side as
+//! child processes: [`sweep_parallel`]), each a whole `mpm-train` run in its own folder
 //! `OUT/<key>_<value>/` (config, log, metrics, checkpoints as usual). After training, each is
 //! evaluated on `eval_dir` with the EMA model the run exports (its best epoch by EMA PGD
 //! accuracy, else the last): clean accuracy, PGD accuracy (the config's
@@ -15,8 +16,11 @@
 //! end, and after every variant, `OUT/sweep.json`, `OUT/sweep.md` (the table) and
 //! `OUT/sweep.png` (accuracy against the value, Figure S3's plot) are rewritten atomically.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -155,70 +159,404 @@ pub fn sweep(
     o: &SweepOptions,
 ) -> Result<Vec<SweepRow>> {
     // Every variant's configuration first: a bad value fails before hours of training.
-    let cfgs: Vec<TrainConfig> = o
-        .values
-        .iter()
-        .map(|v| variant_config(base, o, v))
-        .collect::<Result<_>>()?;
+    let cfgs = variant_configs(base, o)?;
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let mut rows: Vec<SweepRow> = Vec::new();
     for (i, (value, cfg)) in o.values.iter().zip(&cfgs).enumerate() {
-        let dir = PathBuf::from(&cfg.output_dir);
         let tag = format!("[{}/{}] {} = {value}", i + 1, o.values.len(), o.key);
-        if let Some(r) = read_result(&dir, &o.key, value) {
-            eprintln!(
-                "{tag}: done before ({}), skipped",
-                dir.join(RESULT).display()
-            );
-            rows.push(r);
-            continue;
+        let dir = PathBuf::from(&cfg.output_dir);
+        let done = read_result(&dir, &o.key, value).is_some();
+        rows.push(run_variant(cfg, train, eval, o, value, &tag)?);
+        if !done {
+            write_outputs(&rows, o)?;
         }
-        let resume = last_checkpoint(&dir).exists().then(|| dir.clone());
-        eprintln!(
-            "{tag}: {} {}",
-            if resume.is_some() {
-                "resuming"
-            } else {
-                "training"
-            },
-            dir.display()
-        );
-        let t = Instant::now();
-        let s = run(
-            cfg,
-            train,
-            Some(eval),
-            &RunOptions {
-                run_dir: dir.clone(),
-                stop_after_steps: None,
-                resume,
-                progress: o.progress,
-                plots: true,
-                eval_batch_size: o.eval_batch_size,
-            },
-        )?;
-        let train_seconds = t.elapsed().as_secs_f64();
-        // The model the run exports, as the paper reports it: the best epoch by EMA PGD
-        // accuracy on eval_dir (the reference's model_best), else the last.
-        let last_epoch = s.trainer.pos.epoch;
-        let (trainer, evaluated) = match read_best(&dir)? {
-            Some(b) if b.epoch != last_epoch => {
-                let mut t = super::checkpoint::load(&best_checkpoint(&dir), None)?;
-                t.to_device(s.trainer.device)?;
-                (t, format!("best (epoch {})", b.epoch))
-            }
-            Some(b) => (s.trainer, format!("best (epoch {})", b.epoch)),
-            None => (s.trainer, format!("last (epoch {last_epoch})")),
-        };
-        let mut row = evaluate_variant(&trainer, eval, o, value, &dir, train_seconds)?;
-        row.evaluated = evaluated;
-        eprintln!("{tag}: {}", describe(&row));
-        write_json(&dir.join(RESULT), &row)?;
-        rows.push(row);
-        write_outputs(&rows, o)?;
     }
     write_outputs(&rows, o)?;
     Ok(rows)
+}
+
+/// Every variant's configuration, checked.
+fn variant_configs(base: &TrainConfig, o: &SweepOptions) -> Result<Vec<TrainConfig>> {
+    o.values
+        .iter()
+        .map(|v| variant_config(base, o, v))
+        .collect()
+}
+
+/// One variant (`cfg` from [`variant_config`]): its result when it has one, else trains (or
+/// resumes) it, evaluates it and writes `sweep_result.json` in its folder. What a serial sweep
+/// does per value, and what each child process of a parallel sweep runs (`--variant`).
+pub fn run_variant(
+    cfg: &TrainConfig,
+    train: &dyn BatchSource,
+    eval: &dyn BatchSource,
+    o: &SweepOptions,
+    value: &str,
+    tag: &str,
+) -> Result<SweepRow> {
+    let dir = PathBuf::from(&cfg.output_dir);
+    if let Some(r) = read_result(&dir, &o.key, value) {
+        eprintln!(
+            "{tag}: done before ({}), skipped",
+            dir.join(RESULT).display()
+        );
+        return Ok(r);
+    }
+    let resume = last_checkpoint(&dir).exists().then(|| dir.clone());
+    eprintln!(
+        "{tag}: {} {}",
+        if resume.is_some() {
+            "resuming"
+        } else {
+            "training"
+        },
+        dir.display()
+    );
+    let t = Instant::now();
+    let s = run(
+        cfg,
+        train,
+        Some(eval),
+        &RunOptions {
+            run_dir: dir.clone(),
+            stop_after_steps: None,
+            resume,
+            progress: o.progress,
+            plots: true,
+            eval_batch_size: o.eval_batch_size,
+        },
+    )?;
+    let train_seconds = t.elapsed().as_secs_f64();
+    // The model the run exports, as the paper reports it: the best epoch by EMA PGD
+    // accuracy on eval_dir (the reference's model_best), else the last.
+    let last_epoch = s.trainer.pos.epoch;
+    let (trainer, evaluated) = match read_best(&dir)? {
+        Some(b) if b.epoch != last_epoch => {
+            let mut t = super::checkpoint::load(&best_checkpoint(&dir), None)?;
+            t.to_device(s.trainer.device)?;
+            (t, format!("best (epoch {})", b.epoch))
+        }
+        Some(b) => (s.trainer, format!("best (epoch {})", b.epoch)),
+        None => (s.trainer, format!("last (epoch {last_epoch})")),
+    };
+    let mut row = evaluate_variant(&trainer, eval, o, value, &dir, train_seconds)?;
+    row.evaluated = evaluated;
+    eprintln!("{tag}: {}", describe(&row));
+    write_json(&dir.join(RESULT), &row)?;
+    Ok(row)
+}
+
+// ---- Parallel sweeps: one child process per variant (`--jobs N`, `--devices LIST`). ----
+
+/// How [`sweep_parallel`] starts its variants.
+#[derive(Clone, Debug)]
+pub struct Parallel {
+    /// One slot per variant that may run at a time, with the device it trains on (`cpu`
+    /// for `--jobs N`; a device listed twice holds two variants at a time).
+    pub slots: Vec<String>,
+    /// The program of a variant (the running `mpm-train`) ...
+    pub program: PathBuf,
+    /// ... and its arguments: the sweep's own command line, to which each child appends
+    /// `--set device=<slot> --variant <value>`.
+    pub args: Vec<OsString>,
+    /// Seconds between the console's status lines of the running variants (0: none).
+    pub status_every: u64,
+}
+
+/// The last signal a parallel sweep received (0: none).
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+/// Asks a running [`sweep_parallel`] to stop as a signal would (what SIGINT/SIGTERM/SIGHUP
+/// do; also for tests).
+pub fn request_stop(sig: i32) {
+    SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+/// The log of one variant's child process: `OUT/<key>_<value>.log`, beside its run folder.
+pub fn variant_log(out: &Path, key: &str, value: &str) -> PathBuf {
+    let mut s = variant_dir(out, key, value).into_os_string();
+    s.push(".log");
+    PathBuf::from(s)
+}
+
+fn send(child: &Child, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: signals a child process this sweep started and has not reaped yet.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// The last non-empty line of a log (progress bars' carriage returns split lines too).
+fn last_line(path: &Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    let text = String::from_utf8_lossy(tail);
+    let line = text
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut l: String = line.chars().take(120).collect();
+    if line.chars().count() > 120 {
+        l.push_str("...");
+    }
+    l
+}
+
+struct Running {
+    index: usize,
+    slot: usize,
+    child: Child,
+    started: Instant,
+    log: PathBuf,
+}
+
+/// A sweep whose variants run side by side, each as its own `mpm-train` child process
+/// (`p.program p.args --set device=D --variant V`) in its own run folder, exactly as the
+/// serial [`sweep`] would run it, its output in [`variant_log`]. At most one variant per
+/// slot at a time, in the order of the values. Finished variants are skipped and interrupted
+/// ones resume (the child does both). A failing variant does not stop the others: the sweep
+/// then ends with an error naming each failed value and its log. SIGINT, SIGTERM and SIGHUP
+/// are forwarded to the children (SIGKILL after [`crate::dist::launch::GRACE`]) and no new
+/// variant starts. The table, JSON and plot are the serial sweep's: rows in value order,
+/// rewritten as variants finish.
+pub fn sweep_parallel(base: &TrainConfig, o: &SweepOptions, p: &Parallel) -> Result<Vec<SweepRow>> {
+    if p.slots.is_empty() {
+        return Err(Error::flag(
+            "--jobs/--devices",
+            "no slot to run a variant in",
+        ));
+    }
+    let cfgs = variant_configs(base, o)?;
+    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    let n = o.values.len();
+    let tag = |i: usize| format!("[{}/{n}] {} = {}", i + 1, o.key, o.values[i]);
+    let mut results: Vec<Option<SweepRow>> = vec![None; n];
+    let mut queue: std::collections::VecDeque<usize> = Default::default();
+    for (i, cfg) in cfgs.iter().enumerate() {
+        let dir = PathBuf::from(&cfg.output_dir);
+        match read_result(&dir, &o.key, &o.values[i]) {
+            Some(r) => {
+                eprintln!(
+                    "{}: done before ({}), skipped",
+                    tag(i),
+                    dir.join(RESULT).display()
+                );
+                results[i] = Some(r);
+            }
+            None => queue.push_back(i),
+        }
+    }
+    SIGNALLED.store(0, Ordering::SeqCst);
+    // SAFETY: the handler only stores into an atomic (async-signal-safe).
+    unsafe {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+    if !queue.is_empty() {
+        eprintln!(
+            "sweep: {} variant(s) to run, {} at a time ({})",
+            queue.len(),
+            p.slots.len().min(queue.len()),
+            p.slots.join(", ")
+        );
+    }
+    let mut running: Vec<Running> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    let mut stopping: Option<(i32, Instant)> = None;
+    let mut last_status = Instant::now();
+    loop {
+        let sig = SIGNALLED.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            if stopping.is_none() {
+                eprintln!(
+                    "sweep: signal {sig}: stopping {} running variant(s); rerun to resume",
+                    running.len()
+                );
+                stopping = Some((sig, Instant::now()));
+            }
+            for r in &running {
+                send(&r.child, sig);
+            }
+        }
+        if let Some((_, t)) = stopping {
+            if t.elapsed() > crate::dist::launch::GRACE {
+                for r in &running {
+                    send(&r.child, libc::SIGKILL);
+                }
+            }
+        }
+        // Start variants in free slots.
+        while stopping.is_none() && !queue.is_empty() {
+            let busy: Vec<usize> = running.iter().map(|r| r.slot).collect();
+            let Some(slot) = (0..p.slots.len()).find(|s| !busy.contains(s)) else {
+                break;
+            };
+            let Some(i) = queue.pop_front() else { break };
+            let value = &o.values[i];
+            let dir = PathBuf::from(&cfgs[i].output_dir);
+            let log = variant_log(&o.out, &o.key, value);
+            let resuming = last_checkpoint(&dir).exists();
+            match start_variant(p, slot, value, &log) {
+                Ok(child) => {
+                    eprintln!(
+                        "{}: {} on {} (log {})",
+                        tag(i),
+                        if resuming { "resuming" } else { "training" },
+                        p.slots[slot],
+                        log.display()
+                    );
+                    running.push(Running {
+                        index: i,
+                        slot,
+                        child,
+                        started: Instant::now(),
+                        log,
+                    });
+                }
+                Err(e) => {
+                    eprintln!("{}: FAILED to start: {e}", tag(i));
+                    failed.push(format!("{} = {value} (could not start: {e})", o.key));
+                }
+            }
+        }
+        // Collect the finished ones.
+        let mut k = 0;
+        while k < running.len() {
+            let status = match running[k].child.try_wait() {
+                Ok(None) => {
+                    k += 1;
+                    continue;
+                }
+                Ok(Some(s)) => Ok(s),
+                Err(e) => Err(e),
+            };
+            let r = running.swap_remove(k);
+            let (i, value) = (r.index, &o.values[r.index]);
+            let secs = r.started.elapsed().as_secs_f64();
+            let dir = PathBuf::from(&cfgs[i].output_dir);
+            let why = match status {
+                Ok(s) if s.success() => match read_result(&dir, &o.key, value) {
+                    Some(row) => {
+                        eprintln!("{}: {} ({secs:.0} s)", tag(i), describe(&row));
+                        results[i] = Some(row);
+                        let rows: Vec<SweepRow> = results.iter().flatten().cloned().collect();
+                        write_outputs(&rows, o)?;
+                        None
+                    }
+                    None => Some(format!(
+                        "exited without writing {}",
+                        dir.join(RESULT).display()
+                    )),
+                },
+                Ok(s) => Some(
+                    match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                        (Some(c), _) => format!("exit code {c}"),
+                        (None, Some(sig)) => format!("killed by signal {sig}"),
+                        _ => "failed".to_string(),
+                    },
+                ),
+                Err(e) => Some(format!("cannot wait for it: {e}")),
+            };
+            if let Some(why) = why {
+                eprintln!(
+                    "{}: FAILED ({why}) after {secs:.0} s; log {}",
+                    tag(i),
+                    r.log.display()
+                );
+                failed.push(format!(
+                    "{} = {value} ({why}; log {})",
+                    o.key,
+                    r.log.display()
+                ));
+            }
+        }
+        if running.is_empty() && (queue.is_empty() || stopping.is_some()) {
+            break;
+        }
+        if p.status_every > 0 && last_status.elapsed().as_secs() >= p.status_every {
+            last_status = Instant::now();
+            let mut by_index: Vec<&Running> = running.iter().collect();
+            by_index.sort_by_key(|r| r.index);
+            for r in by_index {
+                eprintln!(
+                    "{}: running on {} for {:.0} s: {}",
+                    tag(r.index),
+                    p.slots[r.slot],
+                    r.started.elapsed().as_secs_f64(),
+                    last_line(&r.log)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rows: Vec<SweepRow> = results.iter().flatten().cloned().collect();
+    write_outputs(&rows, o)?;
+    if let Some((sig, _)) = stopping {
+        return Err(Error::Msg(format!(
+            "sweep stopped by signal {sig}: {} of {n} variants finished (sweep.json has them); \
+             rerun the same command to resume the others",
+            rows.len()
+        )));
+    }
+    if !failed.is_empty() {
+        return Err(Error::Msg(format!(
+            "{} of {n} variants failed: {}; the others' results are in {}",
+            failed.len(),
+            failed.join("; "),
+            o.out.join("sweep.json").display()
+        )));
+    }
+    Ok(rows)
+}
+
+/// Starts one variant's child, its stdout and stderr appended to `log`.
+fn start_variant(p: &Parallel, slot: usize, value: &str, log: &Path) -> Result<Child> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io(log, e))?;
+    let mut args = p.args.clone();
+    args.extend(
+        [
+            "--set".into(),
+            format!("device={}", p.slots[slot]),
+            "--variant".into(),
+            value.into(),
+        ]
+        .map(OsString::from),
+    );
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    writeln!(
+        f,
+        "== mpm-train sweep variant on {}: {} {}",
+        p.slots[slot],
+        p.program.display(),
+        shown.join(" ")
+    )
+    .map_err(|e| Error::io(log, e))?;
+    let err = f.try_clone().map_err(|e| Error::io(log, e))?;
+    Command::new(&p.program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(f))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .map_err(|e| Error::Msg(format!("{}: {e}", p.program.display())))
 }
 
 fn describe(r: &SweepRow) -> String {
@@ -487,5 +825,99 @@ mod tests {
             ..o
         };
         assert!(variant_config(&TrainConfig::default(), &o2, "cpu").is_err());
+    }
+
+    fn opts(out: &Path, values: &[&str]) -> SweepOptions {
+        SweepOptions {
+            key: "lambdas".into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            out: out.to_path_buf(),
+            aa_images: 0,
+            aa_version: AaVersion::Apgd,
+            eval_batch_size: 0,
+            progress: false,
+        }
+    }
+
+    /// Children are `sh -c SCRIPT sh --set device=D --variant V` ($2 = device=D, $4 = V).
+    fn shell(script: String, slots: &[&str]) -> Parallel {
+        Parallel {
+            slots: slots.iter().map(|s| s.to_string()).collect(),
+            program: PathBuf::from("/bin/sh"),
+            args: ["-c".to_string(), script, "sh".into()]
+                .map(OsString::from)
+                .to_vec(),
+            status_every: 0,
+        }
+    }
+
+    // One test: the stop request is process-wide.
+    #[test]
+    fn parallel_variants_fail_alone_and_stop_on_a_signal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("sw");
+        // Value 1 fails; the others write the result a finished child writes, with the
+        // device they were given in `evaluated`.
+        let script = format!(
+            "if [ \"$4\" = 1 ]; then echo boom; exit 3; fi; d='{}/lambdas_'\"$4\"; \
+             mkdir -p \"$d\" && printf '{{\"key\":\"lambdas\",\"value\":\"%s\",\
+             \"run_dir\":\"x\",\"evaluated\":\"%s\",\"images\":4,\"clean_accuracy\":0.5,\
+             \"pgd_steps\":2,\"eps\":0.01,\"pgd_accuracy\":0.25,\"autoattack\":null,\
+             \"autoattack_images\":0,\"autoattack_accuracy\":null,\"train_seconds\":1,\
+             \"eval_seconds\":1}}' \"$4\" \"$2\" > \"$d/sweep_result.json\"",
+            out.display()
+        );
+        let o = opts(&out, &["0.5", "1", "2"]);
+        let e = sweep_parallel(&TrainConfig::default(), &o, &shell(script, &["cpu", "cpu"]))
+            .unwrap_err()
+            .to_string();
+        let log = variant_log(&out, "lambdas", "1");
+        assert!(
+            e.contains("1 of 3 variants failed")
+                && e.contains("lambdas = 1 (exit code 3")
+                && e.contains(&log.display().to_string()),
+            "{e}"
+        );
+        assert!(std::fs::read_to_string(&log).unwrap().contains("boom"));
+        let rows: Vec<SweepRow> =
+            serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap())
+                .unwrap();
+        let values: Vec<&str> = rows.iter().map(|r| r.value.as_str()).collect();
+        assert_eq!(values, ["0.5", "2"]);
+        assert!(rows.iter().all(|r| r.evaluated == "device=cpu"), "{rows:?}");
+        assert!(std::fs::read_to_string(out.join("sweep.md"))
+            .unwrap()
+            .contains("| 2 |"));
+
+        // A rerun skips the finished ones and runs only the failed one again.
+        let again = format!("echo ran \"$4\" >> '{}/ran'; exit 0", tmp.path().display());
+        let e = sweep_parallel(&TrainConfig::default(), &o, &shell(again, &["cuda:0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lambdas = 1 (exited without writing"), "{e}");
+        let ran = std::fs::read_to_string(tmp.path().join("ran")).unwrap();
+        assert_eq!(ran, "ran 1\n");
+
+        // A stop request (what SIGINT/SIGTERM do) reaches the running children at once.
+        let t0 = Instant::now();
+        let waiter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            request_stop(libc::SIGTERM);
+        });
+        let e = sweep_parallel(
+            &TrainConfig::default(),
+            &opts(&tmp.path().join("sw2"), &["0", "1", "2"]),
+            &shell("exec sleep 60".into(), &["cpu", "cpu"]),
+        )
+        .unwrap_err()
+        .to_string();
+        waiter.join().unwrap();
+        assert!(
+            e.contains("stopped by signal") && e.contains("0 of 3"),
+            "{e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+        // The third variant never started.
+        assert!(!variant_log(&tmp.path().join("sw2"), "lambdas", "2").exists());
     }
 }
