@@ -753,50 +753,9 @@ fn merge(cli: MergeCli) -> Result<()> {
 /// a different layout or transform is reported (the same weights ship in several layouts).
 fn check_zoo_entry(name: &str, prep: &zoo::Preprocessing, cli: &Cli) -> Result<()> {
     let list = zoo_list::table2()?;
-    let e = zoo_list::find(&list, name)?;
-    if !e.identified {
-        return Err(Error::flag(
-            "--zoo",
-            format!("'{}' ({}) has no identified checkpoint", e.name, e.row),
-        ));
-    }
-    if let Some(n) = e.norm() {
-        if !n.same(&prep.norm) {
-            return Err(Error::flag(
-                "--zoo",
-                format!(
-                    "{} was trained with {}, but this run normalises with {} ({})",
-                    e.name,
-                    n.describe(),
-                    prep.norm.describe(),
-                    prep.norm_source
-                ),
-            ));
-        }
-    }
-    if !e.act.is_empty() && e.act != cli.model.act {
-        return Err(Error::flag(
-            "--act",
-            format!(
-                "{} uses {} activations; got --act {}",
-                e.name, e.act, cli.model.act
-            ),
-        ));
-    }
-    if e.layout != prep.layout.name() {
-        eprintln!(
-            "note: {} is listed in the {} layout; this file is {}",
-            e.name,
-            e.layout,
-            prep.layout.name()
-        );
-    }
+    let e = zoo_list::check_entry(&list, name, prep, &cli.model.act)?;
     if cli.data.is_dir() {
-        let wanted = match e.transform.as_str() {
-            "Crop288" => (0, 288, "bicubic"),
-            "Res256Crop224" => (256, 224, "bilinear"),
-            _ => (256, 224, "bicubic"),
-        };
+        let wanted = e.eval_transform();
         let given = (cli.resize, cli.crop, cli.interpolation.as_str());
         if given != wanted && !(wanted.0 == 0 && given.0 == 0 && given.1 == wanted.1) {
             eprintln!(

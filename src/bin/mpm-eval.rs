@@ -256,50 +256,9 @@ fn check_zoo_entry(
     m: &ModelOpts,
 ) -> Result<String> {
     let list = mpm::nn::zoo_list::table2()?;
-    let e = mpm::nn::zoo_list::find(&list, name)?;
-    if !e.identified {
-        return Err(Error::flag(
-            "--zoo",
-            format!("'{}' ({}) has no identified checkpoint", e.name, e.row),
-        ));
-    }
-    if let Some(n) = e.norm() {
-        if !n.same(&prep.norm) {
-            return Err(Error::flag(
-                "--zoo",
-                format!(
-                    "{} was trained with {}, but this run normalises with {} ({})",
-                    e.name,
-                    n.describe(),
-                    prep.norm.describe(),
-                    prep.norm_source
-                ),
-            ));
-        }
-    }
-    if !e.act.is_empty() && e.act != m.model.act {
-        return Err(Error::flag(
-            "--act",
-            format!(
-                "{} uses {} activations; got --act {}",
-                e.name, e.act, m.model.act
-            ),
-        ));
-    }
-    if e.layout != prep.layout.name() {
-        eprintln!(
-            "note: {} is listed in the {} layout; this file is {}",
-            e.name,
-            e.layout,
-            prep.layout.name()
-        );
-    }
+    let e = mpm::nn::zoo_list::check_entry(&list, name, prep, &m.model.act)?;
     // mpm-eval always resizes 256/224 of --crop; only the filter and the crop can differ.
-    let (crop, interp) = match e.transform.as_str() {
-        "Crop288" => (288, "bicubic"),
-        "Res256Crop224" => (224, "bilinear"),
-        _ => (224, "bicubic"),
-    };
+    let (_, crop, interp) = e.eval_transform();
     if e.transform == "Crop288" || (m.crop, m.interpolation.as_str()) != (crop, interp) {
         eprintln!(
             "note: {} is evaluated with {} (mpm-eval: --crop {crop} --interpolation {interp}{}); \

@@ -3,7 +3,7 @@
 //! `mpm-attack --zoo NAME` checks a checkpoint against its entry; `mpm-eval table --published`
 //! puts the published numbers beside the measured ones.
 
-use super::zoo::{InputNorm, Layout};
+use super::zoo::{InputNorm, Layout, Preprocessing};
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -56,6 +56,17 @@ struct ZooFile {
 }
 
 impl ZooEntry {
+    /// The eval transform the model is evaluated with, as (resize, crop, interpolation):
+    /// `Crop288` = no resize, centre crop 288, bicubic; `Res256Crop224` (RobustBench) =
+    /// resize 256, crop 224, bilinear; otherwise the timm/torchvision default, bicubic.
+    pub fn eval_transform(&self) -> (u32, u32, &'static str) {
+        match self.transform.as_str() {
+            "Crop288" => (0, 288, "bicubic"),
+            "Res256Crop224" => (256, 224, "bilinear"),
+            _ => (256, 224, "bicubic"),
+        }
+    }
+
     pub fn norm(&self) -> Option<InputNorm> {
         Some(InputNorm {
             mean: self.mean?,
@@ -103,6 +114,54 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ZooEntry>> {
         }
     }
     Ok(f.model)
+}
+
+/// `--zoo NAME` (mpm-attack and mpm-eval): the entry for `name`, checked against the loaded
+/// checkpoint's preprocessing `prep` and the `--act` given. Another normalisation or activation
+/// is an error (the numbers would be another model's); another layout is a note on stderr.
+/// The eval transform is left to the caller, whose flags differ ([`ZooEntry::eval_transform`]).
+pub fn check_entry<'a>(
+    list: &'a [ZooEntry],
+    name: &str,
+    prep: &Preprocessing,
+    act: &str,
+) -> Result<&'a ZooEntry> {
+    let e = find(list, name)?;
+    if !e.identified {
+        return Err(Error::flag(
+            "--zoo",
+            format!("'{}' ({}) has no identified checkpoint", e.name, e.row),
+        ));
+    }
+    if let Some(n) = e.norm() {
+        if !n.same(&prep.norm) {
+            return Err(Error::flag(
+                "--zoo",
+                format!(
+                    "{} was trained with {}, but this run normalises with {} ({})",
+                    e.name,
+                    n.describe(),
+                    prep.norm.describe(),
+                    prep.norm_source
+                ),
+            ));
+        }
+    }
+    if !e.act.is_empty() && e.act != act {
+        return Err(Error::flag(
+            "--act",
+            format!("{} uses {} activations; got --act {act}", e.name, e.act),
+        ));
+    }
+    if e.layout != prep.layout.name() {
+        eprintln!(
+            "note: {} is listed in the {} layout; this file is {}",
+            e.name,
+            e.layout,
+            prep.layout.name()
+        );
+    }
+    Ok(e)
 }
 
 /// The committed list.
@@ -188,6 +247,10 @@ mod tests {
         assert_eq!(bai.norm().unwrap().mean, [0.5; 3]);
         assert!(listing(&l).contains("resnet50_linf_eps4.0.ckpt"));
         assert!(find(&l, "nope").is_err());
+        // RobustBench's Res256Crop224 is bilinear; the paper's models use timm's bicubic.
+        let rb = find(&l, "Salman2020Do_R50_RobustBench").unwrap();
+        assert_eq!(rb.eval_transform(), (256, 224, "bilinear"));
+        assert_eq!(mpm.eval_transform(), (256, 224, "bicubic"));
     }
 
     #[test]
