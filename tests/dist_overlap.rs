@@ -207,6 +207,14 @@ fn buckets_are_reduced_on_a_worker_while_backward_still_runs() {
     let runs = run(&tiny(4, 0, true), 2, 1, SMALL_BUCKETS);
     for (r, rr) in runs.iter().enumerate() {
         let st = &rr.stats;
+        // The timing side, for the log (not asserted: it depends on the scheduler).
+        eprintln!(
+            "rank {r}: {} buckets, backward rules left at each hand-over {:?}, {} started \
+             before backward returned",
+            st.nodes_left.len(),
+            st.nodes_left,
+            st.started_during_backward
+        );
         // Every bucket handed over was reduced, on another thread than the rank's.
         assert_eq!(rr.last_calls.len(), st.nodes_left.len(), "rank {r}");
         assert!(

@@ -56,6 +56,10 @@ pub fn parse_timeout(v: &str) -> std::result::Result<Duration, String> {
 /// A collective that cannot complete within the timeout returns an error that names the
 /// missing rank(s); a rank whose communicator is dropped (the rank failed or exited) makes the
 /// others' current and later collectives fail at once, naming it.
+///
+/// A rank's collectives may run on another thread than the trainer's (the gradient worker of
+/// an overlapped step, `dist::train`), one at a time: the trainer calls no collective while
+/// the worker has buckets in flight.
 pub trait Communicator: Send + Sync {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;

@@ -298,7 +298,7 @@ impl Trainer {
                 mb = batch.slice(j * micro, (j + 1) * micro)?;
                 &mb
             };
-            let last: Option<&mut dyn FnMut(&str, Tensor, usize) -> Result<()>> = match &mut sink {
+            let last: Option<GradSink<'_>> = match &mut sink {
                 Some(f) if j + 1 == k => Some(&mut **f),
                 _ => None,
             };
@@ -314,13 +314,10 @@ impl Trainer {
                     f(name, g, left)
                 }
             });
-            let ready = combine
-                .as_mut()
-                .map(|c| c as &mut dyn FnMut(&str, Tensor, usize) -> Result<()>);
+            let ready = combine.as_mut().map(|c| c as GradSink<'_>);
             let (loss, ce, c, g) = self
                 .micro_step(part, &mut rng, &where_, ready)
                 .map_err(|e| self.explain_oom(e, micro))?;
-            drop(combine);
             loss_sum += loss as f64;
             ce_sum += ce as f64;
             correct += c;
@@ -410,7 +407,7 @@ impl Trainer {
             };
             ghost_bn::put_chain(&mut self.model, &gr.model[l])?;
             let mut rng = ghost_bn::group_rng(self.cfg.seed, self.pos.global_step, g_index);
-            let last: Option<&mut dyn FnMut(&str, Tensor, usize) -> Result<()>> = match &mut sink {
+            let last: Option<GradSink<'_>> = match &mut sink {
                 Some(f) if l + 1 == local => Some(&mut **f),
                 _ => None,
             };
@@ -427,13 +424,10 @@ impl Trainer {
                     f(name, g, left)
                 }
             });
-            let ready = combine
-                .as_mut()
-                .map(|c| c as &mut dyn FnMut(&str, Tensor, usize) -> Result<()>);
+            let ready = combine.as_mut().map(|c| c as GradSink<'_>);
             let (loss, ce, c, g) = self
                 .micro_step(&part, &mut rng, &where_, ready)
                 .map_err(|e| self.explain_oom(e, b))?;
-            drop(combine);
             if streamed {
                 if let Some(f) = &mut sink {
                     flush(&mut grads, &mut **f)?;
@@ -486,7 +480,7 @@ impl Trainer {
         batch: &Batch,
         rng: &mut ChaCha8Rng,
         where_: &str,
-        ready: Option<&mut dyn FnMut(&str, Tensor, usize) -> Result<()>>,
+        ready: Option<GradSink<'_>>,
     ) -> Result<(f32, f32, usize, BTreeMap<String, Tensor>)> {
         let x = if self.cfg.advtrain {
             let step = attack_step(
