@@ -56,6 +56,10 @@ pub fn parse_timeout(v: &str) -> std::result::Result<Duration, String> {
 /// A collective that cannot complete within the timeout returns an error that names the
 /// missing rank(s); a rank whose communicator is dropped (the rank failed or exited) makes the
 /// others' current and later collectives fail at once, naming it.
+///
+/// A rank's collectives may run on another thread than the trainer's (the gradient worker of
+/// an overlapped step, `dist::train`), one at a time: the trainer calls no collective while
+/// the worker has buckets in flight.
 pub trait Communicator: Send + Sync {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
@@ -98,6 +102,34 @@ pub trait Communicator: Send + Sync {
         }
         Ok(())
     }
+
+    /// Called on the thread that computed `tensors` (the backward pass) when a bucket is
+    /// complete, before it goes to the communication worker: whatever orders the worker's
+    /// reduction after the work that produced the values. The host communicators need
+    /// nothing (their values are complete when handed over).
+    fn bucket_ready(&self, tensors: Vec<Tensor>) -> Result<Bucket> {
+        Ok(Bucket {
+            tensors,
+            pending: None,
+        })
+    }
+
+    /// Called on the communication worker's thread: sums the bucket over the ranks, in the
+    /// order the buckets were handed over (the same on every rank), and returns once the sums
+    /// are complete and safe to use from the trainer's thread.
+    fn reduce_bucket(&self, bucket: &mut Bucket) -> Result<()> {
+        self.all_reduce_sum_tensors(&mut bucket.tensors)
+    }
+}
+
+/// A bucket of gradients on its way to the communication worker of an overlapped backward
+/// pass (`dist::train`): handed over on the trainer's thread (`Communicator::bucket_ready`),
+/// summed on the worker's (`Communicator::reduce_bucket`).
+pub struct Bucket {
+    pub tensors: Vec<Tensor>,
+    /// What the communicator attached when the bucket was handed over (NCCL: the event that
+    /// orders the reduction after the kernels that wrote the gradients); None for host ones.
+    pub pending: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// Checks the equal-length rule of a collective: `lens[r]` is rank `r`'s buffer length.

@@ -3,9 +3,19 @@
 //!
 //! Rank 0 creates NCCL's unique id and hands it to the other ranks through the TCP rendezvous
 //! (`tcp`); every rank then joins the NCCL communicator on its GPU (`LOCAL_RANK`). Gradient
-//! buckets are summed on the device with `ncclAllReduce` on the GPU's compute stream (one NCCL
-//! group per bucket); the small host-side collectives (BN running statistics, metric counts,
-//! barriers) go over the TCP connections of the rendezvous.
+//! buckets are summed on the device with `ncclAllReduce` (one NCCL group per bucket); the
+//! small host-side collectives (BN running statistics, metric counts, barriers) go over the
+//! TCP connections of the rendezvous.
+//!
+//! Overlap with the backward pass (`dist::train`): when a bucket is complete, the trainer's
+//! thread allocates its output buffers and records an event on the compute stream after the
+//! kernels that wrote its gradients (`bucket_ready`); the communication worker thread makes a
+//! stream of its own wait for that event and queues the bucket's all-reduce there
+//! (`reduce_bucket`), so NCCL runs while the compute stream goes on with the backward pass.
+//! The worker waits for the communication stream before it reports the bucket done, so the
+//! optimiser (on the compute stream, after every bucket) reads finished sums, and the input
+//! gradients stay alive (not back in the caching allocator, which assumes one stream) until
+//! NCCL has read them. Compiled only: this path has not run on a GPU yet.
 //!
 //! Faults: NCCL calls return at once and complete on the stream; a peer that died or hung
 //! leaves the stream waiting forever. So every bucket is waited for by polling the stream and
@@ -14,7 +24,7 @@
 //! other ranks' own errors, through the TCP connections, name it).
 
 use super::tcp::TcpComm;
-use super::{Communicator, RankEnv};
+use super::{Bucket, Communicator, RankEnv};
 use crate::cuda::storage::CudaStorage;
 use crate::cuda::{DType, Gpu};
 use crate::tensor::Tensor;
@@ -60,6 +70,30 @@ pub struct NcclComm {
     timeout: Duration,
     /// Set once the communicator was aborted (after a timeout): not destroyed again.
     aborted: std::sync::atomic::AtomicBool,
+    /// The communication stream of overlapped gradient buckets (created on first use).
+    comm_stream: std::sync::OnceLock<usize>,
+}
+
+/// What `bucket_ready` hands the worker with a bucket of GPU gradients: the event recorded
+/// on the compute stream after them, and the output buffers (allocated on the trainer's
+/// thread, so that a buffer the compute stream freed is reused only after that event).
+struct Pending {
+    event: cudarc::driver::sys::CUevent,
+    outs: Vec<CudaStorage>,
+}
+
+// SAFETY: the event handle belongs to the GPU's context, which is made current on the thread
+// that uses it; CUDA events may be used from any thread.
+unsafe impl Send for Pending {}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // SAFETY: the event is not used after this; CUDA defers the release while a stream
+        // still waits on it.
+        unsafe {
+            let _ = cudarc::driver::result::event::destroy(self.event);
+        }
+    }
 }
 
 // SAFETY: the NCCL communicator is used from one thread at a time (the trainer's); NCCL
@@ -120,15 +154,46 @@ impl NcclComm {
             host,
             timeout,
             aborted: std::sync::atomic::AtomicBool::new(false),
+            comm_stream: std::sync::OnceLock::new(),
         })
     }
 
-    /// Waits for the GPU's stream, polling NCCL's asynchronous error; aborts after the timeout.
+    /// The communication stream (non-blocking, created once on this GPU; bound by the caller).
+    fn comm_stream(&self) -> Result<cudarc::driver::sys::CUstream> {
+        if let Some(&s) = self.comm_stream.get() {
+            return Ok(s as cudarc::driver::sys::CUstream);
+        }
+        let s = cudarc::driver::result::stream::create(
+            cudarc::driver::result::stream::StreamKind::NonBlocking,
+        )
+        .map_err(|e| Error::Device {
+            device: format!("cuda:{}", self.gpu.ordinal),
+            msg: format!("cuStreamCreate (communication stream): {e:?}"),
+        })?;
+        // Only the worker thread creates it, so no other stream is lost to a race.
+        let _ = self.comm_stream.set(s as usize);
+        Ok(self.comm_stream.get().copied().unwrap_or(s as usize) as cudarc::driver::sys::CUstream)
+    }
+
+    fn cu_err(&self, what: &str, e: cudarc::driver::DriverError) -> Error {
+        Error::Device {
+            device: format!("cuda:{}", self.gpu.ordinal),
+            msg: format!("{what}: {e:?}"),
+        }
+    }
+
+    /// Waits for the GPU's compute stream, polling NCCL's asynchronous error; aborts after
+    /// the timeout.
     fn wait(&self, what: &str) -> Result<()> {
+        self.wait_stream(self.gpu.stream(), what)
+    }
+
+    /// `wait` for `stream`.
+    fn wait_stream(&self, stream: cudarc::driver::sys::CUstream, what: &str) -> Result<()> {
         let start = Instant::now();
         loop {
             // SAFETY: the stream belongs to this GPU's context (bound by the caller).
-            let r = unsafe { cudarc::driver::sys::cuStreamQuery(self.gpu.stream()) };
+            let r = unsafe { cudarc::driver::sys::cuStreamQuery(stream) };
             if r == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
                 return Ok(());
             }
@@ -184,6 +249,12 @@ impl Drop for NcclComm {
         }
         unsafe {
             let _ = nr::comm_destroy(self.comm);
+        }
+        if let Some(&s) = self.comm_stream.get() {
+            // SAFETY: no bucket is in flight once the communicator is dropped.
+            unsafe {
+                let _ = cudarc::driver::result::stream::destroy(s as cudarc::driver::sys::CUstream);
+            }
         }
     }
 }
@@ -273,6 +344,89 @@ impl Communicator for NcclComm {
         nr::group_end().map_err(|e| nccl_err("ncclGroupEnd", e))?;
         self.wait("gradient all-reduce")?;
         for (t, s) in bucket.iter_mut().zip(outs) {
+            *t = Tensor::from_cuda(t.shape(), s);
+        }
+        Ok(())
+    }
+
+    /// A bucket of GPU gradients: its output buffers, and an event on the compute stream
+    /// after the kernels that wrote it (host tensors: nothing, the host path sums them).
+    fn bucket_ready(&self, tensors: Vec<Tensor>) -> Result<Bucket> {
+        if tensors.is_empty() || tensors.iter().any(|t| !t.is_cuda()) {
+            return Ok(Bucket {
+                tensors,
+                pending: None,
+            });
+        }
+        self.gpu.bind()?;
+        let mut outs = Vec::with_capacity(tensors.len());
+        for t in &tensors {
+            if let Some(c) = t.cuda() {
+                let buf = self.gpu.alloc((c.len * c.dtype.size()).max(1))?;
+                outs.push(CudaStorage::new(buf, c.dtype, c.len));
+            }
+        }
+        let event = cudarc::driver::result::event::create(
+            cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING,
+        )
+        .map_err(|e| self.cu_err("cuEventCreate", e))?;
+        let pending = Pending { event, outs };
+        // SAFETY: the event and the compute stream belong to this GPU's context (bound).
+        unsafe { cudarc::driver::result::event::record(pending.event, self.gpu.stream()) }
+            .map_err(|e| self.cu_err("cuEventRecord (gradient bucket)", e))?;
+        Ok(Bucket {
+            tensors,
+            pending: Some(Box::new(pending)),
+        })
+    }
+
+    /// On the communication worker: the communication stream waits for the bucket's event,
+    /// NCCL sums the bucket there, and the worker waits for it (with the collective timeout).
+    fn reduce_bucket(&self, bucket: &mut Bucket) -> Result<()> {
+        let mut pending = match bucket.pending.take().map(|p| p.downcast::<Pending>()) {
+            Some(Ok(p)) => p,
+            _ => return self.all_reduce_sum_tensors(&mut bucket.tensors),
+        };
+        self.gpu.bind()?;
+        let stream = self.comm_stream()?;
+        // SAFETY: the stream and the event belong to this GPU's context (bound above).
+        unsafe {
+            cudarc::driver::result::stream::wait_event(
+                stream,
+                pending.event,
+                cudarc::driver::sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| self.cu_err("cuStreamWaitEvent (gradient bucket)", e))?;
+        nr::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
+        for (t, out) in bucket.tensors.iter().zip(&pending.outs) {
+            let Some(c) = t.cuda() else { continue };
+            let dtype = match c.dtype {
+                DType::F32 => ns::ncclDataType_t::ncclFloat32,
+                DType::Bf16 => ns::ncclDataType_t::ncclBfloat16,
+            };
+            // SAFETY: both buffers hold `len` elements of `dtype` on this GPU; the call is
+            // queued on the communication stream after the event that follows the kernels
+            // that wrote `c` and every earlier use of `out`'s memory.
+            unsafe {
+                nr::all_reduce(
+                    c.ptr() as *const std::ffi::c_void,
+                    out.ptr() as *mut std::ffi::c_void,
+                    c.len,
+                    dtype,
+                    ns::ncclRedOp_t::ncclSum,
+                    self.comm,
+                    stream as ns::cudaStream_t,
+                )
+            }
+            .map_err(|e| nccl_err("ncclAllReduce", e))?;
+        }
+        nr::group_end().map_err(|e| nccl_err("ncclGroupEnd", e))?;
+        // The inputs are dropped (back to the cache) only after NCCL has read them.
+        self.wait_stream(stream, "gradient all-reduce (overlapped)")?;
+        let outs = std::mem::take(&mut pending.outs);
+        drop(pending);
+        for (t, s) in bucket.tensors.iter_mut().zip(outs) {
             *t = Tensor::from_cuda(t.shape(), s);
         }
         Ok(())

@@ -10,9 +10,12 @@
 //! - with `broadcast_buffers`, rank 0's chain 0 is broadcast at the start of every step (DDP
 //!   copies rank 0's buffers before each forward pass);
 //! - gradients (already scaled by `1/G` per group) are summed by all-reduce in buckets of
-//!   `BUCKET_BYTES` after the backward pass (the tape computes the whole backward pass before
-//!   returning, so there is no overlap with it: see docs/distributed.md), then every rank
-//!   applies the same SGD and EMA update;
+//!   `BUCKET_BYTES`, filled in the order the last backward pass of the step finishes them
+//!   (`Tape::backward_hooked`; earlier micro-batches and groups accumulate locally, DDP's
+//!   `no_sync`) and handed to a communication worker thread while backward continues (NCCL:
+//!   on a stream of its own); every bucket is waited for before every rank applies the same
+//!   SGD and EMA update. `ddp_overlap = false` sums them after the backward pass instead, in
+//!   name order (same sums, bit for bit, with the host communicators);
 //! - after the last step of an epoch the running statistics of model and EMA are summed over
 //!   all groups of all ranks and divided by `G` (timm `distribute_bn`, "reduce");
 //! - data: `sampler::GroupedSource` with this rank's groups (DistributedSampler's padded,
@@ -20,7 +23,7 @@
 //! - evaluation: each rank scores every `W`-th image; counts are all-reduced;
 //! - checkpoints: every rank's chains are gathered and rank 0 alone writes.
 
-use super::Communicator;
+use super::{Bucket, Communicator};
 use crate::tensor::Tensor;
 use crate::train::eval::EvalResult;
 use crate::train::ghost_bn::{BnGroups, Chain};
@@ -32,6 +35,8 @@ use crate::train::TrainConfig;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
 
 /// Gradient bucket size: PyTorch DDP's default `bucket_cap_mb = 25`.
 pub const BUCKET_BYTES: usize = 25 << 20;
@@ -39,6 +44,23 @@ pub const BUCKET_BYTES: usize = 25 << 20;
 /// This process's place in a data-parallel run (a no-op for one process).
 pub struct Dist {
     comm: Option<Box<dyn Communicator>>,
+    /// The gradient bucket cap in bytes (`BUCKET_BYTES` unless set).
+    bucket_bytes: usize,
+    /// How the last step's buckets overlapped its backward pass.
+    overlap: Mutex<OverlapStats>,
+}
+
+/// How the gradient buckets of the last overlapped step went (empty without overlap).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OverlapStats {
+    /// For each bucket, in the order it was handed to the communication worker: the backward
+    /// rules still to run at that moment (0: handed over after the backward pass).
+    pub nodes_left: Vec<usize>,
+    /// Gradients per bucket, in the same order.
+    pub tensors: Vec<usize>,
+    /// Buckets whose reduction the worker had started before the backward pass returned (a
+    /// timing, for logs; `nodes_left` is the deterministic record).
+    pub started_during_backward: usize,
 }
 
 /// How the batch-norm groups of a run are spread over the ranks.
@@ -64,14 +86,36 @@ impl Default for Dist {
 impl Dist {
     /// One process: world size 1, nothing to communicate.
     pub fn single() -> Dist {
-        Dist { comm: None }
+        Dist {
+            comm: None,
+            bucket_bytes: BUCKET_BYTES,
+            overlap: Mutex::default(),
+        }
     }
 
     /// A rank of the group `comm` belongs to. A communicator of world size 1 still runs the
     /// distributed step (its collectives are identities): that is what the NCCL overhead
     /// benchmark measures.
     pub fn new(comm: Box<dyn Communicator>) -> Dist {
-        Dist { comm: Some(comm) }
+        Dist {
+            comm: Some(comm),
+            ..Dist::single()
+        }
+    }
+
+    /// Another gradient bucket cap (bytes; at least one gradient goes in every bucket). The
+    /// sums do not depend on it (each element is summed over the ranks on its own).
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Dist {
+        self.bucket_bytes = bytes;
+        self
+    }
+
+    /// How the buckets of the last step overlapped its backward pass.
+    pub fn last_overlap(&self) -> OverlapStats {
+        self.overlap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn rank(&self) -> usize {
@@ -229,8 +273,18 @@ impl Dist {
                 }
             }
         }
-        let mut g = t.gradients(batch)?;
-        reduce_gradients(comm, &mut g.grads)?;
+        // World size 1 on the host has nothing to sum (NCCL still runs its collectives: the
+        // overhead benchmark measures them).
+        let communicates = world > 1 || comm.backend() == "nccl";
+        let mut g = if t.cfg.ddp_overlap && communicates {
+            let (g, stats) = overlapped_gradients(comm, t, batch, self.bucket_bytes)?;
+            *self.overlap.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+            g
+        } else {
+            let mut g = t.gradients(batch)?;
+            reduce_in_buckets(comm, &mut g.grads, self.bucket_bytes)?;
+            g
+        };
         let (local, total) = t
             .groups
             .as_ref()
@@ -398,6 +452,15 @@ pub fn reduce_gradients(
     comm: &dyn Communicator,
     grads: &mut BTreeMap<String, Tensor>,
 ) -> Result<()> {
+    reduce_in_buckets(comm, grads, BUCKET_BYTES)
+}
+
+/// `reduce_gradients` with buckets of at most `cap` bytes.
+fn reduce_in_buckets(
+    comm: &dyn Communicator,
+    grads: &mut BTreeMap<String, Tensor>,
+    cap: usize,
+) -> Result<()> {
     if comm.world() == 1 && comm.backend() != "nccl" {
         return Ok(());
     }
@@ -408,7 +471,7 @@ pub fn reduce_gradients(
         let mut bytes = 0;
         while i < names.len() {
             let b = grads[&names[i]].numel() * 4;
-            if !bucket_names.is_empty() && bytes + b > BUCKET_BYTES {
+            if !bucket_names.is_empty() && bytes + b > cap {
                 break;
             }
             bytes += b;
@@ -425,6 +488,137 @@ pub fn reduce_gradients(
         }
     }
     Ok(())
+}
+
+/// The gradient part of an overlapped step: the trainer's last backward pass streams each
+/// final gradient into buckets of at most `cap` bytes, in the order they become final (the
+/// graph's, the same on every rank); each bucket goes to a communication worker thread as
+/// soon as it is full (the last one when backward returns), which sums it over the ranks
+/// while backward continues. Every bucket is waited for before this returns. The sums are
+/// then checked finite: a non-finite gradient on any rank makes every rank stop with the same
+/// error.
+fn overlapped_gradients(
+    comm: &dyn Communicator,
+    t: &mut Trainer,
+    batch: &Batch,
+    cap: usize,
+) -> Result<(crate::train::trainer::Gradients, OverlapStats)> {
+    let (tx, rx) = mpsc::channel::<(Vec<String>, Bucket)>();
+    let (g, buckets, mut stats, backward_end, starts) = std::thread::scope(|s| -> Result<_> {
+        let worker = s.spawn(move || {
+            let mut done = Vec::new();
+            let mut starts = Vec::new();
+            for (names, mut bucket) in rx {
+                starts.push(Instant::now());
+                if let Err(e) = comm.reduce_bucket(&mut bucket) {
+                    return (done, starts, Err(e));
+                }
+                done.push((names, bucket));
+            }
+            (done, starts, Ok(()))
+        });
+        let mut filler = Filler {
+            comm,
+            tx,
+            cap,
+            names: Vec::new(),
+            tensors: Vec::new(),
+            bytes: 0,
+            stats: OverlapStats::default(),
+        };
+        let mut sink = |name: &str, g: Tensor, left: usize| filler.push(name, g, left);
+        let r = t.gradients_into(batch, Some(&mut sink));
+        let r = r.and_then(|g| filler.submit(0).map(|_| g));
+        let backward_end = Instant::now();
+        let Filler { stats, tx, .. } = filler;
+        drop(tx);
+        let (done, starts, worker_result) = worker.join().unwrap_or_else(|_| {
+            (
+                Vec::new(),
+                Vec::new(),
+                Err(Error::Msg(
+                    "the gradient communication worker panicked".into(),
+                )),
+            )
+        });
+        // The worker's error names the rank that failed; a local error of the backward
+        // pass (or a hand-over the stopped worker refused) comes second.
+        worker_result?;
+        let g = r?;
+        Ok((g, done, stats, backward_end, starts))
+    })?;
+    stats.started_during_backward = starts.iter().filter(|&&s| s < backward_end).count();
+    let mut g = g;
+    for (names, bucket) in buckets {
+        for (n, t) in names.into_iter().zip(bucket.tensors) {
+            g.grads.insert(n, t);
+        }
+    }
+    for (name, v) in &g.grads {
+        if !grad_finite(v)? {
+            return Err(Error::NonFinite(format!(
+                "gradient of '{name}' (summed over the {} ranks) at epoch {} step {} (global \
+                 step {})",
+                comm.world(),
+                t.pos.epoch,
+                t.pos.step,
+                t.pos.global_step + 1
+            )));
+        }
+    }
+    Ok((g, stats))
+}
+
+/// Fills the buckets of an overlapped step on the trainer's thread.
+struct Filler<'a> {
+    comm: &'a dyn Communicator,
+    tx: mpsc::Sender<(Vec<String>, Bucket)>,
+    cap: usize,
+    names: Vec<String>,
+    tensors: Vec<Tensor>,
+    bytes: usize,
+    stats: OverlapStats,
+}
+
+impl Filler<'_> {
+    /// Adds a final gradient; a bucket that the gradient does not fit in goes first, and a
+    /// bucket that reaches the cap goes at once.
+    fn push(&mut self, name: &str, g: Tensor, left: usize) -> Result<()> {
+        let b = g.numel() * 4;
+        if !self.names.is_empty() && self.bytes + b > self.cap {
+            self.submit(left)?;
+        }
+        self.names.push(name.to_string());
+        self.tensors.push(g);
+        self.bytes += b;
+        if self.bytes >= self.cap {
+            self.submit(left)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the current bucket (if any) to the worker; `left`: backward rules still to run.
+    fn submit(&mut self, left: usize) -> Result<()> {
+        if self.names.is_empty() {
+            return Ok(());
+        }
+        let names = std::mem::take(&mut self.names);
+        let bucket = self.comm.bucket_ready(std::mem::take(&mut self.tensors))?;
+        self.bytes = 0;
+        self.stats.nodes_left.push(left);
+        self.stats.tensors.push(names.len());
+        self.tx.send((names, bucket)).map_err(|_| {
+            Error::Msg("the gradient communication worker stopped (see its error)".into())
+        })
+    }
+}
+
+/// Every value of a gradient is finite (a GPU one by one reduction on the device).
+fn grad_finite(t: &Tensor) -> Result<bool> {
+    if t.is_cuda() {
+        return Ok(crate::cuda::ops::sum_all(t, 1.0)?.is_finite());
+    }
+    Ok(t.all_finite())
 }
 
 /// A chain's values in name order (host f32).

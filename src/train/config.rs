@@ -84,6 +84,9 @@ pub struct TrainConfig {
     /// buffers to all ranks before each forward pass. false: each group keeps its own chain
     /// all epoch and attacks with it.
     pub broadcast_buffers: bool,
+    /// Data-parallel runs: sum gradient buckets over the ranks while the backward pass is
+    /// still running (as DDP does); false: after it (same results; docs/distributed.md).
+    pub ddp_overlap: bool,
     /// Square input side (a multiple of 32).
     pub input_size: usize,
     /// `root/img/<wnid>/*` and `root/seg/<wnid>/*.png` (the reference layout).
@@ -177,6 +180,7 @@ impl Default for TrainConfig {
             accum_steps: 1,
             bn_group: 0,
             broadcast_buffers: true,
+            ddp_overlap: true,
             input_size: 224,
             train_dir: String::new(),
             eval_dir: String::new(),

@@ -13,14 +13,14 @@ use super::pgd::{pgd_linf, PgdConfig};
 pub use super::pgd::step_rng;
 use super::schedule::{attack_step, CosineSchedule};
 use super::source::{soft_targets, Batch};
-use crate::autograd::GradMode;
+use crate::autograd::{GradMode, Var};
 use crate::device::Device;
 use crate::nn::{Ctx, Head, ModelSpec, ParamStore, StateValue};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Where a run is: the next step to run is step `step` of epoch `epoch`.
@@ -233,12 +233,28 @@ impl Trainer {
     /// micro-batches; BN running statistics advance, the weights do not): the gradients of
     /// the mean over micro-batches of the loss, checked finite.
     pub fn gradients(&mut self, batch: &Batch) -> Result<Gradients> {
+        self.gradients_into(batch, None)
+    }
+
+    /// `gradients`, with the last backward pass of the update streamed: each parameter's
+    /// final gradient (summed over the micro-batches or groups, scaled as in `gradients`) goes
+    /// to `sink` as soon as the backward pass has finished it (`Tape::backward_hooked`), so a
+    /// data-parallel run can start summing it over the ranks while backward continues
+    /// (`dist::train`). Earlier micro-batches or groups accumulate locally, as DDP's
+    /// `no_sync`. Gradients are handed over in the order they become final (fixed by the
+    /// graph); those the last pass did not touch follow in name order. The returned
+    /// `Gradients` then holds no gradients, and their finiteness is the sink's to check.
+    pub fn gradients_into(
+        &mut self,
+        batch: &Batch,
+        mut sink: Option<GradSink<'_>>,
+    ) -> Result<Gradients> {
         let n = batch.len();
         if n == 0 {
             return Err(Error::Msg("empty batch".into()));
         }
         if let Some(mut gr) = self.groups.take() {
-            let r = self.group_gradients(batch, &mut gr);
+            let r = self.group_gradients(batch, &mut gr, sink);
             self.groups = Some(gr);
             return r;
         }
@@ -282,12 +298,35 @@ impl Trainer {
                 mb = batch.slice(j * micro, (j + 1) * micro)?;
                 &mb
             };
+            let last: Option<GradSink<'_>> = match &mut sink {
+                Some(f) if j + 1 == k => Some(&mut **f),
+                _ => None,
+            };
+            let streamed = last.is_some();
+            let mut combine = last.map(|f| {
+                let acc = &mut grads;
+                move |name: &str, t: Tensor, left: usize| -> Result<()> {
+                    let g = match acc.remove(name) {
+                        None if k == 1 => t,
+                        None => scaled(&t, inv_k)?,
+                        Some(a) => add_scaled(a, &t, inv_k)?,
+                    };
+                    f(name, g, left)
+                }
+            });
+            let ready = combine.as_mut().map(|c| c as GradSink<'_>);
             let (loss, ce, c, g) = self
-                .micro_step(part, &mut rng, &where_)
+                .micro_step(part, &mut rng, &where_, ready)
                 .map_err(|e| self.explain_oom(e, micro))?;
             loss_sum += loss as f64;
             ce_sum += ce as f64;
             correct += c;
+            if streamed {
+                if let Some(f) = &mut sink {
+                    flush(&mut grads, &mut **f)?;
+                }
+                continue;
+            }
             if k == 1 {
                 grads = g;
                 continue;
@@ -320,7 +359,12 @@ impl Trainer {
     /// pass with its own model chain and PGD generator; the gradients are summed group after
     /// group, each scaled by 1 / (groups in the whole batch), so that adding the sums of all
     /// processes gives DDP's average. The BN counters advance once (as on one rank).
-    fn group_gradients(&mut self, batch: &Batch, gr: &mut BnGroups) -> Result<Gradients> {
+    fn group_gradients(
+        &mut self,
+        batch: &Batch,
+        gr: &mut BnGroups,
+        mut sink: Option<GradSink<'_>>,
+    ) -> Result<Gradients> {
         let (b, local) = (gr.per_group, gr.local());
         if batch.len() != b * local {
             return Err(Error::flag(
@@ -363,9 +407,32 @@ impl Trainer {
             };
             ghost_bn::put_chain(&mut self.model, &gr.model[l])?;
             let mut rng = ghost_bn::group_rng(self.cfg.seed, self.pos.global_step, g_index);
+            let last: Option<GradSink<'_>> = match &mut sink {
+                Some(f) if l + 1 == local => Some(&mut **f),
+                _ => None,
+            };
+            let streamed = last.is_some();
+            let total = gr.total;
+            let mut combine = last.map(|f| {
+                let acc = &mut grads;
+                move |name: &str, t: Tensor, left: usize| -> Result<()> {
+                    let g = match acc.remove(name) {
+                        None if total == 1 => t,
+                        None => scaled(&t, inv)?,
+                        Some(a) => add_scaled(a, &t, inv)?,
+                    };
+                    f(name, g, left)
+                }
+            });
+            let ready = combine.as_mut().map(|c| c as GradSink<'_>);
             let (loss, ce, c, g) = self
-                .micro_step(&part, &mut rng, &where_)
+                .micro_step(&part, &mut rng, &where_, ready)
                 .map_err(|e| self.explain_oom(e, b))?;
+            if streamed {
+                if let Some(f) = &mut sink {
+                    flush(&mut grads, &mut **f)?;
+                }
+            }
             gr.model[l] = ghost_bn::take_chain(&self.model);
             if l == 0 {
                 counters = Some(self.model.counters().clone());
@@ -413,6 +480,7 @@ impl Trainer {
         batch: &Batch,
         rng: &mut ChaCha8Rng,
         where_: &str,
+        ready: Option<GradSink<'_>>,
     ) -> Result<(f32, f32, usize, BTreeMap<String, Tensor>)> {
         let x = if self.cfg.advtrain {
             let step = attack_step(
@@ -481,8 +549,19 @@ impl Trainer {
                 "training loss {loss} at {where_}"
             )));
         }
-        let mut g = ctx.tape.backward(loss_var)?;
         let mut grads = BTreeMap::new();
+        if let Some(f) = ready {
+            // Streamed: each parameter's gradient leaves as soon as it is final.
+            let names: HashMap<Var, &String> =
+                ctx.used_params().iter().map(|(n, v)| (*v, n)).collect();
+            ctx.tape
+                .backward_hooked(loss_var, &mut |v, t, left| match names.get(&v) {
+                    Some(name) => f(name, t, left),
+                    None => Ok(()),
+                })?;
+            return Ok((loss, ce, count_correct(&logits, &batch.labels), grads));
+        }
+        let mut g = ctx.tape.backward(loss_var)?;
         for (name, var) in ctx.used_params() {
             if let Some(t) = g.take(*var) {
                 grads.insert(name.clone(), t);
@@ -692,6 +771,19 @@ pub fn single_process_groups(
             ema,
         )
     })
+}
+
+/// Where `Trainer::gradients_into` streams the final gradients: (parameter name, gradient,
+/// backward rules still to run when it became final: 0 once the backward pass is over).
+pub type GradSink<'a> = &'a mut dyn FnMut(&str, Tensor, usize) -> Result<()>;
+
+/// Hands the accumulated gradients the last backward pass did not touch to `sink`, in name
+/// order.
+fn flush(grads: &mut BTreeMap<String, Tensor>, sink: GradSink<'_>) -> Result<()> {
+    for (name, t) in std::mem::take(grads) {
+        sink(&name, t, 0)?;
+    }
+    Ok(())
 }
 
 /// `t * k` (on the device of `t`; f32).
