@@ -807,6 +807,8 @@ fn run_pseudo(a: PseudoArgs) -> mpm::Result<()> {
         "scored": sum.scored,
         "skipped": sum.skipped.len(),
         "category_filter": cfg.category_filter,
+        "dirs_synced": sum.dirs_synced,
+        "stale_temps_removed": sum.stale_temps_removed,
     });
     eprintln!(
         "pseudo: {} label maps -> {} (flag 1 in whether_pseudo/); {} annotated image(s) kept as they were",
