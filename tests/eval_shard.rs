@@ -223,6 +223,19 @@ fn attack_shards_merge_into_the_single_run() {
     m = strings(&["merge", "full.json", "--report", "bad.json"]);
     let e = fails(run(bin, d, &m));
     assert!(e.contains("not a shard report"), "{e}");
+    // An edited shard (a sample removed): the range reads as JSON, not as Rust debug output.
+    let mut edited = json(&d.join("s1.json"));
+    edited["shard"]["samples"].as_array_mut().unwrap().pop();
+    std::fs::write(d.join("e1.json"), edited.to_string()).unwrap();
+    m = strings(&[
+        "merge", "s0.json", "e1.json", "s2.json", "--report", "bad.json",
+    ]);
+    let e = fails(run(bin, d, &m));
+    assert!(
+        e.contains("it holds 1 for the range [2,4] (an interrupted"),
+        "{e}"
+    );
+    assert!(!e.contains("Array") && !e.contains("Number("), "{e}");
     assert!(!d.join("bad.json").exists());
 
     // --threats paper: every threat merged, the table rebuilt.

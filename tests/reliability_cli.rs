@@ -763,3 +763,47 @@ fn missing_label_maps_are_counted() {
         "{t}"
     );
 }
+
+/// `index --check-maps` names the sizes of a map and its image as `WxH`, and an unreadable
+/// image as such: no Rust debug output (`Some((8, 6))`, `None`) in the message.
+#[test]
+fn check_maps_size_messages_are_readable() {
+    let d = tempfile::tempdir().unwrap();
+    let (img, seg) = (d.path().join("img/n01"), d.path().join("seg/n01"));
+    std::fs::create_dir_all(&img).unwrap();
+    std::fs::create_dir_all(&seg).unwrap();
+    image::RgbImage::from_pixel(8, 6, image::Rgb([10, 20, 30]))
+        .save(img.join("a.png"))
+        .unwrap();
+    std::fs::write(img.join("b.png"), b"not an image").unwrap();
+    let map = mpm::data::imageio::LabelMap {
+        h: 4,
+        w: 4,
+        data: vec![1; 16],
+    };
+    for n in ["a.png", "b.png"] {
+        mpm::data::imageio::write_label_map(&seg.join(n), &map).unwrap();
+    }
+    let (root, segs, out) = (
+        d.path().join("img"),
+        d.path().join("seg"),
+        d.path().join("i.tsv"),
+    );
+    let o = mpm_data(&[
+        "index",
+        "--root",
+        root.to_str().unwrap(),
+        "--seg",
+        segs.to_str().unwrap(),
+        "--check-maps",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(t.contains("map left out: 4x4 vs image 8x6"), "{t}");
+    assert!(
+        t.contains("map left out: 4x4 vs an unreadable image"),
+        "{t}"
+    );
+    assert!(!t.contains("Some(") && !t.contains("None"), "{t}");
+}

@@ -899,9 +899,13 @@ fn run_index(a: IndexArgs) -> mpm::Result<()> {
                     s.seg = None;
                 }
                 Ok(m) if dims != Some((m.w as u32, m.h as u32)) => {
+                    let image = match dims {
+                        Some((w, h)) => format!("image {w}x{h}"),
+                        None => format!("an unreadable image ({})", s.image.display()),
+                    };
                     skips.push(Skip::new(
                         &p,
-                        format!("map left out: {}x{} vs image {dims:?}", m.w, m.h),
+                        format!("map left out: {}x{} vs {image}", m.w, m.h),
                     ));
                     s.seg = None;
                 }
