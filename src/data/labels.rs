@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::imageio::{self, LabelMap};
 pub use super::layout::ImageMode;
 use super::layout::{self, place_image};
-use super::pin_json::{self, Discarded, PartTable, PinClass, PinImage};
+use super::pin_json::{self, Discarded, PinClass, PinImage};
 use super::report::{summarise, Skip};
 use crate::{Error, Result};
 
@@ -242,11 +242,7 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
     if !(0.0..1.0).contains(&cfg.val_fraction) {
         return Err(Error::flag("--val-fraction", "must be in [0, 1)"));
     }
-    let files = pin_json::class_files(&cfg.json_dir)?;
     let mut summary = LabelsSummary::default();
-    if files.is_empty() {
-        return Err(Error::format(&cfg.json_dir, "no <wnid>.json files"));
-    }
     let discarded = match &cfg.discarded {
         Some(p) => Discarded::read(p)?,
         None => Discarded::default(),
@@ -262,39 +258,17 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
         },
         None => Default::default(),
     };
-    // Parse every class (parallel); unreadable files are skipped and reported.
-    let parsed: Vec<std::result::Result<PinClass, Skip>> = files
-        .par_iter()
-        .map(|(_, p)| pin_json::read_class(p).map_err(|e| Skip::from_error(p, &e)))
-        .collect();
-    let mut classes = Vec::new();
-    for r in parsed {
-        match r {
-            Ok(c) => classes.push(c),
-            Err(s) => {
-                eprintln!("skip class {s} (global ids of later classes shift by its part count)");
-                summary.skipped.push(s);
-            }
-        }
+    let loaded = pin_json::load_classes(&cfg.json_dir, "labels")?;
+    for s in &loaded.unreadable {
+        eprintln!("skip class {s} (global ids of later classes shift by its part count)");
     }
-    if classes.is_empty() {
-        return Err(Error::Msg(format!(
-            "labels: no readable class JSON in {}",
-            cfg.json_dir.display()
-        )));
+    summary.skipped.extend(loaded.unreadable);
+    summary.warnings.extend(loaded.warnings);
+    for s in &loaded.dropped {
+        eprintln!("skip {s}");
     }
-    let refs: Vec<&PinClass> = classes.iter().collect();
-    let table = PartTable::from_classes(&refs);
-    for w in pin_json::compare_with_release(&table) {
-        summary.warnings.push(Skip::new(&cfg.json_dir, w));
-    }
-    for c in &classes {
-        summary.warnings.extend(c.warnings.iter().cloned());
-        for s in &c.dropped {
-            eprintln!("skip {s}");
-            summary.skipped.push(s.clone());
-        }
-    }
+    summary.skipped.extend(loaded.dropped);
+    let (classes, table) = (loaded.classes, loaded.table);
     if let Some(p) = &cfg.discarded {
         let (n, examples) = discarded.unmatched(&classes);
         summary.discarded_unmatched = n;
