@@ -3,45 +3,15 @@
 //! values refused with their flag before anything is allocated.
 
 use mpm::io::{self, HostTensor, NamedTensors};
-use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec, StateValue};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Exit status 1 or 2 (the binaries' error codes), not a signal or success.
-fn failed_cleanly(o: &Output) -> bool {
-    matches!(o.status.code(), Some(1) | Some(2))
-}
+mod common;
+use common::{classifier_spec, failed_cleanly, save_model, text};
 
 fn tiny_model(seed: u64, path: &Path) {
-    let spec = ModelSpec {
-        backbone: Backbone {
-            arch: Arch::ResNet18,
-            width: 4,
-            act: Act::Gelu,
-        },
-        num_classes: 10,
-        seg_classes: 0,
-        head: Head::None,
-    };
-    let store = spec.init(seed).unwrap();
-    let mut w = NamedTensors::new();
-    for (k, v) in spec.state_dict(&store).unwrap() {
-        let t = match v {
-            StateValue::Float(t) => HostTensor::f32(t.shape, t.data),
-            StateValue::Int(i) => HostTensor::i64(Vec::<usize>::new(), vec![i]),
-        };
-        w.insert(k, t);
-    }
-    io::save_safetensors(path, &w, &io::no_metadata()).unwrap();
+    save_model(path, &classifier_spec(10, 4), seed);
 }
 
 fn data(path: &Path, reversed: bool) {
