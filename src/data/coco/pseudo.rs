@@ -510,7 +510,6 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
     })?;
     run_batch(&mut ready, &mut book, &mut summary, &mut counts)?;
     pb.finish_and_clear();
-    drop(run_batch);
     summary.dirs_synced = bulk.sync()?;
     summary.counts = counts;
     summary.seconds = start.elapsed().as_secs_f64();
