@@ -60,6 +60,11 @@ pub struct LabelsSummary {
     pub empty_masks: usize,
     pub skipped: Vec<Skip>,
     pub warnings: Vec<Skip>,
+    /// Folders synced once at the end (the maps and image links are written without a
+    /// per-file fsync).
+    pub dirs_synced: usize,
+    /// Temp files of killed earlier runs, removed at start.
+    pub stale_temps_removed: usize,
 }
 
 /// Everything a class needs to be painted, after the part table is known.
@@ -285,6 +290,8 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
     }
     summary.classes = classes.len();
     summary.parts = table.num_parts();
+    // OUT/seg/<wnid>, OUT/img/<wnid>, OUT/whether_pseudo: two levels.
+    summary.stale_temps_removed = crate::io::remove_stale_temps_tree(&cfg.out, 2)?;
     imageio::mkdirs(&cfg.out)?;
     imageio::write_atomic(&cfg.out.join("parts.tsv"), table.to_tsv().as_bytes())?;
     let mut classes_tsv = String::new();
@@ -325,15 +332,18 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
     if let Some(e) = results.iter().find_map(|r| r.write_error.clone()) {
         return Err(Error::Msg(format!("labels: cannot write an output: {e}")));
     }
-    // Label maps are written without per-file fsync; persist them once, per directory.
+    // Label maps and image links are written without per-file fsync; persist them once, per
+    // directory (with the parents up to OUT).
+    let bulk = crate::io::BulkDirs::new(&cfg.out);
     for j in &jobs {
         for sub in ["seg", "img"] {
             let d = cfg.out.join(sub).join(&j.class.wnid);
             if d.is_dir() {
-                crate::io::sync_dir(&d)?;
+                bulk.add_dir(&d);
             }
         }
     }
+    summary.dirs_synced = bulk.sync()?;
 
     let mut train_txt = String::new();
     let mut val_txt = String::new();
