@@ -6,47 +6,13 @@
 
 use mpm::attack::{Classifier, Dims, EngineClassifier};
 use mpm::io::{self, HostTensor, NamedTensors};
-use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec, StateValue};
 use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn spec(classes: usize, width: usize) -> ModelSpec {
-    ModelSpec {
-        backbone: Backbone {
-            arch: Arch::ResNet18,
-            width,
-            act: Act::Gelu,
-        },
-        num_classes: classes,
-        seg_classes: 0,
-        head: Head::None,
-    }
-}
-
-fn save_model(path: &Path, spec: &ModelSpec, seed: u64) {
-    let store = spec.init(seed).unwrap();
-    let mut w = NamedTensors::new();
-    for (k, v) in spec.state_dict(&store).unwrap() {
-        let t = match v {
-            StateValue::Float(t) => HostTensor::f32(t.shape, t.data),
-            StateValue::Int(i) => HostTensor::i64(Vec::<usize>::new(), vec![i]),
-        };
-        w.insert(k, t);
-    }
-    io::save_safetensors(path, &w, &io::no_metadata()).unwrap();
-}
-
-fn ok(o: Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "failed: {err}");
-    err
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
+mod common;
+use common::{classifier_spec as spec, image, json, ok, save_model};
 
 const DIMS: Dims = Dims { c: 3, h: 32, w: 32 };
 
@@ -200,15 +166,6 @@ fn attacks_run_on_the_masked_model() {
             assert!(names.iter().all(|k| *k == "A" || *k == "B"), "{names:?}");
         }
     }
-}
-
-fn image(path: &Path, seed: u32) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let img = image::RgbImage::from_fn(40, 40, |x, y| {
-        let v = |k: u32| ((x * (3 + seed + k) + y * (5 + 2 * seed + k) + seed * 31) % 256) as u8;
-        image::Rgb([v(0), v(7), v(13)])
-    });
-    img.save(path).unwrap();
 }
 
 /// (index, answer) of every image in a journal, in index order.

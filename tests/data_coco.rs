@@ -330,6 +330,56 @@ fn pseudo_from_coco_results_paints_the_filtered_masks() {
     assert_eq!(std::fs::read(&map0).unwrap(), b"annotated");
 }
 
+/// The maps' folders are synced once at the end (counted in the report), temp files of a
+/// killed run are removed at start, and a map that cannot be written stops the run with its
+/// error (it was counted as a skipped image, with exit status 0).
+#[test]
+fn pseudo_syncs_its_folders_and_stops_on_a_failed_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let f = fixtures();
+    let gt = read_json(&f.join("gt.json"));
+    let (wnid, base) = gt["images"][0]["file_name"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let stale = out.join("seg").join(wnid).join(".x.png.tmp.2147483632.9");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, b"half").unwrap();
+    let s = pseudo(&f.join("preds.json"), &out, &[]);
+    assert_eq!(s["stale_temps_removed"], 1);
+    assert!(!stale.exists());
+    // seg/<wnid> of each class, seg/ and the output folder.
+    let classes = std::fs::read_dir(out.join("seg")).unwrap().count();
+    assert_eq!(s["dirs_synced"].as_u64().unwrap() as usize, classes + 2);
+
+    // Flag 1 and --overwrite repaint the map, but its path is taken by a non-empty folder.
+    let stem = base.trim_end_matches(".JPEG");
+    let map0 = out.join("seg").join(wnid).join(format!("{stem}.png"));
+    std::fs::remove_file(&map0).unwrap();
+    std::fs::create_dir_all(map0.join("x")).unwrap();
+    let (preds, parts) = (f.join("preds.json"), f.join("parts.tsv"));
+    let o = data_bin(&[
+        "pseudo",
+        "--from-coco-results",
+        preds.to_str().unwrap(),
+        "--images-json",
+        f.join("gt.json").to_str().unwrap(),
+        "--parts",
+        parts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(matches!(o.status.code(), Some(1) | Some(2)), "{e}");
+    assert!(
+        e.contains("cannot write an output") && e.contains(&format!("{stem}.png")),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_results_are_counted_and_other_numberings_rejected() {
     let dir = tempfile::tempdir().unwrap();

@@ -43,8 +43,20 @@ fn synth_roundtrips_through_labels() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
     let s = synth(&src, true);
+    // A temp file left by a killed run (pid 0x7fff_fff0 never runs): removed at start.
+    let stale = out
+        .join("seg")
+        .join(wnid(1))
+        .join(".x.png.tmp.2147483632.4");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, b"half").unwrap();
     let r = run_labels(&labels_cfg(&src, &out)).unwrap();
     assert_eq!(r.classes, 6);
+    assert_eq!(r.stale_temps_removed, 1);
+    assert!(!stale.exists());
+    // Synced once at the end: each class folder of seg/ and img/, the two, and OUT.
+    let class_dirs = |sub: &str| std::fs::read_dir(out.join(sub)).unwrap().count();
+    assert_eq!(r.dirs_synced, class_dirs("seg") + class_dirs("img") + 2 + 1);
     // 5 faulty images (one filed under another class's wnid folder) + the broken class file.
     assert_eq!(r.skipped.len(), s.faulty_images + 1, "{:#?}", r.skipped);
     assert!(r.skipped.iter().any(|k| k

@@ -143,6 +143,12 @@ fn pseudo_labels_end_to_end() {
     let plain = run("plain", &["--no-category-filter"]);
     assert!(cf["written"].as_u64().unwrap() >= 10);
     assert_eq!(cf["scored"], cf["written"]);
+    // One directory-level sync at the end: every class folder of seg/, prob/ and img/, the
+    // three folders themselves and the output root, each once.
+    let class_dirs = |sub: &str| std::fs::read_dir(d.join("cf").join(sub)).unwrap().count();
+    let want = class_dirs("seg") + class_dirs("prob") + class_dirs("img") + 3 + 1;
+    assert_eq!(cf["dirs_synced"].as_u64().unwrap() as usize, want);
+    assert_eq!(cf["stale_temps_removed"], 0);
     // Both runs score both ways on the same predictions.
     assert_eq!(cf["with_filter"], plain["with_filter"]);
     assert_eq!(cf["without_filter"], plain["without_filter"]);
@@ -199,6 +205,9 @@ fn pseudo_labels_end_to_end() {
     )
     .status
     .success());
+    // A temp file left by a killed run (pid 0x7fff_fff0 never runs): removed at start.
+    let stale = d.join("lab/seg").join(w0).join(".x.png.tmp.2147483632.3");
+    std::fs::write(&stale, b"half").unwrap();
     let mut a: Vec<&str> = common.to_vec();
     let at = a.iter().position(|x| *x == "all.idx").unwrap();
     a[at] = "syn.idx";
@@ -210,6 +219,44 @@ fn pseudo_labels_end_to_end() {
             .unwrap();
     let annotated = idx.samples.len() as u64 - 1; // all labelled images but the freed one
     assert_eq!(rep["kept_annotated"].as_u64().unwrap(), annotated);
+    assert_eq!(rep["stale_temps_removed"], 1);
+    assert!(!stale.exists());
+    // Synced: the seg/ and prob/ class folders of the maps written, the img/ class folders
+    // that received a link (images not labelled before: the freed one had its link), their
+    // parents, and the root, each once.
+    let linked: std::collections::HashSet<(String, String)> = idx
+        .samples
+        .iter()
+        .map(|s| {
+            let f = s.image.file_name().unwrap().to_str().unwrap().to_string();
+            (idx.classes[s.label].clone(), f)
+        })
+        .collect();
+    let mut dirs = std::collections::BTreeSet::new();
+    let records = std::fs::read_to_string(d.join("lab/pseudo.jsonl")).unwrap();
+    for l in records.lines() {
+        let r: serde_json::Value = serde_json::from_str(l).unwrap();
+        let w = r["wnid"].as_str().unwrap().to_string();
+        let f = Path::new(r["image"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        for sub in ["seg", "prob"] {
+            dirs.insert(format!("{sub}/{w}"));
+            dirs.insert(sub.to_string());
+        }
+        if !linked.contains(&(w.clone(), f)) {
+            dirs.insert(format!("img/{w}"));
+            dirs.insert("img".to_string());
+        }
+    }
+    assert!(dirs.contains(&format!("seg/{w0}")), "{dirs:?}");
+    assert_eq!(
+        rep["dirs_synced"].as_u64().unwrap() as usize,
+        dirs.len() + 1
+    );
     assert_eq!(std::fs::read(seg(kept)).unwrap(), before_kept);
     assert_eq!(std::fs::read(seg(unflagged)).unwrap(), before_unflagged);
     assert!(seg(freed).exists());

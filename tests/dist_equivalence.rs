@@ -28,23 +28,11 @@ use mpm::train::ghost_bn::Chain;
 use mpm::train::{MemorySource, TrainConfig, Trainer};
 use std::time::Duration;
 
+mod common;
+use common::tiny_mpm_config;
+
 fn tiny(batch: usize, bn_group: usize, broadcast: bool) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    for (k, v) in [
-        ("model", "resnet18"),
-        ("width", "4"),
-        ("num_classes", "3"),
-        ("seg_classes", "7"),
-        ("partmodel_type", "mpm"),
-        ("epochs", "2"),
-        ("warmup_epochs", "1"),
-        ("input_size", "32"),
-        ("model_ema_decay", "0.9"),
-        ("checkpoint_every", "0"),
-        ("seed", "5"),
-    ] {
-        c.set(k, v).unwrap();
-    }
+    let mut c = tiny_mpm_config(&[("checkpoint_every", "0"), ("seed", "5")]);
     c.batch_size = batch;
     c.bn_group = bn_group;
     c.broadcast_buffers = broadcast;

@@ -18,24 +18,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::tiny_mpm_config;
+
 fn tiny() -> TrainConfig {
-    let mut c = TrainConfig::default();
-    for (k, v) in [
-        ("model", "resnet18"),
-        ("width", "4"),
-        ("num_classes", "3"),
-        ("seg_classes", "7"),
-        ("partmodel_type", "mpm"),
-        ("epochs", "2"),
-        ("warmup_epochs", "1"),
-        ("input_size", "32"),
-        ("model_ema_decay", "0.9"),
+    let mut c = tiny_mpm_config(&[
         ("eval_every", "1"),
         ("checkpoint_every", "1"),
         ("seed", "9"),
-    ] {
-        c.set(k, v).unwrap();
-    }
+    ]);
     // Global batch 4 in 2 batch-norm groups of 2: one process, or 2 ranks of 2 images.
     c.batch_size = 4;
     c.bn_group = 2;
@@ -43,9 +34,7 @@ fn tiny() -> TrainConfig {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mpm-dist-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::tmp("dist", name)
 }
 
 fn opts(dir: &Path, resume: bool) -> RunOptions {

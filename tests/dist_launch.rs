@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
 fn star(world: usize, timeout: Duration) -> Vec<TcpComm> {
     let port = free_port().unwrap();
     let others: Vec<_> = (1..world)
@@ -130,9 +132,7 @@ fn image_folder(dir: &Path) {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mpm-launch-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::tmp("launch", name)
 }
 
 fn train_args(data: &Path, out: &Path, batch: &str, epochs: &str) -> Vec<String> {

@@ -4,37 +4,13 @@
 //! missing or a duplicated shard are refused.
 
 use mpm::io::{self, HostTensor, NamedTensors};
-use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec, StateValue};
+use mpm::nn::ModelSpec;
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn spec(classes: usize, width: usize) -> ModelSpec {
-    ModelSpec {
-        backbone: Backbone {
-            arch: Arch::ResNet18,
-            width,
-            act: Act::Gelu,
-        },
-        num_classes: classes,
-        seg_classes: 0,
-        head: Head::None,
-    }
-}
-
-fn save_model(path: &Path, spec: &ModelSpec, seed: u64) {
-    let store = spec.init(seed).unwrap();
-    let mut w = NamedTensors::new();
-    for (k, v) in spec.state_dict(&store).unwrap() {
-        let t = match v {
-            StateValue::Float(t) => HostTensor::f32(t.shape, t.data),
-            StateValue::Int(i) => HostTensor::i64(Vec::<usize>::new(), vec![i]),
-        };
-        w.insert(k, t);
-    }
-    io::save_safetensors(path, &w, &io::no_metadata()).unwrap();
-}
+mod common;
+use common::{classifier_spec as spec, image, json, ok, run_in as run, save_model, strings};
 
 /// X: `n` random 32-px images, labels = the model's own predictions except every third
 /// (so that clean-wrong samples are merged too).
@@ -68,31 +44,9 @@ fn data(path: &Path, spec: &ModelSpec, seed: u64, n: usize) {
     io::save_safetensors(path, &t, &io::no_metadata()).unwrap();
 }
 
-fn run(bin: &str, dir: &Path, args: &[String]) -> Output {
-    Command::new(bin)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "failed: {err}");
-    err
-}
-
 fn fails(o: Output) -> String {
     assert_eq!(o.status.code(), Some(2), "expected a refusal");
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// The per-sample and summary fields a merge must reproduce exactly.
@@ -223,6 +177,19 @@ fn attack_shards_merge_into_the_single_run() {
     m = strings(&["merge", "full.json", "--report", "bad.json"]);
     let e = fails(run(bin, d, &m));
     assert!(e.contains("not a shard report"), "{e}");
+    // An edited shard (a sample removed): the range reads as JSON, not as Rust debug output.
+    let mut edited = json(&d.join("s1.json"));
+    edited["shard"]["samples"].as_array_mut().unwrap().pop();
+    std::fs::write(d.join("e1.json"), edited.to_string()).unwrap();
+    m = strings(&[
+        "merge", "s0.json", "e1.json", "s2.json", "--report", "bad.json",
+    ]);
+    let e = fails(run(bin, d, &m));
+    assert!(
+        e.contains("it holds 1 for the range [2,4] (an interrupted"),
+        "{e}"
+    );
+    assert!(!e.contains("Array") && !e.contains("Number("), "{e}");
     assert!(!d.join("bad.json").exists());
 
     // --threats paper: every threat merged, the table rebuilt.
@@ -264,15 +231,6 @@ fn attack_shards_merge_into_the_single_run() {
             assert_eq!(pm["threats"][slug][k], pf["threats"][slug][k], "{slug}.{k}");
         }
     }
-}
-
-fn image(path: &Path, seed: u32) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let img = image::RgbImage::from_fn(40, 40, |x, y| {
-        let v = |k: u32| ((x * (3 + seed + k) + y * (5 + 2 * seed + k) + seed * 31) % 256) as u8;
-        image::Rgb([v(0), v(7), v(13)])
-    });
-    img.save(path).unwrap();
 }
 
 #[test]

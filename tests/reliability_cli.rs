@@ -3,45 +3,15 @@
 //! values refused with their flag before anything is allocated.
 
 use mpm::io::{self, HostTensor, NamedTensors};
-use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec, StateValue};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Exit status 1 or 2 (the binaries' error codes), not a signal or success.
-fn failed_cleanly(o: &Output) -> bool {
-    matches!(o.status.code(), Some(1) | Some(2))
-}
+mod common;
+use common::{classifier_spec, failed_cleanly, save_model, text};
 
 fn tiny_model(seed: u64, path: &Path) {
-    let spec = ModelSpec {
-        backbone: Backbone {
-            arch: Arch::ResNet18,
-            width: 4,
-            act: Act::Gelu,
-        },
-        num_classes: 10,
-        seg_classes: 0,
-        head: Head::None,
-    };
-    let store = spec.init(seed).unwrap();
-    let mut w = NamedTensors::new();
-    for (k, v) in spec.state_dict(&store).unwrap() {
-        let t = match v {
-            StateValue::Float(t) => HostTensor::f32(t.shape, t.data),
-            StateValue::Int(i) => HostTensor::i64(Vec::<usize>::new(), vec![i]),
-        };
-        w.insert(k, t);
-    }
-    io::save_safetensors(path, &w, &io::no_metadata()).unwrap();
+    save_model(path, &classifier_spec(10, 4), seed);
 }
 
 fn data(path: &Path, reversed: bool) {
@@ -762,4 +732,48 @@ fn missing_label_maps_are_counted() {
         t.contains("images have no label map") && t.contains("segmentation weight 0"),
         "{t}"
     );
+}
+
+/// `index --check-maps` names the sizes of a map and its image as `WxH`, and an unreadable
+/// image as such: no Rust debug output (`Some((8, 6))`, `None`) in the message.
+#[test]
+fn check_maps_size_messages_are_readable() {
+    let d = tempfile::tempdir().unwrap();
+    let (img, seg) = (d.path().join("img/n01"), d.path().join("seg/n01"));
+    std::fs::create_dir_all(&img).unwrap();
+    std::fs::create_dir_all(&seg).unwrap();
+    image::RgbImage::from_pixel(8, 6, image::Rgb([10, 20, 30]))
+        .save(img.join("a.png"))
+        .unwrap();
+    std::fs::write(img.join("b.png"), b"not an image").unwrap();
+    let map = mpm::data::imageio::LabelMap {
+        h: 4,
+        w: 4,
+        data: vec![1; 16],
+    };
+    for n in ["a.png", "b.png"] {
+        mpm::data::imageio::write_label_map(&seg.join(n), &map).unwrap();
+    }
+    let (root, segs, out) = (
+        d.path().join("img"),
+        d.path().join("seg"),
+        d.path().join("i.tsv"),
+    );
+    let o = mpm_data(&[
+        "index",
+        "--root",
+        root.to_str().unwrap(),
+        "--seg",
+        segs.to_str().unwrap(),
+        "--check-maps",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(t.contains("map left out: 4x4 vs image 8x6"), "{t}");
+    assert!(
+        t.contains("map left out: 4x4 vs an unreadable image"),
+        "{t}"
+    );
+    assert!(!t.contains("Some(") && !t.contains("None"), "{t}");
 }

@@ -25,24 +25,15 @@ use mpm::train::{checkpoint, run, Batch, MemorySource, RunOptions, TrainConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::tiny_mpm_config;
+
 fn tiny(batch: usize, bn_group: usize, broadcast: bool) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    for (k, v) in [
-        ("model", "resnet18"),
-        ("width", "4"),
-        ("num_classes", "3"),
-        ("seg_classes", "7"),
-        ("partmodel_type", "mpm"),
-        ("epochs", "2"),
-        ("warmup_epochs", "1"),
-        ("input_size", "32"),
-        ("model_ema_decay", "0.9"),
+    let mut c = tiny_mpm_config(&[
         ("eval_every", "1"),
         ("checkpoint_every", "0"),
         ("seed", "3"),
-    ] {
-        c.set(k, v).unwrap();
-    }
+    ]);
     c.batch_size = batch;
     c.bn_group = bn_group;
     c.broadcast_buffers = broadcast;
@@ -337,9 +328,7 @@ fn groups_equal_separate_single_group_models_side_by_side_gpu() {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mpm-ghost-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::tmp("ghost", name)
 }
 
 fn opts(dir: &Path, stop: Option<u64>, resume: Option<PathBuf>) -> RunOptions {

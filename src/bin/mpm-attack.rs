@@ -271,7 +271,7 @@ fn run(cli: Cli) -> Result<()> {
     eprintln!("device: {why}");
     let precision = mpm::device::parse_precision_flag(&cli.precision)?;
     if dev != mpm::device::Device::Cpu {
-        eprintln!("precision: {precision:?}");
+        eprintln!("precision: {precision}");
     }
     if cli.batch_size == 0 {
         return Err(Error::flag("--batch-size", "must be at least 1"));
@@ -658,7 +658,8 @@ fn merge_threat(docs: &[(PathBuf, Value)]) -> Result<Value> {
             return Err(Error::format(
                 p,
                 format!(
-                    "shard {} should hold samples from {next} on; it holds {} for the range                      {:?} (an interrupted or edited report?)",
+                    "shard {} should hold samples from {next} on; it holds {} for the range {} \
+                     (an interrupted or edited report?)",
                     b["index"],
                     samples.len(),
                     b["range"]

@@ -807,6 +807,8 @@ fn run_pseudo(a: PseudoArgs) -> mpm::Result<()> {
         "scored": sum.scored,
         "skipped": sum.skipped.len(),
         "category_filter": cfg.category_filter,
+        "dirs_synced": sum.dirs_synced,
+        "stale_temps_removed": sum.stale_temps_removed,
     });
     eprintln!(
         "pseudo: {} label maps -> {} (flag 1 in whether_pseudo/); {} annotated image(s) kept as they were",
@@ -897,9 +899,13 @@ fn run_index(a: IndexArgs) -> mpm::Result<()> {
                     s.seg = None;
                 }
                 Ok(m) if dims != Some((m.w as u32, m.h as u32)) => {
+                    let image = match dims {
+                        Some((w, h)) => format!("image {w}x{h}"),
+                        None => format!("an unreadable image ({})", s.image.display()),
+                    };
                     skips.push(Skip::new(
                         &p,
-                        format!("map left out: {}x{} vs image {dims:?}", m.w, m.h),
+                        format!("map left out: {}x{} vs {image}", m.w, m.h),
                     ));
                     s.seg = None;
                 }

@@ -517,7 +517,7 @@ fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {
     // The parser's error already names --precision.
     let precision = mpm::device::parse_precision_flag(&cfg.precision)?;
     if !why.starts_with("cpu") {
-        eprintln!("precision: {precision:?}");
+        eprintln!("precision: {precision}");
     }
     let train_src = train::folder::open(&cfg, &cfg.train_dir, "train_dir", true)?;
     let eval_src = if cfg.eval_dir.is_empty() {

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::imageio::{self, LabelMap};
 pub use super::layout::ImageMode;
 use super::layout::{self, place_image};
-use super::pin_json::{self, Discarded, PartTable, PinClass, PinImage};
+use super::pin_json::{self, Discarded, PinClass, PinImage};
 use super::report::{summarise, Skip};
 use crate::{Error, Result};
 
@@ -60,6 +60,11 @@ pub struct LabelsSummary {
     pub empty_masks: usize,
     pub skipped: Vec<Skip>,
     pub warnings: Vec<Skip>,
+    /// Folders synced once at the end (the maps and image links are written without a
+    /// per-file fsync).
+    pub dirs_synced: usize,
+    /// Temp files of killed earlier runs, removed at start.
+    pub stale_temps_removed: usize,
 }
 
 /// Everything a class needs to be painted, after the part table is known.
@@ -242,11 +247,7 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
     if !(0.0..1.0).contains(&cfg.val_fraction) {
         return Err(Error::flag("--val-fraction", "must be in [0, 1)"));
     }
-    let files = pin_json::class_files(&cfg.json_dir)?;
     let mut summary = LabelsSummary::default();
-    if files.is_empty() {
-        return Err(Error::format(&cfg.json_dir, "no <wnid>.json files"));
-    }
     let discarded = match &cfg.discarded {
         Some(p) => Discarded::read(p)?,
         None => Discarded::default(),
@@ -262,39 +263,17 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
         },
         None => Default::default(),
     };
-    // Parse every class (parallel); unreadable files are skipped and reported.
-    let parsed: Vec<std::result::Result<PinClass, Skip>> = files
-        .par_iter()
-        .map(|(_, p)| pin_json::read_class(p).map_err(|e| Skip::from_error(p, &e)))
-        .collect();
-    let mut classes = Vec::new();
-    for r in parsed {
-        match r {
-            Ok(c) => classes.push(c),
-            Err(s) => {
-                eprintln!("skip class {s} (global ids of later classes shift by its part count)");
-                summary.skipped.push(s);
-            }
-        }
+    let loaded = pin_json::load_classes(&cfg.json_dir, "labels")?;
+    for s in &loaded.unreadable {
+        eprintln!("skip class {s} (global ids of later classes shift by its part count)");
     }
-    if classes.is_empty() {
-        return Err(Error::Msg(format!(
-            "labels: no readable class JSON in {}",
-            cfg.json_dir.display()
-        )));
+    summary.skipped.extend(loaded.unreadable);
+    summary.warnings.extend(loaded.warnings);
+    for s in &loaded.dropped {
+        eprintln!("skip {s}");
     }
-    let refs: Vec<&PinClass> = classes.iter().collect();
-    let table = PartTable::from_classes(&refs);
-    for w in pin_json::compare_with_release(&table) {
-        summary.warnings.push(Skip::new(&cfg.json_dir, w));
-    }
-    for c in &classes {
-        summary.warnings.extend(c.warnings.iter().cloned());
-        for s in &c.dropped {
-            eprintln!("skip {s}");
-            summary.skipped.push(s.clone());
-        }
-    }
+    summary.skipped.extend(loaded.dropped);
+    let (classes, table) = (loaded.classes, loaded.table);
     if let Some(p) = &cfg.discarded {
         let (n, examples) = discarded.unmatched(&classes);
         summary.discarded_unmatched = n;
@@ -311,6 +290,8 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
     }
     summary.classes = classes.len();
     summary.parts = table.num_parts();
+    // OUT/seg/<wnid>, OUT/img/<wnid>, OUT/whether_pseudo: two levels.
+    summary.stale_temps_removed = crate::io::remove_stale_temps_tree(&cfg.out, 2)?;
     imageio::mkdirs(&cfg.out)?;
     imageio::write_atomic(&cfg.out.join("parts.tsv"), table.to_tsv().as_bytes())?;
     let mut classes_tsv = String::new();
@@ -351,15 +332,18 @@ pub fn run_labels(cfg: &LabelsConfig) -> Result<LabelsSummary> {
     if let Some(e) = results.iter().find_map(|r| r.write_error.clone()) {
         return Err(Error::Msg(format!("labels: cannot write an output: {e}")));
     }
-    // Label maps are written without per-file fsync; persist them once, per directory.
+    // Label maps and image links are written without per-file fsync; persist them once, per
+    // directory (with the parents up to OUT).
+    let bulk = crate::io::BulkDirs::new(&cfg.out);
     for j in &jobs {
         for sub in ["seg", "img"] {
             let d = cfg.out.join(sub).join(&j.class.wnid);
             if d.is_dir() {
-                crate::io::sync_dir(&d)?;
+                bulk.add_dir(&d);
             }
         }
     }
+    summary.dirs_synced = bulk.sync()?;
 
     let mut train_txt = String::new();
     let mut val_txt = String::new();

@@ -339,6 +339,73 @@ pub fn class_files(json_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// The readable PIN++ classes of a json directory with their part table: what `labels` and
+/// `coco-export` both start from.
+#[derive(Debug)]
+pub struct LoadedClasses {
+    /// The readable classes, in wnid order.
+    pub classes: Vec<PinClass>,
+    pub table: PartTable,
+    /// Class files that could not be read (the global ids of later classes shift by their
+    /// part counts), in wnid order.
+    pub unreadable: Vec<Skip>,
+    /// The comparison with the release's part counts, then each class's own warnings.
+    pub warnings: Vec<Skip>,
+    /// Entries the classes left out while parsing.
+    pub dropped: Vec<Skip>,
+}
+
+/// Reads every `<wnid>.json` of `json_dir` (in parallel), builds the part table and collects
+/// the release-comparison and per-class warnings. An unreadable class file is skipped and
+/// listed; no class file at all, or none readable, is an error prefixed with `cmd`.
+pub fn load_classes(json_dir: &Path, cmd: &str) -> Result<LoadedClasses> {
+    use rayon::prelude::*;
+    let files = class_files(json_dir)?;
+    if files.is_empty() {
+        return Err(Error::format(json_dir, "no <wnid>.json files"));
+    }
+    let parsed: Vec<std::result::Result<PinClass, Skip>> = files
+        .par_iter()
+        .map(|(_, p)| read_class(p).map_err(|e| Skip::from_error(p, &e)))
+        .collect();
+    let (mut classes, mut unreadable) = (Vec::new(), Vec::new());
+    for r in parsed {
+        match r {
+            Ok(c) => classes.push(c),
+            Err(s) => unreadable.push(s),
+        }
+    }
+    if classes.is_empty() {
+        return Err(Error::Msg(format!(
+            "{cmd}: no readable class JSON in {} ({} unreadable{})",
+            json_dir.display(),
+            unreadable.len(),
+            unreadable
+                .first()
+                .map(|s| format!(", e.g. {s}"))
+                .unwrap_or_default()
+        )));
+    }
+    let refs: Vec<&PinClass> = classes.iter().collect();
+    let table = PartTable::from_classes(&refs);
+    let mut warnings: Vec<Skip> = compare_with_release(&table)
+        .into_iter()
+        .map(|w| Skip::new(json_dir, w))
+        .collect();
+    let mut dropped = Vec::new();
+    for c in &classes {
+        warnings.extend(c.warnings.iter().cloned());
+        dropped.extend(c.dropped.iter().cloned());
+    }
+    Ok(LoadedClasses {
+        classes,
+        table,
+        unreadable,
+        warnings,
+        dropped,
+    })
+}
+
 /// Global part ids (contract C): class `c` (in wnid order) owns ids
 /// `first_id[c] .. first_id[c] + n_parts[c]`, `first_id[0] = 1`; 0 is background.
 #[derive(Clone, Debug, Default)]
@@ -934,6 +1001,39 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("file name is not <wnid>.json"));
+    }
+
+    #[test]
+    fn load_classes_keeps_the_readable_ones_in_wnid_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        assert!(load_classes(d, "labels")
+            .unwrap_err()
+            .to_string()
+            .contains("no <wnid>.json files"));
+        std::fs::write(d.join("n01443537.json"), "{\"images\": [trunc").unwrap();
+        let e = load_classes(d, "coco-export").unwrap_err().to_string();
+        assert!(
+            e.starts_with("coco-export: no readable class JSON") && e.contains("1 unreadable"),
+            "{e}"
+        );
+        let v = json!({"categories": cats(&[(2, "b"), (1, "a")]),
+            "images": [{"id": 1, "file_name": "n01440764/x.JPEG", "height": 4, "width": 4},
+                       {"id": 2, "file_name": "n09999999/y.JPEG", "height": 4, "width": 4}],
+            "annotations": []});
+        std::fs::write(d.join("n01440764.json"), v.to_string()).unwrap();
+        std::fs::write(d.join("n01494475.json"), v.to_string()).unwrap();
+        let l = load_classes(d, "labels").unwrap();
+        let wnids: Vec<&str> = l.classes.iter().map(|c| c.wnid.as_str()).collect();
+        assert_eq!(wnids, ["n01440764", "n01494475"]);
+        assert_eq!(l.table.first_id, vec![1, 3]);
+        assert_eq!(l.unreadable.len(), 1);
+        assert!(l.unreadable[0].path.ends_with("n01443537.json"));
+        // Images in another wnid's folder are dropped: y in both classes, x in the second.
+        assert_eq!(l.dropped.len(), 3);
+        // A subset of the release's classes numbers its parts differently: one warning at
+        // least, naming the json folder.
+        assert!(l.warnings.iter().any(|w| w.path == d), "{:?}", l.warnings);
     }
 
     #[test]

@@ -107,6 +107,11 @@ pub struct PseudoSummary {
     pub with_filter: Option<SegScore>,
     pub without_filter: Option<SegScore>,
     pub skipped: Vec<Skip>,
+    /// Folders synced once at the end (the maps, prob maps and image links are written
+    /// without a per-file fsync).
+    pub dirs_synced: usize,
+    /// Temp files of killed earlier runs, removed at start.
+    pub stale_temps_removed: usize,
 }
 
 /// Upsamples `logits[h, w, S]` to `out_h x out_w` and takes the argmax per pixel over
@@ -234,8 +239,13 @@ pub fn run(
             ),
         ));
     }
+    let mut summary = PseudoSummary {
+        // OUT/seg/<wnid>, OUT/prob/<wnid>, OUT/img/<wnid>, OUT/whether_pseudo: two levels.
+        stale_temps_removed: crate::io::remove_stale_temps_tree(&cfg.out, 2)?,
+        ..Default::default()
+    };
     imageio::mkdirs(&cfg.out.join("seg"))?;
-    let mut summary = PseudoSummary::default();
+    let bulk = crate::io::BulkDirs::new(&cfg.out);
     let mut with_f = SegScore::new(s);
     let mut without_f = SegScore::new(s);
     let mut records = String::new();
@@ -374,13 +384,15 @@ pub fn run(
             let img_dst = img_dir.join(&file);
             if std::fs::symlink_metadata(&img_dst).is_err() {
                 layout::place_image(&smp.image, &img_dst, ImageMode::Symlink)?;
+                bulk.wrote(&img_dst);
             }
             // The probability of each pixel's label, for part-ap's instance scores.
             let prob = upsampled_label_prob(logits, h, w, s, *ih, *iw, &pred);
             let prob_dir = cfg.out.join("prob").join(&wnid);
             imageio::mkdirs(&prob_dir)?;
+            let prob_dst = prob_dir.join(format!("{stem}.png"));
             imageio::write_label_map(
-                &prob_dir.join(format!("{stem}.png")),
+                &prob_dst,
                 &LabelMap {
                     h: *ih,
                     w: *iw,
@@ -398,6 +410,8 @@ pub fn run(
                     data: pred,
                 },
             )?;
+            bulk.wrote(&prob_dst);
+            bulk.wrote(&dst);
             class_flags.insert(file, true);
             *dirty = true;
             summary.written += 1;
@@ -418,6 +432,8 @@ pub fn run(
     }
     pb.finish_and_clear();
     flush(&mut flags)?;
+    // The one durability point of the maps: before the record that lists them.
+    summary.dirs_synced = bulk.sync()?;
     imageio::write_atomic(&cfg.out.join("pseudo.jsonl"), records.as_bytes())?;
     if summary.scored > 0 {
         summary.with_filter = Some(with_f);

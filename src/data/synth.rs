@@ -75,6 +75,10 @@ pub struct SynthSummary {
     pub truth: Vec<(String, String, LabelMap)>,
     /// Number of images the fault injection expects `labels` to skip.
     pub faulty_images: usize,
+    /// Folders synced once at the end (the images are written without a per-file fsync).
+    pub dirs_synced: usize,
+    /// Temp files of killed earlier runs, removed at start.
+    pub stale_temps_removed: usize,
 }
 
 /// The wnid of synthetic class `i`.
@@ -491,10 +495,18 @@ struct ClassOut {
     faulty: usize,
 }
 
-fn write_class(t: &ClassTemplate, c: usize, first_id: u32, cfg: &SynthConfig) -> Result<ClassOut> {
+fn write_class(
+    t: &ClassTemplate,
+    c: usize,
+    first_id: u32,
+    cfg: &SynthConfig,
+    bulk: &crate::io::BulkDirs,
+) -> Result<ClassOut> {
     let mut rng = class_rng(cfg.seed, c, 2);
     let img_dir = cfg.out.join("images").join(&t.wnid);
     imageio::mkdirs(&img_dir)?;
+    // Every image of the class goes here (written without a per-file fsync).
+    bulk.add_dir(&img_dir);
     let mut images = Vec::new();
     let mut annotations = Vec::new();
     let mut out = ClassOut {
@@ -631,9 +643,12 @@ pub fn run_synth(cfg: &SynthConfig) -> Result<SynthSummary> {
             "need 16 <= min <= max <= 4096",
         ));
     }
+    // OUT/json, OUT/including, OUT/images/<wnid>: two levels.
+    let stale_temps_removed = crate::io::remove_stale_temps_tree(&cfg.out, 2)?;
     for d in ["json", "images", "including"] {
         imageio::mkdirs(&cfg.out.join(d))?;
     }
+    let bulk = crate::io::BulkDirs::new(&cfg.out);
     let templates: Vec<ClassTemplate> = (0..cfg.classes).map(|c| make_class(cfg.seed, c)).collect();
     let mut first = Vec::new();
     let mut next = 1u32;
@@ -644,10 +659,11 @@ pub fn run_synth(cfg: &SynthConfig) -> Result<SynthSummary> {
     let outs: Vec<Result<ClassOut>> = templates
         .par_iter()
         .enumerate()
-        .map(|(c, t)| write_class(t, c, first[c], cfg))
+        .map(|(c, t)| write_class(t, c, first[c], cfg, &bulk))
         .collect();
     let mut s = SynthSummary {
         classes: cfg.classes,
+        stale_temps_removed,
         ..Default::default()
     };
     for o in outs {
@@ -658,6 +674,7 @@ pub fn run_synth(cfg: &SynthConfig) -> Result<SynthSummary> {
         s.truth.extend(o.truth);
         s.faulty_images += o.faulty;
     }
+    s.dirs_synced = bulk.sync()?;
     imageio::write_atomic(
         &cfg.out.join("discarded_data.json"),
         json!(s.discarded).to_string().as_bytes(),
@@ -671,4 +688,56 @@ pub fn run_synth(cfg: &SynthConfig) -> Result<SynthSummary> {
         Value::Object(names).to_string().as_bytes(),
     )?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_folders_are_synced_once_and_stale_temps_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("synth");
+        // A temp file left by a killed run (pid 0x7fff_fff0 never runs), in a class folder.
+        let class_dir = out.join("images").join(wnid(1));
+        std::fs::create_dir_all(&class_dir).unwrap();
+        let stale = class_dir.join(".x.JPEG.tmp.2147483632.7");
+        std::fs::write(&stale, b"half").unwrap();
+        let cfg = SynthConfig {
+            out: out.clone(),
+            classes: 2,
+            images_per_class: 2,
+            min_size: 32,
+            max_size: 40,
+            ..Default::default()
+        };
+        let s = run_synth(&cfg).unwrap();
+        assert_eq!(s.stale_temps_removed, 1);
+        assert!(!stale.exists());
+        // images/<wnid> for each class, images/, and the output folder.
+        assert_eq!(s.dirs_synced, 2 + 1 + 1);
+        assert_eq!(s.images, 4);
+    }
+
+    #[test]
+    fn a_failed_image_write_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("synth");
+        // The first image's name is taken by a non-empty folder: the rename fails.
+        let blocked = out
+            .join("images")
+            .join(wnid(0))
+            .join(format!("{}_1000.JPEG", wnid(0)));
+        std::fs::create_dir_all(blocked.join("x")).unwrap();
+        let cfg = SynthConfig {
+            out,
+            classes: 1,
+            images_per_class: 1,
+            min_size: 32,
+            max_size: 40,
+            ..Default::default()
+        };
+        let e = run_synth(&cfg).unwrap_err().to_string();
+        assert!(e.contains("_1000.JPEG"), "{e}");
+    }
 }

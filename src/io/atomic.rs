@@ -115,6 +115,78 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The directories a bulk job wrote into (files written with [`Durability::Bulk`]: label
+/// maps, probability maps, images, symlinks), synced once at the end with
+/// [`BulkDirs::sync`]: the one durability point of a bulk output. Shared by every
+/// `mpm-data` command that writes one file per image; safe to fill from parallel workers.
+#[derive(Debug)]
+pub struct BulkDirs {
+    root: PathBuf,
+    dirs: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
+}
+
+impl BulkDirs {
+    /// Outputs under `root` (the job's output folder).
+    pub fn new(root: &Path) -> Self {
+        BulkDirs {
+            root: root.to_path_buf(),
+            dirs: Default::default(),
+        }
+    }
+
+    /// Records that `file` was written (or linked): its directory gets synced.
+    pub fn wrote(&self, file: &Path) {
+        self.add_dir(&parent_dir(file));
+    }
+
+    /// Records a directory that received new entries.
+    pub fn add_dir(&self, dir: &Path) {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.insert(dir.to_path_buf());
+    }
+
+    /// fsyncs every recorded directory and the directories above it up to the root (their
+    /// new entries), each once, deepest first. Returns how many directories were synced;
+    /// the first error stops and is returned.
+    pub fn sync(self) -> Result<usize> {
+        let dirs = self.dirs.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut all = std::collections::BTreeSet::new();
+        for d in dirs {
+            for a in d.ancestors() {
+                if !all.insert(a.to_path_buf()) || a == self.root || !a.starts_with(&self.root) {
+                    break;
+                }
+            }
+        }
+        for d in all.iter().rev() {
+            sync_dir(d)?;
+        }
+        Ok(all.len())
+    }
+}
+
+/// [`remove_stale_temps`] in `root` and in the real directories below it, down to `depth`
+/// levels (0: `root` only); symlinks are not followed. For bulk outputs, whose temp files
+/// lie in per-class folders. Returns how many were removed.
+pub fn remove_stale_temps_tree(root: &Path, depth: usize) -> Result<usize> {
+    let mut removed = remove_stale_temps(root)?;
+    if depth == 0 {
+        return Ok(removed);
+    }
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(Error::io(root, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(root, e))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            removed += remove_stale_temps_tree(&entry.path(), depth - 1)?;
+        }
+    }
+    Ok(removed)
+}
+
 /// Is process `pid` running? Linux: `/proc/<pid>` exists; elsewhere assume it is.
 pub(crate) fn process_alive(pid: u32) -> bool {
     if pid == std::process::id() {
@@ -197,6 +269,42 @@ mod tests {
         assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
         assert!(!stale.exists());
         assert!(live.exists() && other.exists());
+    }
+
+    #[test]
+    fn bulk_dirs_sync_each_written_folder_and_its_parents_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("out");
+        for sub in ["seg/a", "seg/b", "img/a"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let bulk = BulkDirs::new(&root);
+        bulk.wrote(&root.join("seg/a/1.png"));
+        bulk.wrote(&root.join("seg/a/2.png"));
+        bulk.wrote(&root.join("seg/b/1.png"));
+        bulk.wrote(&root.join("img/a/1.JPEG"));
+        // seg/a, seg/b, seg, img/a, img, out.
+        assert_eq!(bulk.sync().unwrap(), 6);
+        assert_eq!(BulkDirs::new(&root).sync().unwrap(), 0);
+        // A folder that vanished is an error, not a silent skip.
+        let gone = BulkDirs::new(&root);
+        gone.add_dir(&root.join("missing"));
+        assert!(gone.sync().is_err());
+    }
+
+    #[test]
+    fn stale_temps_are_removed_below_the_root_to_the_given_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("seg/n01");
+        std::fs::create_dir_all(&deep).unwrap();
+        let a = dir.path().join(".x.json.tmp.2147483632.1");
+        let b = deep.join(".1.png.tmp.2147483632.2");
+        std::fs::write(&a, b"x").unwrap();
+        std::fs::write(&b, b"x").unwrap();
+        assert_eq!(remove_stale_temps_tree(dir.path(), 1).unwrap(), 1);
+        assert!(b.exists());
+        assert_eq!(remove_stale_temps_tree(dir.path(), 2).unwrap(), 1);
+        assert!(!a.exists() && !b.exists());
     }
 
     #[test]

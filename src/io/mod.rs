@@ -20,7 +20,8 @@ use std::path::Path;
 
 pub(crate) use atomic::process_alive;
 pub use atomic::{
-    remove_stale_temps, sync_dir, write_atomic, write_atomic_with, write_bytes_atomic, Durability,
+    remove_stale_temps, remove_stale_temps_tree, sync_dir, write_atomic, write_atomic_with,
+    write_bytes_atomic, BulkDirs, Durability,
 };
 pub use digest::{hash_file, ContentHasher};
 pub use host::{HostData, HostTensor, NamedTensors};

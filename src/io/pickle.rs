@@ -136,6 +136,23 @@ pub(crate) enum Global {
     Opaque(Rc<str>),
 }
 
+impl Global {
+    /// The Python name it stands for, for messages (not Rust debug output).
+    fn python_name(&self) -> String {
+        match self {
+            Global::OrderedDict => "collections.OrderedDict".into(),
+            Global::DefaultDict => "collections.defaultdict".into(),
+            Global::RebuildTensor(1) => "torch._utils._rebuild_tensor".into(),
+            Global::RebuildTensor(v) => format!("torch._utils._rebuild_tensor_v{v}"),
+            Global::RebuildParameter => "torch._utils._rebuild_parameter".into(),
+            Global::RebuildFromType => "torch._tensor._rebuild_from_type_v2".into(),
+            Global::UnsupportedTensor(n) | Global::Opaque(n) => n.to_string(),
+            Global::Storage(e) => format!("a torch {} storage class", e.name()),
+            Global::Dtype(e) => format!("torch.{}", e.name()),
+        }
+    }
+}
+
 /// Storage reference from a persistent id `('storage', type, key, location, numel)`.
 #[derive(Debug)]
 pub(crate) struct StorageRef {
@@ -263,7 +280,7 @@ impl Value {
             Value::List(_) => "a list".into(),
             Value::Tuple(_) => "a tuple".into(),
             Value::Dict(_) => "a dict".into(),
-            Value::Global(g) => format!("a global ({g:?})"),
+            Value::Global(g) => format!("a global ({})", g.python_name()),
             Value::Storage(_) => "a storage".into(),
             Value::Tensor(_) => "a tensor".into(),
             Value::BadTensor(s) => format!("an unsupported tensor ({s})"),
@@ -1144,6 +1161,30 @@ mod tests {
 
     fn run(bytes: &[u8]) -> Result<Value, String> {
         unpickle(bytes, 0, &mut TorchPersistentLoad::default()).map(|(v, _)| v)
+    }
+
+    #[test]
+    fn globals_are_described_by_their_python_names() {
+        let describe = |module: &str, name: &str| {
+            let mut w = PickleWriter::default();
+            w.proto();
+            w.global(module, name);
+            w.stop();
+            run(&w.buf).unwrap().describe()
+        };
+        assert_eq!(
+            describe("collections", "OrderedDict"),
+            "a global (collections.OrderedDict)"
+        );
+        assert_eq!(
+            describe("torch", "FloatStorage"),
+            "a global (a torch float32 storage class)"
+        );
+        assert_eq!(
+            describe("torch._utils", "_rebuild_tensor_v2"),
+            "a global (torch._utils._rebuild_tensor_v2)"
+        );
+        assert_eq!(describe("torch", "bfloat16"), "a global (torch.bfloat16)");
     }
 
     #[test]

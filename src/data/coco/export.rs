@@ -278,41 +278,16 @@ pub fn run_export(cfg: &ExportConfig) -> Result<ExportSummary> {
     if !(0.0..1.0).contains(&cfg.val_fraction) {
         return Err(Error::flag("--val-fraction", "must be in [0, 1)"));
     }
-    let files = pin_json::class_files(&cfg.json_dir)?;
-    if files.is_empty() {
-        return Err(Error::format(&cfg.json_dir, "no <wnid>.json files"));
-    }
     let discarded = match &cfg.discarded {
         Some(p) => Discarded::read(p)?,
         None => Discarded::default(),
     };
     let mut summary = ExportSummary::default();
-    let parsed: Vec<std::result::Result<PinClass, Skip>> = files
-        .par_iter()
-        .map(|(_, p)| pin_json::read_class(p).map_err(|e| Skip::from_error(p, &e)))
-        .collect();
-    let mut classes = Vec::new();
-    for r in parsed {
-        match r {
-            Ok(c) => classes.push(c),
-            Err(s) => summary.skipped.push(s),
-        }
-    }
-    if classes.is_empty() {
-        return Err(Error::Msg(format!(
-            "coco-export: no readable class JSON in {}",
-            cfg.json_dir.display()
-        )));
-    }
-    let refs: Vec<&PinClass> = classes.iter().collect();
-    let table = PartTable::from_classes(&refs);
-    for w in pin_json::compare_with_release(&table) {
-        summary.warnings.push(Skip::new(&cfg.json_dir, w));
-    }
-    for c in &classes {
-        summary.warnings.extend(c.warnings.iter().cloned());
-        summary.skipped.extend(c.dropped.iter().cloned());
-    }
+    let loaded = pin_json::load_classes(&cfg.json_dir, "coco-export")?;
+    summary.skipped.extend(loaded.unreadable);
+    summary.warnings.extend(loaded.warnings);
+    summary.skipped.extend(loaded.dropped);
+    let (classes, table) = (loaded.classes, loaded.table);
     summary.classes = classes.len();
     summary.parts = table.num_parts();
     let pb = crate::data::labels::progress_bar(classes.len() as u64, cfg.progress, "coco-export");

@@ -71,6 +71,11 @@ pub struct CocoPseudoSummary {
     pub images_per_second: f64,
     pub counts: Counts,
     pub skipped: Vec<Skip>,
+    /// Folders synced once at the end (maps and image links are written without a
+    /// per-file fsync).
+    pub dirs_synced: usize,
+    /// Temp files of killed earlier runs, removed at start.
+    pub stale_temps_removed: usize,
 }
 
 /// What to do with a completed image.
@@ -93,7 +98,10 @@ struct Painted {
     masks: u64,
     below: u64,
     blank: bool,
+    /// The image is skipped (its file under IMG_ROOT is missing).
     error: Option<String>,
+    /// An output could not be written: the run stops with it.
+    write_error: Option<Error>,
 }
 
 struct Ctx<'a> {
@@ -104,6 +112,7 @@ struct Ctx<'a> {
     class_of: Vec<usize>,
     depth_of: Vec<u32>,
     k: usize,
+    bulk: &'a crate::io::BulkDirs,
 }
 
 fn seg_path(out: &Path, wnid: &str, im: &ImageEntry) -> PathBuf {
@@ -199,17 +208,22 @@ fn paint_image(ctx: &Ctx, job: Job) -> Painted {
     let (map, masks) = paint::paint(&mut paint_dets, h, w, ctx.cfg.threshold);
     let wnid = &ctx.table.wnids[c];
     let dst = seg_path(&ctx.cfg.out, wnid, im);
-    let mut error = imageio::write_label_map(&dst, &map)
-        .err()
-        .map(|e| e.to_string());
-    if error.is_none() {
+    let (mut error, mut write_error) = (None, None);
+    match imageio::write_label_map(&dst, &map) {
+        Ok(()) => ctx.bulk.wrote(&dst),
+        Err(e) => write_error = Some(e),
+    }
+    if write_error.is_none() {
         if let Some(root) = &ctx.cfg.images_root {
             let src = root.join(&im.file_name);
             let img_dst = ctx.cfg.out.join("img").join(wnid).join(im.base_name());
             if std::fs::symlink_metadata(&img_dst).is_err() {
-                error = layout::place_image(&src, &img_dst, ImageMode::Symlink)
-                    .err()
-                    .map(|e| e.to_string());
+                match layout::place_image(&src, &img_dst, ImageMode::Symlink) {
+                    Ok(()) => ctx.bulk.wrote(&img_dst),
+                    // A missing source image is the input's fault: skipped and counted.
+                    Err(e) if std::fs::metadata(&src).is_err() => error = Some(e.to_string()),
+                    Err(e) => write_error = Some(e),
+                }
             }
         }
     }
@@ -219,6 +233,7 @@ fn paint_image(ctx: &Ctx, job: Job) -> Painted {
         below: total - masks as u64,
         blank: map.is_blank(),
         error,
+        write_error,
     }
 }
 
@@ -364,7 +379,10 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
         &cfg.results,
     )?;
     summary.images_with_results = expected.len();
+    // OUT/seg/<wnid>, OUT/img/<wnid>, OUT/whether_pseudo: two levels.
+    summary.stale_temps_removed = crate::io::remove_stale_temps_tree(&cfg.out, 2)?;
     imageio::mkdirs(&cfg.out.join("seg"))?;
+    let bulk = crate::io::BulkDirs::new(&cfg.out);
     let ctx = Ctx {
         cfg,
         images: &images,
@@ -372,6 +390,7 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
         class_of,
         depth_of,
         k,
+        bulk: &bulk,
     };
     let mut book = FlagBook {
         out: cfg.out.clone(),
@@ -420,7 +439,13 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
         book.flush()?;
         let n = todo.len();
         let keys: Vec<(usize, usize)> = todo.iter().map(|j| (j.image, j.class)).collect();
-        let outs: Vec<Painted> = todo.into_par_iter().map(|j| paint_image(&ctx, j)).collect();
+        let mut outs: Vec<Painted> = todo.into_par_iter().map(|j| paint_image(&ctx, j)).collect();
+        // A failed write (a full disk, a read-only folder) stops the run: it is not the
+        // image's fault, and a skip would report success over missing maps. Their flags stay
+        // 1, so a rerun paints them (flag 1 without a map = interrupted).
+        if let Some(e) = outs.iter_mut().find_map(|o| o.write_error.take()) {
+            return Err(Error::Msg(format!("pseudo: cannot write an output: {e}")));
+        }
         for ((image, class), o) in keys.into_iter().zip(outs) {
             merge_counts(counts, o.counts);
             let im = &images[image];
@@ -485,9 +510,7 @@ pub fn run(cfg: &CocoPseudoConfig) -> Result<CocoPseudoSummary> {
     })?;
     run_batch(&mut ready, &mut book, &mut summary, &mut counts)?;
     pb.finish_and_clear();
-    for d in &seg_dirs {
-        crate::io::sync_dir(d)?;
-    }
+    summary.dirs_synced = bulk.sync()?;
     summary.counts = counts;
     summary.seconds = start.elapsed().as_secs_f64();
     summary.images_per_second = summary.written as f64 / summary.seconds.max(1e-9);

@@ -11,7 +11,6 @@
 //!   not a skip: it stops the job with its error (exit 1); the outputs already written stay
 //!   and a rerun keeps them. Written directories are fsynced once, at the end.
 
-use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -312,24 +311,6 @@ pub fn load_input(path: &Path, size: u32) -> Result<RgbImage> {
     Ok(img)
 }
 
-/// fsyncs every directory that received an output, and the directories above them up to
-/// `out` (their new entries), once, at the end of the job: the one durability point of a
-/// bulk output.
-fn sync_output_dirs(out: &Path, dirs: BTreeSet<PathBuf>) -> Result<()> {
-    let mut all = BTreeSet::new();
-    for d in dirs {
-        for a in d.ancestors() {
-            if !all.insert(a.to_path_buf()) || a == out || !a.starts_with(out) {
-                break;
-            }
-        }
-    }
-    for d in all.iter().rev() {
-        crate::io::sync_dir(d)?;
-    }
-    Ok(())
-}
-
 pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
     if cfg.size != 0 && cfg.size != 224 {
         return Err(Error::flag(
@@ -365,7 +346,7 @@ pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
     };
     // Directories that received an output: synced once at the end (the images themselves are
     // written without a per-file fsync).
-    let written_dirs: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let written_dirs = crate::io::BulkDirs::new(&cfg.out);
     // An image that cannot be read or corrupted is skipped and counted; a failed write (a
     // full disk, a read-only folder) stops the job with its error: it is not the image's
     // fault, and counting it as a skip would report success over missing outputs.
@@ -401,9 +382,7 @@ pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
                     write_image(&path, &o, cfg.format)
                         .map_err(|e| Error::Msg(format!("corrupt: cannot write an output: {e}")))?;
                     written.fetch_add(1, Ordering::Relaxed);
-                    if let (Some(dir), Ok(mut dirs)) = (path.parent(), written_dirs.lock()) {
-                        dirs.insert(dir.to_path_buf());
-                    }
+                    written_dirs.wrote(&path);
                 }
                 Err(e) => skip(Skip::new(&src, format!("{c} severity {s}: {e}"))),
             }
@@ -413,7 +392,7 @@ pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
     });
     pb.finish_and_clear();
     res?;
-    sync_output_dirs(&cfg.out, written_dirs.into_inner().unwrap_or_default())?;
+    written_dirs.sync()?;
     Ok(CorruptSummary {
         images: rels.len(),
         written: written.into_inner(),
