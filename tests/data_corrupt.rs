@@ -407,12 +407,17 @@ fn cli_writes_the_contract_tree_resumes_and_skips_bad_images() {
     let trunc = out1.join("jpeg_compression/1/n01/a.png");
     let bytes = std::fs::read(&trunc).unwrap();
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    // A temp file of a killed run (a pid that is not running) is removed at the start.
+    let stale = out1.join("fog/3/n01/.a.png.tmp.2147483632.3");
+    std::fs::write(&stale, b"half an image").unwrap();
     let (ok, err) = run_cli(&a1, 2);
     assert!(ok, "{err}");
     assert!(
         err.contains("2 outputs written") && err.contains("6 already complete"),
         "{err}"
     );
+    assert!(!stale.exists(), "stale temp kept");
+    assert!(err.contains("removed 1 temp files"), "{err}");
     assert_eq!(t1, tree(&out1));
 
     // A list file (paths relative to its folder, optional class index) and --size 224.

@@ -126,17 +126,27 @@ pub struct CorruptSummary {
     /// Outputs that were already complete and were kept.
     pub kept: usize,
     pub skipped: Vec<Skip>,
+    /// Temp files of an interrupted run (`.<name>.tmp.<pid>.<nonce>` of a dead process) found
+    /// in the output tree and removed before anything was written.
+    pub stale_temps_removed: usize,
 }
 
 impl CorruptSummary {
     pub fn text(&self) -> String {
-        format!(
+        let mut t = format!(
             "corrupt: {} images, {} outputs written, {} already complete and kept, {} images skipped\n",
             self.images,
             self.written,
             self.kept,
             self.skipped.len()
-        )
+        );
+        if self.stale_temps_removed > 0 {
+            t += &format!(
+                "corrupt: removed {} temp files left by an interrupted run\n",
+                self.stale_temps_removed
+            );
+        }
+        t
     }
 }
 
@@ -326,6 +336,14 @@ pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
         ));
     }
     mkdirs(&cfg.out)?;
+    // A run killed mid-write leaves its temp files beside the outputs
+    // (OUT/<corruption>/<severity>/<relative path>): remove them before writing anything.
+    let depth = 2 + rels
+        .iter()
+        .map(|r| r.components().count().saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    let stale_temps_removed = crate::io::remove_stale_temps_tree(&cfg.out, depth)?;
     let tasks: Vec<(Corruption, u8)> = cfg
         .corruptions
         .iter()
@@ -398,6 +416,7 @@ pub fn run(cfg: &CorruptConfig) -> Result<CorruptSummary> {
         written: written.into_inner(),
         kept: kept.into_inner(),
         skipped: skipped.into_inner().unwrap_or_default(),
+        stale_temps_removed,
     })
 }
 
