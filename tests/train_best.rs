@@ -224,8 +224,7 @@ fn eval_metric_top1_keeps_the_epoch_of_the_best_clean_accuracy() {
         Some(&eval),
         &opts(&tmp.path().join("bad"), None, false),
     )
-    .err()
-    .expect("eval_metric = loss must be refused")
+    .expect_err("eval_metric = loss must be refused")
     .to_string();
     assert!(
         err.contains("--eval-metric") && err.contains("advtop1"),

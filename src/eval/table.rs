@@ -473,19 +473,19 @@ pub fn lay_out(
                 out.push((name, t));
             }
             "table5_ap" if layout == Layout::Table5 => out.push((n, t)),
-            other => return Err(Error::flag(
-                "--table",
-                format!(
-                    "{name} is made of mpm-attack reports{}; the reports given also make {other} \
-                         ({}): leave them out, or lay them out with --table main",
-                    if layout == Layout::Table5 {
-                        " and mpm-data part-ap reports"
-                    } else {
-                        ""
-                    },
+            other => {
+                let also = if layout == Layout::Table5 {
+                    " and mpm-data part-ap reports"
+                } else {
+                    ""
+                };
+                let msg = format!(
+                    "{name} is made of mpm-attack reports{also}; the reports given also make \
+                     {other} ({}): leave them out, or lay them out with --table main",
                     t.title
-                ),
-            )),
+                );
+                return Err(Error::flag("--table", msg));
+            }
         }
     }
     if out.is_empty() {
