@@ -13,7 +13,9 @@
 //!                             -> mpm_at, sv1, sv2, notd, ori, eps8, real_only, nocf
 //!                             -> mpm_object_init -> mpm_object_at
 //!                             -> twostage_at, vanilla_at, vanilla_at_eps8
-//! standard (from scratch); then export and mpm-attack on the exported MPM.
+//! standard (from scratch); then docs/reproduce.md's section 4: export every run a
+//! table needs, mpm-attack each once, the labeller's part AP without and with the Category
+//! Filter (`coco-export`, `index`, `pseudo`, `part-ap`), and `mpm-eval table` for Tables 2, 5, 6.
 //! ```
 //! A stage that cannot consume the previous stage's output fails the test; so does a shipped
 //! config the test does not run.
@@ -43,6 +45,98 @@ fn run(bin: &str, dir: &Path, args: &[&str]) -> String {
 
 fn data(dir: &Path, args: &[&str]) -> String {
     run(env!("CARGO_BIN_EXE_mpm-data"), dir, args)
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `mpm-train export --checkpoint runs/<name> --out exported/<name>` (the best epoch).
+fn export(dir: &Path, name: &str) -> String {
+    let ck = format!("runs/{name}");
+    let out = format!("exported/{name}");
+    run(
+        env!("CARGO_BIN_EXE_mpm-train"),
+        dir,
+        &["export", "--checkpoint", &ck, "--out", &out],
+    )
+}
+
+/// docs/reproduce.md's attack of an exported run, `--threats paper` into `reports/<name>.json`,
+/// at the cheapest settings (APGD-CE, 2 iterations, the 6 evaluation images at 32 px); `head`:
+/// the model flags of a two-stage export. Checks the four threats' results.
+fn attack(dir: &Path, name: &str, head: &[&str]) -> serde_json::Value {
+    let weights = format!("exported/{name}/model.safetensors");
+    let report = format!("reports/{name}.json");
+    let c = CLASSES.to_string();
+    let mut args = vec![
+        "--weights",
+        &weights,
+        "--arch",
+        "resnet18",
+        "--num-classes",
+        &c,
+    ];
+    args.extend(head);
+    args.extend([
+        "--data",
+        "data/partimagenetpp/val_1w/img",
+        "--list",
+        "val_list.txt",
+        "--resize",
+        "36",
+        "--crop",
+        "32",
+        "--threats",
+        "paper",
+        "--version",
+        "custom",
+        "--attacks",
+        "apgd-ce",
+        "--n-iter",
+        "2",
+        "--device",
+        "cpu",
+        "--report",
+        &report,
+    ]);
+    let text = run(env!("CARGO_BIN_EXE_mpm-attack"), dir, &args);
+    let report = read_json(&dir.join(&report));
+    for threat in ["linf4", "linf8", "l1_75", "l2_2"] {
+        let r = &report["threats"][threat];
+        assert_eq!(r["n"], 2 * CLASSES, "{name} {threat}: {report}\n{text}");
+        let clean = r["clean_accuracy"].as_f64().unwrap();
+        let robust = r["robust_accuracy"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&clean) && robust <= clean,
+            "{name}: {report}"
+        );
+    }
+    report
+}
+
+/// `mpm-eval table [--table <layout>] --runs <reports> --names <names> --out tables/<out>`;
+/// returns the Markdown of `tables/<out>/<file>.md`.
+fn table(dir: &Path, layout: &str, runs: &[&str], names: &[&str], out: &str, file: &str) -> String {
+    let runs = runs
+        .iter()
+        .map(|r| format!("reports/{r}.json"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let names = names.join(",");
+    let out_dir = format!("tables/{out}");
+    let mut args = vec!["table"];
+    // docs/reproduce.md leaves the default layout (main: Table 2) implicit.
+    if layout != "main" {
+        args.extend(["--table", layout]);
+    }
+    args.extend(["--runs", &runs, "--names", &names, "--out", &out_dir]);
+    run(env!("CARGO_BIN_EXE_mpm-eval"), dir, &args);
+    let md = std::fs::read_to_string(dir.join(&out_dir).join(format!("{file}.md")))
+        .unwrap_or_else(|e| panic!("tables/{out}/{file}.md: {e}"));
+    eprintln!("{md}\n");
+    md
 }
 
 /// `mpm-train --config configs/<name>.toml` with size overrides only.
@@ -434,19 +528,9 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
         "{cfg}"
     );
 
-    // Export the MPM run's model and attack it.
-    let text = run(
-        env!("CARGO_BIN_EXE_mpm-train"),
-        d,
-        &[
-            "export",
-            "--checkpoint",
-            "runs/mpm_at_in1k",
-            "--out",
-            "exported/mpm_at_in1k",
-        ],
-    );
-    // The default is the best epoch by EMA PGD accuracy, recorded in the metrics.
+    // docs/reproduce.md section 4: export the MPM run's model (the default is the best epoch by
+    // EMA PGD accuracy, recorded in the metrics) ...
+    let text = export(d, "mpm_at_in1k");
     assert!(
         text.contains("best: epoch 1") && text.contains("model.safetensors"),
         "{text}"
@@ -456,6 +540,7 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
         metrics.contains("\"kind\":\"best\"") && metrics.contains("\"epoch\":1"),
         "{metrics}"
     );
+    // ... or the last one.
     let text = run(
         env!("CARGO_BIN_EXE_mpm-train"),
         d,
@@ -476,6 +561,15 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
         meta[mpm::train::init::EXPORT_META].contains("\"which\":\"last\""),
         "{meta:?}"
     );
+    // The non-AT runs chose their best epoch by clean accuracy (the reference's top1).
+    for name in ["mpm_init_in1k", "mpm_ori_in1k", "standard_in1k"] {
+        let best = read_json(&d.join(format!("runs/{name}/checkpoints/best.json")));
+        assert_eq!(
+            (best["eval_metric"].as_str(), best["metric"].as_str()),
+            (Some("top1"), Some("clean_acc")),
+            "{name}: {best}"
+        );
+    }
     // The 10K list's format: `<wnid>/<file> <class index>`.
     let mut list = String::new();
     let val = d.join("data/partimagenetpp/val_1w/img");
@@ -491,46 +585,192 @@ fn every_shipped_config_runs_in_the_readme_order_and_chains() {
         }
     }
     std::fs::write(d.join("val_list.txt"), list).unwrap();
-    let text = run(
-        env!("CARGO_BIN_EXE_mpm-attack"),
+    // `mkdir -p reports`: one report per run, each attacked once, read by every table.
+    std::fs::create_dir_all(d.join("reports")).unwrap();
+    attack(d, "mpm_at_in1k", &[]);
+    attack(d, "vanilla_at_in1k", &[]);
+    let md = table(
+        d,
+        "main",
+        &["vanilla_at_in1k", "mpm_at_in1k"],
+        &["Vanilla", "MPM"],
+        "table2",
+        "table2",
+    );
+    assert!(
+        md.contains("Table 2") && md.contains("| Vanilla |") && md.contains("| MPM |"),
+        "{md}"
+    );
+
+    // Table 5 (section 4): the labeller's part AP on the annotated images `labels` held out
+    // (val.txt; coco-export's val.json is the same split), without and with the Category
+    // Filter, then the three part-label runs.
+    let c = CLASSES.to_string();
+    let sc = s.to_string();
+    data(
         d,
         &[
+            "coco-export",
+            "--json-dir",
+            "syn/json",
+            "--discarded",
+            "syn/discarded_data.json",
+            "--out",
+            "data/pinpp_coco",
+            "--quiet",
+        ],
+    );
+    data(
+        d,
+        &[
+            "index",
+            "--list",
+            "data/partimagenetpp/train/val.txt",
+            "--root",
+            "data/partimagenetpp/train/img",
+            "--out",
+            "data/pinpp_val.tsv",
+        ],
+    );
+    for (cf, extra) in [("nocf", Some("--no-category-filter")), ("cf", None)] {
+        let out = format!("ap/{cf}");
+        let mut args = vec![
+            "pseudo",
             "--weights",
-            "exported/mpm_at_in1k/model.safetensors",
+            "runs/mpm_init_in1k/checkpoints/last.safetensors",
             "--arch",
             "resnet18",
             "--num-classes",
-            &CLASSES.to_string(),
-            "--data",
-            "data/partimagenetpp/val_1w/img",
-            "--list",
-            "val_list.txt",
-            "--resize",
-            "36",
-            "--crop",
+            &c,
+            "--head",
+            "mpm",
+            "--seg-classes",
+            &sc,
+            "--parts",
+            "data/partimagenetpp/train/parts.tsv",
+            "--index",
+            "data/pinpp_val.tsv",
+            "--input-size",
             "32",
-            "--threats",
-            "paper",
-            "--version",
-            "custom",
-            "--attacks",
-            "apgd-ce",
-            "--n-iter",
-            "2",
-            "--device",
-            "cpu",
-            "--report",
-            "report.json",
+            "--out",
+            &out,
+        ];
+        args.extend(extra);
+        data(d, &args);
+        let seg = format!("ap/{cf}/seg");
+        let prob = format!("ap/{cf}/prob");
+        let json = format!("reports/ap_{cf}.json");
+        data(
+            d,
+            &[
+                "part-ap",
+                "--gt",
+                "data/pinpp_coco/val.json",
+                "--label-maps",
+                &seg,
+                "--prob-maps",
+                &prob,
+                "--json",
+                &json,
+            ],
+        );
+        let r = read_json(&d.join(&json));
+        assert_eq!(r["counts"]["missing_maps"], 0, "{json}: {r}");
+        assert!(r["AP"].as_f64().is_some(), "{json}: {r}");
+    }
+    for name in ["mpm_real_only_at_in1k", "mpm_nocf_at_in1k"] {
+        export(d, name);
+        attack(d, name, &[]);
+    }
+    let md = table(
+        d,
+        "5",
+        &[
+            "ap_nocf",
+            "ap_cf",
+            "mpm_real_only_at_in1k",
+            "mpm_nocf_at_in1k",
+            "mpm_at_in1k",
         ],
+        &[
+            "labeller without CF",
+            "labeller with CF",
+            "real annotations only",
+            "pseudo labels without CF",
+            "pseudo labels with CF (MPM)",
+        ],
+        "table5",
+        "table5",
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("report.json")).unwrap())
-            .unwrap_or_else(|e| panic!("report.json: {e}\n{text}"));
-    for threat in ["linf4", "linf8", "l1_75", "l2_2"] {
-        let r = &report["threats"][threat];
-        assert_eq!(r["n"], 2 * CLASSES, "{threat}: {report}");
-        let clean = r["clean_accuracy"].as_f64().unwrap();
-        let robust = r["robust_accuracy"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&clean) && robust <= clean, "{report}");
+    for row in [
+        "Table 5: part-label ablations",
+        "| Model | Clean | Linf 4/255 | Linf 8/255 | L1 75 | L2 2 | Avg |",
+        "| real annotations only |",
+        "| pseudo labels without CF |",
+        "| pseudo labels with CF (MPM) |",
+    ] {
+        assert!(md.contains(row), "no '{row}':\n{md}");
+    }
+    let ap = std::fs::read_to_string(d.join("tables/table5/table5_ap.md")).unwrap();
+    assert!(
+        ap.contains("Table 5: part AP")
+            && ap.contains("| labeller without CF |")
+            && ap.contains("| labeller with CF |"),
+        "{ap}"
+    );
+
+    // Table 6 (section 4): MPM's design ablations, each exported and attacked once.
+    for name in [
+        "mpm_sv1_at_in1k",
+        "mpm_sv2_at_in1k",
+        "mpm_notd_at_in1k",
+        "mpm_object_at_in1k",
+    ] {
+        export(d, name);
+        attack(d, name, &[]);
+    }
+    export(d, "twostage_at_in1k");
+    attack(
+        d,
+        "twostage_at_in1k",
+        &["--head", "twostage", "--seg-classes", &sc],
+    );
+    let md = table(
+        d,
+        "6",
+        &[
+            "mpm_sv1_at_in1k",
+            "mpm_sv2_at_in1k",
+            "mpm_notd_at_in1k",
+            "mpm_at_in1k",
+            "mpm_object_at_in1k",
+            "twostage_at_in1k",
+        ],
+        &[
+            "SV1",
+            "SV2",
+            "SV3 without top-down",
+            "SV3 = MPM",
+            "object masks",
+            "two-stage",
+        ],
+        "table6",
+        "table6",
+    );
+    assert!(md.contains("Table 6: MPM design ablations"), "{md}");
+    // The paper's column order, whatever order the reports list the threats in.
+    assert!(
+        md.contains("| Model | Clean | Linf 4/255 | Linf 8/255 | L1 75 | L2 2 | Avg |"),
+        "{md}"
+    );
+    for row in [
+        "SV1",
+        "SV2",
+        "SV3 without top-down",
+        "SV3 = MPM",
+        "object masks",
+        "two-stage",
+    ] {
+        assert!(md.contains(&format!("| {row} |")), "no row {row}:\n{md}");
     }
 }

@@ -1,6 +1,7 @@
 //! `best`: the epoch whose EMA has the highest PGD accuracy on the evaluation set is kept next to
 //! `last`, recorded in `best.json` and `metrics.jsonl`, exported by default; a resumed run keeps
-//! the record; `select_dir` chooses on another set.
+//! the record; `select_dir` chooses on another set; `eval_metric = "top1"` (the reference's
+//! non-AT YAMLs) chooses by clean accuracy instead.
 
 use mpm::train::run::{best_checkpoint, read_best};
 use mpm::train::{checkpoint, run, MemorySource, RunOptions, TrainConfig};
@@ -40,6 +41,14 @@ fn opts(dir: &Path, stop: Option<u64>, resume: bool) -> RunOptions {
 
 /// (epoch, PGD accuracy) of every eval line.
 fn evals(dir: &Path) -> Vec<(usize, f64)> {
+    eval_lines(dir)
+        .into_iter()
+        .map(|(e, _, p)| (e, p))
+        .collect()
+}
+
+/// (epoch, clean accuracy, PGD accuracy) of every eval line.
+fn eval_lines(dir: &Path) -> Vec<(usize, f64, f64)> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -48,10 +57,22 @@ fn evals(dir: &Path) -> Vec<(usize, f64)> {
         .map(|v| {
             (
                 v["epoch"].as_u64().unwrap() as usize,
+                v["clean_acc"].as_f64().unwrap(),
                 v["pgd"][0]["acc"].as_f64().unwrap(),
             )
         })
         .collect()
+}
+
+/// The first epoch with the highest value (a later tie does not replace it), and that value.
+fn first_argmax(v: &[(usize, f64)]) -> (usize, f64) {
+    let mut best = v[0];
+    for &x in &v[1..] {
+        if x.1 > best.1 {
+            best = x;
+        }
+    }
+    best
 }
 
 #[test]
@@ -80,6 +101,7 @@ fn best_is_the_epoch_with_the_highest_ema_pgd_accuracy_and_is_exported() {
     assert_eq!((best.epoch, best.value), want, "{e:?}");
     assert_eq!(best.selected_on, "eval_dir");
     assert!(best.metric.starts_with("pgd10_acc"), "{}", best.metric);
+    assert_eq!(best.eval_metric, "advtop1");
     let t = checkpoint::load(&best_checkpoint(&dir), None).unwrap();
     assert_eq!(t.pos.epoch, best.epoch);
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
@@ -144,5 +166,68 @@ fn select_dir_chooses_on_its_own_set_and_a_fresh_run_forgets_an_old_best() {
     assert!(
         e.contains("--select-dir") && e.contains("/no/such/select"),
         "{e}"
+    );
+}
+
+/// `eval_metric = "top1"`, as the reference's non-AT YAMLs set it (`resnet50_part_pp_init`,
+/// `resnet50_part_pp_ori`, `resnet50_sgd_ori`): `best` is the epoch of the highest EMA clean
+/// accuracy, even where the PGD accuracy peaks elsewhere, and best.json, the metrics' best line
+/// and the export say so. The evaluation still measures PGD accuracy (one run gives both).
+#[test]
+fn eval_metric_top1_keeps_the_epoch_of_the_best_clean_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let train = MemorySource::new(3, 4, 32, 5);
+    let eval = MemorySource::new(3, 3, 32, 9);
+    let mut c = tiny();
+    c.set("advtrain", "false").unwrap();
+    c.set("eval_metric", "top1").unwrap();
+    let s = run(&c, &train, Some(&eval), &opts(&dir, None, false)).unwrap();
+    assert!(s.finished);
+    let e = eval_lines(&dir);
+    assert_eq!(e.len(), 4, "{e:?}");
+    eprintln!("eval (epoch, clean, PGD) per epoch: {e:?}");
+    let clean: Vec<(usize, f64)> = e.iter().map(|&(ep, c, _)| (ep, c)).collect();
+    let pgd: Vec<(usize, f64)> = e.iter().map(|&(ep, _, p)| (ep, p)).collect();
+    let want = first_argmax(&clean);
+    let best = read_best(&dir).unwrap().expect("best.json");
+    assert_eq!((best.epoch, best.value), want, "{e:?}");
+    assert_eq!(
+        (best.metric.as_str(), best.eval_metric.as_str()),
+        ("clean_acc", "top1")
+    );
+    // This toy run separates the two metrics: advtop1 would have kept another epoch.
+    let by_pgd = first_argmax(&pgd);
+    assert_ne!(
+        by_pgd.0, best.epoch,
+        "the toy run no longer separates clean and PGD accuracy: {e:?}"
+    );
+    let json = std::fs::read_to_string(dir.join("checkpoints/best.json")).unwrap();
+    assert!(json.contains("\"eval_metric\": \"top1\""), "{json}");
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let last_best = metrics
+        .lines()
+        .rfind(|l| l.contains("\"kind\":\"best\""))
+        .unwrap();
+    assert!(
+        last_best.contains("\"eval_metric\":\"top1\"")
+            && last_best.contains(&format!("\"epoch\":{}", best.epoch)),
+        "{last_best}"
+    );
+    let t = checkpoint::load(&best_checkpoint(&dir), None).unwrap();
+    assert_eq!(t.pos.epoch, best.epoch);
+    // A value the reference does not know is refused before training, by its key.
+    c.set("eval_metric", "loss").unwrap();
+    let err = run(
+        &c,
+        &train,
+        Some(&eval),
+        &opts(&tmp.path().join("bad"), None, false),
+    )
+    .expect_err("eval_metric = loss must be refused")
+    .to_string();
+    assert!(
+        err.contains("--eval-metric") && err.contains("advtop1"),
+        "{err}"
     );
 }

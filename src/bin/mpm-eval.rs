@@ -6,7 +6,7 @@
 //! mpm-eval ood          --weights W <model flags> --dataset imagenet-a-plus --data DIR --json R.json
 //! mpm-eval human        --weights W <model flags> --data STIMULI --out CSV_DIR --json R.json
 //! mpm-eval human-metrics --model-csv DIR --human-data DIR --json OUT [--datasets all|NAME,...]
-//! mpm-eval table        --runs A.json,B.json,... --out DIR
+//! mpm-eval table        --runs A.json,B.json,... --out DIR [--table main|5|6]
 //! mpm-eval clean ... --shard I/N --json shard_I.json   (any command that evaluates images)
 //! mpm-eval merge shard_0.json shard_1.json ... --json R.json
 //! mpm-eval clean ... --class-subset FILE | --super-classes FILE
@@ -189,7 +189,8 @@ enum Cmd {
         #[arg(long)]
         json: PathBuf,
     },
-    /// Several reports side by side as Tables 2, 3, 4 and S4 (Markdown, CSV, PNG).
+    /// Several reports side by side as Tables 2, 3, 4 and S4, or as the ablation Tables 5 and 6
+    /// (Markdown, CSV, PNG).
     Table {
         /// Report files or folders of reports, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -203,6 +204,11 @@ enum Cmd {
         /// beside the measured rows, as `NAME (paper)` rows.
         #[arg(long)]
         published: bool,
+        /// The table to lay the reports out as: main (Tables 2, 3, 4, S4 by report kind), 5 (the
+        /// part-label ablations: mpm-attack and mpm-data part-ap reports) or 6 (MPM's design
+        /// ablations: mpm-attack reports). docs/reproduce.md.
+        #[arg(long, default_value = "main")]
+        table: table::Layout,
     },
 }
 
@@ -510,9 +516,16 @@ fn run(cli: Cli) -> Result<()> {
             names,
             out,
             published,
+            table: layout,
         } => {
+            if published && layout != table::Layout::Main {
+                return Err(Error::flag(
+                    "--published",
+                    "the published numbers are Table 2's: use it with --table main",
+                ));
+            }
             let files = table::report_files(&runs)?;
-            let mut tables = table::build(&files, names.as_deref())?;
+            let mut tables = table::lay_out(table::build(&files, names.as_deref())?, layout)?;
             if published {
                 table::add_published(&mut tables, &mpm::nn::zoo_list::table2()?);
             }

@@ -7,6 +7,13 @@
 //!   model-vs-human OOD accuracy (`mpm-eval human`, or `human-metrics`' mean).
 //! - Table S4 from `mpm-eval human-metrics` (every model of each report, plus the humans as a
 //!   reference row, never marked best).
+//! - Table 5's part AP from `mpm-data part-ap` (AP, AP50, AP75 of the pseudo-labelling
+//!   segmenter, one row per report: without and with the Category Filter).
+//!
+//! `--table 5` / `--table 6` ([`Layout`]) title and name the robustness table as one of the
+//! ablation tables instead of Table 2 (docs/reproduce.md: Table 5 = the part-label ablations,
+//! Table 6 = MPM's design ablations; a numbering inferred from the reference's config folders
+//! and the issue, not read from the paper).
 //!
 //! Rows are models (reports of one model merge into one row); the best value of each column is
 //! in bold (the lowest for mCE and accuracy difference). Written as `tableN.md`, `tableN.csv`
@@ -34,6 +41,8 @@ pub struct Table {
     /// Rows shown for reference but never marked best (the human observers in Table S4, as
     /// the benchmark's own tables leave them out of the ranking).
     pub reference_rows: Vec<String>,
+    /// The chart's y axis ("" = accuracy (%) or value).
+    pub y_label: String,
 }
 
 impl Table {
@@ -188,7 +197,9 @@ impl Table {
                     .collect(),
             })
             .collect();
-        let y = if self.percent {
+        let y = if !self.y_label.is_empty() {
+            self.y_label.as_str()
+        } else if self.percent {
             "accuracy (%)"
         } else {
             "value"
@@ -258,6 +269,8 @@ pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'stati
     let mut t4 = Table::new("Table 4: OOD accuracy (%)", true);
     let mut s4 = Table::new("Table S4: model-vs-human consistency", false);
     s4.lower_better.push("Accuracy difference".into());
+    let mut ap = Table::new(TABLE5_AP_TITLE, true);
+    ap.y_label = "AP (%)".into();
     if let Some(n) = names {
         if n.len() != files.len() {
             return Err(Error::flag(
@@ -331,6 +344,16 @@ pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'stati
                     }
                 }
             }
+            _ if v.get("iou_type").and_then(|t| t.as_str()) == Some("segm")
+                && v.get("AP").is_some() =>
+            {
+                // mpm-data part-ap: pycocotools' stats by name; -1 = nothing to score.
+                for key in ["AP", "AP50", "AP75"] {
+                    if let Some(a) = num(&v[key]).filter(|a| *a >= 0.0) {
+                        ap.set(&model, key, a);
+                    }
+                }
+            }
             _ if v.get("threats").is_some_and(|t| t.is_object()) => {
                 // mpm-attack --threats paper
                 if let Some(a) = num(&v["clean_accuracy"]) {
@@ -353,8 +376,8 @@ pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'stati
             _ => {
                 return Err(Error::format(
                     f,
-                    "not a report of mpm-eval or mpm-attack (no 'kind', 'models', 'threats' or \
-                     'robust_accuracy')",
+                    "not a report of mpm-eval, mpm-attack or mpm-data part-ap (no 'kind', \
+                     'models', 'threats', 'robust_accuracy' or segm 'AP')",
                 ))
             }
         }
@@ -377,6 +400,7 @@ pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'stati
     }
     Ok([
         ("table2", t2),
+        ("table5_ap", ap),
         ("table3", t3),
         ("table4", t4),
         ("tableS4", s4),
@@ -384,6 +408,113 @@ pub fn build(files: &[PathBuf], names: Option<&[String]>) -> Result<Vec<(&'stati
     .into_iter()
     .filter(|(_, t)| !t.rows.is_empty())
     .collect())
+}
+
+const TABLE5_AP_TITLE: &str =
+    "Table 5: part AP of the pseudo-labelling segmenter, without and with the Category Filter \
+     (COCO segm, %)";
+
+/// Which of the paper's tables the reports are laid out as (`mpm-eval table --table`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Tables 2, 3, 4 and S4 (and Table 5's part AP), each from the reports of its kind.
+    Main,
+    /// Table 5, the part-label ablations: MPM on real annotations only, on pseudo labels
+    /// without and with the Category Filter (robustness, `mpm-attack` reports), and the
+    /// pseudo-labelling segmenter's part AP without and with the filter (`mpm-data part-ap`).
+    Table5,
+    /// Table 6, MPM's design ablations: SV1 / SV2 / SV3, without top-down, object masks instead
+    /// of parts, the two-stage model (robustness, `mpm-attack` reports).
+    Table6,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Layout, String> {
+        match s.to_ascii_lowercase().trim_start_matches("table") {
+            "main" | "2" => Ok(Layout::Main),
+            "5" => Ok(Layout::Table5),
+            "6" => Ok(Layout::Table6),
+            _ => Err(format!(
+                "'{s}': expected main (Tables 2, 3, 4, S4), 5 (part-label ablations) or 6 \
+                 (MPM design ablations)"
+            )),
+        }
+    }
+}
+
+/// Lays the tables [`build`] made out as `layout`: for Tables 5 and 6 the robustness table
+/// (Table 2's columns: Clean, each threat, Avg; rows in `--runs` order) is renamed and retitled,
+/// and Table 5 keeps the part-AP table beside it. Reports of other kinds (corruptions, OOD,
+/// human) have no place in the ablation tables: an error naming the table they would make.
+pub fn lay_out(
+    tables: Vec<(&'static str, Table)>,
+    layout: Layout,
+) -> Result<Vec<(&'static str, Table)>> {
+    let (name, title) = match layout {
+        Layout::Main => return Ok(tables),
+        Layout::Table5 => (
+            "table5",
+            "Table 5: part-label ablations, MPM trained on real annotations only or on pseudo \
+             labels without / with the Category Filter (AutoAttack accuracy, %)",
+        ),
+        Layout::Table6 => (
+            "table6",
+            "Table 6: MPM design ablations, supervision levels SV1 / SV2 / SV3, top-down, object \
+             masks, two-stage (AutoAttack accuracy, %)",
+        ),
+    };
+    let mut out = Vec::new();
+    for (n, mut t) in tables {
+        match n {
+            "table2" => {
+                t.title = title.to_string();
+                paper_column_order(&mut t);
+                out.push((name, t));
+            }
+            "table5_ap" if layout == Layout::Table5 => out.push((n, t)),
+            other => {
+                let also = if layout == Layout::Table5 {
+                    " and mpm-data part-ap reports"
+                } else {
+                    ""
+                };
+                let msg = format!(
+                    "{name} is made of mpm-attack reports{also}; the reports given also make \
+                     {other} ({}): leave them out, or lay them out with --table main",
+                    t.title
+                );
+                return Err(Error::flag("--table", msg));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::flag(
+            "--runs",
+            format!("no report held a value of {name}"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Puts a robustness table's columns in the paper's order (Clean, Linf 4/255, Linf 8/255, L1 75,
+/// L2 2; `--threats paper` reports list them alphabetically), other columns after them, Avg last.
+fn paper_column_order(t: &mut Table) {
+    use crate::nn::zoo_list::TABLE2_COLUMNS;
+    let mut order: Vec<usize> = TABLE2_COLUMNS
+        .iter()
+        .filter_map(|(_, c)| t.columns.iter().position(|x| x == c))
+        .collect();
+    let avg = t.columns.iter().position(|c| c == "Avg");
+    let rest: Vec<usize> = (0..t.columns.len())
+        .filter(|i| !order.contains(i) && Some(*i) != avg)
+        .collect();
+    order.extend(rest);
+    order.extend(avg);
+    t.columns = order.iter().map(|&i| t.columns[i].clone()).collect();
+    for r in &mut t.rows {
+        r.1 = order.iter().map(|&i| r.1[i]).collect();
+    }
 }
 
 /// Table 2 with the published numbers (`assets/zoo/table2.toml`) beside the measured ones:
@@ -508,6 +639,87 @@ mod tests {
         assert!(md.contains("| c | - | 90.0 |"), "{md}");
         assert!(md.contains("mCE ↓"));
         assert!(t.csv().contains("b,60.0,80.0,Avg"), "{}", t.csv());
+    }
+
+    /// Writes `value` as `dir/name.json`.
+    fn report(dir: &Path, name: &str, value: serde_json::Value) -> PathBuf {
+        let p = dir.join(format!("{name}.json"));
+        std::fs::write(&p, value.to_string()).unwrap();
+        p
+    }
+
+    fn attack(clean: f64, linf4: f64) -> serde_json::Value {
+        serde_json::json!({
+            "clean_accuracy": clean,
+            "threats": {
+                "linf4": {"norm": "Linf", "eps": 4.0 / 255.0, "robust_accuracy": linf4},
+                "l2_2": {"norm": "L2", "eps": 2.0, "robust_accuracy": linf4 / 2.0},
+            }
+        })
+    }
+
+    #[test]
+    fn ablation_layouts_title_and_name_tables_5_and_6() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mpm = report(d, "mpm_at_in1k", attack(0.70, 0.40));
+        let real = report(d, "mpm_real_only_at_in1k", attack(0.68, 0.38));
+        // mpm-data part-ap reports (stats by name; -1 where nothing counts).
+        let ap =
+            |a: f64| serde_json::json!({"iou_type": "segm", "AP": a, "AP50": 0.6, "AP75": -1.0});
+        let nocf = report(d, "ap_nocf", ap(0.372));
+        let cf = report(d, "ap_cf", ap(0.407));
+
+        let files = [real.clone(), mpm.clone(), nocf.clone(), cf.clone()];
+        let names: Vec<String> = ["real only", "pseudo + CF", "without CF", "with CF"]
+            .map(String::from)
+            .to_vec();
+        let t5 = lay_out(
+            build(&files, Some(names.as_slice())).unwrap(),
+            Layout::Table5,
+        )
+        .unwrap();
+        let n: Vec<&str> = t5.iter().map(|t| t.0).collect();
+        assert_eq!(n, ["table5", "table5_ap"]);
+        assert!(t5[0].1.title.starts_with("Table 5: part-label ablations"));
+        let md = t5[0].1.markdown();
+        // Rows in --runs order, Table 2's columns in the paper's order (the report lists L2
+        // first) and Avg, the mean of clean and the threats.
+        assert!(
+            md.contains("| Model | Clean | Linf 4/255 | L2 2 | Avg |")
+                && md.contains("| real only | 68.0 | 38.0 | 19.0 | 41.7 |")
+                && md.contains("| pseudo + CF | **70.0** | **40.0** | **20.0** | **43.3** |"),
+            "{md}"
+        );
+        let ap_md = t5[1].1.markdown();
+        assert!(t5[1].1.title.starts_with("Table 5: part AP"), "{ap_md}");
+        assert!(
+            ap_md.contains("| without CF | 37.2 | **60.0** |")
+                && ap_md.contains("| with CF | **40.7** | **60.0** |")
+                && !ap_md.contains("AP75"),
+            "{ap_md}"
+        );
+        let out = d.join("t5");
+        write(&out, &t5).unwrap();
+        assert!(out.join("table5.md").exists() && out.join("table5_ap.csv").exists());
+        assert!(!out.join("table2.md").exists());
+
+        // Table 6: robustness reports only; a part-AP report is named as out of place.
+        let t6 = lay_out(build(&[mpm.clone(), real], None).unwrap(), Layout::Table6).unwrap();
+        assert_eq!(t6.len(), 1);
+        assert_eq!(t6[0].0, "table6");
+        assert!(t6[0].1.title.starts_with("Table 6: MPM design ablations"));
+        assert_eq!(t6[0].1.rows[0].0, "mpm_at_in1k");
+        let e = lay_out(build(&[mpm.clone(), cf], None).unwrap(), Layout::Table6)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--table") && e.contains("table5_ap"), "{e}");
+        // The main layout is what build gives.
+        let main = lay_out(build(&[mpm], None).unwrap(), Layout::Main).unwrap();
+        assert_eq!(main[0].0, "table2");
+        assert_eq!("6".parse::<Layout>(), Ok(Layout::Table6));
+        assert_eq!("table5".parse::<Layout>(), Ok(Layout::Table5));
+        assert!("7".parse::<Layout>().unwrap_err().contains("expected main"));
     }
 
     #[test]

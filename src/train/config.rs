@@ -99,6 +99,11 @@ pub struct TrainConfig {
     /// that set); a folder or list disjoint from `eval_dir` chooses on it instead, so the
     /// reported numbers are not also the selection criterion (docs/training.md).
     pub select_dir: String,
+    /// What `best` is chosen by, the reference's `eval_metric`: "advtop1" = the EMA's PGD
+    /// accuracy at `attack_eps` (`eval_attack_it` steps), as its AT YAMLs set; "top1" = the
+    /// EMA's clean accuracy, as its non-AT YAMLs set (`resnet50_part_pp_init`,
+    /// `resnet50_part_pp_ori`, `resnet50_sgd_ori`). Recorded in `best.json`.
+    pub eval_metric: String,
     pub color_jitter: f64,
     pub hflip: f64,
     /// Random erasing probability (timm `reprob`; the reference's head warm-up sets 0.25).
@@ -186,6 +191,7 @@ impl Default for TrainConfig {
             eval_dir: String::new(),
             eval_images: 0,
             select_dir: String::new(),
+            eval_metric: "advtop1".into(),
             color_jitter: 0.1,
             hflip: 0.5,
             reprob: 0.0,

@@ -8,8 +8,9 @@
 //! RUN/metrics.jsonl                {"kind":"train",...} per epoch, {"kind":"eval",...}
 //! RUN/checkpoints/last.safetensors every epoch and every `checkpoint_every` steps
 //! RUN/checkpoints/epoch-NNN.safetensors  the last `keep_checkpoints` epochs
-//! RUN/checkpoints/best.safetensors       the epoch whose EMA scored best (PGD accuracy on
-//!                                        eval_dir, or on select_dir), with best.json
+//! RUN/checkpoints/best.safetensors       the epoch whose EMA scored best (`eval_metric`: PGD
+//!                                        or clean accuracy, on eval_dir or on select_dir),
+//!                                        with best.json
 //! RUN/export/model.{safetensors,pth}     inference model of `best` (else of the last epoch;
 //!                                        EMA, bypass dropped)
 //! RUN/plots/curves.png             loss / accuracy curves
@@ -163,16 +164,26 @@ impl Log {
     }
 }
 
-/// The epoch whose EMA scored highest on the selection metric: the evaluation set's PGD
-/// accuracy at `attack_eps` (clean accuracy when there is no attack), or the same on
-/// `select_dir`. Kept as `checkpoints/best.safetensors` with `checkpoints/best.json`.
+/// The epoch whose EMA scored highest on the selection metric (`eval_metric`): the evaluation
+/// set's PGD accuracy at `attack_eps` ("advtop1"; clean accuracy when there is no attack) or its
+/// clean accuracy ("top1"), or the same on `select_dir`. Kept as `checkpoints/best.safetensors`
+/// with `checkpoints/best.json`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Best {
     pub epoch: usize,
+    /// The measured quantity: `pgd<steps>_acc_eps<eps>` or `clean_acc`.
     pub metric: String,
     pub value: f64,
     /// `eval_dir` or `select_dir`: the set the metric was measured on.
     pub selected_on: String,
+    /// The configuration's `eval_metric` (advtop1 | top1). Records written before the key
+    /// existed were chosen by advtop1.
+    #[serde(default = "advtop1")]
+    pub eval_metric: String,
+}
+
+fn advtop1() -> String {
+    "advtop1".into()
 }
 
 pub fn best_checkpoint(run_dir: &Path) -> PathBuf {
@@ -195,11 +206,14 @@ pub fn read_best(run_dir: &Path) -> Result<Option<Best>> {
         .map_err(|e| Error::format(&p, format!("best record: {e}")))
 }
 
-/// The selection metric of an evaluation: (name, value).
-pub fn selection_metric(r: &EvalResult) -> (String, f64) {
+/// The selection metric of an evaluation under `eval_metric`: (name, value). "top1" is the
+/// clean accuracy; "advtop1" the first PGD accuracy (the clean one when nothing was attacked).
+pub fn selection_metric(r: &EvalResult, eval_metric: &str) -> (String, f64) {
     match r.pgd_acc.first() {
-        Some((eps, acc)) => (format!("pgd{}_acc_eps{eps:.5}", r.pgd_steps), *acc),
-        None => ("clean_acc".to_string(), r.clean_acc),
+        Some((eps, acc)) if eval_metric != "top1" => {
+            (format!("pgd{}_acc_eps{eps:.5}", r.pgd_steps), *acc)
+        }
+        _ => ("clean_acc".to_string(), r.clean_acc),
     }
 }
 
@@ -588,8 +602,9 @@ impl Loop<'_> {
                 .metric(eval_json(epoch + 1, trainer.pos.global_step, &r))?;
             self.log
                 .line(&format!("eval epoch {}: {}", epoch + 1, describe_eval(&r)))?;
+            let by = trainer.cfg.eval_metric.clone();
             let scored = match &self.select {
-                None => Some((selection_metric(&r), "eval_dir")),
+                None => Some((selection_metric(&r, &by), "eval_dir")),
                 Some(sel) => {
                     let s = self.dist.evaluate(
                         trainer,
@@ -605,7 +620,7 @@ impl Loop<'_> {
                         epoch + 1,
                         describe_eval(&s)
                     ))?;
-                    Some((selection_metric(&s), "select_dir"))
+                    Some((selection_metric(&s, &by), "select_dir"))
                 }
             };
             if let Some(((metric, value), on)) = scored {
@@ -615,6 +630,7 @@ impl Loop<'_> {
                         metric,
                         value,
                         selected_on: on.to_string(),
+                        eval_metric: by,
                     });
                 }
             }
@@ -643,11 +659,11 @@ impl Loop<'_> {
             })?;
             self.log.metric(json!({
                 "kind": "best", "epoch": b.epoch, "metric": b.metric, "value": b.value,
-                "selected_on": b.selected_on,
+                "selected_on": b.selected_on, "eval_metric": b.eval_metric,
             }))?;
             self.log.line(&format!(
-                "best so far: epoch {} ({} {:.4} on {})",
-                b.epoch, b.metric, b.value, b.selected_on
+                "best so far: epoch {} ({} {:.4} on {}, eval_metric {})",
+                b.epoch, b.metric, b.value, b.selected_on, b.eval_metric
             ))?;
             self.best = Some(b);
         }

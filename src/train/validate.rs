@@ -74,6 +74,18 @@ const INT_MAX: &[(&str, i64, &str)] = &[
     ("prefetch_batches", 1_024, "batches held in memory"),
 ];
 
+/// Values of `eval_metric`, the reference's names for what its saver keeps `model_best` by.
+pub const EVAL_METRICS: &[(&str, &str)] = &[
+    (
+        "advtop1",
+        "the EMA's PGD accuracy at attack_eps, the reference's AT runs",
+    ),
+    (
+        "top1",
+        "the EMA's clean accuracy, the reference's non-AT runs",
+    ),
+];
+
 fn flag(key: &str) -> String {
     format!("--{}", key.replace('_', "-"))
 }
@@ -147,6 +159,20 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
                 format!("{x} is larger than {max} ({why})"),
             ));
         }
+    }
+    if !EVAL_METRICS.iter().any(|(v, _)| *v == cfg.eval_metric) {
+        let allowed: Vec<String> = EVAL_METRICS
+            .iter()
+            .map(|(v, what)| format!("{v} ({what})"))
+            .collect();
+        return Err(Error::flag(
+            flag("eval_metric"),
+            format!(
+                "eval_metric = '{}' is not a selection metric; expected {}",
+                cfg.eval_metric,
+                allowed.join(" or ")
+            ),
+        ));
     }
     check_memory(cfg, available_memory())
 }
@@ -237,6 +263,23 @@ mod tests {
             assert!(e.contains(want), "{k}={v}: {e}");
         }
         assert!(err(&[("lr", "nan")]).contains("not a finite number"));
+    }
+
+    #[test]
+    fn eval_metric_is_one_of_the_reference_s_two() {
+        for ok in ["advtop1", "top1"] {
+            let mut c = TrainConfig::default();
+            c.set("eval_metric", ok).unwrap();
+            check(&c).expect(ok);
+        }
+        let e = err(&[("eval_metric", "top5")]);
+        assert!(
+            e.contains("--eval-metric")
+                && e.contains("eval_metric = 'top5'")
+                && e.contains("advtop1")
+                && e.contains("top1 ("),
+            "{e}"
+        );
     }
 
     #[test]
