@@ -262,7 +262,7 @@ pub fn producer_hint(path: &Path) -> String {
         .is_some_and(|n| n.to_string_lossy() == TORCHVISION_RESNET50)
     {
         return format!(
-            "it is torchvision's ResNet-50 (IMAGENET1K_V1): download \
+            "it is torchvision's ResNet-50 (IMAGENET1K_V2): download \
              https://download.pytorch.org/models/{TORCHVISION_RESNET50} to {text} \
              (docs/reproduce.md)"
         );
