@@ -175,8 +175,8 @@ fn export(m: &ArgMatches) -> mpm::Result<()> {
             (Some("last"), _) => (train::run::last_checkpoint(&ck), "last", None),
             (_, Some(b)) => {
                 println!(
-                    "best: epoch {} ({} {:.4} on {})",
-                    b.epoch, b.metric, b.value, b.selected_on
+                    "best: epoch {} ({} {:.4} on {}, eval_metric {})",
+                    b.epoch, b.metric, b.value, b.selected_on, b.eval_metric
                 );
                 (train::run::best_checkpoint(&ck), "best", Some(b.epoch))
             }
