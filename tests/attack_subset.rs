@@ -7,12 +7,10 @@
 use mpm::attack::{Classifier, Dims, EngineClassifier};
 use mpm::io::{self, HostTensor, NamedTensors};
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
-use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{classifier_spec as spec, image, json, ok, save_model};
+use common::{classifier_spec as spec, image, journal_answers as answers, json, ok, save_model};
 
 const DIMS: Dims = Dims { c: 3, h: 32, w: 32 };
 
@@ -166,21 +164,6 @@ fn attacks_run_on_the_masked_model() {
             assert!(names.iter().all(|k| *k == "A" || *k == "B"), "{names:?}");
         }
     }
-}
-
-/// (index, answer) of every image in a journal, in index order.
-fn answers(journal: &Path) -> Vec<(u64, u64)> {
-    let mut v: Vec<(u64, u64)> = std::fs::read_to_string(journal)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (v["i"].as_u64().unwrap(), v["a"][0].as_u64().unwrap())
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

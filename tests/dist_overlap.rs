@@ -4,6 +4,8 @@
 //! whichever bucket it travels in. And the overlap is real: the first bucket is handed to the
 //! communication worker (another thread) while backward rules remain to run.
 
+mod common;
+
 use mpm::dist::local::{self, LocalComm};
 use mpm::dist::{Communicator, Dist};
 use mpm::nn::ParamStore;
@@ -14,24 +16,11 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 fn tiny(batch: usize, bn_group: usize, overlap: bool) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    for (k, v) in [
-        ("model", "resnet18"),
-        ("width", "4"),
-        ("num_classes", "3"),
-        ("seg_classes", "7"),
-        ("partmodel_type", "mpm"),
-        ("epochs", "2"),
-        ("warmup_epochs", "1"),
-        ("input_size", "32"),
-        ("model_ema_decay", "0.9"),
+    let mut c = common::tiny_mpm_config(&[
         ("checkpoint_every", "0"),
         ("seed", "5"),
-    ] {
-        c.set(k, v).unwrap();
-    }
-    c.set("ddp_overlap", if overlap { "true" } else { "false" })
-        .unwrap();
+        ("ddp_overlap", if overlap { "true" } else { "false" }),
+    ]);
     c.batch_size = batch;
     c.bn_group = bn_group;
     c

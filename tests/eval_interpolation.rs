@@ -4,24 +4,17 @@
 //! before the model loads, the error naming its flag. A width-8 ResNet-18 at 32 px on
 //! noise images made here.
 
+mod common;
+
+use common::json;
 use mpm::attack::{Classifier, Dims, EngineClassifier};
 use mpm::eval::sets::EvalTransform;
-use mpm::nn::{Act, Arch, Backbone, Head, ModelSpec};
-use serde_json::Value;
+use mpm::nn::ModelSpec;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn spec() -> ModelSpec {
-    ModelSpec {
-        backbone: Backbone {
-            arch: Arch::ResNet18,
-            width: 8,
-            act: Act::Gelu,
-        },
-        num_classes: 2,
-        seg_classes: 0,
-        head: Head::None,
-    }
+    common::classifier_spec(2, 8)
 }
 
 /// Pixel noise: the filters' different supports give visibly different resized images.
@@ -102,23 +95,12 @@ fn ok(o: &Output) -> String {
     err
 }
 
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 /// The journal's answers in image order.
 fn answers(journal: &Path) -> Vec<u64> {
-    let mut v: Vec<(u64, u64)> = std::fs::read_to_string(journal)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (v["i"].as_u64().unwrap(), v["a"][0].as_u64().unwrap())
-        })
-        .collect();
-    v.sort();
-    v.into_iter().map(|x| x.1).collect()
+    common::journal_answers(journal)
+        .into_iter()
+        .map(|x| x.1)
+        .collect()
 }
 
 const CLEAN: [&str; 11] = [

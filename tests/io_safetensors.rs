@@ -123,3 +123,31 @@ fn save_rejects_inconsistent_tensor() {
     assert!(e.to_string().contains("'bad'"), "{e}");
     assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
 }
+
+/// The same tensors and metadata give the same bytes every time: the crate writes
+/// `__metadata__` from a `HashMap`, whose key order changed from one save to the next, and a
+/// re-export then changed the content hash that attack journals key on.
+#[test]
+fn saving_is_byte_for_byte_reproducible() {
+    let mut t = NamedTensors::new();
+    t.insert("b".into(), HostTensor::f32(vec![2], vec![1.5, -2.0]));
+    t.insert("a".into(), HostTensor::i64(Vec::<usize>::new(), vec![7]));
+    let meta: BTreeMap<String, String> = (0..12)
+        .map(|i| (format!("key{i}"), format!("value {i}")))
+        .collect();
+    let dir = scratch("reproducible");
+    let first = dir.join("0.safetensors");
+    save_safetensors(&first, &t, &meta).expect("save");
+    let want = std::fs::read(&first).unwrap();
+    for k in 1..16 {
+        let p = dir.join(format!("{k}.safetensors"));
+        save_safetensors(&p, &t, &meta).expect("save");
+        assert_eq!(std::fs::read(&p).unwrap(), want, "save {k} differs");
+    }
+    // Still a valid file: same tensors and metadata back, header a multiple of 8 bytes.
+    let (back, m) = load_safetensors(&first).expect("load");
+    assert_eq!(m, meta);
+    assert_eq!(back["b"].as_f32(), Some(&[1.5f32, -2.0][..]));
+    let n = u64::from_le_bytes(want[..8].try_into().unwrap());
+    assert_eq!(n % 8, 0);
+}

@@ -412,13 +412,7 @@ fn sweep(m: &ArgMatches) -> mpm::Result<()> {
             status_every: 60,
         };
         let rows = sweep::sweep_parallel(&cfg, &o, &p)?;
-        print!("{}", sweep::table(&rows));
-        println!(
-            "wrote {}, {} and {}",
-            out.join("sweep.md").display(),
-            out.join("sweep.json").display(),
-            out.join("sweep.png").display()
-        );
+        print_sweep(&rows, &out);
         return Ok(());
     }
     let train_src = train::folder::open(&cfg, &cfg.train_dir, "train_dir", true)?;
@@ -442,14 +436,19 @@ fn sweep(m: &ArgMatches) -> mpm::Result<()> {
         return Ok(());
     }
     let rows = sweep::sweep(&cfg, train_src.as_ref(), eval_src.as_ref(), &o)?;
-    print!("{}", sweep::table(&rows));
+    print_sweep(&rows, &out);
+    Ok(())
+}
+
+/// The sweep's table and the files it wrote, on stdout.
+fn print_sweep(rows: &[train::sweep::SweepRow], out: &std::path::Path) {
+    print!("{}", train::sweep::table(rows));
     println!(
         "wrote {}, {} and {}",
         out.join("sweep.md").display(),
         out.join("sweep.json").display(),
         out.join("sweep.png").display()
     );
-    Ok(())
 }
 
 fn train_cmd(m: &ArgMatches) -> mpm::Result<()> {

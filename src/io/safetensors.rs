@@ -104,9 +104,34 @@ pub fn save_safetensors(
     };
     let bytes = ::safetensors::serialize(views, meta)
         .map_err(|e| Error::format(path, format!("serializing safetensors: {e}")))?;
+    let bytes = canonical_header(bytes).map_err(|m| Error::format(path, m))?;
     super::write_atomic(path, |f| {
         use std::io::Write;
         f.write_all(&bytes).map_err(|e| Error::io(path, e))?;
         f.sync_all().map_err(|e| Error::io(path, e))
     })
+}
+
+/// The `safetensors` crate writes `__metadata__` from a `HashMap`, so the order of its keys,
+/// and with it the file's bytes, changed from one save to the next. The header is written
+/// again with its keys sorted (serde_json's map is ordered) and padded with spaces to a
+/// multiple of 8 bytes, as the crate pads it: the same tensors and metadata always give the
+/// same file, so a re-export keeps the content hash that attack journals are keyed by.
+fn canonical_header(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize)
+        .filter(|&n| 8 + n <= bytes.len())
+        .ok_or("serialized safetensors without a complete header")?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])
+        .map_err(|e| format!("serialized safetensors header: {e}"))?;
+    let mut h = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }

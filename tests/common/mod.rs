@@ -114,6 +114,22 @@ pub fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// (index, answer) of every image in an evaluation journal (`mpm-attack`, `mpm-eval`), in
+/// index order; the header line is skipped.
+pub fn journal_answers(journal: &Path) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = std::fs::read_to_string(journal)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["i"].as_u64().unwrap(), v["a"][0].as_u64().unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Owned copies of `v`, for argument lists.
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
