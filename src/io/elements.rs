@@ -1,6 +1,8 @@
 //! Tensor elements on the host, in one place:
-//! - bf16 / f16 <-> f32 through the `half` crate (its slice conversions; f16 uses the CPU's
-//!   F16C instructions when present). f32 -> bf16 rounds to nearest, ties to even, and keeps a
+//! - the `half` crate's `bf16` / `f16` types for every such value on the host, and its
+//!   conversions (f16's slice conversions use the CPU's F16C instructions when present), except
+//!   bf16 -> f32, which is the exact 16-bit shift PyTorch and the kernels do
+//!   ([`from_bf16`]). f32 -> bf16 rounds to nearest, ties to even, and keeps a
 //!   NaN a (quiet) NaN: bit for bit what the kernels' `store` (kernels/common.cuh) and
 //!   PyTorch's `.to(torch.bfloat16)` do (tests/fixtures/io/half_rounding.tsv holds PyTorch's
 //!   answers for the edge cases; the unit tests below and tests/kernels_emulated.rs check both
