@@ -550,13 +550,31 @@ fn start_variant(p: &Parallel, slot: usize, value: &str, log: &Path) -> Result<C
     )
     .map_err(|e| Error::io(log, e))?;
     let err = f.try_clone().map_err(|e| Error::io(log, e))?;
-    Command::new(&p.program)
-        .args(&args)
+    let mut cmd = Command::new(&p.program);
+    cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(f))
-        .stderr(Stdio::from(err))
-        .spawn()
+        .stderr(Stdio::from(err));
+    // CPU variants share the cores instead of each taking all of them (rayon's default),
+    // unless the user chose a thread count. Training and evaluation give the same bits
+    // whatever the thread count (tests/train_sweep.rs compares `--jobs 2` with the serial
+    // sweep, whose one process has every core), so this changes only the speed.
+    if p.slots[slot] == "cpu" && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu_slots = p.slots.iter().filter(|s| *s == "cpu").count();
+        cmd.env(
+            "RAYON_NUM_THREADS",
+            threads_per_cpu_variant(cores, cpu_slots).to_string(),
+        );
+    }
+    cmd.spawn()
         .map_err(|e| Error::Msg(format!("{}: {e}", p.program.display())))
+}
+
+/// Rayon threads for each of `cpu_slots` CPU variants running side by side on `cores` cores:
+/// an equal share, at least one.
+pub fn threads_per_cpu_variant(cores: usize, cpu_slots: usize) -> usize {
+    (cores / cpu_slots.max(1)).max(1)
 }
 
 fn describe(r: &SweepRow) -> String {
@@ -780,6 +798,14 @@ fn plot(rows: &[SweepRow], o: &SweepOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_variants_share_the_cores() {
+        assert_eq!(threads_per_cpu_variant(16, 4), 4);
+        assert_eq!(threads_per_cpu_variant(2, 2), 1);
+        assert_eq!(threads_per_cpu_variant(2, 3), 1);
+        assert_eq!(threads_per_cpu_variant(8, 0), 8);
+    }
 
     #[test]
     fn values_and_folders() {
