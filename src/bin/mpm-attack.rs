@@ -277,20 +277,7 @@ fn run(cli: Cli) -> Result<()> {
         return Err(Error::flag("--batch-size", "must be at least 1"));
     }
     // Fail before the evaluation, not after it, when the report cannot be written there.
-    if cli.report.is_dir() {
-        return Err(Error::flag(
-            "--report",
-            format!("{} is a directory; give a file path", cli.report.display()),
-        ));
-    }
-    if let Some(parent) = cli.report.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            return Err(Error::flag(
-                "--report",
-                format!("{}: no such directory", parent.display()),
-            ));
-        }
-    }
+    mpm::eval::report::check_output_file("--report", &cli.report)?;
     let pass_batch = match cli.pass_batch {
         Some(0) => return Err(Error::flag("--pass-batch", "must be at least 1")),
         Some(p) => p,

@@ -12,10 +12,35 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-/// The last signal the launcher received (0: none pending).
+/// The last stop signal this process received (0: none pending). One per process: the
+/// launcher and `mpm-train sweep`'s parallel mode (the two supervisors of child processes)
+/// never run in the same process.
 static PENDING: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int) {
+    PENDING.store(sig, Ordering::SeqCst);
+}
+
+/// Catches SIGINT, SIGTERM and SIGHUP from now on (the handler only records the signal, for
+/// [`take_stop_signal`]), so that a supervisor can forward them to its children; forgets any
+/// recorded one.
+pub(crate) fn catch_stop_signals() {
+    PENDING.store(0, Ordering::SeqCst);
+    // SAFETY: installs a handler that only stores into an atomic (async-signal-safe).
+    unsafe {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// The stop signal received since the last call (0: none).
+pub(crate) fn take_stop_signal() -> i32 {
+    PENDING.swap(0, Ordering::SeqCst)
+}
+
+/// Records `sig` as if it had been received (a supervisor's stop request without a signal).
+pub(crate) fn request_stop(sig: i32) {
     PENDING.store(sig, Ordering::SeqCst);
 }
 
@@ -70,9 +95,10 @@ fn code_of(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
-fn send(child: &Child, sig: libc::c_int) {
+/// Sends `sig` to a child process (of the launcher or of a parallel sweep).
+pub(crate) fn send(child: &Child, sig: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: sends a signal to a child process this launcher started and has not reaped.
+        // SAFETY: sends a signal to a child process this process started and has not reaped.
         unsafe {
             libc::kill(pid, sig);
         }
@@ -97,12 +123,7 @@ pub fn launch(program: &std::path::Path, args: &[OsString], n: usize) -> Result<
         Ok(p) => p,
         Err(_) => free_port()?.to_string(),
     };
-    // SAFETY: installs a handler that only stores into an atomic (async-signal-safe).
-    unsafe {
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
+    catch_stop_signals();
     let mut children: Vec<Option<Child>> = Vec::with_capacity(n);
     for rank in 0..n {
         let child = Command::new(program)
@@ -134,7 +155,7 @@ pub fn launch(program: &std::path::Path, args: &[OsString], n: usize) -> Result<
     let mut job_code = 0;
     let mut stopping_since: Option<Instant> = None;
     loop {
-        let sig = PENDING.swap(0, Ordering::SeqCst);
+        let sig = take_stop_signal();
         if sig != 0 {
             for c in children.iter().flatten() {
                 send(c, sig);

@@ -240,6 +240,33 @@ impl NcclComm {
     }
 }
 
+impl NcclComm {
+    /// Queues the sum of `c` over the ranks into `out` (a buffer of `c.len` elements of
+    /// `c.dtype` on this GPU) on `stream`, inside the caller's NCCL group. The caller orders
+    /// `stream` after the kernels that wrote `c`.
+    fn queue_sum(&self, c: &CudaStorage, out: u64, stream: ns::cudaStream_t) -> Result<()> {
+        let dtype = match c.dtype {
+            DType::F32 => ns::ncclDataType_t::ncclFloat32,
+            DType::Bf16 => ns::ncclDataType_t::ncclBfloat16,
+        };
+        // SAFETY: both buffers hold `c.len` elements of `dtype` on this GPU (the caller's
+        // contract for `out`), and the caller has ordered `stream` after `c`'s producers.
+        unsafe {
+            nr::all_reduce(
+                c.ptr() as *const std::ffi::c_void,
+                out as *mut std::ffi::c_void,
+                c.len,
+                dtype,
+                ns::ncclRedOp_t::ncclSum,
+                self.comm,
+                stream,
+            )
+        }
+        .map_err(|e| nccl_err("ncclAllReduce", e))?;
+        Ok(())
+    }
+}
+
 impl Drop for NcclComm {
     fn drop(&mut self) {
         // SAFETY: the communicator is not used after this; destroy waits for pending work,
@@ -320,25 +347,9 @@ impl Communicator for NcclComm {
         nr::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
         for t in bucket.iter() {
             let Some(c) = t.cuda() else { continue };
-            let dtype = match c.dtype {
-                DType::F32 => ns::ncclDataType_t::ncclFloat32,
-                DType::Bf16 => ns::ncclDataType_t::ncclBfloat16,
-            };
             let out = self.gpu.alloc((c.len * c.dtype.size()).max(1))?;
-            // SAFETY: both buffers hold `len` elements of `dtype` on this GPU; the call is
-            // queued on the GPU's stream, after the backward pass that wrote `c`.
-            unsafe {
-                nr::all_reduce(
-                    c.ptr() as *const std::ffi::c_void,
-                    out.ptr() as *mut std::ffi::c_void,
-                    c.len,
-                    dtype,
-                    ns::ncclRedOp_t::ncclSum,
-                    self.comm,
-                    self.gpu.stream() as ns::cudaStream_t,
-                )
-            }
-            .map_err(|e| nccl_err("ncclAllReduce", e))?;
+            // On the GPU's stream, after the backward pass that wrote `c`.
+            self.queue_sum(c, out.ptr(), self.gpu.stream() as ns::cudaStream_t)?;
             outs.push(CudaStorage::new(out, c.dtype, c.len));
         }
         nr::group_end().map_err(|e| nccl_err("ncclGroupEnd", e))?;
@@ -401,25 +412,9 @@ impl Communicator for NcclComm {
         nr::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
         for (t, out) in bucket.tensors.iter().zip(&pending.outs) {
             let Some(c) = t.cuda() else { continue };
-            let dtype = match c.dtype {
-                DType::F32 => ns::ncclDataType_t::ncclFloat32,
-                DType::Bf16 => ns::ncclDataType_t::ncclBfloat16,
-            };
-            // SAFETY: both buffers hold `len` elements of `dtype` on this GPU; the call is
-            // queued on the communication stream after the event that follows the kernels
-            // that wrote `c` and every earlier use of `out`'s memory.
-            unsafe {
-                nr::all_reduce(
-                    c.ptr() as *const std::ffi::c_void,
-                    out.ptr() as *mut std::ffi::c_void,
-                    c.len,
-                    dtype,
-                    ns::ncclRedOp_t::ncclSum,
-                    self.comm,
-                    stream as ns::cudaStream_t,
-                )
-            }
-            .map_err(|e| nccl_err("ncclAllReduce", e))?;
+            // On the communication stream, after the event that follows the kernels that
+            // wrote `c` and every earlier use of `out`'s memory.
+            self.queue_sum(c, out.ptr(), stream as ns::cudaStream_t)?;
         }
         nr::group_end().map_err(|e| nccl_err("ncclGroupEnd", e))?;
         // The inputs are dropped (back to the cache) only after NCCL has read them.

@@ -555,7 +555,7 @@ fn overlapped_gradients(
         }
     }
     for (name, v) in &g.grads {
-        if !grad_finite(v)? {
+        if !crate::train::trainer::finite(v)? {
             return Err(Error::NonFinite(format!(
                 "gradient of '{name}' (summed over the {} ranks) at epoch {} step {} (global \
                  step {})",
@@ -611,14 +611,6 @@ impl Filler<'_> {
             Error::Msg("the gradient communication worker stopped (see its error)".into())
         })
     }
-}
-
-/// Every value of a gradient is finite (a GPU one by one reduction on the device).
-fn grad_finite(t: &Tensor) -> Result<bool> {
-    if t.is_cuda() {
-        return Ok(crate::cuda::ops::sum_all(t, 1.0)?.is_finite());
-    }
-    Ok(t.all_finite())
 }
 
 /// A chain's values in name order (host f32).

@@ -19,7 +19,6 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +28,7 @@ use super::run::{best_checkpoint, eval_trainer, last_checkpoint, read_best, run,
 use super::source::BatchSource;
 use super::trainer::Trainer;
 use crate::charts::{self, Panel, Series};
+use crate::dist::launch;
 use crate::{Error, Result};
 
 /// Which AutoAttack runs on each variant.
@@ -263,17 +263,10 @@ pub struct Parallel {
     pub status_every: u64,
 }
 
-/// The last signal a parallel sweep received (0: none).
-static SIGNALLED: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNALLED.store(sig, Ordering::SeqCst);
-}
-
 /// Asks a running [`sweep_parallel`] to stop as a signal would (what SIGINT/SIGTERM/SIGHUP
 /// do; also for tests).
 pub fn request_stop(sig: i32) {
-    SIGNALLED.store(sig, Ordering::SeqCst);
+    launch::request_stop(sig);
 }
 
 /// The log of one variant's child process: `OUT/<key>_<value>.log`, beside its run folder.
@@ -281,15 +274,6 @@ pub fn variant_log(out: &Path, key: &str, value: &str) -> PathBuf {
     let mut s = variant_dir(out, key, value).into_os_string();
     s.push(".log");
     PathBuf::from(s)
-}
-
-fn send(child: &Child, sig: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: signals a child process this sweep started and has not reaped yet.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
 }
 
 /// The last non-empty line of a log (progress bars' carriage returns split lines too).
@@ -355,13 +339,7 @@ pub fn sweep_parallel(base: &TrainConfig, o: &SweepOptions, p: &Parallel) -> Res
             None => queue.push_back(i),
         }
     }
-    SIGNALLED.store(0, Ordering::SeqCst);
-    // SAFETY: the handler only stores into an atomic (async-signal-safe).
-    unsafe {
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
+    launch::catch_stop_signals();
     if !queue.is_empty() {
         eprintln!(
             "sweep: {} variant(s) to run, {} at a time ({})",
@@ -375,7 +353,7 @@ pub fn sweep_parallel(base: &TrainConfig, o: &SweepOptions, p: &Parallel) -> Res
     let mut stopping: Option<(i32, Instant)> = None;
     let mut last_status = Instant::now();
     loop {
-        let sig = SIGNALLED.swap(0, Ordering::SeqCst);
+        let sig = launch::take_stop_signal();
         if sig != 0 {
             if stopping.is_none() {
                 eprintln!(
@@ -385,13 +363,13 @@ pub fn sweep_parallel(base: &TrainConfig, o: &SweepOptions, p: &Parallel) -> Res
                 stopping = Some((sig, Instant::now()));
             }
             for r in &running {
-                send(&r.child, sig);
+                launch::send(&r.child, sig);
             }
         }
         if let Some((_, t)) = stopping {
             if t.elapsed() > crate::dist::launch::GRACE {
                 for r in &running {
-                    send(&r.child, libc::SIGKILL);
+                    launch::send(&r.child, libc::SIGKILL);
                 }
             }
         }

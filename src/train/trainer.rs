@@ -303,21 +303,12 @@ impl Trainer {
                 _ => None,
             };
             let streamed = last.is_some();
-            let mut combine = last.map(|f| {
-                let acc = &mut grads;
-                move |name: &str, t: Tensor, left: usize| -> Result<()> {
-                    let g = match acc.remove(name) {
-                        None if k == 1 => t,
-                        None => scaled(&t, inv_k)?,
-                        Some(a) => add_scaled(a, &t, inv_k)?,
-                    };
-                    f(name, g, left)
-                }
-            });
+            let mut combine = last.map(|f| accumulate_then(&mut grads, f, k, inv_k));
             let ready = combine.as_mut().map(|c| c as GradSink<'_>);
-            let (loss, ce, c, g) = self
-                .micro_step(part, &mut rng, &where_, ready)
-                .map_err(|e| self.explain_oom(e, micro))?;
+            let r = self.micro_step(part, &mut rng, &where_, ready);
+            // The streaming sink borrows `grads` and `sink`: release them now.
+            drop(combine);
+            let (loss, ce, c, g) = r.map_err(|e| self.explain_oom(e, micro))?;
             loss_sum += loss as f64;
             ce_sum += ce as f64;
             correct += c;
@@ -412,22 +403,11 @@ impl Trainer {
                 _ => None,
             };
             let streamed = last.is_some();
-            let total = gr.total;
-            let mut combine = last.map(|f| {
-                let acc = &mut grads;
-                move |name: &str, t: Tensor, left: usize| -> Result<()> {
-                    let g = match acc.remove(name) {
-                        None if total == 1 => t,
-                        None => scaled(&t, inv)?,
-                        Some(a) => add_scaled(a, &t, inv)?,
-                    };
-                    f(name, g, left)
-                }
-            });
+            let mut combine = last.map(|f| accumulate_then(&mut grads, f, gr.total, inv));
             let ready = combine.as_mut().map(|c| c as GradSink<'_>);
-            let (loss, ce, c, g) = self
-                .micro_step(&part, &mut rng, &where_, ready)
-                .map_err(|e| self.explain_oom(e, b))?;
+            let r = self.micro_step(&part, &mut rng, &where_, ready);
+            drop(combine);
+            let (loss, ce, c, g) = r.map_err(|e| self.explain_oom(e, b))?;
             if streamed {
                 if let Some(f) = &mut sink {
                     flush(&mut grads, &mut **f)?;
@@ -777,6 +757,25 @@ pub fn single_process_groups(
 /// backward rules still to run when it became final: 0 once the backward pass is over).
 pub type GradSink<'a> = &'a mut dyn FnMut(&str, Tensor, usize) -> Result<()>;
 
+/// The sink of a step's last backward pass: each streamed gradient is scaled by `inv` (not
+/// when the step has one pass, `parts == 1`) and added to what the earlier passes accumulated
+/// in `acc`, exactly as the unstreamed sum does, then handed on to `f`.
+fn accumulate_then<'a>(
+    acc: &'a mut BTreeMap<String, Tensor>,
+    f: GradSink<'a>,
+    parts: usize,
+    inv: f32,
+) -> impl FnMut(&str, Tensor, usize) -> Result<()> + 'a {
+    move |name: &str, t: Tensor, left: usize| {
+        let g = match acc.remove(name) {
+            None if parts == 1 => t,
+            None => scaled(&t, inv)?,
+            Some(a) => add_scaled(a, &t, inv)?,
+        };
+        f(name, g, left)
+    }
+}
+
 /// Hands the accumulated gradients the last backward pass did not touch to `sink`, in name
 /// order.
 fn flush(grads: &mut BTreeMap<String, Tensor>, sink: GradSink<'_>) -> Result<()> {
@@ -809,7 +808,7 @@ fn add_scaled(mut acc: Tensor, t: &Tensor, k: f32) -> Result<Tensor> {
 
 /// Every value of `t` is finite. A GPU tensor is checked by one reduction on the device (the
 /// sum is NaN/Inf when any value is): one scalar crosses the bus, not the tensor.
-fn finite(t: &Tensor) -> Result<bool> {
+pub(crate) fn finite(t: &Tensor) -> Result<bool> {
     if t.is_cuda() {
         return Ok(crate::cuda::ops::sum_all(t, 1.0)?.is_finite());
     }
